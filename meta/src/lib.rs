@@ -1,0 +1,131 @@
+//! The sparefs metadata service: one replica of a Raft group (raft-rs
+//! `RawNode`) whose log and state machine live in one RocksDB instance.
+//!
+//! Owns: the namespace, file layouts, the chunkserver registry and
+//! placement inputs, id allocation, Raft membership. Must not touch:
+//! chunkserver internals (it talks to chunkservers only through `proto`),
+//! file data. `ns` (the state machine) knows nothing of Raft; `node` (the
+//! Raft driver) knows nothing of inodes.
+
+pub mod kv;
+pub mod node;
+pub mod ns;
+pub mod raftlog;
+pub mod server;
+pub mod snapshot;
+pub mod store;
+pub mod transport;
+
+use anyhow::Context;
+use kv::{Cf, Tx};
+use node::{Driver, DriverConfig, Shared};
+use protobuf::Message as _;
+use raft::prelude::{ConfState, HardState};
+use rocksdb::WriteBatch;
+use sparefs_proto::ReplicaId;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use store::{DirState, Store};
+
+pub struct MetaConfig {
+    pub id: ReplicaId,
+    pub listen: String,
+    /// The initial group (id -> address), this replica included. Ignored
+    /// once the replica's directory holds state.
+    pub peers: BTreeMap<u64, String>,
+    pub data: PathBuf,
+    /// Start empty and wait to be added with `sparefs admin meta add`.
+    pub join: bool,
+    pub compact_after_entries: u64,
+    pub compact_keep_entries: u64,
+}
+
+/// Index and term of the bootstrap point every initial replica starts from.
+/// A replica that joins later has an empty log, and since entry 1 exists on
+/// no one, the leader must send it a snapshot (which carries the members).
+const BOOTSTRAP_INDEX: u64 = 1;
+
+fn initialise(config: &MetaConfig) -> anyhow::Result<Store> {
+    let store = Store::create(&config.data)?;
+    let mut batch = WriteBatch::default();
+    if !config.join {
+        anyhow::ensure!(
+            config.peers.contains_key(&config.id.0),
+            "--peers must include this replica ({}) to start a new group; use --join to be added to a running one",
+            config.id
+        );
+        {
+            let mut tx = Tx::new(&store);
+            ns::bootstrap(&mut tx)?;
+            for (id, addr) in &config.peers {
+                tx.put_rec(Cf::Sys, node::member_key(*id), addr);
+            }
+            tx.put_rec(Cf::Sys, ns::SYS_APPLIED_KEY.to_vec(), &BOOTSTRAP_INDEX);
+            store.put_writes(&mut batch, tx.into_writes());
+        }
+        let mut cs = ConfState::default();
+        cs.voters = config.peers.keys().copied().collect();
+        let mut hs = HardState::default();
+        hs.term = 1;
+        hs.commit = BOOTSTRAP_INDEX;
+        let state = store.cf(store::CF_RAFT_STATE);
+        batch.put_cf(state, b"conf_state", cs.write_to_bytes()?);
+        batch.put_cf(state, b"hard_state", hs.write_to_bytes()?);
+        let mut trunc = kv::be(BOOTSTRAP_INDEX).to_vec();
+        trunc.extend_from_slice(&kv::be(1));
+        batch.put_cf(state, b"truncated", trunc);
+    }
+    store.write_synced(batch)?;
+    store.seal(config.id)?;
+    Ok(store)
+}
+
+/// Opens (or initialises) the replica and serves until the listener or the
+/// driver fails.
+pub async fn run(config: MetaConfig) -> anyhow::Result<()> {
+    anyhow::ensure!(config.id.0 != 0, "replica id 0 is reserved");
+    let store = match store::inspect_dir(&config.data, config.id)? {
+        DirState::New => initialise(&config).context("initialise replica directory")?,
+        DirState::Existing => Store::open(&config.data)?,
+    };
+    let store = Arc::new(store);
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("listen on {}", config.listen))?;
+    let shared = Arc::new(Shared {
+        id: config.id,
+        address: config.listen.clone(),
+        members: RwLock::new(BTreeMap::new()),
+        staged_snapshots: Mutex::new(HashMap::new()),
+        heartbeats: RwLock::new(HashMap::new()),
+    });
+    let (tx, rx) = std::sync::mpsc::sync_channel(node::INPUT_QUEUE_MAX);
+    let runtime = tokio::runtime::Handle::current();
+    let transport = transport::Transport::new(shared.clone(), runtime.clone(), tx.clone());
+    let driver = Driver::new(
+        store.clone(),
+        shared.clone(),
+        Box::new(transport),
+        runtime,
+        DriverConfig { compact_after_entries: config.compact_after_entries, compact_keep_entries: config.compact_keep_entries },
+    )?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name(format!("raft-{}", config.id)).spawn(move || {
+        let _ = done_tx.send(driver.run(rx));
+    })?;
+    let server = Arc::new(server::Server {
+        shared,
+        driver: tx,
+        dir: config.data.clone(),
+        fetcher: snapshot::SnapshotFetcher::new(config.data.clone()),
+    });
+    tracing::info!(replica = config.id.0, listen = %config.listen, "meta replica serving");
+    tokio::select! {
+        r = server.serve(listener) => r,
+        r = done_rx => match r {
+            Ok(r) => r.context("raft driver stopped"),
+            Err(_) => anyhow::bail!("raft driver thread ended"),
+        },
+    }
+}

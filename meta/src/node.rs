@@ -1,0 +1,595 @@
+//! The Raft driver: one OS thread owns the `RawNode` and the store's write
+//! side. Everything else talks to it through one bounded channel of `Input`.
+//!
+//! Each turn of the loop: take inputs (batching every proposal that arrived
+//! into one entry, and every read into one ReadIndex round), tick on time,
+//! then handle the `Ready` in the order raft-rs documents:
+//!   1. send the leader's messages (safe before persisting);
+//!   2. install a snapshot, if any (one synced batch);
+//!   3. apply committed entries, append new entries and store the hard
+//!      state, all in ONE synced WriteBatch, so the commit index is durable
+//!      with what it made us apply and the applied index moves with the state;
+//!   4. answer the waiting clients, send the persisted messages (votes,
+//!      append responses), `advance`;
+//!   5. the light ready: commit index, messages, committed entries (another
+//!      synced batch), `advance_apply`;
+//!   6. serve reads whose ReadIndex is now applied; compact the log.
+//! A storage error stops the driver (and the replica): applying on after a
+//! failed write would let replicas diverge.
+
+use crate::kv::{decode, encode, Cf, ReadKv, Tx, STATE_CFS};
+use crate::ns::{self, ChunkserverLiveness, Command};
+use crate::raftlog::{RaftLog, SnapshotDescriptor};
+use crate::store::Store;
+use protobuf::Message as _;
+use raft::prelude::*;
+use raft::StateRole;
+use rocksdb::WriteBatch;
+use sparefs_proto::layout::ChunkserverState;
+use sparefs_proto::msg::{ReplicaStatus, Role, RpcError};
+use sparefs_proto::namespace::{Caller, NsReply, ReadOp, Time, WriteOp};
+use sparefs_proto::{ChunkserverId, Errno, ReplicaId, RequestId};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+pub const TICK_MS: u64 = 100;
+pub const ELECTION_TICKS: usize = 10;
+pub const INPUT_QUEUE_MAX: usize = 8192;
+/// Most bytes of commands packed into one Raft entry.
+pub const ENTRY_BYTES_MAX: usize = 1024 * 1024;
+/// A chunkserver silent for this long is `down`.
+pub const CHUNKSERVER_DOWN_AFTER: Duration = Duration::from_secs(5);
+const STATE_WIPE_END: [u8; 512] = [0xff; 512];
+
+pub type Reply<T> = oneshot::Sender<Result<T, RpcError>>;
+
+pub enum Input {
+    Raft(Box<Message>),
+    Write { caller: Caller, id: RequestId, op: WriteOp, reply: Reply<NsReply> },
+    Read { caller: Caller, op: ReadOp, reply: Reply<NsReply> },
+    ConfChange { id: RequestId, cc: ConfChange, address: String, reply: Reply<()> },
+    Status(oneshot::Sender<ReplicaStatus>),
+    SnapshotSent { to: u64, ok: bool },
+    Unreachable(u64),
+    Heartbeat { chunkserver: ChunkserverId, capacity_bytes: u64, used_bytes: u64, errors: u64, reply: Reply<()> },
+}
+
+#[derive(Clone, Copy)]
+pub struct Heartbeat {
+    pub at: Instant,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub errors: u64,
+}
+
+/// State shared by the driver, the server and the transport.
+pub struct Shared {
+    pub id: ReplicaId,
+    pub address: String,
+    pub members: RwLock<BTreeMap<u64, String>>,
+    /// Snapshot data fetched from a leader, by index, waiting to be installed.
+    pub staged_snapshots: Mutex<HashMap<u64, PathBuf>>,
+    pub heartbeats: RwLock<HashMap<ChunkserverId, Heartbeat>>,
+}
+
+impl ChunkserverLiveness for Shared {
+    fn live(&self, id: ChunkserverId) -> Option<(ChunkserverState, u64, u64)> {
+        let hb = *self.heartbeats.read().ok()?.get(&id)?;
+        let state = if hb.at.elapsed() > CHUNKSERVER_DOWN_AFTER {
+            ChunkserverState::Down
+        } else if hb.used_bytes >= hb.capacity_bytes {
+            ChunkserverState::Full
+        } else {
+            ChunkserverState::Up
+        };
+        Some((state, hb.capacity_bytes, hb.used_bytes))
+    }
+}
+
+pub trait Outbox: Send {
+    fn send(&self, msgs: Vec<Message>);
+}
+
+pub struct DriverConfig {
+    pub compact_after_entries: u64,
+    pub compact_keep_entries: u64,
+}
+
+pub struct Driver {
+    raw: RawNode<RaftLog>,
+    store: Arc<Store>,
+    shared: Arc<Shared>,
+    outbox: Box<dyn Outbox>,
+    runtime: tokio::runtime::Handle,
+    applied: u64,
+    pending_writes: Vec<Command>,
+    waiters: HashMap<(u128, u64), Reply<NsReply>>,
+    conf_waiters: HashMap<(u128, u64), Reply<()>>,
+    pending_reads: Vec<(Caller, ReadOp, Reply<NsReply>)>,
+    awaiting_reads: HashMap<u64, Vec<(Caller, ReadOp, Reply<NsReply>)>>,
+    ready_reads: Vec<(u64, Vec<(Caller, ReadOp, Reply<NsReply>)>)>,
+    next_read_ctx: u64,
+    pending_member_reload: bool,
+    config: DriverConfig,
+}
+
+pub fn member_key(id: u64) -> Vec<u8> {
+    let mut k = b"member/".to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub fn load_members(store: &Store) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut out = BTreeMap::new();
+    for (k, v) in store.scan(Cf::Sys, b"member/", b"member/", usize::MAX)? {
+        let id = crate::kv::read_be(&k[7..]).ok_or_else(|| anyhow::anyhow!("corrupt member key"))?;
+        out.insert(id, decode::<String>(Cf::Sys, &v)?);
+    }
+    Ok(out)
+}
+
+fn raft_logger() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+impl Driver {
+    pub fn new(
+        store: Arc<Store>,
+        shared: Arc<Shared>,
+        outbox: Box<dyn Outbox>,
+        runtime: tokio::runtime::Handle,
+        config: DriverConfig,
+    ) -> anyhow::Result<Driver> {
+        let log = RaftLog::load(store.clone())?;
+        let applied = crate::raftlog::ns_applied(&store)?;
+        let raft_config = Config {
+            id: shared.id.0,
+            election_tick: ELECTION_TICKS,
+            heartbeat_tick: 1,
+            applied,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        raft_config.validate()?;
+        let raw = RawNode::new(&raft_config, log, &raft_logger())?;
+        *shared.members.write().map_err(|_| anyhow::anyhow!("members lock poisoned"))? = load_members(&store)?;
+        Ok(Driver {
+            raw,
+            store,
+            shared,
+            outbox,
+            runtime,
+            applied,
+            pending_writes: Vec::new(),
+            waiters: HashMap::new(),
+            conf_waiters: HashMap::new(),
+            pending_reads: Vec::new(),
+            awaiting_reads: HashMap::new(),
+            ready_reads: Vec::new(),
+            next_read_ctx: 1,
+            pending_member_reload: false,
+            config,
+        })
+    }
+
+    /// Runs until every sender of `rx` is gone or storage fails.
+    pub fn run(mut self, rx: Receiver<Input>) -> anyhow::Result<()> {
+        let tick = Duration::from_millis(TICK_MS);
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(input) => {
+                    self.handle(input);
+                    for _ in 0..INPUT_QUEUE_MAX {
+                        match rx.try_recv() {
+                            Ok(input) => self.handle(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            if Instant::now() >= next_tick {
+                self.raw.tick();
+                next_tick = Instant::now() + tick;
+            }
+            self.flush_writes();
+            self.flush_reads();
+            self.on_ready()?;
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    fn not_leader(&self) -> RpcError {
+        let leader = self.raw.raft.leader_id;
+        let address = self.shared.members.read().ok().and_then(|m| m.get(&leader).cloned());
+        RpcError::NotLeader { leader: address.map(|a| (ReplicaId(leader), a)) }
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Raft(msg) => {
+                if let Err(e) = self.raw.step(*msg) {
+                    tracing::debug!("raft step: {e}");
+                }
+            }
+            Input::Write { caller, id, op, reply } => {
+                if !self.is_leader() {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                self.waiters.insert((id.client.0, id.seq), reply);
+                self.pending_writes.push(Command { id, caller, op, now: Time::now() });
+            }
+            Input::Read { caller, op, reply } => {
+                if !self.is_leader() {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                self.pending_reads.push((caller, op, reply));
+            }
+            Input::ConfChange { id, cc, address, reply } => {
+                if !self.is_leader() {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                let context = encode(&(id, address));
+                match self.raw.propose_conf_change(context, cc) {
+                    Ok(()) => {
+                        self.conf_waiters.insert((id.client.0, id.seq), reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(RpcError::BadRequest(format!("configuration change refused: {e}"))));
+                    }
+                }
+            }
+            Input::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Input::SnapshotSent { to, ok } => {
+                let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                self.raw.report_snapshot(to, status);
+            }
+            Input::Unreachable(to) => self.raw.report_unreachable(to),
+            Input::Heartbeat { chunkserver, capacity_bytes, used_bytes, errors, reply } => {
+                if !self.is_leader() {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                if let Ok(mut hb) = self.shared.heartbeats.write() {
+                    hb.insert(chunkserver, Heartbeat { at: Instant::now(), capacity_bytes, used_bytes, errors });
+                }
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        let role = match self.raw.raft.state {
+            StateRole::Leader => Role::Leader,
+            StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+            StateRole::Follower => Role::Follower,
+        };
+        let leader = self.raw.raft.leader_id;
+        ReplicaStatus {
+            id: self.shared.id,
+            address: self.shared.address.clone(),
+            role,
+            term: self.raw.raft.term,
+            commit: self.raw.raft.raft_log.committed,
+            applied: self.applied,
+            leader: (leader != 0).then_some(ReplicaId(leader)),
+            pid: std::process::id(),
+            members: self
+                .shared
+                .members
+                .read()
+                .map(|m| m.iter().map(|(id, a)| (ReplicaId(*id), a.clone())).collect())
+                .unwrap_or_default(),
+            first_log_index: self.raw.store().first(),
+            last_log_index: self.raw.store().last(),
+        }
+    }
+
+    /// Packs every waiting command into as few entries as fit.
+    fn flush_writes(&mut self) {
+        if self.pending_writes.is_empty() {
+            return;
+        }
+        let cmds = std::mem::take(&mut self.pending_writes);
+        let mut batch: Vec<Command> = Vec::new();
+        let mut bytes = 0;
+        let mut entries = Vec::new();
+        for cmd in cmds {
+            let size = encode(&cmd).len();
+            if !batch.is_empty() && bytes + size > ENTRY_BYTES_MAX {
+                entries.push(std::mem::take(&mut batch));
+                bytes = 0;
+            }
+            bytes += size;
+            batch.push(cmd);
+        }
+        entries.push(batch);
+        for cmds in entries {
+            if let Err(e) = self.raw.propose(Vec::new(), encode(&cmds)) {
+                tracing::debug!("proposal dropped: {e}");
+                let err = self.not_leader();
+                for cmd in &cmds {
+                    if let Some(w) = self.waiters.remove(&(cmd.id.client.0, cmd.id.seq)) {
+                        let _ = w.send(Err(err.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush_reads(&mut self) {
+        if self.pending_reads.is_empty() {
+            return;
+        }
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        self.awaiting_reads.insert(ctx, std::mem::take(&mut self.pending_reads));
+        self.raw.read_index(ctx.to_be_bytes().to_vec());
+    }
+
+    /// Leadership lost: everyone waiting here retries at the new leader
+    /// (with the same request id, so nothing applies twice).
+    fn fail_waiters(&mut self) {
+        let err = self.not_leader();
+        for (_, w) in self.waiters.drain() {
+            let _ = w.send(Err(err.clone()));
+        }
+        for (_, w) in self.conf_waiters.drain() {
+            let _ = w.send(Err(err.clone()));
+        }
+        let reads: Vec<_> = self.awaiting_reads.drain().flat_map(|(_, r)| r).chain(self.ready_reads.drain(..).flat_map(|(_, r)| r)).collect();
+        for (_, _, w) in reads {
+            let _ = w.send(Err(err.clone()));
+        }
+    }
+
+    fn on_ready(&mut self) -> anyhow::Result<()> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        if let Some(ss) = ready.ss() {
+            if ss.raft_state != StateRole::Leader {
+                self.fail_waiters();
+            }
+            tracing::info!(replica = self.shared.id.0, role = ?ss.raft_state, leader = ss.leader_id, "raft role");
+        }
+        self.outbox.send(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            self.install_snapshot(&snap)?;
+        }
+        for rs in ready.read_states() {
+            let ctx = crate::kv::read_be(&rs.request_ctx).unwrap_or(0);
+            if let Some(reads) = self.awaiting_reads.remove(&ctx) {
+                self.ready_reads.push((rs.index, reads));
+            }
+        }
+        let mut batch = WriteBatch::default();
+        let results = self.apply_entries(&mut batch, ready.take_committed_entries())?;
+        self.raw.mut_store().append(&mut batch, ready.entries())?;
+        if let Some(hs) = ready.hs() {
+            self.raw.mut_store().set_hard_state(&mut batch, hs.clone())?;
+        }
+        if !batch.is_empty() {
+            self.store.write_synced(batch)?;
+        }
+        self.deliver(results);
+        self.outbox.send(ready.take_persisted_messages());
+        let mut light = self.raw.advance(ready);
+        let mut batch = WriteBatch::default();
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(&mut batch, commit)?;
+        }
+        self.outbox.send(light.take_messages());
+        let results = self.apply_entries(&mut batch, light.take_committed_entries())?;
+        if !batch.is_empty() {
+            self.store.write_synced(batch)?;
+        }
+        self.deliver(results);
+        self.raw.advance_apply();
+        self.serve_ready_reads();
+        self.maybe_compact()?;
+        Ok(())
+    }
+
+    fn apply_entries(&mut self, batch: &mut WriteBatch, entries: Vec<Entry>) -> anyhow::Result<Vec<((u128, u64), Result<NsReply, Errno>)>> {
+        let mut results = Vec::new();
+        if entries.is_empty() {
+            return Ok(results);
+        }
+        let store = self.store.clone();
+        let mut tx = Tx::new(&*store);
+        let mut changed_members = false;
+        for e in entries {
+            if e.index <= self.applied {
+                continue;
+            }
+            match e.get_entry_type() {
+                EntryType::EntryNormal => {
+                    if !e.data.is_empty() {
+                        let cmds: Vec<Command> = decode(Cf::Sys, &e.data)
+                            .map_err(|err| anyhow::anyhow!("committed entry {} does not decode: {err}", e.index))?;
+                        for cmd in cmds {
+                            let r = ns::apply_command(&mut tx, &cmd)?;
+                            results.push(((cmd.id.client.0, cmd.id.seq), r));
+                        }
+                    }
+                }
+                EntryType::EntryConfChange => {
+                    let mut cc = ConfChange::default();
+                    cc.merge_from_bytes(&e.data)?;
+                    let (id, address): (RequestId, String) = decode(Cf::Sys, &e.context)?;
+                    let outcome = match self.raw.apply_conf_change(&cc) {
+                        Ok(cs) => {
+                            self.raw.mut_store().set_conf_state(batch, cs)?;
+                            match cc.get_change_type() {
+                                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                                    tx.put_rec(Cf::Sys, member_key(cc.node_id), &address)
+                                }
+                                ConfChangeType::RemoveNode => tx.delete(Cf::Sys, member_key(cc.node_id)),
+                            }
+                            changed_members = true;
+                            Ok(())
+                        }
+                        Err(err) => Err(RpcError::BadRequest(format!("configuration change failed: {err}"))),
+                    };
+                    if let Some(w) = self.conf_waiters.remove(&(id.client.0, id.seq)) {
+                        let _ = w.send(outcome);
+                    }
+                }
+                EntryType::EntryConfChangeV2 => anyhow::bail!("entry {}: joint consensus changes are not used", e.index),
+            }
+            self.applied = e.index;
+        }
+        tx.put_rec(Cf::Sys, ns::SYS_APPLIED_KEY.to_vec(), &self.applied);
+        let writes = tx.into_writes();
+        self.store.put_writes(batch, writes);
+        if changed_members {
+            // Members written in this batch become visible to the transport
+            // after it lands; merging them now is harmless since only
+            // committed configuration reaches here.
+            self.pending_member_reload = true;
+        }
+        Ok(results)
+    }
+
+    fn deliver(&mut self, results: Vec<((u128, u64), Result<NsReply, Errno>)>) {
+        if self.pending_member_reload {
+            self.pending_member_reload = false;
+            match load_members(&self.store) {
+                Ok(m) => {
+                    if let Ok(mut members) = self.shared.members.write() {
+                        *members = m;
+                    }
+                }
+                Err(e) => tracing::error!("reload members: {e:#}"),
+            }
+        }
+        for (key, r) in results {
+            if let Some(w) = self.waiters.remove(&key) {
+                let _ = w.send(r.map_err(RpcError::Errno));
+            }
+        }
+    }
+
+    fn serve_ready_reads(&mut self) {
+        let applied = self.applied;
+        let (now, later): (Vec<_>, Vec<_>) = self.ready_reads.drain(..).partition(|(idx, _)| *idx <= applied);
+        self.ready_reads = later;
+        for (_, reads) in now {
+            let store = self.store.clone();
+            let shared = self.shared.clone();
+            self.runtime.spawn_blocking(move || {
+                for (caller, op, reply) in reads {
+                    let r = match ns::read(&*store, &caller, &op, &*shared) {
+                        Ok(r) => Ok(r),
+                        Err(ns::NsError::Errno(e)) => Err(RpcError::Errno(e)),
+                        Err(ns::NsError::Store(e)) => Err(RpcError::Storage(e.to_string())),
+                    };
+                    let _ = reply.send(r);
+                }
+            });
+        }
+    }
+
+    fn maybe_compact(&mut self) -> anyhow::Result<()> {
+        let first = self.raw.store().first();
+        if self.applied < first + self.config.compact_after_entries {
+            return Ok(());
+        }
+        let upto = self.applied.saturating_sub(self.config.compact_keep_entries);
+        let mut batch = WriteBatch::default();
+        self.raw.mut_store().compact(&mut batch, upto)?;
+        self.store.write_synced(batch)?;
+        tracing::info!(replica = self.shared.id.0, upto, "raft log compacted");
+        Ok(())
+    }
+
+    /// Replaces the state with a snapshot fetched earlier into a staging
+    /// file, and the log with an empty one truncated at its index, in one
+    /// synced batch: a crash leaves either the old state or the new one.
+    fn install_snapshot(&mut self, snap: &Snapshot) -> anyhow::Result<()> {
+        let desc: SnapshotDescriptor = decode(Cf::Sys, &snap.data)?;
+        let path = self
+            .shared
+            .staged_snapshots
+            .lock()
+            .map_err(|_| anyhow::anyhow!("staging lock poisoned"))?
+            .remove(&desc.index)
+            .ok_or_else(|| anyhow::anyhow!("snapshot {} was not staged before raft accepted it", desc.index))?;
+        let mut batch = WriteBatch::default();
+        for cf in STATE_CFS {
+            batch.delete_range_cf(self.store.state_cf(cf), &[][..], &STATE_WIPE_END[..]);
+        }
+        let mut file = std::io::BufReader::new(std::fs::File::open(&path)?);
+        for (cf, k, v) in read_staged(&mut file)? {
+            batch.put_cf(self.store.state_cf(cf), k, v);
+        }
+        self.raw.mut_store().reset_to_snapshot(&mut batch, snap.get_metadata())?;
+        self.store.write_synced(batch)?;
+        self.applied = snap.get_metadata().index;
+        let _ = std::fs::remove_file(&path);
+        let members = load_members(&self.store)?;
+        if let Ok(mut m) = self.shared.members.write() {
+            *m = members;
+        }
+        tracing::info!(replica = self.shared.id.0, index = self.applied, "installed snapshot");
+        Ok(())
+    }
+}
+
+/// Staged snapshot records: `[cf u8][key len u32][key][value len u32][value]`.
+pub fn read_staged(r: &mut impl Read) -> anyhow::Result<Vec<(Cf, Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    loop {
+        let mut cf = [0u8; 1];
+        match r.read_exact(&mut cf) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(out),
+            Err(e) => return Err(e.into()),
+        }
+        let cf = Cf::from_index(cf[0]).ok_or_else(|| anyhow::anyhow!("staged snapshot names unknown column family {}", cf[0]))?;
+        let read_bytes = |r: &mut dyn Read| -> anyhow::Result<Vec<u8>> {
+            let mut len = [0u8; 4];
+            r.read_exact(&mut len)?;
+            let len = u32::from_be_bytes(len) as usize;
+            anyhow::ensure!(len <= sparefs_proto::limits::FRAME_BYTES_MAX, "staged record too long");
+            let mut buf = vec![0u8; len];
+            r.read_exact(&mut buf)?;
+            Ok(buf)
+        };
+        let k = read_bytes(r)?;
+        let v = read_bytes(r)?;
+        out.push((cf, k, v));
+    }
+}
+
+pub fn write_staged(w: &mut impl std::io::Write, cf: Cf, k: &[u8], v: &[u8]) -> std::io::Result<()> {
+    w.write_all(&[cf.index()])?;
+    w.write_all(&(k.len() as u32).to_be_bytes())?;
+    w.write_all(k)?;
+    w.write_all(&(v.len() as u32).to_be_bytes())?;
+    w.write_all(v)
+}
+
+pub type InputSender = SyncSender<Input>;

@@ -1,0 +1,149 @@
+//! Queries of the namespace. They read the store after a ReadIndex round and
+//! never write.
+
+use super::perm::{self, R, W, X};
+use super::records::*;
+use super::write::{check_xattr_access, load, load_dir, valid_name};
+use super::{NsError, NsResult};
+use crate::kv::{be, decode, read_be, Cf, ReadKv, StoreError};
+use sparefs_proto::layout::{ChunkserverInfo, ChunkserverState, Policy, Slice};
+use sparefs_proto::limits::*;
+use sparefs_proto::namespace::*;
+use sparefs_proto::{ChunkserverId, Errno, InodeId};
+
+/// Live facts about chunkservers that are not in the replicated state
+/// (heartbeats stay in the leader's memory).
+pub trait ChunkserverLiveness {
+    fn live(&self, id: ChunkserverId) -> Option<(ChunkserverState, u64, u64)>;
+}
+
+impl ChunkserverLiveness for () {
+    fn live(&self, _: ChunkserverId) -> Option<(ChunkserverState, u64, u64)> {
+        None
+    }
+}
+
+pub fn read<K: ReadKv>(kv: &K, c: &Caller, op: &ReadOp, live: &dyn ChunkserverLiveness) -> NsResult<NsReply> {
+    match op {
+        ReadOp::Lookup { parent, name } => {
+            let dir = load_dir(kv, *parent)?;
+            perm::check(&dir, c, X)?;
+            let ino = match name.as_slice() {
+                b"." => *parent,
+                b".." => dir.parent,
+                _ => {
+                    valid_name(name)?;
+                    kv.get_rec::<DentryRec>(Cf::Dentries, &dentry_key(*parent, name))?
+                        .ok_or(NsError::Errno(Errno::ENOENT))?
+                        .ino
+                }
+            };
+            Ok(NsReply::Attr(load(kv, ino)?.attr(ino)))
+        }
+        ReadOp::GetAttr { ino } => Ok(NsReply::Attr(load(kv, *ino)?.attr(*ino))),
+        ReadOp::ReadDir { ino, after_cookie, limit } => {
+            let dir = load_dir(kv, *ino)?;
+            perm::check(&dir, c, R)?;
+            let limit = (*limit).clamp(1, READDIR_ENTRIES_MAX) as usize;
+            let prefix = be(ino.0);
+            let start = dirindex_key(*ino, after_cookie.saturating_add(1));
+            let mut out = Vec::new();
+            for (k, v) in kv.scan(Cf::DirIndex, &prefix, &start, limit)? {
+                let cookie = read_be(&k[8..]).ok_or_else(|| StoreError::Invalid("short dirindex key".into()))?;
+                let name: Vec<u8> = decode(Cf::DirIndex, &v)?;
+                let entry: DentryRec = kv
+                    .get_rec(Cf::Dentries, &dentry_key(*ino, &name))?
+                    .ok_or_else(|| StoreError::Invalid(format!("dirindex of {ino} names a missing entry")))?;
+                out.push(DirEntry { name, ino: entry.ino, kind: entry.kind, cookie });
+            }
+            Ok(NsReply::Dir(out))
+        }
+        ReadOp::ReadLink { ino } => {
+            let inode = load(kv, *ino)?;
+            if inode.kind != FileKind::Symlink {
+                return Err(Errno::EINVAL.into());
+            }
+            Ok(NsReply::Bytes(inode.target))
+        }
+        ReadOp::GetXattr { ino, name } => {
+            let inode = load(kv, *ino)?;
+            check_xattr_access(&inode, c, name, R)?;
+            let value: Vec<u8> = kv.get_rec(Cf::Xattrs, &xattr_key(*ino, name))?.ok_or(NsError::Errno(Errno::ENODATA))?;
+            Ok(NsReply::Bytes(value))
+        }
+        ReadOp::ListXattr { ino } => {
+            let inode = load(kv, *ino)?;
+            let prefix = be(ino.0);
+            let mut names = Vec::new();
+            for (k, _) in kv.scan(Cf::Xattrs, &prefix, &prefix, usize::MAX)? {
+                let name = k[8..].to_vec();
+                // user.* names are listed only for those who may read them;
+                // trusted.* only for root.
+                if check_xattr_access(&inode, c, &name, R).is_ok() || name.starts_with(b"user.") && c.uid == 0 {
+                    names.push(name);
+                }
+            }
+            Ok(NsReply::Names(names))
+        }
+        ReadOp::Access { ino, mask } => {
+            let inode = load(kv, *ino)?;
+            if mask & !(R | W | X) != 0 {
+                return Err(Errno::EINVAL.into());
+            }
+            perm::check(&inode, c, *mask)?;
+            Ok(NsReply::Done)
+        }
+        ReadOp::StatFs => {
+            let (mut capacity, mut used) = (0u64, 0u64);
+            for server in chunkservers(kv, live)? {
+                capacity += server.capacity_bytes;
+                used += server.used_bytes;
+            }
+            Ok(NsReply::StatFs(StatFs {
+                capacity_bytes: capacity,
+                free_bytes: capacity.saturating_sub(used),
+                files: sys_u64(kv, SYS_FILES)?,
+                block_bytes: 4096,
+                name_bytes_max: NAME_BYTES_MAX as u32,
+            }))
+        }
+        ReadOp::GetPolicy { ino } => {
+            let mut ino = *ino;
+            let mut inode = load(kv, ino)?;
+            if !inode.is_dir() {
+                return Err(Errno::ENOTDIR.into());
+            }
+            // Inherited: the nearest directory up the tree with a policy.
+            loop {
+                if let Some(p) = inode.policy {
+                    return Ok(NsReply::Policy(p));
+                }
+                if ino == InodeId::ROOT {
+                    return Ok(NsReply::Policy(Policy::Ec { data: 2, parity: 1 }));
+                }
+                ino = inode.parent;
+                inode = load(kv, ino)?;
+            }
+        }
+        ReadOp::ReadChunk { ino, index } => {
+            let inode = load(kv, *ino)?;
+            if inode.kind != FileKind::File {
+                return Err(Errno::EINVAL.into());
+            }
+            let slices: Vec<Slice> = kv.get_rec(Cf::Chunks, &chunk_key(*ino, *index))?.unwrap_or_default();
+            Ok(NsReply::Chunk(slices))
+        }
+        ReadOp::ListChunkservers => Ok(NsReply::Chunkservers(chunkservers(kv, live)?)),
+    }
+}
+
+pub fn chunkservers<K: ReadKv>(kv: &K, live: &dyn ChunkserverLiveness) -> NsResult<Vec<ChunkserverInfo>> {
+    let mut out = Vec::new();
+    for (k, v) in kv.scan(Cf::Chunkservers, &[], &[], usize::MAX)? {
+        let id = ChunkserverId(read_be(&k).ok_or_else(|| StoreError::Invalid("short chunkserver key".into()))?);
+        let rec: ChunkserverRec = decode(Cf::Chunkservers, &v)?;
+        let (state, capacity_bytes, used_bytes) = live.live(id).unwrap_or((ChunkserverState::Down, rec.capacity_bytes, 0));
+        out.push(ChunkserverInfo { id, address: rec.address, state, capacity_bytes, used_bytes });
+    }
+    Ok(out)
+}

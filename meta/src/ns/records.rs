@@ -1,0 +1,114 @@
+//! Stored records and their keys.
+
+use crate::kv::{be, Cf, ReadKv, StoreError};
+use serde::{Deserialize, Serialize};
+use sparefs_proto::layout::Policy;
+use sparefs_proto::namespace::{Attr, FileKind, Time};
+use sparefs_proto::InodeId;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InodeRec {
+    pub kind: FileKind,
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub nlink: u32,
+    pub rdev: u32,
+    pub atime: Time,
+    pub mtime: Time,
+    pub ctime: Time,
+    pub crtime: Time,
+    /// Directories: the directory holding this one (for `..` and cycle checks).
+    pub parent: InodeId,
+    /// Directories: entries inside, for ENOTEMPTY without a scan.
+    pub children: u64,
+    /// Directories: the next readdir cookie to hand out.
+    pub next_cookie: u64,
+    /// Directories: redundancy policy new children inherit.
+    pub policy: Option<Policy>,
+    /// Symlinks: the target.
+    pub target: Vec<u8>,
+}
+
+impl InodeRec {
+    pub fn attr(&self, ino: InodeId) -> Attr {
+        Attr {
+            ino,
+            kind: self.kind,
+            perm: self.perm,
+            uid: self.uid,
+            gid: self.gid,
+            size: self.size,
+            nlink: self.nlink,
+            rdev: self.rdev,
+            atime: self.atime,
+            mtime: self.mtime,
+            ctime: self.ctime,
+            crtime: self.crtime,
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind == FileKind::Dir
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DentryRec {
+    pub ino: InodeId,
+    pub kind: FileKind,
+    pub cookie: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkserverRec {
+    pub address: String,
+    pub capacity_bytes: u64,
+    pub token: [u8; 16],
+    pub registered: Time,
+}
+
+/// First cookie handed out; 1 and 2 are left for "." and "..".
+pub const FIRST_COOKIE: u64 = 3;
+
+pub fn inode_key(ino: InodeId) -> Vec<u8> {
+    be(ino.0).to_vec()
+}
+
+pub fn dentry_key(parent: InodeId, name: &[u8]) -> Vec<u8> {
+    let mut k = be(parent.0).to_vec();
+    k.extend_from_slice(name);
+    k
+}
+
+pub fn dirindex_key(parent: InodeId, cookie: u64) -> Vec<u8> {
+    let mut k = be(parent.0).to_vec();
+    k.extend_from_slice(&be(cookie));
+    k
+}
+
+pub fn xattr_key(ino: InodeId, name: &[u8]) -> Vec<u8> {
+    dentry_key(ino, name)
+}
+
+pub fn chunk_key(ino: InodeId, index: u64) -> Vec<u8> {
+    dirindex_key(ino, index)
+}
+
+pub fn session_key(client: u128, seq: u64) -> Vec<u8> {
+    let mut k = client.to_be_bytes().to_vec();
+    k.extend_from_slice(&be(seq));
+    k
+}
+
+pub const SYS_NEXT_INODE: &[u8] = b"next_inode";
+pub const SYS_NEXT_BLOCK: &[u8] = b"next_block";
+pub const SYS_NEXT_CHUNKSERVER: &[u8] = b"next_chunkserver";
+pub const SYS_NEXT_SLICE: &[u8] = b"next_slice";
+pub const SYS_FILES: &[u8] = b"files";
+pub const SYS_APPLIED: &[u8] = b"applied";
+
+pub fn sys_u64(kv: &impl ReadKv, key: &[u8]) -> Result<u64, StoreError> {
+    Ok(kv.get_rec::<u64>(Cf::Sys, key)?.unwrap_or(0))
+}

@@ -1,0 +1,786 @@
+//! Mutations of the namespace: one `Command` in, its writes into a `Tx`.
+//!
+//! Order inside every operation: validate names, load and check every record
+//! and permission, and only then write. A command that fails leaves its
+//! nested `Tx` unused, so nothing partial survives.
+
+use super::perm::{self, R, S_ISGID, S_ISUID, S_ISVTX, W, X};
+use super::records::*;
+use super::{NsError, NsResult};
+use crate::kv::{be, read_be, Cf, ReadKv, StoreError, Tx};
+use serde::{Deserialize, Serialize};
+use sparefs_proto::layout::{BlockRef, Slice};
+use sparefs_proto::limits::*;
+use sparefs_proto::namespace::*;
+use sparefs_proto::{BlockId, ChunkserverId, Errno, InodeId, RequestId};
+
+/// One client request as it travels through Raft: who asked, which request,
+/// what to do, and the leader's clock when it was proposed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: RequestId,
+    pub caller: Caller,
+    pub op: WriteOp,
+    pub now: Time,
+}
+
+/// The state every replica starts from: an empty root directory.
+pub fn bootstrap<R: ReadKv>(tx: &mut Tx<R>) -> Result<(), StoreError> {
+    if tx.get(Cf::Inodes, &inode_key(InodeId::ROOT))?.is_some() {
+        return Ok(());
+    }
+    let root = new_inode(FileKind::Dir, 0o755, 0, 0, Time::default(), InodeId::ROOT);
+    tx.put_rec(Cf::Inodes, inode_key(InodeId::ROOT), &root);
+    tx.put_rec(Cf::Sys, SYS_NEXT_INODE.to_vec(), &2u64);
+    tx.put_rec(Cf::Sys, SYS_FILES.to_vec(), &1u64);
+    Ok(())
+}
+
+/// Applies `cmd` exactly once: a `(client, seq)` seen before returns the
+/// answer recorded then. The answer is stored in the same writes.
+pub fn apply_command<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> Result<Result<NsReply, Errno>, StoreError> {
+    let skey = session_key(cmd.id.client.0, cmd.id.seq);
+    if let Some(prev) = tx.get_rec::<Result<NsReply, Errno>>(Cf::Sessions, &skey)? {
+        return Ok(prev);
+    }
+    let result = {
+        let mut inner = Tx::new(&*tx);
+        match apply_op(&mut inner, cmd) {
+            Ok(reply) => Ok((reply, inner.into_writes())),
+            Err(NsError::Errno(e)) => Err(e),
+            Err(NsError::Store(e)) => return Err(e),
+        }
+    };
+    let reply = match result {
+        Ok((reply, writes)) => {
+            tx.absorb(writes);
+            Ok(reply)
+        }
+        Err(e) => Err(e),
+    };
+    // Forget answers the client has confirmed receiving.
+    let prefix = cmd.id.client.0.to_be_bytes();
+    for (k, _) in tx.scan(Cf::Sessions, &prefix, &prefix, 64)? {
+        match read_be(&k[16..]) {
+            Some(seq) if seq < cmd.id.ack_below => tx.delete(Cf::Sessions, k),
+            _ => break,
+        }
+    }
+    tx.put_rec(Cf::Sessions, skey, &reply);
+    Ok(reply)
+}
+
+fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
+    let c = &cmd.caller;
+    let now = cmd.now;
+    match &cmd.op {
+        WriteOp::MkNod { parent, name, kind, perm, umask, rdev, exclusive } => {
+            if matches!(kind, FileKind::Dir | FileKind::Symlink) {
+                return Err(Errno::EINVAL.into());
+            }
+            if matches!(kind, FileKind::CharDev | FileKind::BlockDev) && c.uid != 0 {
+                return Err(Errno::EPERM.into());
+            }
+            make(tx, c, now, *parent, name, *kind, perm & !umask & 0o7777, *rdev, Vec::new(), *exclusive)
+        }
+        WriteOp::Mkdir { parent, name, perm, umask } => {
+            make(tx, c, now, *parent, name, FileKind::Dir, perm & !umask & 0o7777, 0, Vec::new(), true)
+        }
+        WriteOp::Symlink { parent, name, target } => {
+            if target.is_empty() || target.contains(&0) {
+                return Err(Errno::ENOENT.into());
+            }
+            if target.len() > SYMLINK_BYTES_MAX {
+                return Err(Errno::ENAMETOOLONG.into());
+            }
+            make(tx, c, now, *parent, name, FileKind::Symlink, 0o777, 0, target.clone(), true)
+        }
+        WriteOp::Unlink { parent, name } => remove(tx, c, now, *parent, name, false),
+        WriteOp::Rmdir { parent, name } => remove(tx, c, now, *parent, name, true),
+        WriteOp::Rename { parent, name, new_parent, new_name, mode } => {
+            rename(tx, c, now, *parent, name, *new_parent, new_name, *mode)
+        }
+        WriteOp::Link { ino, new_parent, new_name } => link(tx, c, now, *ino, *new_parent, new_name),
+        WriteOp::SetAttr { ino, set } => setattr(tx, c, now, *ino, set),
+        WriteOp::SetXattr { ino, name, value, mode } => setxattr(tx, c, now, *ino, name, value, *mode),
+        WriteOp::RemoveXattr { ino, name } => {
+            let mut inode = load(tx, *ino)?;
+            check_xattr_access(&inode, c, name, W)?;
+            let key = xattr_key(*ino, name);
+            if tx.get(Cf::Xattrs, &key)?.is_none() {
+                return Err(Errno::ENODATA.into());
+            }
+            tx.delete(Cf::Xattrs, key);
+            inode.ctime = now;
+            store(tx, *ino, &inode);
+            Ok(NsReply::Done)
+        }
+        WriteOp::SetPolicy { ino, policy } => {
+            policy.validate().map_err(|_| Errno::EINVAL)?;
+            let mut inode = load(tx, *ino)?;
+            if !inode.is_dir() {
+                return Err(Errno::ENOTDIR.into());
+            }
+            if !perm::is_owner_or_root(&inode, c) {
+                return Err(Errno::EPERM.into());
+            }
+            inode.policy = Some(*policy);
+            inode.ctime = now;
+            store(tx, *ino, &inode);
+            Ok(NsReply::Policy(*policy))
+        }
+        WriteOp::CommitSlices { ino, slices, size_at_least } => commit_slices(tx, c, now, *ino, slices, *size_at_least),
+        WriteOp::AllocateBlocks { count, policy, placement } => {
+            policy.validate().map_err(|_| Errno::EINVAL)?;
+            if *count == 0 || *count > 1024 || placement.len() != policy.width() {
+                return Err(Errno::EINVAL.into());
+            }
+            let first = next_id(tx, SYS_NEXT_BLOCK, *count as u64)?;
+            Ok(NsReply::AllocatedIds((0..*count as u64).map(|i| BlockId(first + i)).collect()))
+        }
+        WriteOp::RegisterChunkserver { address, capacity_bytes, token } => {
+            // A chunkserver that registers again with its token keeps its id.
+            for (k, v) in tx.scan(Cf::Chunkservers, &[], &[], usize::MAX)? {
+                let rec: ChunkserverRec = crate::kv::decode(Cf::Chunkservers, &v)?;
+                if rec.token == *token {
+                    let id = read_be(&k).ok_or_else(|| StoreError::Invalid("short chunkserver key".into()))?;
+                    let rec = ChunkserverRec { address: address.clone(), capacity_bytes: *capacity_bytes, ..rec };
+                    tx.put_rec(Cf::Chunkservers, k, &rec);
+                    return Ok(NsReply::Registered(ChunkserverId(id)));
+                }
+            }
+            let id = next_id(tx, SYS_NEXT_CHUNKSERVER, 1)? + 1;
+            let rec = ChunkserverRec { address: address.clone(), capacity_bytes: *capacity_bytes, token: *token, registered: now };
+            tx.put_rec(Cf::Chunkservers, be(id).to_vec(), &rec);
+            Ok(NsReply::Registered(ChunkserverId(id)))
+        }
+    }
+}
+
+/// Checks a name component for creation or lookup.
+pub fn valid_name(name: &[u8]) -> Result<(), Errno> {
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return Err(Errno::EINVAL);
+    }
+    if name.len() > NAME_BYTES_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(())
+}
+
+fn is_dot(name: &[u8]) -> bool {
+    name == b"." || name == b".."
+}
+
+pub fn load<R: ReadKv>(kv: &R, ino: InodeId) -> NsResult<InodeRec> {
+    kv.get_rec::<InodeRec>(Cf::Inodes, &inode_key(ino))?.ok_or(NsError::Errno(Errno::ENOENT))
+}
+
+fn store<R: ReadKv>(tx: &mut Tx<R>, ino: InodeId, rec: &InodeRec) {
+    tx.put_rec(Cf::Inodes, inode_key(ino), rec);
+}
+
+pub fn load_dir<R: ReadKv>(kv: &R, ino: InodeId) -> NsResult<InodeRec> {
+    let d = load(kv, ino)?;
+    if !d.is_dir() {
+        return Err(Errno::ENOTDIR.into());
+    }
+    Ok(d)
+}
+
+fn dentry<R: ReadKv>(kv: &R, parent: InodeId, name: &[u8]) -> NsResult<Option<DentryRec>> {
+    Ok(kv.get_rec(Cf::Dentries, &dentry_key(parent, name))?)
+}
+
+/// Returns the first of `count` fresh ids from the counter `key`.
+fn next_id<R: ReadKv>(tx: &mut Tx<R>, key: &[u8], count: u64) -> NsResult<u64> {
+    let first = sys_u64(tx, key)?;
+    tx.put_rec(Cf::Sys, key.to_vec(), &(first + count));
+    Ok(first)
+}
+
+fn add_files<R: ReadKv>(tx: &mut Tx<R>, delta: i64) -> NsResult<()> {
+    let n = sys_u64(tx, SYS_FILES)? as i64 + delta;
+    tx.put_rec(Cf::Sys, SYS_FILES.to_vec(), &(n.max(0) as u64));
+    Ok(())
+}
+
+fn new_inode(kind: FileKind, perm: u32, uid: u32, gid: u32, now: Time, parent: InodeId) -> InodeRec {
+    let dir = kind == FileKind::Dir;
+    InodeRec {
+        kind,
+        perm,
+        uid,
+        gid,
+        size: 0,
+        nlink: if dir { 2 } else { 1 },
+        rdev: 0,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+        parent: if dir { parent } else { InodeId(0) },
+        children: 0,
+        next_cookie: FIRST_COOKIE,
+        policy: None,
+        target: Vec::new(),
+    }
+}
+
+/// Adds `name -> ino` to directory `parent` (record `dir`, saved by the caller).
+fn insert_entry<R: ReadKv>(tx: &mut Tx<R>, parent: InodeId, dir: &mut InodeRec, name: &[u8], ino: InodeId, kind: FileKind) {
+    let cookie = dir.next_cookie;
+    dir.next_cookie += 1;
+    dir.children += 1;
+    tx.put_rec(Cf::Dentries, dentry_key(parent, name), &DentryRec { ino, kind, cookie });
+    tx.put_rec(Cf::DirIndex, dirindex_key(parent, cookie), &name.to_vec());
+}
+
+fn delete_entry<R: ReadKv>(tx: &mut Tx<R>, parent: InodeId, dir: &mut InodeRec, name: &[u8], entry: &DentryRec) {
+    dir.children = dir.children.saturating_sub(1);
+    tx.delete(Cf::Dentries, dentry_key(parent, name));
+    tx.delete(Cf::DirIndex, dirindex_key(parent, entry.cookie));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make<R: ReadKv>(
+    tx: &mut Tx<R>,
+    c: &Caller,
+    now: Time,
+    parent: InodeId,
+    name: &[u8],
+    kind: FileKind,
+    perm: u32,
+    rdev: u32,
+    target: Vec<u8>,
+    exclusive: bool,
+) -> NsResult<NsReply> {
+    valid_name(name)?;
+    let mut dir = load_dir(tx, parent)?;
+    if is_dot(name) {
+        return Err(Errno::EEXIST.into());
+    }
+    if let Some(existing) = dentry(tx, parent, name)? {
+        // open(O_CREAT) without O_EXCL on an existing file opens it.
+        if !exclusive && kind == FileKind::File {
+            perm::check(&dir, c, X)?;
+            return Ok(NsReply::Attr(load(tx, existing.ino)?.attr(existing.ino)));
+        }
+        return Err(Errno::EEXIST.into());
+    }
+    perm::check(&dir, c, W | X)?;
+    if dir.nlink == 0 {
+        return Err(Errno::ENOENT.into());
+    }
+    let ino = InodeId(next_id(tx, SYS_NEXT_INODE, 1)?);
+    // In a set-gid directory children take the directory's group, and
+    // subdirectories keep the bit.
+    let (gid, mut perm) = if dir.perm & S_ISGID != 0 {
+        (dir.gid, if kind == FileKind::Dir { perm | S_ISGID } else { perm })
+    } else {
+        (c.gid, perm)
+    };
+    if kind != FileKind::Dir && perm & S_ISGID != 0 && c.uid != 0 && !c.in_group(gid) {
+        perm &= !S_ISGID;
+    }
+    let mut inode = new_inode(kind, perm, c.uid, gid, now, parent);
+    inode.rdev = rdev;
+    inode.size = target.len() as u64;
+    inode.target = target;
+    inode.policy = if kind == FileKind::Dir { dir.policy } else { None };
+    if kind == FileKind::Dir {
+        dir.nlink += 1;
+    }
+    insert_entry(tx, parent, &mut dir, name, ino, kind);
+    dir.mtime = now;
+    dir.ctime = now;
+    store(tx, parent, &dir);
+    store(tx, ino, &inode);
+    add_files(tx, 1)?;
+    Ok(NsReply::Attr(inode.attr(ino)))
+}
+
+/// Drops one link of `ino`; at zero the inode goes to the deleted list,
+/// where garbage collection finds its chunks.
+fn drop_link<R: ReadKv>(tx: &mut Tx<R>, now: Time, ino: InodeId, inode: &mut InodeRec) -> NsResult<()> {
+    let gone = if inode.is_dir() { true } else {
+        inode.nlink = inode.nlink.saturating_sub(1);
+        inode.nlink == 0
+    };
+    if gone {
+        tx.delete(Cf::Inodes, inode_key(ino));
+        for (k, _) in tx.scan(Cf::Xattrs, &be(ino.0), &be(ino.0), usize::MAX)? {
+            tx.delete(Cf::Xattrs, k);
+        }
+        if inode.kind == FileKind::File {
+            tx.put_rec(Cf::Deleted, inode_key(ino), &now);
+        }
+        add_files(tx, -1)?;
+    } else {
+        inode.ctime = now;
+        store(tx, ino, inode);
+    }
+    Ok(())
+}
+
+fn remove<R: ReadKv>(tx: &mut Tx<R>, c: &Caller, now: Time, parent: InodeId, name: &[u8], want_dir: bool) -> NsResult<NsReply> {
+    valid_name(name)?;
+    let mut dir = load_dir(tx, parent)?;
+    if is_dot(name) {
+        return Err(match (want_dir, name) {
+            (true, b".") => Errno::EINVAL,
+            (true, _) => Errno::ENOTEMPTY,
+            (false, _) => Errno::EISDIR,
+        }
+        .into());
+    }
+    perm::check(&dir, c, X)?;
+    let entry = dentry(tx, parent, name)?.ok_or(NsError::Errno(Errno::ENOENT))?;
+    let mut victim = load(tx, entry.ino)?;
+    match (want_dir, victim.is_dir()) {
+        (true, false) => return Err(Errno::ENOTDIR.into()),
+        (false, true) => return Err(Errno::EISDIR.into()),
+        _ => {}
+    }
+    perm::check(&dir, c, W)?;
+    perm::check_sticky(&dir, &victim, c)?;
+    if want_dir {
+        if entry.ino == InodeId::ROOT {
+            return Err(Errno::EBUSY.into());
+        }
+        if victim.children > 0 {
+            return Err(Errno::ENOTEMPTY.into());
+        }
+        dir.nlink = dir.nlink.saturating_sub(1);
+    }
+    delete_entry(tx, parent, &mut dir, name, &entry);
+    dir.mtime = now;
+    dir.ctime = now;
+    store(tx, parent, &dir);
+    drop_link(tx, now, entry.ino, &mut victim)?;
+    Ok(NsReply::Done)
+}
+
+/// True if directory `ino` is `ancestor` or lies below it.
+fn is_within<R: ReadKv>(kv: &R, mut ino: InodeId, ancestor: InodeId) -> NsResult<bool> {
+    // Bounded walk: a corrupt parent chain must not loop forever.
+    for _ in 0..100_000 {
+        if ino == ancestor {
+            return Ok(true);
+        }
+        if ino == InodeId::ROOT {
+            return Ok(false);
+        }
+        ino = load(kv, ino)?.parent;
+    }
+    Err(StoreError::Invalid(format!("parent chain of {ino} does not reach the root")).into())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rename<R: ReadKv>(
+    tx: &mut Tx<R>,
+    c: &Caller,
+    now: Time,
+    parent: InodeId,
+    name: &[u8],
+    new_parent: InodeId,
+    new_name: &[u8],
+    mode: RenameMode,
+) -> NsResult<NsReply> {
+    valid_name(name)?;
+    valid_name(new_name)?;
+    let src_dir = load_dir(tx, parent)?;
+    let dst_dir = load_dir(tx, new_parent)?;
+    if is_dot(name) || is_dot(new_name) {
+        return Err(Errno::EINVAL.into());
+    }
+    perm::check(&src_dir, c, X)?;
+    perm::check(&dst_dir, c, X)?;
+    let src = dentry(tx, parent, name)?.ok_or(NsError::Errno(Errno::ENOENT))?;
+    let dst = dentry(tx, new_parent, new_name)?;
+    match (mode, &dst) {
+        (RenameMode::NoReplace, Some(_)) => return Err(Errno::EEXIST.into()),
+        (RenameMode::Exchange, None) => return Err(Errno::ENOENT.into()),
+        _ => {}
+    }
+    perm::check(&src_dir, c, W)?;
+    perm::check(&dst_dir, c, W)?;
+    let src_inode = load(tx, src.ino)?;
+    perm::check_sticky(&src_dir, &src_inode, c)?;
+    let dst_inode = match &dst {
+        Some(d) => {
+            let i = load(tx, d.ino)?;
+            perm::check_sticky(&dst_dir, &i, c)?;
+            Some(i)
+        }
+        None => None,
+    };
+    // Moving a directory to a new parent rewrites its "..": it needs write
+    // permission on itself, and must not land inside itself.
+    if src_inode.is_dir() && parent != new_parent {
+        perm::check(&src_inode, c, W)?;
+        if is_within(tx, new_parent, src.ino)? {
+            return Err(Errno::EINVAL.into());
+        }
+    }
+    if mode == RenameMode::Exchange {
+        let (dst, dst_inode) = match (dst, dst_inode) {
+            (Some(d), Some(i)) => (d, i),
+            _ => return Err(Errno::ENOENT.into()),
+        };
+        if dst_inode.is_dir() && parent != new_parent {
+            perm::check(&dst_inode, c, W)?;
+            if is_within(tx, parent, dst.ino)? {
+                return Err(Errno::EINVAL.into());
+            }
+        }
+        return exchange(tx, now, parent, name, src, src_inode, new_parent, new_name, dst, dst_inode);
+    }
+    if let (Some(d), Some(di)) = (&dst, &dst_inode) {
+        if d.ino == src.ino {
+            // Two names of one inode: POSIX says do nothing.
+            return Ok(NsReply::Done);
+        }
+        match (src_inode.is_dir(), di.is_dir()) {
+            (true, false) => return Err(Errno::ENOTDIR.into()),
+            (false, true) => return Err(Errno::EISDIR.into()),
+            (true, true) if di.children > 0 => return Err(Errno::ENOTEMPTY.into()),
+            _ => {}
+        }
+    }
+    // Remove the target first, then move the entry. Directory records are
+    // re-read after each step so that same-directory renames see one record.
+    if let (Some(d), Some(mut di)) = (dst, dst_inode) {
+        let mut ddir = load(tx, new_parent)?;
+        delete_entry(tx, new_parent, &mut ddir, new_name, &d);
+        if di.is_dir() {
+            ddir.nlink = ddir.nlink.saturating_sub(1);
+        }
+        store(tx, new_parent, &ddir);
+        drop_link(tx, now, d.ino, &mut di)?;
+    }
+    let mut sdir = load(tx, parent)?;
+    delete_entry(tx, parent, &mut sdir, name, &src);
+    if src_inode.is_dir() {
+        sdir.nlink = sdir.nlink.saturating_sub(1);
+    }
+    sdir.mtime = now;
+    sdir.ctime = now;
+    store(tx, parent, &sdir);
+    let mut ddir = load(tx, new_parent)?;
+    insert_entry(tx, new_parent, &mut ddir, new_name, src.ino, src.kind);
+    if src_inode.is_dir() {
+        ddir.nlink += 1;
+    }
+    ddir.mtime = now;
+    ddir.ctime = now;
+    store(tx, new_parent, &ddir);
+    let mut moved = load(tx, src.ino)?;
+    if moved.is_dir() {
+        moved.parent = new_parent;
+    }
+    moved.ctime = now;
+    store(tx, src.ino, &moved);
+    Ok(NsReply::Done)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn exchange<R: ReadKv>(
+    tx: &mut Tx<R>,
+    now: Time,
+    parent: InodeId,
+    name: &[u8],
+    src: DentryRec,
+    src_inode: InodeRec,
+    new_parent: InodeId,
+    new_name: &[u8],
+    dst: DentryRec,
+    dst_inode: InodeRec,
+) -> NsResult<NsReply> {
+    if src.ino == dst.ino {
+        return Ok(NsReply::Done);
+    }
+    // Each name keeps its cookie and now points at the other inode.
+    tx.put_rec(Cf::Dentries, dentry_key(parent, name), &DentryRec { ino: dst.ino, kind: dst.kind, cookie: src.cookie });
+    tx.put_rec(Cf::Dentries, dentry_key(new_parent, new_name), &DentryRec { ino: src.ino, kind: src.kind, cookie: dst.cookie });
+    if parent != new_parent {
+        let dirs_delta = src_inode.is_dir() as i64 - dst_inode.is_dir() as i64;
+        let mut sdir = load(tx, parent)?;
+        sdir.nlink = (sdir.nlink as i64 - dirs_delta) as u32;
+        sdir.mtime = now;
+        sdir.ctime = now;
+        store(tx, parent, &sdir);
+        let mut ddir = load(tx, new_parent)?;
+        ddir.nlink = (ddir.nlink as i64 + dirs_delta) as u32;
+        ddir.mtime = now;
+        ddir.ctime = now;
+        store(tx, new_parent, &ddir);
+    } else {
+        let mut d = load(tx, parent)?;
+        d.mtime = now;
+        d.ctime = now;
+        store(tx, parent, &d);
+    }
+    let mut a = src_inode;
+    let mut b = dst_inode;
+    if a.is_dir() {
+        a.parent = new_parent;
+    }
+    if b.is_dir() {
+        b.parent = parent;
+    }
+    a.ctime = now;
+    b.ctime = now;
+    store(tx, src.ino, &a);
+    store(tx, dst.ino, &b);
+    Ok(NsReply::Done)
+}
+
+fn link<R: ReadKv>(tx: &mut Tx<R>, c: &Caller, now: Time, ino: InodeId, new_parent: InodeId, new_name: &[u8]) -> NsResult<NsReply> {
+    valid_name(new_name)?;
+    let mut inode = load(tx, ino)?;
+    let mut dir = load_dir(tx, new_parent)?;
+    if inode.is_dir() {
+        return Err(Errno::EPERM.into());
+    }
+    if is_dot(new_name) || dentry(tx, new_parent, new_name)?.is_some() {
+        return Err(Errno::EEXIST.into());
+    }
+    perm::check(&dir, c, W | X)?;
+    if inode.nlink == 0 {
+        return Err(Errno::ENOENT.into());
+    }
+    if inode.nlink >= 65_000 {
+        return Err(Errno::EMLINK.into());
+    }
+    inode.nlink += 1;
+    inode.ctime = now;
+    insert_entry(tx, new_parent, &mut dir, new_name, ino, inode.kind);
+    dir.mtime = now;
+    dir.ctime = now;
+    store(tx, new_parent, &dir);
+    store(tx, ino, &inode);
+    Ok(NsReply::Attr(inode.attr(ino)))
+}
+
+fn setattr<R: ReadKv>(tx: &mut Tx<R>, c: &Caller, now: Time, ino: InodeId, set: &SetAttr) -> NsResult<NsReply> {
+    let mut inode = load(tx, ino)?;
+    let owner = perm::is_owner_or_root(&inode, c);
+    let mut changed = false;
+    if let Some(size) = set.size {
+        if inode.is_dir() {
+            return Err(Errno::EISDIR.into());
+        }
+        if inode.kind != FileKind::File {
+            return Err(Errno::EINVAL.into());
+        }
+        if size > FILE_BYTES_MAX {
+            return Err(Errno::EFBIG.into());
+        }
+        perm::check(&inode, c, W)?;
+        if size < inode.size {
+            truncate_layout(tx, ino, size, inode.size)?;
+        }
+        if size != inode.size {
+            inode.mtime = now;
+        }
+        inode.size = size;
+        if c.uid != 0 {
+            kill_suid(&mut inode);
+        }
+        changed = true;
+    }
+    if set.uid.is_some() || set.gid.is_some() {
+        let new_uid = set.uid.unwrap_or(inode.uid);
+        let new_gid = set.gid.unwrap_or(inode.gid);
+        if c.uid != 0 {
+            // Only root gives a file away; an owner may move it to one of
+            // their own groups.
+            if new_uid != inode.uid || c.uid != inode.uid || (new_gid != inode.gid && !c.in_group(new_gid)) {
+                return Err(Errno::EPERM.into());
+            }
+        }
+        if inode.kind != FileKind::Dir && (set.uid.is_some() || set.gid.is_some()) {
+            // chown clears set-uid, and set-gid when it means "set group id"
+            // (group execute set), as Linux does.
+            if inode.perm & 0o010 != 0 {
+                inode.perm &= !(S_ISUID | S_ISGID);
+            } else {
+                inode.perm &= !S_ISUID;
+            }
+        }
+        inode.uid = new_uid;
+        inode.gid = new_gid;
+        changed = true;
+    }
+    if let Some(mode) = set.perm {
+        if !owner {
+            return Err(Errno::EPERM.into());
+        }
+        let mut mode = mode & 0o7777;
+        if c.uid != 0 && !c.in_group(inode.gid) {
+            mode &= !S_ISGID;
+        }
+        inode.perm = mode;
+        changed = true;
+    }
+    for (which, value) in [(0, set.atime), (1, set.mtime)] {
+        let Some(value) = value else { continue };
+        match value {
+            TimeSet::Now => {
+                if !owner && !perm::allowed(&inode, c, W) {
+                    return Err(Errno::EACCES.into());
+                }
+            }
+            TimeSet::At(_) => {
+                if !owner {
+                    return Err(Errno::EPERM.into());
+                }
+            }
+        }
+        let t = match value {
+            TimeSet::Now => now,
+            TimeSet::At(t) => t,
+        };
+        if which == 0 { inode.atime = t } else { inode.mtime = t }
+        changed = true;
+    }
+    if changed {
+        inode.ctime = now;
+        store(tx, ino, &inode);
+    }
+    Ok(NsReply::Attr(inode.attr(ino)))
+}
+
+fn kill_suid(inode: &mut InodeRec) {
+    inode.perm &= !S_ISUID;
+    if inode.perm & 0o010 != 0 {
+        inode.perm &= !S_ISGID;
+    }
+}
+
+/// Shrinking a file: chunks wholly past the new end go; the chunk holding
+/// the new end gets a hole slice over its tail, so a later extension reads
+/// zeros there.
+fn truncate_layout<R: ReadKv>(tx: &mut Tx<R>, ino: InodeId, size: u64, old_size: u64) -> NsResult<()> {
+    let keep_chunks = size.div_ceil(CHUNK_BYTES);
+    let prefix = be(ino.0);
+    let start = chunk_key(ino, keep_chunks);
+    loop {
+        let page = tx.scan(Cf::Chunks, &prefix, &start, 256)?;
+        if page.is_empty() {
+            break;
+        }
+        for (k, _) in page {
+            tx.delete(Cf::Chunks, k);
+        }
+    }
+    let within = size % CHUNK_BYTES;
+    if within != 0 && old_size > size {
+        let index = size / CHUNK_BYTES;
+        let key = chunk_key(ino, index);
+        if let Some(mut slices) = tx.get_rec::<Vec<Slice>>(Cf::Chunks, &key)? {
+            let seq = next_id(tx, SYS_NEXT_SLICE, 1)?;
+            slices.push(Slice { seq, offset: within as u32, bytes: (CHUNK_BYTES - within) as u32, blocks: Vec::new() });
+            tx.put_rec(Cf::Chunks, key, &slices);
+        }
+    }
+    Ok(())
+}
+
+fn commit_slices<R: ReadKv>(
+    tx: &mut Tx<R>,
+    c: &Caller,
+    now: Time,
+    ino: InodeId,
+    slices: &[(u64, Slice)],
+    size_at_least: u64,
+) -> NsResult<NsReply> {
+    let mut inode = load(tx, ino)?;
+    if inode.kind != FileKind::File {
+        return Err(Errno::EINVAL.into());
+    }
+    perm::check(&inode, c, W)?;
+    if size_at_least > FILE_BYTES_MAX {
+        return Err(Errno::EFBIG.into());
+    }
+    for (index, slice) in slices {
+        let end = slice.offset as u64 + slice.bytes as u64;
+        let blocks_bytes: u64 = slice.blocks.iter().map(|b| b.bytes as u64).sum();
+        let blocks_ok = slice.blocks.iter().all(|b| valid_block(b));
+        if end > CHUNK_BYTES || slice.bytes == 0 || blocks_bytes != slice.bytes as u64 || !blocks_ok {
+            return Err(Errno::EINVAL.into());
+        }
+        if index.saturating_mul(CHUNK_BYTES) > FILE_BYTES_MAX {
+            return Err(Errno::EFBIG.into());
+        }
+        let key = chunk_key(ino, *index);
+        let mut existing: Vec<Slice> = tx.get_rec(Cf::Chunks, &key)?.unwrap_or_default();
+        let seq = next_id(tx, SYS_NEXT_SLICE, 1)?;
+        existing.push(Slice { seq, ..slice.clone() });
+        tx.put_rec(Cf::Chunks, key, &existing);
+    }
+    if size_at_least > inode.size {
+        inode.size = size_at_least;
+    }
+    if c.uid != 0 {
+        kill_suid(&mut inode);
+    }
+    inode.mtime = now;
+    inode.ctime = now;
+    store(tx, ino, &inode);
+    Ok(NsReply::Attr(inode.attr(ino)))
+}
+
+fn valid_block(b: &BlockRef) -> bool {
+    let width_ok = b.policy.validate().is_ok() && b.fragments.len() == b.policy.width();
+    let mut hosts = b.fragments.clone();
+    hosts.sort();
+    hosts.dedup();
+    width_ok && hosts.len() == b.fragments.len() && b.bytes as u64 <= BLOCK_BYTES_MAX && b.bytes > 0
+}
+
+/// xattr namespaces: `user.` follows file permissions and exists only on
+/// regular files and directories; `trusted.` is root's; `security.` and
+/// `system.` need ownership to change.
+pub fn check_xattr_access(inode: &InodeRec, c: &Caller, name: &[u8], mask: u32) -> Result<(), Errno> {
+    if name.is_empty() || name.len() > XATTR_NAME_BYTES_MAX || name.contains(&0) {
+        return Err(if name.len() > XATTR_NAME_BYTES_MAX { Errno::ERANGE } else { Errno::EINVAL });
+    }
+    if name.starts_with(b"user.") {
+        if !matches!(inode.kind, FileKind::File | FileKind::Dir) {
+            return Err(if mask == R { Errno::ENODATA } else { Errno::EPERM });
+        }
+        if mask == W && inode.is_dir() && inode.perm & S_ISVTX != 0 && !perm::is_owner_or_root(inode, c) {
+            return Err(Errno::EPERM);
+        }
+        return perm::check(inode, c, mask);
+    }
+    if name.starts_with(b"trusted.") {
+        return if c.uid == 0 { Ok(()) } else { Err(Errno::EPERM) };
+    }
+    if name.starts_with(b"security.") || name.starts_with(b"system.") {
+        return if mask == R || perm::is_owner_or_root(inode, c) { Ok(()) } else { Err(Errno::EPERM) };
+    }
+    Err(Errno::ENOTSUP)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn setxattr<R: ReadKv>(tx: &mut Tx<R>, c: &Caller, now: Time, ino: InodeId, name: &[u8], value: &[u8], mode: XattrMode) -> NsResult<NsReply> {
+    let mut inode = load(tx, ino)?;
+    check_xattr_access(&inode, c, name, W)?;
+    if value.len() > XATTR_VALUE_BYTES_MAX {
+        return Err(Errno::ERANGE.into());
+    }
+    let key = xattr_key(ino, name);
+    let exists = tx.get(Cf::Xattrs, &key)?.is_some();
+    match (mode, exists) {
+        (XattrMode::Create, true) => return Err(Errno::EEXIST.into()),
+        (XattrMode::Replace, false) => return Err(Errno::ENODATA.into()),
+        _ => {}
+    }
+    tx.put_rec(Cf::Xattrs, key, &value.to_vec());
+    inode.ctime = now;
+    store(tx, ino, &inode);
+    Ok(NsReply::Done)
+}

@@ -1,0 +1,139 @@
+//! Moving a snapshot from the leader to a follower, out of band from Raft's
+//! messages: the leader's `snapshot()` makes a RocksDB checkpoint; the
+//! follower, on receiving the snapshot message, pulls the checkpoint's state
+//! column families piece by piece into a staging file, syncs it, and only
+//! then hands the message to Raft, which installs it.
+
+use crate::kv::{Cf, STATE_CFS};
+use crate::node::{write_staged, Input, InputSender, Shared};
+use crate::raftlog::SnapshotDescriptor;
+use crate::store::scan_db;
+use raft::prelude::Message;
+use sparefs_proto::frame;
+use sparefs_proto::limits::SNAPSHOT_PIECE_BYTES_MAX;
+use sparefs_proto::msg::{Reply, Request, RequestFrame, ResponseFrame, RpcError};
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpStream;
+
+/// One piece of a checkpoint's column family, after key `after`.
+pub fn serve_piece(dir: &Path, index: u64, cf: u8, after: Option<Vec<u8>>) -> Result<Reply, RpcError> {
+    let cf = Cf::from_index(cf).ok_or_else(|| RpcError::BadRequest(format!("no column family {cf}")))?;
+    let path = dir.join("snapshots").join(format!("{index:020}"));
+    if !path.exists() {
+        return Err(RpcError::SnapshotGone(index));
+    }
+    let mut names = vec![crate::store::CF_RAFT_LOG, crate::store::CF_RAFT_STATE];
+    names.extend(STATE_CFS.iter().map(|c| c.name()));
+    let db = rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), &path, names, false)
+        .map_err(|e| RpcError::Storage(format!("open checkpoint {index}: {e}")))?;
+    let handle = db.cf_handle(cf.name()).ok_or_else(|| RpcError::Storage("checkpoint lacks a column family".into()))?;
+    let start = match after {
+        Some(mut k) => {
+            k.push(0);
+            k
+        }
+        None => Vec::new(),
+    };
+    let mut items = Vec::new();
+    let mut bytes = 0;
+    let mut from = start;
+    loop {
+        let page = scan_db(&db, handle, &[], &from, 1024).map_err(|e| RpcError::Storage(e.to_string()))?;
+        let exhausted = page.len() < 1024;
+        for (k, v) in page {
+            bytes += k.len() + v.len() + 16;
+            from = k.clone();
+            from.push(0);
+            items.push((k, v));
+            if bytes >= SNAPSHOT_PIECE_BYTES_MAX {
+                return Ok(Reply::SnapshotPiece { items, done: false });
+            }
+        }
+        if exhausted {
+            return Ok(Reply::SnapshotPiece { items, done: true });
+        }
+    }
+}
+
+async fn call(conn: &mut TcpStream, body: Request) -> anyhow::Result<Reply> {
+    frame::write_frame(conn, &RequestFrame { call: 1, body }).await?;
+    let mut buf = Vec::new();
+    frame::read_frame(conn, &mut buf).await?;
+    let resp: ResponseFrame = frame::decode(&buf)?;
+    Ok(resp.body?)
+}
+
+async fn fetch(address: &str, index: u64, staging: &Path) -> anyhow::Result<()> {
+    let mut conn = TcpStream::connect(address).await?;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(staging)?);
+    for cf in STATE_CFS {
+        let mut after = None;
+        loop {
+            let reply = call(&mut conn, Request::SnapshotPiece { index, cf: cf.index(), after: after.clone() }).await?;
+            let Reply::SnapshotPiece { items, done } = reply else { anyhow::bail!("unexpected reply to a snapshot piece") };
+            for (k, v) in &items {
+                write_staged(&mut file, cf, k, v)?;
+            }
+            if done {
+                break;
+            }
+            after = items.last().map(|(k, _)| k.clone());
+        }
+    }
+    file.flush()?;
+    file.get_ref().sync_all()?;
+    Ok(())
+}
+
+/// Fetches the snapshot a leader announced, then passes its message on.
+pub struct SnapshotFetcher {
+    in_progress: Mutex<HashSet<u64>>,
+    dir: PathBuf,
+}
+
+impl SnapshotFetcher {
+    pub fn new(dir: PathBuf) -> Arc<SnapshotFetcher> {
+        Arc::new(SnapshotFetcher { in_progress: Mutex::new(HashSet::new()), dir })
+    }
+
+    pub fn start(self: &Arc<Self>, msg: Message, shared: Arc<Shared>, driver: InputSender) {
+        let Ok(desc) = crate::kv::decode::<SnapshotDescriptor>(Cf::Sys, &msg.get_snapshot().data) else {
+            tracing::warn!("snapshot message with an unreadable descriptor dropped");
+            return;
+        };
+        let index = desc.index;
+        let address = {
+            let from = msg.from;
+            shared.members.read().ok().and_then(|m| m.get(&from).cloned())
+        };
+        let Some(address) = address else {
+            tracing::warn!(from = msg.from, "snapshot from a replica with no known address");
+            return;
+        };
+        let fresh = self.in_progress.lock().map(|mut p| p.insert(index)).unwrap_or(false);
+        if !fresh {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let staging = this.dir.join(format!("incoming-{index:020}"));
+            let started = std::time::Instant::now();
+            match fetch(&address, index, &staging).await {
+                Ok(()) => {
+                    tracing::info!(index, secs = started.elapsed().as_secs_f64(), "snapshot fetched");
+                    if let Ok(mut staged) = shared.staged_snapshots.lock() {
+                        staged.insert(index, staging);
+                    }
+                    let _ = driver.try_send(Input::Raft(Box::new(msg)));
+                }
+                Err(e) => tracing::warn!(index, "fetch snapshot from {address}: {e:#}"),
+            }
+            if let Ok(mut p) = this.in_progress.lock() {
+                p.remove(&index);
+            }
+        });
+    }
+}

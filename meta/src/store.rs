@@ -1,0 +1,185 @@
+//! The replica's RocksDB instance: opening it (or refusing to), its column
+//! families, and the `ReadKv` view of the replicated state.
+//!
+//! A replica directory holds `db/` (RocksDB) and `IDENTITY`, written last
+//! when the directory is initialised. A directory with an IDENTITY but no
+//! readable database, or with files but no IDENTITY, is refused: joining the
+//! group with empty state after having voted would break Raft's promises.
+
+use crate::kv::{Cf, Pairs, ReadKv, StoreError, STATE_CFS};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Direction, Options, WriteBatch, WriteOptions, DB};
+use sparefs_proto::ReplicaId;
+use std::path::{Path, PathBuf};
+
+pub const CF_RAFT_LOG: &str = "raft_log";
+pub const CF_RAFT_STATE: &str = "raft_state";
+const IDENTITY_FILE: &str = "IDENTITY";
+const IDENTITY_PREFIX: &str = "sparefs-meta-replica v1 id=";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{dir}: {reason}")]
+    Refused { dir: PathBuf, reason: String },
+    #[error("{dir}: {source}")]
+    Io { dir: PathBuf, source: std::io::Error },
+    #[error("{dir}: the database does not open ({source}); refusing to start with empty state")]
+    Rocks { dir: PathBuf, source: rocksdb::Error },
+}
+
+pub struct Store {
+    db: DB,
+    dir: PathBuf,
+}
+
+fn cf_names() -> Vec<&'static str> {
+    let mut names = vec![CF_RAFT_LOG, CF_RAFT_STATE];
+    names.extend(STATE_CFS.iter().map(|c| c.name()));
+    names
+}
+
+fn db_options(create: bool) -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(create);
+    o.create_missing_column_families(create);
+    o.set_max_background_jobs(2);
+    // Bounded memory: a small shared block cache and capped memtables, so a
+    // replica's RSS follows these settings, not the number of files.
+    let mut table = rocksdb::BlockBasedOptions::default();
+    if let Ok(cache) = rocksdb::Cache::new_lru_cache(64 * 1024 * 1024) {
+        table.set_block_cache(&cache);
+    }
+    table.set_bloom_filter(10.0, false);
+    o.set_block_based_table_factory(&table);
+    o.set_write_buffer_size(16 * 1024 * 1024);
+    o.set_max_write_buffer_number(3);
+    o.set_max_open_files(512);
+    o
+}
+
+/// Whether a replica directory is new (to initialise) or must hold state.
+pub enum DirState {
+    New,
+    Existing,
+}
+
+pub fn inspect_dir(dir: &Path, id: ReplicaId) -> Result<DirState, OpenError> {
+    let io = |source| OpenError::Io { dir: dir.to_path_buf(), source };
+    if !dir.exists() {
+        return Ok(DirState::New);
+    }
+    let identity = dir.join(IDENTITY_FILE);
+    if !identity.exists() {
+        let empty = std::fs::read_dir(dir).map_err(io)?.next().is_none();
+        if empty {
+            return Ok(DirState::New);
+        }
+        return Err(OpenError::Refused {
+            dir: dir.to_path_buf(),
+            reason: "directory is not empty and holds no IDENTITY file: not a sparefs meta replica (or its initialisation never finished)".into(),
+        });
+    }
+    let text = std::fs::read_to_string(&identity).map_err(io)?;
+    let found: Option<u64> = text.trim().strip_prefix(IDENTITY_PREFIX).and_then(|s| s.parse().ok());
+    match found {
+        Some(n) if n == id.0 => {}
+        Some(n) => {
+            return Err(OpenError::Refused { dir: dir.to_path_buf(), reason: format!("holds replica {n}, not replica {id}") })
+        }
+        None => return Err(OpenError::Refused { dir: dir.to_path_buf(), reason: "IDENTITY file is corrupt".into() }),
+    }
+    if !dir.join("db").join("CURRENT").exists() {
+        return Err(OpenError::Refused {
+            dir: dir.to_path_buf(),
+            reason: "the replica's database is missing (db/CURRENT not found); refusing to start with empty state".into(),
+        });
+    }
+    Ok(DirState::Existing)
+}
+
+impl Store {
+    /// Creates a fresh store; the caller writes the initial state and then
+    /// calls `seal` to write IDENTITY.
+    pub fn create(dir: &Path) -> Result<Store, OpenError> {
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::Io { dir: dir.to_path_buf(), source })?;
+        Self::open_db(dir, true)
+    }
+
+    pub fn open(dir: &Path) -> Result<Store, OpenError> {
+        Self::open_db(dir, false)
+    }
+
+    fn open_db(dir: &Path, create: bool) -> Result<Store, OpenError> {
+        let opts = db_options(create);
+        let cfs = cf_names().into_iter().map(|n| ColumnFamilyDescriptor::new(n, db_options(create)));
+        let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)
+            .map_err(|source| OpenError::Rocks { dir: dir.to_path_buf(), source })?;
+        Ok(Store { db, dir: dir.to_path_buf() })
+    }
+
+    pub fn seal(&self, id: ReplicaId) -> Result<(), OpenError> {
+        let io = |source| OpenError::Io { dir: self.dir.clone(), source };
+        let tmp = self.dir.join("IDENTITY.tmp");
+        std::fs::write(&tmp, format!("{IDENTITY_PREFIX}{}\n", id.0)).map_err(io)?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+        std::fs::rename(&tmp, self.dir.join(IDENTITY_FILE)).map_err(io)?;
+        // The rename is durable only once the directory itself is synced.
+        std::fs::File::open(&self.dir).and_then(|f| f.sync_all()).map_err(io)?;
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn db(&self) -> &DB {
+        &self.db
+    }
+
+    pub fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db.cf_handle(name).expect("every column family is created at open")
+    }
+
+    pub fn state_cf(&self, cf: Cf) -> &ColumnFamily {
+        self.cf(cf.name())
+    }
+
+    /// Writes a batch and syncs the WAL before returning.
+    pub fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut o = WriteOptions::default();
+        o.set_sync(true);
+        self.db.write_opt(batch, &o)?;
+        Ok(())
+    }
+
+    pub fn put_writes(&self, batch: &mut WriteBatch, writes: std::collections::BTreeMap<(Cf, Vec<u8>), Option<Vec<u8>>>) {
+        for ((cf, k), v) in writes {
+            match v {
+                Some(v) => batch.put_cf(self.state_cf(cf), k, v),
+                None => batch.delete_cf(self.state_cf(cf), k),
+            }
+        }
+    }
+}
+
+/// Scans `cf` of any RocksDB handle: the live store or a checkpoint.
+pub fn scan_db(db: &DB, cf: &ColumnFamily, prefix: &[u8], start: &[u8], limit: usize) -> Result<Pairs, StoreError> {
+    let mut out = Vec::new();
+    for item in db.iterator_cf(cf, IteratorMode::From(start, Direction::Forward)) {
+        let (k, v) = item?;
+        if !k.starts_with(prefix) || out.len() >= limit {
+            break;
+        }
+        out.push((k.to_vec(), v.to_vec()));
+    }
+    Ok(out)
+}
+
+impl ReadKv for Store {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.state_cf(cf), key)?)
+    }
+
+    fn scan(&self, cf: Cf, prefix: &[u8], start: &[u8], limit: usize) -> Result<Pairs, StoreError> {
+        scan_db(&self.db, self.state_cf(cf), prefix, start, limit)
+    }
+}

@@ -1,0 +1,25 @@
+//! Named limits shared by servers and clients.
+
+/// Longest file name, as POSIX NAME_MAX.
+pub const NAME_BYTES_MAX: usize = 255;
+/// Longest symlink target, as POSIX PATH_MAX.
+pub const SYMLINK_BYTES_MAX: usize = 4096;
+/// Longest xattr name and value, as Linux XATTR_NAME_MAX / XATTR_SIZE_MAX.
+pub const XATTR_NAME_BYTES_MAX: usize = 255;
+pub const XATTR_VALUE_BYTES_MAX: usize = 65536;
+/// Largest frame accepted on any connection. A snapshot piece is the largest
+/// message; it is cut well below this.
+pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
+pub const SNAPSHOT_PIECE_BYTES_MAX: usize = 4 * 1024 * 1024;
+const _: () = assert!(SNAPSHOT_PIECE_BYTES_MAX * 2 <= FRAME_BYTES_MAX);
+/// Most entries returned by one readdir call.
+pub const READDIR_ENTRIES_MAX: u32 = 1024;
+/// Requests one connection may have in flight before the server stops reading it.
+pub const INFLIGHT_REQUESTS_PER_CONNECTION_MAX: usize = 256;
+/// A chunk is a fixed 64 MiB range of a file; a block is at most 4 MiB.
+pub const CHUNK_BYTES: u64 = 64 * 1024 * 1024;
+pub const BLOCK_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// Widest redundancy policy (fragments per block).
+pub const POLICY_FRAGMENTS_MAX: u8 = 32;
+/// Largest file size the namespace accepts (2^63 - 1, as off_t).
+pub const FILE_BYTES_MAX: u64 = i64::MAX as u64;

@@ -1,0 +1,99 @@
+//! The RPC envelope. One TCP connection carries many calls: each request
+//! frame has a call number, answered by a response frame with the same
+//! number, in any order. Raft messages between replicas ride the same
+//! framing as one-way `Raft` requests.
+
+use crate::namespace::{Caller, NsReply, ReadOp, WriteOp};
+use crate::{ChunkserverId, ReplicaId, RequestId};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RequestFrame {
+    pub call: u64,
+    pub body: Request,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    pub call: u64,
+    pub body: Result<Reply, RpcError>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    Read { caller: Caller, op: ReadOp },
+    Write { caller: Caller, id: RequestId, op: WriteOp },
+    /// A Raft message (raft-rs protobuf bytes) from another replica; no answer.
+    Raft { from: ReplicaId, msg: Vec<u8> },
+    /// One piece of the snapshot at `index`, from column family `cf`, starting
+    /// after key `after` (from the beginning when `None`).
+    SnapshotPiece { index: u64, cf: u8, after: Option<Vec<u8>> },
+    Status,
+    AddReplica { id: RequestId, replica: ReplicaId, address: String },
+    RemoveReplica { id: RequestId, replica: ReplicaId },
+    /// Capacity and usage; kept in the leader's memory, not in Raft.
+    Heartbeat { chunkserver: ChunkserverId, capacity_bytes: u64, used_bytes: u64, errors: u64 },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Reply {
+    Ns(NsReply),
+    Status(ReplicaStatus),
+    SnapshotPiece { items: Vec<(Vec<u8>, Vec<u8>)>, done: bool },
+    Ok,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub id: ReplicaId,
+    pub address: String,
+    pub role: Role,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub leader: Option<ReplicaId>,
+    pub pid: u32,
+    /// Every replica this one knows: id and address.
+    pub members: Vec<(ReplicaId, String)>,
+    pub first_log_index: u64,
+    pub last_log_index: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RpcError {
+    #[error("{}", .0)]
+    Errno(crate::Errno),
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<(ReplicaId, String)> },
+    #[error("server busy, retry later")]
+    Busy,
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("snapshot {0} is not available")]
+    SnapshotGone(u64),
+    #[error("storage error on the server: {0}")]
+    Storage(String),
+}
+
+impl From<crate::Errno> for RpcError {
+    fn from(e: crate::Errno) -> Self {
+        RpcError::Errno(e)
+    }
+}

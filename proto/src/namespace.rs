@@ -1,0 +1,197 @@
+//! The POSIX namespace on the wire: attributes, callers, the operations the
+//! meta answers, and their replies.
+
+use crate::layout::{BlockRef, ChunkserverInfo, Policy, Slice};
+use crate::{BlockId, ChunkserverId, InodeId};
+use serde::{Deserialize, Serialize};
+
+/// Seconds and nanoseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Time {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+impl Time {
+    pub fn now() -> Time {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Time { secs: d.as_secs() as i64, nanos: d.subsec_nanos() }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDev,
+    BlockDev,
+}
+
+impl FileKind {
+    /// The S_IFMT bits of this kind.
+    pub fn mode_bits(self) -> u32 {
+        match self {
+            FileKind::File => 0o100000,
+            FileKind::Dir => 0o040000,
+            FileKind::Symlink => 0o120000,
+            FileKind::Fifo => 0o010000,
+            FileKind::Socket => 0o140000,
+            FileKind::CharDev => 0o020000,
+            FileKind::BlockDev => 0o060000,
+        }
+    }
+}
+
+/// Who is asking: permission checks use these, never the connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl Caller {
+    pub const ROOT: Caller = Caller { uid: 0, gid: 0, groups: Vec::new() };
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attr {
+    pub ino: InodeId,
+    pub kind: FileKind,
+    /// Permission bits with set-uid, set-gid and sticky (0o7777).
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub nlink: u32,
+    pub rdev: u32,
+    pub atime: Time,
+    pub mtime: Time,
+    pub ctime: Time,
+    pub crtime: Time,
+}
+
+/// A time to set: a given value or the server's clock (UTIME_NOW).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimeSet {
+    Now,
+    At(Time),
+}
+
+/// What setattr changes; `None` leaves a field alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttr {
+    pub perm: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: InodeId,
+    pub kind: FileKind,
+    /// Pass back as `after_cookie` to continue after this entry. Cookies grow
+    /// with each entry made in a directory and are never reused, so they stay
+    /// valid while the directory changes.
+    pub cookie: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RenameMode {
+    /// Replace an existing target (rename(2)).
+    Replace,
+    /// Fail with EEXIST if the target exists (RENAME_NOREPLACE).
+    NoReplace,
+    /// Swap source and target atomically; both must exist (RENAME_EXCHANGE).
+    Exchange,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum XattrMode {
+    /// Create or replace.
+    Any,
+    /// XATTR_CREATE: fail with EEXIST if present.
+    Create,
+    /// XATTR_REPLACE: fail with ENODATA if absent.
+    Replace,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatFs {
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    pub files: u64,
+    pub block_bytes: u32,
+    pub name_bytes_max: u32,
+}
+
+/// Operations that read the namespace. Served after a ReadIndex round, so
+/// they see every write acknowledged before they were sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadOp {
+    Lookup { parent: InodeId, name: Vec<u8> },
+    GetAttr { ino: InodeId },
+    ReadDir { ino: InodeId, after_cookie: u64, limit: u32 },
+    ReadLink { ino: InodeId },
+    GetXattr { ino: InodeId, name: Vec<u8> },
+    ListXattr { ino: InodeId },
+    /// access(2): `mask` of R_OK 4, W_OK 2, X_OK 1 (0 checks existence).
+    Access { ino: InodeId, mask: u32 },
+    StatFs,
+    GetPolicy { ino: InodeId },
+    ReadChunk { ino: InodeId, index: u64 },
+    ListChunkservers,
+}
+
+/// Operations that change state. Each goes through Raft and is applied once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOp {
+    /// create(2)/mknod(2) of anything but a directory or symlink.
+    MkNod { parent: InodeId, name: Vec<u8>, kind: FileKind, perm: u32, umask: u32, rdev: u32, exclusive: bool },
+    Mkdir { parent: InodeId, name: Vec<u8>, perm: u32, umask: u32 },
+    Unlink { parent: InodeId, name: Vec<u8> },
+    Rmdir { parent: InodeId, name: Vec<u8> },
+    Rename { parent: InodeId, name: Vec<u8>, new_parent: InodeId, new_name: Vec<u8>, mode: RenameMode },
+    Link { ino: InodeId, new_parent: InodeId, new_name: Vec<u8> },
+    Symlink { parent: InodeId, name: Vec<u8>, target: Vec<u8> },
+    SetAttr { ino: InodeId, set: SetAttr },
+    SetXattr { ino: InodeId, name: Vec<u8>, value: Vec<u8>, mode: XattrMode },
+    RemoveXattr { ino: InodeId, name: Vec<u8> },
+    SetPolicy { ino: InodeId, policy: Policy },
+    /// Commit slices written to chunkservers: they become visible atomically,
+    /// and the file grows to `size_at_least` if it is smaller.
+    CommitSlices { ino: InodeId, slices: Vec<(u64, Slice)>, size_at_least: u64 },
+    /// Allocate ids for new blocks whose fragments go to `placement`
+    /// (chosen by the leader before proposing).
+    AllocateBlocks { count: u32, policy: Policy, placement: Vec<ChunkserverId> },
+    RegisterChunkserver { address: String, capacity_bytes: u64, token: [u8; 16] },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NsReply {
+    Attr(Attr),
+    Dir(Vec<DirEntry>),
+    Bytes(Vec<u8>),
+    Names(Vec<Vec<u8>>),
+    StatFs(StatFs),
+    Policy(Policy),
+    Chunk(Vec<Slice>),
+    Chunkservers(Vec<ChunkserverInfo>),
+    Blocks(Vec<BlockRef>),
+    Registered(ChunkserverId),
+    /// Exchange and replace renames report nothing more.
+    Done,
+    AllocatedIds(Vec<BlockId>),
+}
