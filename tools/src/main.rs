@@ -1,1 +1,178 @@
-fn main(){}
+//! The `sparefs` command: thin entry points over the service libraries.
+//! Owns: argument parsing, process setup, printing. Must not hold service
+//! logic of its own.
+
+mod fs_cmd;
+mod status_cmd;
+mod up_cmd;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sparefs_proto::namespace::Caller;
+use sparefs_proto::ReplicaId;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "sparefs", version, about = "A fault-tolerant filesystem made from spare disk space")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one replica of the metadata Raft group.
+    Meta {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        listen: String,
+        /// The initial group: ID=ADDR,... (this replica included).
+        #[arg(long, default_value = "")]
+        peers: String,
+        #[arg(long)]
+        data: PathBuf,
+        /// Start empty and wait to be added with `sparefs admin meta add`.
+        #[arg(long)]
+        join: bool,
+        /// Compact the Raft log once this many applied entries are in it.
+        #[arg(long, default_value_t = 20_000)]
+        compact_after: u64,
+        #[arg(long, default_value_t = 2_000)]
+        compact_keep: u64,
+    },
+    /// Namespace commands that need no mount.
+    Fs {
+        #[arg(long, env = "SPAREFS_META")]
+        meta: String,
+        #[command(subcommand)]
+        cmd: fs_cmd::FsCmd,
+    },
+    /// Show the state of the cluster.
+    Status {
+        #[arg(long, env = "SPAREFS_META")]
+        meta: Option<String>,
+        /// A directory `sparefs up` runs in (reads its cluster.json).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-directory redundancy policy.
+    Policy {
+        #[arg(long, env = "SPAREFS_META")]
+        meta: String,
+        #[command(subcommand)]
+        cmd: fs_cmd::PolicyCmd,
+    },
+    /// Cluster administration.
+    Admin {
+        #[arg(long, env = "SPAREFS_META")]
+        meta: String,
+        #[command(subcommand)]
+        cmd: AdminCmd,
+    },
+    /// Start a local cluster over directories under --data.
+    Up(up_cmd::UpArgs),
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Meta replica membership.
+    Meta {
+        #[command(subcommand)]
+        cmd: AdminMetaCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminMetaCmd {
+    /// Add replica ID at ADDR (start it first with `sparefs meta --join`).
+    Add { id: u64, address: String },
+    /// Remove replica ID from the group.
+    Remove { id: u64 },
+}
+
+pub fn parse_peers(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (id, addr) = part.split_once('=').with_context(|| format!("peer {part:?} is not ID=ADDR"))?;
+        let id: u64 = id.parse().with_context(|| format!("peer id {id:?} is not a number"))?;
+        addr.parse::<std::net::SocketAddr>().with_context(|| format!("peer address {addr:?} is not IP:PORT"))?;
+        out.insert(id, addr.to_string());
+    }
+    Ok(out)
+}
+
+pub fn split_addresses(s: &str) -> Vec<String> {
+    s.split(',').filter(|p| !p.is_empty()).map(|p| p.trim().to_string()).collect()
+}
+
+/// The calling user, for permission checks in the meta.
+pub fn current_caller() -> Caller {
+    let uid = nix_uid();
+    Caller { uid: uid.0, gid: uid.1, groups: Vec::new() }
+}
+
+#[allow(unsafe_code)]
+fn nix_uid() -> (u32, u32) {
+    // SAFETY: getuid/getgid cannot fail and touch no memory.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SPAREFS_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sparefs: start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(async move {
+        match run(cli).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("sparefs: {e:#}");
+                1
+            }
+        }
+    });
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.cmd {
+        Cmd::Meta { id, listen, peers, data, join, compact_after, compact_keep } => {
+            let peers = parse_peers(&peers)?;
+            sparefs_meta::run(sparefs_meta::MetaConfig {
+                id: ReplicaId(id),
+                listen,
+                peers,
+                data,
+                join,
+                compact_after_entries: compact_after,
+                compact_keep_entries: compact_keep,
+            })
+            .await?;
+            Ok(0)
+        }
+        Cmd::Fs { meta, cmd } => fs_cmd::run(&meta, cmd).await,
+        Cmd::Policy { meta, cmd } => fs_cmd::policy(&meta, cmd).await,
+        Cmd::Status { meta, data, json } => status_cmd::run(meta, data, json).await,
+        Cmd::Admin { meta, cmd: AdminCmd::Meta { cmd } } => {
+            let client = sparefs_client::MetaClient::new(split_addresses(&meta), current_caller());
+            match cmd {
+                AdminMetaCmd::Add { id, address } => client.add_replica(ReplicaId(id), address).await?,
+                AdminMetaCmd::Remove { id } => client.remove_replica(ReplicaId(id)).await?,
+            }
+            Ok(0)
+        }
+        Cmd::Up(args) => up_cmd::run(args).await,
+    }
+}

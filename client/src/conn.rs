@@ -1,0 +1,100 @@
+//! One multiplexed connection to one replica: calls are numbered, answers
+//! are matched by number, so many calls share one TCP stream.
+
+use sparefs_proto::frame;
+use sparefs_proto::msg::{Reply, Request, RequestFrame, ResponseFrame, RpcError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, RpcError>>>>>;
+
+pub struct Conn {
+    next_call: AtomicU64,
+    pending: Pending,
+    out: mpsc::Sender<RequestFrame>,
+    broken: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+pub enum CallError {
+    /// The connection failed; the request may or may not have arrived.
+    Transport(String),
+    Rpc(RpcError),
+}
+
+impl Conn {
+    pub async fn open(address: &str, connect_timeout: Duration) -> std::io::Result<Conn> {
+        let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect to {address} timed out")))??;
+        stream.set_nodelay(true)?;
+        let (mut rd, wr) = stream.into_split();
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let broken = Arc::new(AtomicBool::new(false));
+        let (out, mut out_rx) = mpsc::channel::<RequestFrame>(1024);
+        let wbroken = broken.clone();
+        tokio::spawn(async move {
+            let mut w = BufWriter::new(wr);
+            while let Some(req) = out_rx.recv().await {
+                let mut ok = frame::write_frame(&mut w, &req).await.is_ok();
+                while ok {
+                    match out_rx.try_recv() {
+                        Ok(more) => ok = frame::write_frame(&mut w, &more).await.is_ok(),
+                        Err(_) => break,
+                    }
+                }
+                if !ok || w.flush().await.is_err() {
+                    break;
+                }
+            }
+            wbroken.store(true, Ordering::SeqCst);
+        });
+        let rpending = pending.clone();
+        let rbroken = broken.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            while frame::read_frame(&mut rd, &mut buf).await.is_ok() {
+                let Ok(resp) = frame::decode::<ResponseFrame>(&buf) else { break };
+                let waiter = rpending.lock().ok().and_then(|mut p| p.remove(&resp.call));
+                if let Some(w) = waiter {
+                    let _ = w.send(resp.body);
+                }
+            }
+            rbroken.store(true, Ordering::SeqCst);
+            // Dropping the senders fails every call still waiting.
+            if let Ok(mut p) = rpending.lock() {
+                p.clear();
+            }
+        });
+        Ok(Conn { next_call: AtomicU64::new(1), pending, out, broken })
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::SeqCst)
+    }
+
+    pub async fn call(&self, body: Request, timeout: Duration) -> Result<Reply, CallError> {
+        let call = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().map_err(|_| CallError::Transport("lock poisoned".into()))?.insert(call, tx);
+        if self.out.send(RequestFrame { call, body }).await.is_err() {
+            return Err(CallError::Transport("connection closed".into()));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Ok(Err(e))) => Err(CallError::Rpc(e)),
+            Ok(Err(_)) => Err(CallError::Transport("connection closed".into())),
+            Err(_) => {
+                if let Ok(mut p) = self.pending.lock() {
+                    p.remove(&call);
+                }
+                Err(CallError::Transport("call timed out".into()))
+            }
+        }
+    }
+}

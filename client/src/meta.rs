@@ -1,0 +1,297 @@
+//! The metadata client: finds the leader from any replica, retries through
+//! leader changes and lost connections until its deadline, and gives every
+//! mutation a `(client, seq)` id so a retry is applied once.
+
+use crate::conn::{CallError, Conn};
+use sparefs_proto::layout::Policy;
+use sparefs_proto::msg::{Reply, ReplicaStatus, Request, RpcError};
+use sparefs_proto::namespace::*;
+use sparefs_proto::{ClientId, Errno, InodeId, ReplicaId, RequestId};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{}", .0)]
+    Errno(Errno),
+    #[error("metadata service unavailable: {0}")]
+    Unavailable(String),
+    #[error("server rejected the request: {0}")]
+    Rejected(String),
+    #[error("unexpected reply from the server: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    pub fn errno(&self) -> Errno {
+        match self {
+            ClientError::Errno(e) => *e,
+            ClientError::Unavailable(_) => Errno::EIO,
+            ClientError::Rejected(_) => Errno::EINVAL,
+            ClientError::Protocol(_) => Errno::EIO,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+pub struct MetaClient {
+    addresses: Mutex<Vec<String>>,
+    leader: Mutex<Option<String>>,
+    conns: Mutex<HashMap<String, Arc<Conn>>>,
+    rotate: AtomicUsize,
+    id: ClientId,
+    seq: AtomicU64,
+    inflight: Mutex<BTreeSet<u64>>,
+    /// How long a call keeps retrying before it fails with `Unavailable`.
+    pub deadline: Duration,
+    pub attempt_timeout: Duration,
+    pub caller: Caller,
+}
+
+impl MetaClient {
+    pub fn new(addresses: Vec<String>, caller: Caller) -> MetaClient {
+        MetaClient {
+            addresses: Mutex::new(addresses),
+            leader: Mutex::new(None),
+            conns: Mutex::new(HashMap::new()),
+            rotate: AtomicUsize::new(0),
+            id: ClientId(rand::random()),
+            seq: AtomicU64::new(1),
+            inflight: Mutex::new(BTreeSet::new()),
+            deadline: Duration::from_secs(30),
+            attempt_timeout: Duration::from_secs(3),
+            caller,
+        }
+    }
+
+    pub fn with_deadline(mut self, d: Duration) -> Self {
+        self.deadline = d;
+        self
+    }
+
+    async fn conn(&self, address: &str) -> std::result::Result<Arc<Conn>, String> {
+        if let Some(c) = self.conns.lock().map_err(|e| e.to_string())?.get(address) {
+            if !c.is_broken() {
+                return Ok(c.clone());
+            }
+        }
+        let c = Arc::new(Conn::open(address, Duration::from_millis(500)).await.map_err(|e| format!("{address}: {e}"))?);
+        self.conns.lock().map_err(|e| e.to_string())?.insert(address.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn pick(&self) -> Option<String> {
+        if let Some(l) = self.leader.lock().ok()?.clone() {
+            return Some(l);
+        }
+        let a = self.addresses.lock().ok()?;
+        if a.is_empty() {
+            return None;
+        }
+        Some(a[self.rotate.fetch_add(1, Ordering::Relaxed) % a.len()].clone())
+    }
+
+    fn forget_leader(&self) {
+        if let Ok(mut l) = self.leader.lock() {
+            *l = None;
+        }
+    }
+
+    /// Sends `body` to the leader, following redirects and retrying until
+    /// the deadline. `body` is rebuilt per attempt (it is cheap to clone).
+    async fn call_leader(&self, body: &Request) -> Result<Reply> {
+        let start = Instant::now();
+        let mut last = String::from("no replica answered");
+        let mut pause = Duration::from_millis(20);
+        while start.elapsed() < self.deadline {
+            let Some(address) = self.pick() else { return Err(ClientError::Unavailable("no meta addresses".into())) };
+            let outcome = match self.conn(&address).await {
+                Ok(c) => c.call(body.clone(), self.attempt_timeout).await,
+                Err(e) => Err(CallError::Transport(e)),
+            };
+            match outcome {
+                Ok(reply) => {
+                    if let Ok(mut l) = self.leader.lock() {
+                        *l = Some(address);
+                    }
+                    return Ok(reply);
+                }
+                Err(CallError::Rpc(RpcError::NotLeader { leader: Some((_, hint)) })) if hint != address => {
+                    last = format!("{address} is not the leader");
+                    if let Ok(mut a) = self.addresses.lock() {
+                        if !a.contains(&hint) {
+                            a.push(hint.clone());
+                        }
+                    }
+                    if let Ok(mut l) = self.leader.lock() {
+                        *l = Some(hint);
+                    }
+                    continue;
+                }
+                Err(CallError::Rpc(RpcError::NotLeader { .. })) => {
+                    last = format!("{address} knows no leader");
+                    self.forget_leader();
+                }
+                Err(CallError::Rpc(RpcError::Busy)) => last = format!("{address} is busy"),
+                Err(CallError::Rpc(RpcError::Errno(e))) => return Err(ClientError::Errno(e)),
+                Err(CallError::Rpc(e)) => return Err(ClientError::Rejected(e.to_string())),
+                Err(CallError::Transport(e)) => {
+                    last = e;
+                    self.forget_leader();
+                    if let Ok(mut c) = self.conns.lock() {
+                        c.remove(&address);
+                    }
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+        Err(ClientError::Unavailable(last))
+    }
+
+    pub async fn read(&self, op: ReadOp) -> Result<NsReply> {
+        match self.call_leader(&Request::Read { caller: self.caller.clone(), op }).await? {
+            Reply::Ns(r) => Ok(r),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    fn next_id(&self) -> RequestId {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let ack_below = match self.inflight.lock() {
+            Ok(mut f) => {
+                f.insert(seq);
+                f.iter().next().copied().unwrap_or(seq)
+            }
+            Err(_) => 0,
+        };
+        RequestId { client: self.id, seq, ack_below }
+    }
+
+    fn done(&self, id: RequestId) {
+        if let Ok(mut f) = self.inflight.lock() {
+            f.remove(&id.seq);
+        }
+    }
+
+    pub async fn write(&self, op: WriteOp) -> Result<NsReply> {
+        let id = self.next_id();
+        let r = self.call_leader(&Request::Write { caller: self.caller.clone(), id, op }).await;
+        self.done(id);
+        match r? {
+            Reply::Ns(r) => Ok(r),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// The status of one replica, asked directly (no redirect).
+    pub async fn status_of(&self, address: &str) -> Result<ReplicaStatus> {
+        let c = self.conn(address).await.map_err(ClientError::Unavailable)?;
+        match c.call(Request::Status, Duration::from_secs(2)).await {
+            Ok(Reply::Status(s)) => Ok(s),
+            Ok(other) => Err(ClientError::Protocol(format!("{other:?}"))),
+            Err(CallError::Transport(e)) => Err(ClientError::Unavailable(e)),
+            Err(CallError::Rpc(e)) => Err(ClientError::Rejected(e.to_string())),
+        }
+    }
+
+    pub async fn add_replica(&self, replica: ReplicaId, address: String) -> Result<()> {
+        let id = self.next_id();
+        let r = self.call_leader(&Request::AddReplica { id, replica, address }).await;
+        self.done(id);
+        r.map(|_| ())
+    }
+
+    pub async fn remove_replica(&self, replica: ReplicaId) -> Result<()> {
+        let id = self.next_id();
+        let r = self.call_leader(&Request::RemoveReplica { id, replica }).await;
+        self.done(id);
+        r.map(|_| ())
+    }
+
+    // Typed helpers over `read` and `write`.
+
+    pub async fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<Attr> {
+        attr(self.read(ReadOp::Lookup { parent, name: name.to_vec() }).await?)
+    }
+
+    pub async fn getattr(&self, ino: InodeId) -> Result<Attr> {
+        attr(self.read(ReadOp::GetAttr { ino }).await?)
+    }
+
+    pub async fn mkdir(&self, parent: InodeId, name: &[u8], perm: u32) -> Result<Attr> {
+        attr(self.write(WriteOp::Mkdir { parent, name: name.to_vec(), perm, umask: 0 }).await?)
+    }
+
+    pub async fn create(&self, parent: InodeId, name: &[u8], perm: u32, exclusive: bool) -> Result<Attr> {
+        let op = WriteOp::MkNod { parent, name: name.to_vec(), kind: FileKind::File, perm, umask: 0, rdev: 0, exclusive };
+        attr(self.write(op).await?)
+    }
+
+    pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> Result<()> {
+        self.write(WriteOp::Unlink { parent, name: name.to_vec() }).await.map(|_| ())
+    }
+
+    pub async fn rmdir(&self, parent: InodeId, name: &[u8]) -> Result<()> {
+        self.write(WriteOp::Rmdir { parent, name: name.to_vec() }).await.map(|_| ())
+    }
+
+    pub async fn rename(&self, parent: InodeId, name: &[u8], new_parent: InodeId, new_name: &[u8], mode: RenameMode) -> Result<()> {
+        let op = WriteOp::Rename { parent, name: name.to_vec(), new_parent, new_name: new_name.to_vec(), mode };
+        self.write(op).await.map(|_| ())
+    }
+
+    pub async fn setattr(&self, ino: InodeId, set: SetAttr) -> Result<Attr> {
+        attr(self.write(WriteOp::SetAttr { ino, set }).await?)
+    }
+
+    pub async fn readdir(&self, ino: InodeId) -> Result<Vec<DirEntry>> {
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = match self.read(ReadOp::ReadDir { ino, after_cookie: after, limit: 1024 }).await? {
+                NsReply::Dir(d) => d,
+                other => return Err(ClientError::Protocol(format!("{other:?}"))),
+            };
+            let Some(last) = page.last() else { return Ok(out) };
+            after = last.cookie;
+            out.extend(page);
+        }
+    }
+
+    pub async fn set_policy(&self, ino: InodeId, policy: Policy) -> Result<()> {
+        self.write(WriteOp::SetPolicy { ino, policy }).await.map(|_| ())
+    }
+
+    /// Resolves an absolute path (symlinks are not followed).
+    pub async fn resolve(&self, path: &str) -> Result<Attr> {
+        let mut cur = self.getattr(InodeId::ROOT).await?;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            cur = self.lookup(cur.ino, part.as_bytes()).await?;
+        }
+        Ok(cur)
+    }
+
+    /// The directory holding `path` and the last component's name.
+    pub async fn resolve_parent(&self, path: &str) -> Result<(Attr, Vec<u8>)> {
+        let trimmed = path.trim_end_matches('/');
+        let (dir, name) = match trimmed.rsplit_once('/') {
+            Some((d, n)) => (d, n),
+            None => ("", trimmed),
+        };
+        if name.is_empty() {
+            return Err(ClientError::Errno(Errno::EINVAL));
+        }
+        Ok((self.resolve(dir).await?, name.as_bytes().to_vec()))
+    }
+}
+
+fn attr(r: NsReply) -> Result<Attr> {
+    match r {
+        NsReply::Attr(a) => Ok(a),
+        other => Err(ClientError::Protocol(format!("expected attributes, got {other:?}"))),
+    }
+}

@@ -1,0 +1,169 @@
+//! `sparefs fs ...` and `sparefs policy ...`: namespace commands over the
+//! client library, no mount needed. Failures print the errno's message and
+//! exit non-zero.
+
+use crate::{current_caller, split_addresses};
+use clap::Subcommand;
+use sparefs_client::{ClientError, MetaClient};
+use sparefs_proto::layout::Policy;
+use sparefs_proto::namespace::*;
+
+#[derive(Subcommand)]
+pub enum FsCmd {
+    /// List directories.
+    Ls { paths: Vec<String> },
+    /// Show attributes.
+    Stat { paths: Vec<String> },
+    /// Make directories.
+    Mkdir {
+        #[arg(short = 'p', long)]
+        parents: bool,
+        paths: Vec<String>,
+    },
+    /// Remove empty directories.
+    Rmdir { paths: Vec<String> },
+    /// Rename SOURCE to DEST.
+    Mv { source: String, dest: String },
+    /// Create empty files or update their times.
+    Touch { paths: Vec<String> },
+    /// Remove files.
+    Rm { paths: Vec<String> },
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCmd {
+    Get { dir: String },
+    Set { dir: String, policy: String },
+}
+
+fn kind_char(k: FileKind) -> char {
+    match k {
+        FileKind::File => '-',
+        FileKind::Dir => 'd',
+        FileKind::Symlink => 'l',
+        FileKind::Fifo => 'p',
+        FileKind::Socket => 's',
+        FileKind::CharDev => 'c',
+        FileKind::BlockDev => 'b',
+    }
+}
+
+fn mode_string(a: &Attr) -> String {
+    let mut s = String::new();
+    s.push(kind_char(a.kind));
+    for shift in [6, 3, 0] {
+        let bits = (a.perm >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+async fn one(client: &MetaClient, cmd: &FsCmd, path: &str) -> Result<(), ClientError> {
+    match cmd {
+        FsCmd::Ls { .. } => {
+            let a = client.resolve(path).await?;
+            if a.kind != FileKind::Dir {
+                println!("{path}");
+                return Ok(());
+            }
+            for e in client.readdir(a.ino).await? {
+                let attr = client.getattr(e.ino).await?;
+                println!("{} {:>3} {:>5} {:>5} {:>12} {}", mode_string(&attr), attr.nlink, attr.uid, attr.gid, attr.size, String::from_utf8_lossy(&e.name));
+            }
+        }
+        FsCmd::Stat { .. } => {
+            let a = client.resolve(path).await?;
+            println!(
+                "{path}: ino {} {} {:o} uid {} gid {} size {} nlink {} mtime {}.{:09} ctime {}.{:09}",
+                a.ino, mode_string(&a), a.perm, a.uid, a.gid, a.size, a.nlink, a.mtime.secs, a.mtime.nanos, a.ctime.secs, a.ctime.nanos
+            );
+        }
+        FsCmd::Mkdir { parents, .. } => {
+            if *parents {
+                let mut cur = client.resolve("/").await?;
+                for part in path.split('/').filter(|p| !p.is_empty()) {
+                    cur = match client.lookup(cur.ino, part.as_bytes()).await {
+                        Ok(a) => a,
+                        Err(ClientError::Errno(sparefs_proto::Errno::ENOENT)) => client.mkdir(cur.ino, part.as_bytes(), 0o755).await?,
+                        Err(e) => return Err(e),
+                    };
+                }
+            } else {
+                let (dir, name) = client.resolve_parent(path).await?;
+                client.mkdir(dir.ino, &name, 0o755).await?;
+            }
+        }
+        FsCmd::Rmdir { .. } => {
+            let (dir, name) = client.resolve_parent(path).await?;
+            client.rmdir(dir.ino, &name).await?;
+        }
+        FsCmd::Touch { .. } => {
+            let (dir, name) = client.resolve_parent(path).await?;
+            let a = client.create(dir.ino, &name, 0o644, false).await?;
+            let set = SetAttr { atime: Some(TimeSet::Now), mtime: Some(TimeSet::Now), ..Default::default() };
+            client.setattr(a.ino, set).await?;
+        }
+        FsCmd::Rm { .. } => {
+            let (dir, name) = client.resolve_parent(path).await?;
+            client.unlink(dir.ino, &name).await?;
+        }
+        FsCmd::Mv { source, dest } => {
+            let (sdir, sname) = client.resolve_parent(source).await?;
+            // Moving onto an existing directory moves into it, as mv does.
+            let (ddir, dname) = match client.resolve(dest).await {
+                Ok(a) if a.kind == FileKind::Dir => (a, sname.clone()),
+                _ => client.resolve_parent(dest).await?,
+            };
+            client.rename(sdir.ino, &sname, ddir.ino, &dname, RenameMode::Replace).await?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(meta: &str, cmd: FsCmd) -> anyhow::Result<i32> {
+    let client = MetaClient::new(split_addresses(meta), current_caller());
+    let paths: Vec<String> = match &cmd {
+        FsCmd::Ls { paths } if paths.is_empty() => vec!["/".into()],
+        FsCmd::Ls { paths } | FsCmd::Stat { paths } | FsCmd::Rmdir { paths } | FsCmd::Touch { paths } | FsCmd::Rm { paths } => paths.clone(),
+        FsCmd::Mkdir { paths, .. } => paths.clone(),
+        FsCmd::Mv { source, .. } => vec![source.clone()],
+    };
+    let mut code = 0;
+    for path in &paths {
+        if let Err(e) = one(&client, &cmd, path).await {
+            eprintln!("sparefs: {path}: {e}");
+            code = 1;
+        }
+    }
+    Ok(code)
+}
+
+pub async fn policy(meta: &str, cmd: PolicyCmd) -> anyhow::Result<i32> {
+    let client = MetaClient::new(split_addresses(meta), current_caller());
+    let result = async {
+        match cmd {
+            PolicyCmd::Get { dir } => {
+                let a = client.resolve(&dir).await?;
+                if let NsReply::Policy(p) = client.read(ReadOp::GetPolicy { ino: a.ino }).await? {
+                    println!("{p}");
+                }
+                Ok::<_, ClientError>(())
+            }
+            PolicyCmd::Set { dir, policy } => {
+                let p: Policy = policy.parse().map_err(ClientError::Rejected)?;
+                let a = client.resolve(&dir).await?;
+                client.set_policy(a.ino, p).await
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => Ok(0),
+        Err(e) => {
+            eprintln!("sparefs: {e}");
+            Ok(1)
+        }
+    }
+}

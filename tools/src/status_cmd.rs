@@ -1,0 +1,79 @@
+//! `sparefs status`: every meta replica's role, term, commit and applied
+//! index, as a table or as the JSON object scripts read.
+
+use crate::{current_caller, split_addresses};
+use serde_json::{json, Value};
+use sparefs_client::MetaClient;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub async fn run(meta: Option<String>, data: Option<PathBuf>, json_out: bool) -> anyhow::Result<i32> {
+    let mut addresses = match (meta, &data) {
+        (Some(m), _) => split_addresses(&m),
+        (None, Some(d)) => crate::up_cmd::read_cluster_file(d)?.meta_addresses(),
+        (None, None) => anyhow::bail!("give --meta ADDRS or --data DIR"),
+    };
+    let pids = data.as_ref().and_then(|d| crate::up_cmd::read_cluster_file(d).ok()).map(|c| c.pids()).unwrap_or_default();
+    let client = MetaClient::new(addresses.clone(), current_caller());
+    // Replicas by id; members any replica reports are included even if the
+    // caller did not name them, so a dead one still shows.
+    let mut rows: BTreeMap<String, Value> = BTreeMap::new();
+    let mut i = 0;
+    while i < addresses.len() {
+        let address = addresses[i].clone();
+        i += 1;
+        match client.status_of(&address).await {
+            Ok(s) => {
+                for (_, a) in &s.members {
+                    if !addresses.contains(a) {
+                        addresses.push(a.clone());
+                    }
+                }
+                rows.insert(address.clone(), json!({
+                    "id": s.id.0, "address": address, "role": s.role.name(), "term": s.term,
+                    "commit": s.commit, "applied": s.applied, "pid": s.pid,
+                    "leader": s.leader.map(|l| l.0), "first_log_index": s.first_log_index, "last_log_index": s.last_log_index,
+                }));
+            }
+            Err(e) => {
+                rows.insert(address.clone(), json!({
+                    "id": Value::Null, "address": address, "role": "unreachable", "term": Value::Null,
+                    "commit": Value::Null, "applied": Value::Null, "pid": pids.get(&address).copied(), "error": e.to_string(),
+                }));
+            }
+        }
+    }
+    // Fill ids of unreachable replicas from the others' member lists.
+    let mut known_ids = BTreeMap::new();
+    for address in &addresses {
+        if let Ok(s) = client.status_of(address).await {
+            for (id, a) in s.members {
+                known_ids.insert(a, id.0);
+            }
+            break;
+        }
+    }
+    let mut list: Vec<Value> = rows
+        .into_values()
+        .map(|mut v| {
+            if v["id"].is_null() {
+                if let Some(id) = v["address"].as_str().and_then(|a| known_ids.get(a)) {
+                    v["id"] = json!(id);
+                }
+            }
+            v
+        })
+        .collect();
+    list.sort_by_key(|v| v["id"].as_u64().unwrap_or(u64::MAX));
+    if json_out {
+        println!("{}", json!({ "meta": list }));
+    } else {
+        println!("{:<4} {:<22} {:<12} {:>6} {:>10} {:>10} {:>8}", "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "PID");
+        for v in &list {
+            let f = |k: &str| v[k].as_u64().map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+            println!("{:<4} {:<22} {:<12} {:>6} {:>10} {:>10} {:>8}", f("id"), v["address"].as_str().unwrap_or("-"), v["role"].as_str().unwrap_or("-"), f("term"), f("commit"), f("applied"), f("pid"));
+        }
+    }
+    let healthy = list.iter().any(|v| v["role"] == "leader");
+    Ok(if healthy { 0 } else { 2 })
+}
