@@ -212,6 +212,10 @@ impl MetaClient {
         r.map(|_| ())
     }
 
+    pub async fn transfer_leader(&self, replica: ReplicaId) -> Result<()> {
+        self.call_leader(&Request::TransferLeader { replica }).await.map(|_| ())
+    }
+
     // Typed helpers over `read` and `write`.
 
     pub async fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<Attr> {

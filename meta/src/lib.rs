@@ -35,7 +35,8 @@ pub struct MetaConfig {
     /// once the replica's directory holds state.
     pub peers: BTreeMap<u64, String>,
     pub data: PathBuf,
-    /// Start empty and wait to be added with `sparefs admin meta add`.
+    /// Start empty and wait to be added with `sparefs admin meta add`;
+    /// `peers` then names replicas of the running group to answer.
     pub join: bool,
     pub compact_after_entries: u64,
     pub compact_keep_entries: u64,
@@ -96,7 +97,7 @@ pub async fn run(config: MetaConfig) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         id: config.id,
         address: config.listen.clone(),
-        members: RwLock::new(BTreeMap::new()),
+        members: RwLock::new(config.peers.clone()),
         staged_snapshots: Mutex::new(HashMap::new()),
         heartbeats: RwLock::new(HashMap::new()),
     });

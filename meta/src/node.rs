@@ -54,6 +54,7 @@ pub enum Input {
     Read { caller: Caller, op: ReadOp, reply: Reply<NsReply> },
     ConfChange { id: RequestId, cc: ConfChange, address: String, reply: Reply<()> },
     Status(oneshot::Sender<ReplicaStatus>),
+    TransferLeader { replica: ReplicaId, reply: Reply<()> },
     SnapshotSent { to: u64, ok: bool },
     Unreachable(u64),
     Heartbeat { chunkserver: ChunkserverId, capacity_bytes: u64, used_bytes: u64, errors: u64, reply: Reply<()> },
@@ -133,8 +134,35 @@ pub fn load_members(store: &Store) -> anyhow::Result<BTreeMap<u64, String>> {
     Ok(out)
 }
 
+/// Forwards raft-rs's slog records into `tracing` (target `raft`).
+struct SlogToTracing;
+
+impl slog::Drain for SlogToTracing {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(&self, record: &slog::Record, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        struct Kv(String);
+        impl slog::Serializer for Kv {
+            fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments) -> slog::Result {
+                self.0.push_str(&format!(" {key}={val}"));
+                Ok(())
+            }
+        }
+        let mut kv = Kv(String::new());
+        let _ = slog::KV::serialize(&record.kv(), record, &mut kv);
+        let _ = slog::KV::serialize(values, record, &mut kv);
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "raft", "{}{}", record.msg(), kv.0),
+            slog::Level::Warning => tracing::warn!(target: "raft", "{}{}", record.msg(), kv.0),
+            slog::Level::Info => tracing::info!(target: "raft", "{}{}", record.msg(), kv.0),
+            _ => tracing::debug!(target: "raft", "{}{}", record.msg(), kv.0),
+        }
+        Ok(())
+    }
+}
+
 fn raft_logger() -> slog::Logger {
-    slog::Logger::root(slog::Discard, slog::o!())
+    slog::Logger::root(SlogToTracing, slog::o!())
 }
 
 impl Driver {
@@ -145,7 +173,8 @@ impl Driver {
         runtime: tokio::runtime::Handle,
         config: DriverConfig,
     ) -> anyhow::Result<Driver> {
-        let log = RaftLog::load(store.clone())?;
+        let mut log = RaftLog::load(store.clone())?;
+        log.address = shared.address.clone();
         let applied = crate::raftlog::ns_applied(&store)?;
         let raft_config = Config {
             id: shared.id.0,
@@ -160,7 +189,12 @@ impl Driver {
         };
         raft_config.validate()?;
         let raw = RawNode::new(&raft_config, log, &raft_logger())?;
-        *shared.members.write().map_err(|_| anyhow::anyhow!("members lock poisoned"))? = load_members(&store)?;
+        // A replica that joined and has not yet installed a snapshot knows
+        // the group only from its command line (already in `shared`).
+        let stored = load_members(&store)?;
+        if !stored.is_empty() {
+            *shared.members.write().map_err(|_| anyhow::anyhow!("members lock poisoned"))? = stored;
+        }
         Ok(Driver {
             raw,
             store,
@@ -255,6 +289,14 @@ impl Driver {
                         let _ = reply.send(Err(RpcError::BadRequest(format!("configuration change refused: {e}"))));
                     }
                 }
+            }
+            Input::TransferLeader { replica, reply } => {
+                if !self.is_leader() {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                self.raw.transfer_leader(replica.0);
+                let _ = reply.send(Ok(()));
             }
             Input::Status(reply) => {
                 let _ = reply.send(self.status());

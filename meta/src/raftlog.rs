@@ -27,6 +27,8 @@ const KEY_TRUNCATED: &[u8] = b"truncated";
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct SnapshotDescriptor {
     pub index: u64,
+    /// Where to fetch it: a joining replica may not know the leader yet.
+    pub address: String,
 }
 
 pub struct RaftLog {
@@ -37,6 +39,8 @@ pub struct RaftLog {
     truncated_term: u64,
     last_index: u64,
     snapshots_dir: PathBuf,
+    /// This replica's address, named in the snapshots it offers.
+    pub address: String,
 }
 
 fn store_err(e: impl std::fmt::Display) -> raft::Error {
@@ -73,7 +77,7 @@ impl RaftLog {
         }
         let snapshots_dir = store.dir().join("snapshots");
         std::fs::create_dir_all(&snapshots_dir).context("create snapshots directory")?;
-        Ok(RaftLog { store, hard_state, conf_state, truncated_index, truncated_term, last_index, snapshots_dir })
+        Ok(RaftLog { store, hard_state, conf_state, truncated_index, truncated_term, last_index, snapshots_dir, address: String::new() })
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -260,7 +264,7 @@ impl raft::Storage for RaftLog {
         meta.index = applied;
         meta.term = self.term(applied)?;
         meta.set_conf_state(self.conf_state.clone());
-        snap.data = crate::kv::encode(&SnapshotDescriptor { index: applied }).into();
+        snap.data = crate::kv::encode(&SnapshotDescriptor { index: applied, address: self.address.clone() }).into();
         Ok(snap)
     }
 }

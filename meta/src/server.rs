@@ -151,6 +151,10 @@ impl Server {
                 self.ask(|reply| Input::ConfChange { id, cc, address: String::new(), reply }).await?;
                 Ok(Reply::Ok)
             }
+            Request::TransferLeader { replica } => {
+                self.ask(|reply| Input::TransferLeader { replica, reply }).await?;
+                Ok(Reply::Ok)
+            }
             Request::Heartbeat { chunkserver, capacity_bytes, used_bytes, errors } => {
                 self.ask(|reply| Input::Heartbeat { chunkserver, capacity_bytes, used_bytes, errors, reply }).await?;
                 Ok(Reply::Ok)

@@ -105,14 +105,7 @@ impl SnapshotFetcher {
             return;
         };
         let index = desc.index;
-        let address = {
-            let from = msg.from;
-            shared.members.read().ok().and_then(|m| m.get(&from).cloned())
-        };
-        let Some(address) = address else {
-            tracing::warn!(from = msg.from, "snapshot from a replica with no known address");
-            return;
-        };
+        let address = desc.address.clone();
         let fresh = self.in_progress.lock().map(|mut p| p.insert(index)).unwrap_or(false);
         if !fresh {
             return;

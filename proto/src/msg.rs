@@ -31,6 +31,8 @@ pub enum Request {
     Status,
     AddReplica { id: RequestId, replica: ReplicaId, address: String },
     RemoveReplica { id: RequestId, replica: ReplicaId },
+    /// Ask the leader to hand leadership to `replica`.
+    TransferLeader { replica: ReplicaId },
     /// Capacity and usage; kept in the leader's memory, not in Raft.
     Heartbeat { chunkserver: ChunkserverId, capacity_bytes: u64, used_bytes: u64, errors: u64 },
 }

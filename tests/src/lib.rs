@@ -1,1 +1,170 @@
+//! Harness for cluster tests and benchmarks: starts real `sparefs meta`
+//! processes on their own 127.0.0.x addresses with per-test directories and
+//! log files, kills them (SIGKILL/SIGSTOP) on request, and stops every one
+//! it started when dropped, even when a test fails.
 
+use anyhow::Context;
+use sparefs_client::MetaClient;
+use sparefs_proto::msg::{ReplicaStatus, Role};
+use sparefs_proto::namespace::Caller;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `sparefs` binary: $SPAREFS_BIN, or beside the test executable's
+/// directory (target/<profile>/sparefs).
+pub fn sparefs_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SPAREFS_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("sparefs")
+}
+
+/// A free port (probed on 127.0.0.1; every 127.0.0.x host uses it).
+fn free_port() -> u16 {
+    for _ in 0..100 {
+        let port = 20_000 + rand::random::<u16>() % 30_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port found");
+}
+
+pub struct MetaCluster {
+    pub dir: tempfile::TempDir,
+    pub addrs: BTreeMap<u64, String>,
+    pub procs: BTreeMap<u64, Child>,
+    pub compact_after: u64,
+    pub compact_keep: u64,
+    /// Replicas 1..=initial form the group at start; higher ids join later.
+    initial: u64,
+    host_base: u8,
+}
+
+impl MetaCluster {
+    /// Starts `n` replicas of a new group.
+    pub fn start(n: u64) -> anyhow::Result<MetaCluster> {
+        Self::start_with(n, 20_000, 2_000)
+    }
+
+    pub fn start_with(n: u64, compact_after: u64, compact_keep: u64) -> anyhow::Result<MetaCluster> {
+        let port = free_port();
+        let host_base = 20 + (rand::random::<u8>() % 200);
+        let addrs: BTreeMap<u64, String> = (1..=n).map(|i| (i, format!("127.0.{host_base}.{i}:{port}"))).collect();
+        let mut c = MetaCluster { dir: tempfile::tempdir()?, addrs, procs: BTreeMap::new(), compact_after, compact_keep, initial: n, host_base };
+        for id in 1..=n {
+            c.spawn(id, false)?;
+        }
+        Ok(c)
+    }
+
+    pub fn address(&self, id: u64) -> String {
+        self.addrs.get(&id).cloned().unwrap_or_else(|| {
+            let port = self.addrs.values().next().and_then(|a| a.rsplit(':').next()).unwrap_or("0");
+            format!("127.0.{}.{id}:{port}", self.host_base)
+        })
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("meta{id}"))
+    }
+
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("meta{id}.log"))
+    }
+
+    /// Starts (or restarts) replica `id`; `join` starts it empty, to be added.
+    pub fn spawn(&mut self, id: u64, join: bool) -> anyhow::Result<()> {
+        let address = self.address(id);
+        self.addrs.insert(id, address.clone());
+        let peers = self.addrs.iter().filter(|(i, _)| join || **i <= self.initial).map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(id))?;
+        let mut cmd = Command::new(sparefs_bin());
+        cmd.args(["meta", "--id", &id.to_string(), "--listen", &address, "--data"])
+            .arg(self.data_dir(id))
+            .args(["--compact-after", &self.compact_after.to_string(), "--compact-keep", &self.compact_keep.to_string()])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null());
+        cmd.args(["--peers", &peers]);
+        if join {
+            cmd.arg("--join");
+        }
+        let child = cmd.spawn().with_context(|| format!("spawn {}", sparefs_bin().display()))?;
+        self.procs.insert(id, child);
+        Ok(())
+    }
+
+    pub fn signal(&mut self, id: u64, sig: i32) {
+        if let Some(c) = self.procs.get(&id) {
+            #[allow(unsafe_code)]
+            // SAFETY: signalling a child this harness started.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
+    pub fn kill(&mut self, id: u64) {
+        self.signal(id, libc::SIGCONT);
+        self.signal(id, libc::SIGKILL);
+        if let Some(mut c) = self.procs.remove(&id) {
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.procs.get(&id).map(|c| c.id())
+    }
+
+    pub fn meta_list(&self) -> String {
+        self.addrs.values().cloned().collect::<Vec<_>>().join(",")
+    }
+
+    pub fn client(&self) -> MetaClient {
+        MetaClient::new(self.addrs.values().cloned().collect(), Caller::ROOT)
+    }
+
+    pub async fn status(&self, id: u64) -> Option<ReplicaStatus> {
+        let c = MetaClient::new(vec![], Caller::ROOT);
+        c.status_of(&self.address(id)).await.ok()
+    }
+
+    /// Waits until some running replica is leader; returns its id.
+    pub async fn wait_leader(&self, timeout: Duration) -> anyhow::Result<u64> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            for id in self.procs.keys() {
+                if let Some(s) = self.status(*id).await {
+                    if s.role == Role::Leader {
+                        return Ok(*id);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("no leader within {timeout:?}")
+    }
+
+    pub fn log_tail(&self, id: u64) -> String {
+        let text = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for MetaCluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.procs.keys().copied().collect();
+        for id in ids {
+            self.kill(id);
+        }
+    }
+}

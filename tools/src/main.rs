@@ -28,7 +28,8 @@ enum Cmd {
         id: u64,
         #[arg(long)]
         listen: String,
-        /// The initial group: ID=ADDR,... (this replica included).
+        /// The initial group: ID=ADDR,... (this replica included); with
+        /// --join, replicas of the running group.
         #[arg(long, default_value = "")]
         peers: String,
         #[arg(long)]
@@ -92,6 +93,8 @@ enum AdminMetaCmd {
     Add { id: u64, address: String },
     /// Remove replica ID from the group.
     Remove { id: u64 },
+    /// Hand leadership to replica ID.
+    Transfer { id: u64 },
 }
 
 pub fn parse_peers(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -170,6 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             match cmd {
                 AdminMetaCmd::Add { id, address } => client.add_replica(ReplicaId(id), address).await?,
                 AdminMetaCmd::Remove { id } => client.remove_replica(ReplicaId(id)).await?,
+                AdminMetaCmd::Transfer { id } => client.transfer_leader(ReplicaId(id)).await?,
             }
             Ok(0)
         }

@@ -1,0 +1,13 @@
+#!/bin/sh
+# Installs the Debian packages the build and the tests need, if missing.
+# RocksDB comes from librocksdb-dev (linked statically; see .cargo/config.toml).
+set -e
+need=""
+for p in librocksdb-dev libclang-dev libsnappy-dev liblz4-dev libzstd-dev libbz2-dev zlib1g-dev build-essential pkg-config iproute2; do
+    dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
+done
+if [ -n "$need" ]; then
+    echo "installing:$need" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y $need >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y $need >/dev/null; }
+fi
