@@ -47,7 +47,8 @@ pub struct MetaConfig {
 /// no one, the leader must send it a snapshot (which carries the members).
 const BOOTSTRAP_INDEX: u64 = 1;
 
-fn initialise(config: &MetaConfig) -> anyhow::Result<Store> {
+/// Creates a replica directory with the initial state (public for tests).
+pub fn initialise(config: &MetaConfig) -> anyhow::Result<Store> {
     let store = Store::create(&config.data)?;
     let mut batch = WriteBatch::default();
     if !config.join {
