@@ -3,11 +3,11 @@
 //! semantics give the same results, the same errors and the same tree.
 
 use proptest::prelude::*;
-use sparefs_meta::kv::Tx;
-use sparefs_meta::ns::{self, Command};
-use sparefs_meta::store::Store;
+mod common;
+
+use common::Machine;
 use sparefs_proto::namespace::*;
-use sparefs_proto::{ClientId, Errno, InodeId, RequestId};
+use sparefs_proto::{Errno, InodeId};
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug)]
@@ -228,72 +228,6 @@ impl Model {
     }
 }
 
-struct Machine {
-    store: Store,
-    seq: u64,
-    _dir: tempfile::TempDir,
-}
-
-impl Machine {
-    fn new() -> Machine {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::create(dir.path()).expect("create store");
-        let mut batch = rocksdb::WriteBatch::default();
-        {
-            let mut tx = Tx::new(&store);
-            ns::bootstrap(&mut tx).expect("bootstrap");
-            store.put_writes(&mut batch, tx.into_writes());
-        }
-        store.write_synced(batch).expect("write");
-        Machine { store, seq: 1, _dir: dir }
-    }
-
-    fn apply(&mut self, op: WriteOp) -> R {
-        self.seq += 1;
-        let cmd = Command {
-            id: RequestId { client: ClientId(7), seq: self.seq, ack_below: self.seq },
-            caller: Caller::ROOT,
-            op,
-            now: Time { secs: self.seq as i64, nanos: 0 },
-        };
-        let mut batch = rocksdb::WriteBatch::default();
-        let r = {
-            let mut tx = Tx::new(&self.store);
-            let r = ns::apply_command(&mut tx, &cmd).expect("storage");
-            self.store.put_writes(&mut batch, tx.into_writes());
-            r
-        };
-        self.store.write_synced(batch).expect("write");
-        r.map(|_| ())
-    }
-
-    fn read(&self, op: ReadOp) -> Result<NsReply, Errno> {
-        match ns::read(&self.store, &Caller::ROOT, &op, &()) {
-            Ok(r) => Ok(r),
-            Err(ns::NsError::Errno(e)) => Err(e),
-            Err(e) => panic!("storage: {e}"),
-        }
-    }
-
-    fn tree(&self) -> Vec<(String, bool, u32)> {
-        let mut out = Vec::new();
-        let mut stack = vec![(InodeId::ROOT, String::new())];
-        while let Some((ino, path)) = stack.pop() {
-            let Ok(NsReply::Dir(entries)) = self.read(ReadOp::ReadDir { ino, after_cookie: 0, limit: 1024 }) else { panic!("readdir") };
-            for e in entries {
-                let Ok(NsReply::Attr(a)) = self.read(ReadOp::GetAttr { ino: e.ino }) else { panic!("getattr") };
-                let p = format!("{path}/{}", String::from_utf8_lossy(&e.name));
-                out.push((p.clone(), a.kind == FileKind::Dir, a.nlink));
-                if a.kind == FileKind::Dir {
-                    stack.push((e.ino, p));
-                }
-            }
-        }
-        out.sort();
-        out
-    }
-}
-
 fn pick(list: &[u64], i: usize) -> u64 {
     list[i % list.len()]
 }
@@ -303,7 +237,7 @@ proptest! {
     #[test]
     fn state_machine_matches_model(ops in proptest::collection::vec(op(), 1..80)) {
         let mut model = Model::new();
-        let mut sm = Machine::new();
+        let mut sm = Machine::new(Caller::ROOT);
         for op in &ops {
             let (want, got) = match op {
                 Op::Mkdir(d, n) => {
