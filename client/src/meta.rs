@@ -216,6 +216,11 @@ impl MetaClient {
         self.call_leader(&Request::TransferLeader { replica }).await.map(|_| ())
     }
 
+    /// A chunkserver's heartbeat (capacity and usage) to the leader.
+    pub async fn heartbeat(&self, chunkserver: sparefs_proto::ChunkserverId, capacity_bytes: u64, used_bytes: u64, errors: u64) -> Result<()> {
+        self.call_leader(&Request::Heartbeat { chunkserver, capacity_bytes, used_bytes, errors }).await.map(|_| ())
+    }
+
     // Typed helpers over `read` and `write`.
 
     pub async fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<Attr> {

@@ -10,6 +10,7 @@
 pub mod kv;
 pub mod node;
 pub mod ns;
+pub mod placement;
 pub mod raftlog;
 pub mod server;
 pub mod snapshot;

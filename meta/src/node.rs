@@ -260,10 +260,19 @@ impl Driver {
                     tracing::debug!("raft step: {e}");
                 }
             }
-            Input::Write { caller, id, op, reply } => {
+            Input::Write { caller, id, mut op, reply } => {
                 if !self.is_leader() {
                     let _ = reply.send(Err(self.not_leader()));
                     return;
+                }
+                if let WriteOp::AllocateBlocks { policy, placement, .. } = &mut op {
+                    match self.place(policy.width()) {
+                        Ok(p) => *placement = p,
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            return;
+                        }
+                    }
                 }
                 self.waiters.insert((id.client.0, id.seq), reply);
                 self.pending_writes.push(Command { id, caller, op, now: Time::now() });
@@ -317,6 +326,18 @@ impl Driver {
                 let _ = reply.send(Ok(()));
             }
         }
+    }
+
+    /// Chooses chunkservers for a new block from the registry and this
+    /// leader's heartbeat view: only `up` servers, weighted by free space.
+    fn place(&self, width: usize) -> Result<Vec<ChunkserverId>, RpcError> {
+        let servers = ns::chunkservers(&*self.store, &*self.shared).map_err(|e| RpcError::Storage(e.to_string()))?;
+        let candidates: Vec<(ChunkserverId, u64)> = servers
+            .iter()
+            .filter(|s| s.state == ChunkserverState::Up)
+            .map(|s| (s.id, s.capacity_bytes.saturating_sub(s.used_bytes)))
+            .collect();
+        crate::placement::choose(&candidates, width, &mut rand::thread_rng()).map_err(RpcError::Errno)
     }
 
     pub fn status(&self) -> ReplicaStatus {

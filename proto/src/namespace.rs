@@ -173,8 +173,9 @@ pub enum WriteOp {
     /// Commit slices written to chunkservers: they become visible atomically,
     /// and the file grows to `size_at_least` if it is smaller.
     CommitSlices { ino: InodeId, slices: Vec<(u64, Slice)>, size_at_least: u64 },
-    /// Allocate ids for new blocks whose fragments go to `placement`
-    /// (chosen by the leader before proposing).
+    /// Allocate ids for new blocks. Clients send an empty `placement`; the
+    /// leader fills it (distinct chunkservers that are up, weighted by free
+    /// space) before proposing, so every replica applies the same choice.
     AllocateBlocks { count: u32, policy: Policy, placement: Vec<ChunkserverId> },
     RegisterChunkserver { address: String, capacity_bytes: u64, token: [u8; 16] },
 }
@@ -193,5 +194,6 @@ pub enum NsReply {
     Registered(ChunkserverId),
     /// Exchange and replace renames report nothing more.
     Done,
-    AllocatedIds(Vec<BlockId>),
+    /// New block ids and the chunkservers their fragments go to, in order.
+    Allocated { ids: Vec<BlockId>, placement: Vec<ChunkserverId> },
 }

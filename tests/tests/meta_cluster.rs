@@ -221,3 +221,41 @@ fn missing_or_corrupt_state_is_refused() {
     assert!(!ok && err.contains("not a sparefs meta replica"), "started in a foreign directory: {err}");
     let _ = BTreeMap::<u8, u8>::new();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_heartbeats_and_placement() {
+    use sparefs_proto::layout::{ChunkserverState, Policy};
+    use sparefs_proto::namespace::{NsReply, ReadOp, WriteOp};
+    let cluster = MetaCluster::start(3).expect("start");
+    cluster.wait_leader(Duration::from_secs(15)).await.expect("leader");
+    let client = cluster.client();
+    let mut ids = Vec::new();
+    for i in 0..4u8 {
+        let op = WriteOp::RegisterChunkserver { address: format!("127.0.0.{}:9000", 100 + i), capacity_bytes: 1 << 30, token: [i; 16] };
+        let NsReply::Registered(id) = client.write(op.clone()).await.expect("register") else { panic!("reply") };
+        // Registering again with the same token keeps the id.
+        let NsReply::Registered(again) = client.write(op).await.expect("register again") else { panic!("reply") };
+        assert_eq!(id, again);
+        ids.push(id);
+    }
+    // Three report in; the fourth stays silent and so is down.
+    for (n, id) in ids.iter().take(3).enumerate() {
+        client.heartbeat(*id, 1 << 30, (n as u64) << 20, 0).await.expect("heartbeat");
+    }
+    let NsReply::Chunkservers(list) = client.read(ReadOp::ListChunkservers).await.expect("list") else { panic!("reply") };
+    let states: BTreeMap<u64, ChunkserverState> = list.iter().map(|s| (s.id.0, s.state)).collect();
+    assert_eq!(states.values().filter(|s| **s == ChunkserverState::Up).count(), 3, "{states:?}");
+    assert_eq!(states[&ids[3].0], ChunkserverState::Down);
+    let alloc = |policy| WriteOp::AllocateBlocks { count: 2, policy, placement: vec![] };
+    let NsReply::Allocated { ids: blocks, placement } = client.write(alloc(Policy::Ec { data: 2, parity: 1 })).await.expect("allocate") else {
+        panic!("reply")
+    };
+    assert_eq!(blocks.len(), 2);
+    let distinct: BTreeSet<_> = placement.iter().collect();
+    assert_eq!(distinct.len(), 3, "fragments on distinct chunkservers: {placement:?}");
+    assert!(!placement.contains(&ids[3]), "a down chunkserver got a fragment");
+    let e = client.write(alloc(Policy::Ec { data: 2, parity: 2 })).await.expect_err("4 fragments on 3 live servers");
+    assert_eq!(e.errno(), Errno::ENOSPC);
+    let NsReply::StatFs(st) = client.read(ReadOp::StatFs).await.expect("statfs") else { panic!("reply") };
+    assert_eq!(st.capacity_bytes, 4 << 30);
+}

@@ -136,7 +136,7 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
                 return Err(Errno::EINVAL.into());
             }
             let first = next_id(tx, SYS_NEXT_BLOCK, *count as u64)?;
-            Ok(NsReply::AllocatedIds((0..*count as u64).map(|i| BlockId(first + i)).collect()))
+            Ok(NsReply::Allocated { ids: (0..*count as u64).map(|i| BlockId(first + i)).collect(), placement: placement.clone() })
         }
         WriteOp::RegisterChunkserver { address, capacity_bytes, token } => {
             // A chunkserver that registers again with its token keeps its id.
