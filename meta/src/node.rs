@@ -328,6 +328,17 @@ impl Driver {
         }
     }
 
+    /// A new group has no cluster key yet: its first leader proposes one.
+    fn ensure_cluster_key(&mut self) -> anyhow::Result<()> {
+        if ns::cluster_key(&*self.store)?.is_some() {
+            return Ok(());
+        }
+        let key: [u8; 32] = rand::random();
+        let id = RequestId { client: sparefs_proto::ClientId(u128::MAX - self.shared.id.0 as u128), seq: self.raw.raft.term, ack_below: 0 };
+        self.pending_writes.push(Command { id, caller: Caller::ROOT, op: WriteOp::SetClusterKey { key }, now: Time::now() });
+        Ok(())
+    }
+
     /// Chooses chunkservers for a new block from the registry and this
     /// leader's heartbeat view: only `up` servers, weighted by free space.
     fn place(&self, width: usize) -> Result<Vec<ChunkserverId>, RpcError> {
@@ -433,6 +444,8 @@ impl Driver {
         if let Some(ss) = ready.ss() {
             if ss.raft_state != StateRole::Leader {
                 self.fail_waiters();
+            } else {
+                self.ensure_cluster_key()?;
             }
             tracing::info!(replica = self.shared.id.0, role = ?ss.raft_state, leader = ss.leader_id, "raft role");
         }
@@ -564,7 +577,8 @@ impl Driver {
             let shared = self.shared.clone();
             self.runtime.spawn_blocking(move || {
                 for (caller, op, reply) in reads {
-                    let r = match ns::read(&*store, &caller, &op, &*shared) {
+                    let now = Time::now().secs.max(0) as u64;
+                    let r = match ns::read(&*store, &caller, &op, &*shared, now) {
                         Ok(r) => Ok(r),
                         Err(ns::NsError::Errno(e)) => Err(RpcError::Errno(e)),
                         Err(ns::NsError::Store(e)) => Err(RpcError::Storage(e.to_string())),

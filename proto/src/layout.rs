@@ -104,3 +104,56 @@ pub struct ChunkserverInfo {
     pub capacity_bytes: u64,
     pub used_bytes: u64,
 }
+
+/// Permission, signed by the meta with the cluster key, to read or write
+/// the fragments of one block until `expires` (Unix seconds). Chunkservers
+/// check it on every fragment request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capability {
+    pub block: BlockId,
+    pub write: bool,
+    pub expires: u64,
+    pub mac: [u8; 32],
+}
+
+pub type ClusterKey = [u8; 32];
+
+impl Capability {
+    fn mac_of(key: &ClusterKey, block: BlockId, write: bool, expires: u64) -> [u8; 32] {
+        let mut msg = [0u8; 17];
+        msg[..8].copy_from_slice(&block.0.to_be_bytes());
+        msg[8] = write as u8;
+        msg[9..].copy_from_slice(&expires.to_be_bytes());
+        *blake3::keyed_hash(key, &msg).as_bytes()
+    }
+
+    pub fn issue(key: &ClusterKey, block: BlockId, write: bool, expires: u64) -> Capability {
+        Capability { block, write, expires, mac: Self::mac_of(key, block, write, expires) }
+    }
+
+    /// Whether this capability allows `write` (or a read) of `block` at `now`.
+    pub fn allows(&self, key: &ClusterKey, block: BlockId, write: bool, now: u64) -> bool {
+        let right = self.write || !write;
+        right && self.block == block && now <= self.expires && Self::mac_of(key, self.block, self.write, self.expires) == self.mac
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_checks_block_right_expiry_and_key() {
+        let key = [7u8; 32];
+        let c = Capability::issue(&key, BlockId(9), false, 100);
+        assert!(c.allows(&key, BlockId(9), false, 100));
+        assert!(!c.allows(&key, BlockId(9), true, 50), "a read capability does not allow writes");
+        assert!(!c.allows(&key, BlockId(8), false, 50), "another block");
+        assert!(!c.allows(&key, BlockId(9), false, 101), "expired");
+        assert!(!c.allows(&[8u8; 32], BlockId(9), false, 50), "another cluster's key");
+        let mut forged = c.clone();
+        forged.write = true;
+        assert!(!forged.allows(&key, BlockId(9), true, 50), "rights cannot be raised");
+        assert!(Capability::issue(&key, BlockId(9), true, 100).allows(&key, BlockId(9), false, 10), "write implies read");
+    }
+}

@@ -1,7 +1,7 @@
 //! The POSIX namespace on the wire: attributes, callers, the operations the
 //! meta answers, and their replies.
 
-use crate::layout::{BlockRef, ChunkserverInfo, Policy, Slice};
+use crate::layout::{BlockRef, Capability, ChunkserverInfo, ClusterKey, Policy, Slice};
 use crate::{BlockId, ChunkserverId, InodeId};
 use serde::{Deserialize, Serialize};
 
@@ -178,6 +178,8 @@ pub enum WriteOp {
     /// space) before proposing, so every replica applies the same choice.
     AllocateBlocks { count: u32, policy: Policy, placement: Vec<ChunkserverId> },
     RegisterChunkserver { address: String, capacity_bytes: u64, token: [u8; 16] },
+    /// Sets the cluster key if none is set (the first leader proposes it).
+    SetClusterKey { key: ClusterKey },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,12 +190,14 @@ pub enum NsReply {
     Names(Vec<Vec<u8>>),
     StatFs(StatFs),
     Policy(Policy),
-    Chunk(Vec<Slice>),
+    /// A chunk's slices, oldest first, with a read capability per block.
+    Chunk { slices: Vec<Slice>, capabilities: Vec<Capability> },
     Chunkservers(Vec<ChunkserverInfo>),
     Blocks(Vec<BlockRef>),
-    Registered(ChunkserverId),
+    /// The chunkserver's id and the key capabilities are signed with.
+    Registered { id: ChunkserverId, key: ClusterKey },
     /// Exchange and replace renames report nothing more.
     Done,
     /// New block ids and the chunkservers their fragments go to, in order.
-    Allocated { ids: Vec<BlockId>, placement: Vec<ChunkserverId> },
+    Allocated { ids: Vec<BlockId>, placement: Vec<ChunkserverId>, capabilities: Vec<Capability> },
 }

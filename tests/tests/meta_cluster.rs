@@ -232,9 +232,9 @@ async fn registry_heartbeats_and_placement() {
     let mut ids = Vec::new();
     for i in 0..4u8 {
         let op = WriteOp::RegisterChunkserver { address: format!("127.0.0.{}:9000", 100 + i), capacity_bytes: 1 << 30, token: [i; 16] };
-        let NsReply::Registered(id) = client.write(op.clone()).await.expect("register") else { panic!("reply") };
+        let NsReply::Registered { id, .. } = client.write(op.clone()).await.expect("register") else { panic!("reply") };
         // Registering again with the same token keeps the id.
-        let NsReply::Registered(again) = client.write(op).await.expect("register again") else { panic!("reply") };
+        let NsReply::Registered { id: again, .. } = client.write(op).await.expect("register again") else { panic!("reply") };
         assert_eq!(id, again);
         ids.push(id);
     }
@@ -247,10 +247,15 @@ async fn registry_heartbeats_and_placement() {
     assert_eq!(states.values().filter(|s| **s == ChunkserverState::Up).count(), 3, "{states:?}");
     assert_eq!(states[&ids[3].0], ChunkserverState::Down);
     let alloc = |policy| WriteOp::AllocateBlocks { count: 2, policy, placement: vec![] };
-    let NsReply::Allocated { ids: blocks, placement } = client.write(alloc(Policy::Ec { data: 2, parity: 1 })).await.expect("allocate") else {
+    let NsReply::Allocated { ids: blocks, placement, capabilities } = client.write(alloc(Policy::Ec { data: 2, parity: 1 })).await.expect("allocate") else {
         panic!("reply")
     };
     assert_eq!(blocks.len(), 2);
+    let NsReply::Registered { key, .. } = client.write(WriteOp::RegisterChunkserver { address: "127.0.0.100:9000".into(), capacity_bytes: 1 << 30, token: [0; 16] }).await.expect("re-register") else { panic!("reply") };
+    let now = sparefs_proto::namespace::Time::now().secs as u64;
+    for (b, cap) in blocks.iter().zip(&capabilities) {
+        assert!(cap.allows(&key, *b, true, now), "write capability for {b} does not verify with the cluster key");
+    }
     let distinct: BTreeSet<_> = placement.iter().collect();
     assert_eq!(distinct.len(), 3, "fragments on distinct chunkservers: {placement:?}");
     assert!(!placement.contains(&ids[3]), "a down chunkserver got a fragment");

@@ -12,7 +12,7 @@ mod records;
 mod write;
 
 pub use read::{chunkservers, read, ChunkserverLiveness};
-pub use records::{ChunkserverRec, DentryRec, InodeRec};
+pub use records::{cluster_key, ChunkserverRec, DentryRec, InodeRec};
 pub use write::{apply_command, bootstrap, Command};
 
 use crate::kv::StoreError;

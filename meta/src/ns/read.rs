@@ -6,7 +6,7 @@ use super::records::*;
 use super::write::{check_xattr_access, load, load_dir, valid_name};
 use super::{NsError, NsResult};
 use crate::kv::{be, decode, read_be, Cf, ReadKv, StoreError};
-use sparefs_proto::layout::{ChunkserverInfo, ChunkserverState, Policy, Slice};
+use sparefs_proto::layout::{Capability, ChunkserverInfo, ChunkserverState, Policy, Slice};
 use sparefs_proto::limits::*;
 use sparefs_proto::namespace::*;
 use sparefs_proto::{ChunkserverId, Errno, InodeId};
@@ -23,7 +23,8 @@ impl ChunkserverLiveness for () {
     }
 }
 
-pub fn read<K: ReadKv>(kv: &K, c: &Caller, op: &ReadOp, live: &dyn ChunkserverLiveness) -> NsResult<NsReply> {
+/// `now` (Unix seconds) dates the capabilities handed out with layouts.
+pub fn read<K: ReadKv>(kv: &K, c: &Caller, op: &ReadOp, live: &dyn ChunkserverLiveness, now: u64) -> NsResult<NsReply> {
     match op {
         ReadOp::Lookup { parent, name } => {
             let dir = load_dir(kv, *parent)?;
@@ -131,7 +132,14 @@ pub fn read<K: ReadKv>(kv: &K, c: &Caller, op: &ReadOp, live: &dyn ChunkserverLi
                 return Err(Errno::EINVAL.into());
             }
             let slices: Vec<Slice> = kv.get_rec(Cf::Chunks, &chunk_key(*ino, *index))?.unwrap_or_default();
-            Ok(NsReply::Chunk(slices))
+            let mut capabilities = Vec::new();
+            if slices.iter().any(|s| !s.blocks.is_empty()) {
+                let key = cluster_key(kv)?.ok_or(NsError::Errno(Errno::EAGAIN))?;
+                for b in slices.iter().flat_map(|s| s.blocks.iter()) {
+                    capabilities.push(Capability::issue(&key, b.id, false, now + CAPABILITY_SECS));
+                }
+            }
+            Ok(NsReply::Chunk { slices, capabilities })
         }
         ReadOp::ListChunkservers => Ok(NsReply::Chunkservers(chunkservers(kv, live)?)),
     }

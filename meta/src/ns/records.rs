@@ -108,6 +108,13 @@ pub const SYS_NEXT_CHUNKSERVER: &[u8] = b"next_chunkserver";
 pub const SYS_NEXT_SLICE: &[u8] = b"next_slice";
 pub const SYS_FILES: &[u8] = b"files";
 pub const SYS_APPLIED: &[u8] = b"applied";
+pub const SYS_CLUSTER_KEY: &[u8] = b"cluster_key";
+/// How long a capability handed out with a layout stays valid.
+pub const CAPABILITY_SECS: u64 = 600;
+
+pub fn cluster_key(kv: &impl ReadKv) -> Result<Option<sparefs_proto::layout::ClusterKey>, StoreError> {
+    kv.get_rec(Cf::Sys, SYS_CLUSTER_KEY)
+}
 
 pub fn sys_u64(kv: &impl ReadKv, key: &[u8]) -> Result<u64, StoreError> {
     Ok(kv.get_rec::<u64>(Cf::Sys, key)?.unwrap_or(0))

@@ -9,7 +9,7 @@ use super::records::*;
 use super::{NsError, NsResult};
 use crate::kv::{be, read_be, Cf, ReadKv, StoreError, Tx};
 use serde::{Deserialize, Serialize};
-use sparefs_proto::layout::{BlockRef, Slice};
+use sparefs_proto::layout::{BlockRef, Capability, Slice};
 use sparefs_proto::limits::*;
 use sparefs_proto::namespace::*;
 use sparefs_proto::{BlockId, ChunkserverId, Errno, InodeId, RequestId};
@@ -135,10 +135,26 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
             if *count == 0 || *count > 1024 || placement.len() != policy.width() {
                 return Err(Errno::EINVAL.into());
             }
+            let key = cluster_key(tx)?.ok_or(NsError::Errno(Errno::EAGAIN))?;
             let first = next_id(tx, SYS_NEXT_BLOCK, *count as u64)?;
-            Ok(NsReply::Allocated { ids: (0..*count as u64).map(|i| BlockId(first + i)).collect(), placement: placement.clone() })
+            let ids: Vec<BlockId> = (0..*count as u64).map(|i| BlockId(first + i)).collect();
+            let expires = now.secs.max(0) as u64 + CAPABILITY_SECS;
+            let capabilities = ids.iter().map(|b| Capability::issue(&key, *b, true, expires)).collect();
+            Ok(NsReply::Allocated { ids, placement: placement.clone(), capabilities })
+        }
+        WriteOp::SetClusterKey { key } => {
+            if c.uid != 0 {
+                return Err(Errno::EPERM.into());
+            }
+            // The first key wins; later proposals (a new leader that had not
+            // yet applied the first) change nothing.
+            if cluster_key(tx)?.is_none() {
+                tx.put_rec(Cf::Sys, SYS_CLUSTER_KEY.to_vec(), key);
+            }
+            Ok(NsReply::Done)
         }
         WriteOp::RegisterChunkserver { address, capacity_bytes, token } => {
+            let key = cluster_key(tx)?.ok_or(NsError::Errno(Errno::EAGAIN))?;
             // A chunkserver that registers again with its token keeps its id.
             for (k, v) in tx.scan(Cf::Chunkservers, &[], &[], usize::MAX)? {
                 let rec: ChunkserverRec = crate::kv::decode(Cf::Chunkservers, &v)?;
@@ -146,13 +162,13 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
                     let id = read_be(&k).ok_or_else(|| StoreError::Invalid("short chunkserver key".into()))?;
                     let rec = ChunkserverRec { address: address.clone(), capacity_bytes: *capacity_bytes, ..rec };
                     tx.put_rec(Cf::Chunkservers, k, &rec);
-                    return Ok(NsReply::Registered(ChunkserverId(id)));
+                    return Ok(NsReply::Registered { id: ChunkserverId(id), key });
                 }
             }
             let id = next_id(tx, SYS_NEXT_CHUNKSERVER, 1)? + 1;
             let rec = ChunkserverRec { address: address.clone(), capacity_bytes: *capacity_bytes, token: *token, registered: now };
             tx.put_rec(Cf::Chunkservers, be(id).to_vec(), &rec);
-            Ok(NsReply::Registered(ChunkserverId(id)))
+            Ok(NsReply::Registered { id: ChunkserverId(id), key })
         }
     }
 }

@@ -59,7 +59,7 @@ impl Machine {
     }
 
     pub fn read(&self, op: ReadOp) -> Result<NsReply, Errno> {
-        match ns::read(&self.store, &self.caller, &op, &()) {
+        match ns::read(&self.store, &self.caller, &op, &(), 0) {
             Ok(r) => Ok(r),
             Err(ns::NsError::Errno(e)) => Err(e),
             Err(e) => panic!("storage: {e}"),
