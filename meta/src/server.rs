@@ -1,21 +1,18 @@
-//! The replica's TCP endpoint: client requests, Raft messages from peers,
-//! snapshot pieces and status. Each connection has a reader (which closes
-//! the connection on a malformed or oversized frame) and a writer; requests
-//! run concurrently, at most `INFLIGHT_REQUESTS_PER_CONNECTION_MAX` each.
+//! The replica's requests: client calls, Raft messages from peers (one-way,
+//! in order), snapshot pieces and status. Connections are handled by
+//! `proto::service`.
 
 use crate::node::{Input, InputSender, Shared};
 use crate::snapshot::SnapshotFetcher;
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeType, Message, MessageType};
-use sparefs_proto::frame::{self, FrameError};
-use sparefs_proto::limits::*;
-use sparefs_proto::msg::{Reply, Request, RequestFrame, ResponseFrame, RpcError};
+use sparefs_proto::msg::{Reply, Request, RpcError};
+use sparefs_proto::service::{CallFuture, Service};
 use sparefs_proto::namespace::Caller;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
 pub struct Server {
     pub shared: Arc<Shared>,
@@ -26,75 +23,8 @@ pub struct Server {
 
 impl Server {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> anyhow::Result<()> {
-        loop {
-            let (stream, peer) = listener.accept().await?;
-            let this = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = this.connection(stream).await {
-                    tracing::debug!(%peer, "connection closed: {e}");
-                }
-            });
-        }
-    }
-
-    async fn connection(self: Arc<Self>, stream: TcpStream) -> Result<(), FrameError> {
-        stream.set_nodelay(true)?;
-        let (mut rd, wr) = stream.into_split();
-        let (resp_tx, mut resp_rx) = mpsc::channel::<ResponseFrame>(INFLIGHT_REQUESTS_PER_CONNECTION_MAX);
-        let writer = tokio::spawn(async move {
-            let mut w = BufWriter::new(wr);
-            while let Some(resp) = resp_rx.recv().await {
-                if frame::write_frame(&mut w, &resp).await.is_err() {
-                    return;
-                }
-                while let Ok(more) = resp_rx.try_recv() {
-                    if frame::write_frame(&mut w, &more).await.is_err() {
-                        return;
-                    }
-                }
-                if w.flush().await.is_err() {
-                    return;
-                }
-            }
-        });
-        let limit = Arc::new(Semaphore::new(INFLIGHT_REQUESTS_PER_CONNECTION_MAX));
-        let mut buf = Vec::new();
-        let result = loop {
-            if let Err(e) = frame::read_frame(&mut rd, &mut buf).await {
-                break Err(e);
-            }
-            let req: RequestFrame = match frame::decode(&buf) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!("malformed request frame, closing the connection: {e}");
-                    break Err(e);
-                }
-            };
-            if let Request::Raft { from, msg } = req.body {
-                // Raft messages are one-way and handled in order.
-                let mut m = Message::default();
-                if m.merge_from_bytes(&msg).is_err() || m.from != from.0 {
-                    tracing::warn!("malformed raft message, closing the connection");
-                    break Err(FrameError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad raft message")));
-                }
-                self.raft_message(m);
-                continue;
-            }
-            let Ok(permit) = limit.clone().acquire_owned().await else { break Ok(()) };
-            let this = self.clone();
-            let resp_tx = resp_tx.clone();
-            tokio::spawn(async move {
-                let body = this.handle(req.body).await;
-                let _ = resp_tx.send(ResponseFrame { call: req.call, body }).await;
-                drop(permit);
-            });
-        };
-        drop(resp_tx);
-        let _ = writer.await;
-        match result {
-            Err(FrameError::Closed) => Ok(()),
-            other => other,
-        }
+        sparefs_proto::service::serve(listener, self).await?;
+        Ok(())
     }
 
     fn raft_message(&self, m: Message) {
@@ -112,7 +42,7 @@ impl Server {
         rx.await.map_err(|_| RpcError::Busy)?
     }
 
-    async fn handle(&self, body: Request) -> Result<Reply, RpcError> {
+    async fn handle(self: Arc<Self>, body: Request) -> Result<Reply, RpcError> {
         match body {
             Request::Read { caller, op } => {
                 validate_caller(&caller)?;
@@ -160,6 +90,27 @@ impl Server {
                 Ok(Reply::Ok)
             }
         }
+    }
+}
+
+impl Service for Server {
+    fn is_one_way(&self, req: &Request) -> bool {
+        matches!(req, Request::Raft { .. })
+    }
+
+    fn one_way(&self, req: Request) -> Result<(), String> {
+        let Request::Raft { from, msg } = req else { return Err("not a raft message".into()) };
+        let mut m = Message::default();
+        if m.merge_from_bytes(&msg).is_err() || m.from != from.0 {
+            tracing::warn!("malformed raft message, closing the connection");
+            return Err("malformed raft message".into());
+        }
+        self.raft_message(m);
+        Ok(())
+    }
+
+    fn call(self: Arc<Self>, req: Request) -> CallFuture {
+        Box::pin(self.handle(req))
     }
 }
 

@@ -11,6 +11,7 @@ pub mod layout;
 pub mod limits;
 pub mod msg;
 pub mod namespace;
+pub mod service;
 
 pub use errno::Errno;
 pub use ids::*;
