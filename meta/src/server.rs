@@ -53,6 +53,9 @@ impl Server {
                 Ok(Reply::Ns(self.ask(|reply| Input::Write { caller, id, op, reply }).await?))
             }
             Request::Raft { .. } => Err(RpcError::BadRequest("raft messages are one-way".into())),
+            Request::PutFragment { .. } | Request::GetFragment { .. } => {
+                Err(RpcError::BadRequest("fragment requests go to chunkservers, not the meta".into()))
+            }
             Request::SnapshotPiece { index, cf, after } => {
                 let dir = self.dir.clone();
                 tokio::task::spawn_blocking(move || crate::snapshot::serve_piece(&dir, index, cf, after))

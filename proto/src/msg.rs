@@ -4,7 +4,8 @@
 //! framing as one-way `Raft` requests.
 
 use crate::namespace::{Caller, NsReply, ReadOp, WriteOp};
-use crate::{ChunkserverId, ReplicaId, RequestId};
+use crate::layout::Capability;
+use crate::{BlockId, ChunkserverId, ReplicaId, RequestId};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -33,6 +34,10 @@ pub enum Request {
     RemoveReplica { id: RequestId, replica: ReplicaId },
     /// Ask the leader to hand leadership to `replica`.
     TransferLeader { replica: ReplicaId },
+    /// Store one fragment of a block (chunkserver); durable when answered.
+    PutFragment { cap: Capability, block: BlockId, index: u8, data: Vec<u8> },
+    /// Read `len` bytes at `offset` of a fragment (chunkserver), verified.
+    GetFragment { cap: Capability, block: BlockId, index: u8, offset: u32, len: u32 },
     /// Capacity and usage; kept in the leader's memory, not in Raft.
     Heartbeat { chunkserver: ChunkserverId, capacity_bytes: u64, used_bytes: u64, errors: u64 },
 }
@@ -42,6 +47,7 @@ pub enum Reply {
     Ns(NsReply),
     Status(ReplicaStatus),
     SnapshotPiece { items: Vec<(Vec<u8>, Vec<u8>)>, done: bool },
+    Bytes(Vec<u8>),
     Ok,
 }
 
@@ -92,6 +98,12 @@ pub enum RpcError {
     SnapshotGone(u64),
     #[error("storage error on the server: {0}")]
     Storage(String),
+    #[error("fragment {block}.{index} is corrupt: {detail}")]
+    Corrupt { block: BlockId, index: u8, detail: String },
+    #[error("fragment {block}.{index} not found")]
+    NoFragment { block: BlockId, index: u8 },
+    #[error("capability refused")]
+    Denied,
 }
 
 impl From<crate::Errno> for RpcError {

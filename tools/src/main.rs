@@ -43,6 +43,21 @@ enum Cmd {
         #[arg(long, default_value_t = 2_000)]
         compact_keep: u64,
     },
+    /// Run a chunkserver over a directory of spare space.
+    Chunkserver {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Most space to use: bytes, K/M/G/T, or a percentage of the filesystem.
+        #[arg(long, default_value = "100%")]
+        limit: String,
+        /// Space to leave free on the host filesystem (same units).
+        #[arg(long, default_value = "5%")]
+        reserve: String,
+        #[arg(long, env = "SPAREFS_META")]
+        meta: String,
+        #[arg(long)]
+        listen: String,
+    },
     /// Namespace commands that need no mount.
     Fs {
         #[arg(long, env = "SPAREFS_META")]
@@ -163,6 +178,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 compact_keep_entries: compact_keep,
             })
             .await?;
+            Ok(0)
+        }
+        Cmd::Chunkserver { dir, limit, reserve, meta, listen } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            let (fs_bytes, _) = sparefs_chunkserver::fs_space(&dir).with_context(|| format!("statvfs {}", dir.display()))?;
+            let limit_bytes = sparefs_chunkserver::parse_size(&limit, fs_bytes).map_err(anyhow::Error::msg)?;
+            let reserve_bytes = sparefs_chunkserver::parse_size(&reserve, fs_bytes).map_err(anyhow::Error::msg)?;
+            sparefs_chunkserver::run(sparefs_chunkserver::ChunkserverConfig { dir, limit_bytes, reserve_bytes, meta: split_addresses(&meta), listen }).await?;
             Ok(0)
         }
         Cmd::Fs { meta, cmd } => fs_cmd::run(&meta, cmd).await,

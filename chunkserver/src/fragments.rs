@@ -1,0 +1,247 @@
+//! Fragment files. One file per fragment:
+//! `DIR/fragments/<block % 256 as hex>/<block as 16 hex>.<index>`, holding
+//! a header (magic with version, block id, index, data length, blake3 of
+//! every 64 KiB span) followed by the data. Files are written as `.tmp`,
+//! flushed by the writer's shared syncfs, then renamed into place and
+//! flushed again, so a visible fragment file is always whole; a file that
+//! fails its checksums is reported corrupt and never served.
+
+use crate::space;
+use sparefs_erasure::{checksums, CHECKSUM_SPAN};
+use sparefs_proto::msg::RpcError;
+use sparefs_proto::BlockId;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const MAGIC: &[u8; 8] = b"SPFRAG01";
+const FIXED_HEADER: usize = 8 + 8 + 1 + 3 + 4 + 4;
+
+pub struct FragmentStore {
+    root: PathBuf,
+    limit: u64,
+    reserve: u64,
+    used: AtomicU64,
+    /// Space promised to writes in flight, so concurrent writes cannot
+    /// together overshoot the limit.
+    pending: AtomicU64,
+    errors: AtomicU64,
+}
+
+fn header_len(data_len: usize) -> usize {
+    FIXED_HEADER + 32 * data_len.div_ceil(CHECKSUM_SPAN)
+}
+
+impl FragmentStore {
+    pub fn open(dir: &Path, limit: u64, reserve: u64) -> anyhow::Result<FragmentStore> {
+        let root = dir.join("fragments");
+        std::fs::create_dir_all(&root)?;
+        let mut used = 0;
+        for sub in std::fs::read_dir(&root)? {
+            let sub = sub?.path();
+            if !sub.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(&sub)? {
+                let f = f?;
+                let name = f.file_name();
+                if name.to_string_lossy().ends_with(".tmp") {
+                    // A write that never finished (crash before rename).
+                    let _ = std::fs::remove_file(f.path());
+                    continue;
+                }
+                used += f.metadata()?.len();
+            }
+        }
+        Ok(FragmentStore { root, limit, reserve, used: AtomicU64::new(used), pending: AtomicU64::new(0), errors: AtomicU64::new(0) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// What this server can hold: its limit, or less when the host
+    /// filesystem (minus the reserve) has less room.
+    pub fn capacity_bytes(&self) -> u64 {
+        let used = self.used_bytes();
+        match space::fs_space(&self.root) {
+            Ok((_, avail)) => self.limit.min(used + avail.saturating_sub(self.reserve)),
+            Err(_) => self.limit.min(used),
+        }
+    }
+
+    /// Claims room for `bytes`, or fails with ENOSPC; `release` gives it back.
+    pub fn reserve_room(&self, bytes: u64) -> Result<(), RpcError> {
+        let pending = self.pending.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        if self.used_bytes() + pending > self.capacity_bytes() {
+            self.pending.fetch_sub(bytes, Ordering::SeqCst);
+            return Err(RpcError::Errno(sparefs_proto::Errno::ENOSPC));
+        }
+        Ok(())
+    }
+
+    pub fn release_room(&self, bytes: u64) {
+        self.pending.fetch_sub(bytes, Ordering::SeqCst);
+    }
+
+    pub fn stored_len(data_len: usize) -> u64 {
+        (header_len(data_len) + data_len) as u64
+    }
+
+    fn path(&self, block: BlockId, index: u8) -> PathBuf {
+        self.root.join(format!("{:02x}", block.0 & 0xff)).join(format!("{:016x}.{index}", block.0))
+    }
+
+    /// Writes the `.tmp` file of a fragment (not yet durable nor visible).
+    pub fn write_tmp(&self, block: BlockId, index: u8, data: &[u8]) -> std::io::Result<PathBuf> {
+        let path = self.path(block, index);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension(format!("{index}.tmp"));
+        let sums = checksums(data);
+        let mut header = Vec::with_capacity(header_len(data.len()));
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&block.0.to_be_bytes());
+        header.push(index);
+        header.extend_from_slice(&[0; 3]);
+        header.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        header.extend_from_slice(&(sums.len() as u32).to_be_bytes());
+        for s in &sums {
+            header.extend_from_slice(s);
+        }
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&header)?;
+        f.write_all(data)?;
+        Ok(tmp)
+    }
+
+    /// Makes a synced `.tmp` file visible; the caller syncs the directory.
+    pub fn publish(&self, tmp: &Path, bytes: u64) -> std::io::Result<()> {
+        let final_path = tmp.with_extension("");
+        // `with_extension("")` drops ".tmp" only: names are "<block>.<index>.tmp".
+        let existed = final_path.metadata().map(|m| m.len()).ok();
+        std::fs::rename(tmp, &final_path)?;
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(old) = existed {
+            self.used.fetch_sub(old, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn corrupt(&self, block: BlockId, index: u8, detail: String) -> RpcError {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(block = block.0, index, "corrupt fragment: {detail}");
+        RpcError::Corrupt { block, index, detail }
+    }
+
+    /// Reads `len` bytes at `offset` of a fragment, verifying every 64 KiB
+    /// span it touches.
+    pub fn read(&self, block: BlockId, index: u8, offset: u32, len: u32) -> Result<Vec<u8>, RpcError> {
+        let path = self.path(block, index);
+        let mut f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(RpcError::NoFragment { block, index }),
+            Err(e) => return Err(RpcError::Storage(format!("open {}: {e}", path.display()))),
+        };
+        let io = |e: std::io::Error| RpcError::Storage(format!("read {}: {e}", path.display()));
+        let mut fixed = [0u8; FIXED_HEADER];
+        if f.read_exact(&mut fixed).is_err() {
+            return Err(self.corrupt(block, index, "short header".into()));
+        }
+        let field = |a: usize| u32::from_be_bytes([fixed[a], fixed[a + 1], fixed[a + 2], fixed[a + 3]]) as usize;
+        if &fixed[..8] != MAGIC || fixed[8..16] != block.0.to_be_bytes() || fixed[16] != index {
+            return Err(self.corrupt(block, index, "header does not match".into()));
+        }
+        let data_len = field(20);
+        let n_sums = field(24);
+        if n_sums != data_len.div_ceil(CHECKSUM_SPAN) {
+            return Err(self.corrupt(block, index, "checksum count does not match the length".into()));
+        }
+        let (offset, len) = (offset as usize, len as usize);
+        if offset + len > data_len {
+            return Err(RpcError::BadRequest(format!("range {offset}+{len} past the fragment's {data_len} bytes")));
+        }
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let first = offset / CHECKSUM_SPAN;
+        let last = (offset + len - 1) / CHECKSUM_SPAN;
+        let mut sums = vec![0u8; 32 * (last - first + 1)];
+        f.seek(SeekFrom::Start((FIXED_HEADER + 32 * first) as u64)).map_err(io)?;
+        f.read_exact(&mut sums).map_err(|_| self.corrupt(block, index, "short checksum table".into()))?;
+        let span_start = first * CHECKSUM_SPAN;
+        let span_end = ((last + 1) * CHECKSUM_SPAN).min(data_len);
+        let mut data = vec![0u8; span_end - span_start];
+        f.seek(SeekFrom::Start((header_len(data_len) + span_start) as u64)).map_err(io)?;
+        f.read_exact(&mut data).map_err(|_| self.corrupt(block, index, "short data".into()))?;
+        for (i, chunk) in data.chunks(CHECKSUM_SPAN).enumerate() {
+            if blake3::hash(chunk).as_bytes() != &sums[32 * i..32 * i + 32] {
+                return Err(self.corrupt(block, index, format!("checksum mismatch in span {}", first + i)));
+            }
+        }
+        Ok(data[offset - span_start..offset - span_start + len].to_vec())
+    }
+
+    pub fn delete(&self, block: BlockId, index: u8) -> std::io::Result<()> {
+        let path = self.path(block, index);
+        let len = path.metadata()?.len();
+        std::fs::remove_file(&path)?;
+        self.used.fetch_sub(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The fragment files' directory handles, for syncing.
+    pub fn dir_of(&self, block: BlockId) -> PathBuf {
+        self.root.join(format!("{:02x}", block.0 & 0xff))
+    }
+
+    /// Path of a stored fragment (tests flip bytes in it).
+    pub fn fragment_path(&self, block: BlockId, index: u8) -> PathBuf {
+        self.path(block, index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_read_verify_and_detect_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FragmentStore::open(dir.path(), 1 << 30, 0).expect("open");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let tmp = store.write_tmp(BlockId(42), 1, &data).expect("write");
+        store.publish(&tmp, FragmentStore::stored_len(data.len())).expect("publish");
+        assert_eq!(store.read(BlockId(42), 1, 70_000, 1000).expect("read"), data[70_000..71_000].to_vec());
+        assert_eq!(store.read(BlockId(42), 1, 0, 200_000).expect("read all"), data);
+        assert!(matches!(store.read(BlockId(42), 2, 0, 10), Err(RpcError::NoFragment { .. })));
+        // Flip one byte in the second span: reads touching it fail, others do not.
+        let path = store.fragment_path(BlockId(42), 1);
+        let mut bytes = std::fs::read(&path).expect("read file");
+        let at = header_len(data.len()) + CHECKSUM_SPAN + 5;
+        bytes[at] ^= 0xff;
+        std::fs::write(&path, bytes).expect("write file");
+        assert!(matches!(store.read(BlockId(42), 1, CHECKSUM_SPAN as u32, 10), Err(RpcError::Corrupt { .. })));
+        assert!(store.read(BlockId(42), 1, 0, 100).is_ok());
+        assert_eq!(store.errors(), 1);
+    }
+
+    #[test]
+    fn limit_is_enforced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FragmentStore::open(dir.path(), 1000, 0).expect("open");
+        store.reserve_room(900).expect("fits");
+        assert!(store.reserve_room(200).is_err(), "over the limit");
+        store.release_room(900);
+        store.reserve_room(200).expect("fits again");
+    }
+}

@@ -1,0 +1,75 @@
+//! Fragment requests: capability check, then the store (reads) or the
+//! group-commit writer (writes).
+
+use crate::fragments::FragmentStore;
+use crate::writer::{WriteJob, Writer};
+use sparefs_proto::layout::{Capability, ClusterKey};
+use sparefs_proto::limits::BLOCK_BYTES_MAX;
+use sparefs_proto::msg::{Reply, Request, RpcError};
+use sparefs_proto::namespace::Time;
+use sparefs_proto::service::{CallFuture, Service};
+use sparefs_proto::BlockId;
+use std::sync::{Arc, RwLock};
+use tokio::sync::oneshot;
+
+pub struct FragmentService {
+    store: Arc<FragmentStore>,
+    writer: Writer,
+    key: RwLock<Option<ClusterKey>>,
+}
+
+impl FragmentService {
+    pub fn new(store: Arc<FragmentStore>, writer: Writer) -> FragmentService {
+        FragmentService { store, writer, key: RwLock::new(None) }
+    }
+
+    pub fn set_key(&self, key: ClusterKey) {
+        if let Ok(mut k) = self.key.write() {
+            *k = Some(key);
+        }
+    }
+
+    fn check(&self, cap: &Capability, block: BlockId, write: bool) -> Result<(), RpcError> {
+        let key = self.key.read().map_err(|_| RpcError::Busy)?.ok_or(RpcError::Busy)?;
+        let now = Time::now().secs.max(0) as u64;
+        if cap.allows(&key, block, write, now) { Ok(()) } else { Err(RpcError::Denied) }
+    }
+
+    async fn handle(self: Arc<Self>, req: Request) -> Result<Reply, RpcError> {
+        match req {
+            Request::PutFragment { cap, block, index, data } => {
+                self.check(&cap, block, true)?;
+                if data.is_empty() || data.len() as u64 > BLOCK_BYTES_MAX {
+                    return Err(RpcError::BadRequest(format!("fragment of {} bytes", data.len())));
+                }
+                let size = FragmentStore::stored_len(data.len());
+                self.store.reserve_room(size)?;
+                let (tx, rx) = oneshot::channel();
+                if self.writer.try_send(WriteJob { block, index, data, reply: tx }).is_err() {
+                    self.store.release_room(size);
+                    return Err(RpcError::Busy);
+                }
+                rx.await.map_err(|_| RpcError::Storage("fragment writer stopped".into()))??;
+                Ok(Reply::Ok)
+            }
+            Request::GetFragment { cap, block, index, offset, len } => {
+                self.check(&cap, block, false)?;
+                if len as u64 > BLOCK_BYTES_MAX {
+                    return Err(RpcError::BadRequest(format!("read of {len} bytes")));
+                }
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || store.read(block, index, offset, len))
+                    .await
+                    .map_err(|e| RpcError::Storage(e.to_string()))?
+                    .map(Reply::Bytes)
+            }
+            _ => Err(RpcError::BadRequest("a chunkserver answers fragment requests only".into())),
+        }
+    }
+}
+
+impl Service for FragmentService {
+    fn call(self: Arc<Self>, req: Request) -> CallFuture {
+        Box::pin(self.handle(req))
+    }
+}
