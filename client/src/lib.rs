@@ -1,11 +1,17 @@
-//! The native sparefs client library. Today: the metadata client (leader
+//! The native sparefs client library: the metadata client (leader
 //! discovery, retries with exactly-once request ids, namespace calls, path
-//! resolution). The data path (erasure-coded reads and writes) is issue 3.
+//! resolution), the erasure-coded data path (`data`), slice overlays
+//! (`overlay`) and per-file write buffering (`file`).
 //!
 //! Owns: connections to meta replicas, request ids. Must not touch: RocksDB,
 //! Raft, the FUSE kernel interface.
 
 mod conn;
+pub mod data;
+pub mod file;
 pub mod meta;
+pub mod overlay;
 
+pub use data::DataClient;
+pub use file::OpenFile;
 pub use meta::{ClientError, MetaClient};

@@ -18,6 +18,8 @@ pub enum ClientError {
     Errno(Errno),
     #[error("metadata service unavailable: {0}")]
     Unavailable(String),
+    #[error("data unavailable: {0}")]
+    DataUnavailable(String),
     #[error("server rejected the request: {0}")]
     Rejected(String),
     #[error("unexpected reply from the server: {0}")]
@@ -28,7 +30,7 @@ impl ClientError {
     pub fn errno(&self) -> Errno {
         match self {
             ClientError::Errno(e) => *e,
-            ClientError::Unavailable(_) => Errno::EIO,
+            ClientError::Unavailable(_) | ClientError::DataUnavailable(_) => Errno::EIO,
             ClientError::Rejected(_) => Errno::EINVAL,
             ClientError::Protocol(_) => Errno::EIO,
         }

@@ -41,6 +41,7 @@ pub struct MetaCluster {
     pub dir: tempfile::TempDir,
     pub addrs: BTreeMap<u64, String>,
     pub procs: BTreeMap<u64, Child>,
+    pub chunkservers: BTreeMap<u64, Child>,
     pub compact_after: u64,
     pub compact_keep: u64,
     /// Replicas 1..=initial form the group at start; higher ids join later.
@@ -58,7 +59,7 @@ impl MetaCluster {
         let port = free_port();
         let host_base = 20 + (rand::random::<u8>() % 200);
         let addrs: BTreeMap<u64, String> = (1..=n).map(|i| (i, format!("127.0.{host_base}.{i}:{port}"))).collect();
-        let mut c = MetaCluster { dir: tempfile::tempdir()?, addrs, procs: BTreeMap::new(), compact_after, compact_keep, initial: n, host_base };
+        let mut c = MetaCluster { dir: tempfile::tempdir()?, addrs, procs: BTreeMap::new(), chunkservers: BTreeMap::new(), compact_after, compact_keep, initial: n, host_base };
         for id in 1..=n {
             c.spawn(id, false)?;
         }
@@ -166,5 +167,59 @@ impl Drop for MetaCluster {
         for id in ids {
             self.kill(id);
         }
+        for (_, mut c) in std::mem::take(&mut self.chunkservers) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl MetaCluster {
+    pub fn chunkserver_address(&self, n: u64) -> String {
+        let port = self.addrs.values().next().and_then(|a| a.rsplit(':').next()).unwrap_or("0").to_string();
+        format!("127.0.{}.{}:{port}", self.host_base, 100 + n)
+    }
+
+    pub fn chunkserver_dir(&self, n: u64) -> PathBuf {
+        self.dir.path().join(format!("cs{n}"))
+    }
+
+    /// Starts (or restarts) chunkserver `n` with `--limit`.
+    pub fn spawn_chunkserver(&mut self, n: u64, limit: &str) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(format!("cs{n}.log")))?;
+        let child = Command::new(sparefs_bin())
+            .args(["chunkserver", "--dir"])
+            .arg(self.chunkserver_dir(n))
+            .args(["--limit", limit, "--reserve", "0", "--meta", &self.meta_list(), "--listen", &self.chunkserver_address(n)])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()?;
+        self.chunkservers.insert(n, child);
+        Ok(())
+    }
+
+    pub fn kill_chunkserver(&mut self, n: u64) {
+        if let Some(mut c) = self.chunkservers.remove(&n) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until `n` chunkservers are up in the meta's view.
+    pub async fn wait_chunkservers(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
+        use sparefs_proto::layout::ChunkserverState;
+        use sparefs_proto::namespace::{NsReply, ReadOp};
+        let client = self.client();
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(NsReply::Chunkservers(list)) = client.read(ReadOp::ListChunkservers).await {
+                if list.iter().filter(|s| s.state == ChunkserverState::Up).count() >= n {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("fewer than {n} chunkservers up after {timeout:?}")
     }
 }

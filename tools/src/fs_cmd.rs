@@ -4,7 +4,9 @@
 
 use crate::{current_caller, split_addresses};
 use clap::Subcommand;
-use sparefs_client::{ClientError, MetaClient};
+use sparefs_client::{ClientError, DataClient, MetaClient, OpenFile};
+use std::path::PathBuf;
+use std::sync::Arc;
 use sparefs_proto::layout::Policy;
 use sparefs_proto::namespace::*;
 
@@ -28,6 +30,12 @@ pub enum FsCmd {
     Touch { paths: Vec<String> },
     /// Remove files.
     Rm { paths: Vec<String> },
+    /// Copy a local file into sparefs (replacing REMOTE's contents).
+    Put { local: PathBuf, remote: String },
+    /// Copy a file out of sparefs ("-" writes to standard output).
+    Get { remote: String, local: PathBuf },
+    /// Write files to standard output.
+    Cat { paths: Vec<String> },
 }
 
 #[derive(Subcommand)]
@@ -60,7 +68,29 @@ fn mode_string(a: &Attr) -> String {
     s
 }
 
-async fn one(client: &MetaClient, cmd: &FsCmd, path: &str) -> Result<(), ClientError> {
+/// Bytes per read or write call of put/get.
+const PIECE: usize = 8 * 1024 * 1024;
+
+async fn copy_out(client: &Arc<MetaClient>, path: &str, mut out: Box<dyn std::io::Write>) -> Result<(), ClientError> {
+    let attr = client.resolve(path).await?;
+    if attr.kind != FileKind::File {
+        return Err(ClientError::Errno(sparefs_proto::Errno::EISDIR));
+    }
+    let data = DataClient::new(client.clone());
+    let mut offset = 0;
+    while offset < attr.size {
+        let bytes = data.read(attr.ino, attr.size, offset, PIECE).await?;
+        if bytes.is_empty() {
+            break;
+        }
+        out.write_all(&bytes).map_err(|e| ClientError::Rejected(format!("write output: {e}")))?;
+        offset += bytes.len() as u64;
+    }
+    out.flush().map_err(|e| ClientError::Rejected(format!("write output: {e}")))?;
+    Ok(())
+}
+
+async fn one(client: &Arc<MetaClient>, cmd: &FsCmd, path: &str) -> Result<(), ClientError> {
     match cmd {
         FsCmd::Ls { .. } => {
             let a = client.resolve(path).await?;
@@ -109,6 +139,35 @@ async fn one(client: &MetaClient, cmd: &FsCmd, path: &str) -> Result<(), ClientE
             let (dir, name) = client.resolve_parent(path).await?;
             client.unlink(dir.ino, &name).await?;
         }
+        FsCmd::Put { local, .. } => {
+            use tokio::io::AsyncReadExt;
+            let (dir, name) = client.resolve_parent(path).await?;
+            let attr = client.create(dir.ino, &name, 0o644, false).await?;
+            let attr = client.setattr(attr.ino, SetAttr { size: Some(0), ..Default::default() }).await?;
+            let data = Arc::new(DataClient::new(client.clone()));
+            let file = OpenFile::open(data, &attr).await?;
+            let mut src = tokio::fs::File::open(local).await.map_err(|e| ClientError::Rejected(format!("{}: {e}", local.display())))?;
+            let mut buf = vec![0u8; PIECE];
+            let mut offset = 0u64;
+            loop {
+                let n = src.read(&mut buf).await.map_err(|e| ClientError::Rejected(format!("{}: {e}", local.display())))?;
+                if n == 0 {
+                    break;
+                }
+                file.write(offset, &buf[..n]).await?;
+                offset += n as u64;
+            }
+            file.flush().await?;
+        }
+        FsCmd::Get { local, .. } => {
+            let out: Box<dyn std::io::Write> = if local.as_os_str() == "-" {
+                Box::new(std::io::stdout())
+            } else {
+                Box::new(std::fs::File::create(local).map_err(|e| ClientError::Rejected(format!("{}: {e}", local.display())))?)
+            };
+            copy_out(client, path, out).await?;
+        }
+        FsCmd::Cat { .. } => copy_out(client, path, Box::new(std::io::stdout())).await?,
         FsCmd::Mv { source, dest } => {
             let (sdir, sname) = client.resolve_parent(source).await?;
             // Moving onto an existing directory moves into it, as mv does.
@@ -123,12 +182,15 @@ async fn one(client: &MetaClient, cmd: &FsCmd, path: &str) -> Result<(), ClientE
 }
 
 pub async fn run(meta: &str, cmd: FsCmd) -> anyhow::Result<i32> {
-    let client = MetaClient::new(split_addresses(meta), current_caller());
+    let client = Arc::new(MetaClient::new(split_addresses(meta), current_caller()));
     let paths: Vec<String> = match &cmd {
         FsCmd::Ls { paths } if paths.is_empty() => vec!["/".into()],
         FsCmd::Ls { paths } | FsCmd::Stat { paths } | FsCmd::Rmdir { paths } | FsCmd::Touch { paths } | FsCmd::Rm { paths } => paths.clone(),
         FsCmd::Mkdir { paths, .. } => paths.clone(),
         FsCmd::Mv { source, .. } => vec![source.clone()],
+        FsCmd::Put { remote, .. } => vec![remote.clone()],
+        FsCmd::Get { remote, .. } => vec![remote.clone()],
+        FsCmd::Cat { paths } => paths.clone(),
     };
     let mut code = 0;
     for path in &paths {

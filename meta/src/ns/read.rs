@@ -9,7 +9,7 @@ use crate::kv::{be, decode, read_be, Cf, ReadKv, StoreError};
 use sparefs_proto::layout::{Capability, ChunkserverInfo, ChunkserverState, Policy, Slice};
 use sparefs_proto::limits::*;
 use sparefs_proto::namespace::*;
-use sparefs_proto::{ChunkserverId, Errno, InodeId};
+use sparefs_proto::{ChunkserverId, Errno};
 
 /// Live facts about chunkservers that are not in the replicated state
 /// (heartbeats stay in the leader's memory).
@@ -109,21 +109,12 @@ pub fn read<K: ReadKv>(kv: &K, c: &Caller, op: &ReadOp, live: &dyn ChunkserverLi
             }))
         }
         ReadOp::GetPolicy { ino } => {
-            let mut ino = *ino;
-            let mut inode = load(kv, ino)?;
-            if !inode.is_dir() {
-                return Err(Errno::ENOTDIR.into());
-            }
-            // Inherited: the nearest directory up the tree with a policy.
-            loop {
-                if let Some(p) = inode.policy {
-                    return Ok(NsReply::Policy(p));
-                }
-                if ino == InodeId::ROOT {
-                    return Ok(NsReply::Policy(Policy::Ec { data: 2, parity: 1 }));
-                }
-                ino = inode.parent;
-                inode = load(kv, ino)?;
+            // Children copy their directory's policy when made, so the
+            // inode's own is the effective one; none means the cluster default.
+            let inode = load(kv, *ino)?;
+            match inode.policy {
+                Some(p) => Ok(NsReply::Policy(p)),
+                None => Ok(NsReply::Policy(default_policy(chunkservers(kv, live)?.len()))),
             }
         }
         ReadOp::ReadChunk { ino, index } => {
@@ -142,6 +133,17 @@ pub fn read<K: ReadKv>(kv: &K, c: &Caller, op: &ReadOp, live: &dyn ChunkserverLi
             Ok(NsReply::Chunk { slices, capabilities })
         }
         ReadOp::ListChunkservers => Ok(NsReply::Chunkservers(chunkservers(kv, live)?)),
+    }
+}
+
+/// The default follows the cluster's size: every block survives one lost
+/// host where there are hosts enough, at the lowest overhead that allows.
+pub fn default_policy(chunkservers: usize) -> Policy {
+    match chunkservers {
+        0 | 1 => Policy::Rep { copies: 1 },
+        2 => Policy::Rep { copies: 2 },
+        3..=5 => Policy::Ec { data: 2, parity: 1 },
+        _ => Policy::Ec { data: 4, parity: 2 },
     }
 }
 

@@ -303,7 +303,8 @@ fn make<R: ReadKv>(
     inode.rdev = rdev;
     inode.size = target.len() as u64;
     inode.target = target;
-    inode.policy = if kind == FileKind::Dir { dir.policy } else { None };
+    // Children carry their directory's policy (files keep it for writing).
+    inode.policy = dir.policy;
     if kind == FileKind::Dir {
         dir.nlink += 1;
     }

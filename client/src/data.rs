@@ -1,0 +1,304 @@
+//! The data path of DESIGN.md.
+//!
+//! Write: cut each extent at chunk boundaries into slices and each slice
+//! into blocks of at most 4 MiB; allocate ids and placement in the meta
+//! (with write capabilities); encode each block (`rep:N`, or `ec:K+M`;
+//! blocks under 64 KiB are replicated M+1 times instead, since coding them
+//! costs more than it saves); send all fragments in parallel and wait until
+//! every one is durable; only then commit the slices in one meta request.
+//! Read: resolve the chunk's slice overlay; for each block piece read the
+//! data fragments' byte ranges in parallel; if any is missing, slow or
+//! corrupt, read the same range of every fragment and decode from parity.
+
+use crate::conn::{CallError, Conn};
+use crate::meta::{ClientError, MetaClient, Result};
+use crate::overlay::{resolve, Piece};
+use sparefs_proto::layout::{BlockRef, Capability, ChunkserverInfo, Policy, Slice};
+use sparefs_proto::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES};
+use sparefs_proto::msg::{Reply, Request, RpcError};
+use sparefs_proto::namespace::{Attr, NsReply, ReadOp, WriteOp};
+use sparefs_proto::{BlockId, ChunkserverId, Errno, InodeId};
+use futures::future::join_all;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Blocks smaller than this are replicated even under an EC policy.
+pub const SMALL_BLOCK_BYTES: usize = 64 * 1024;
+/// A fragment read slower than this is given up on in favour of parity.
+pub const FRAGMENT_TIMEOUT: Duration = Duration::from_secs(5);
+const CHUNK_CACHE_MAX: usize = 4096;
+const CHUNK_CACHE_TTL: Duration = Duration::from_secs(1);
+
+type ChunkMap = (Arc<Vec<Slice>>, Arc<HashMap<BlockId, Capability>>);
+
+pub struct DataClient {
+    pub meta: Arc<MetaClient>,
+    servers: Mutex<HashMap<ChunkserverId, String>>,
+    conns: Mutex<HashMap<String, Arc<Conn>>>,
+    chunks: Mutex<HashMap<(InodeId, u64), (Instant, ChunkMap)>>,
+    /// Count of fragments found bad (reported by chunkservers) on reads.
+    pub bad_fragments: std::sync::atomic::AtomicU64,
+}
+
+fn chunk_of(offset: u64) -> (u64, u32) {
+    (offset / CHUNK_BYTES, (offset % CHUNK_BYTES) as u32)
+}
+
+/// The policy a block of `len` bytes is actually stored under.
+pub fn block_policy(policy: Policy, len: usize) -> Policy {
+    match policy {
+        Policy::Ec { parity, .. } if len < SMALL_BLOCK_BYTES => Policy::Rep { copies: parity + 1 },
+        p => p,
+    }
+}
+
+impl DataClient {
+    pub fn new(meta: Arc<MetaClient>) -> DataClient {
+        DataClient {
+            meta,
+            servers: Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
+            chunks: Mutex::new(HashMap::new()),
+            bad_fragments: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    async fn refresh_servers(&self) -> Result<()> {
+        let NsReply::Chunkservers(list) = self.meta.read(ReadOp::ListChunkservers).await? else {
+            return Err(ClientError::Protocol("chunkserver list".into()));
+        };
+        let map: HashMap<ChunkserverId, String> = list.into_iter().map(|s: ChunkserverInfo| (s.id, s.address)).collect();
+        if let Ok(mut s) = self.servers.lock() {
+            *s = map;
+        }
+        Ok(())
+    }
+
+    async fn conn(&self, server: ChunkserverId) -> std::result::Result<Arc<Conn>, String> {
+        let mut address = self.servers.lock().map_err(|e| e.to_string())?.get(&server).cloned();
+        if address.is_none() {
+            self.refresh_servers().await.map_err(|e| e.to_string())?;
+            address = self.servers.lock().map_err(|e| e.to_string())?.get(&server).cloned();
+        }
+        let address = address.ok_or_else(|| format!("chunkserver {server} is not registered"))?;
+        if let Some(c) = self.conns.lock().map_err(|e| e.to_string())?.get(&address) {
+            if !c.is_broken() {
+                return Ok(c.clone());
+            }
+        }
+        let c = Arc::new(Conn::open(&address, Duration::from_millis(500)).await.map_err(|e| format!("{address}: {e}"))?);
+        self.conns.lock().map_err(|e| e.to_string())?.insert(address, c.clone());
+        Ok(c)
+    }
+
+    async fn fragment_call(&self, server: ChunkserverId, req: Request, timeout: Duration) -> std::result::Result<Reply, String> {
+        let c = self.conn(server).await?;
+        match c.call(req, timeout).await {
+            Ok(r) => Ok(r),
+            Err(CallError::Rpc(RpcError::Corrupt { block, index, detail })) => {
+                self.bad_fragments.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(block = block.0, index, "bad fragment on chunkserver {server}: {detail}");
+                Err(format!("corrupt fragment {block}.{index}"))
+            }
+            Err(CallError::Rpc(e)) => Err(e.to_string()),
+            Err(CallError::Transport(e)) => Err(e),
+        }
+    }
+
+    /// Forgets cached chunk maps of `ino` (close-to-open: called on open).
+    pub fn invalidate(&self, ino: InodeId) {
+        if let Ok(mut c) = self.chunks.lock() {
+            c.retain(|(i, _), _| *i != ino);
+        }
+    }
+
+    async fn chunk(&self, ino: InodeId, index: u64) -> Result<ChunkMap> {
+        if let Some((at, map)) = self.chunks.lock().ok().and_then(|c| c.get(&(ino, index)).cloned()) {
+            if at.elapsed() < CHUNK_CACHE_TTL {
+                return Ok(map);
+            }
+        }
+        let NsReply::Chunk { slices, capabilities } = self.meta.read(ReadOp::ReadChunk { ino, index }).await? else {
+            return Err(ClientError::Protocol("chunk map".into()));
+        };
+        let caps: HashMap<BlockId, Capability> = capabilities.into_iter().map(|c| (c.block, c)).collect();
+        let map = (Arc::new(slices), Arc::new(caps));
+        if let Ok(mut c) = self.chunks.lock() {
+            if c.len() >= CHUNK_CACHE_MAX {
+                c.clear();
+            }
+            c.insert((ino, index), (Instant::now(), map.clone()));
+        }
+        Ok(map)
+    }
+
+    /// Reads `[offset, offset + len)` of a file of `size` bytes.
+    pub async fn read(&self, ino: InodeId, size: u64, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let end = size.min(offset.saturating_add(len as u64));
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut out = vec![0u8; (end - offset) as usize];
+        let mut pos = offset;
+        let mut jobs = Vec::new();
+        while pos < end {
+            let (index, within) = chunk_of(pos);
+            let chunk_end = ((index + 1) * CHUNK_BYTES).min(end);
+            let take = (chunk_end - pos) as u32;
+            jobs.push((index, within, take, (pos - offset) as usize));
+            pos = chunk_end;
+        }
+        for (index, within, take, out_at) in jobs {
+            let (slices, caps) = self.chunk(ino, index).await?;
+            let pieces: Vec<Piece> = resolve(&slices, within, within + take);
+            let reads = pieces.iter().filter_map(|p| {
+                let (block, boff) = p.source?;
+                let cap = caps.get(&block.id).cloned();
+                Some(async move {
+                    let cap = cap.ok_or_else(|| ClientError::Protocol(format!("no capability for block {}", block.id)))?;
+                    let bytes = self.read_block_range(block, &cap, boff, p.len).await?;
+                    Ok::<_, ClientError>((p.start, bytes))
+                })
+            });
+            for r in join_all(reads).await {
+                let (start, bytes) = r?;
+                let at = out_at + (start - within) as usize;
+                out[at..at + bytes.len()].copy_from_slice(&bytes);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_fragment(&self, block: &BlockRef, cap: &Capability, index: usize, offset: u32, len: u32) -> std::result::Result<Vec<u8>, String> {
+        let server = *block.fragments.get(index).ok_or("fragment index out of range")?;
+        let req = Request::GetFragment { cap: cap.clone(), block: block.id, index: index as u8, offset, len };
+        match self.fragment_call(server, req, FRAGMENT_TIMEOUT).await? {
+            Reply::Bytes(b) if b.len() == len as usize => Ok(b),
+            _ => Err("short fragment read".into()),
+        }
+    }
+
+    /// Bytes `[boff, boff + len)` of a block.
+    async fn read_block_range(&self, block: &BlockRef, cap: &Capability, boff: u32, len: u32) -> Result<Vec<u8>> {
+        let policy = block.policy;
+        match policy {
+            Policy::Rep { .. } => {
+                let mut last = String::new();
+                for i in 0..block.fragments.len() {
+                    match self.get_fragment(block, cap, i, boff, len).await {
+                        Ok(b) => return Ok(b),
+                        Err(e) => last = e,
+                    }
+                }
+                Err(ClientError::DataUnavailable(format!("no copy of block {} readable: {last}", block.id)))
+            }
+            Policy::Ec { data, .. } => {
+                let k = data as usize;
+                let shard = sparefs_erasure::fragment_len(policy, block.bytes as usize) as u32;
+                // The data shards the range touches, and the range in each.
+                let first = (boff / shard) as usize;
+                let last = ((boff + len - 1) / shard) as usize;
+                let fast = (first..=last).map(|s| {
+                    let a = if s == first { boff % shard } else { 0 };
+                    let b = if s == last { (boff + len - 1) % shard + 1 } else { shard };
+                    async move { self.get_fragment(block, cap, s, a, b - a).await }
+                });
+                let parts = join_all(fast).await;
+                if parts.iter().all(|p| p.is_ok()) {
+                    let mut out = Vec::with_capacity(len as usize);
+                    for p in parts.into_iter().flatten() {
+                        out.extend_from_slice(&p);
+                    }
+                    return Ok(out);
+                }
+                // Degraded: the same shard range from every fragment, decode.
+                let (lo, hi) = if first == last { (boff % shard, (boff + len - 1) % shard + 1) } else { (0, shard) };
+                let all = (0..block.fragments.len()).map(|i| async move { self.get_fragment(block, cap, i, lo, hi - lo).await.ok() });
+                let mut frags: Vec<Option<Vec<u8>>> = join_all(all).await;
+                sparefs_erasure::reconstruct(policy, &mut frags)
+                    .map_err(|e| ClientError::DataUnavailable(format!("block {}: {e}", block.id)))?;
+                let mut out = Vec::with_capacity(len as usize);
+                for s in first..=last {
+                    let piece = frags[s].as_deref().ok_or_else(|| ClientError::DataUnavailable("reconstruction left a gap".into()))?;
+                    let a = if s == first { boff % shard - lo } else { 0 };
+                    let b = if s == last { (boff + len - 1) % shard + 1 - lo } else { hi - lo };
+                    out.extend_from_slice(&piece[a as usize..b as usize]);
+                }
+                let _ = k;
+                Ok(out)
+            }
+        }
+    }
+
+    async fn put_block(&self, block: BlockId, cap: &Capability, placement: &[ChunkserverId], policy: Policy, data: &[u8]) -> Result<BlockRef> {
+        let frags = sparefs_erasure::encode(policy, data).map_err(|e| ClientError::Rejected(e.to_string()))?;
+        let puts = frags.into_iter().enumerate().map(|(i, frag)| {
+            let server = placement[i];
+            let req = Request::PutFragment { cap: cap.clone(), block, index: i as u8, data: frag };
+            async move { self.fragment_call(server, req, Duration::from_secs(60)).await }
+        });
+        for r in join_all(puts).await {
+            match r {
+                Ok(Reply::Ok) => {}
+                Ok(_) => return Err(ClientError::Protocol("fragment write reply".into())),
+                Err(e) if e.contains("No space") => return Err(ClientError::Errno(Errno::ENOSPC)),
+                Err(e) => return Err(ClientError::DataUnavailable(format!("write fragment of block {block}: {e}"))),
+            }
+        }
+        Ok(BlockRef { id: block, policy, bytes: data.len() as u32, fragments: placement.to_vec(), checksum: *blake3::hash(data).as_bytes() })
+    }
+
+    /// Stores the extents as new slices and commits them in one request.
+    pub async fn write_extents(&self, ino: InodeId, policy: Policy, extents: &[(u64, Vec<u8>)]) -> Result<Attr> {
+        let mut slices = Vec::new();
+        let mut size_at_least = 0;
+        for (offset, data) in extents {
+            size_at_least = size_at_least.max(offset + data.len() as u64);
+            let mut pos = 0usize;
+            while pos < data.len() {
+                let (index, within) = chunk_of(offset + pos as u64);
+                let room = (CHUNK_BYTES - within as u64) as usize;
+                let take = room.min(data.len() - pos);
+                let piece = &data[pos..pos + take];
+                let mut blocks = Vec::new();
+                for part in piece.chunks(BLOCK_BYTES_MAX as usize) {
+                    let bp = block_policy(policy, part.len());
+                    let op = WriteOp::AllocateBlocks { count: 1, policy: bp, placement: vec![] };
+                    let NsReply::Allocated { ids, placement, capabilities } = self.meta.write(op).await? else {
+                        return Err(ClientError::Protocol("allocation".into()));
+                    };
+                    let (Some(id), Some(cap)) = (ids.first(), capabilities.first()) else {
+                        return Err(ClientError::Protocol("empty allocation".into()));
+                    };
+                    blocks.push((*id, cap.clone(), placement, bp, part));
+                }
+                let stored = join_all(blocks.iter().map(|(id, cap, placement, bp, part)| self.put_block(*id, cap, placement, *bp, part))).await;
+                let mut refs = Vec::new();
+                for r in stored {
+                    refs.push(r?);
+                }
+                slices.push((index, Slice { seq: 0, offset: within, bytes: take as u32, blocks: refs }));
+                pos += take;
+            }
+        }
+        let attr = match self.meta.write(WriteOp::CommitSlices { ino, slices: slices.clone(), size_at_least }).await? {
+            NsReply::Attr(a) => a,
+            other => return Err(ClientError::Protocol(format!("commit reply {other:?}"))),
+        };
+        if let Ok(mut c) = self.chunks.lock() {
+            for (index, _) in &slices {
+                c.remove(&(ino, *index));
+            }
+        }
+        Ok(attr)
+    }
+
+    pub async fn policy_of(&self, ino: InodeId) -> Result<Policy> {
+        match self.meta.read(ReadOp::GetPolicy { ino }).await? {
+            NsReply::Policy(p) => Ok(p),
+            other => Err(ClientError::Protocol(format!("policy reply {other:?}"))),
+        }
+    }
+}
+

@@ -1,0 +1,151 @@
+//! An open file: writes are buffered per file into extents and flushed as
+//! slices when enough has gathered, on `flush`/`fsync`/`close`, or before a
+//! read that overlaps them (so a client always reads its own writes).
+
+use crate::data::DataClient;
+use crate::meta::Result;
+use sparefs_proto::layout::Policy;
+use sparefs_proto::namespace::Attr;
+use sparefs_proto::InodeId;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// Buffered bytes per file before a flush is forced.
+pub const DIRTY_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+pub struct OpenFile {
+    pub ino: InodeId,
+    data: Arc<DataClient>,
+    policy: Policy,
+    state: Mutex<Dirty>,
+}
+
+#[derive(Default)]
+struct Dirty {
+    /// Non-overlapping extents by offset.
+    extents: BTreeMap<u64, Vec<u8>>,
+    bytes: usize,
+    /// Size of the file as this handle knows it (grows with buffered writes).
+    size: u64,
+}
+
+impl Dirty {
+    /// Adds a write, merging it with every extent it touches or abuts.
+    fn add(&mut self, offset: u64, data: &[u8]) {
+        let mut start = offset;
+        let mut end = offset + data.len() as u64;
+        let touching: Vec<u64> = self
+            .extents
+            .range(..=end)
+            .filter(|(o, d)| **o + d.len() as u64 >= start)
+            .map(|(o, _)| *o)
+            .collect();
+        for o in &touching {
+            let d = &self.extents[o];
+            start = start.min(*o);
+            end = end.max(o + d.len() as u64);
+        }
+        let mut merged = vec![0u8; (end - start) as usize];
+        for o in touching {
+            if let Some(d) = self.extents.remove(&o) {
+                self.bytes -= d.len();
+                merged[(o - start) as usize..(o - start) as usize + d.len()].copy_from_slice(&d);
+            }
+        }
+        merged[(offset - start) as usize..(offset - start) as usize + data.len()].copy_from_slice(data);
+        self.bytes += merged.len();
+        self.extents.insert(start, merged);
+        self.size = self.size.max(end);
+    }
+
+    fn overlaps(&self, offset: u64, len: u64) -> bool {
+        self.extents.range(..offset + len).any(|(o, d)| o + d.len() as u64 > offset)
+    }
+}
+
+impl OpenFile {
+    pub async fn open(data: Arc<DataClient>, attr: &Attr) -> Result<OpenFile> {
+        data.invalidate(attr.ino);
+        let policy = data.policy_of(attr.ino).await?;
+        Ok(OpenFile { ino: attr.ino, data, policy, state: Mutex::new(Dirty { size: attr.size, ..Default::default() }) })
+    }
+
+    pub async fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        let mut st = self.state.lock().await;
+        st.add(offset, buf);
+        if st.bytes >= DIRTY_BYTES_MAX {
+            self.flush_locked(&mut st).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads through the meta's size unless this handle wrote past it.
+    pub async fn read(&self, offset: u64, len: usize, meta_size: u64) -> Result<Vec<u8>> {
+        let mut st = self.state.lock().await;
+        if st.overlaps(offset, len as u64) {
+            self.flush_locked(&mut st).await?;
+        }
+        let size = meta_size.max(st.size);
+        drop(st);
+        self.data.read(self.ino, size, offset, len).await
+    }
+
+    /// Makes every buffered write durable and visible.
+    pub async fn flush(&self) -> Result<Option<Attr>> {
+        let mut st = self.state.lock().await;
+        self.flush_locked(&mut st).await
+    }
+
+    async fn flush_locked(&self, st: &mut Dirty) -> Result<Option<Attr>> {
+        if st.extents.is_empty() {
+            return Ok(None);
+        }
+        let extents: Vec<(u64, Vec<u8>)> = st.extents.iter().map(|(o, d)| (*o, d.clone())).collect();
+        let attr = self.data.write_extents(self.ino, self.policy, &extents).await?;
+        st.extents.clear();
+        st.bytes = 0;
+        st.size = attr.size;
+        Ok(Some(attr))
+    }
+
+    /// Forgets size knowledge after a truncate done elsewhere (setattr).
+    pub async fn set_size(&self, size: u64) {
+        let mut st = self.state.lock().await;
+        st.extents.retain(|o, _| *o < size);
+        if let Some((o, d)) = st.extents.iter_mut().next_back() {
+            let keep = (size - *o).min(d.len() as u64) as usize;
+            d.truncate(keep);
+        }
+        st.bytes = st.extents.values().map(|d| d.len()).sum();
+        st.size = size;
+    }
+
+    pub async fn dirty(&self) -> bool {
+        !self.state.lock().await.extents.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Dirty;
+
+    #[test]
+    fn extents_merge_and_overwrite() {
+        let mut d = Dirty::default();
+        d.add(10, b"abc");
+        d.add(13, b"de");
+        d.add(0, b"xx");
+        d.add(11, b"Z");
+        assert_eq!(d.extents.len(), 2);
+        assert_eq!(d.extents[&10], b"aZcde".to_vec());
+        assert_eq!(d.extents[&0], b"xx".to_vec());
+        assert_eq!(d.bytes, 7);
+        assert!(d.overlaps(12, 1));
+        assert!(!d.overlaps(2, 8));
+        d.add(2, b"12345678");
+        assert_eq!(d.extents.len(), 1);
+        assert_eq!(d.extents[&0], b"xx12345678aZcde".to_vec());
+        assert_eq!(d.size, 15);
+    }
+}
