@@ -86,7 +86,7 @@ impl OpenFile {
         if st.overlaps(offset, len as u64) {
             self.flush_locked(&mut st).await?;
         }
-        let size = meta_size.max(st.size);
+        let size = if meta_size == 0 { st.size } else { meta_size.max(st.size) };
         drop(st);
         self.data.read(self.ino, size, offset, len).await
     }
@@ -119,6 +119,12 @@ impl OpenFile {
         }
         st.bytes = st.extents.values().map(|d| d.len()).sum();
         st.size = size;
+    }
+
+    /// The size this handle knows (meta size at open plus its own writes).
+    /// Non-blocking: a busy handle reports 0 and the caller uses the meta's.
+    pub fn known_size(&self) -> u64 {
+        self.state.try_lock().map(|s| s.size).unwrap_or(0)
     }
 
     pub async fn dirty(&self) -> bool {

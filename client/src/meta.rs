@@ -155,7 +155,12 @@ impl MetaClient {
     }
 
     pub async fn read(&self, op: ReadOp) -> Result<NsReply> {
-        match self.call_leader(&Request::Read { caller: self.caller.clone(), op }).await? {
+        self.read_as(self.caller.clone(), op).await
+    }
+
+    /// A read on behalf of `caller` (the FUSE adapter passes each request's).
+    pub async fn read_as(&self, caller: Caller, op: ReadOp) -> Result<NsReply> {
+        match self.call_leader(&Request::Read { caller, op }).await? {
             Reply::Ns(r) => Ok(r),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
         }
@@ -180,8 +185,13 @@ impl MetaClient {
     }
 
     pub async fn write(&self, op: WriteOp) -> Result<NsReply> {
+        self.write_as(self.caller.clone(), op).await
+    }
+
+    /// A mutation on behalf of `caller`.
+    pub async fn write_as(&self, caller: Caller, op: WriteOp) -> Result<NsReply> {
         let id = self.next_id();
-        let r = self.call_leader(&Request::Write { caller: self.caller.clone(), id, op }).await;
+        let r = self.call_leader(&Request::Write { caller, id, op }).await;
         self.done(id);
         match r? {
             Reply::Ns(r) => Ok(r),

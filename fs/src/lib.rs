@@ -1,2 +1,45 @@
-//! The FUSE adapter over the client library (fuser). Has no filesystem
-//! semantics of its own. Filled by the data-path issue (issue 3); empty today.
+//! The FUSE adapter (fuser) over the client library. It has no filesystem
+//! semantics of its own: each callback turns its arguments into a client
+//! call on a tokio task (never blocking fuser's threads on the network),
+//! maps the error once (`errno`), and replies.
+//!
+//! Owns: FUSE handles (one shared `OpenFile` per inode per mount),
+//! conversion of attributes, the caller's groups (read from /proc, since
+//! FUSE requests carry only uid, gid and pid). Must not touch: the meta's
+//! rules (permissions are enforced by the kernel with `default_permissions`
+//! and again by the meta), fragments.
+
+mod convert;
+mod ops;
+
+pub use ops::SpareFs;
+
+use anyhow::Context;
+use fuser::{Config, MountOption, SessionACL};
+use std::path::Path;
+
+pub struct MountConfig {
+    pub meta: Vec<String>,
+    /// How long an operation retries an unreachable cluster before EIO.
+    pub timeout: std::time::Duration,
+    pub allow_other: bool,
+}
+
+/// Mounts and serves until unmounted (by `fusermount -u`/`umount`) or until
+/// the returned session is dropped.
+pub fn mount(config: MountConfig, mountpoint: &Path, runtime: tokio::runtime::Handle) -> anyhow::Result<fuser::BackgroundSession> {
+    let fs = SpareFs::new(config.meta.clone(), config.timeout, runtime);
+    let mut options = vec![
+        MountOption::FSName(format!("sparefs:{}", config.meta.join(","))),
+        MountOption::Subtype("sparefs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::CUSTOM("max_read=1048576".into()),
+    ];
+    options.push(MountOption::RW);
+    let mut cfg = Config::default();
+    cfg.mount_options = options;
+    cfg.acl = if config.allow_other { SessionACL::All } else { SessionACL::Owner };
+    cfg.n_threads = Some(4);
+    cfg.clone_fd = true;
+    fuser::spawn_mount(fs, mountpoint, &cfg).with_context(|| format!("mount sparefs on {}", mountpoint.display()))
+}

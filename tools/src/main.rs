@@ -3,6 +3,7 @@
 //! logic of its own.
 
 mod fs_cmd;
+mod mount_cmd;
 mod status_cmd;
 mod up_cmd;
 
@@ -58,6 +59,8 @@ enum Cmd {
         #[arg(long)]
         listen: String,
     },
+    /// Mount the filesystem (FUSE).
+    Mount(mount_cmd::MountArgs),
     /// Namespace commands that need no mount.
     Fs {
         #[arg(long, env = "SPAREFS_META")]
@@ -140,7 +143,19 @@ fn nix_uid() -> (u32, u32) {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let argv: Vec<String> = std::env::args().collect();
+    let as_helper = argv.first().is_some_and(|a| a.ends_with("mount.sparefs"));
+    let cli = if as_helper {
+        match mount_cmd::helper_args(&argv) {
+            Ok(args) => Cli { cmd: Cmd::Mount(args) },
+            Err(e) => {
+                eprintln!("mount.sparefs: {e:#}");
+                std::process::exit(1);
+            }
+        }
+    } else {
+        Cli::parse()
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SPAREFS_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -188,6 +203,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             sparefs_chunkserver::run(sparefs_chunkserver::ChunkserverConfig { dir, limit_bytes, reserve_bytes, meta: split_addresses(&meta), listen }).await?;
             Ok(0)
         }
+        Cmd::Mount(args) => mount_cmd::run(args).await,
         Cmd::Fs { meta, cmd } => fs_cmd::run(&meta, cmd).await,
         Cmd::Policy { meta, cmd } => fs_cmd::policy(&meta, cmd).await,
         Cmd::Status { meta, data, json } => status_cmd::run(meta, data, json).await,

@@ -1,0 +1,529 @@
+//! `fuser::Filesystem` for sparefs. Every callback: take the caller, move
+//! the reply into a tokio task, call the client, map the error, reply.
+
+use crate::convert::{self, errno, file_attr};
+use fuser::{
+    AccessFlags, Errno, FileHandle, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use sparefs_client::{ClientError, DataClient, MetaClient, OpenFile};
+use sparefs_proto::namespace::*;
+use sparefs_proto::{Errno as PErrno, InodeId};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// Attribute and entry cache lifetime in the kernel: short, so two mounts
+/// see each other's changes quickly (close-to-open for data).
+const TTL: Duration = Duration::from_secs(1);
+
+struct Handles {
+    /// fh -> the inode's shared open file.
+    by_fh: HashMap<u64, Arc<OpenFile>>,
+    /// inode -> (open file, open handle count).
+    by_ino: HashMap<InodeId, (Arc<OpenFile>, usize)>,
+}
+
+pub struct SpareFs {
+    meta: Arc<MetaClient>,
+    data: Arc<DataClient>,
+    rt: tokio::runtime::Handle,
+    handles: Arc<Mutex<Handles>>,
+    next_fh: AtomicU64,
+}
+
+type R<T> = Result<T, ClientError>;
+
+fn caller(req: &Request) -> Caller {
+    convert::caller(req.uid(), req.gid(), req.pid())
+}
+
+fn name(n: &OsStr) -> Vec<u8> {
+    n.as_bytes().to_vec()
+}
+
+fn attr_of(r: NsReply) -> R<Attr> {
+    match r {
+        NsReply::Attr(a) => Ok(a),
+        other => Err(ClientError::Protocol(format!("expected attributes, got {other:?}"))),
+    }
+}
+
+impl SpareFs {
+    pub fn new(meta: Vec<String>, timeout: Duration, rt: tokio::runtime::Handle) -> SpareFs {
+        let meta = Arc::new(MetaClient::new(meta, Caller::ROOT).with_deadline(timeout));
+        let data = Arc::new(DataClient::new(meta.clone()));
+        SpareFs {
+            meta,
+            data,
+            rt,
+            handles: Arc::new(Mutex::new(Handles { by_fh: HashMap::new(), by_ino: HashMap::new() })),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    fn open_file(&self, ino: InodeId) -> Option<Arc<OpenFile>> {
+        self.handles.lock().ok()?.by_ino.get(&ino).map(|(f, _)| f.clone())
+    }
+
+    fn handle(&self, fh: FileHandle) -> Option<Arc<OpenFile>> {
+        self.handles.lock().ok()?.by_fh.get(&fh.0).cloned()
+    }
+
+    /// Size as this mount knows it: the meta's, or more if an open file
+    /// here has buffered writes past it.
+    fn size_of(handles: &Mutex<Handles>, a: &Attr) -> u64 {
+        let f = handles.lock().ok().and_then(|h| h.by_ino.get(&a.ino).map(|(f, _)| f.clone()));
+        match f {
+            Some(f) => a.size.max(f.known_size()),
+            None => a.size,
+        }
+    }
+
+    fn reply_entry(handles: &Mutex<Handles>, reply: ReplyEntry, r: R<Attr>) {
+        match r {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a, Self::size_of(handles, &a)), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// Registers a new handle for `attr`'s inode, sharing its open file.
+    async fn register(meta_data: Arc<DataClient>, handles: Arc<Mutex<Handles>>, fh: u64, attr: &Attr) -> R<Arc<OpenFile>> {
+        let existing = handles.lock().ok().and_then(|h| h.by_ino.get(&attr.ino).map(|(f, _)| f.clone()));
+        let file = match existing {
+            Some(f) => f,
+            None => Arc::new(OpenFile::open(meta_data, attr).await?),
+        };
+        let mut h = handles.lock().map_err(|_| ClientError::Protocol("handle table poisoned".into()))?;
+        let file = match h.by_ino.get_mut(&attr.ino) {
+            Some((f, n)) => {
+                *n += 1;
+                f.clone()
+            }
+            None => {
+                h.by_ino.insert(attr.ino, (file.clone(), 1));
+                file
+            }
+        };
+        h.by_fh.insert(fh, file.clone());
+        Ok(file)
+    }
+}
+
+macro_rules! spawn {
+    ($self:ident, $body:expr) => {
+        $self.rt.spawn($body);
+    };
+}
+
+impl fuser::Filesystem for SpareFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1024 * 1024);
+        let _ = config.set_max_readahead(1024 * 1024);
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS | fuser::InitFlags::FUSE_BIG_WRITES);
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
+        let (meta, c, n, handles) = (self.meta.clone(), caller(req), name(n), self.handles.clone());
+        spawn!(self, async move {
+            let r = meta.read_as(c, ReadOp::Lookup { parent: InodeId(parent.0), name: n }).await.and_then(attr_of);
+            Self::reply_entry(&handles, reply, r);
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let (meta, handles) = (self.meta.clone(), self.handles.clone());
+        spawn!(self, async move {
+            match meta.getattr(InodeId(ino.0)).await {
+                Ok(a) => reply.attr(&TTL, &file_attr(&a, Self::size_of(&handles, &a))),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let (meta, c, handles) = (self.meta.clone(), caller(req), self.handles.clone());
+        let file = self.open_file(InodeId(ino.0));
+        spawn!(self, async move {
+            let set = SetAttr {
+                perm: mode.map(|m| m & 0o7777),
+                uid,
+                gid,
+                size,
+                atime: atime.map(convert::time_set),
+                mtime: mtime.map(convert::time_set),
+            };
+            let r = async {
+                // Buffered writes land before a truncate, so it cuts them too.
+                if let (Some(f), Some(_)) = (&file, size) {
+                    f.flush().await?;
+                }
+                let a = attr_of(meta.write_as(c, WriteOp::SetAttr { ino: InodeId(ino.0), set }).await?)?;
+                if let (Some(f), Some(s)) = (&file, size) {
+                    f.set_size(s).await;
+                }
+                Ok(a)
+            }
+            .await;
+            match r {
+                Ok(a) => reply.attr(&TTL, &file_attr(&a, Self::size_of(&handles, &a))),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let meta = self.meta.clone();
+        spawn!(self, async move {
+            match meta.read(ReadOp::ReadLink { ino: InodeId(ino.0) }).await {
+                Ok(NsReply::Bytes(b)) => reply.data(&b),
+                Ok(_) => reply.error(Errno::EIO),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let (meta, c, n, handles) = (self.meta.clone(), caller(req), name(n), self.handles.clone());
+        let Some(kind) = convert::kind_of_mode(mode) else { return reply.error(Errno::EINVAL) };
+        spawn!(self, async move {
+            let op = WriteOp::MkNod { parent: InodeId(parent.0), name: n, kind, perm: mode & 0o7777, umask, rdev, exclusive: true };
+            let r = meta.write_as(c, op).await.and_then(attr_of);
+            Self::reply_entry(&handles, reply, r);
+        });
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let (meta, c, n, handles) = (self.meta.clone(), caller(req), name(n), self.handles.clone());
+        spawn!(self, async move {
+            let op = WriteOp::Mkdir { parent: InodeId(parent.0), name: n, perm: mode & 0o7777, umask };
+            let r = meta.write_as(c, op).await.and_then(attr_of);
+            Self::reply_entry(&handles, reply, r);
+        });
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
+        spawn!(self, async move {
+            match meta.write_as(c, WriteOp::Unlink { parent: InodeId(parent.0), name: n }).await {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
+        spawn!(self, async move {
+            match meta.write_as(c, WriteOp::Rmdir { parent: InodeId(parent.0), name: n }).await {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let (meta, c, n, handles) = (self.meta.clone(), caller(req), name(link_name), self.handles.clone());
+        let target = target.as_os_str().as_bytes().to_vec();
+        spawn!(self, async move {
+            let r = meta.write_as(c, WriteOp::Symlink { parent: InodeId(parent.0), name: n, target }).await.and_then(attr_of);
+            Self::reply_entry(&handles, reply, r);
+        });
+    }
+
+    fn rename(&self, req: &Request, parent: INodeNo, n: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
+        let (meta, c, n, nn) = (self.meta.clone(), caller(req), name(n), name(newname));
+        let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            RenameMode::Exchange
+        } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            RenameMode::NoReplace
+        } else if flags.is_empty() {
+            RenameMode::Replace
+        } else {
+            return reply.error(Errno::EINVAL);
+        };
+        spawn!(self, async move {
+            let op = WriteOp::Rename { parent: InodeId(parent.0), name: n, new_parent: InodeId(newparent.0), new_name: nn, mode };
+            match meta.write_as(c, op).await {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let (meta, c, n, handles) = (self.meta.clone(), caller(req), name(newname), self.handles.clone());
+        spawn!(self, async move {
+            let op = WriteOp::Link { ino: InodeId(ino.0), new_parent: InodeId(newparent.0), new_name: n };
+            let r = meta.write_as(c, op).await.and_then(attr_of);
+            Self::reply_entry(&handles, reply, r);
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let (meta, data, handles) = (self.meta.clone(), self.data.clone(), self.handles.clone());
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        spawn!(self, async move {
+            let r = async {
+                let a = meta.getattr(InodeId(ino.0)).await?;
+                Self::register(data, handles, fh, &a).await
+            }
+            .await;
+            let direct = flags.0 & libc::O_DIRECT != 0;
+            match r {
+                Ok(_) => reply.opened(FileHandle(fh), if direct { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() }),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+        let (meta, data, c, n, handles) = (self.meta.clone(), self.data.clone(), caller(req), name(n), self.handles.clone());
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        spawn!(self, async move {
+            let r = async {
+                let op = WriteOp::MkNod {
+                    parent: InodeId(parent.0),
+                    name: n,
+                    kind: FileKind::File,
+                    perm: mode & 0o7777,
+                    umask,
+                    rdev: 0,
+                    exclusive: flags & libc::O_EXCL != 0,
+                };
+                let a = attr_of(meta.write_as(c, op).await?)?;
+                Self::register(data, handles.clone(), fh, &a).await?;
+                Ok::<_, ClientError>(a)
+            }
+            .await;
+            let direct = flags & libc::O_DIRECT != 0;
+            match r {
+                Ok(a) => reply.created(
+                    &TTL,
+                    &file_attr(&a, Self::size_of(&handles, &a)),
+                    Generation(0),
+                    FileHandle(fh),
+                    if direct { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() },
+                ),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn read(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lo: Option<LockOwner>, reply: ReplyData) {
+        let Some(file) = self.handle(fh) else { return reply.error(Errno::EBADF) };
+        spawn!(self, async move {
+            match file.read(offset, size as usize, 0).await {
+                Ok(b) => reply.data(&b),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn write(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, data: &[u8], _wf: WriteFlags, flags: OpenFlags, _lo: Option<LockOwner>, reply: ReplyWrite) {
+        let Some(file) = self.handle(fh) else { return reply.error(Errno::EBADF) };
+        let data = data.to_vec();
+        let sync = flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0;
+        spawn!(self, async move {
+            let r = async {
+                file.write(offset, &data).await?;
+                if sync {
+                    file.flush().await?;
+                }
+                Ok::<_, ClientError>(())
+            }
+            .await;
+            match r {
+                Ok(()) => reply.written(data.len() as u32),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lo: LockOwner, reply: ReplyEmpty) {
+        self.fsync(_req, _ino, fh, false, reply)
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let Some(file) = self.handle(fh) else { return reply.error(Errno::EBADF) };
+        spawn!(self, async move {
+            match file.flush().await {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn release(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, _lo: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+        let handles = self.handles.clone();
+        let file = handles.lock().ok().and_then(|mut h| h.by_fh.remove(&fh.0));
+        let Some(file) = file else { return reply.ok() };
+        spawn!(self, async move {
+            let r = file.flush().await;
+            if let Ok(mut h) = handles.lock() {
+                let gone = match h.by_ino.get_mut(&file.ino) {
+                    Some((_, n)) => {
+                        *n -= 1;
+                        *n == 0
+                    }
+                    None => false,
+                };
+                if gone {
+                    h.by_ino.remove(&file.ino);
+                }
+            }
+            match r {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let (meta, c) = (self.meta.clone(), caller(req));
+        spawn!(self, async move {
+            let ino = InodeId(ino.0);
+            let r = async {
+                let dir = attr_of(meta.read_as(c.clone(), ReadOp::GetAttr { ino }).await?)?;
+                let parent = attr_of(meta.read_as(c.clone(), ReadOp::Lookup { parent: ino, name: b"..".to_vec() }).await?)?;
+                let entries = match meta.read_as(c, ReadOp::ReadDir { ino, after_cookie: offset.max(2), limit: 512 }).await? {
+                    NsReply::Dir(d) => d,
+                    other => return Err(ClientError::Protocol(format!("{other:?}"))),
+                };
+                Ok((dir, parent, entries))
+            }
+            .await;
+            match r {
+                Ok((dir, parent, entries)) => {
+                    if offset < 1 && reply.add(INodeNo(dir.ino.0), 1, fuser::FileType::Directory, ".") {
+                        return reply.ok();
+                    }
+                    if offset < 2 && reply.add(INodeNo(parent.ino.0), 2, fuser::FileType::Directory, "..") {
+                        return reply.ok();
+                    }
+                    for e in entries {
+                        if reply.add(INodeNo(e.ino.0), e.cookie, convert::kind(e.kind), OsStr::from_bytes(&e.name)) {
+                            break;
+                        }
+                    }
+                    reply.ok();
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let meta = self.meta.clone();
+        spawn!(self, async move {
+            match meta.read(ReadOp::StatFs).await {
+                Ok(NsReply::StatFs(s)) => {
+                    let bs = 4096u64;
+                    let free = s.free_bytes / bs;
+                    reply.statfs(s.capacity_bytes / bs, free, free, s.files, u64::MAX / 2, bs as u32, s.name_bytes_max, bs as u32)
+                }
+                Ok(_) => reply.error(Errno::EIO),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setxattr(&self, req: &Request, ino: INodeNo, n: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        let (meta, c, n, value) = (self.meta.clone(), caller(req), name(n), value.to_vec());
+        let mode = match flags {
+            0 => XattrMode::Any,
+            libc::XATTR_CREATE => XattrMode::Create,
+            libc::XATTR_REPLACE => XattrMode::Replace,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        spawn!(self, async move {
+            match meta.write_as(c, WriteOp::SetXattr { ino: InodeId(ino.0), name: n, value, mode }).await {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
+        let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
+        spawn!(self, async move {
+            match meta.read_as(c, ReadOp::GetXattr { ino: InodeId(ino.0), name: n }).await {
+                Ok(NsReply::Bytes(v)) => xattr_reply(reply, &v, size),
+                Ok(_) => reply.error(Errno::EIO),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let (meta, c) = (self.meta.clone(), caller(req));
+        spawn!(self, async move {
+            match meta.read_as(c, ReadOp::ListXattr { ino: InodeId(ino.0) }).await {
+                Ok(NsReply::Names(names)) => {
+                    let mut buf = Vec::new();
+                    for n in names {
+                        buf.extend_from_slice(&n);
+                        buf.push(0);
+                    }
+                    xattr_reply(reply, &buf, size)
+                }
+                Ok(_) => reply.error(Errno::EIO),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
+        spawn!(self, async move {
+            match meta.write_as(c, WriteOp::RemoveXattr { ino: InodeId(ino.0), name: n }).await {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let (meta, c) = (self.meta.clone(), caller(req));
+        spawn!(self, async move {
+            match meta.read_as(c, ReadOp::Access { ino: InodeId(ino.0), mask: mask.bits() as u32 }).await {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+}
+
+/// getxattr/listxattr: size 0 asks for the length; too small is ERANGE.
+fn xattr_reply(reply: ReplyXattr, value: &[u8], size: u32) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::from_i32(PErrno::ERANGE.code()));
+    } else {
+        reply.data(value);
+    }
+}

@@ -1,0 +1,145 @@
+//! `sparefs mount` (foreground, or `--daemon` to detach) and the
+//! `mount.sparefs` helper that mount(8) runs for `-t sparefs` and fstab.
+
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Clone)]
+pub struct MountArgs {
+    #[arg(long, env = "SPAREFS_META")]
+    pub meta: String,
+    pub mountpoint: PathBuf,
+    /// Detach once mounted.
+    #[arg(long)]
+    pub daemon: bool,
+    /// Seconds an operation retries an unreachable cluster before EIO.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    /// Log file when detached.
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+}
+
+/// Whether `mountpoint` is a sparefs mount now.
+pub fn is_mounted(mountpoint: &Path) -> bool {
+    let want = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| {
+            m.lines().any(|l| {
+                let mut f = l.split_whitespace();
+                let src = f.next().unwrap_or("");
+                let dir = f.next().unwrap_or("");
+                let ty = f.next().unwrap_or("");
+                Path::new(dir) == want && (ty.contains("sparefs") || src.starts_with("sparefs:"))
+            })
+        })
+        .unwrap_or(false)
+}
+
+pub async fn run(args: MountArgs) -> anyhow::Result<i32> {
+    if args.daemon {
+        return detach(args).await;
+    }
+    let meta = crate::split_addresses(&args.meta);
+    let session = sparefs_fs::mount(
+        sparefs_fs::MountConfig { meta, timeout: Duration::from_secs(args.timeout), allow_other: nix_is_root() },
+        &args.mountpoint,
+        tokio::runtime::Handle::current(),
+    )?;
+    tracing::info!(mountpoint = %args.mountpoint.display(), "mounted");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let gone = async {
+        // Unmounted from outside (umount, fusermount -u): stop too.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        while is_mounted(&args.mountpoint) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = gone => {
+            tracing::info!("unmounted from outside");
+            drop(session);
+            return Ok(0);
+        }
+    }
+    tracing::info!("unmounting");
+    if let Err(e) = session.umount_and_join() {
+        // Busy: detach lazily so the mount never outlives us.
+        tracing::warn!("unmount: {e}; detaching lazily");
+        let _ = std::process::Command::new("umount").arg("-l").arg(&args.mountpoint).status();
+    }
+    Ok(0)
+}
+
+fn nix_is_root() -> bool {
+    crate::current_caller().uid == 0
+}
+
+#[allow(unsafe_code)]
+async fn detach(args: MountArgs) -> anyhow::Result<i32> {
+    let exe = std::env::current_exe().context("find the sparefs binary")?;
+    let log = match &args.log {
+        Some(p) => std::fs::OpenOptions::new().create(true).append(true).open(p)?,
+        None => std::fs::OpenOptions::new().write(true).open("/dev/null")?,
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["mount", "--meta", &args.meta, "--timeout", &args.timeout.to_string()])
+        .arg(&args.mountpoint)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; it detaches the child from our
+    // terminal and session so it outlives this command.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("start the mount daemon")?;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if is_mounted(&args.mountpoint) {
+            return Ok(0);
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("the mount daemon exited ({status}) before mounting");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("{} was not mounted within 30 s", args.mountpoint.display())
+}
+
+/// `mount.sparefs SPEC DIR [-o OPTIONS] [-s] [-f] [-n] [-v]`, as mount(8)
+/// calls it: SPEC is the meta address list; options `timeout=N` and
+/// `log=PATH` are understood, the generic ones (rw, defaults, _netdev...)
+/// are accepted and ignored.
+pub fn helper_args(argv: &[String]) -> anyhow::Result<MountArgs> {
+    let mut positional = Vec::new();
+    let mut timeout = 30;
+    let mut log = None;
+    let mut it = argv.iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-o" => {
+                let opts = it.next().context("-o needs options")?;
+                for o in opts.split(',') {
+                    if let Some(v) = o.strip_prefix("timeout=") {
+                        timeout = v.parse().with_context(|| format!("bad timeout {v:?}"))?;
+                    } else if let Some(v) = o.strip_prefix("log=") {
+                        log = Some(PathBuf::from(v));
+                    }
+                }
+            }
+            "-s" | "-f" | "-n" | "-v" => {}
+            other => positional.push(other.to_string()),
+        }
+    }
+    anyhow::ensure!(positional.len() == 2, "usage: mount.sparefs META_ADDRS MOUNTPOINT [-o options]");
+    let meta = positional[0].trim_start_matches("sparefs:").to_string();
+    Ok(MountArgs { meta, mountpoint: PathBuf::from(&positional[1]), daemon: true, timeout, log })
+}
