@@ -153,6 +153,9 @@ pub enum ReadOp {
     GetPolicy { ino: InodeId },
     ReadChunk { ino: InodeId, index: u64 },
     ListChunkservers,
+    /// Counts of blocks by protection: every fragment on an `up` server,
+    /// readable but missing some, or fewer than needed to read.
+    Health,
 }
 
 /// Operations that change state. Each goes through Raft and is applied once.
@@ -198,6 +201,7 @@ pub enum NsReply {
     Registered { id: ChunkserverId, key: ClusterKey },
     /// Exchange and replace renames report nothing more.
     Done,
+    Health { protected: u64, degraded: u64, unreadable: u64 },
     /// New block ids and the chunkservers their fragments go to, in order.
     Allocated { ids: Vec<BlockId>, placement: Vec<ChunkserverId>, capabilities: Vec<Capability> },
 }

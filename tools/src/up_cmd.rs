@@ -1,16 +1,17 @@
-//! `sparefs up`: the embedded default. Starts a local meta group, each
-//! replica its own process on its own 127.0.0.x address, over directories
-//! under --data; prints `ready` once a leader serves; on Ctrl-C or SIGTERM
-//! stops everything it started. Started again on the same --data it comes
-//! back with the same state (the replicas reopen their directories).
-//!
-//! Chunkservers and the mount arrive with the data-path issue; until then
-//! `up` runs the metadata service only and says so.
+//! `sparefs up`: the embedded default. Starts a local cluster over
+//! directories under --data: meta replicas (127.0.0.11...) and chunkservers
+//! (127.0.0.21...), each its own process on its own address, then mounts it
+//! (a `sparefs mount` child), prints a line with `ready` once the mount is
+//! usable, and on Ctrl-C or SIGTERM unmounts and stops everything it
+//! started. Started again on the same --data it comes back with the same
+//! files (every daemon reopens its directory).
 
 use crate::current_caller;
 use anyhow::Context;
 use serde_json::json;
 use sparefs_client::MetaClient;
+use sparefs_proto::layout::ChunkserverState;
+use sparefs_proto::namespace::{NsReply, ReadOp};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,19 +21,32 @@ pub struct UpArgs {
     /// Where the cluster keeps its state (one directory per daemon).
     #[arg(long, default_value = "/var/lib/sparefs")]
     data: PathBuf,
+    /// Where to mount the filesystem (default: DATA/mnt).
+    #[arg(long)]
+    mount: Option<PathBuf>,
     /// Meta replicas (1, 3 or 5).
     #[arg(long, default_value_t = 3)]
     metas: u32,
-    /// Port every meta replica listens on, each on its own 127.0.0.x.
+    /// Chunkservers, each over its own directory DATA/csN.
+    #[arg(long, default_value_t = 3)]
+    chunkservers: u32,
+    /// Redundancy policy of the root directory (rep:N or ec:K+M).
+    #[arg(long, default_value = "ec:2+1")]
+    policy: String,
+    /// Space limit of each chunkserver (bytes, K/M/G/T or %).
+    #[arg(long, default_value = "100%")]
+    limit: String,
+    /// Space each chunkserver leaves free on the host filesystem.
+    #[arg(long, default_value = "5%")]
+    reserve: String,
+    /// Port every daemon listens on, each on its own 127.0.0.x.
     #[arg(long, default_value_t = 7400)]
     port: u16,
-    /// Exit once ready, leaving the daemons running (for scripts).
-    #[arg(long)]
-    detach: bool,
 }
 
 pub struct ClusterFile {
     pub meta: Vec<(u64, String, Option<u32>)>,
+    pub chunkservers: Vec<(u64, String, Option<u32>)>,
 }
 
 impl ClusterFile {
@@ -40,7 +54,7 @@ impl ClusterFile {
         self.meta.iter().map(|(_, a, _)| a.clone()).collect()
     }
     pub fn pids(&self) -> BTreeMap<String, u32> {
-        self.meta.iter().filter_map(|(_, a, p)| p.map(|p| (a.clone(), p))).collect()
+        self.meta.iter().chain(self.chunkservers.iter()).filter_map(|(_, a, p)| p.map(|p| (a.clone(), p))).collect()
     }
 }
 
@@ -48,13 +62,16 @@ pub fn read_cluster_file(dir: &Path) -> anyhow::Result<ClusterFile> {
     let path = dir.join("cluster.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
-    let mut meta = Vec::new();
-    for m in v["meta"].as_array().map(|a| a.as_slice()).unwrap_or_default() {
-        let id = m["id"].as_u64().context("cluster.json: meta id")?;
-        let address = m["address"].as_str().context("cluster.json: meta address")?.to_string();
-        meta.push((id, address, m["pid"].as_u64().map(|p| p as u32)));
-    }
-    Ok(ClusterFile { meta })
+    let list = |key: &str| -> anyhow::Result<Vec<(u64, String, Option<u32>)>> {
+        let mut out = Vec::new();
+        for m in v[key].as_array().map(|a| a.as_slice()).unwrap_or_default() {
+            let id = m["id"].as_u64().with_context(|| format!("cluster.json: {key} id"))?;
+            let address = m["address"].as_str().with_context(|| format!("cluster.json: {key} address"))?.to_string();
+            out.push((id, address, m["pid"].as_u64().map(|p| p as u32)));
+        }
+        Ok(out)
+    };
+    Ok(ClusterFile { meta: list("meta")?, chunkservers: list("chunkservers")? })
 }
 
 #[allow(unsafe_code)]
@@ -69,55 +86,135 @@ fn die_with_parent(cmd: &mut tokio::process::Command) {
     }
 }
 
+struct Daemon {
+    what: String,
+    log: PathBuf,
+    child: tokio::process::Child,
+}
+
+fn spawn(exe: &Path, args: &[String], log: PathBuf, what: String) -> anyhow::Result<Daemon> {
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(args).stdout(file.try_clone()?).stderr(file).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    die_with_parent(&mut cmd);
+    let child = cmd.spawn().with_context(|| format!("start {what}"))?;
+    Ok(Daemon { what, log, child })
+}
+
+async fn stop(daemons: &mut [Daemon]) {
+    // Reverse order: the mount first (it flushes), then chunkservers, then metas.
+    for d in daemons.iter_mut().rev() {
+        if let Some(pid) = d.child.id() {
+            #[allow(unsafe_code)]
+            // SAFETY: sending a signal to our own child process.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(10), d.child.wait()).await.is_err() {
+            let _ = d.child.start_kill();
+            let _ = d.child.wait().await;
+        }
+    }
+}
+
 pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
     anyhow::ensure!(matches!(args.metas, 1 | 3 | 5), "--metas must be 1, 3 or 5");
+    anyhow::ensure!((1..=200).contains(&args.chunkservers), "--chunkservers must be 1 to 200");
+    let policy: sparefs_proto::layout::Policy = args.policy.parse().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        policy.width() <= args.chunkservers as usize,
+        "policy {policy} needs {} chunkservers; --chunkservers is {}",
+        policy.width(),
+        args.chunkservers
+    );
     std::fs::create_dir_all(&args.data).with_context(|| format!("create {}", args.data.display()))?;
+    let mountpoint = args.mount.clone().unwrap_or_else(|| args.data.join("mnt"));
+    std::fs::create_dir_all(&mountpoint).with_context(|| format!("create {}", mountpoint.display()))?;
+    if crate::mount_cmd::is_mounted(&mountpoint) {
+        anyhow::bail!("{} is already a sparefs mount (is another `sparefs up` running?)", mountpoint.display());
+    }
     let exe = std::env::current_exe().context("find the sparefs binary")?;
     let peers: BTreeMap<u64, String> = (1..=args.metas as u64).map(|i| (i, format!("127.0.0.{}:{}", 10 + i, args.port))).collect();
     let peers_arg = peers.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",");
-    let mut children = Vec::new();
+    let meta_list = peers.values().cloned().collect::<Vec<_>>().join(",");
+    let mut daemons = Vec::new();
+    let mut file_meta = Vec::new();
     for (id, address) in &peers {
-        let log = std::fs::File::create(args.data.join(format!("meta{id}.log")))?;
-        let mut cmd = tokio::process::Command::new(&exe);
-        cmd.args(["meta", "--id", &id.to_string(), "--listen", address, "--peers", &peers_arg, "--data"])
-            .arg(args.data.join(format!("meta{id}")))
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
-        if !args.detach {
-            die_with_parent(&mut cmd);
-        }
-        let child = cmd.spawn().with_context(|| format!("start meta replica {id}"))?;
-        children.push((*id, address.clone(), child));
+        let a = vec!["meta".into(), "--id".into(), id.to_string(), "--listen".into(), address.clone(), "--peers".into(), peers_arg.clone(), "--data".into(), args.data.join(format!("meta{id}")).display().to_string()];
+        let d = spawn(&exe, &a, args.data.join(format!("meta{id}.log")), format!("meta replica {id}"))?;
+        file_meta.push(json!({"id": id, "address": address, "pid": d.child.id()}));
+        daemons.push(d);
     }
-    let file = json!({ "meta": children.iter().map(|(id, a, c)| json!({"id": id, "address": a, "pid": c.id()})).collect::<Vec<_>>() });
-    std::fs::write(args.data.join("cluster.json"), serde_json::to_vec_pretty(&file)?)?;
     let addresses: Vec<String> = peers.values().cloned().collect();
     let client = MetaClient::new(addresses.clone(), current_caller()).with_deadline(Duration::from_secs(30));
     let start = Instant::now();
-    client.getattr(sparefs_proto::InodeId::ROOT).await.context("wait for the meta group to elect a leader")?;
+    let ready = async {
+        client.getattr(sparefs_proto::InodeId::ROOT).await.context("wait for the meta group to elect a leader")?;
+        Ok::<_, anyhow::Error>(())
+    };
+    if let Err(e) = ready.await {
+        stop(&mut daemons).await;
+        return Err(e);
+    }
+    let mut file_cs = Vec::new();
+    for n in 1..=args.chunkservers as u64 {
+        let address = format!("127.0.0.{}:{}", 20 + n, args.port);
+        let a = vec![
+            "chunkserver".into(), "--dir".into(), args.data.join(format!("cs{n}")).display().to_string(),
+            "--limit".into(), args.limit.clone(), "--reserve".into(), args.reserve.clone(),
+            "--meta".into(), meta_list.clone(), "--listen".into(), address.clone(),
+        ];
+        let d = spawn(&exe, &a, args.data.join(format!("cs{n}.log")), format!("chunkserver {n}"))?;
+        file_cs.push(json!({"id": n, "address": address, "pid": d.child.id()}));
+        daemons.push(d);
+    }
+    let up = async {
+        // Chunkservers registered and heartbeating.
+        loop {
+            if let Ok(NsReply::Chunkservers(list)) = client.read(ReadOp::ListChunkservers).await {
+                if list.iter().filter(|s| s.state == ChunkserverState::Up).count() >= args.chunkservers as usize {
+                    break;
+                }
+            }
+            anyhow::ensure!(start.elapsed() < Duration::from_secs(60), "chunkservers did not come up within 60 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        client.set_policy(sparefs_proto::InodeId::ROOT, policy).await.context("set the root policy")?;
+        Ok::<_, anyhow::Error>(())
+    };
+    if let Err(e) = up.await {
+        stop(&mut daemons).await;
+        return Err(e);
+    }
+    let a = vec!["mount".into(), "--meta".into(), meta_list.clone(), mountpoint.display().to_string()];
+    let d = spawn(&exe, &a, args.data.join("mount.log"), "the mount".into())?;
+    let mount_pid = d.child.id();
+    daemons.push(d);
+    while !crate::mount_cmd::is_mounted(&mountpoint) {
+        if start.elapsed() > Duration::from_secs(90) {
+            stop(&mut daemons).await;
+            anyhow::bail!("{} was not mounted; see {}", mountpoint.display(), args.data.join("mount.log").display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let file = json!({ "meta": file_meta, "chunkservers": file_cs, "mount": {"path": mountpoint, "pid": mount_pid} });
+    std::fs::write(args.data.join("cluster.json"), serde_json::to_vec_pretty(&file)?)?;
     println!(
-        "sparefs ready: meta group of {} at {} (leader elected in {:.1}s); data in {}. Chunkservers and the mount are not built yet (issue 3).",
+        "sparefs ready: {} mounted ({} meta replicas, {} chunkservers, policy {policy}) in {:.1}s; data in {}",
+        mountpoint.display(),
         args.metas,
-        addresses.join(","),
+        args.chunkservers,
         start.elapsed().as_secs_f64(),
         args.data.display()
     );
-    println!("try: sparefs fs --meta {} ls /", addresses.join(","));
-    if args.detach {
-        for (_, _, c) in &mut children {
-            // Leave them running: forget the handles without killing.
-            let _ = c.id();
-        }
-        std::mem::forget(children);
-        return Ok(0);
-    }
+    println!("status: sparefs status --data {}", args.data.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let exited = async {
         loop {
-            for (id, _, c) in children.iter_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    return (*id, status);
+            for d in daemons.iter_mut() {
+                if let Ok(Some(status)) = d.child.try_wait() {
+                    return (d.what.clone(), d.log.clone(), status);
                 }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -126,23 +223,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
     let code = tokio::select! {
         _ = tokio::signal::ctrl_c() => 0,
         _ = term.recv() => 0,
-        (id, status) = exited => {
-            eprintln!("sparefs: meta replica {id} exited ({status}); see {}", args.data.join(format!("meta{id}.log")).display());
+        (what, log, status) = exited => {
+            eprintln!("sparefs: {what} exited ({status}); see {}", log.display());
             1
         }
     };
-    for (_, _, c) in children.iter_mut() {
-        if let Some(pid) = c.id() {
-            #[allow(unsafe_code)]
-            // SAFETY: sending a signal to our own child process.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGTERM);
-            }
-        }
-    }
-    for (_, _, c) in children.iter_mut() {
-        let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
-        let _ = c.start_kill();
+    stop(&mut daemons).await;
+    if crate::mount_cmd::is_mounted(&mountpoint) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&mountpoint).status();
     }
     println!("sparefs: stopped");
     Ok(code)

@@ -133,6 +133,39 @@ pub fn read<K: ReadKv>(kv: &K, c: &Caller, op: &ReadOp, live: &dyn ChunkserverLi
             Ok(NsReply::Chunk { slices, capabilities })
         }
         ReadOp::ListChunkservers => Ok(NsReply::Chunkservers(chunkservers(kv, live)?)),
+        ReadOp::Health => {
+            let up: std::collections::HashSet<ChunkserverId> =
+                chunkservers(kv, live)?.into_iter().filter(|s| matches!(s.state, ChunkserverState::Up | ChunkserverState::Full)).map(|s| s.id).collect();
+            let (mut protected, mut degraded, mut unreadable) = (0, 0, 0);
+            let mut from = Vec::new();
+            loop {
+                let page = kv.scan(Cf::Chunks, &[], &from, 1024)?;
+                let exhausted = page.len() < 1024;
+                for (k, v) in &page {
+                    let slices: Vec<Slice> = decode(Cf::Chunks, v)?;
+                    for b in slices.iter().flat_map(|s| s.blocks.iter()) {
+                        let alive = b.fragments.iter().filter(|f| up.contains(f)).count();
+                        let need = match b.policy {
+                            Policy::Rep { .. } => 1,
+                            Policy::Ec { data, .. } => data as usize,
+                        };
+                        if alive == b.fragments.len() {
+                            protected += 1;
+                        } else if alive >= need {
+                            degraded += 1;
+                        } else {
+                            unreadable += 1;
+                        }
+                    }
+                    from = k.clone();
+                    from.push(0);
+                }
+                if exhausted {
+                    break;
+                }
+            }
+            Ok(NsReply::Health { protected, degraded, unreadable })
+        }
     }
 }
 
