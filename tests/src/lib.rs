@@ -37,11 +37,35 @@ fn free_port() -> u16 {
     panic!("no free port found");
 }
 
+/// Whether `dir` is a sparefs FUSE mount now.
+pub fn is_mounted(dir: &std::path::Path) -> bool {
+    let want = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| m.lines().any(|l| l.split_whitespace().nth(1).map(std::path::Path::new) == Some(want.as_path()) && l.starts_with("sparefs:")))
+        .unwrap_or(false)
+}
+
+/// A cluster with `metas` replicas, three chunkservers and `mounts` mounts.
+pub async fn fs_cluster(metas: u64, mounts: u64) -> anyhow::Result<(MetaCluster, Vec<PathBuf>)> {
+    let mut c = MetaCluster::start(metas)?;
+    c.wait_leader(Duration::from_secs(20)).await?;
+    for n in 1..=3 {
+        c.spawn_chunkserver(n, "2G")?;
+    }
+    c.wait_chunkservers(3, Duration::from_secs(20)).await?;
+    let mut dirs = Vec::new();
+    for n in 1..=mounts {
+        dirs.push(c.spawn_mount(n, 10)?);
+    }
+    Ok((c, dirs))
+}
+
 pub struct MetaCluster {
     pub dir: tempfile::TempDir,
     pub addrs: BTreeMap<u64, String>,
     pub procs: BTreeMap<u64, Child>,
     pub chunkservers: BTreeMap<u64, Child>,
+    pub mounts: BTreeMap<u64, (Child, PathBuf)>,
     pub compact_after: u64,
     pub compact_keep: u64,
     /// Replicas 1..=initial form the group at start; higher ids join later.
@@ -59,7 +83,7 @@ impl MetaCluster {
         let port = free_port();
         let host_base = 20 + (rand::random::<u8>() % 200);
         let addrs: BTreeMap<u64, String> = (1..=n).map(|i| (i, format!("127.0.{host_base}.{i}:{port}"))).collect();
-        let mut c = MetaCluster { dir: tempfile::tempdir()?, addrs, procs: BTreeMap::new(), chunkservers: BTreeMap::new(), compact_after, compact_keep, initial: n, host_base };
+        let mut c = MetaCluster { dir: tempfile::tempdir()?, addrs, procs: BTreeMap::new(), chunkservers: BTreeMap::new(), mounts: BTreeMap::new(), compact_after, compact_keep, initial: n, host_base };
         for id in 1..=n {
             c.spawn(id, false)?;
         }
@@ -167,6 +191,10 @@ impl Drop for MetaCluster {
         for id in ids {
             self.kill(id);
         }
+        let mounts: Vec<u64> = self.mounts.keys().copied().collect();
+        for n in mounts {
+            self.unmount(n);
+        }
         for (_, mut c) in std::mem::take(&mut self.chunkservers) {
             let _ = c.kill();
             let _ = c.wait();
@@ -197,6 +225,51 @@ impl MetaCluster {
             .spawn()?;
         self.chunkservers.insert(n, child);
         Ok(())
+    }
+
+    /// Mounts the cluster at DIR/mntN with a `sparefs mount` process whose
+    /// operations give up after `timeout_s`; waits until it is mounted.
+    pub fn spawn_mount(&mut self, n: u64, timeout_s: u64) -> anyhow::Result<PathBuf> {
+        let dir = self.dir.path().join(format!("mnt{n}"));
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(format!("mount{n}.log")))?;
+        let child = Command::new(sparefs_bin())
+            .args(["mount", "--meta", &self.meta_list(), "--timeout", &timeout_s.to_string()])
+            .arg(&dir)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()?;
+        self.mounts.insert(n, (child, dir.clone()));
+        let start = Instant::now();
+        while !is_mounted(&dir) {
+            anyhow::ensure!(start.elapsed() < Duration::from_secs(20), "{} not mounted", dir.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(dir)
+    }
+
+    /// Stops mount `n` (SIGTERM, then a lazy unmount if it lingers).
+    pub fn unmount(&mut self, n: u64) {
+        if let Some((mut c, dir)) = self.mounts.remove(&n) {
+            #[allow(unsafe_code)]
+            // SAFETY: signalling a child this harness started.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            if is_mounted(&dir) {
+                let _ = Command::new("umount").arg("-l").arg(&dir).status();
+            }
+        }
     }
 
     pub fn kill_chunkserver(&mut self, n: u64) {
