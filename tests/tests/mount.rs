@@ -174,3 +174,17 @@ async fn differential_against_a_local_directory() {
     }
     assert_eq!(tree(&mounts[0]), tree(local.path()), "final trees differ (seed {seed})");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn posix_conformance_suite() {
+    let (_c, mounts) = fs_cluster(1, 1).await.expect("cluster");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("posix/conformance.py");
+    let dir = mounts[0].join("conformance");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let out = Command::new("python3").arg(&script).arg(&dir).output().expect("run conformance.py");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary = text.lines().last().unwrap_or("").to_string();
+    println!("{summary}");
+    assert!(out.status.success(), "unexpected conformance failures:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+}
