@@ -294,6 +294,30 @@ impl DataClient {
         Ok(attr)
     }
 
+    /// Makes `[offset, offset + len)` read as zeros (a hole slice per
+    /// chunk), without changing the size.
+    pub async fn punch_hole(&self, ino: InodeId, offset: u64, len: u64) -> Result<Attr> {
+        let mut slices = Vec::new();
+        let end = offset.saturating_add(len);
+        let mut pos = offset;
+        while pos < end {
+            let (index, within) = chunk_of(pos);
+            let take = (CHUNK_BYTES - within as u64).min(end - pos);
+            slices.push((index, Slice { seq: 0, offset: within, bytes: take as u32, blocks: Vec::new() }));
+            pos += take;
+        }
+        let attr = match self.meta.write(WriteOp::CommitSlices { ino, slices: slices.clone(), size_at_least: 0 }).await? {
+            NsReply::Attr(a) => a,
+            other => return Err(ClientError::Protocol(format!("commit reply {other:?}"))),
+        };
+        if let Ok(mut c) = self.chunks.lock() {
+            for (index, _) in &slices {
+                c.remove(&(ino, *index));
+            }
+        }
+        Ok(attr)
+    }
+
     pub async fn policy_of(&self, ino: InodeId) -> Result<Policy> {
         match self.meta.read(ReadOp::GetPolicy { ino }).await? {
             NsReply::Policy(p) => Ok(p),

@@ -109,6 +109,15 @@ impl OpenFile {
         Ok(Some(attr))
     }
 
+    /// fallocate: mode 0 grows the file to cover the range; PUNCH_HOLE
+    /// (with KEEP_SIZE) turns the range into zeros. Buffered writes land first.
+    pub async fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
+        let mut st = self.state.lock().await;
+        self.flush_locked(&mut st).await?;
+        self.data.punch_hole(self.ino, offset, len).await?;
+        Ok(())
+    }
+
     /// Forgets size knowledge after a truncate done elsewhere (setattr).
     pub async fn set_size(&self, size: u64) {
         let mut st = self.state.lock().await;
@@ -119,6 +128,7 @@ impl OpenFile {
         }
         st.bytes = st.extents.values().map(|d| d.len()).sum();
         st.size = size;
+        self.data.invalidate(self.ino);
     }
 
     /// The size this handle knows (meta size at open plus its own writes).

@@ -165,7 +165,7 @@ impl fuser::Filesystem for SpareFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let (meta, c, handles) = (self.meta.clone(), caller(req), self.handles.clone());
+        let (meta, data, c, handles) = (self.meta.clone(), self.data.clone(), caller(req), self.handles.clone());
         let file = self.open_file(InodeId(ino.0));
         spawn!(self, async move {
             let set = SetAttr {
@@ -182,6 +182,11 @@ impl fuser::Filesystem for SpareFs {
                     f.flush().await?;
                 }
                 let a = attr_of(meta.write_as(c, WriteOp::SetAttr { ino: InodeId(ino.0), set }).await?)?;
+                if size.is_some() {
+                    // The meta changed the layout (dropped chunks, hole slice):
+                    // cached chunk maps of this file are stale now.
+                    data.invalidate(InodeId(ino.0));
+                }
                 if let (Some(f), Some(s)) = (&file, size) {
                     f.set_size(s).await;
                 }
@@ -397,6 +402,37 @@ impl fuser::Filesystem for SpareFs {
             }
             match r {
                 Ok(_) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn fallocate(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        let Some(file) = self.handle(fh) else { return reply.error(Errno::EBADF) };
+        let (meta, c) = (self.meta.clone(), caller(req));
+        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        spawn!(self, async move {
+            let r = async {
+                match mode {
+                    0 | libc::FALLOC_FL_KEEP_SIZE => {
+                        // Space is not reserved ahead (blocks are written when
+                        // data is); mode 0 only grows the size.
+                        let end = offset.saturating_add(length);
+                        let a = meta.getattr(InodeId(ino.0)).await?;
+                        if mode == 0 && end > a.size.max(file.known_size()) {
+                            file.flush().await?;
+                            meta.write_as(c, WriteOp::SetAttr { ino: InodeId(ino.0), set: SetAttr { size: Some(end), ..Default::default() } }).await?;
+                            file.set_size(end).await;
+                        }
+                        Ok(())
+                    }
+                    PUNCH => file.punch_hole(offset, length).await,
+                    _ => Err(ClientError::Errno(PErrno::ENOTSUP)),
+                }
+            }
+            .await;
+            match r {
+                Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
         });

@@ -3,6 +3,8 @@
 //! log files, kills them (SIGKILL/SIGSTOP) on request, and stops every one
 //! it started when dropped, even when a test fails.
 
+pub mod fsx;
+
 use anyhow::Context;
 use sparefs_client::MetaClient;
 use sparefs_proto::msg::{ReplicaStatus, Role};

@@ -188,3 +188,20 @@ async fn posix_conformance_suite() {
     println!("{summary}");
     assert!(out.status.success(), "unexpected conformance failures:\n{text}{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fsx_random_io_matches_a_model() {
+    let (_c, mounts) = fs_cluster(1, 1).await.expect("cluster");
+    let ops: usize = std::env::var("SPAREFS_FSX_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let seed: u64 = std::env::var("SPAREFS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261125);
+    let path = mounts[0].join("fsx.bin");
+    let start = Instant::now();
+    let st = tokio::task::spawn_blocking(move || sparefs_tests::fsx::run(&path, ops, seed, 4 * 1024 * 1024))
+        .await
+        .expect("join")
+        .unwrap_or_else(|e| panic!("fsx failed: {e}"));
+    println!("fsx: {st:?} in {:.1}s (seed {seed})", start.elapsed().as_secs_f64());
+    // The same sequence on a local file proves the verifier itself.
+    let local = tempfile::tempdir().expect("tempdir");
+    sparefs_tests::fsx::run(&local.path().join("fsx.bin"), 2_000, seed, 4 * 1024 * 1024).expect("fsx on a local file");
+}

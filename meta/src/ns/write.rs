@@ -725,7 +725,9 @@ fn commit_slices<R: ReadKv>(
         let end = slice.offset as u64 + slice.bytes as u64;
         let blocks_bytes: u64 = slice.blocks.iter().map(|b| b.bytes as u64).sum();
         let blocks_ok = slice.blocks.iter().all(|b| valid_block(b));
-        if end > CHUNK_BYTES || slice.bytes == 0 || blocks_bytes != slice.bytes as u64 || !blocks_ok {
+        // A slice without blocks is a hole (fallocate punch hole).
+        let hole = slice.blocks.is_empty();
+        if end > CHUNK_BYTES || slice.bytes == 0 || (!hole && blocks_bytes != slice.bytes as u64) || !blocks_ok {
             return Err(Errno::EINVAL.into());
         }
         if index.saturating_mul(CHUNK_BYTES) > FILE_BYTES_MAX {
