@@ -228,6 +228,16 @@ impl MetaClient {
         self.call_leader(&Request::TransferLeader { replica }).await.map(|_| ())
     }
 
+    /// This client's id (lock owner namespace).
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
+    /// Renews this client's lock lease.
+    pub async fn keepalive(&self) -> Result<()> {
+        self.call_leader(&Request::KeepAlive { client: self.id }).await.map(|_| ())
+    }
+
     /// A chunkserver's heartbeat (capacity and usage) to the leader.
     pub async fn heartbeat(&self, chunkserver: sparefs_proto::ChunkserverId, capacity_bytes: u64, used_bytes: u64, errors: u64) -> Result<()> {
         self.call_leader(&Request::Heartbeat { chunkserver, capacity_bytes, used_bytes, errors }).await.map(|_| ())

@@ -21,6 +21,10 @@ use std::time::{Duration, SystemTime};
 /// Attribute and entry cache lifetime in the kernel: short, so two mounts
 /// see each other's changes quickly (close-to-open for data).
 const TTL: Duration = Duration::from_secs(1);
+/// How often the mount renews its lock lease (the meta's lease is 10 s).
+const LEASE_RENEW: Duration = Duration::from_secs(2);
+/// How often a blocking lock request (F_SETLKW, flock without LOCK_NB) retries.
+const LOCK_RETRY: Duration = Duration::from_millis(50);
 
 struct Handles {
     /// fh -> the inode's shared open file.
@@ -35,6 +39,10 @@ pub struct SpareFs {
     rt: tokio::runtime::Handle,
     handles: Arc<Mutex<Handles>>,
     next_fh: AtomicU64,
+    /// (inode, lock owner) pairs that took a lock through this mount: the
+    /// kernel does not unlock remote locks on close, so flush and release
+    /// must, and only these need a meta round trip.
+    lockers: Arc<Mutex<std::collections::HashSet<(u64, u64)>>>,
 }
 
 type R<T> = Result<T, ClientError>;
@@ -64,7 +72,19 @@ impl SpareFs {
             rt,
             handles: Arc::new(Mutex::new(Handles { by_fh: HashMap::new(), by_ino: HashMap::new() })),
             next_fh: AtomicU64::new(1),
+            lockers: Arc::new(Mutex::new(std::collections::HashSet::new())),
         }
+    }
+
+    /// Releases every lock `owner` holds on `ino`, if it ever took one here.
+    fn unlock_all(&self, ino: INodeNo, owner: LockOwner) -> Option<impl std::future::Future<Output = R<()>> + Send + 'static> {
+        let took = self.lockers.lock().ok()?.remove(&(ino.0, owner.0));
+        if !took {
+            return None;
+        }
+        let meta = self.meta.clone();
+        let lock = LockSpec { client: meta.id(), owner: owner.0, start: 0, end: u64::MAX, kind: LockKind::Unlock, pid: 0 };
+        Some(async move { meta.write(WriteOp::SetLock { ino: InodeId(ino.0), lock }).await.map(|_| ()) })
     }
 
     fn open_file(&self, ino: InodeId) -> Option<Arc<OpenFile>> {
@@ -126,6 +146,17 @@ impl fuser::Filesystem for SpareFs {
         let _ = config.set_max_write(1024 * 1024);
         let _ = config.set_max_readahead(1024 * 1024);
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS | fuser::InitFlags::FUSE_BIG_WRITES);
+        // Locks go to the meta, so every mount of the cluster sees them.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_POSIX_LOCKS | fuser::InitFlags::FUSE_FLOCK_LOCKS);
+        let meta = self.meta.clone();
+        self.rt.spawn(async move {
+            loop {
+                if let Err(e) = meta.keepalive().await {
+                    tracing::warn!("lock lease renewal: {e}");
+                }
+                tokio::time::sleep(LEASE_RENEW).await;
+            }
+        });
         Ok(())
     }
 
@@ -368,8 +399,23 @@ impl fuser::Filesystem for SpareFs {
         });
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lo: LockOwner, reply: ReplyEmpty) {
-        self.fsync(_req, _ino, fh, false, reply)
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+        let Some(file) = self.handle(fh) else { return reply.error(Errno::EBADF) };
+        let unlock = self.unlock_all(ino, lock_owner);
+        spawn!(self, async move {
+            let r = async {
+                file.flush().await?;
+                if let Some(u) = unlock {
+                    u.await?;
+                }
+                Ok::<_, ClientError>(())
+            }
+            .await;
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
@@ -382,7 +428,15 @@ impl fuser::Filesystem for SpareFs {
         });
     }
 
-    fn release(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, _lo: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+    fn release(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, lock_owner: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+        // With FUSE_RELEASE_FLOCK_UNLOCK the kernel names the flock owner.
+        if let Some(unlock) = lock_owner.and_then(|o| self.unlock_all(ino, o)) {
+            self.rt.spawn(async move {
+                if let Err(e) = unlock.await {
+                    tracing::warn!("release flock: {e}");
+                }
+            });
+        }
         let handles = self.handles.clone();
         let file = handles.lock().ok().and_then(|mut h| h.by_fh.remove(&fh.0));
         let Some(file) = file else { return reply.ok() };
@@ -434,6 +488,47 @@ impl fuser::Filesystem for SpareFs {
             match r {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn getlk(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32, reply: fuser::ReplyLock) {
+        let Some(kind) = lock_kind(typ) else { return reply.error(Errno::EINVAL) };
+        let meta = self.meta.clone();
+        let lock = LockSpec { client: meta.id(), owner: lock_owner.0, start, end, kind, pid };
+        spawn!(self, async move {
+            match meta.read(ReadOp::GetLock { ino: InodeId(ino.0), lock }).await {
+                Ok(NsReply::Lock(Some(l))) => {
+                    let typ = if l.kind == LockKind::Write { libc::F_WRLCK } else { libc::F_RDLCK };
+                    reply.locked(l.start, l.end, typ, l.pid)
+                }
+                Ok(_) => reply.locked(start, end, libc::F_UNLCK, 0),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setlk(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32, sleep: bool, reply: ReplyEmpty) {
+        let Some(kind) = lock_kind(typ) else { return reply.error(Errno::EINVAL) };
+        let meta = self.meta.clone();
+        let lock = LockSpec { client: meta.id(), owner: lock_owner.0, start, end, kind, pid };
+        if let Ok(mut l) = self.lockers.lock() {
+            l.insert((ino.0, lock_owner.0));
+        }
+        spawn!(self, async move {
+            loop {
+                match meta.write(WriteOp::SetLock { ino: InodeId(ino.0), lock }).await {
+                    Ok(_) => return reply.ok(),
+                    Err(ClientError::Errno(PErrno::EAGAIN)) if sleep => {
+                        // FUSE interrupts are not handled: stop waiting for a
+                        // process that is gone.
+                        if pid != 0 && !Path::new(&format!("/proc/{pid}")).exists() {
+                            return reply.error(Errno::EINTR);
+                        }
+                        tokio::time::sleep(LOCK_RETRY).await
+                    }
+                    Err(e) => return reply.error(errno(&e)),
+                }
             }
         });
     }
@@ -550,6 +645,15 @@ impl fuser::Filesystem for SpareFs {
                 Err(e) => reply.error(errno(&e)),
             }
         });
+    }
+}
+
+fn lock_kind(typ: i32) -> Option<LockKind> {
+    match typ {
+        libc::F_RDLCK => Some(LockKind::Read),
+        libc::F_WRLCK => Some(LockKind::Write),
+        libc::F_UNLCK => Some(LockKind::Unlock),
+        _ => None,
     }
 }
 

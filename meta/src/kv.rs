@@ -22,10 +22,23 @@ pub enum Cf {
     Sessions,
     Sys,
     Deleted,
+    Locks,
+    LockOwners,
 }
 
-pub const STATE_CFS: [Cf; 9] =
-    [Cf::Inodes, Cf::Dentries, Cf::DirIndex, Cf::Xattrs, Cf::Chunks, Cf::Chunkservers, Cf::Sessions, Cf::Sys, Cf::Deleted];
+pub const STATE_CFS: [Cf; 11] = [
+    Cf::Inodes,
+    Cf::Dentries,
+    Cf::DirIndex,
+    Cf::Xattrs,
+    Cf::Chunks,
+    Cf::Chunkservers,
+    Cf::Sessions,
+    Cf::Sys,
+    Cf::Deleted,
+    Cf::Locks,
+    Cf::LockOwners,
+];
 
 impl Cf {
     pub fn name(self) -> &'static str {
@@ -39,6 +52,8 @@ impl Cf {
             Cf::Sessions => "sessions",
             Cf::Sys => "sys",
             Cf::Deleted => "deleted",
+            Cf::Locks => "locks",
+            Cf::LockOwners => "lock_owners",
         }
     }
 

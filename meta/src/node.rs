@@ -44,6 +44,8 @@ pub const INPUT_QUEUE_MAX: usize = 8192;
 pub const ENTRY_BYTES_MAX: usize = 1024 * 1024;
 /// A chunkserver silent for this long is `down`.
 pub const CHUNKSERVER_DOWN_AFTER: Duration = Duration::from_secs(5);
+/// A mount silent this long loses its locks.
+pub const LOCK_LEASE: Duration = Duration::from_secs(10);
 const STATE_WIPE_END: [u8; 512] = [0xff; 512];
 
 pub type Reply<T> = oneshot::Sender<Result<T, RpcError>>;
@@ -55,6 +57,7 @@ pub enum Input {
     ConfChange { id: RequestId, cc: ConfChange, address: String, reply: Reply<()> },
     Status(oneshot::Sender<ReplicaStatus>),
     TransferLeader { replica: ReplicaId, reply: Reply<()> },
+    KeepAlive { client: sparefs_proto::ClientId, reply: Reply<()> },
     SnapshotSent { to: u64, ok: bool },
     Unreachable(u64),
     Heartbeat { chunkserver: ChunkserverId, capacity_bytes: u64, used_bytes: u64, errors: u64, reply: Reply<()> },
@@ -116,6 +119,9 @@ pub struct Driver {
     ready_reads: Vec<(u64, Vec<(Caller, ReadOp, Reply<NsReply>)>)>,
     next_read_ctx: u64,
     pending_member_reload: bool,
+    /// Lock leases: when each client was last heard from (leader only).
+    lease_seen: HashMap<sparefs_proto::ClientId, Instant>,
+    internal_seq: u64,
     config: DriverConfig,
 }
 
@@ -210,6 +216,8 @@ impl Driver {
             ready_reads: Vec::new(),
             next_read_ctx: 1,
             pending_member_reload: false,
+            lease_seen: HashMap::new(),
+            internal_seq: 0,
             config,
         })
     }
@@ -236,6 +244,7 @@ impl Driver {
             if Instant::now() >= next_tick {
                 self.raw.tick();
                 next_tick = Instant::now() + tick;
+                self.expire_leases();
             }
             self.flush_writes();
             self.flush_reads();
@@ -264,6 +273,9 @@ impl Driver {
                 if !self.is_leader() {
                     let _ = reply.send(Err(self.not_leader()));
                     return;
+                }
+                if let WriteOp::SetLock { lock, .. } = &op {
+                    self.lease_seen.insert(lock.client, Instant::now());
                 }
                 if let WriteOp::AllocateBlocks { policy, placement, .. } = &mut op {
                     match self.place(policy.width()) {
@@ -299,6 +311,14 @@ impl Driver {
                     }
                 }
             }
+            Input::KeepAlive { client, reply } => {
+                if !self.is_leader() {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                self.lease_seen.insert(client, Instant::now());
+                let _ = reply.send(Ok(()));
+            }
             Input::TransferLeader { replica, reply } => {
                 if !self.is_leader() {
                     let _ = reply.send(Err(self.not_leader()));
@@ -328,13 +348,34 @@ impl Driver {
         }
     }
 
+    /// Proposes to drop the locks of clients silent for `LOCK_LEASE`.
+    fn expire_leases(&mut self) {
+        if !self.is_leader() {
+            return;
+        }
+        let expired: Vec<sparefs_proto::ClientId> =
+            self.lease_seen.iter().filter(|(_, t)| t.elapsed() > LOCK_LEASE).map(|(c, _)| *c).collect();
+        for client in expired {
+            self.lease_seen.remove(&client);
+            tracing::info!(client = %client, "lock lease expired; releasing its locks");
+            let id = RequestId { client: sparefs_proto::ClientId(u128::MAX - self.shared.id.0 as u128), seq: self.next_internal_seq(), ack_below: 0 };
+            self.pending_writes.push(Command { id, caller: Caller::ROOT, op: WriteOp::ExpireClient { client }, now: Time::now() });
+        }
+    }
+
+    fn next_internal_seq(&mut self) -> u64 {
+        // Unique per leader term and proposal: term in the high bits.
+        self.internal_seq += 1;
+        (self.raw.raft.term << 32) | (self.internal_seq & 0xffff_ffff)
+    }
+
     /// A new group has no cluster key yet: its first leader proposes one.
     fn ensure_cluster_key(&mut self) -> anyhow::Result<()> {
         if ns::cluster_key(&*self.store)?.is_some() {
             return Ok(());
         }
         let key: [u8; 32] = rand::random();
-        let id = RequestId { client: sparefs_proto::ClientId(u128::MAX - self.shared.id.0 as u128), seq: self.raw.raft.term, ack_below: 0 };
+        let id = RequestId { client: sparefs_proto::ClientId(u128::MAX - self.shared.id.0 as u128), seq: self.next_internal_seq(), ack_below: 0 };
         self.pending_writes.push(Command { id, caller: Caller::ROOT, op: WriteOp::SetClusterKey { key }, now: Time::now() });
         Ok(())
     }
@@ -446,6 +487,11 @@ impl Driver {
                 self.fail_waiters();
             } else {
                 self.ensure_cluster_key()?;
+                // A new leader starts every lock holder's lease afresh.
+                self.lease_seen.clear();
+                for c in ns::lock_holders(&*self.store)? {
+                    self.lease_seen.insert(c, Instant::now());
+                }
             }
             tracing::info!(replica = self.shared.id.0, role = ?ss.raft_state, leader = ss.leader_id, "raft role");
         }

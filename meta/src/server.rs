@@ -54,6 +54,7 @@ impl Server {
             }
             Request::Raft { .. } => Err(RpcError::BadRequest("raft messages are one-way".into())),
             Request::PutFragment { .. } | Request::GetFragment { .. } => {
+                // (fragment requests)
                 Err(RpcError::BadRequest("fragment requests go to chunkservers, not the meta".into()))
             }
             Request::SnapshotPiece { index, cf, after } => {
@@ -82,6 +83,10 @@ impl Server {
                 cc.set_change_type(ConfChangeType::RemoveNode);
                 cc.node_id = replica.0;
                 self.ask(|reply| Input::ConfChange { id, cc, address: String::new(), reply }).await?;
+                Ok(Reply::Ok)
+            }
+            Request::KeepAlive { client } => {
+                self.ask(|reply| Input::KeepAlive { client, reply }).await?;
                 Ok(Reply::Ok)
             }
             Request::TransferLeader { replica } => {

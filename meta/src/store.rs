@@ -40,7 +40,8 @@ fn cf_names() -> Vec<&'static str> {
 fn db_options(create: bool) -> Options {
     let mut o = Options::default();
     o.create_if_missing(create);
-    o.create_missing_column_families(create);
+    // New column families of a newer version are added on open (empty).
+    o.create_missing_column_families(true);
     o.set_max_background_jobs(2);
     // Bounded memory: a small shared block cache and capped memtables, so a
     // replica's RSS follows these settings, not the number of files.
@@ -111,6 +112,7 @@ impl Store {
     fn open_db(dir: &Path, create: bool) -> Result<Store, OpenError> {
         let opts = db_options(create);
         let cfs = cf_names().into_iter().map(|n| ColumnFamilyDescriptor::new(n, db_options(create)));
+        let _ = create;
         let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)
             .map_err(|source| OpenError::Rocks { dir: dir.to_path_buf(), source })?;
         Ok(Store { db, dir: dir.to_path_buf() })

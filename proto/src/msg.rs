@@ -32,6 +32,8 @@ pub enum Request {
     Status,
     AddReplica { id: RequestId, replica: ReplicaId, address: String },
     RemoveReplica { id: RequestId, replica: ReplicaId },
+    /// A mount is alive: renews the lease on its locks (leader memory).
+    KeepAlive { client: crate::ClientId },
     /// Ask the leader to hand leadership to `replica`.
     TransferLeader { replica: ReplicaId },
     /// Store one fragment of a block (chunkserver); durable when answered.

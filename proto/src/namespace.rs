@@ -2,7 +2,7 @@
 //! meta answers, and their replies.
 
 use crate::layout::{BlockRef, Capability, ChunkserverInfo, ClusterKey, Policy, Slice};
-use crate::{BlockId, ChunkserverId, InodeId};
+use crate::{BlockId, ChunkserverId, ClientId, InodeId};
 use serde::{Deserialize, Serialize};
 
 /// Seconds and nanoseconds since the Unix epoch.
@@ -137,6 +137,25 @@ pub struct StatFs {
     pub name_bytes_max: u32,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockKind {
+    Read,
+    Write,
+    Unlock,
+}
+
+/// A byte-range lock: `[start, end]` inclusive, held by `owner` (the
+/// kernel's lock owner) of mount `client`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockSpec {
+    pub client: ClientId,
+    pub owner: u64,
+    pub start: u64,
+    pub end: u64,
+    pub kind: LockKind,
+    pub pid: u32,
+}
+
 /// Operations that read the namespace. Served after a ReadIndex round, so
 /// they see every write acknowledged before they were sent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +172,8 @@ pub enum ReadOp {
     GetPolicy { ino: InodeId },
     ReadChunk { ino: InodeId, index: u64 },
     ListChunkservers,
+    /// The first lock that would conflict with the described one, if any.
+    GetLock { ino: InodeId, lock: LockSpec },
     /// Counts of blocks by protection: every fragment on an `up` server,
     /// readable but missing some, or fewer than needed to read.
     Health,
@@ -181,6 +202,12 @@ pub enum WriteOp {
     /// space) before proposing, so every replica applies the same choice.
     AllocateBlocks { count: u32, policy: Policy, placement: Vec<ChunkserverId> },
     RegisterChunkserver { address: String, capacity_bytes: u64, token: [u8; 16] },
+    /// Takes, changes or releases a POSIX byte-range (or flock, as a
+    /// whole-file range) lock; EAGAIN if another owner holds a conflicting one.
+    SetLock { ino: InodeId, lock: LockSpec },
+    /// Releases every lock of a client whose lease expired (the leader
+    /// proposes it) or that unmounted.
+    ExpireClient { client: ClientId },
     /// Sets the cluster key if none is set (the first leader proposes it).
     SetClusterKey { key: ClusterKey },
 }
@@ -202,6 +229,7 @@ pub enum NsReply {
     /// Exchange and replace renames report nothing more.
     Done,
     Health { protected: u64, degraded: u64, unreadable: u64 },
+    Lock(Option<LockSpec>),
     /// New block ids and the chunkservers their fragments go to, in order.
     Allocated { ids: Vec<BlockId>, placement: Vec<ChunkserverId>, capabilities: Vec<Capability> },
 }

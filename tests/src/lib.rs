@@ -251,6 +251,15 @@ impl MetaCluster {
         Ok(dir)
     }
 
+    /// SIGKILLs mount `n`'s process (a client dying) and detaches the dead mount.
+    pub fn kill_mount(&mut self, n: u64) {
+        if let Some((mut c, dir)) = self.mounts.remove(&n) {
+            let _ = c.kill();
+            let _ = c.wait();
+            let _ = Command::new("umount").arg("-l").arg(&dir).status();
+        }
+    }
+
     /// Stops mount `n` (SIGTERM, then a lazy unmount if it lingers).
     pub fn unmount(&mut self, n: u64) {
         if let Some((mut c, dir)) = self.mounts.remove(&n) {

@@ -205,3 +205,50 @@ async fn fsx_random_io_matches_a_model() {
     let local = tempfile::tempdir().expect("tempdir");
     sparefs_tests::fsx::run(&local.path().join("fsx.bin"), 2_000, seed, 4 * 1024 * 1024).expect("fsx on a local file");
 }
+
+fn try_lock(path: &Path, how: &str) -> bool {
+    let script = format!("import fcntl\nf = open({:?}, 'a')\n{how}", path.display().to_string());
+    Command::new("python3").arg("-c").arg(script).status().expect("python3").success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn locks_are_held_in_the_meta_and_released_when_a_mount_dies() {
+    use std::io::BufRead;
+    let (mut c, mounts) = fs_cluster(1, 2).await.expect("cluster");
+    let (a, b) = (mounts[0].clone(), mounts[1].clone());
+    std::fs::write(a.join("db"), b"x").expect("create");
+    std::fs::write(a.join("flk"), b"x").expect("create");
+    // A holder on mount a takes a POSIX write lock and a flock, and keeps them.
+    let mut holder = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import fcntl, time\nf = open({:?}, 'a')\nfcntl.lockf(f, fcntl.LOCK_EX)\ng = open({:?}, 'a')\nfcntl.flock(g, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(120)",
+            a.join("db").display().to_string(),
+            a.join("flk").display().to_string()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("holder");
+    let mut line = String::new();
+    std::io::BufReader::new(holder.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
+    assert_eq!(line.trim(), "locked");
+    assert!(!try_lock(&b.join("db"), "fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)"), "POSIX lock granted twice across mounts");
+    assert!(!try_lock(&b.join("db"), "fcntl.lockf(f, fcntl.LOCK_SH | fcntl.LOCK_NB)"), "shared lock granted over a write lock");
+    assert!(!try_lock(&a.join("flk"), "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)"), "second flock granted on the same mount");
+    assert!(!try_lock(&b.join("flk"), "fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)"), "flock granted across mounts");
+    // The holder's mount dies without unlocking: the lease runs out.
+    let start = Instant::now();
+    c.kill_mount(1);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    loop {
+        if try_lock(&b.join("db"), "fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(40), "locks of a dead mount were never released");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!("locks of a killed mount released after {:.1}s", start.elapsed().as_secs_f64());
+    // A released lock on a live mount is free at once.
+    assert!(try_lock(&b.join("db"), "fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nfcntl.lockf(f, fcntl.LOCK_UN)"));
+}

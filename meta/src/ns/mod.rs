@@ -6,11 +6,13 @@
 //! The same command applied to the same state gives the same writes on every
 //! replica.
 
+mod locks;
 mod perm;
 mod read;
 mod records;
 mod write;
 
+pub use locks::lock_holders;
 pub use read::{chunkservers, read, ChunkserverLiveness};
 pub use records::{cluster_key, ChunkserverRec, DentryRec, InodeRec};
 pub use write::{apply_command, bootstrap, Command};

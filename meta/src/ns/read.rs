@@ -133,6 +133,10 @@ pub fn read<K: ReadKv>(kv: &K, c: &Caller, op: &ReadOp, live: &dyn ChunkserverLi
             Ok(NsReply::Chunk { slices, capabilities })
         }
         ReadOp::ListChunkservers => Ok(NsReply::Chunkservers(chunkservers(kv, live)?)),
+        ReadOp::GetLock { ino, lock } => {
+            load(kv, *ino)?;
+            super::locks::get_lock(kv, *ino, lock)
+        }
         ReadOp::Health => {
             let up: std::collections::HashSet<ChunkserverId> =
                 chunkservers(kv, live)?.into_iter().filter(|s| matches!(s.state, ChunkserverState::Up | ChunkserverState::Full)).map(|s| s.id).collect();

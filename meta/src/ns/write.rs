@@ -142,6 +142,14 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
             let capabilities = ids.iter().map(|b| Capability::issue(&key, *b, true, expires)).collect();
             Ok(NsReply::Allocated { ids, placement: placement.clone(), capabilities })
         }
+        WriteOp::SetLock { ino, lock } => {
+            let inode = load(tx, *ino)?;
+            if inode.is_dir() && lock.kind != LockKind::Unlock {
+                return Err(Errno::EISDIR.into());
+            }
+            super::locks::set_lock(tx, *ino, lock)
+        }
+        WriteOp::ExpireClient { client } => super::locks::expire_client(tx, *client),
         WriteOp::SetClusterKey { key } => {
             if c.uid != 0 {
                 return Err(Errno::EPERM.into());
