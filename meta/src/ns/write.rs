@@ -707,7 +707,7 @@ fn truncate_layout<R: ReadKv>(tx: &mut Tx<R>, ino: InodeId, size: u64, old_size:
         if let Some(mut slices) = tx.get_rec::<Vec<Slice>>(Cf::Chunks, &key)? {
             let seq = next_id(tx, SYS_NEXT_SLICE, 1)?;
             slices.push(Slice { seq, offset: within as u32, bytes: (CHUNK_BYTES - within) as u32, blocks: Vec::new() });
-            tx.put_rec(Cf::Chunks, key, &slices);
+            tx.put_rec(Cf::Chunks, key, &drop_hidden_slices(slices));
         }
     }
     Ok(())
@@ -745,6 +745,7 @@ fn commit_slices<R: ReadKv>(
         let mut existing: Vec<Slice> = tx.get_rec(Cf::Chunks, &key)?.unwrap_or_default();
         let seq = next_id(tx, SYS_NEXT_SLICE, 1)?;
         existing.push(Slice { seq, ..slice.clone() });
+        let existing = drop_hidden_slices(existing);
         tx.put_rec(Cf::Chunks, key, &existing);
     }
     if size_at_least > inode.size {
@@ -757,6 +758,36 @@ fn commit_slices<R: ReadKv>(
     inode.ctime = now;
     store(tx, ino, &inode);
     Ok(NsReply::Attr(inode.attr(ino)))
+}
+
+/// Drops slices that newer slices cover entirely: no read can see them, so
+/// keeping them would only grow the chunk record with every overwrite
+/// (their blocks become garbage for the collector). Order is kept.
+pub fn drop_hidden_slices(slices: Vec<Slice>) -> Vec<Slice> {
+    let mut order: Vec<usize> = (0..slices.len()).collect();
+    order.sort_by_key(|i| std::cmp::Reverse(slices[*i].seq));
+    // Disjoint covered intervals [a, b), sorted by start.
+    let mut covered: Vec<(u64, u64)> = Vec::new();
+    let mut keep = vec![false; slices.len()];
+    for i in order {
+        let (a, b) = (slices[i].offset as u64, slices[i].offset as u64 + slices[i].bytes as u64);
+        let hidden = covered.iter().any(|(ca, cb)| *ca <= a && b <= *cb);
+        keep[i] = !hidden;
+        if !hidden {
+            // Insert and merge.
+            covered.push((a, b));
+            covered.sort_unstable();
+            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(covered.len());
+            for (ca, cb) in covered.drain(..) {
+                match merged.last_mut() {
+                    Some(last) if ca <= last.1 => last.1 = last.1.max(cb),
+                    _ => merged.push((ca, cb)),
+                }
+            }
+            covered = merged;
+        }
+    }
+    slices.into_iter().zip(keep).filter(|(_, k)| *k).map(|(s, _)| s).collect()
 }
 
 fn valid_block(b: &BlockRef) -> bool {
@@ -810,4 +841,23 @@ fn setxattr<R: ReadKv>(tx: &mut Tx<R>, c: &Caller, now: Time, ino: InodeId, name
     inode.ctime = now;
     store(tx, ino, &inode);
     Ok(NsReply::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::drop_hidden_slices;
+    use sparefs_proto::layout::Slice;
+
+    fn s(seq: u64, offset: u32, bytes: u32) -> Slice {
+        Slice { seq, offset, bytes, blocks: vec![] }
+    }
+
+    #[test]
+    fn hidden_slices_go_visible_ones_stay() {
+        let out = drop_hidden_slices(vec![s(1, 0, 100), s(2, 50, 10), s(3, 0, 40), s(4, 40, 60)]);
+        // 1 is covered by 3 ∪ 4; 2 by 4; 3 and 4 stay.
+        assert_eq!(out.iter().map(|x| x.seq).collect::<Vec<_>>(), vec![3, 4]);
+        let out = drop_hidden_slices(vec![s(1, 0, 100), s(2, 10, 10)]);
+        assert_eq!(out.len(), 2, "a partly covered slice stays");
+    }
 }
