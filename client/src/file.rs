@@ -19,6 +19,19 @@ pub struct OpenFile {
     data: Arc<DataClient>,
     policy: Policy,
     state: Mutex<Dirty>,
+    ahead: std::sync::Mutex<ReadAhead>,
+}
+
+/// Bytes fetched ahead of a sequential reader.
+pub const READ_AHEAD_BYTES: usize = 8 * 1024 * 1024;
+
+/// Sequential-read detection and the window fetched ahead of it.
+#[derive(Default)]
+struct ReadAhead {
+    /// Where the last read ended.
+    next: u64,
+    /// A fetch of `[start, start + len)` in flight or done.
+    window: Option<(u64, usize, tokio::sync::watch::Receiver<Option<Arc<Vec<u8>>>>)>,
 }
 
 #[derive(Default)]
@@ -68,10 +81,17 @@ impl OpenFile {
     pub async fn open(data: Arc<DataClient>, attr: &Attr) -> Result<OpenFile> {
         data.invalidate(attr.ino);
         let policy = data.policy_of(attr.ino).await?;
-        Ok(OpenFile { ino: attr.ino, data, policy, state: Mutex::new(Dirty { size: attr.size, ..Default::default() }) })
+        Ok(OpenFile {
+            ino: attr.ino,
+            data,
+            policy,
+            state: Mutex::new(Dirty { size: attr.size, ..Default::default() }),
+            ahead: std::sync::Mutex::new(ReadAhead::default()),
+        })
     }
 
     pub async fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        self.drop_window();
         let mut st = self.state.lock().await;
         st.add(offset, buf);
         if st.bytes >= DIRTY_BYTES_MAX {
@@ -87,8 +107,89 @@ impl OpenFile {
             self.flush_locked(&mut st).await?;
         }
         let size = if meta_size == 0 { st.size } else { meta_size.max(st.size) };
+        // Buffered writes elsewhere in the file: the store is not current,
+        // so neither reading ahead nor an old window may be trusted.
+        let dirty = !st.extents.is_empty();
         drop(st);
-        self.data.read(self.ino, size, offset, len).await
+        if dirty {
+            self.drop_window();
+            return self.data.read(self.ino, size, offset, len).await;
+        }
+        if let Some(hit) = self.from_window(offset, len, size).await {
+            return Ok(hit);
+        }
+        let out = self.data.read(self.ino, size, offset, len).await?;
+        self.maybe_read_ahead(offset + out.len() as u64, size);
+        Ok(out)
+    }
+
+    /// Serves a read from the read-ahead window if it covers it.
+    async fn from_window(&self, offset: u64, len: usize, size: u64) -> Option<Vec<u8>> {
+        let (start, wlen, mut rx) = {
+            let ra = self.ahead.lock().ok()?;
+            let (s, l, rx) = ra.window.as_ref()?;
+            (*s, *l, rx.clone())
+        };
+        let end = offset + len as u64;
+        if offset < start || end.min(size) > start + wlen as u64 {
+            return None;
+        }
+        let data = loop {
+            if let Some(d) = rx.borrow().clone() {
+                break d;
+            }
+            rx.changed().await.ok()?;
+        };
+        let a = (offset - start) as usize;
+        let b = (end.min(size) - start) as usize;
+        if a > b || b > data.len() {
+            return None;
+        }
+        let out = data[a..b].to_vec();
+        self.maybe_read_ahead(offset + out.len() as u64, size);
+        Some(out)
+    }
+
+    /// After a read ending at `next`: if reads are sequential and the window
+    /// ends within one window of `next`, fetch the following window.
+    fn maybe_read_ahead(&self, next: u64, size: u64) {
+        let Ok(mut ra) = self.ahead.lock() else { return };
+        let sequential = ra.next != 0 && next > ra.next && next - ra.next <= READ_AHEAD_BYTES as u64;
+        let prev = ra.next;
+        ra.next = next;
+        if !sequential && prev != 0 {
+            return;
+        }
+        let window_end = ra.window.as_ref().map(|(s, l, _)| s + *l as u64).unwrap_or(0);
+        if window_end > next + READ_AHEAD_BYTES as u64 / 2 || next >= size {
+            return;
+        }
+        let start = window_end.max(next);
+        let len = READ_AHEAD_BYTES.min((size - start) as usize);
+        if len == 0 {
+            return;
+        }
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        ra.window = Some((start, len, rx));
+        let (data, ino) = (self.data.clone(), self.ino);
+        tokio::spawn(async move {
+            if let Ok(bytes) = data.read(ino, size, start, len).await {
+                let _ = tx.send(Some(Arc::new(bytes)));
+            }
+        });
+    }
+
+    /// A new open of a file this mount already has open: close-to-open
+    /// says it must see what others closed since, so cached data goes.
+    pub fn revalidate(&self) {
+        self.drop_window();
+        self.data.invalidate(self.ino);
+    }
+
+    fn drop_window(&self) {
+        if let Ok(mut ra) = self.ahead.lock() {
+            ra.window = None;
+        }
     }
 
     /// Makes every buffered write durable and visible.
@@ -103,6 +204,7 @@ impl OpenFile {
         }
         let extents: Vec<(u64, Vec<u8>)> = st.extents.iter().map(|(o, d)| (*o, d.clone())).collect();
         let attr = self.data.write_extents(self.ino, self.policy, &extents).await?;
+        self.drop_window();
         st.extents.clear();
         st.bytes = 0;
         st.size = attr.size;
@@ -112,6 +214,7 @@ impl OpenFile {
     /// fallocate: mode 0 grows the file to cover the range; PUNCH_HOLE
     /// (with KEEP_SIZE) turns the range into zeros. Buffered writes land first.
     pub async fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
+        self.drop_window();
         let mut st = self.state.lock().await;
         self.flush_locked(&mut st).await?;
         self.data.punch_hole(self.ino, offset, len).await?;
@@ -129,6 +232,8 @@ impl OpenFile {
         st.bytes = st.extents.values().map(|d| d.len()).sum();
         st.size = size;
         self.data.invalidate(self.ino);
+        drop(st);
+        self.drop_window();
     }
 
     /// The size this handle knows (meta size at open plus its own writes).

@@ -116,7 +116,10 @@ impl SpareFs {
     async fn register(meta_data: Arc<DataClient>, handles: Arc<Mutex<Handles>>, fh: u64, attr: &Attr) -> R<Arc<OpenFile>> {
         let existing = handles.lock().ok().and_then(|h| h.by_ino.get(&attr.ino).map(|(f, _)| f.clone()));
         let file = match existing {
-            Some(f) => f,
+            Some(f) => {
+                f.revalidate();
+                f
+            }
             None => Arc::new(OpenFile::open(meta_data, attr).await?),
         };
         let mut h = handles.lock().map_err(|_| ClientError::Protocol("handle table poisoned".into()))?;
