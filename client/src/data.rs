@@ -28,6 +28,8 @@ pub const SMALL_BLOCK_BYTES: usize = 64 * 1024;
 /// A fragment read slower than this is given up on in favour of parity.
 pub const FRAGMENT_TIMEOUT: Duration = Duration::from_secs(5);
 const CHUNK_CACHE_MAX: usize = 4096;
+/// Blocks being written at once by one flush (bounds memory and sockets).
+pub const BLOCKS_IN_FLIGHT_MAX: usize = 16;
 const CHUNK_CACHE_TTL: Duration = Duration::from_secs(1);
 
 type ChunkMap = (Arc<Vec<Slice>>, Arc<HashMap<BlockId, Capability>>);
@@ -251,36 +253,64 @@ impl DataClient {
 
     /// Stores the extents as new slices and commits them in one request.
     pub async fn write_extents(&self, ino: InodeId, policy: Policy, extents: &[(u64, Vec<u8>)]) -> Result<Attr> {
-        let mut slices = Vec::new();
+        // Cut into slices (per chunk) and blocks (<= 4 MiB).
+        struct Part<'a> {
+            slice: usize,
+            policy: Policy,
+            data: &'a [u8],
+        }
+        let mut slices: Vec<(u64, Slice)> = Vec::new();
+        let mut parts: Vec<Part> = Vec::new();
         let mut size_at_least = 0;
         for (offset, data) in extents {
             size_at_least = size_at_least.max(offset + data.len() as u64);
             let mut pos = 0usize;
             while pos < data.len() {
                 let (index, within) = chunk_of(offset + pos as u64);
-                let room = (CHUNK_BYTES - within as u64) as usize;
-                let take = room.min(data.len() - pos);
-                let piece = &data[pos..pos + take];
-                let mut blocks = Vec::new();
-                for part in piece.chunks(BLOCK_BYTES_MAX as usize) {
-                    let bp = block_policy(policy, part.len());
-                    let op = WriteOp::AllocateBlocks { count: 1, policy: bp, placement: vec![] };
-                    let NsReply::Allocated { ids, placement, capabilities } = self.meta.write(op).await? else {
-                        return Err(ClientError::Protocol("allocation".into()));
-                    };
-                    let (Some(id), Some(cap)) = (ids.first(), capabilities.first()) else {
-                        return Err(ClientError::Protocol("empty allocation".into()));
-                    };
-                    blocks.push((*id, cap.clone(), placement, bp, part));
+                let take = ((CHUNK_BYTES - within as u64) as usize).min(data.len() - pos);
+                for part in data[pos..pos + take].chunks(BLOCK_BYTES_MAX as usize) {
+                    parts.push(Part { slice: slices.len(), policy: block_policy(policy, part.len()), data: part });
                 }
-                let stored = join_all(blocks.iter().map(|(id, cap, placement, bp, part)| self.put_block(*id, cap, placement, *bp, part))).await;
-                let mut refs = Vec::new();
-                for r in stored {
-                    refs.push(r?);
-                }
-                slices.push((index, Slice { seq: 0, offset: within, bytes: take as u32, blocks: refs }));
+                slices.push((index, Slice { seq: 0, offset: within, bytes: take as u32, blocks: Vec::new() }));
                 pos += take;
             }
+        }
+        // One allocation per policy and up to 1024 blocks: a flush of many
+        // small extents costs a few meta round trips, not one per block.
+        let mut allocated: Vec<Option<(BlockId, Capability, Vec<ChunkserverId>)>> = (0..parts.len()).map(|_| None).collect();
+        let mut policies: Vec<Policy> = parts.iter().map(|p| p.policy).collect();
+        policies.sort_by_key(|p| p.to_string());
+        policies.dedup();
+        for bp in policies {
+            let wanted: Vec<usize> = (0..parts.len()).filter(|i| parts[*i].policy == bp).collect();
+            for group in wanted.chunks(1024) {
+                let op = WriteOp::AllocateBlocks { count: group.len() as u32, policy: bp, placement: vec![] };
+                let NsReply::Allocated { ids, placement, capabilities } = self.meta.write(op).await? else {
+                    return Err(ClientError::Protocol("allocation".into()));
+                };
+                if ids.len() != group.len() || capabilities.len() != group.len() {
+                    return Err(ClientError::Protocol("short allocation".into()));
+                }
+                for ((i, id), cap) in group.iter().zip(ids).zip(capabilities) {
+                    allocated[*i] = Some((id, cap, placement.clone()));
+                }
+            }
+        }
+        // Store every block, a bounded number at a time.
+        let mut stored: Vec<Result<BlockRef>> = Vec::with_capacity(parts.len());
+        for (batch, allocs) in parts.chunks(BLOCKS_IN_FLIGHT_MAX).zip(allocated.chunks(BLOCKS_IN_FLIGHT_MAX)) {
+            let puts = batch.iter().zip(allocs).map(|(part, alloc)| {
+                let alloc = alloc.clone();
+                let (policy, data) = (part.policy, part.data);
+                async move {
+                    let (id, cap, placement) = alloc.ok_or_else(|| ClientError::Protocol("unallocated block".into()))?;
+                    self.put_block(id, &cap, &placement, policy, data).await
+                }
+            });
+            stored.extend(join_all(puts).await);
+        }
+        for (part, r) in parts.iter().zip(stored) {
+            slices[part.slice].1.blocks.push(r?);
         }
         let attr = match self.meta.write(WriteOp::CommitSlices { ino, slices: slices.clone(), size_at_least }).await? {
             NsReply::Attr(a) => a,
