@@ -24,6 +24,11 @@ pub struct Command {
     pub now: Time,
 }
 
+/// The session key holding a client's low-water mark (no request uses it).
+const SESSION_LOW_WATER: u64 = u64::MAX;
+/// Most answers one command forgets (bounds the work of a jump in ack_below).
+const SESSION_FORGET_MAX: u64 = 4096;
+
 /// The state every replica starts from: an empty root directory.
 pub fn bootstrap<R: ReadKv>(tx: &mut Tx<R>) -> Result<(), StoreError> {
     if tx.get(Cf::Inodes, &inode_key(InodeId::ROOT))?.is_some() {
@@ -58,13 +63,17 @@ pub fn apply_command<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> Result<Result<
         }
         Err(e) => Err(e),
     };
-    // Forget answers the client has confirmed receiving.
-    let prefix = cmd.id.client.0.to_be_bytes();
-    for (k, _) in tx.scan(Cf::Sessions, &prefix, &prefix, 64)? {
-        match read_be(&k[16..]) {
-            Some(seq) if seq < cmd.id.ack_below => tx.delete(Cf::Sessions, k),
-            _ => break,
+    // Forget answers the client has confirmed receiving: point deletes from
+    // the client's low-water mark up to `ack_below` (a scan would have to
+    // step over every earlier deletion's tombstone).
+    let lw_key = session_key(cmd.id.client.0, SESSION_LOW_WATER);
+    let lw: u64 = tx.get_rec(Cf::Sessions, &lw_key)?.unwrap_or(0);
+    if cmd.id.ack_below > lw && cmd.id.ack_below < SESSION_LOW_WATER {
+        let from = lw.max(cmd.id.ack_below.saturating_sub(SESSION_FORGET_MAX));
+        for seq in from..cmd.id.ack_below {
+            tx.delete(Cf::Sessions, session_key(cmd.id.client.0, seq));
         }
+        tx.put_rec(Cf::Sessions, lw_key, &cmd.id.ack_below);
     }
     tx.put_rec(Cf::Sessions, skey, &reply);
     Ok(reply)
