@@ -17,7 +17,8 @@ pub const DIRTY_BYTES_MAX: usize = 16 * 1024 * 1024;
 pub struct OpenFile {
     pub ino: InodeId,
     data: Arc<DataClient>,
-    policy: Policy,
+    /// Fetched at the first flush: most opens never write.
+    policy: tokio::sync::OnceCell<Policy>,
     state: Mutex<Dirty>,
     ahead: std::sync::Mutex<ReadAhead>,
 }
@@ -80,11 +81,10 @@ impl Dirty {
 impl OpenFile {
     pub async fn open(data: Arc<DataClient>, attr: &Attr) -> Result<OpenFile> {
         data.invalidate(attr.ino);
-        let policy = data.policy_of(attr.ino).await?;
         Ok(OpenFile {
             ino: attr.ino,
             data,
-            policy,
+            policy: tokio::sync::OnceCell::new(),
             state: Mutex::new(Dirty { size: attr.size, ..Default::default() }),
             ahead: std::sync::Mutex::new(ReadAhead::default()),
         })
@@ -203,7 +203,8 @@ impl OpenFile {
             return Ok(None);
         }
         let extents: Vec<(u64, Vec<u8>)> = st.extents.iter().map(|(o, d)| (*o, d.clone())).collect();
-        let attr = self.data.write_extents(self.ino, self.policy, &extents).await?;
+        let policy = *self.policy.get_or_try_init(|| self.data.policy_of(self.ino)).await?;
+        let attr = self.data.write_extents(self.ino, policy, &extents).await?;
         self.drop_window();
         st.extents.clear();
         st.bytes = 0;

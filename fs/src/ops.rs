@@ -541,22 +541,28 @@ impl fuser::Filesystem for SpareFs {
         spawn!(self, async move {
             let ino = InodeId(ino.0);
             let r = async {
-                let dir = attr_of(meta.read_as(c.clone(), ReadOp::GetAttr { ino }).await?)?;
-                let parent = attr_of(meta.read_as(c.clone(), ReadOp::Lookup { parent: ino, name: b"..".to_vec() }).await?)?;
+                // ".." only on the first call; later calls list entries only.
+                let parent = if offset < 2 {
+                    Some(attr_of(meta.read_as(c.clone(), ReadOp::Lookup { parent: ino, name: b"..".to_vec() }).await?)?.ino)
+                } else {
+                    None
+                };
                 let entries = match meta.read_as(c, ReadOp::ReadDir { ino, after_cookie: offset.max(2), limit: 512 }).await? {
                     NsReply::Dir(d) => d,
                     other => return Err(ClientError::Protocol(format!("{other:?}"))),
                 };
-                Ok((dir, parent, entries))
+                Ok((parent, entries))
             }
             .await;
             match r {
-                Ok((dir, parent, entries)) => {
-                    if offset < 1 && reply.add(INodeNo(dir.ino.0), 1, fuser::FileType::Directory, ".") {
+                Ok((parent, entries)) => {
+                    if offset < 1 && reply.add(INodeNo(ino.0), 1, fuser::FileType::Directory, ".") {
                         return reply.ok();
                     }
-                    if offset < 2 && reply.add(INodeNo(parent.ino.0), 2, fuser::FileType::Directory, "..") {
-                        return reply.ok();
+                    if let (true, Some(p)) = (offset < 2, parent) {
+                        if reply.add(INodeNo(p.0), 2, fuser::FileType::Directory, "..") {
+                            return reply.ok();
+                        }
                     }
                     for e in entries {
                         if reply.add(INodeNo(e.ino.0), e.cookie, convert::kind(e.kind), OsStr::from_bytes(&e.name)) {

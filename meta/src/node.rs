@@ -191,6 +191,10 @@ impl Driver {
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: true,
+            // Reads are served on the leader's lease (check_quorum keeps it
+            // honest): no heartbeat round per read. Safe while clocks drift
+            // less than the election timeout between replicas.
+            read_only_option: raft::ReadOnlyOption::LeaseBased,
             ..Default::default()
         };
         raft_config.validate()?;

@@ -37,22 +37,28 @@ fn cf_names() -> Vec<&'static str> {
     names
 }
 
-fn db_options(create: bool) -> Options {
+/// Memory budget of a replica's RocksDB: one block cache shared by every
+/// column family, and one budget for all memtables together. A replica's
+/// RSS follows these, not the number of files.
+pub const BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
+pub const MEMTABLES_BYTES: usize = 64 * 1024 * 1024;
+
+fn db_options(create: bool, cache: &Option<rocksdb::Cache>) -> Options {
     let mut o = Options::default();
     o.create_if_missing(create);
     // New column families of a newer version are added on open (empty).
     o.create_missing_column_families(true);
     o.set_max_background_jobs(2);
-    // Bounded memory: a small shared block cache and capped memtables, so a
-    // replica's RSS follows these settings, not the number of files.
     let mut table = rocksdb::BlockBasedOptions::default();
-    if let Ok(cache) = rocksdb::Cache::new_lru_cache(64 * 1024 * 1024) {
-        table.set_block_cache(&cache);
+    if let Some(cache) = cache {
+        table.set_block_cache(cache);
     }
     table.set_bloom_filter(10.0, false);
+    table.set_cache_index_and_filter_blocks(true);
     o.set_block_based_table_factory(&table);
-    o.set_write_buffer_size(16 * 1024 * 1024);
-    o.set_max_write_buffer_number(3);
+    o.set_db_write_buffer_size(MEMTABLES_BYTES);
+    o.set_write_buffer_size(8 * 1024 * 1024);
+    o.set_max_write_buffer_number(2);
     o.set_max_open_files(512);
     o
 }
@@ -110,8 +116,9 @@ impl Store {
     }
 
     fn open_db(dir: &Path, create: bool) -> Result<Store, OpenError> {
-        let opts = db_options(create);
-        let cfs = cf_names().into_iter().map(|n| ColumnFamilyDescriptor::new(n, db_options(create)));
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES).ok();
+        let opts = db_options(create, &cache);
+        let cfs = cf_names().into_iter().map(|n| ColumnFamilyDescriptor::new(n, db_options(create, &cache)));
         let _ = create;
         let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)
             .map_err(|source| OpenError::Rocks { dir: dir.to_path_buf(), source })?;
