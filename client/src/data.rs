@@ -12,7 +12,7 @@
 
 use crate::conn::{CallError, Conn};
 use crate::meta::{ClientError, MetaClient, Result};
-use crate::overlay::{resolve, Piece};
+use crate::overlay::{resolve, Piece, Source};
 use sparefs_proto::layout::{BlockRef, Capability, ChunkserverInfo, Policy, Slice};
 use sparefs_proto::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES};
 use sparefs_proto::msg::{Reply, Request, RpcError};
@@ -154,8 +154,14 @@ impl DataClient {
         for (index, within, take, out_at) in jobs {
             let (slices, caps) = self.chunk(ino, index).await?;
             let pieces: Vec<Piece> = resolve(&slices, within, within + take);
+            for p in &pieces {
+                if let Source::Inline(bytes) = p.source {
+                    let at = out_at + (p.start - within) as usize;
+                    out[at..at + bytes.len()].copy_from_slice(bytes);
+                }
+            }
             let reads = pieces.iter().filter_map(|p| {
-                let (block, boff) = p.source?;
+                let Source::Block(block, boff) = p.source else { return None };
                 let cap = caps.get(&block.id).cloned();
                 Some(async move {
                     let cap = cap.ok_or_else(|| ClientError::Protocol(format!("no capability for block {}", block.id)))?;
@@ -271,7 +277,7 @@ impl DataClient {
                 for part in data[pos..pos + take].chunks(BLOCK_BYTES_MAX as usize) {
                     parts.push(Part { slice: slices.len(), policy: block_policy(policy, part.len()), data: part });
                 }
-                slices.push((index, Slice { seq: 0, offset: within, bytes: take as u32, blocks: Vec::new() }));
+                slices.push((index, Slice { seq: 0, offset: within, bytes: take as u32, blocks: Vec::new(), inline: Vec::new() }));
                 pos += take;
             }
         }
@@ -324,6 +330,35 @@ impl DataClient {
         Ok(attr)
     }
 
+    /// Commits small extents inline in the meta (no chunkserver round
+    /// trips): one Raft entry makes them durable on a majority of replicas.
+    /// EFBIG means the chunk holds enough inline bytes already.
+    pub async fn write_inline(&self, ino: InodeId, extents: &[(u64, Vec<u8>)]) -> Result<Attr> {
+        let mut slices = Vec::new();
+        let mut size_at_least = 0;
+        for (offset, data) in extents {
+            size_at_least = size_at_least.max(offset + data.len() as u64);
+            let mut pos = 0usize;
+            while pos < data.len() {
+                let (index, within) = chunk_of(offset + pos as u64);
+                let take = ((CHUNK_BYTES - within as u64) as usize).min(data.len() - pos);
+                let bytes = data[pos..pos + take].to_vec();
+                slices.push((index, Slice { seq: 0, offset: within, bytes: take as u32, blocks: Vec::new(), inline: bytes }));
+                pos += take;
+            }
+        }
+        let attr = match self.meta.write(WriteOp::CommitSlices { ino, slices: slices.clone(), size_at_least }).await? {
+            NsReply::Attr(a) => a,
+            other => return Err(ClientError::Protocol(format!("commit reply {other:?}"))),
+        };
+        if let Ok(mut c) = self.chunks.lock() {
+            for (index, _) in &slices {
+                c.remove(&(ino, *index));
+            }
+        }
+        Ok(attr)
+    }
+
     /// Makes `[offset, offset + len)` read as zeros (a hole slice per
     /// chunk), without changing the size.
     pub async fn punch_hole(&self, ino: InodeId, offset: u64, len: u64) -> Result<Attr> {
@@ -333,7 +368,7 @@ impl DataClient {
         while pos < end {
             let (index, within) = chunk_of(pos);
             let take = (CHUNK_BYTES - within as u64).min(end - pos);
-            slices.push((index, Slice { seq: 0, offset: within, bytes: take as u32, blocks: Vec::new() }));
+            slices.push((index, Slice { seq: 0, offset: within, bytes: take as u32, blocks: Vec::new(), inline: Vec::new() }));
             pos += take;
         }
         let attr = match self.meta.write(WriteOp::CommitSlices { ino, slices: slices.clone(), size_at_least: 0 }).await? {

@@ -3,7 +3,9 @@
 //! read that overlaps them (so a client always reads its own writes).
 
 use crate::data::DataClient;
-use crate::meta::Result;
+use crate::meta::{ClientError, Result};
+use sparefs_proto::limits::INLINE_SLICE_BYTES_MAX;
+use sparefs_proto::Errno;
 use sparefs_proto::layout::Policy;
 use sparefs_proto::namespace::Attr;
 use sparefs_proto::InodeId;
@@ -203,8 +205,23 @@ impl OpenFile {
             return Ok(None);
         }
         let extents: Vec<(u64, Vec<u8>)> = st.extents.iter().map(|(o, d)| (*o, d.clone())).collect();
-        let policy = *self.policy.get_or_try_init(|| self.data.policy_of(self.ino)).await?;
-        let attr = self.data.write_extents(self.ino, policy, &extents).await?;
+        let total: usize = extents.iter().map(|(_, d)| d.len()).sum();
+        let inline = if total <= INLINE_SLICE_BYTES_MAX {
+            match self.data.write_inline(self.ino, &extents).await {
+                Ok(a) => Some(a),
+                Err(ClientError::Errno(Errno::EFBIG)) => None,
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        let attr = match inline {
+            Some(a) => a,
+            None => {
+                let policy = *self.policy.get_or_try_init(|| self.data.policy_of(self.ino)).await?;
+                self.data.write_extents(self.ino, policy, &extents).await?
+            }
+        };
         self.drop_window();
         st.extents.clear();
         st.bytes = 0;

@@ -4,13 +4,22 @@
 
 use sparefs_proto::layout::{BlockRef, Slice};
 
+/// Where a run of bytes comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source<'a> {
+    Zeros,
+    /// A block and the offset in it.
+    Block(&'a BlockRef, u32),
+    /// Bytes carried inline in the slice.
+    Inline(&'a [u8]),
+}
+
 /// A run of the chunk `[start, start + len)` and where its bytes are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Piece<'a> {
     pub start: u32,
     pub len: u32,
-    /// The block and the offset in it, or `None` for zeros.
-    pub source: Option<(&'a BlockRef, u32)>,
+    pub source: Source<'a>,
 }
 
 /// Pieces covering `[start, end)` of a chunk, in order, without gaps.
@@ -46,11 +55,17 @@ pub fn resolve(slices: &[Slice], start: u32, end: u32) -> Vec<Piece<'_>> {
     let mut out = Vec::new();
     for (rs, re, src) in runs {
         match src {
-            None => out.push(Piece { start: rs, len: re - rs, source: None }),
+            None => out.push(Piece { start: rs, len: re - rs, source: Source::Zeros }),
             Some((i, mut off)) => {
                 let s = &slices[i];
+                if !s.inline.is_empty() {
+                    let a = off as usize;
+                    let b = (a + (re - rs) as usize).min(s.inline.len());
+                    out.push(Piece { start: rs, len: re - rs, source: Source::Inline(&s.inline[a.min(b)..b]) });
+                    continue;
+                }
                 if s.blocks.is_empty() {
-                    out.push(Piece { start: rs, len: re - rs, source: None });
+                    out.push(Piece { start: rs, len: re - rs, source: Source::Zeros });
                     continue;
                 }
                 // Split at block boundaries inside the slice.
@@ -63,7 +78,7 @@ pub fn resolve(slices: &[Slice], start: u32, end: u32) -> Vec<Piece<'_>> {
                         continue;
                     }
                     let take = (be - off).min(re - pos);
-                    out.push(Piece { start: pos, len: take, source: Some((b, off - bs)) });
+                    out.push(Piece { start: pos, len: take, source: Source::Block(b, off - bs) });
                     pos += take;
                     off += take;
                 }
@@ -94,14 +109,14 @@ mod tests {
                 checksum: [0; 32],
             })
             .collect();
-        Slice { seq, offset, bytes: sizes.iter().sum(), blocks }
+        Slice { seq, offset, bytes: sizes.iter().sum(), blocks, inline: vec![] }
     }
 
     proptest! {
         #[test]
         fn matches_byte_by_byte_painting(specs in proptest::collection::vec((0u32..200, proptest::collection::vec(1u32..40, 0..4)), 0..8), a in 0u32..300, span in 0u32..300) {
             let slices: Vec<Slice> = specs.iter().enumerate().map(|(i, (off, sizes))| {
-                if sizes.is_empty() { Slice { seq: i as u64, offset: *off, bytes: 30, blocks: vec![] } } else { mk(i as u64, *off, sizes, 100 * i as u64) }
+                if sizes.is_empty() { Slice { seq: i as u64, offset: *off, bytes: 30, blocks: vec![], inline: vec![] } } else { mk(i as u64, *off, sizes, 100 * i as u64) }
             }).collect();
             let end = a + span;
             // The model: paint each byte with (block id, offset in block).
@@ -122,7 +137,11 @@ mod tests {
             for p in &pieces {
                 prop_assert_eq!(p.start, pos);
                 for x in 0..p.len {
-                    let got = p.source.map(|(b, o)| (b.id.0, o + x));
+                    let got = match p.source {
+                        Source::Block(b, o) => Some((b.id.0, o + x)),
+                        Source::Zeros => None,
+                        Source::Inline(_) => unreachable!("no inline slices in this test"),
+                    };
                     prop_assert_eq!(got, model[(p.start + x) as usize], "byte {}", p.start + x);
                 }
                 pos += p.len;

@@ -75,6 +75,10 @@ pub struct Slice {
     pub offset: u32,
     pub bytes: u32,
     pub blocks: Vec<BlockRef>,
+    /// Small writes carried in the Raft entry itself (then `blocks` is
+    /// empty): replicated by the meta group, durable when committed.
+    /// Neither blocks nor inline bytes: a hole.
+    pub inline: Vec<u8>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,6 +19,10 @@ pub const INFLIGHT_REQUESTS_PER_CONNECTION_MAX: usize = 256;
 /// A chunk is a fixed 64 MiB range of a file; a block is at most 4 MiB.
 pub const CHUNK_BYTES: u64 = 64 * 1024 * 1024;
 pub const BLOCK_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// Largest slice committed inline in a Raft entry, and the most inline
+/// bytes one chunk may hold visible (the rest goes to blocks).
+pub const INLINE_SLICE_BYTES_MAX: usize = 64 * 1024;
+pub const INLINE_CHUNK_BYTES_MAX: usize = 1024 * 1024;
 /// Widest redundancy policy (fragments per block).
 pub const POLICY_FRAGMENTS_MAX: u8 = 32;
 /// Largest file size the namespace accepts (2^63 - 1, as off_t).

@@ -715,7 +715,7 @@ fn truncate_layout<R: ReadKv>(tx: &mut Tx<R>, ino: InodeId, size: u64, old_size:
         let key = chunk_key(ino, index);
         if let Some(mut slices) = tx.get_rec::<Vec<Slice>>(Cf::Chunks, &key)? {
             let seq = next_id(tx, SYS_NEXT_SLICE, 1)?;
-            slices.push(Slice { seq, offset: within as u32, bytes: (CHUNK_BYTES - within) as u32, blocks: Vec::new() });
+            slices.push(Slice { seq, offset: within as u32, bytes: (CHUNK_BYTES - within) as u32, blocks: Vec::new(), inline: Vec::new() });
             tx.put_rec(Cf::Chunks, key, &drop_hidden_slices(slices));
         }
     }
@@ -742,9 +742,11 @@ fn commit_slices<R: ReadKv>(
         let end = slice.offset as u64 + slice.bytes as u64;
         let blocks_bytes: u64 = slice.blocks.iter().map(|b| b.bytes as u64).sum();
         let blocks_ok = slice.blocks.iter().all(|b| valid_block(b));
-        // A slice without blocks is a hole (fallocate punch hole).
-        let hole = slice.blocks.is_empty();
-        if end > CHUNK_BYTES || slice.bytes == 0 || (!hole && blocks_bytes != slice.bytes as u64) || !blocks_ok {
+        // A slice without blocks is a hole (fallocate punch hole) or inline.
+        let inline = !slice.inline.is_empty();
+        let hole = slice.blocks.is_empty() && !inline;
+        let inline_ok = !inline || (slice.blocks.is_empty() && slice.inline.len() == slice.bytes as usize && slice.inline.len() <= INLINE_SLICE_BYTES_MAX);
+        if end > CHUNK_BYTES || slice.bytes == 0 || (!hole && !inline && blocks_bytes != slice.bytes as u64) || !blocks_ok || !inline_ok {
             return Err(Errno::EINVAL.into());
         }
         if index.saturating_mul(CHUNK_BYTES) > FILE_BYTES_MAX {
@@ -755,6 +757,12 @@ fn commit_slices<R: ReadKv>(
         let seq = next_id(tx, SYS_NEXT_SLICE, 1)?;
         existing.push(Slice { seq, ..slice.clone() });
         let existing = drop_hidden_slices(existing);
+        let inline_bytes: usize = existing.iter().map(|s| s.inline.len()).sum();
+        if inline && inline_bytes > INLINE_CHUNK_BYTES_MAX {
+            // Enough small writes live in this chunk's record: the client
+            // writes this one as blocks instead.
+            return Err(Errno::EFBIG.into());
+        }
         tx.put_rec(Cf::Chunks, key, &existing);
     }
     if size_at_least > inode.size {
@@ -858,7 +866,7 @@ mod tests {
     use sparefs_proto::layout::Slice;
 
     fn s(seq: u64, offset: u32, bytes: u32) -> Slice {
-        Slice { seq, offset, bytes, blocks: vec![] }
+        Slice { seq, offset, bytes, blocks: vec![], inline: vec![] }
     }
 
     #[test]
