@@ -259,27 +259,52 @@ impl DataClient {
 
     /// Stores the extents as new slices and commits them in one request.
     pub async fn write_extents(&self, ino: InodeId, policy: Policy, extents: &[(u64, Vec<u8>)]) -> Result<Attr> {
-        // Cut into slices (per chunk) and blocks (<= 4 MiB).
-        struct Part<'a> {
-            slice: usize,
+        // Cut into slices (per chunk). A slice of at least half a block gets
+        // blocks of its own; smaller ones are packed end to end into shared
+        // blocks, so a flush of many small random writes stores a few large
+        // blocks instead of one tiny block each.
+        struct Part {
             policy: Policy,
-            data: &'a [u8],
+            data: Vec<u8>,
         }
         let mut slices: Vec<(u64, Slice)> = Vec::new();
+        let mut slice_blocks: Vec<Vec<usize>> = Vec::new();
         let mut parts: Vec<Part> = Vec::new();
+        let mut pack: Option<usize> = None;
         let mut size_at_least = 0;
+        let block_max = BLOCK_BYTES_MAX as usize;
         for (offset, data) in extents {
             size_at_least = size_at_least.max(offset + data.len() as u64);
             let mut pos = 0usize;
             while pos < data.len() {
                 let (index, within) = chunk_of(offset + pos as u64);
                 let take = ((CHUNK_BYTES - within as u64) as usize).min(data.len() - pos);
-                for part in data[pos..pos + take].chunks(BLOCK_BYTES_MAX as usize) {
-                    parts.push(Part { slice: slices.len(), policy: block_policy(policy, part.len()), data: part });
+                let bytes = &data[pos..pos + take];
+                let mut slice = Slice { seq: 0, offset: within, bytes: take as u32, blocks: Vec::new(), block_offset: 0, inline: Vec::new() };
+                let mut uses = Vec::new();
+                if take >= block_max / 2 {
+                    for part in bytes.chunks(block_max) {
+                        parts.push(Part { policy, data: part.to_vec() });
+                        uses.push(parts.len() - 1);
+                    }
+                } else {
+                    let fits = pack.is_some_and(|p| parts[p].data.len() + take <= block_max);
+                    if !fits {
+                        parts.push(Part { policy, data: Vec::with_capacity(block_max) });
+                        pack = Some(parts.len() - 1);
+                    }
+                    let p = pack.ok_or_else(|| ClientError::Protocol("no pack".into()))?;
+                    slice.block_offset = parts[p].data.len() as u32;
+                    parts[p].data.extend_from_slice(bytes);
+                    uses.push(p);
                 }
-                slices.push((index, Slice { seq: 0, offset: within, bytes: take as u32, blocks: Vec::new(), inline: Vec::new() }));
+                slices.push((index, slice));
+                slice_blocks.push(uses);
                 pos += take;
             }
+        }
+        for part in parts.iter_mut() {
+            part.policy = block_policy(policy, part.data.len());
         }
         // One allocation per policy and up to 1024 blocks: a flush of many
         // small extents costs a few meta round trips, not one per block.
@@ -307,7 +332,7 @@ impl DataClient {
         for (batch, allocs) in parts.chunks(BLOCKS_IN_FLIGHT_MAX).zip(allocated.chunks(BLOCKS_IN_FLIGHT_MAX)) {
             let puts = batch.iter().zip(allocs).map(|(part, alloc)| {
                 let alloc = alloc.clone();
-                let (policy, data) = (part.policy, part.data);
+                let (policy, data) = (part.policy, part.data.as_slice());
                 async move {
                     let (id, cap, placement) = alloc.ok_or_else(|| ClientError::Protocol("unallocated block".into()))?;
                     self.put_block(id, &cap, &placement, policy, data).await
@@ -315,8 +340,12 @@ impl DataClient {
             });
             stored.extend(join_all(puts).await);
         }
-        for (part, r) in parts.iter().zip(stored) {
-            slices[part.slice].1.blocks.push(r?);
+        let mut refs = Vec::with_capacity(stored.len());
+        for r in stored {
+            refs.push(r?);
+        }
+        for ((_, slice), uses) in slices.iter_mut().zip(&slice_blocks) {
+            slice.blocks = uses.iter().map(|i| refs[*i].clone()).collect();
         }
         let attr = match self.meta.write(WriteOp::CommitSlices { ino, slices: slices.clone(), size_at_least }).await? {
             NsReply::Attr(a) => a,
@@ -343,7 +372,7 @@ impl DataClient {
                 let (index, within) = chunk_of(offset + pos as u64);
                 let take = ((CHUNK_BYTES - within as u64) as usize).min(data.len() - pos);
                 let bytes = data[pos..pos + take].to_vec();
-                slices.push((index, Slice { seq: 0, offset: within, bytes: take as u32, blocks: Vec::new(), inline: bytes }));
+                slices.push((index, Slice { seq: 0, offset: within, bytes: take as u32, blocks: Vec::new(), block_offset: 0, inline: bytes }));
                 pos += take;
             }
         }
@@ -368,7 +397,7 @@ impl DataClient {
         while pos < end {
             let (index, within) = chunk_of(pos);
             let take = (CHUNK_BYTES - within as u64).min(end - pos);
-            slices.push((index, Slice { seq: 0, offset: within, bytes: take as u32, blocks: Vec::new(), inline: Vec::new() }));
+            slices.push((index, Slice { seq: 0, offset: within, bytes: take as u32, blocks: Vec::new(), block_offset: 0, inline: Vec::new() }));
             pos += take;
         }
         let attr = match self.meta.write(WriteOp::CommitSlices { ino, slices: slices.clone(), size_at_least: 0 }).await? {

@@ -68,7 +68,8 @@ pub fn resolve(slices: &[Slice], start: u32, end: u32) -> Vec<Piece<'_>> {
                     out.push(Piece { start: rs, len: re - rs, source: Source::Zeros });
                     continue;
                 }
-                // Split at block boundaries inside the slice.
+                // Split at block boundaries inside the slice's blocks.
+                off += s.block_offset;
                 let mut pos = rs;
                 let mut base = 0u32;
                 for b in &s.blocks {
@@ -109,27 +110,33 @@ mod tests {
                 checksum: [0; 32],
             })
             .collect();
-        Slice { seq, offset, bytes: sizes.iter().sum(), blocks, inline: vec![] }
+        Slice { seq, offset, bytes: sizes.iter().sum(), blocks, block_offset: 0, inline: vec![] }
     }
 
     proptest! {
         #[test]
-        fn matches_byte_by_byte_painting(specs in proptest::collection::vec((0u32..200, proptest::collection::vec(1u32..40, 0..4)), 0..8), a in 0u32..300, span in 0u32..300) {
-            let slices: Vec<Slice> = specs.iter().enumerate().map(|(i, (off, sizes))| {
-                if sizes.is_empty() { Slice { seq: i as u64, offset: *off, bytes: 30, blocks: vec![], inline: vec![] } } else { mk(i as u64, *off, sizes, 100 * i as u64) }
+        fn matches_byte_by_byte_painting(specs in proptest::collection::vec((0u32..200, proptest::collection::vec(1u32..40, 0..4), 0u32..10), 0..8), a in 0u32..300, span in 0u32..300) {
+            let slices: Vec<Slice> = specs.iter().enumerate().map(|(i, (off, sizes, skip))| {
+                if sizes.is_empty() { return Slice { seq: i as u64, offset: *off, bytes: 30, blocks: vec![], block_offset: 0, inline: vec![] }; }
+                let mut s = mk(i as u64, *off, sizes, 100 * i as u64);
+                // Packed: the slice starts `skip` bytes into its blocks.
+                let skip = (*skip).min(s.bytes - 1);
+                s.block_offset = skip;
+                s.bytes -= skip;
+                s
             }).collect();
             let end = a + span;
             // The model: paint each byte with (block id, offset in block).
             let mut model: Vec<Option<(u64, u32)>> = vec![None; 600];
             for s in &slices {
-                let mut pos = s.offset;
                 if s.blocks.is_empty() {
                     for x in s.offset..s.offset + s.bytes { model[x as usize] = None; }
                     continue;
                 }
-                for b in &s.blocks {
-                    for o in 0..b.bytes { model[(pos + o) as usize] = Some((b.id.0, o)); }
-                    pos += b.bytes;
+                // Concatenated block bytes, then the slice's window of them.
+                let concat: Vec<(u64, u32)> = s.blocks.iter().flat_map(|b| (0..b.bytes).map(move |o| (b.id.0, o))).collect();
+                for x in 0..s.bytes {
+                    model[(s.offset + x) as usize] = Some(concat[(s.block_offset + x) as usize]);
                 }
             }
             let pieces = resolve(&slices, a, end);

@@ -75,6 +75,9 @@ pub struct Slice {
     pub offset: u32,
     pub bytes: u32,
     pub blocks: Vec<BlockRef>,
+    /// Where the slice's first byte is in its blocks (laid end to end):
+    /// small slices of one flush share a packed block.
+    pub block_offset: u32,
     /// Small writes carried in the Raft entry itself (then `blocks` is
     /// empty): replicated by the meta group, durable when committed.
     /// Neither blocks nor inline bytes: a hole.

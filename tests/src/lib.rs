@@ -216,11 +216,15 @@ impl MetaCluster {
 
     /// Starts (or restarts) chunkserver `n` with `--limit`.
     pub fn spawn_chunkserver(&mut self, n: u64, limit: &str) -> anyhow::Result<()> {
+        self.spawn_chunkserver_with(n, limit, "0")
+    }
+
+    pub fn spawn_chunkserver_with(&mut self, n: u64, limit: &str, reserve: &str) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(format!("cs{n}.log")))?;
         let child = Command::new(sparefs_bin())
             .args(["chunkserver", "--dir"])
             .arg(self.chunkserver_dir(n))
-            .args(["--limit", limit, "--reserve", "0", "--meta", &self.meta_list(), "--listen", &self.chunkserver_address(n)])
+            .args(["--limit", limit, "--reserve", reserve, "--meta", &self.meta_list(), "--listen", &self.chunkserver_address(n)])
             .stdout(log.try_clone()?)
             .stderr(log)
             .stdin(Stdio::null())

@@ -3,6 +3,7 @@
 //! flipped bytes in a fragment file, and ENOSPC at the cluster's limit.
 
 use sparefs_client::{DataClient, OpenFile};
+use sparefs_proto::namespace::{NsReply, ReadOp};
 use sparefs_proto::{Errno, InodeId};
 use sparefs_tests::MetaCluster;
 use std::sync::Arc;
@@ -115,4 +116,21 @@ async fn writing_past_capacity_is_enospc_and_damages_nothing() {
     }
     assert!(hit_enospc, "never ran out of space at a 3 x 24 MiB limit");
     assert_eq!(get(&data, ino).await, keep, "data written before the cluster filled is intact");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reserve_keeps_host_space_free() {
+    // Chunkservers told to leave (nearly) the whole host filesystem free
+    // report themselves full: writes fail with ENOSPC, nothing else breaks.
+    let mut c = MetaCluster::start(1).expect("start meta");
+    c.wait_leader(Duration::from_secs(15)).await.expect("leader");
+    for n in 1..=3 {
+        c.spawn_chunkserver_with(n, "100%", "100%").expect("chunkserver");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let data = Arc::new(DataClient::new(Arc::new(c.client())));
+    let e = put(&data, "big", &pattern(8 * 1024 * 1024, 4)).await.expect_err("a write into reserved space");
+    assert_eq!(e.errno(), Errno::ENOSPC, "{e}");
+    let NsReply::Chunkservers(list) = data.meta.read(ReadOp::ListChunkservers).await.expect("list") else { panic!("reply") };
+    assert!(list.iter().all(|s| s.state == sparefs_proto::layout::ChunkserverState::Full), "{list:?}");
 }

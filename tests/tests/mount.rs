@@ -252,3 +252,33 @@ async fn locks_are_held_in_the_meta_and_released_when_a_mount_dies() {
     // A released lock on a live mount is free at once.
     assert!(try_lock(&b.join("db"), "fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nfcntl.lockf(f, fcntl.LOCK_UN)"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mount_helper_mounts_like_mount_8_calls_it() {
+    let (c, _) = fs_cluster(1, 0).await.expect("cluster");
+    // mount(8) runs /sbin/mount.sparefs SPEC DIR -o OPTIONS; a symlink with
+    // that name to the binary is the helper.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let helper = tmp.path().join("mount.sparefs");
+    std::os::unix::fs::symlink(sparefs_tests::sparefs_bin(), &helper).expect("symlink");
+    let dir = tmp.path().join("mnt");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let log = tmp.path().join("helper.log");
+    let status = Command::new(&helper)
+        .arg(c.meta_list())
+        .arg(&dir)
+        .args(["-o", &format!("rw,_netdev,timeout=5,log={}", log.display())])
+        .status()
+        .expect("run helper");
+    assert!(status.success(), "mount.sparefs failed");
+    assert!(is_mounted(&dir), "not mounted after the helper returned");
+    std::fs::write(dir.join("via-helper"), b"ok").expect("write");
+    assert_eq!(std::fs::read(dir.join("via-helper")).expect("read"), b"ok");
+    let st = Command::new("umount").arg(&dir).status().expect("umount");
+    assert!(st.success(), "umount failed");
+    let start = Instant::now();
+    while is_mounted(&dir) {
+        assert!(start.elapsed() < Duration::from_secs(10), "still mounted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -141,6 +141,8 @@ pub fn read<K: ReadKv>(kv: &K, c: &Caller, op: &ReadOp, live: &dyn ChunkserverLi
             let up: std::collections::HashSet<ChunkserverId> =
                 chunkservers(kv, live)?.into_iter().filter(|s| matches!(s.state, ChunkserverState::Up | ChunkserverState::Full)).map(|s| s.id).collect();
             let (mut protected, mut degraded, mut unreadable) = (0, 0, 0);
+            // Packed blocks are shared by several slices: count each once.
+            let mut seen = std::collections::HashSet::new();
             let mut from = Vec::new();
             loop {
                 let page = kv.scan(Cf::Chunks, &[], &from, 1024)?;
@@ -148,6 +150,9 @@ pub fn read<K: ReadKv>(kv: &K, c: &Caller, op: &ReadOp, live: &dyn ChunkserverLi
                 for (k, v) in &page {
                     let slices: Vec<Slice> = decode(Cf::Chunks, v)?;
                     for b in slices.iter().flat_map(|s| s.blocks.iter()) {
+                        if !seen.insert(b.id) {
+                            continue;
+                        }
                         let alive = b.fragments.iter().filter(|f| up.contains(f)).count();
                         let need = match b.policy {
                             Policy::Rep { .. } => 1,

@@ -715,7 +715,7 @@ fn truncate_layout<R: ReadKv>(tx: &mut Tx<R>, ino: InodeId, size: u64, old_size:
         let key = chunk_key(ino, index);
         if let Some(mut slices) = tx.get_rec::<Vec<Slice>>(Cf::Chunks, &key)? {
             let seq = next_id(tx, SYS_NEXT_SLICE, 1)?;
-            slices.push(Slice { seq, offset: within as u32, bytes: (CHUNK_BYTES - within) as u32, blocks: Vec::new(), inline: Vec::new() });
+            slices.push(Slice { seq, offset: within as u32, bytes: (CHUNK_BYTES - within) as u32, blocks: Vec::new(), block_offset: 0, inline: Vec::new() });
             tx.put_rec(Cf::Chunks, key, &drop_hidden_slices(slices));
         }
     }
@@ -746,21 +746,33 @@ fn commit_slices<R: ReadKv>(
         let inline = !slice.inline.is_empty();
         let hole = slice.blocks.is_empty() && !inline;
         let inline_ok = !inline || (slice.blocks.is_empty() && slice.inline.len() == slice.bytes as usize && slice.inline.len() <= INLINE_SLICE_BYTES_MAX);
-        if end > CHUNK_BYTES || slice.bytes == 0 || (!hole && !inline && blocks_bytes != slice.bytes as u64) || !blocks_ok || !inline_ok {
+        let blocks_cover = blocks_bytes >= slice.block_offset as u64 + slice.bytes as u64;
+        if end > CHUNK_BYTES || slice.bytes == 0 || (!hole && !inline && !blocks_cover) || !blocks_ok || !inline_ok {
             return Err(Errno::EINVAL.into());
         }
         if index.saturating_mul(CHUNK_BYTES) > FILE_BYTES_MAX {
             return Err(Errno::EFBIG.into());
         }
-        let key = chunk_key(ino, *index);
+    }
+    // One read, prune and write of each chunk record, however many slices
+    // a flush brings (a random-write flush brings thousands).
+    let mut by_chunk: std::collections::BTreeMap<u64, Vec<&Slice>> = std::collections::BTreeMap::new();
+    for (index, slice) in slices {
+        by_chunk.entry(*index).or_default().push(slice);
+    }
+    for (index, new) in by_chunk {
+        let key = chunk_key(ino, index);
         let mut existing: Vec<Slice> = tx.get_rec(Cf::Chunks, &key)?.unwrap_or_default();
-        let seq = next_id(tx, SYS_NEXT_SLICE, 1)?;
-        existing.push(Slice { seq, ..slice.clone() });
+        let first = next_id(tx, SYS_NEXT_SLICE, new.len() as u64)?;
+        let any_inline = new.iter().any(|s| !s.inline.is_empty());
+        for (i, s) in new.into_iter().enumerate() {
+            existing.push(Slice { seq: first + i as u64, ..s.clone() });
+        }
         let existing = drop_hidden_slices(existing);
         let inline_bytes: usize = existing.iter().map(|s| s.inline.len()).sum();
-        if inline && inline_bytes > INLINE_CHUNK_BYTES_MAX {
+        if any_inline && inline_bytes > INLINE_CHUNK_BYTES_MAX {
             // Enough small writes live in this chunk's record: the client
-            // writes this one as blocks instead.
+            // writes these as blocks instead.
             return Err(Errno::EFBIG.into());
         }
         tx.put_rec(Cf::Chunks, key, &existing);
@@ -866,7 +878,7 @@ mod tests {
     use sparefs_proto::layout::Slice;
 
     fn s(seq: u64, offset: u32, bytes: u32) -> Slice {
-        Slice { seq, offset, bytes, blocks: vec![], inline: vec![] }
+        Slice { seq, offset, bytes, blocks: vec![], block_offset: 0, inline: vec![] }
     }
 
     #[test]
