@@ -51,12 +51,15 @@ impl Dirty {
     fn add(&mut self, offset: u64, data: &[u8]) {
         let mut start = offset;
         let mut end = offset + data.len() as u64;
-        let touching: Vec<u64> = self
-            .extents
-            .range(..=end)
-            .filter(|(o, d)| **o + d.len() as u64 >= start)
-            .map(|(o, _)| *o)
-            .collect();
+        // Extents are disjoint: only the one starting before `start` and
+        // those starting inside [start, end] can touch the new bytes.
+        let mut touching: Vec<u64> = Vec::new();
+        if let Some((o, d)) = self.extents.range(..start).next_back() {
+            if *o + d.len() as u64 >= start {
+                touching.push(*o);
+            }
+        }
+        touching.extend(self.extents.range(start..=end).map(|(o, _)| *o));
         for o in &touching {
             let d = &self.extents[o];
             start = start.min(*o);
@@ -76,7 +79,12 @@ impl Dirty {
     }
 
     fn overlaps(&self, offset: u64, len: u64) -> bool {
-        self.extents.range(..offset + len).any(|(o, d)| o + d.len() as u64 > offset)
+        if let Some((o, d)) = self.extents.range(..offset + len).next_back() {
+            // The last extent starting before the end is the only candidate
+            // that can reach `offset` (extents are disjoint and sorted).
+            return o + d.len() as u64 > offset;
+        }
+        false
     }
 }
 

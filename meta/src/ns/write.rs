@@ -795,25 +795,29 @@ fn commit_slices<R: ReadKv>(
 pub fn drop_hidden_slices(slices: Vec<Slice>) -> Vec<Slice> {
     let mut order: Vec<usize> = (0..slices.len()).collect();
     order.sort_by_key(|i| std::cmp::Reverse(slices[*i].seq));
-    // Disjoint covered intervals [a, b), sorted by start.
-    let mut covered: Vec<(u64, u64)> = Vec::new();
+    // Disjoint, non-adjacent covered intervals: start -> end (exclusive).
+    let mut covered: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
     let mut keep = vec![false; slices.len()];
     for i in order {
         let (a, b) = (slices[i].offset as u64, slices[i].offset as u64 + slices[i].bytes as u64);
-        let hidden = covered.iter().any(|(ca, cb)| *ca <= a && b <= *cb);
+        let hidden = covered.range(..=a).next_back().is_some_and(|(_, end)| *end >= b);
         keep[i] = !hidden;
         if !hidden {
-            // Insert and merge.
-            covered.push((a, b));
-            covered.sort_unstable();
-            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(covered.len());
-            for (ca, cb) in covered.drain(..) {
-                match merged.last_mut() {
-                    Some(last) if ca <= last.1 => last.1 = last.1.max(cb),
-                    _ => merged.push((ca, cb)),
+            // Insert [a, b) and merge every interval it touches.
+            let (mut start, mut end) = (a, b);
+            if let Some((s, e)) = covered.range(..=a).next_back().map(|(s, e)| (*s, *e)) {
+                if e >= a {
+                    start = s;
+                    end = end.max(e);
                 }
             }
-            covered = merged;
+            let inside: Vec<u64> = covered.range(start..=end).map(|(s, _)| *s).collect();
+            for s in inside {
+                if let Some(e) = covered.remove(&s) {
+                    end = end.max(e);
+                }
+            }
+            covered.insert(start, end);
         }
     }
     slices.into_iter().zip(keep).filter(|(_, k)| *k).map(|(s, _)| s).collect()
