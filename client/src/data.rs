@@ -259,6 +259,13 @@ impl DataClient {
 
     /// Stores the extents as new slices and commits them in one request.
     pub async fn write_extents(&self, ino: InodeId, policy: Policy, extents: &[(u64, Vec<u8>)]) -> Result<Attr> {
+        let (slices, size_at_least) = self.store_extents(policy, extents).await?;
+        self.commit(ino, slices, size_at_least).await
+    }
+
+    /// Stores the extents' blocks (durable on their chunkservers when this
+    /// returns) and gives the slices to commit and the size they imply.
+    pub async fn store_extents(&self, policy: Policy, extents: &[(u64, Vec<u8>)]) -> Result<(Vec<(u64, Slice)>, u64)> {
         // Cut into slices (per chunk). A slice of at least half a block gets
         // blocks of its own; smaller ones are packed end to end into shared
         // blocks, so a flush of many small random writes stores a few large
@@ -347,6 +354,11 @@ impl DataClient {
         for ((_, slice), uses) in slices.iter_mut().zip(&slice_blocks) {
             slice.blocks = uses.iter().map(|i| refs[*i].clone()).collect();
         }
+        Ok((slices, size_at_least))
+    }
+
+    /// Makes stored slices visible in one meta request.
+    pub async fn commit(&self, ino: InodeId, slices: Vec<(u64, Slice)>, size_at_least: u64) -> Result<Attr> {
         let attr = match self.meta.write(WriteOp::CommitSlices { ino, slices: slices.clone(), size_at_least }).await? {
             NsReply::Attr(a) => a,
             other => return Err(ClientError::Protocol(format!("commit reply {other:?}"))),

@@ -23,10 +23,12 @@ pub struct OpenFile {
     policy: tokio::sync::OnceCell<Policy>,
     state: Mutex<Dirty>,
     ahead: std::sync::Mutex<ReadAhead>,
+    /// `state.size`, readable without waiting for the state lock.
+    size_now: std::sync::atomic::AtomicU64,
 }
 
 /// Bytes fetched ahead of a sequential reader.
-pub const READ_AHEAD_BYTES: usize = 8 * 1024 * 1024;
+pub const READ_AHEAD_BYTES: usize = 16 * 1024 * 1024;
 
 /// Sequential-read detection and the window fetched ahead of it.
 #[derive(Default)]
@@ -37,6 +39,17 @@ struct ReadAhead {
     window: Option<(u64, usize, tokio::sync::watch::Receiver<Option<Arc<Vec<u8>>>>)>,
 }
 
+/// Background flushes in flight per file: while the next 16 MiB gathers,
+/// up to this many earlier ones are being stored.
+pub const FLUSHES_IN_FLIGHT_MAX: usize = 2;
+
+/// A flush running in the background: the extents it carries (reads that
+/// overlap them wait for it) and its outcome.
+struct Inflight {
+    extents: Arc<Vec<(u64, Vec<u8>)>>,
+    done: tokio::task::JoinHandle<Result<Attr>>,
+}
+
 #[derive(Default)]
 struct Dirty {
     /// Non-overlapping extents by offset.
@@ -44,6 +57,14 @@ struct Dirty {
     bytes: usize,
     /// Size of the file as this handle knows it (grows with buffered writes).
     size: u64,
+    /// Oldest first.
+    inflight: std::collections::VecDeque<Inflight>,
+    /// Completes when the newest background flush has committed: commits
+    /// happen in flush order, so a later write always wins.
+    last_commit: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// The first failure of a background flush, reported by the next
+    /// flush/fsync/close (as the kernel reports writeback errors).
+    error: Option<ClientError>,
 }
 
 impl Dirty {
@@ -78,6 +99,10 @@ impl Dirty {
         self.size = self.size.max(end);
     }
 
+    fn overlaps_inflight(&self, offset: u64, len: u64) -> bool {
+        self.inflight.iter().any(|f| f.extents.iter().any(|(o, d)| *o < offset + len && o + d.len() as u64 > offset))
+    }
+
     fn overlaps(&self, offset: u64, len: u64) -> bool {
         if let Some((o, d)) = self.extents.range(..offset + len).next_back() {
             // The last extent starting before the end is the only candidate
@@ -97,6 +122,7 @@ impl OpenFile {
             policy: tokio::sync::OnceCell::new(),
             state: Mutex::new(Dirty { size: attr.size, ..Default::default() }),
             ahead: std::sync::Mutex::new(ReadAhead::default()),
+            size_now: std::sync::atomic::AtomicU64::new(attr.size),
         })
     }
 
@@ -104,22 +130,66 @@ impl OpenFile {
         self.drop_window();
         let mut st = self.state.lock().await;
         st.add(offset, buf);
+        self.publish_size(&st);
         if st.bytes >= DIRTY_BYTES_MAX {
-            self.flush_locked(&mut st).await?;
+            while st.inflight.len() >= FLUSHES_IN_FLIGHT_MAX {
+                Self::reap_oldest(&mut st).await;
+            }
+            self.flush_in_background(&mut st).await?;
         }
+        Ok(())
+    }
+
+    /// Waits for the oldest background flush and records its outcome.
+    async fn reap_oldest(st: &mut Dirty) {
+        let Some(f) = st.inflight.pop_front() else { return };
+        match f.done.await {
+            Ok(Ok(attr)) => st.size = st.size.max(attr.size),
+            Ok(Err(e)) => {
+                st.error.get_or_insert(e);
+            }
+            Err(e) => {
+                st.error.get_or_insert(ClientError::Protocol(format!("background flush: {e}")));
+            }
+        }
+    }
+
+    /// Hands the buffered extents to a task that stores their blocks and
+    /// commits them after every earlier flush has committed.
+    async fn flush_in_background(&self, st: &mut Dirty) -> Result<()> {
+        let policy = *self.policy.get_or_try_init(|| self.data.policy_of(self.ino)).await?;
+        let extents: Arc<Vec<(u64, Vec<u8>)>> = Arc::new(std::mem::take(&mut st.extents).into_iter().collect());
+        st.bytes = 0;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let prev = st.last_commit.replace(rx);
+        let (data, ino, ext) = (self.data.clone(), self.ino, extents.clone());
+        let done = tokio::spawn(async move {
+            let stored = data.store_extents(policy, &ext).await;
+            if let Some(prev) = prev {
+                let _ = prev.await;
+            }
+            let r = match stored {
+                Ok((slices, size)) => data.commit(ino, slices, size).await,
+                Err(e) => Err(e),
+            };
+            let _ = tx.send(());
+            r
+        });
+        st.inflight.push_back(Inflight { extents, done });
+        self.drop_window();
         Ok(())
     }
 
     /// Reads through the meta's size unless this handle wrote past it.
     pub async fn read(&self, offset: u64, len: usize, meta_size: u64) -> Result<Vec<u8>> {
         let mut st = self.state.lock().await;
-        if st.overlaps(offset, len as u64) {
+        if st.overlaps(offset, len as u64) || st.overlaps_inflight(offset, len as u64) {
             self.flush_locked(&mut st).await?;
         }
         let size = if meta_size == 0 { st.size } else { meta_size.max(st.size) };
         // Buffered writes elsewhere in the file: the store is not current,
         // so neither reading ahead nor an old window may be trusted.
-        let dirty = !st.extents.is_empty();
+        let dirty = !st.extents.is_empty() || !st.inflight.is_empty();
         drop(st);
         if dirty {
             self.drop_window();
@@ -209,6 +279,13 @@ impl OpenFile {
     }
 
     async fn flush_locked(&self, st: &mut Dirty) -> Result<Option<Attr>> {
+        while !st.inflight.is_empty() {
+            Self::reap_oldest(st).await;
+        }
+        st.last_commit = None;
+        if let Some(e) = st.error.take() {
+            return Err(e);
+        }
         if st.extents.is_empty() {
             return Ok(None);
         }
@@ -234,6 +311,7 @@ impl OpenFile {
         st.extents.clear();
         st.bytes = 0;
         st.size = attr.size;
+        self.publish_size(st);
         Ok(Some(attr))
     }
 
@@ -257,6 +335,7 @@ impl OpenFile {
         }
         st.bytes = st.extents.values().map(|d| d.len()).sum();
         st.size = size;
+        self.publish_size(&st);
         self.data.invalidate(self.ino);
         drop(st);
         self.drop_window();
@@ -265,11 +344,16 @@ impl OpenFile {
     /// The size this handle knows (meta size at open plus its own writes).
     /// Non-blocking: a busy handle reports 0 and the caller uses the meta's.
     pub fn known_size(&self) -> u64 {
-        self.state.try_lock().map(|s| s.size).unwrap_or(0)
+        self.size_now.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn publish_size(&self, st: &Dirty) {
+        self.size_now.store(st.size, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub async fn dirty(&self) -> bool {
-        !self.state.lock().await.extents.is_empty()
+        let st = self.state.lock().await;
+        !st.extents.is_empty() || !st.inflight.is_empty()
     }
 }
 

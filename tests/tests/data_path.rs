@@ -134,3 +134,27 @@ async fn reserve_keeps_host_space_free() {
     let NsReply::Chunkservers(list) = data.meta.read(ReadOp::ListChunkservers).await.expect("list") else { panic!("reply") };
     assert!(list.iter().all(|s| s.state == sparefs_proto::layout::ChunkserverState::Full), "{list:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn background_flushes_commit_in_order_and_reads_see_the_newest_bytes() {
+    let (_c, data) = cluster("2G").await;
+    let attr = data.meta.create(InodeId::ROOT, b"pipelined", 0o644, true).await.expect("create");
+    let f = OpenFile::open(data.clone(), &attr).await.expect("open");
+    let mut model = pattern(50 * 1024 * 1024, 7);
+    // 50 MiB in 1 MiB writes: several flushes run in the background.
+    for (i, piece) in model.chunks(1024 * 1024).enumerate() {
+        f.write(i as u64 * 1024 * 1024, piece).await.expect("write");
+    }
+    // Overwrite ranges that earlier background flushes carry: the later
+    // bytes must win once everything is committed.
+    for (off, seed) in [(1_000_000usize, 11u64), (17_000_000, 12), (33_554_000, 13)] {
+        let patch = pattern(3_000_000, seed);
+        f.write(off as u64, &patch).await.expect("overwrite");
+        model[off..off + patch.len()].copy_from_slice(&patch);
+    }
+    // A read overlapping in-flight data waits for it and sees the newest bytes.
+    let got = f.read(16_999_000, 10_000, 0).await.expect("read in flight");
+    assert_eq!(got, model[16_999_000..17_009_000].to_vec());
+    f.flush().await.expect("flush");
+    assert_eq!(get(&data, attr.ino).await, model);
+}
