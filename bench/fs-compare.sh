@@ -49,7 +49,7 @@ for l in labels:
         parts = line.split()
         if len(parts) == 3:
             rows.setdefault(parts[1], {})[l] = float(parts[2])
-lower_better = lambda m: m.endswith("_s")
+lower_better = lambda m: m.endswith("_s") and not m.endswith("_per_s")
 lines = ["| metric | local | moosefs | sparefs | sparefs/local | sparefs/moosefs |", "|---|---|---|---|---|---|"]
 for m, v in rows.items():
     s = v.get("sparefs")

@@ -529,7 +529,10 @@ impl Driver {
         self.outbox.send(light.take_messages());
         let results = self.apply_entries(&mut batch, light.take_committed_entries())?;
         if !batch.is_empty() {
-            self.store.write_synced(batch)?;
+            // Not synced: it holds only the commit index and applied state,
+            // both derivable again from the synced log of a majority; they
+            // land atomically together, so a crash loses both or neither.
+            self.store.write_unsynced(batch)?;
         }
         self.deliver(results);
         self.raw.advance_apply();

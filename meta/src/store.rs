@@ -160,6 +160,14 @@ impl Store {
         Ok(())
     }
 
+    /// Writes a batch through the WAL without waiting for the disk.
+    pub fn write_unsynced(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut o = WriteOptions::default();
+        o.set_sync(false);
+        self.db.write_opt(batch, &o)?;
+        Ok(())
+    }
+
     pub fn put_writes(&self, batch: &mut WriteBatch, writes: std::collections::BTreeMap<(Cf, Vec<u8>), Option<Vec<u8>>>) {
         for ((cf, k), v) in writes {
             match v {

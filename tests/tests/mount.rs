@@ -41,6 +41,23 @@ print(db.execute('pragma integrity_check').fetchone()[0], db.execute('select cou
 \"",
     );
     assert_eq!(ok.trim(), "ok 6667", "sqlite integrity check");
+
+    // A file over 4 GiB: sparse, with data past the 32-bit boundary.
+    let big = m.join("big.img");
+    let f = std::fs::OpenOptions::new().create(true).read(true).write(true).open(&big).expect("create");
+    let at = 5u64 << 30;
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 241) as u8).collect();
+    std::os::unix::fs::FileExt::write_all_at(&f, &data, at).expect("write at 5 GiB");
+    f.sync_all().expect("fsync");
+    drop(f);
+    let f = std::fs::File::open(&big).expect("reopen");
+    assert_eq!(f.metadata().expect("stat").len(), at + data.len() as u64);
+    let mut back = vec![0u8; data.len()];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut back, at).expect("read at 5 GiB");
+    assert_eq!(back, data);
+    let mut hole = vec![1u8; 4096];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut hole, 3 << 30).expect("read the hole");
+    assert!(hole.iter().all(|b| *b == 0), "a hole reads as zeros");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
