@@ -388,16 +388,7 @@ impl DataClient {
                 pos += take;
             }
         }
-        let attr = match self.meta.write(WriteOp::CommitSlices { ino, slices: slices.clone(), size_at_least }).await? {
-            NsReply::Attr(a) => a,
-            other => return Err(ClientError::Protocol(format!("commit reply {other:?}"))),
-        };
-        if let Ok(mut c) = self.chunks.lock() {
-            for (index, _) in &slices {
-                c.remove(&(ino, *index));
-            }
-        }
-        Ok(attr)
+        self.commit(ino, slices, size_at_least).await
     }
 
     /// Makes `[offset, offset + len)` read as zeros (a hole slice per
@@ -412,16 +403,7 @@ impl DataClient {
             slices.push((index, Slice { seq: 0, offset: within, bytes: take as u32, blocks: Vec::new(), block_offset: 0, inline: Vec::new() }));
             pos += take;
         }
-        let attr = match self.meta.write(WriteOp::CommitSlices { ino, slices: slices.clone(), size_at_least: 0 }).await? {
-            NsReply::Attr(a) => a,
-            other => return Err(ClientError::Protocol(format!("commit reply {other:?}"))),
-        };
-        if let Ok(mut c) = self.chunks.lock() {
-            for (index, _) in &slices {
-                c.remove(&(ino, *index));
-            }
-        }
-        Ok(attr)
+        self.commit(ino, slices, 0).await
     }
 
     pub async fn policy_of(&self, ino: InodeId) -> Result<Policy> {

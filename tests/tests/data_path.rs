@@ -69,10 +69,21 @@ async fn degraded_reads_survive_a_killed_chunkserver_and_flipped_bytes() {
     assert_eq!(get(&data, ino_small).await, small);
 
     c.spawn_chunkserver(2, "1G").expect("restart");
+    // Its old heartbeat may still read as up: wait until it really serves
+    // (listening, and registered a moment later).
+    let addr = c.chunkserver_address(2);
+    let start = std::time::Instant::now();
+    while tokio::net::TcpStream::connect(&addr).await.is_err() {
+        assert!(start.elapsed() < Duration::from_secs(15), "restarted chunkserver never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     c.wait_chunkservers(3, Duration::from_secs(15)).await.expect("back");
-    // Flip a byte in the middle of every fragment file of one chunkserver.
+    // Flip a byte in fragment 0 of every block (a data shard, or the first
+    // copy), wherever it lives: every read must notice and decode around it.
     let mut flipped = 0;
-    for entry in walk(&c.chunkserver_dir(1).join("fragments")) {
+    let files: Vec<_> = (1..=3).flat_map(|n| walk(&c.chunkserver_dir(n).join("fragments"))).filter(|p| p.extension().is_some_and(|e| e == "0")).collect();
+    for entry in files {
         let mut bytes = std::fs::read(&entry).expect("read fragment");
         let at = bytes.len() - 100;
         bytes[at] ^= 0x5a;
