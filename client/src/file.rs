@@ -199,7 +199,7 @@ impl OpenFile {
             return Ok(hit);
         }
         let out = self.data.read(self.ino, size, offset, len).await?;
-        self.maybe_read_ahead(offset + out.len() as u64, size);
+        self.maybe_read_ahead(offset, offset + out.len() as u64, size);
         Ok(out)
     }
 
@@ -226,18 +226,19 @@ impl OpenFile {
             return None;
         }
         let out = data[a..b].to_vec();
-        self.maybe_read_ahead(offset + out.len() as u64, size);
+        self.maybe_read_ahead(offset, offset + out.len() as u64, size);
         Some(out)
     }
 
     /// After a read ending at `next`: if reads are sequential and the window
     /// ends within one window of `next`, fetch the following window.
-    fn maybe_read_ahead(&self, next: u64, size: u64) {
+    fn maybe_read_ahead(&self, start: u64, next: u64, size: u64) {
         let Ok(mut ra) = self.ahead.lock() else { return };
-        let sequential = ra.next != 0 && next > ra.next && next - ra.next <= READ_AHEAD_BYTES as u64;
-        let prev = ra.next;
+        // Only a read that starts exactly where the previous one ended is
+        // sequential (a file read from its start counts).
+        let sequential = start == ra.next;
         ra.next = next;
-        if !sequential && prev != 0 {
+        if !sequential {
             return;
         }
         let window_end = ra.window.as_ref().map(|(s, l, _)| s + *l as u64).unwrap_or(0);
