@@ -201,8 +201,7 @@ impl DataClient {
                 }
                 Err(ClientError::DataUnavailable(format!("no copy of block {} readable: {last}", block.id)))
             }
-            Policy::Ec { data, .. } => {
-                let k = data as usize;
+            Policy::Ec { .. } => {
                 let shard = sparefs_erasure::fragment_len(policy, block.bytes as usize) as u32;
                 // The data shards the range touches, and the range in each.
                 let first = (boff / shard) as usize;
@@ -233,7 +232,6 @@ impl DataClient {
                     let b = if s == last { (boff + len - 1) % shard + 1 - lo } else { hi - lo };
                     out.extend_from_slice(&piece[a as usize..b as usize]);
                 }
-                let _ = k;
                 Ok(out)
             }
         }

@@ -54,7 +54,6 @@ impl Server {
             }
             Request::Raft { .. } => Err(RpcError::BadRequest("raft messages are one-way".into())),
             Request::PutFragment { .. } | Request::GetFragment { .. } => {
-                // (fragment requests)
                 Err(RpcError::BadRequest("fragment requests go to chunkservers, not the meta".into()))
             }
             Request::SnapshotPiece { index, cf, after } => {

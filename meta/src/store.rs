@@ -119,7 +119,6 @@ impl Store {
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES).ok();
         let opts = db_options(create, &cache);
         let cfs = cf_names().into_iter().map(|n| ColumnFamilyDescriptor::new(n, db_options(create, &cache)));
-        let _ = create;
         let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)
             .map_err(|source| OpenError::Rocks { dir: dir.to_path_buf(), source })?;
         Ok(Store { db, dir: dir.to_path_buf() })
