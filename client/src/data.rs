@@ -39,6 +39,9 @@ pub struct DataClient {
     servers: Mutex<HashMap<ChunkserverId, String>>,
     conns: Mutex<HashMap<String, Arc<Conn>>>,
     chunks: Mutex<HashMap<(InodeId, u64), (Instant, ChunkMap)>>,
+    /// Bumped by every invalidation: a chunk map fetched across one is not
+    /// cached (it may predate the change that invalidated the cache).
+    chunks_epoch: std::sync::atomic::AtomicU64,
     /// Count of fragments found bad (reported by chunkservers) on reads.
     pub bad_fragments: std::sync::atomic::AtomicU64,
 }
@@ -62,6 +65,7 @@ impl DataClient {
             servers: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             chunks: Mutex::new(HashMap::new()),
+            chunks_epoch: std::sync::atomic::AtomicU64::new(0),
             bad_fragments: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -111,6 +115,7 @@ impl DataClient {
     /// Forgets cached chunk maps of `ino` (close-to-open: called on open).
     pub fn invalidate(&self, ino: InodeId) {
         if let Ok(mut c) = self.chunks.lock() {
+            self.chunks_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             c.retain(|(i, _), _| *i != ino);
         }
     }
@@ -121,16 +126,20 @@ impl DataClient {
                 return Ok(map);
             }
         }
+        let epoch = self.chunks_epoch.load(std::sync::atomic::Ordering::SeqCst);
         let NsReply::Chunk { slices, capabilities } = self.meta.read(ReadOp::ReadChunk { ino, index }).await? else {
             return Err(ClientError::Protocol("chunk map".into()));
         };
         let caps: HashMap<BlockId, Capability> = capabilities.into_iter().map(|c| (c.block, c)).collect();
         let map = (Arc::new(slices), Arc::new(caps));
         if let Ok(mut c) = self.chunks.lock() {
-            if c.len() >= CHUNK_CACHE_MAX {
-                c.clear();
+            // Checked under the lock that invalidations take.
+            if self.chunks_epoch.load(std::sync::atomic::Ordering::SeqCst) == epoch {
+                if c.len() >= CHUNK_CACHE_MAX {
+                    c.clear();
+                }
+                c.insert((ino, index), (Instant::now(), map.clone()));
             }
-            c.insert((ino, index), (Instant::now(), map.clone()));
         }
         Ok(map)
     }
@@ -362,6 +371,7 @@ impl DataClient {
             other => return Err(ClientError::Protocol(format!("commit reply {other:?}"))),
         };
         if let Ok(mut c) = self.chunks.lock() {
+            self.chunks_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             for (index, _) in &slices {
                 c.remove(&(ino, *index));
             }
