@@ -28,7 +28,11 @@ struct Args {
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -40,16 +44,30 @@ enum Phase {
 }
 
 /// Runs `clients` tasks for `secs`; returns operations per second.
-async fn phase(cluster: &MetaCluster, clients: usize, secs: u64, which: Phase, round: u64) -> anyhow::Result<f64> {
+async fn phase(
+    cluster: &MetaCluster,
+    clients: usize,
+    secs: u64,
+    which: Phase,
+    round: u64,
+) -> anyhow::Result<f64> {
     let ops = Arc::new(AtomicU64::new(0));
     let stop = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let client = Arc::new(MetaClient::new(cluster.addrs.values().cloned().collect(), Caller::ROOT));
+        let client = Arc::new(MetaClient::new(
+            cluster.addrs.values().cloned().collect(),
+            Caller::ROOT,
+        ));
         let name = format!("r{round}-c{c}");
         let dir = match client.lookup(InodeId::ROOT, name.as_bytes()).await {
             Ok(a) => a.ino,
-            Err(_) => client.mkdir(InodeId::ROOT, name.as_bytes(), 0o755).await?.ino,
+            Err(_) => {
+                client
+                    .mkdir(InodeId::ROOT, name.as_bytes(), 0o755)
+                    .await?
+                    .ino
+            }
         };
         let ops = ops.clone();
         tasks.push(tokio::spawn(async move {
@@ -57,14 +75,49 @@ async fn phase(cluster: &MetaCluster, clients: usize, secs: u64, which: Phase, r
             let mut made: Vec<InodeId> = Vec::new();
             while Instant::now() < stop {
                 let r = match which {
-                    Phase::Create => client.create(dir, format!("f{i}").as_bytes(), 0o644, true).await.map(|a| made.push(a.ino)),
-                    Phase::Stat => client.lookup(dir, format!("f{}", i % 1000).as_bytes()).await.map(|_| ()).or(Ok(())),
+                    Phase::Create => client
+                        .create(dir, format!("f{i}").as_bytes(), 0o644, true)
+                        .await
+                        .map(|a| made.push(a.ino)),
+                    Phase::Stat => client
+                        .lookup(dir, format!("f{}", i % 1000).as_bytes())
+                        .await
+                        .map(|_| ())
+                        .or(Ok(())),
                     Phase::Mixed => match i % 10 {
-                        0..=4 => client.lookup(dir, format!("m{}", i.saturating_sub(3)).as_bytes()).await.map(|_| ()).or(Ok(())),
-                        5 | 6 => client.create(dir, format!("m{i}").as_bytes(), 0o644, true).await.map(|_| ()),
-                        7 => client.setattr(dir, SetAttr { mtime: Some(TimeSet::Now), ..Default::default() }).await.map(|_| ()),
-                        8 => client.rename(dir, format!("m{}", i - 3).as_bytes(), dir, format!("n{i}").as_bytes(), RenameMode::Replace).await.or(Ok(())),
-                        _ => client.unlink(dir, format!("n{}", i - 1).as_bytes()).await.or(Ok(())),
+                        0..=4 => client
+                            .lookup(dir, format!("m{}", i.saturating_sub(3)).as_bytes())
+                            .await
+                            .map(|_| ())
+                            .or(Ok(())),
+                        5 | 6 => client
+                            .create(dir, format!("m{i}").as_bytes(), 0o644, true)
+                            .await
+                            .map(|_| ()),
+                        7 => client
+                            .setattr(
+                                dir,
+                                SetAttr {
+                                    mtime: Some(TimeSet::Now),
+                                    ..Default::default()
+                                },
+                            )
+                            .await
+                            .map(|_| ()),
+                        8 => client
+                            .rename(
+                                dir,
+                                format!("m{}", i - 3).as_bytes(),
+                                dir,
+                                format!("n{i}").as_bytes(),
+                                RenameMode::Replace,
+                            )
+                            .await
+                            .or(Ok(())),
+                        _ => client
+                            .unlink(dir, format!("n{}", i - 1).as_bytes())
+                            .await
+                            .or(Ok(())),
                     },
                 };
                 if let Err(e) = r {
@@ -86,7 +139,9 @@ async fn phase(cluster: &MetaCluster, clients: usize, secs: u64, which: Phase, r
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut table = String::from("| replicas | clients | creates/s | stats/s | mixed ops/s |\n|---|---|---|---|---|\n");
+    let mut table = String::from(
+        "| replicas | clients | creates/s | stats/s | mixed ops/s |\n|---|---|---|---|---|\n",
+    );
     let mut round = 0;
     for replicas in [1u64, 3] {
         let cluster = MetaCluster::start(replicas)?;
@@ -117,10 +172,15 @@ async fn main() -> anyhow::Result<()> {
         let client = MetaClient::new(cluster.addrs.values().cloned().collect(), Caller::ROOT);
         let created = created.clone();
         workers.push(tokio::spawn(async move {
-            let dir = client.mkdir(InodeId::ROOT, format!("rss{c}").as_bytes(), 0o755).await?.ino;
+            let dir = client
+                .mkdir(InodeId::ROOT, format!("rss{c}").as_bytes(), 0o755)
+                .await?
+                .ino;
             let mut i = 0;
             while created.fetch_add(1, Ordering::Relaxed) < target {
-                client.create(dir, format!("file-{i:08}").as_bytes(), 0o644, true).await?;
+                client
+                    .create(dir, format!("file-{i:08}").as_bytes(), 0o644, true)
+                    .await?;
                 i += 1;
             }
             Ok::<_, anyhow::Error>(())
@@ -130,7 +190,11 @@ async fn main() -> anyhow::Result<()> {
     while next < checkpoints.len() {
         let done = created.load(Ordering::Relaxed).min(target);
         if done >= checkpoints[next] {
-            let row = format!("| {} | {:.0} |\n", checkpoints[next], rss_kib(pid) as f64 / 1024.0);
+            let row = format!(
+                "| {} | {:.0} |\n",
+                checkpoints[next],
+                rss_kib(pid) as f64 / 1024.0
+            );
             print!("{row}");
             mem.push_str(&row);
             next += 1;
@@ -142,17 +206,28 @@ async fn main() -> anyhow::Result<()> {
         w.await??;
     }
     let secs = started.elapsed().as_secs_f64();
-    let row = format!("\n{target} files created in {secs:.0}s ({:.0}/s, 64 clients, 1 replica)\n", target as f64 / secs);
+    let row = format!(
+        "\n{target} files created in {secs:.0}s ({:.0}/s, 64 clients, 1 replica)\n",
+        target as f64 / secs
+    );
     print!("{row}");
     mem.push_str(&row);
     std::fs::create_dir_all(&args.out)?;
     let path = format!("{}/meta-{}.md", args.out, chrono_date());
-    std::fs::write(&path, format!("# meta benchmark ({}s phases)\n\n{table}{mem}", args.seconds))?;
+    std::fs::write(
+        &path,
+        format!(
+            "# meta benchmark ({}s phases)\n\n{table}{mem}",
+            args.seconds
+        ),
+    )?;
     println!("written to {path}");
     Ok(())
 }
 
 fn chrono_date() -> String {
     let out = std::process::Command::new("date").arg("+%Y-%m-%d").output();
-    out.ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_else(|| "today".into())
+    out.ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "today".into())
 }

@@ -53,7 +53,14 @@ impl FragmentStore {
                 used += f.metadata()?.len();
             }
         }
-        Ok(FragmentStore { root, limit, reserve, used: AtomicU64::new(used), pending: AtomicU64::new(0), errors: AtomicU64::new(0) })
+        Ok(FragmentStore {
+            root,
+            limit,
+            reserve,
+            used: AtomicU64::new(used),
+            pending: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -97,7 +104,9 @@ impl FragmentStore {
     }
 
     fn path(&self, block: BlockId, index: u8) -> PathBuf {
-        self.root.join(format!("{:02x}", block.0 & 0xff)).join(format!("{:016x}.{index}", block.0))
+        self.root
+            .join(format!("{:02x}", block.0 & 0xff))
+            .join(format!("{:016x}.{index}", block.0))
     }
 
     /// Writes the `.tmp` file of a fragment (not yet durable nor visible).
@@ -140,16 +149,28 @@ impl FragmentStore {
     fn corrupt(&self, block: BlockId, index: u8, detail: String) -> RpcError {
         self.errors.fetch_add(1, Ordering::Relaxed);
         tracing::error!(block = block.0, index, "corrupt fragment: {detail}");
-        RpcError::Corrupt { block, index, detail }
+        RpcError::Corrupt {
+            block,
+            index,
+            detail,
+        }
     }
 
     /// Reads `len` bytes at `offset` of a fragment, verifying every 64 KiB
     /// span it touches.
-    pub fn read(&self, block: BlockId, index: u8, offset: u32, len: u32) -> Result<Vec<u8>, RpcError> {
+    pub fn read(
+        &self,
+        block: BlockId,
+        index: u8,
+        offset: u32,
+        len: u32,
+    ) -> Result<Vec<u8>, RpcError> {
         let path = self.path(block, index);
         let mut f = match std::fs::File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(RpcError::NoFragment { block, index }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(RpcError::NoFragment { block, index })
+            }
             Err(e) => return Err(RpcError::Storage(format!("open {}: {e}", path.display()))),
         };
         let io = |e: std::io::Error| RpcError::Storage(format!("read {}: {e}", path.display()));
@@ -157,18 +178,26 @@ impl FragmentStore {
         if f.read_exact(&mut fixed).is_err() {
             return Err(self.corrupt(block, index, "short header".into()));
         }
-        let field = |a: usize| u32::from_be_bytes([fixed[a], fixed[a + 1], fixed[a + 2], fixed[a + 3]]) as usize;
+        let field = |a: usize| {
+            u32::from_be_bytes([fixed[a], fixed[a + 1], fixed[a + 2], fixed[a + 3]]) as usize
+        };
         if &fixed[..8] != MAGIC || fixed[8..16] != block.0.to_be_bytes() || fixed[16] != index {
             return Err(self.corrupt(block, index, "header does not match".into()));
         }
         let data_len = field(20);
         let n_sums = field(24);
         if n_sums != data_len.div_ceil(CHECKSUM_SPAN) {
-            return Err(self.corrupt(block, index, "checksum count does not match the length".into()));
+            return Err(self.corrupt(
+                block,
+                index,
+                "checksum count does not match the length".into(),
+            ));
         }
         let (offset, len) = (offset as usize, len as usize);
         if offset + len > data_len {
-            return Err(RpcError::BadRequest(format!("range {offset}+{len} past the fragment's {data_len} bytes")));
+            return Err(RpcError::BadRequest(format!(
+                "range {offset}+{len} past the fragment's {data_len} bytes"
+            )));
         }
         if len == 0 {
             return Ok(Vec::new());
@@ -176,16 +205,24 @@ impl FragmentStore {
         let first = offset / CHECKSUM_SPAN;
         let last = (offset + len - 1) / CHECKSUM_SPAN;
         let mut sums = vec![0u8; 32 * (last - first + 1)];
-        f.seek(SeekFrom::Start((FIXED_HEADER + 32 * first) as u64)).map_err(io)?;
-        f.read_exact(&mut sums).map_err(|_| self.corrupt(block, index, "short checksum table".into()))?;
+        f.seek(SeekFrom::Start((FIXED_HEADER + 32 * first) as u64))
+            .map_err(io)?;
+        f.read_exact(&mut sums)
+            .map_err(|_| self.corrupt(block, index, "short checksum table".into()))?;
         let span_start = first * CHECKSUM_SPAN;
         let span_end = ((last + 1) * CHECKSUM_SPAN).min(data_len);
         let mut data = vec![0u8; span_end - span_start];
-        f.seek(SeekFrom::Start((header_len(data_len) + span_start) as u64)).map_err(io)?;
-        f.read_exact(&mut data).map_err(|_| self.corrupt(block, index, "short data".into()))?;
+        f.seek(SeekFrom::Start((header_len(data_len) + span_start) as u64))
+            .map_err(io)?;
+        f.read_exact(&mut data)
+            .map_err(|_| self.corrupt(block, index, "short data".into()))?;
         for (i, chunk) in data.chunks(CHECKSUM_SPAN).enumerate() {
             if blake3::hash(chunk).as_bytes() != &sums[32 * i..32 * i + 32] {
-                return Err(self.corrupt(block, index, format!("checksum mismatch in span {}", first + i)));
+                return Err(self.corrupt(
+                    block,
+                    index,
+                    format!("checksum mismatch in span {}", first + i),
+                ));
             }
         }
         Ok(data[offset - span_start..offset - span_start + len].to_vec())
@@ -220,17 +257,31 @@ mod tests {
         let store = FragmentStore::open(dir.path(), 1 << 30, 0).expect("open");
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let tmp = store.write_tmp(BlockId(42), 1, &data).expect("write");
-        store.publish(&tmp, FragmentStore::stored_len(data.len())).expect("publish");
-        assert_eq!(store.read(BlockId(42), 1, 70_000, 1000).expect("read"), data[70_000..71_000].to_vec());
-        assert_eq!(store.read(BlockId(42), 1, 0, 200_000).expect("read all"), data);
-        assert!(matches!(store.read(BlockId(42), 2, 0, 10), Err(RpcError::NoFragment { .. })));
+        store
+            .publish(&tmp, FragmentStore::stored_len(data.len()))
+            .expect("publish");
+        assert_eq!(
+            store.read(BlockId(42), 1, 70_000, 1000).expect("read"),
+            data[70_000..71_000].to_vec()
+        );
+        assert_eq!(
+            store.read(BlockId(42), 1, 0, 200_000).expect("read all"),
+            data
+        );
+        assert!(matches!(
+            store.read(BlockId(42), 2, 0, 10),
+            Err(RpcError::NoFragment { .. })
+        ));
         // Flip one byte in the second span: reads touching it fail, others do not.
         let path = store.fragment_path(BlockId(42), 1);
         let mut bytes = std::fs::read(&path).expect("read file");
         let at = header_len(data.len()) + CHECKSUM_SPAN + 5;
         bytes[at] ^= 0xff;
         std::fs::write(&path, bytes).expect("write file");
-        assert!(matches!(store.read(BlockId(42), 1, CHECKSUM_SPAN as u32, 10), Err(RpcError::Corrupt { .. })));
+        assert!(matches!(
+            store.read(BlockId(42), 1, CHECKSUM_SPAN as u32, 10),
+            Err(RpcError::Corrupt { .. })
+        ));
         assert!(store.read(BlockId(42), 1, 0, 100).is_ok());
         assert_eq!(store.errors(), 1);
     }

@@ -38,7 +38,9 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 fn token(dir: &std::path::Path) -> anyhow::Result<[u8; 16]> {
     let path = dir.join("TOKEN");
     if let Ok(bytes) = std::fs::read(&path) {
-        return bytes.try_into().map_err(|_| anyhow::anyhow!("{} is corrupt", path.display()));
+        return bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{} is corrupt", path.display()));
     }
     let t: [u8; 16] = rand::random();
     let tmp = dir.join("TOKEN.tmp");
@@ -50,16 +52,29 @@ fn token(dir: &std::path::Path) -> anyhow::Result<[u8; 16]> {
 }
 
 pub async fn run(config: ChunkserverConfig) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.dir).with_context(|| format!("create {}", config.dir.display()))?;
-    let store = Arc::new(FragmentStore::open(&config.dir, config.limit_bytes, config.reserve_bytes)?);
+    std::fs::create_dir_all(&config.dir)
+        .with_context(|| format!("create {}", config.dir.display()))?;
+    let store = Arc::new(FragmentStore::open(
+        &config.dir,
+        config.limit_bytes,
+        config.reserve_bytes,
+    )?);
     let token = token(&config.dir).context("read or create the chunkserver token")?;
-    let listener = tokio::net::TcpListener::bind(&config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
-    let meta = Arc::new(MetaClient::new(config.meta.clone(), Caller::ROOT).with_deadline(Duration::from_secs(10)));
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("listen on {}", config.listen))?;
+    let meta = Arc::new(
+        MetaClient::new(config.meta.clone(), Caller::ROOT).with_deadline(Duration::from_secs(10)),
+    );
     let writer = writer::start(store.clone());
     let svc = Arc::new(service::FragmentService::new(store.clone(), writer));
     // Register (retrying until a meta leader answers), then heartbeat.
     let (id, key) = loop {
-        let op = WriteOp::RegisterChunkserver { address: config.listen.clone(), capacity_bytes: store.capacity_bytes(), token };
+        let op = WriteOp::RegisterChunkserver {
+            address: config.listen.clone(),
+            capacity_bytes: store.capacity_bytes(),
+            token,
+        };
         match meta.write(op).await {
             Ok(NsReply::Registered { id, key }) => break (id, key),
             Ok(other) => anyhow::bail!("unexpected registration reply {other:?}"),
@@ -78,7 +93,15 @@ pub async fn run(config: ChunkserverConfig) -> anyhow::Result<()> {
 
 async fn heartbeats(meta: Arc<MetaClient>, store: Arc<FragmentStore>, id: ChunkserverId) {
     loop {
-        if let Err(e) = meta.heartbeat(id, store.capacity_bytes(), store.used_bytes(), store.errors()).await {
+        if let Err(e) = meta
+            .heartbeat(
+                id,
+                store.capacity_bytes(),
+                store.used_bytes(),
+                store.errors(),
+            )
+            .await
+        {
             tracing::warn!("heartbeat: {e}");
         }
         tokio::time::sleep(HEARTBEAT_INTERVAL).await;

@@ -20,7 +20,11 @@ pub struct FragmentService {
 
 impl FragmentService {
     pub fn new(store: Arc<FragmentStore>, writer: Writer) -> FragmentService {
-        FragmentService { store, writer, key: RwLock::new(None) }
+        FragmentService {
+            store,
+            writer,
+            key: RwLock::new(None),
+        }
     }
 
     pub fn set_key(&self, key: ClusterKey) {
@@ -30,29 +34,61 @@ impl FragmentService {
     }
 
     fn check(&self, cap: &Capability, block: BlockId, write: bool) -> Result<(), RpcError> {
-        let key = self.key.read().map_err(|_| RpcError::Busy)?.ok_or(RpcError::Busy)?;
+        let key = self
+            .key
+            .read()
+            .map_err(|_| RpcError::Busy)?
+            .ok_or(RpcError::Busy)?;
         let now = Time::now().secs.max(0) as u64;
-        if cap.allows(&key, block, write, now) { Ok(()) } else { Err(RpcError::Denied) }
+        if cap.allows(&key, block, write, now) {
+            Ok(())
+        } else {
+            Err(RpcError::Denied)
+        }
     }
 
     async fn handle(self: Arc<Self>, req: Request) -> Result<Reply, RpcError> {
         match req {
-            Request::PutFragment { cap, block, index, data } => {
+            Request::PutFragment {
+                cap,
+                block,
+                index,
+                data,
+            } => {
                 self.check(&cap, block, true)?;
                 if data.is_empty() || data.len() as u64 > BLOCK_BYTES_MAX {
-                    return Err(RpcError::BadRequest(format!("fragment of {} bytes", data.len())));
+                    return Err(RpcError::BadRequest(format!(
+                        "fragment of {} bytes",
+                        data.len()
+                    )));
                 }
                 let size = FragmentStore::stored_len(data.len());
                 self.store.reserve_room(size)?;
                 let (tx, rx) = oneshot::channel();
-                if self.writer.try_send(WriteJob { block, index, data, reply: tx }).is_err() {
+                if self
+                    .writer
+                    .try_send(WriteJob {
+                        block,
+                        index,
+                        data,
+                        reply: tx,
+                    })
+                    .is_err()
+                {
                     self.store.release_room(size);
                     return Err(RpcError::Busy);
                 }
-                rx.await.map_err(|_| RpcError::Storage("fragment writer stopped".into()))??;
+                rx.await
+                    .map_err(|_| RpcError::Storage("fragment writer stopped".into()))??;
                 Ok(Reply::Ok)
             }
-            Request::GetFragment { cap, block, index, offset, len } => {
+            Request::GetFragment {
+                cap,
+                block,
+                index,
+                offset,
+                len,
+            } => {
                 self.check(&cap, block, false)?;
                 if len as u64 > BLOCK_BYTES_MAX {
                     return Err(RpcError::BadRequest(format!("read of {len} bytes")));
@@ -63,7 +99,9 @@ impl FragmentService {
                     .map_err(|e| RpcError::Storage(e.to_string()))?
                     .map(Reply::Bytes)
             }
-            _ => Err(RpcError::BadRequest("a chunkserver answers fragment requests only".into())),
+            _ => Err(RpcError::BadRequest(
+                "a chunkserver answers fragment requests only".into(),
+            )),
         }
     }
 }

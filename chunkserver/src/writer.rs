@@ -28,7 +28,9 @@ pub type Writer = SyncSender<WriteJob>;
 
 pub fn start(store: Arc<FragmentStore>) -> Writer {
     let (tx, rx) = sync_channel(WRITE_QUEUE_MAX);
-    let spawned = std::thread::Builder::new().name("fragment-writer".into()).spawn(move || run(store, rx));
+    let spawned = std::thread::Builder::new()
+        .name("fragment-writer".into())
+        .spawn(move || run(store, rx));
     if let Err(e) = spawned {
         tracing::error!("start the fragment writer: {e}");
     }
@@ -62,7 +64,9 @@ fn run(store: Arc<FragmentStore>, rx: Receiver<WriteJob>) {
                 Ok(tmp) => written.push((job, tmp, size)),
                 Err(e) => {
                     store.release_room(size);
-                    let _ = job.reply.send(Err(RpcError::Storage(format!("write fragment: {e}"))));
+                    let _ = job
+                        .reply
+                        .send(Err(RpcError::Storage(format!("write fragment: {e}"))));
                 }
             }
         }

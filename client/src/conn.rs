@@ -31,7 +31,12 @@ impl Conn {
     pub async fn open(address: &str, connect_timeout: Duration) -> std::io::Result<Conn> {
         let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(address))
             .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect to {address} timed out")))??;
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connect to {address} timed out"),
+                )
+            })??;
         stream.set_nodelay(true)?;
         let (mut rd, wr) = stream.into_split();
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
@@ -59,7 +64,9 @@ impl Conn {
         tokio::spawn(async move {
             let mut buf = Vec::new();
             while frame::read_frame(&mut rd, &mut buf).await.is_ok() {
-                let Ok(resp) = frame::decode::<ResponseFrame>(&buf) else { break };
+                let Ok(resp) = frame::decode::<ResponseFrame>(&buf) else {
+                    break;
+                };
                 let waiter = rpending.lock().ok().and_then(|mut p| p.remove(&resp.call));
                 if let Some(w) = waiter {
                     let _ = w.send(resp.body);
@@ -71,7 +78,12 @@ impl Conn {
                 p.clear();
             }
         });
-        Ok(Conn { next_call: AtomicU64::new(1), pending, out, broken })
+        Ok(Conn {
+            next_call: AtomicU64::new(1),
+            pending,
+            out,
+            broken,
+        })
     }
 
     pub fn is_broken(&self) -> bool {
@@ -81,7 +93,10 @@ impl Conn {
     pub async fn call(&self, body: Request, timeout: Duration) -> Result<Reply, CallError> {
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().map_err(|_| CallError::Transport("lock poisoned".into()))?.insert(call, tx);
+        self.pending
+            .lock()
+            .map_err(|_| CallError::Transport("lock poisoned".into()))?
+            .insert(call, tx);
         if self.out.send(RequestFrame { call, body }).await.is_err() {
             return Err(CallError::Transport("connection closed".into()));
         }

@@ -13,12 +13,12 @@
 use crate::conn::{CallError, Conn};
 use crate::meta::{ClientError, MetaClient, Result};
 use crate::overlay::{resolve, Piece, Source};
+use futures::future::join_all;
 use sparefs_proto::layout::{BlockRef, Capability, ChunkserverInfo, Policy, Slice};
 use sparefs_proto::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES};
 use sparefs_proto::msg::{Reply, Request, RpcError};
 use sparefs_proto::namespace::{Attr, NsReply, ReadOp, WriteOp};
 use sparefs_proto::{BlockId, ChunkserverId, Errno, InodeId};
-use futures::future::join_all;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,6 +50,24 @@ fn chunk_of(offset: u64) -> (u64, u32) {
     (offset / CHUNK_BYTES, (offset % CHUNK_BYTES) as u32)
 }
 
+/// The extents cut at chunk boundaries: (chunk index, offset in the
+/// chunk, bytes), and the file size they imply.
+fn cut_at_chunks(extents: &[(u64, Vec<u8>)]) -> (Vec<(u64, u32, &[u8])>, u64) {
+    let mut pieces = Vec::new();
+    let mut size_at_least = 0;
+    for (offset, data) in extents {
+        size_at_least = size_at_least.max(offset + data.len() as u64);
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let (index, within) = chunk_of(offset + pos as u64);
+            let take = ((CHUNK_BYTES - within as u64) as usize).min(data.len() - pos);
+            pieces.push((index, within, &data[pos..pos + take]));
+            pos += take;
+        }
+    }
+    (pieces, size_at_least)
+}
+
 /// The policy a block of `len` bytes is actually stored under.
 pub fn block_policy(policy: Policy, len: usize) -> Policy {
     match policy {
@@ -74,7 +92,10 @@ impl DataClient {
         let NsReply::Chunkservers(list) = self.meta.read(ReadOp::ListChunkservers).await? else {
             return Err(ClientError::Protocol("chunkserver list".into()));
         };
-        let map: HashMap<ChunkserverId, String> = list.into_iter().map(|s: ChunkserverInfo| (s.id, s.address)).collect();
+        let map: HashMap<ChunkserverId, String> = list
+            .into_iter()
+            .map(|s: ChunkserverInfo| (s.id, s.address))
+            .collect();
         if let Ok(mut s) = self.servers.lock() {
             *s = map;
         }
@@ -82,10 +103,20 @@ impl DataClient {
     }
 
     async fn conn(&self, server: ChunkserverId) -> std::result::Result<Arc<Conn>, String> {
-        let mut address = self.servers.lock().map_err(|e| e.to_string())?.get(&server).cloned();
+        let mut address = self
+            .servers
+            .lock()
+            .map_err(|e| e.to_string())?
+            .get(&server)
+            .cloned();
         if address.is_none() {
             self.refresh_servers().await.map_err(|e| e.to_string())?;
-            address = self.servers.lock().map_err(|e| e.to_string())?.get(&server).cloned();
+            address = self
+                .servers
+                .lock()
+                .map_err(|e| e.to_string())?
+                .get(&server)
+                .cloned();
         }
         let address = address.ok_or_else(|| format!("chunkserver {server} is not registered"))?;
         if let Some(c) = self.conns.lock().map_err(|e| e.to_string())?.get(&address) {
@@ -93,18 +124,39 @@ impl DataClient {
                 return Ok(c.clone());
             }
         }
-        let c = Arc::new(Conn::open(&address, Duration::from_millis(500)).await.map_err(|e| format!("{address}: {e}"))?);
-        self.conns.lock().map_err(|e| e.to_string())?.insert(address, c.clone());
+        let c = Arc::new(
+            Conn::open(&address, Duration::from_millis(500))
+                .await
+                .map_err(|e| format!("{address}: {e}"))?,
+        );
+        self.conns
+            .lock()
+            .map_err(|e| e.to_string())?
+            .insert(address, c.clone());
         Ok(c)
     }
 
-    async fn fragment_call(&self, server: ChunkserverId, req: Request, timeout: Duration) -> std::result::Result<Reply, String> {
+    async fn fragment_call(
+        &self,
+        server: ChunkserverId,
+        req: Request,
+        timeout: Duration,
+    ) -> std::result::Result<Reply, String> {
         let c = self.conn(server).await?;
         match c.call(req, timeout).await {
             Ok(r) => Ok(r),
-            Err(CallError::Rpc(RpcError::Corrupt { block, index, detail })) => {
-                self.bad_fragments.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(block = block.0, index, "bad fragment on chunkserver {server}: {detail}");
+            Err(CallError::Rpc(RpcError::Corrupt {
+                block,
+                index,
+                detail,
+            })) => {
+                self.bad_fragments
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    block = block.0,
+                    index,
+                    "bad fragment on chunkserver {server}: {detail}"
+                );
                 Err(format!("corrupt fragment {block}.{index}"))
             }
             Err(CallError::Rpc(e)) => Err(e.to_string()),
@@ -115,22 +167,33 @@ impl DataClient {
     /// Forgets cached chunk maps of `ino` (close-to-open: called on open).
     pub fn invalidate(&self, ino: InodeId) {
         if let Ok(mut c) = self.chunks.lock() {
-            self.chunks_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.chunks_epoch
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             c.retain(|(i, _), _| *i != ino);
         }
     }
 
     async fn chunk(&self, ino: InodeId, index: u64) -> Result<ChunkMap> {
-        if let Some((at, map)) = self.chunks.lock().ok().and_then(|c| c.get(&(ino, index)).cloned()) {
+        if let Some((at, map)) = self
+            .chunks
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&(ino, index)).cloned())
+        {
             if at.elapsed() < CHUNK_CACHE_TTL {
                 return Ok(map);
             }
         }
         let epoch = self.chunks_epoch.load(std::sync::atomic::Ordering::SeqCst);
-        let NsReply::Chunk { slices, capabilities } = self.meta.read(ReadOp::ReadChunk { ino, index }).await? else {
+        let NsReply::Chunk {
+            slices,
+            capabilities,
+        } = self.meta.read(ReadOp::ReadChunk { ino, index }).await?
+        else {
             return Err(ClientError::Protocol("chunk map".into()));
         };
-        let caps: HashMap<BlockId, Capability> = capabilities.into_iter().map(|c| (c.block, c)).collect();
+        let caps: HashMap<BlockId, Capability> =
+            capabilities.into_iter().map(|c| (c.block, c)).collect();
         let map = (Arc::new(slices), Arc::new(caps));
         if let Ok(mut c) = self.chunks.lock() {
             // Checked under the lock that invalidations take.
@@ -170,10 +233,14 @@ impl DataClient {
                 }
             }
             let reads = pieces.iter().filter_map(|p| {
-                let Source::Block(block, boff) = p.source else { return None };
+                let Source::Block(block, boff) = p.source else {
+                    return None;
+                };
                 let cap = caps.get(&block.id).cloned();
                 Some(async move {
-                    let cap = cap.ok_or_else(|| ClientError::Protocol(format!("no capability for block {}", block.id)))?;
+                    let cap = cap.ok_or_else(|| {
+                        ClientError::Protocol(format!("no capability for block {}", block.id))
+                    })?;
                     let bytes = self.read_block_range(block, &cap, boff, p.len).await?;
                     Ok::<_, ClientError>((p.start, bytes))
                 })
@@ -187,9 +254,25 @@ impl DataClient {
         Ok(out)
     }
 
-    async fn get_fragment(&self, block: &BlockRef, cap: &Capability, index: usize, offset: u32, len: u32) -> std::result::Result<Vec<u8>, String> {
-        let server = *block.fragments.get(index).ok_or("fragment index out of range")?;
-        let req = Request::GetFragment { cap: cap.clone(), block: block.id, index: index as u8, offset, len };
+    async fn get_fragment(
+        &self,
+        block: &BlockRef,
+        cap: &Capability,
+        index: usize,
+        offset: u32,
+        len: u32,
+    ) -> std::result::Result<Vec<u8>, String> {
+        let server = *block
+            .fragments
+            .get(index)
+            .ok_or("fragment index out of range")?;
+        let req = Request::GetFragment {
+            cap: cap.clone(),
+            block: block.id,
+            index: index as u8,
+            offset,
+            len,
+        };
         match self.fragment_call(server, req, FRAGMENT_TIMEOUT).await? {
             Reply::Bytes(b) if b.len() == len as usize => Ok(b),
             _ => Err("short fragment read".into()),
@@ -197,7 +280,13 @@ impl DataClient {
     }
 
     /// Bytes `[boff, boff + len)` of a block.
-    async fn read_block_range(&self, block: &BlockRef, cap: &Capability, boff: u32, len: u32) -> Result<Vec<u8>> {
+    async fn read_block_range(
+        &self,
+        block: &BlockRef,
+        cap: &Capability,
+        boff: u32,
+        len: u32,
+    ) -> Result<Vec<u8>> {
         let policy = block.policy;
         match policy {
             Policy::Rep { .. } => {
@@ -208,7 +297,10 @@ impl DataClient {
                         Err(e) => last = e,
                     }
                 }
-                Err(ClientError::DataUnavailable(format!("no copy of block {} readable: {last}", block.id)))
+                Err(ClientError::DataUnavailable(format!(
+                    "no copy of block {} readable: {last}",
+                    block.id
+                )))
             }
             Policy::Ec { .. } => {
                 let shard = sparefs_erasure::fragment_len(policy, block.bytes as usize) as u32;
@@ -217,7 +309,11 @@ impl DataClient {
                 let last = ((boff + len - 1) / shard) as usize;
                 let fast = (first..=last).map(|s| {
                     let a = if s == first { boff % shard } else { 0 };
-                    let b = if s == last { (boff + len - 1) % shard + 1 } else { shard };
+                    let b = if s == last {
+                        (boff + len - 1) % shard + 1
+                    } else {
+                        shard
+                    };
                     async move { self.get_fragment(block, cap, s, a, b - a).await }
                 });
                 let parts = join_all(fast).await;
@@ -229,16 +325,29 @@ impl DataClient {
                     return Ok(out);
                 }
                 // Degraded: the same shard range from every fragment, decode.
-                let (lo, hi) = if first == last { (boff % shard, (boff + len - 1) % shard + 1) } else { (0, shard) };
-                let all = (0..block.fragments.len()).map(|i| async move { self.get_fragment(block, cap, i, lo, hi - lo).await.ok() });
+                let (lo, hi) = if first == last {
+                    (boff % shard, (boff + len - 1) % shard + 1)
+                } else {
+                    (0, shard)
+                };
+                let all = (0..block.fragments.len()).map(|i| async move {
+                    self.get_fragment(block, cap, i, lo, hi - lo).await.ok()
+                });
                 let mut frags: Vec<Option<Vec<u8>>> = join_all(all).await;
-                sparefs_erasure::reconstruct(policy, &mut frags)
-                    .map_err(|e| ClientError::DataUnavailable(format!("block {}: {e}", block.id)))?;
+                sparefs_erasure::reconstruct(policy, &mut frags).map_err(|e| {
+                    ClientError::DataUnavailable(format!("block {}: {e}", block.id))
+                })?;
                 let mut out = Vec::with_capacity(len as usize);
                 for s in first..=last {
-                    let piece = frags[s].as_deref().ok_or_else(|| ClientError::DataUnavailable("reconstruction left a gap".into()))?;
+                    let piece = frags[s].as_deref().ok_or_else(|| {
+                        ClientError::DataUnavailable("reconstruction left a gap".into())
+                    })?;
                     let a = if s == first { boff % shard - lo } else { 0 };
-                    let b = if s == last { (boff + len - 1) % shard + 1 - lo } else { hi - lo };
+                    let b = if s == last {
+                        (boff + len - 1) % shard + 1 - lo
+                    } else {
+                        hi - lo
+                    };
                     out.extend_from_slice(&piece[a as usize..b as usize]);
                 }
                 Ok(out)
@@ -246,33 +355,68 @@ impl DataClient {
         }
     }
 
-    async fn put_block(&self, block: BlockId, cap: &Capability, placement: &[ChunkserverId], policy: Policy, data: &[u8]) -> Result<BlockRef> {
-        let frags = sparefs_erasure::encode(policy, data).map_err(|e| ClientError::Rejected(e.to_string()))?;
+    async fn put_block(
+        &self,
+        block: BlockId,
+        cap: &Capability,
+        placement: &[ChunkserverId],
+        policy: Policy,
+        data: &[u8],
+    ) -> Result<BlockRef> {
+        let frags = sparefs_erasure::encode(policy, data)
+            .map_err(|e| ClientError::Rejected(e.to_string()))?;
         let puts = frags.into_iter().enumerate().map(|(i, frag)| {
             let server = placement[i];
-            let req = Request::PutFragment { cap: cap.clone(), block, index: i as u8, data: frag };
-            async move { self.fragment_call(server, req, Duration::from_secs(60)).await }
+            let req = Request::PutFragment {
+                cap: cap.clone(),
+                block,
+                index: i as u8,
+                data: frag,
+            };
+            async move {
+                self.fragment_call(server, req, Duration::from_secs(60))
+                    .await
+            }
         });
         for r in join_all(puts).await {
             match r {
                 Ok(Reply::Ok) => {}
                 Ok(_) => return Err(ClientError::Protocol("fragment write reply".into())),
                 Err(e) if e.contains("No space") => return Err(ClientError::Errno(Errno::ENOSPC)),
-                Err(e) => return Err(ClientError::DataUnavailable(format!("write fragment of block {block}: {e}"))),
+                Err(e) => {
+                    return Err(ClientError::DataUnavailable(format!(
+                        "write fragment of block {block}: {e}"
+                    )))
+                }
             }
         }
-        Ok(BlockRef { id: block, policy, bytes: data.len() as u32, fragments: placement.to_vec(), checksum: *blake3::hash(data).as_bytes() })
+        Ok(BlockRef {
+            id: block,
+            policy,
+            bytes: data.len() as u32,
+            fragments: placement.to_vec(),
+            checksum: *blake3::hash(data).as_bytes(),
+        })
     }
 
     /// Stores the extents as new slices and commits them in one request.
-    pub async fn write_extents(&self, ino: InodeId, policy: Policy, extents: &[(u64, Vec<u8>)]) -> Result<Attr> {
+    pub async fn write_extents(
+        &self,
+        ino: InodeId,
+        policy: Policy,
+        extents: &[(u64, Vec<u8>)],
+    ) -> Result<Attr> {
         let (slices, size_at_least) = self.store_extents(policy, extents).await?;
         self.commit(ino, slices, size_at_least).await
     }
 
     /// Stores the extents' blocks (durable on their chunkservers when this
     /// returns) and gives the slices to commit and the size they imply.
-    pub async fn store_extents(&self, policy: Policy, extents: &[(u64, Vec<u8>)]) -> Result<(Vec<(u64, Slice)>, u64)> {
+    pub async fn store_extents(
+        &self,
+        policy: Policy,
+        extents: &[(u64, Vec<u8>)],
+    ) -> Result<(Vec<(u64, Slice)>, u64)> {
         // Cut into slices (per chunk). A slice of at least half a block gets
         // blocks of its own; smaller ones are packed end to end into shared
         // blocks, so a flush of many small random writes stores a few large
@@ -285,52 +429,70 @@ impl DataClient {
         let mut slice_blocks: Vec<Vec<usize>> = Vec::new();
         let mut parts: Vec<Part> = Vec::new();
         let mut pack: Option<usize> = None;
-        let mut size_at_least = 0;
         let block_max = BLOCK_BYTES_MAX as usize;
-        for (offset, data) in extents {
-            size_at_least = size_at_least.max(offset + data.len() as u64);
-            let mut pos = 0usize;
-            while pos < data.len() {
-                let (index, within) = chunk_of(offset + pos as u64);
-                let take = ((CHUNK_BYTES - within as u64) as usize).min(data.len() - pos);
-                let bytes = &data[pos..pos + take];
-                let mut slice = Slice { seq: 0, offset: within, bytes: take as u32, blocks: Vec::new(), block_offset: 0, inline: Vec::new() };
-                let mut uses = Vec::new();
-                if take >= block_max / 2 {
-                    for part in bytes.chunks(block_max) {
-                        parts.push(Part { policy, data: part.to_vec() });
-                        uses.push(parts.len() - 1);
-                    }
-                } else {
-                    let fits = pack.is_some_and(|p| parts[p].data.len() + take <= block_max);
-                    if !fits {
-                        parts.push(Part { policy, data: Vec::with_capacity(block_max) });
-                        pack = Some(parts.len() - 1);
-                    }
-                    let p = pack.ok_or_else(|| ClientError::Protocol("no pack".into()))?;
-                    slice.block_offset = parts[p].data.len() as u32;
-                    parts[p].data.extend_from_slice(bytes);
-                    uses.push(p);
+        let (pieces, size_at_least) = cut_at_chunks(extents);
+        for (index, within, bytes) in pieces {
+            let take = bytes.len();
+            let mut slice = Slice {
+                seq: 0,
+                offset: within,
+                bytes: take as u32,
+                blocks: Vec::new(),
+                block_offset: 0,
+                inline: Vec::new(),
+            };
+            let mut uses = Vec::new();
+            if take >= block_max / 2 {
+                for part in bytes.chunks(block_max) {
+                    parts.push(Part {
+                        policy,
+                        data: part.to_vec(),
+                    });
+                    uses.push(parts.len() - 1);
                 }
-                slices.push((index, slice));
-                slice_blocks.push(uses);
-                pos += take;
+            } else {
+                let fits = pack.is_some_and(|p| parts[p].data.len() + take <= block_max);
+                if !fits {
+                    parts.push(Part {
+                        policy,
+                        data: Vec::with_capacity(block_max),
+                    });
+                    pack = Some(parts.len() - 1);
+                }
+                let p = pack.ok_or_else(|| ClientError::Protocol("no pack".into()))?;
+                slice.block_offset = parts[p].data.len() as u32;
+                parts[p].data.extend_from_slice(bytes);
+                uses.push(p);
             }
+            slices.push((index, slice));
+            slice_blocks.push(uses);
         }
         for part in parts.iter_mut() {
             part.policy = block_policy(policy, part.data.len());
         }
         // One allocation per policy and up to 1024 blocks: a flush of many
         // small extents costs a few meta round trips, not one per block.
-        let mut allocated: Vec<Option<(BlockId, Capability, Vec<ChunkserverId>)>> = (0..parts.len()).map(|_| None).collect();
+        let mut allocated: Vec<Option<(BlockId, Capability, Vec<ChunkserverId>)>> =
+            (0..parts.len()).map(|_| None).collect();
         let mut policies: Vec<Policy> = parts.iter().map(|p| p.policy).collect();
         policies.sort_by_key(|p| p.to_string());
         policies.dedup();
         for bp in policies {
-            let wanted: Vec<usize> = (0..parts.len()).filter(|i| parts[*i].policy == bp).collect();
+            let wanted: Vec<usize> = (0..parts.len())
+                .filter(|i| parts[*i].policy == bp)
+                .collect();
             for group in wanted.chunks(1024) {
-                let op = WriteOp::AllocateBlocks { count: group.len() as u32, policy: bp, placement: vec![] };
-                let NsReply::Allocated { ids, placement, capabilities } = self.meta.write(op).await? else {
+                let op = WriteOp::AllocateBlocks {
+                    count: group.len() as u32,
+                    policy: bp,
+                    placement: vec![],
+                };
+                let NsReply::Allocated {
+                    ids,
+                    placement,
+                    capabilities,
+                } = self.meta.write(op).await?
+                else {
                     return Err(ClientError::Protocol("allocation".into()));
                 };
                 if ids.len() != group.len() || capabilities.len() != group.len() {
@@ -343,12 +505,16 @@ impl DataClient {
         }
         // Store every block, a bounded number at a time.
         let mut stored: Vec<Result<BlockRef>> = Vec::with_capacity(parts.len());
-        for (batch, allocs) in parts.chunks(BLOCKS_IN_FLIGHT_MAX).zip(allocated.chunks(BLOCKS_IN_FLIGHT_MAX)) {
+        for (batch, allocs) in parts
+            .chunks(BLOCKS_IN_FLIGHT_MAX)
+            .zip(allocated.chunks(BLOCKS_IN_FLIGHT_MAX))
+        {
             let puts = batch.iter().zip(allocs).map(|(part, alloc)| {
                 let alloc = alloc.clone();
                 let (policy, data) = (part.policy, part.data.as_slice());
                 async move {
-                    let (id, cap, placement) = alloc.ok_or_else(|| ClientError::Protocol("unallocated block".into()))?;
+                    let (id, cap, placement) =
+                        alloc.ok_or_else(|| ClientError::Protocol("unallocated block".into()))?;
                     self.put_block(id, &cap, &placement, policy, data).await
                 }
             });
@@ -365,13 +531,27 @@ impl DataClient {
     }
 
     /// Makes stored slices visible in one meta request.
-    pub async fn commit(&self, ino: InodeId, slices: Vec<(u64, Slice)>, size_at_least: u64) -> Result<Attr> {
-        let attr = match self.meta.write(WriteOp::CommitSlices { ino, slices: slices.clone(), size_at_least }).await? {
+    pub async fn commit(
+        &self,
+        ino: InodeId,
+        slices: Vec<(u64, Slice)>,
+        size_at_least: u64,
+    ) -> Result<Attr> {
+        let attr = match self
+            .meta
+            .write(WriteOp::CommitSlices {
+                ino,
+                slices: slices.clone(),
+                size_at_least,
+            })
+            .await?
+        {
             NsReply::Attr(a) => a,
             other => return Err(ClientError::Protocol(format!("commit reply {other:?}"))),
         };
         if let Ok(mut c) = self.chunks.lock() {
-            self.chunks_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.chunks_epoch
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             for (index, _) in &slices {
                 c.remove(&(ino, *index));
             }
@@ -383,19 +563,21 @@ impl DataClient {
     /// trips): one Raft entry makes them durable on a majority of replicas.
     /// EFBIG means the chunk holds enough inline bytes already.
     pub async fn write_inline(&self, ino: InodeId, extents: &[(u64, Vec<u8>)]) -> Result<Attr> {
-        let mut slices = Vec::new();
-        let mut size_at_least = 0;
-        for (offset, data) in extents {
-            size_at_least = size_at_least.max(offset + data.len() as u64);
-            let mut pos = 0usize;
-            while pos < data.len() {
-                let (index, within) = chunk_of(offset + pos as u64);
-                let take = ((CHUNK_BYTES - within as u64) as usize).min(data.len() - pos);
-                let bytes = data[pos..pos + take].to_vec();
-                slices.push((index, Slice { seq: 0, offset: within, bytes: take as u32, blocks: Vec::new(), block_offset: 0, inline: bytes }));
-                pos += take;
-            }
-        }
+        let (pieces, size_at_least) = cut_at_chunks(extents);
+        let slices = pieces
+            .into_iter()
+            .map(|(index, within, bytes)| {
+                let slice = Slice {
+                    seq: 0,
+                    offset: within,
+                    bytes: bytes.len() as u32,
+                    blocks: Vec::new(),
+                    block_offset: 0,
+                    inline: bytes.to_vec(),
+                };
+                (index, slice)
+            })
+            .collect();
         self.commit(ino, slices, size_at_least).await
     }
 
@@ -408,7 +590,17 @@ impl DataClient {
         while pos < end {
             let (index, within) = chunk_of(pos);
             let take = (CHUNK_BYTES - within as u64).min(end - pos);
-            slices.push((index, Slice { seq: 0, offset: within, bytes: take as u32, blocks: Vec::new(), block_offset: 0, inline: Vec::new() }));
+            slices.push((
+                index,
+                Slice {
+                    seq: 0,
+                    offset: within,
+                    bytes: take as u32,
+                    blocks: Vec::new(),
+                    block_offset: 0,
+                    inline: Vec::new(),
+                },
+            ));
             pos += take;
         }
         self.commit(ino, slices, 0).await
@@ -421,4 +613,3 @@ impl DataClient {
         }
     }
 }
-

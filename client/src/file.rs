@@ -4,10 +4,10 @@
 
 use crate::data::DataClient;
 use crate::meta::{ClientError, Result};
-use sparefs_proto::limits::INLINE_SLICE_BYTES_MAX;
-use sparefs_proto::Errno;
 use sparefs_proto::layout::Policy;
+use sparefs_proto::limits::INLINE_SLICE_BYTES_MAX;
 use sparefs_proto::namespace::Attr;
+use sparefs_proto::Errno;
 use sparefs_proto::InodeId;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,7 +36,11 @@ struct ReadAhead {
     /// Where the last read ended.
     next: u64,
     /// A fetch of `[start, start + len)` in flight or done.
-    window: Option<(u64, usize, tokio::sync::watch::Receiver<Option<Arc<Vec<u8>>>>)>,
+    window: Option<(
+        u64,
+        usize,
+        tokio::sync::watch::Receiver<Option<Arc<Vec<u8>>>>,
+    )>,
 }
 
 /// Background flushes in flight per file: while the next 16 MiB gathers,
@@ -93,14 +97,19 @@ impl Dirty {
                 merged[(o - start) as usize..(o - start) as usize + d.len()].copy_from_slice(&d);
             }
         }
-        merged[(offset - start) as usize..(offset - start) as usize + data.len()].copy_from_slice(data);
+        merged[(offset - start) as usize..(offset - start) as usize + data.len()]
+            .copy_from_slice(data);
         self.bytes += merged.len();
         self.extents.insert(start, merged);
         self.size = self.size.max(end);
     }
 
     fn overlaps_inflight(&self, offset: u64, len: u64) -> bool {
-        self.inflight.iter().any(|f| f.extents.iter().any(|(o, d)| *o < offset + len && o + d.len() as u64 > offset))
+        self.inflight.iter().any(|f| {
+            f.extents
+                .iter()
+                .any(|(o, d)| *o < offset + len && o + d.len() as u64 > offset)
+        })
     }
 
     fn overlaps(&self, offset: u64, len: u64) -> bool {
@@ -120,7 +129,10 @@ impl OpenFile {
             ino: attr.ino,
             data,
             policy: tokio::sync::OnceCell::new(),
-            state: Mutex::new(Dirty { size: attr.size, ..Default::default() }),
+            state: Mutex::new(Dirty {
+                size: attr.size,
+                ..Default::default()
+            }),
             ahead: std::sync::Mutex::new(ReadAhead::default()),
             size_now: std::sync::atomic::AtomicU64::new(attr.size),
         })
@@ -142,14 +154,17 @@ impl OpenFile {
 
     /// Waits for the oldest background flush and records its outcome.
     async fn reap_oldest(st: &mut Dirty) {
-        let Some(f) = st.inflight.pop_front() else { return };
+        let Some(f) = st.inflight.pop_front() else {
+            return;
+        };
         match f.done.await {
             Ok(Ok(attr)) => st.size = st.size.max(attr.size),
             Ok(Err(e)) => {
                 st.error.get_or_insert(e);
             }
             Err(e) => {
-                st.error.get_or_insert(ClientError::Protocol(format!("background flush: {e}")));
+                st.error
+                    .get_or_insert(ClientError::Protocol(format!("background flush: {e}")));
             }
         }
     }
@@ -157,8 +172,12 @@ impl OpenFile {
     /// Hands the buffered extents to a task that stores their blocks and
     /// commits them after every earlier flush has committed.
     async fn flush_in_background(&self, st: &mut Dirty) -> Result<()> {
-        let policy = *self.policy.get_or_try_init(|| self.data.policy_of(self.ino)).await?;
-        let extents: Arc<Vec<(u64, Vec<u8>)>> = Arc::new(std::mem::take(&mut st.extents).into_iter().collect());
+        let policy = *self
+            .policy
+            .get_or_try_init(|| self.data.policy_of(self.ino))
+            .await?;
+        let extents: Arc<Vec<(u64, Vec<u8>)>> =
+            Arc::new(std::mem::take(&mut st.extents).into_iter().collect());
         st.bytes = 0;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let prev = st.last_commit.replace(rx);
@@ -186,7 +205,11 @@ impl OpenFile {
         if st.overlaps(offset, len as u64) || st.overlaps_inflight(offset, len as u64) {
             self.flush_locked(&mut st).await?;
         }
-        let size = if meta_size == 0 { st.size } else { meta_size.max(st.size) };
+        let size = if meta_size == 0 {
+            st.size
+        } else {
+            meta_size.max(st.size)
+        };
         // Buffered writes elsewhere in the file: the store is not current,
         // so neither reading ahead nor an old window may be trusted.
         let dirty = !st.extents.is_empty() || !st.inflight.is_empty();
@@ -233,7 +256,9 @@ impl OpenFile {
     /// After a read ending at `next`: if reads are sequential and the window
     /// ends within one window of `next`, fetch the following window.
     fn maybe_read_ahead(&self, start: u64, next: u64, size: u64) {
-        let Ok(mut ra) = self.ahead.lock() else { return };
+        let Ok(mut ra) = self.ahead.lock() else {
+            return;
+        };
         // Only a read that starts exactly where the previous one ended is
         // sequential (a file read from its start counts).
         let sequential = start == ra.next;
@@ -241,7 +266,11 @@ impl OpenFile {
         if !sequential {
             return;
         }
-        let window_end = ra.window.as_ref().map(|(s, l, _)| s + *l as u64).unwrap_or(0);
+        let window_end = ra
+            .window
+            .as_ref()
+            .map(|(s, l, _)| s + *l as u64)
+            .unwrap_or(0);
         if window_end > next + READ_AHEAD_BYTES as u64 / 2 || next >= size {
             return;
         }
@@ -290,7 +319,8 @@ impl OpenFile {
         if st.extents.is_empty() {
             return Ok(None);
         }
-        let extents: Vec<(u64, Vec<u8>)> = st.extents.iter().map(|(o, d)| (*o, d.clone())).collect();
+        let extents: Vec<(u64, Vec<u8>)> =
+            st.extents.iter().map(|(o, d)| (*o, d.clone())).collect();
         let total: usize = extents.iter().map(|(_, d)| d.len()).sum();
         let inline = if total <= INLINE_SLICE_BYTES_MAX {
             match self.data.write_inline(self.ino, &extents).await {
@@ -304,7 +334,10 @@ impl OpenFile {
         let attr = match inline {
             Some(a) => a,
             None => {
-                let policy = *self.policy.get_or_try_init(|| self.data.policy_of(self.ino)).await?;
+                let policy = *self
+                    .policy
+                    .get_or_try_init(|| self.data.policy_of(self.ino))
+                    .await?;
                 self.data.write_extents(self.ino, policy, &extents).await?
             }
         };
@@ -349,7 +382,8 @@ impl OpenFile {
     }
 
     fn publish_size(&self, st: &Dirty) {
-        self.size_now.store(st.size, std::sync::atomic::Ordering::Relaxed);
+        self.size_now
+            .store(st.size, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub async fn dirty(&self) -> bool {

@@ -4,7 +4,7 @@
 
 use crate::conn::{CallError, Conn};
 use sparefs_proto::layout::Policy;
-use sparefs_proto::msg::{Reply, ReplicaStatus, Request, RpcError};
+use sparefs_proto::msg::{ReplicaStatus, Reply, Request, RpcError};
 use sparefs_proto::namespace::*;
 use sparefs_proto::{ClientId, Errno, InodeId, ReplicaId, RequestId};
 use std::collections::{BTreeSet, HashMap};
@@ -80,8 +80,15 @@ impl MetaClient {
                 return Ok(c.clone());
             }
         }
-        let c = Arc::new(Conn::open(address, Duration::from_millis(500)).await.map_err(|e| format!("{address}: {e}"))?);
-        self.conns.lock().map_err(|e| e.to_string())?.insert(address.to_string(), c.clone());
+        let c = Arc::new(
+            Conn::open(address, Duration::from_millis(500))
+                .await
+                .map_err(|e| format!("{address}: {e}"))?,
+        );
+        self.conns
+            .lock()
+            .map_err(|e| e.to_string())?
+            .insert(address.to_string(), c.clone());
         Ok(c)
     }
 
@@ -109,7 +116,9 @@ impl MetaClient {
         let mut last = String::from("no replica answered");
         let mut pause = Duration::from_millis(20);
         while start.elapsed() < self.deadline {
-            let Some(address) = self.pick() else { return Err(ClientError::Unavailable("no meta addresses".into())) };
+            let Some(address) = self.pick() else {
+                return Err(ClientError::Unavailable("no meta addresses".into()));
+            };
             let outcome = match self.conn(&address).await {
                 Ok(c) => c.call(body.clone(), self.attempt_timeout).await,
                 Err(e) => Err(CallError::Transport(e)),
@@ -121,7 +130,9 @@ impl MetaClient {
                     }
                     return Ok(reply);
                 }
-                Err(CallError::Rpc(RpcError::NotLeader { leader: Some((_, hint)) })) if hint != address => {
+                Err(CallError::Rpc(RpcError::NotLeader {
+                    leader: Some((_, hint)),
+                })) if hint != address => {
                     last = format!("{address} is not the leader");
                     if let Ok(mut a) = self.addresses.lock() {
                         if !a.contains(&hint) {
@@ -175,7 +186,11 @@ impl MetaClient {
             }
             Err(_) => 0,
         };
-        RequestId { client: self.id, seq, ack_below }
+        RequestId {
+            client: self.id,
+            seq,
+            ack_below,
+        }
     }
 
     fn done(&self, id: RequestId) {
@@ -212,20 +227,30 @@ impl MetaClient {
 
     pub async fn add_replica(&self, replica: ReplicaId, address: String) -> Result<()> {
         let id = self.next_id();
-        let r = self.call_leader(&Request::AddReplica { id, replica, address }).await;
+        let r = self
+            .call_leader(&Request::AddReplica {
+                id,
+                replica,
+                address,
+            })
+            .await;
         self.done(id);
         r.map(|_| ())
     }
 
     pub async fn remove_replica(&self, replica: ReplicaId) -> Result<()> {
         let id = self.next_id();
-        let r = self.call_leader(&Request::RemoveReplica { id, replica }).await;
+        let r = self
+            .call_leader(&Request::RemoveReplica { id, replica })
+            .await;
         self.done(id);
         r.map(|_| ())
     }
 
     pub async fn transfer_leader(&self, replica: ReplicaId) -> Result<()> {
-        self.call_leader(&Request::TransferLeader { replica }).await.map(|_| ())
+        self.call_leader(&Request::TransferLeader { replica })
+            .await
+            .map(|_| ())
     }
 
     /// This client's id (lock owner namespace).
@@ -235,18 +260,39 @@ impl MetaClient {
 
     /// Renews this client's lock lease.
     pub async fn keepalive(&self) -> Result<()> {
-        self.call_leader(&Request::KeepAlive { client: self.id }).await.map(|_| ())
+        self.call_leader(&Request::KeepAlive { client: self.id })
+            .await
+            .map(|_| ())
     }
 
     /// A chunkserver's heartbeat (capacity and usage) to the leader.
-    pub async fn heartbeat(&self, chunkserver: sparefs_proto::ChunkserverId, capacity_bytes: u64, used_bytes: u64, errors: u64) -> Result<()> {
-        self.call_leader(&Request::Heartbeat { chunkserver, capacity_bytes, used_bytes, errors }).await.map(|_| ())
+    pub async fn heartbeat(
+        &self,
+        chunkserver: sparefs_proto::ChunkserverId,
+        capacity_bytes: u64,
+        used_bytes: u64,
+        errors: u64,
+    ) -> Result<()> {
+        self.call_leader(&Request::Heartbeat {
+            chunkserver,
+            capacity_bytes,
+            used_bytes,
+            errors,
+        })
+        .await
+        .map(|_| ())
     }
 
     // Typed helpers over `read` and `write`.
 
     pub async fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<Attr> {
-        attr(self.read(ReadOp::Lookup { parent, name: name.to_vec() }).await?)
+        attr(
+            self.read(ReadOp::Lookup {
+                parent,
+                name: name.to_vec(),
+            })
+            .await?,
+        )
     }
 
     pub async fn getattr(&self, ino: InodeId) -> Result<Attr> {
@@ -254,24 +300,69 @@ impl MetaClient {
     }
 
     pub async fn mkdir(&self, parent: InodeId, name: &[u8], perm: u32) -> Result<Attr> {
-        attr(self.write(WriteOp::Mkdir { parent, name: name.to_vec(), perm, umask: 0 }).await?)
+        attr(
+            self.write(WriteOp::Mkdir {
+                parent,
+                name: name.to_vec(),
+                perm,
+                umask: 0,
+            })
+            .await?,
+        )
     }
 
-    pub async fn create(&self, parent: InodeId, name: &[u8], perm: u32, exclusive: bool) -> Result<Attr> {
-        let op = WriteOp::MkNod { parent, name: name.to_vec(), kind: FileKind::File, perm, umask: 0, rdev: 0, exclusive };
+    pub async fn create(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        perm: u32,
+        exclusive: bool,
+    ) -> Result<Attr> {
+        let op = WriteOp::MkNod {
+            parent,
+            name: name.to_vec(),
+            kind: FileKind::File,
+            perm,
+            umask: 0,
+            rdev: 0,
+            exclusive,
+        };
         attr(self.write(op).await?)
     }
 
     pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> Result<()> {
-        self.write(WriteOp::Unlink { parent, name: name.to_vec() }).await.map(|_| ())
+        self.write(WriteOp::Unlink {
+            parent,
+            name: name.to_vec(),
+        })
+        .await
+        .map(|_| ())
     }
 
     pub async fn rmdir(&self, parent: InodeId, name: &[u8]) -> Result<()> {
-        self.write(WriteOp::Rmdir { parent, name: name.to_vec() }).await.map(|_| ())
+        self.write(WriteOp::Rmdir {
+            parent,
+            name: name.to_vec(),
+        })
+        .await
+        .map(|_| ())
     }
 
-    pub async fn rename(&self, parent: InodeId, name: &[u8], new_parent: InodeId, new_name: &[u8], mode: RenameMode) -> Result<()> {
-        let op = WriteOp::Rename { parent, name: name.to_vec(), new_parent, new_name: new_name.to_vec(), mode };
+    pub async fn rename(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        new_parent: InodeId,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> Result<()> {
+        let op = WriteOp::Rename {
+            parent,
+            name: name.to_vec(),
+            new_parent,
+            new_name: new_name.to_vec(),
+            mode,
+        };
         self.write(op).await.map(|_| ())
     }
 
@@ -283,18 +374,29 @@ impl MetaClient {
         let mut out = Vec::new();
         let mut after = 0;
         loop {
-            let page = match self.read(ReadOp::ReadDir { ino, after_cookie: after, limit: 1024 }).await? {
+            let page = match self
+                .read(ReadOp::ReadDir {
+                    ino,
+                    after_cookie: after,
+                    limit: 1024,
+                })
+                .await?
+            {
                 NsReply::Dir(d) => d,
                 other => return Err(ClientError::Protocol(format!("{other:?}"))),
             };
-            let Some(last) = page.last() else { return Ok(out) };
+            let Some(last) = page.last() else {
+                return Ok(out);
+            };
             after = last.cookie;
             out.extend(page);
         }
     }
 
     pub async fn set_policy(&self, ino: InodeId, policy: Policy) -> Result<()> {
-        self.write(WriteOp::SetPolicy { ino, policy }).await.map(|_| ())
+        self.write(WriteOp::SetPolicy { ino, policy })
+            .await
+            .map(|_| ())
     }
 
     /// Resolves an absolute path (symlinks are not followed).
@@ -323,6 +425,8 @@ impl MetaClient {
 fn attr(r: NsReply) -> Result<Attr> {
     match r {
         NsReply::Attr(a) => Ok(a),
-        other => Err(ClientError::Protocol(format!("expected attributes, got {other:?}"))),
+        other => Err(ClientError::Protocol(format!(
+            "expected attributes, got {other:?}"
+        ))),
     }
 }

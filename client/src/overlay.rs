@@ -55,17 +55,29 @@ pub fn resolve(slices: &[Slice], start: u32, end: u32) -> Vec<Piece<'_>> {
     let mut out = Vec::new();
     for (rs, re, src) in runs {
         match src {
-            None => out.push(Piece { start: rs, len: re - rs, source: Source::Zeros }),
+            None => out.push(Piece {
+                start: rs,
+                len: re - rs,
+                source: Source::Zeros,
+            }),
             Some((i, mut off)) => {
                 let s = &slices[i];
                 if !s.inline.is_empty() {
                     let a = off as usize;
                     let b = (a + (re - rs) as usize).min(s.inline.len());
-                    out.push(Piece { start: rs, len: re - rs, source: Source::Inline(&s.inline[a.min(b)..b]) });
+                    out.push(Piece {
+                        start: rs,
+                        len: re - rs,
+                        source: Source::Inline(&s.inline[a.min(b)..b]),
+                    });
                     continue;
                 }
                 if s.blocks.is_empty() {
-                    out.push(Piece { start: rs, len: re - rs, source: Source::Zeros });
+                    out.push(Piece {
+                        start: rs,
+                        len: re - rs,
+                        source: Source::Zeros,
+                    });
                     continue;
                 }
                 // Split at block boundaries inside the slice's blocks.
@@ -79,7 +91,11 @@ pub fn resolve(slices: &[Slice], start: u32, end: u32) -> Vec<Piece<'_>> {
                         continue;
                     }
                     let take = (be - off).min(re - pos);
-                    out.push(Piece { start: pos, len: take, source: Source::Block(b, off - bs) });
+                    out.push(Piece {
+                        start: pos,
+                        len: take,
+                        source: Source::Block(b, off - bs),
+                    });
                     pos += take;
                     off += take;
                 }
@@ -110,7 +126,14 @@ mod tests {
                 checksum: [0; 32],
             })
             .collect();
-        Slice { seq, offset, bytes: sizes.iter().sum(), blocks, block_offset: 0, inline: vec![] }
+        Slice {
+            seq,
+            offset,
+            bytes: sizes.iter().sum(),
+            blocks,
+            block_offset: 0,
+            inline: vec![],
+        }
     }
 
     proptest! {

@@ -39,7 +39,8 @@ pub fn needed(policy: Policy) -> usize {
 }
 
 fn codec(data: u8, parity: u8) -> Result<ReedSolomon, CodeError> {
-    ReedSolomon::new(data as usize, parity as usize).map_err(|_| CodeError::Policy(Policy::Ec { data, parity }))
+    ReedSolomon::new(data as usize, parity as usize)
+        .map_err(|_| CodeError::Policy(Policy::Ec { data, parity }))
 }
 
 /// Cuts `block` into the policy's fragments, in fragment order.
@@ -52,12 +53,18 @@ pub fn encode(policy: Policy, block: &[u8]) -> Result<Vec<Vec<u8>>, CodeError> {
                 .map(|i| {
                     let start = (i * len).min(block.len());
                     let end = ((i + 1) * len).min(block.len());
-                    let mut s = if i < data as usize { block[start..end].to_vec() } else { Vec::new() };
+                    let mut s = if i < data as usize {
+                        block[start..end].to_vec()
+                    } else {
+                        Vec::new()
+                    };
                     s.resize(len, 0);
                     s
                 })
                 .collect();
-            codec(data, parity)?.encode(&mut shards).map_err(|_| CodeError::UnequalLengths)?;
+            codec(data, parity)?
+                .encode(&mut shards)
+                .map_err(|_| CodeError::UnequalLengths)?;
             Ok(shards)
         }
     }
@@ -91,13 +98,19 @@ pub fn reconstruct(policy: Policy, fragments: &mut [Option<Vec<u8>>]) -> Result<
                 }
                 return Ok(());
             }
-            codec(data, parity)?.reconstruct_data(fragments).map_err(|_| CodeError::UnequalLengths)
+            codec(data, parity)?
+                .reconstruct_data(fragments)
+                .map_err(|_| CodeError::UnequalLengths)
         }
     }
 }
 
 /// The block's bytes `[0, block_len)` from its fragments (missing ones rebuilt).
-pub fn decode(policy: Policy, block_len: usize, mut fragments: Vec<Option<Vec<u8>>>) -> Result<Vec<u8>, CodeError> {
+pub fn decode(
+    policy: Policy,
+    block_len: usize,
+    mut fragments: Vec<Option<Vec<u8>>>,
+) -> Result<Vec<u8>, CodeError> {
     reconstruct(policy, &mut fragments)?;
     let mut out = Vec::with_capacity(block_len);
     for f in fragments.into_iter().take(needed(policy)).flatten() {
@@ -109,7 +122,10 @@ pub fn decode(policy: Policy, block_len: usize, mut fragments: Vec<Option<Vec<u8
 
 /// blake3 of each 64 KiB span of `fragment`.
 pub fn checksums(fragment: &[u8]) -> Vec<[u8; 32]> {
-    fragment.chunks(CHECKSUM_SPAN).map(|c| *blake3::hash(c).as_bytes()).collect()
+    fragment
+        .chunks(CHECKSUM_SPAN)
+        .map(|c| *blake3::hash(c).as_bytes())
+        .collect()
 }
 
 #[cfg(test)]
@@ -156,6 +172,14 @@ mod tests {
         let p = Policy::Ec { data: 2, parity: 1 };
         let e = decode(p, 10, vec![None, None, Some(vec![0; 5])]).expect_err("one of three");
         assert_eq!(e, CodeError::TooFewFragments { have: 1, need: 2 });
-        assert_eq!(decode(Policy::Rep { copies: 2 }, 3, vec![None, Some(vec![1, 2, 3])]).expect("rep"), vec![1, 2, 3]);
+        assert_eq!(
+            decode(
+                Policy::Rep { copies: 2 },
+                3,
+                vec![None, Some(vec![1, 2, 3])]
+            )
+            .expect("rep"),
+            vec![1, 2, 3]
+        );
     }
 }

@@ -49,7 +49,10 @@ pub fn system_time(t: Time) -> SystemTime {
 
 pub fn time(t: SystemTime) -> Time {
     match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => Time { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
+        Ok(d) => Time {
+            secs: d.as_secs() as i64,
+            nanos: d.subsec_nanos(),
+        },
         Err(e) => {
             let d = e.duration();
             let (mut secs, mut nanos) = (-(d.as_secs() as i64), d.subsec_nanos());
@@ -96,7 +99,12 @@ pub fn caller(uid: u32, gid: u32, pid: u32) -> Caller {
     if uid != 0 {
         if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
             if let Some(line) = status.lines().find(|l| l.starts_with("Groups:")) {
-                groups = line.split_whitespace().skip(1).filter_map(|g| g.parse().ok()).take(256).collect();
+                groups = line
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|g| g.parse().ok())
+                    .take(256)
+                    .collect();
             }
         }
     }
@@ -109,7 +117,17 @@ mod tests {
 
     #[test]
     fn times_round_trip_including_before_the_epoch() {
-        for t in [Time { secs: 0, nanos: 0 }, Time { secs: 1_700_000_000, nanos: 123 }, Time { secs: -5, nanos: 250_000_000 }] {
+        for t in [
+            Time { secs: 0, nanos: 0 },
+            Time {
+                secs: 1_700_000_000,
+                nanos: 123,
+            },
+            Time {
+                secs: -5,
+                nanos: 250_000_000,
+            },
+        ] {
             assert_eq!(time(system_time(t)), t);
         }
     }

@@ -27,7 +27,11 @@ pub struct MountConfig {
 
 /// Mounts and serves until unmounted (by `fusermount -u`/`umount`) or until
 /// the returned session is dropped.
-pub fn mount(config: MountConfig, mountpoint: &Path, runtime: tokio::runtime::Handle) -> anyhow::Result<fuser::BackgroundSession> {
+pub fn mount(
+    config: MountConfig,
+    mountpoint: &Path,
+    runtime: tokio::runtime::Handle,
+) -> anyhow::Result<fuser::BackgroundSession> {
     let fs = SpareFs::new(config.meta.clone(), config.timeout, runtime);
     let mut options = vec![
         MountOption::FSName(format!("sparefs:{}", config.meta.join(","))),
@@ -38,8 +42,13 @@ pub fn mount(config: MountConfig, mountpoint: &Path, runtime: tokio::runtime::Ha
     options.push(MountOption::RW);
     let mut cfg = Config::default();
     cfg.mount_options = options;
-    cfg.acl = if config.allow_other { SessionACL::All } else { SessionACL::Owner };
+    cfg.acl = if config.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
     cfg.n_threads = Some(4);
     cfg.clone_fd = true;
-    fuser::spawn_mount(fs, mountpoint, &cfg).with_context(|| format!("mount sparefs on {}", mountpoint.display()))
+    fuser::spawn_mount(fs, mountpoint, &cfg)
+        .with_context(|| format!("mount sparefs on {}", mountpoint.display()))
 }

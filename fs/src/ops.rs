@@ -3,9 +3,9 @@
 
 use crate::convert::{self, errno, file_attr};
 use fuser::{
-    AccessFlags, Errno, FileHandle, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileHandle, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use sparefs_client::{ClientError, DataClient, MetaClient, OpenFile};
 use sparefs_proto::namespace::*;
@@ -58,7 +58,9 @@ fn name(n: &OsStr) -> Vec<u8> {
 fn attr_of(r: NsReply) -> R<Attr> {
     match r {
         NsReply::Attr(a) => Ok(a),
-        other => Err(ClientError::Protocol(format!("expected attributes, got {other:?}"))),
+        other => Err(ClientError::Protocol(format!(
+            "expected attributes, got {other:?}"
+        ))),
     }
 }
 
@@ -70,25 +72,51 @@ impl SpareFs {
             meta,
             data,
             rt,
-            handles: Arc::new(Mutex::new(Handles { by_fh: HashMap::new(), by_ino: HashMap::new() })),
+            handles: Arc::new(Mutex::new(Handles {
+                by_fh: HashMap::new(),
+                by_ino: HashMap::new(),
+            })),
             next_fh: AtomicU64::new(1),
             lockers: Arc::new(Mutex::new(std::collections::HashSet::new())),
         }
     }
 
     /// Releases every lock `owner` holds on `ino`, if it ever took one here.
-    fn unlock_all(&self, ino: INodeNo, owner: LockOwner) -> Option<impl std::future::Future<Output = R<()>> + Send + 'static> {
+    fn unlock_all(
+        &self,
+        ino: INodeNo,
+        owner: LockOwner,
+    ) -> Option<impl std::future::Future<Output = R<()>> + Send + 'static> {
         let took = self.lockers.lock().ok()?.remove(&(ino.0, owner.0));
         if !took {
             return None;
         }
         let meta = self.meta.clone();
-        let lock = LockSpec { client: meta.id(), owner: owner.0, start: 0, end: u64::MAX, kind: LockKind::Unlock, pid: 0 };
-        Some(async move { meta.write(WriteOp::SetLock { ino: InodeId(ino.0), lock }).await.map(|_| ()) })
+        let lock = LockSpec {
+            client: meta.id(),
+            owner: owner.0,
+            start: 0,
+            end: u64::MAX,
+            kind: LockKind::Unlock,
+            pid: 0,
+        };
+        Some(async move {
+            meta.write(WriteOp::SetLock {
+                ino: InodeId(ino.0),
+                lock,
+            })
+            .await
+            .map(|_| ())
+        })
     }
 
     fn open_file(&self, ino: InodeId) -> Option<Arc<OpenFile>> {
-        self.handles.lock().ok()?.by_ino.get(&ino).map(|(f, _)| f.clone())
+        self.handles
+            .lock()
+            .ok()?
+            .by_ino
+            .get(&ino)
+            .map(|(f, _)| f.clone())
     }
 
     fn handle(&self, fh: FileHandle) -> Option<Arc<OpenFile>> {
@@ -98,7 +126,10 @@ impl SpareFs {
     /// Size as this mount knows it: the meta's, or more if an open file
     /// here has buffered writes past it.
     fn size_of(handles: &Mutex<Handles>, a: &Attr) -> u64 {
-        let f = handles.lock().ok().and_then(|h| h.by_ino.get(&a.ino).map(|(f, _)| f.clone()));
+        let f = handles
+            .lock()
+            .ok()
+            .and_then(|h| h.by_ino.get(&a.ino).map(|(f, _)| f.clone()));
         match f {
             Some(f) => a.size.max(f.known_size()),
             None => a.size,
@@ -107,14 +138,26 @@ impl SpareFs {
 
     fn reply_entry(handles: &Mutex<Handles>, reply: ReplyEntry, r: R<Attr>) {
         match r {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a, Self::size_of(handles, &a)), Generation(0)),
+            Ok(a) => reply.entry(
+                &TTL,
+                &file_attr(&a, Self::size_of(handles, &a)),
+                Generation(0),
+            ),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     /// Registers a new handle for `attr`'s inode, sharing its open file.
-    async fn register(meta_data: Arc<DataClient>, handles: Arc<Mutex<Handles>>, fh: u64, attr: &Attr) -> R<Arc<OpenFile>> {
-        let existing = handles.lock().ok().and_then(|h| h.by_ino.get(&attr.ino).map(|(f, _)| f.clone()));
+    async fn register(
+        meta_data: Arc<DataClient>,
+        handles: Arc<Mutex<Handles>>,
+        fh: u64,
+        attr: &Attr,
+    ) -> R<Arc<OpenFile>> {
+        let existing = handles
+            .lock()
+            .ok()
+            .and_then(|h| h.by_ino.get(&attr.ino).map(|(f, _)| f.clone()));
         let file = match existing {
             Some(f) => {
                 f.revalidate();
@@ -122,7 +165,9 @@ impl SpareFs {
             }
             None => Arc::new(OpenFile::open(meta_data, attr).await?),
         };
-        let mut h = handles.lock().map_err(|_| ClientError::Protocol("handle table poisoned".into()))?;
+        let mut h = handles
+            .lock()
+            .map_err(|_| ClientError::Protocol("handle table poisoned".into()))?;
         let file = match h.by_ino.get_mut(&attr.ino) {
             Some((f, n)) => {
                 *n += 1;
@@ -148,9 +193,13 @@ impl fuser::Filesystem for SpareFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1024 * 1024);
         let _ = config.set_max_readahead(1024 * 1024);
-        let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS | fuser::InitFlags::FUSE_BIG_WRITES);
+        let _ = config.add_capabilities(
+            fuser::InitFlags::FUSE_PARALLEL_DIROPS | fuser::InitFlags::FUSE_BIG_WRITES,
+        );
         // Locks go to the meta, so every mount of the cluster sees them.
-        let _ = config.add_capabilities(fuser::InitFlags::FUSE_POSIX_LOCKS | fuser::InitFlags::FUSE_FLOCK_LOCKS);
+        let _ = config.add_capabilities(
+            fuser::InitFlags::FUSE_POSIX_LOCKS | fuser::InitFlags::FUSE_FLOCK_LOCKS,
+        );
         let meta = self.meta.clone();
         self.rt.spawn(async move {
             loop {
@@ -164,9 +213,23 @@ impl fuser::Filesystem for SpareFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
-        let (meta, c, n, handles) = (self.meta.clone(), caller(req), name(n), self.handles.clone());
+        let (meta, c, n, handles) = (
+            self.meta.clone(),
+            caller(req),
+            name(n),
+            self.handles.clone(),
+        );
         spawn!(self, async move {
-            let r = meta.read_as(c, ReadOp::Lookup { parent: InodeId(parent.0), name: n }).await.and_then(attr_of);
+            let r = meta
+                .read_as(
+                    c,
+                    ReadOp::Lookup {
+                        parent: InodeId(parent.0),
+                        name: n,
+                    },
+                )
+                .await
+                .and_then(attr_of);
             Self::reply_entry(&handles, reply, r);
         });
     }
@@ -199,7 +262,12 @@ impl fuser::Filesystem for SpareFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let (meta, data, c, handles) = (self.meta.clone(), self.data.clone(), caller(req), self.handles.clone());
+        let (meta, data, c, handles) = (
+            self.meta.clone(),
+            self.data.clone(),
+            caller(req),
+            self.handles.clone(),
+        );
         let file = self.open_file(InodeId(ino.0));
         spawn!(self, async move {
             let set = SetAttr {
@@ -215,7 +283,16 @@ impl fuser::Filesystem for SpareFs {
                 if let (Some(f), Some(_)) = (&file, size) {
                     f.flush().await?;
                 }
-                let a = attr_of(meta.write_as(c, WriteOp::SetAttr { ino: InodeId(ino.0), set }).await?)?;
+                let a = attr_of(
+                    meta.write_as(
+                        c,
+                        WriteOp::SetAttr {
+                            ino: InodeId(ino.0),
+                            set,
+                        },
+                    )
+                    .await?,
+                )?;
                 if size.is_some() {
                     // The meta changed the layout (dropped chunks, hole slice):
                     // cached chunk maps of this file are stale now.
@@ -237,7 +314,12 @@ impl fuser::Filesystem for SpareFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let meta = self.meta.clone();
         spawn!(self, async move {
-            match meta.read(ReadOp::ReadLink { ino: InodeId(ino.0) }).await {
+            match meta
+                .read(ReadOp::ReadLink {
+                    ino: InodeId(ino.0),
+                })
+                .await
+            {
                 Ok(NsReply::Bytes(b)) => reply.data(&b),
                 Ok(_) => reply.error(Errno::EIO),
                 Err(e) => reply.error(errno(&e)),
@@ -245,20 +327,62 @@ impl fuser::Filesystem for SpareFs {
         });
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
-        let (meta, c, n, handles) = (self.meta.clone(), caller(req), name(n), self.handles.clone());
-        let Some(kind) = convert::kind_of_mode(mode) else { return reply.error(Errno::EINVAL) };
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let (meta, c, n, handles) = (
+            self.meta.clone(),
+            caller(req),
+            name(n),
+            self.handles.clone(),
+        );
+        let Some(kind) = convert::kind_of_mode(mode) else {
+            return reply.error(Errno::EINVAL);
+        };
         spawn!(self, async move {
-            let op = WriteOp::MkNod { parent: InodeId(parent.0), name: n, kind, perm: mode & 0o7777, umask, rdev, exclusive: true };
+            let op = WriteOp::MkNod {
+                parent: InodeId(parent.0),
+                name: n,
+                kind,
+                perm: mode & 0o7777,
+                umask,
+                rdev,
+                exclusive: true,
+            };
             let r = meta.write_as(c, op).await.and_then(attr_of);
             Self::reply_entry(&handles, reply, r);
         });
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let (meta, c, n, handles) = (self.meta.clone(), caller(req), name(n), self.handles.clone());
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (meta, c, n, handles) = (
+            self.meta.clone(),
+            caller(req),
+            name(n),
+            self.handles.clone(),
+        );
         spawn!(self, async move {
-            let op = WriteOp::Mkdir { parent: InodeId(parent.0), name: n, perm: mode & 0o7777, umask };
+            let op = WriteOp::Mkdir {
+                parent: InodeId(parent.0),
+                name: n,
+                perm: mode & 0o7777,
+                umask,
+            };
             let r = meta.write_as(c, op).await.and_then(attr_of);
             Self::reply_entry(&handles, reply, r);
         });
@@ -267,7 +391,16 @@ impl fuser::Filesystem for SpareFs {
     fn unlink(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
         spawn!(self, async move {
-            match meta.write_as(c, WriteOp::Unlink { parent: InodeId(parent.0), name: n }).await {
+            match meta
+                .write_as(
+                    c,
+                    WriteOp::Unlink {
+                        parent: InodeId(parent.0),
+                        name: n,
+                    },
+                )
+                .await
+            {
                 Ok(_) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -277,23 +410,63 @@ impl fuser::Filesystem for SpareFs {
     fn rmdir(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
         spawn!(self, async move {
-            match meta.write_as(c, WriteOp::Rmdir { parent: InodeId(parent.0), name: n }).await {
+            match meta
+                .write_as(
+                    c,
+                    WriteOp::Rmdir {
+                        parent: InodeId(parent.0),
+                        name: n,
+                    },
+                )
+                .await
+            {
                 Ok(_) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
         });
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let (meta, c, n, handles) = (self.meta.clone(), caller(req), name(link_name), self.handles.clone());
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (meta, c, n, handles) = (
+            self.meta.clone(),
+            caller(req),
+            name(link_name),
+            self.handles.clone(),
+        );
         let target = target.as_os_str().as_bytes().to_vec();
         spawn!(self, async move {
-            let r = meta.write_as(c, WriteOp::Symlink { parent: InodeId(parent.0), name: n, target }).await.and_then(attr_of);
+            let r = meta
+                .write_as(
+                    c,
+                    WriteOp::Symlink {
+                        parent: InodeId(parent.0),
+                        name: n,
+                        target,
+                    },
+                )
+                .await
+                .and_then(attr_of);
             Self::reply_entry(&handles, reply, r);
         });
     }
 
-    fn rename(&self, req: &Request, parent: INodeNo, n: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
         let (meta, c, n, nn) = (self.meta.clone(), caller(req), name(n), name(newname));
         let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             RenameMode::Exchange
@@ -305,7 +478,13 @@ impl fuser::Filesystem for SpareFs {
             return reply.error(Errno::EINVAL);
         };
         spawn!(self, async move {
-            let op = WriteOp::Rename { parent: InodeId(parent.0), name: n, new_parent: InodeId(newparent.0), new_name: nn, mode };
+            let op = WriteOp::Rename {
+                parent: InodeId(parent.0),
+                name: n,
+                new_parent: InodeId(newparent.0),
+                new_name: nn,
+                mode,
+            };
             match meta.write_as(c, op).await {
                 Ok(_) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -313,10 +492,26 @@ impl fuser::Filesystem for SpareFs {
         });
     }
 
-    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let (meta, c, n, handles) = (self.meta.clone(), caller(req), name(newname), self.handles.clone());
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (meta, c, n, handles) = (
+            self.meta.clone(),
+            caller(req),
+            name(newname),
+            self.handles.clone(),
+        );
         spawn!(self, async move {
-            let op = WriteOp::Link { ino: InodeId(ino.0), new_parent: InodeId(newparent.0), new_name: n };
+            let op = WriteOp::Link {
+                ino: InodeId(ino.0),
+                new_parent: InodeId(newparent.0),
+                new_name: n,
+            };
             let r = meta.write_as(c, op).await.and_then(attr_of);
             Self::reply_entry(&handles, reply, r);
         });
@@ -333,14 +528,36 @@ impl fuser::Filesystem for SpareFs {
             .await;
             let direct = flags.0 & libc::O_DIRECT != 0;
             match r {
-                Ok(_) => reply.opened(FileHandle(fh), if direct { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() }),
+                Ok(_) => reply.opened(
+                    FileHandle(fh),
+                    if direct {
+                        FopenFlags::FOPEN_DIRECT_IO
+                    } else {
+                        FopenFlags::empty()
+                    },
+                ),
                 Err(e) => reply.error(errno(&e)),
             }
         });
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
-        let (meta, data, c, n, handles) = (self.meta.clone(), self.data.clone(), caller(req), name(n), self.handles.clone());
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (meta, data, c, n, handles) = (
+            self.meta.clone(),
+            self.data.clone(),
+            caller(req),
+            name(n),
+            self.handles.clone(),
+        );
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         spawn!(self, async move {
             let r = async {
@@ -365,15 +582,31 @@ impl fuser::Filesystem for SpareFs {
                     &file_attr(&a, Self::size_of(&handles, &a)),
                     Generation(0),
                     FileHandle(fh),
-                    if direct { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() },
+                    if direct {
+                        FopenFlags::FOPEN_DIRECT_IO
+                    } else {
+                        FopenFlags::empty()
+                    },
                 ),
                 Err(e) => reply.error(errno(&e)),
             }
         });
     }
 
-    fn read(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lo: Option<LockOwner>, reply: ReplyData) {
-        let Some(file) = self.handle(fh) else { return reply.error(Errno::EBADF) };
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lo: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(file) = self.handle(fh) else {
+            return reply.error(Errno::EBADF);
+        };
         spawn!(self, async move {
             match file.read(offset, size as usize, 0).await {
                 Ok(b) => reply.data(&b),
@@ -382,8 +615,21 @@ impl fuser::Filesystem for SpareFs {
         });
     }
 
-    fn write(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, data: &[u8], _wf: WriteFlags, flags: OpenFlags, _lo: Option<LockOwner>, reply: ReplyWrite) {
-        let Some(file) = self.handle(fh) else { return reply.error(Errno::EBADF) };
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _wf: WriteFlags,
+        flags: OpenFlags,
+        _lo: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(file) = self.handle(fh) else {
+            return reply.error(Errno::EBADF);
+        };
         let data = data.to_vec();
         let sync = flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0;
         spawn!(self, async move {
@@ -402,8 +648,17 @@ impl fuser::Filesystem for SpareFs {
         });
     }
 
-    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
-        let Some(file) = self.handle(fh) else { return reply.error(Errno::EBADF) };
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let Some(file) = self.handle(fh) else {
+            return reply.error(Errno::EBADF);
+        };
         let unlock = self.unlock_all(ino, lock_owner);
         spawn!(self, async move {
             let r = async {
@@ -421,8 +676,17 @@ impl fuser::Filesystem for SpareFs {
         });
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let Some(file) = self.handle(fh) else { return reply.error(Errno::EBADF) };
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(file) = self.handle(fh) else {
+            return reply.error(Errno::EBADF);
+        };
         spawn!(self, async move {
             match file.flush().await {
                 Ok(_) => reply.ok(),
@@ -431,7 +695,16 @@ impl fuser::Filesystem for SpareFs {
         });
     }
 
-    fn release(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, lock_owner: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
         // With FUSE_RELEASE_FLOCK_UNLOCK the kernel names the flock owner.
         if let Some(unlock) = lock_owner.and_then(|o| self.unlock_all(ino, o)) {
             self.rt.spawn(async move {
@@ -464,8 +737,19 @@ impl fuser::Filesystem for SpareFs {
         });
     }
 
-    fn fallocate(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
-        let Some(file) = self.handle(fh) else { return reply.error(Errno::EBADF) };
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(file) = self.handle(fh) else {
+            return reply.error(Errno::EBADF);
+        };
         let (meta, c) = (self.meta.clone(), caller(req));
         const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         spawn!(self, async move {
@@ -478,7 +762,17 @@ impl fuser::Filesystem for SpareFs {
                         let a = meta.getattr(InodeId(ino.0)).await?;
                         if mode == 0 && end > a.size.max(file.known_size()) {
                             file.flush().await?;
-                            meta.write_as(c, WriteOp::SetAttr { ino: InodeId(ino.0), set: SetAttr { size: Some(end), ..Default::default() } }).await?;
+                            meta.write_as(
+                                c,
+                                WriteOp::SetAttr {
+                                    ino: InodeId(ino.0),
+                                    set: SetAttr {
+                                        size: Some(end),
+                                        ..Default::default()
+                                    },
+                                },
+                            )
+                            .await?;
                             file.set_size(end).await;
                         }
                         Ok(())
@@ -495,14 +789,44 @@ impl fuser::Filesystem for SpareFs {
         });
     }
 
-    fn getlk(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32, reply: fuser::ReplyLock) {
-        let Some(kind) = lock_kind(typ) else { return reply.error(Errno::EINVAL) };
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: fuser::ReplyLock,
+    ) {
+        let Some(kind) = lock_kind(typ) else {
+            return reply.error(Errno::EINVAL);
+        };
         let meta = self.meta.clone();
-        let lock = LockSpec { client: meta.id(), owner: lock_owner.0, start, end, kind, pid };
+        let lock = LockSpec {
+            client: meta.id(),
+            owner: lock_owner.0,
+            start,
+            end,
+            kind,
+            pid,
+        };
         spawn!(self, async move {
-            match meta.read(ReadOp::GetLock { ino: InodeId(ino.0), lock }).await {
+            match meta
+                .read(ReadOp::GetLock {
+                    ino: InodeId(ino.0),
+                    lock,
+                })
+                .await
+            {
                 Ok(NsReply::Lock(Some(l))) => {
-                    let typ = if l.kind == LockKind::Write { libc::F_WRLCK } else { libc::F_RDLCK };
+                    let typ = if l.kind == LockKind::Write {
+                        libc::F_WRLCK
+                    } else {
+                        libc::F_RDLCK
+                    };
                     reply.locked(l.start, l.end, typ, l.pid)
                 }
                 Ok(_) => reply.locked(start, end, libc::F_UNLCK, 0),
@@ -511,16 +835,43 @@ impl fuser::Filesystem for SpareFs {
         });
     }
 
-    fn setlk(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32, sleep: bool, reply: ReplyEmpty) {
-        let Some(kind) = lock_kind(typ) else { return reply.error(Errno::EINVAL) };
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(kind) = lock_kind(typ) else {
+            return reply.error(Errno::EINVAL);
+        };
         let meta = self.meta.clone();
-        let lock = LockSpec { client: meta.id(), owner: lock_owner.0, start, end, kind, pid };
+        let lock = LockSpec {
+            client: meta.id(),
+            owner: lock_owner.0,
+            start,
+            end,
+            kind,
+            pid,
+        };
         if let Ok(mut l) = self.lockers.lock() {
             l.insert((ino.0, lock_owner.0));
         }
         spawn!(self, async move {
             loop {
-                match meta.write(WriteOp::SetLock { ino: InodeId(ino.0), lock }).await {
+                match meta
+                    .write(WriteOp::SetLock {
+                        ino: InodeId(ino.0),
+                        lock,
+                    })
+                    .await
+                {
                     Ok(_) => return reply.ok(),
                     Err(ClientError::Errno(PErrno::EAGAIN)) if sleep => {
                         // FUSE interrupts are not handled: stop waiting for a
@@ -536,18 +887,47 @@ impl fuser::Filesystem for SpareFs {
         });
     }
 
-    fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let (meta, c) = (self.meta.clone(), caller(req));
         spawn!(self, async move {
             let ino = InodeId(ino.0);
             let r = async {
                 // ".." only on the first call; later calls list entries only.
                 let parent = if offset < 2 {
-                    Some(attr_of(meta.read_as(c.clone(), ReadOp::Lookup { parent: ino, name: b"..".to_vec() }).await?)?.ino)
+                    Some(
+                        attr_of(
+                            meta.read_as(
+                                c.clone(),
+                                ReadOp::Lookup {
+                                    parent: ino,
+                                    name: b"..".to_vec(),
+                                },
+                            )
+                            .await?,
+                        )?
+                        .ino,
+                    )
                 } else {
                     None
                 };
-                let entries = match meta.read_as(c, ReadOp::ReadDir { ino, after_cookie: offset.max(2), limit: 512 }).await? {
+                let entries = match meta
+                    .read_as(
+                        c,
+                        ReadOp::ReadDir {
+                            ino,
+                            after_cookie: offset.max(2),
+                            limit: 512,
+                        },
+                    )
+                    .await?
+                {
                     NsReply::Dir(d) => d,
                     other => return Err(ClientError::Protocol(format!("{other:?}"))),
                 };
@@ -565,7 +945,12 @@ impl fuser::Filesystem for SpareFs {
                         }
                     }
                     for e in entries {
-                        if reply.add(INodeNo(e.ino.0), e.cookie, convert::kind(e.kind), OsStr::from_bytes(&e.name)) {
+                        if reply.add(
+                            INodeNo(e.ino.0),
+                            e.cookie,
+                            convert::kind(e.kind),
+                            OsStr::from_bytes(&e.name),
+                        ) {
                             break;
                         }
                     }
@@ -583,7 +968,16 @@ impl fuser::Filesystem for SpareFs {
                 Ok(NsReply::StatFs(s)) => {
                     let bs = 4096u64;
                     let free = s.free_bytes / bs;
-                    reply.statfs(s.capacity_bytes / bs, free, free, s.files, u64::MAX / 2, bs as u32, s.name_bytes_max, bs as u32)
+                    reply.statfs(
+                        s.capacity_bytes / bs,
+                        free,
+                        free,
+                        s.files,
+                        u64::MAX / 2,
+                        bs as u32,
+                        s.name_bytes_max,
+                        bs as u32,
+                    )
                 }
                 Ok(_) => reply.error(Errno::EIO),
                 Err(e) => reply.error(errno(&e)),
@@ -591,7 +985,16 @@ impl fuser::Filesystem for SpareFs {
         });
     }
 
-    fn setxattr(&self, req: &Request, ino: INodeNo, n: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        n: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
         let (meta, c, n, value) = (self.meta.clone(), caller(req), name(n), value.to_vec());
         let mode = match flags {
             0 => XattrMode::Any,
@@ -600,7 +1003,18 @@ impl fuser::Filesystem for SpareFs {
             _ => return reply.error(Errno::EINVAL),
         };
         spawn!(self, async move {
-            match meta.write_as(c, WriteOp::SetXattr { ino: InodeId(ino.0), name: n, value, mode }).await {
+            match meta
+                .write_as(
+                    c,
+                    WriteOp::SetXattr {
+                        ino: InodeId(ino.0),
+                        name: n,
+                        value,
+                        mode,
+                    },
+                )
+                .await
+            {
                 Ok(_) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -610,7 +1024,16 @@ impl fuser::Filesystem for SpareFs {
     fn getxattr(&self, req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
         let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
         spawn!(self, async move {
-            match meta.read_as(c, ReadOp::GetXattr { ino: InodeId(ino.0), name: n }).await {
+            match meta
+                .read_as(
+                    c,
+                    ReadOp::GetXattr {
+                        ino: InodeId(ino.0),
+                        name: n,
+                    },
+                )
+                .await
+            {
                 Ok(NsReply::Bytes(v)) => xattr_reply(reply, &v, size),
                 Ok(_) => reply.error(Errno::EIO),
                 Err(e) => reply.error(errno(&e)),
@@ -621,7 +1044,15 @@ impl fuser::Filesystem for SpareFs {
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let (meta, c) = (self.meta.clone(), caller(req));
         spawn!(self, async move {
-            match meta.read_as(c, ReadOp::ListXattr { ino: InodeId(ino.0) }).await {
+            match meta
+                .read_as(
+                    c,
+                    ReadOp::ListXattr {
+                        ino: InodeId(ino.0),
+                    },
+                )
+                .await
+            {
                 Ok(NsReply::Names(names)) => {
                     let mut buf = Vec::new();
                     for n in names {
@@ -639,7 +1070,16 @@ impl fuser::Filesystem for SpareFs {
     fn removexattr(&self, req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
         spawn!(self, async move {
-            match meta.write_as(c, WriteOp::RemoveXattr { ino: InodeId(ino.0), name: n }).await {
+            match meta
+                .write_as(
+                    c,
+                    WriteOp::RemoveXattr {
+                        ino: InodeId(ino.0),
+                        name: n,
+                    },
+                )
+                .await
+            {
                 Ok(_) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -649,7 +1089,16 @@ impl fuser::Filesystem for SpareFs {
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let (meta, c) = (self.meta.clone(), caller(req));
         spawn!(self, async move {
-            match meta.read_as(c, ReadOp::Access { ino: InodeId(ino.0), mask: mask.bits() as u32 }).await {
+            match meta
+                .read_as(
+                    c,
+                    ReadOp::Access {
+                        ino: InodeId(ino.0),
+                        mask: mask.bits() as u32,
+                    },
+                )
+                .await
+            {
                 Ok(_) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }

@@ -58,7 +58,10 @@ impl Cf {
     }
 
     pub fn index(self) -> u8 {
-        STATE_CFS.iter().position(|c| *c == self).expect("every Cf is in STATE_CFS") as u8
+        STATE_CFS
+            .iter()
+            .position(|c| *c == self)
+            .expect("every Cf is in STATE_CFS") as u8
     }
 
     pub fn from_index(i: u8) -> Option<Cf> {
@@ -90,10 +93,20 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 pub fn decode<T: DeserializeOwned>(cf: Cf, bytes: &[u8]) -> Result<T, StoreError> {
     match bytes.first() {
-        Some(&RECORD_VERSION) => postcard::from_bytes(&bytes[1..])
-            .map_err(|e| StoreError::Corrupt { cf: cf.name(), reason: e.to_string() }),
-        Some(&v) => Err(StoreError::Version { cf: cf.name(), version: v }),
-        None => Err(StoreError::Corrupt { cf: cf.name(), reason: "empty value".into() }),
+        Some(&RECORD_VERSION) => {
+            postcard::from_bytes(&bytes[1..]).map_err(|e| StoreError::Corrupt {
+                cf: cf.name(),
+                reason: e.to_string(),
+            })
+        }
+        Some(&v) => Err(StoreError::Version {
+            cf: cf.name(),
+            version: v,
+        }),
+        None => Err(StoreError::Corrupt {
+            cf: cf.name(),
+            reason: "empty value".into(),
+        }),
     }
 }
 
@@ -121,7 +134,10 @@ pub struct Tx<'a, R: ReadKv> {
 
 impl<'a, R: ReadKv> Tx<'a, R> {
     pub fn new(base: &'a R) -> Self {
-        Tx { base, writes: BTreeMap::new() }
+        Tx {
+            base,
+            writes: BTreeMap::new(),
+        }
     }
 
     pub fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
@@ -170,23 +186,38 @@ impl<R: ReadKv> ReadKv for Tx<'_, R> {
             for (k, v) in page {
                 merged.insert(k, Some(v));
             }
-            let live = merged.keys().filter(|k| !matches!(self.writes.get(&(cf, (*k).clone())), Some(None))).count();
+            let live = merged
+                .keys()
+                .filter(|k| !matches!(self.writes.get(&(cf, (*k).clone())), Some(None)))
+                .count();
             if exhausted || live >= limit {
                 break;
             }
         }
-        let upper = if !exhausted { merged.keys().next_back().cloned() } else { None };
+        let upper = if !exhausted {
+            merged.keys().next_back().cloned()
+        } else {
+            None
+        };
         for ((wcf, k), v) in self.writes.range((cf, start.to_vec())..) {
             if *wcf != cf || !k.starts_with(prefix) {
-                if *wcf != cf { break; }
+                if *wcf != cf {
+                    break;
+                }
                 continue;
             }
             if let Some(u) = &upper {
-                if k > u { break; }
+                if k > u {
+                    break;
+                }
             }
             merged.insert(k.clone(), v.clone());
         }
-        Ok(merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).take(limit).collect())
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .take(limit)
+            .collect())
     }
 }
 

@@ -111,12 +111,17 @@ pub async fn run(config: MetaConfig) -> anyhow::Result<()> {
         shared.clone(),
         Box::new(transport),
         runtime,
-        DriverConfig { compact_after_entries: config.compact_after_entries, compact_keep_entries: config.compact_keep_entries },
+        DriverConfig {
+            compact_after_entries: config.compact_after_entries,
+            compact_keep_entries: config.compact_keep_entries,
+        },
     )?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new().name(format!("raft-{}", config.id)).spawn(move || {
-        let _ = done_tx.send(driver.run(rx));
-    })?;
+    std::thread::Builder::new()
+        .name(format!("raft-{}", config.id))
+        .spawn(move || {
+            let _ = done_tx.send(driver.run(rx));
+        })?;
     let server = Arc::new(server::Server {
         shared,
         driver: tx,

@@ -52,15 +52,44 @@ pub type Reply<T> = oneshot::Sender<Result<T, RpcError>>;
 
 pub enum Input {
     Raft(Box<Message>),
-    Write { caller: Caller, id: RequestId, op: WriteOp, reply: Reply<NsReply> },
-    Read { caller: Caller, op: ReadOp, reply: Reply<NsReply> },
-    ConfChange { id: RequestId, cc: ConfChange, address: String, reply: Reply<()> },
+    Write {
+        caller: Caller,
+        id: RequestId,
+        op: WriteOp,
+        reply: Reply<NsReply>,
+    },
+    Read {
+        caller: Caller,
+        op: ReadOp,
+        reply: Reply<NsReply>,
+    },
+    ConfChange {
+        id: RequestId,
+        cc: ConfChange,
+        address: String,
+        reply: Reply<()>,
+    },
     Status(oneshot::Sender<ReplicaStatus>),
-    TransferLeader { replica: ReplicaId, reply: Reply<()> },
-    KeepAlive { client: sparefs_proto::ClientId, reply: Reply<()> },
-    SnapshotSent { to: u64, ok: bool },
+    TransferLeader {
+        replica: ReplicaId,
+        reply: Reply<()>,
+    },
+    KeepAlive {
+        client: sparefs_proto::ClientId,
+        reply: Reply<()>,
+    },
+    SnapshotSent {
+        to: u64,
+        ok: bool,
+    },
     Unreachable(u64),
-    Heartbeat { chunkserver: ChunkserverId, capacity_bytes: u64, used_bytes: u64, errors: u64, reply: Reply<()> },
+    Heartbeat {
+        chunkserver: ChunkserverId,
+        capacity_bytes: u64,
+        used_bytes: u64,
+        errors: u64,
+        reply: Reply<()>,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -134,7 +163,8 @@ pub fn member_key(id: u64) -> Vec<u8> {
 pub fn load_members(store: &Store) -> anyhow::Result<BTreeMap<u64, String>> {
     let mut out = BTreeMap::new();
     for (k, v) in store.scan(Cf::Sys, b"member/", b"member/", usize::MAX)? {
-        let id = crate::kv::read_be(&k[7..]).ok_or_else(|| anyhow::anyhow!("corrupt member key"))?;
+        let id =
+            crate::kv::read_be(&k[7..]).ok_or_else(|| anyhow::anyhow!("corrupt member key"))?;
         out.insert(id, decode::<String>(Cf::Sys, &v)?);
     }
     Ok(out)
@@ -149,7 +179,11 @@ impl slog::Drain for SlogToTracing {
     fn log(&self, record: &slog::Record, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
         struct Kv(String);
         impl slog::Serializer for Kv {
-            fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments) -> slog::Result {
+            fn emit_arguments(
+                &mut self,
+                key: slog::Key,
+                val: &std::fmt::Arguments,
+            ) -> slog::Result {
                 self.0.push_str(&format!(" {key}={val}"));
                 Ok(())
             }
@@ -158,7 +192,9 @@ impl slog::Drain for SlogToTracing {
         let _ = slog::KV::serialize(&record.kv(), record, &mut kv);
         let _ = slog::KV::serialize(values, record, &mut kv);
         match record.level() {
-            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "raft", "{}{}", record.msg(), kv.0),
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{}{}", record.msg(), kv.0)
+            }
             slog::Level::Warning => tracing::warn!(target: "raft", "{}{}", record.msg(), kv.0),
             slog::Level::Info => tracing::info!(target: "raft", "{}{}", record.msg(), kv.0),
             _ => tracing::debug!(target: "raft", "{}{}", record.msg(), kv.0),
@@ -203,7 +239,10 @@ impl Driver {
         // the group only from its command line (already in `shared`).
         let stored = load_members(&store)?;
         if !stored.is_empty() {
-            *shared.members.write().map_err(|_| anyhow::anyhow!("members lock poisoned"))? = stored;
+            *shared
+                .members
+                .write()
+                .map_err(|_| anyhow::anyhow!("members lock poisoned"))? = stored;
         }
         Ok(Driver {
             raw,
@@ -262,8 +301,15 @@ impl Driver {
 
     fn not_leader(&self) -> RpcError {
         let leader = self.raw.raft.leader_id;
-        let address = self.shared.members.read().ok().and_then(|m| m.get(&leader).cloned());
-        RpcError::NotLeader { leader: address.map(|a| (ReplicaId(leader), a)) }
+        let address = self
+            .shared
+            .members
+            .read()
+            .ok()
+            .and_then(|m| m.get(&leader).cloned());
+        RpcError::NotLeader {
+            leader: address.map(|a| (ReplicaId(leader), a)),
+        }
     }
 
     fn handle(&mut self, input: Input) {
@@ -273,7 +319,12 @@ impl Driver {
                     tracing::debug!("raft step: {e}");
                 }
             }
-            Input::Write { caller, id, mut op, reply } => {
+            Input::Write {
+                caller,
+                id,
+                mut op,
+                reply,
+            } => {
                 if !self.is_leader() {
                     let _ = reply.send(Err(self.not_leader()));
                     return;
@@ -281,7 +332,10 @@ impl Driver {
                 if let WriteOp::SetLock { lock, .. } = &op {
                     self.lease_seen.insert(lock.client, Instant::now());
                 }
-                if let WriteOp::AllocateBlocks { policy, placement, .. } = &mut op {
+                if let WriteOp::AllocateBlocks {
+                    policy, placement, ..
+                } = &mut op
+                {
                     match self.place(policy.width()) {
                         Ok(p) => *placement = p,
                         Err(e) => {
@@ -291,7 +345,12 @@ impl Driver {
                     }
                 }
                 self.waiters.insert((id.client.0, id.seq), reply);
-                self.pending_writes.push(Command { id, caller, op, now: Time::now() });
+                self.pending_writes.push(Command {
+                    id,
+                    caller,
+                    op,
+                    now: Time::now(),
+                });
             }
             Input::Read { caller, op, reply } => {
                 if !self.is_leader() {
@@ -300,7 +359,12 @@ impl Driver {
                 }
                 self.pending_reads.push((caller, op, reply));
             }
-            Input::ConfChange { id, cc, address, reply } => {
+            Input::ConfChange {
+                id,
+                cc,
+                address,
+                reply,
+            } => {
                 if !self.is_leader() {
                     let _ = reply.send(Err(self.not_leader()));
                     return;
@@ -311,7 +375,9 @@ impl Driver {
                         self.conf_waiters.insert((id.client.0, id.seq), reply);
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(RpcError::BadRequest(format!("configuration change refused: {e}"))));
+                        let _ = reply.send(Err(RpcError::BadRequest(format!(
+                            "configuration change refused: {e}"
+                        ))));
                     }
                 }
             }
@@ -335,17 +401,35 @@ impl Driver {
                 let _ = reply.send(self.status());
             }
             Input::SnapshotSent { to, ok } => {
-                let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
                 self.raw.report_snapshot(to, status);
             }
             Input::Unreachable(to) => self.raw.report_unreachable(to),
-            Input::Heartbeat { chunkserver, capacity_bytes, used_bytes, errors, reply } => {
+            Input::Heartbeat {
+                chunkserver,
+                capacity_bytes,
+                used_bytes,
+                errors,
+                reply,
+            } => {
                 if !self.is_leader() {
                     let _ = reply.send(Err(self.not_leader()));
                     return;
                 }
                 if let Ok(mut hb) = self.shared.heartbeats.write() {
-                    hb.insert(chunkserver, Heartbeat { at: Instant::now(), capacity_bytes, used_bytes, errors });
+                    hb.insert(
+                        chunkserver,
+                        Heartbeat {
+                            at: Instant::now(),
+                            capacity_bytes,
+                            used_bytes,
+                            errors,
+                        },
+                    );
                 }
                 let _ = reply.send(Ok(()));
             }
@@ -357,13 +441,26 @@ impl Driver {
         if !self.is_leader() {
             return;
         }
-        let expired: Vec<sparefs_proto::ClientId> =
-            self.lease_seen.iter().filter(|(_, t)| t.elapsed() > LOCK_LEASE).map(|(c, _)| *c).collect();
+        let expired: Vec<sparefs_proto::ClientId> = self
+            .lease_seen
+            .iter()
+            .filter(|(_, t)| t.elapsed() > LOCK_LEASE)
+            .map(|(c, _)| *c)
+            .collect();
         for client in expired {
             self.lease_seen.remove(&client);
             tracing::info!(client = %client, "lock lease expired; releasing its locks");
-            let id = RequestId { client: sparefs_proto::ClientId(u128::MAX - self.shared.id.0 as u128), seq: self.next_internal_seq(), ack_below: 0 };
-            self.pending_writes.push(Command { id, caller: Caller::ROOT, op: WriteOp::ExpireClient { client }, now: Time::now() });
+            let id = RequestId {
+                client: sparefs_proto::ClientId(u128::MAX - self.shared.id.0 as u128),
+                seq: self.next_internal_seq(),
+                ack_below: 0,
+            };
+            self.pending_writes.push(Command {
+                id,
+                caller: Caller::ROOT,
+                op: WriteOp::ExpireClient { client },
+                now: Time::now(),
+            });
         }
     }
 
@@ -379,21 +476,32 @@ impl Driver {
             return Ok(());
         }
         let key: [u8; 32] = rand::random();
-        let id = RequestId { client: sparefs_proto::ClientId(u128::MAX - self.shared.id.0 as u128), seq: self.next_internal_seq(), ack_below: 0 };
-        self.pending_writes.push(Command { id, caller: Caller::ROOT, op: WriteOp::SetClusterKey { key }, now: Time::now() });
+        let id = RequestId {
+            client: sparefs_proto::ClientId(u128::MAX - self.shared.id.0 as u128),
+            seq: self.next_internal_seq(),
+            ack_below: 0,
+        };
+        self.pending_writes.push(Command {
+            id,
+            caller: Caller::ROOT,
+            op: WriteOp::SetClusterKey { key },
+            now: Time::now(),
+        });
         Ok(())
     }
 
     /// Chooses chunkservers for a new block from the registry and this
     /// leader's heartbeat view: only `up` servers, weighted by free space.
     fn place(&self, width: usize) -> Result<Vec<ChunkserverId>, RpcError> {
-        let servers = ns::chunkservers(&*self.store, &*self.shared).map_err(|e| RpcError::Storage(e.to_string()))?;
+        let servers = ns::chunkservers(&*self.store, &*self.shared)
+            .map_err(|e| RpcError::Storage(e.to_string()))?;
         let candidates: Vec<(ChunkserverId, u64)> = servers
             .iter()
             .filter(|s| s.state == ChunkserverState::Up)
             .map(|s| (s.id, s.capacity_bytes.saturating_sub(s.used_bytes)))
             .collect();
-        crate::placement::choose(&candidates, width, &mut rand::thread_rng()).map_err(RpcError::Errno)
+        crate::placement::choose(&candidates, width, &mut rand::thread_rng())
+            .map_err(RpcError::Errno)
     }
 
     pub fn status(&self) -> ReplicaStatus {
@@ -416,7 +524,11 @@ impl Driver {
                 .shared
                 .members
                 .read()
-                .map(|m| m.iter().map(|(id, a)| (ReplicaId(*id), a.clone())).collect())
+                .map(|m| {
+                    m.iter()
+                        .map(|(id, a)| (ReplicaId(*id), a.clone()))
+                        .collect()
+                })
                 .unwrap_or_default(),
             first_log_index: self.raw.store().first(),
             last_log_index: self.raw.store().last(),
@@ -461,7 +573,8 @@ impl Driver {
         }
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
-        self.awaiting_reads.insert(ctx, std::mem::take(&mut self.pending_reads));
+        self.awaiting_reads
+            .insert(ctx, std::mem::take(&mut self.pending_reads));
         self.raw.read_index(ctx.to_be_bytes().to_vec());
     }
 
@@ -475,7 +588,12 @@ impl Driver {
         for (_, w) in self.conf_waiters.drain() {
             let _ = w.send(Err(err.clone()));
         }
-        let reads: Vec<_> = self.awaiting_reads.drain().flat_map(|(_, r)| r).chain(self.ready_reads.drain(..).flat_map(|(_, r)| r)).collect();
+        let reads: Vec<_> = self
+            .awaiting_reads
+            .drain()
+            .flat_map(|(_, r)| r)
+            .chain(self.ready_reads.drain(..).flat_map(|(_, r)| r))
+            .collect();
         for (_, _, w) in reads {
             let _ = w.send(Err(err.clone()));
         }
@@ -514,7 +632,9 @@ impl Driver {
         let results = self.apply_entries(&mut batch, ready.take_committed_entries())?;
         self.raw.mut_store().append(&mut batch, ready.entries())?;
         if let Some(hs) = ready.hs() {
-            self.raw.mut_store().set_hard_state(&mut batch, hs.clone())?;
+            self.raw
+                .mut_store()
+                .set_hard_state(&mut batch, hs.clone())?;
         }
         if !batch.is_empty() {
             self.store.write_synced(batch)?;
@@ -541,7 +661,11 @@ impl Driver {
         Ok(())
     }
 
-    fn apply_entries(&mut self, batch: &mut WriteBatch, entries: Vec<Entry>) -> anyhow::Result<Vec<((u128, u64), Result<NsReply, Errno>)>> {
+    fn apply_entries(
+        &mut self,
+        batch: &mut WriteBatch,
+        entries: Vec<Entry>,
+    ) -> anyhow::Result<Vec<((u128, u64), Result<NsReply, Errno>)>> {
         let mut results = Vec::new();
         if entries.is_empty() {
             return Ok(results);
@@ -556,8 +680,9 @@ impl Driver {
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
                     if !e.data.is_empty() {
-                        let cmds: Vec<Command> = decode(Cf::Sys, &e.data)
-                            .map_err(|err| anyhow::anyhow!("committed entry {} does not decode: {err}", e.index))?;
+                        let cmds: Vec<Command> = decode(Cf::Sys, &e.data).map_err(|err| {
+                            anyhow::anyhow!("committed entry {} does not decode: {err}", e.index)
+                        })?;
                         for cmd in cmds {
                             let r = ns::apply_command(&mut tx, &cmd)?;
                             results.push(((cmd.id.client.0, cmd.id.seq), r));
@@ -575,18 +700,24 @@ impl Driver {
                                 ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
                                     tx.put_rec(Cf::Sys, member_key(cc.node_id), &address)
                                 }
-                                ConfChangeType::RemoveNode => tx.delete(Cf::Sys, member_key(cc.node_id)),
+                                ConfChangeType::RemoveNode => {
+                                    tx.delete(Cf::Sys, member_key(cc.node_id))
+                                }
                             }
                             changed_members = true;
                             Ok(())
                         }
-                        Err(err) => Err(RpcError::BadRequest(format!("configuration change failed: {err}"))),
+                        Err(err) => Err(RpcError::BadRequest(format!(
+                            "configuration change failed: {err}"
+                        ))),
                     };
                     if let Some(w) = self.conf_waiters.remove(&(id.client.0, id.seq)) {
                         let _ = w.send(outcome);
                     }
                 }
-                EntryType::EntryConfChangeV2 => anyhow::bail!("entry {}: joint consensus changes are not used", e.index),
+                EntryType::EntryConfChangeV2 => {
+                    anyhow::bail!("entry {}: joint consensus changes are not used", e.index)
+                }
             }
             self.applied = e.index;
         }
@@ -623,7 +754,10 @@ impl Driver {
 
     fn serve_ready_reads(&mut self) {
         let applied = self.applied;
-        let (now, later): (Vec<_>, Vec<_>) = self.ready_reads.drain(..).partition(|(idx, _)| *idx <= applied);
+        let (now, later): (Vec<_>, Vec<_>) = self
+            .ready_reads
+            .drain(..)
+            .partition(|(idx, _)| *idx <= applied);
         self.ready_reads = later;
         for (_, reads) in now {
             let store = self.store.clone();
@@ -647,7 +781,9 @@ impl Driver {
         if self.applied < first + self.config.compact_after_entries {
             return Ok(());
         }
-        let upto = self.applied.saturating_sub(self.config.compact_keep_entries);
+        let upto = self
+            .applied
+            .saturating_sub(self.config.compact_keep_entries);
         let mut batch = WriteBatch::default();
         self.raw.mut_store().compact(&mut batch, upto)?;
         self.store.write_synced(batch)?;
@@ -666,7 +802,12 @@ impl Driver {
             .lock()
             .map_err(|_| anyhow::anyhow!("staging lock poisoned"))?
             .remove(&desc.index)
-            .ok_or_else(|| anyhow::anyhow!("snapshot {} was not staged before raft accepted it", desc.index))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "snapshot {} was not staged before raft accepted it",
+                    desc.index
+                )
+            })?;
         let mut batch = WriteBatch::default();
         for cf in STATE_CFS {
             batch.delete_range_cf(self.store.state_cf(cf), &[][..], &STATE_WIPE_END[..]);
@@ -675,7 +816,9 @@ impl Driver {
         for (cf, k, v) in read_staged(&mut file)? {
             batch.put_cf(self.store.state_cf(cf), k, v);
         }
-        self.raw.mut_store().reset_to_snapshot(&mut batch, snap.get_metadata())?;
+        self.raw
+            .mut_store()
+            .reset_to_snapshot(&mut batch, snap.get_metadata())?;
         self.store.write_synced(batch)?;
         self.applied = snap.get_metadata().index;
         let _ = std::fs::remove_file(&path);
@@ -683,7 +826,11 @@ impl Driver {
         if let Ok(mut m) = self.shared.members.write() {
             *m = members;
         }
-        tracing::info!(replica = self.shared.id.0, index = self.applied, "installed snapshot");
+        tracing::info!(
+            replica = self.shared.id.0,
+            index = self.applied,
+            "installed snapshot"
+        );
         Ok(())
     }
 }
@@ -698,12 +845,17 @@ pub fn read_staged(r: &mut impl Read) -> anyhow::Result<Vec<(Cf, Vec<u8>, Vec<u8
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(out),
             Err(e) => return Err(e.into()),
         }
-        let cf = Cf::from_index(cf[0]).ok_or_else(|| anyhow::anyhow!("staged snapshot names unknown column family {}", cf[0]))?;
+        let cf = Cf::from_index(cf[0]).ok_or_else(|| {
+            anyhow::anyhow!("staged snapshot names unknown column family {}", cf[0])
+        })?;
         let read_bytes = |r: &mut dyn Read| -> anyhow::Result<Vec<u8>> {
             let mut len = [0u8; 4];
             r.read_exact(&mut len)?;
             let len = u32::from_be_bytes(len) as usize;
-            anyhow::ensure!(len <= sparefs_proto::limits::FRAME_BYTES_MAX, "staged record too long");
+            anyhow::ensure!(
+                len <= sparefs_proto::limits::FRAME_BYTES_MAX,
+                "staged record too long"
+            );
             let mut buf = vec![0u8; len];
             r.read_exact(&mut buf)?;
             Ok(buf)
@@ -714,7 +866,12 @@ pub fn read_staged(r: &mut impl Read) -> anyhow::Result<Vec<(Cf, Vec<u8>, Vec<u8
     }
 }
 
-pub fn write_staged(w: &mut impl std::io::Write, cf: Cf, k: &[u8], v: &[u8]) -> std::io::Result<()> {
+pub fn write_staged(
+    w: &mut impl std::io::Write,
+    cf: Cf,
+    k: &[u8],
+    v: &[u8],
+) -> std::io::Result<()> {
     w.write_all(&[cf.index()])?;
     w.write_all(&(k.len() as u32).to_be_bytes())?;
     w.write_all(k)?;

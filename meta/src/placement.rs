@@ -8,8 +8,16 @@ use sparefs_proto::{ChunkserverId, Errno};
 
 /// Picks `width` distinct servers from `(id, free_bytes)`; servers with no
 /// free space are never picked. ENOSPC when fewer than `width` qualify.
-pub fn choose(servers: &[(ChunkserverId, u64)], width: usize, rng: &mut impl Rng) -> Result<Vec<ChunkserverId>, Errno> {
-    let mut pool: Vec<(ChunkserverId, u64)> = servers.iter().copied().filter(|(_, free)| *free > 0).collect();
+pub fn choose(
+    servers: &[(ChunkserverId, u64)],
+    width: usize,
+    rng: &mut impl Rng,
+) -> Result<Vec<ChunkserverId>, Errno> {
+    let mut pool: Vec<(ChunkserverId, u64)> = servers
+        .iter()
+        .copied()
+        .filter(|(_, free)| *free > 0)
+        .collect();
     if pool.len() < width {
         return Err(Errno::ENOSPC);
     }
@@ -68,7 +76,12 @@ mod tests {
     fn weighted_by_free_space() {
         let servers = [(ChunkserverId(1), 900), (ChunkserverId(2), 100)];
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let firsts = (0..10_000).filter(|_| choose(&servers, 1, &mut rng).expect("room")[0] == ChunkserverId(1)).count();
-        assert!((8_700..9_300).contains(&firsts), "server with 90% of the space picked {firsts}/10000 times");
+        let firsts = (0..10_000)
+            .filter(|_| choose(&servers, 1, &mut rng).expect("room")[0] == ChunkserverId(1))
+            .count();
+        assert!(
+            (8_700..9_300).contains(&firsts),
+            "server with 90% of the space picked {firsts}/10000 times"
+        );
     }
 }

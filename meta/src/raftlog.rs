@@ -10,8 +10,8 @@
 //! writes the batch before Raft reads the log again.
 
 use crate::kv::{be, read_be, Cf, ReadKv};
-use crate::store::{Store, CF_RAFT_LOG, CF_RAFT_STATE};
 use crate::ns;
+use crate::store::{Store, CF_RAFT_LOG, CF_RAFT_STATE};
 use protobuf::Message as _;
 use raft::prelude::*;
 use raft::{GetEntriesContext, RaftState, StorageError};
@@ -55,14 +55,20 @@ impl RaftLog {
         let state_cf = store.cf(CF_RAFT_STATE);
         let mut hard_state = HardState::default();
         if let Some(b) = db.get_cf(state_cf, KEY_HARD_STATE)? {
-            hard_state.merge_from_bytes(&b).context("decode stored hard state")?;
+            hard_state
+                .merge_from_bytes(&b)
+                .context("decode stored hard state")?;
         }
         let mut conf_state = ConfState::default();
         if let Some(b) = db.get_cf(state_cf, KEY_CONF_STATE)? {
-            conf_state.merge_from_bytes(&b).context("decode stored conf state")?;
+            conf_state
+                .merge_from_bytes(&b)
+                .context("decode stored conf state")?;
         }
         let (truncated_index, truncated_term) = match db.get_cf(state_cf, KEY_TRUNCATED)? {
-            Some(b) if b.len() == 16 => (read_be(&b[..8]).unwrap_or(0), read_be(&b[8..]).unwrap_or(0)),
+            Some(b) if b.len() == 16 => {
+                (read_be(&b[..8]).unwrap_or(0), read_be(&b[8..]).unwrap_or(0))
+            }
             Some(_) => anyhow::bail!("stored truncation point is corrupt"),
             None => (0, 0),
         };
@@ -77,7 +83,16 @@ impl RaftLog {
         }
         let snapshots_dir = store.dir().join("snapshots");
         std::fs::create_dir_all(&snapshots_dir).context("create snapshots directory")?;
-        Ok(RaftLog { store, hard_state, conf_state, truncated_index, truncated_term, last_index, snapshots_dir, address: String::new() })
+        Ok(RaftLog {
+            store,
+            hard_state,
+            conf_state,
+            truncated_index,
+            truncated_term,
+            last_index,
+            snapshots_dir,
+            address: String::new(),
+        })
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -97,7 +112,9 @@ impl RaftLog {
     }
 
     pub fn append(&mut self, batch: &mut WriteBatch, entries: &[Entry]) -> raft::Result<()> {
-        let Some(first) = entries.first() else { return Ok(()) };
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
         let cf = self.store.cf(CF_RAFT_LOG);
         // A new leader may overwrite a suffix: drop what follows.
         if first.index <= self.last_index {
@@ -111,7 +128,11 @@ impl RaftLog {
     }
 
     pub fn set_hard_state(&mut self, batch: &mut WriteBatch, hs: HardState) -> raft::Result<()> {
-        batch.put_cf(self.store.cf(CF_RAFT_STATE), KEY_HARD_STATE, hs.write_to_bytes().map_err(store_err)?);
+        batch.put_cf(
+            self.store.cf(CF_RAFT_STATE),
+            KEY_HARD_STATE,
+            hs.write_to_bytes().map_err(store_err)?,
+        );
         self.hard_state = hs;
         Ok(())
     }
@@ -123,7 +144,11 @@ impl RaftLog {
     }
 
     pub fn set_conf_state(&mut self, batch: &mut WriteBatch, cs: ConfState) -> raft::Result<()> {
-        batch.put_cf(self.store.cf(CF_RAFT_STATE), KEY_CONF_STATE, cs.write_to_bytes().map_err(store_err)?);
+        batch.put_cf(
+            self.store.cf(CF_RAFT_STATE),
+            KEY_CONF_STATE,
+            cs.write_to_bytes().map_err(store_err)?,
+        );
         self.conf_state = cs;
         Ok(())
     }
@@ -148,7 +173,11 @@ impl RaftLog {
     }
 
     /// The log after installing a snapshot: empty, truncated at its index.
-    pub fn reset_to_snapshot(&mut self, batch: &mut WriteBatch, meta: &SnapshotMetadata) -> raft::Result<()> {
+    pub fn reset_to_snapshot(
+        &mut self,
+        batch: &mut WriteBatch,
+        meta: &SnapshotMetadata,
+    ) -> raft::Result<()> {
         batch.delete_range_cf(self.store.cf(CF_RAFT_LOG), be(0), be(u64::MAX));
         self.set_truncated(batch, meta.index, meta.term);
         self.last_index = meta.index;
@@ -175,7 +204,10 @@ impl RaftLog {
         let _ = std::fs::remove_dir_all(&tmp);
         rocksdb::checkpoint::Checkpoint::new(self.store.db())?.create_checkpoint(&tmp)?;
         std::fs::rename(&tmp, &path)?;
-        let mut all: Vec<_> = std::fs::read_dir(&self.snapshots_dir)?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        let mut all: Vec<_> = std::fs::read_dir(&self.snapshots_dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .collect();
         all.sort();
         let keep_from = all.len().saturating_sub(2);
         for old in &all[..keep_from] {
@@ -187,10 +219,19 @@ impl RaftLog {
 
 impl raft::Storage for RaftLog {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState { hard_state: self.hard_state.clone(), conf_state: self.conf_state.clone() })
+        Ok(RaftState {
+            hard_state: self.hard_state.clone(),
+            conf_state: self.conf_state.clone(),
+        })
     }
 
-    fn entries(&self, low: u64, high: u64, max_size: impl Into<Option<u64>>, _ctx: GetEntriesContext) -> raft::Result<Vec<Entry>> {
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _ctx: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
         if low <= self.truncated_index {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
@@ -211,7 +252,10 @@ impl raft::Storage for RaftLog {
                 break;
             }
             if idx != low + out.len() as u64 {
-                return Err(store_err(format!("raft log has a gap at {}", low + out.len() as u64)));
+                return Err(store_err(format!(
+                    "raft log has a gap at {}",
+                    low + out.len() as u64
+                )));
             }
             let mut e = Entry::default();
             e.merge_from_bytes(&v).map_err(store_err)?;
@@ -256,7 +300,9 @@ impl raft::Storage for RaftLog {
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let applied = ns_applied(&self.store).map_err(store_err)?;
         if applied < request_index {
-            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
         }
         self.make_checkpoint(applied).map_err(store_err)?;
         let mut snap = Snapshot::default();
@@ -264,11 +310,17 @@ impl raft::Storage for RaftLog {
         meta.index = applied;
         meta.term = self.term(applied)?;
         meta.set_conf_state(self.conf_state.clone());
-        snap.data = crate::kv::encode(&SnapshotDescriptor { index: applied, address: self.address.clone() }).into();
+        snap.data = crate::kv::encode(&SnapshotDescriptor {
+            index: applied,
+            address: self.address.clone(),
+        })
+        .into();
         Ok(snap)
     }
 }
 
 pub fn ns_applied(store: &Store) -> Result<u64, crate::kv::StoreError> {
-    Ok(store.get_rec::<u64>(Cf::Sys, ns::SYS_APPLIED_KEY)?.unwrap_or(0))
+    Ok(store
+        .get_rec::<u64>(Cf::Sys, ns::SYS_APPLIED_KEY)?
+        .unwrap_or(0))
 }

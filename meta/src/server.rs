@@ -7,8 +7,8 @@ use crate::snapshot::SnapshotFetcher;
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeType, Message, MessageType};
 use sparefs_proto::msg::{Reply, Request, RpcError};
-use sparefs_proto::service::{CallFuture, Service};
 use sparefs_proto::namespace::Caller;
+use sparefs_proto::service::{CallFuture, Service};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -29,14 +29,18 @@ impl Server {
 
     fn raft_message(&self, m: Message) {
         if m.get_msg_type() == MessageType::MsgSnapshot {
-            self.fetcher.start(m, self.shared.clone(), self.driver.clone());
+            self.fetcher
+                .start(m, self.shared.clone(), self.driver.clone());
         } else {
             // A full queue drops the message; Raft retransmits.
             let _ = self.driver.try_send(Input::Raft(Box::new(m)));
         }
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, RpcError>>) -> Input) -> Result<T, RpcError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, RpcError>>) -> Input,
+    ) -> Result<T, RpcError> {
         let (tx, rx) = oneshot::channel();
         self.driver.try_send(make(tx)).map_err(|_| RpcError::Busy)?;
         rx.await.map_err(|_| RpcError::Busy)?
@@ -46,42 +50,74 @@ impl Server {
         match body {
             Request::Read { caller, op } => {
                 validate_caller(&caller)?;
-                Ok(Reply::Ns(self.ask(|reply| Input::Read { caller, op, reply }).await?))
+                Ok(Reply::Ns(
+                    self.ask(|reply| Input::Read { caller, op, reply }).await?,
+                ))
             }
             Request::Write { caller, id, op } => {
                 validate_caller(&caller)?;
-                Ok(Reply::Ns(self.ask(|reply| Input::Write { caller, id, op, reply }).await?))
+                Ok(Reply::Ns(
+                    self.ask(|reply| Input::Write {
+                        caller,
+                        id,
+                        op,
+                        reply,
+                    })
+                    .await?,
+                ))
             }
             Request::Raft { .. } => Err(RpcError::BadRequest("raft messages are one-way".into())),
-            Request::PutFragment { .. } | Request::GetFragment { .. } => {
-                Err(RpcError::BadRequest("fragment requests go to chunkservers, not the meta".into()))
-            }
+            Request::PutFragment { .. } | Request::GetFragment { .. } => Err(RpcError::BadRequest(
+                "fragment requests go to chunkservers, not the meta".into(),
+            )),
             Request::SnapshotPiece { index, cf, after } => {
                 let dir = self.dir.clone();
-                tokio::task::spawn_blocking(move || crate::snapshot::serve_piece(&dir, index, cf, after))
-                    .await
-                    .map_err(|e| RpcError::Storage(e.to_string()))?
+                tokio::task::spawn_blocking(move || {
+                    crate::snapshot::serve_piece(&dir, index, cf, after)
+                })
+                .await
+                .map_err(|e| RpcError::Storage(e.to_string()))?
             }
             Request::Status => {
                 let (tx, rx) = oneshot::channel();
-                self.driver.try_send(Input::Status(tx)).map_err(|_| RpcError::Busy)?;
+                self.driver
+                    .try_send(Input::Status(tx))
+                    .map_err(|_| RpcError::Busy)?;
                 Ok(Reply::Status(rx.await.map_err(|_| RpcError::Busy)?))
             }
-            Request::AddReplica { id, replica, address } => {
+            Request::AddReplica {
+                id,
+                replica,
+                address,
+            } => {
                 if replica.0 == 0 || address.parse::<std::net::SocketAddr>().is_err() {
-                    return Err(RpcError::BadRequest(format!("replica id must be non-zero and {address:?} a socket address")));
+                    return Err(RpcError::BadRequest(format!(
+                        "replica id must be non-zero and {address:?} a socket address"
+                    )));
                 }
                 let mut cc = ConfChange::default();
                 cc.set_change_type(ConfChangeType::AddNode);
                 cc.node_id = replica.0;
-                self.ask(|reply| Input::ConfChange { id, cc, address, reply }).await?;
+                self.ask(|reply| Input::ConfChange {
+                    id,
+                    cc,
+                    address,
+                    reply,
+                })
+                .await?;
                 Ok(Reply::Ok)
             }
             Request::RemoveReplica { id, replica } => {
                 let mut cc = ConfChange::default();
                 cc.set_change_type(ConfChangeType::RemoveNode);
                 cc.node_id = replica.0;
-                self.ask(|reply| Input::ConfChange { id, cc, address: String::new(), reply }).await?;
+                self.ask(|reply| Input::ConfChange {
+                    id,
+                    cc,
+                    address: String::new(),
+                    reply,
+                })
+                .await?;
                 Ok(Reply::Ok)
             }
             Request::KeepAlive { client } => {
@@ -89,11 +125,24 @@ impl Server {
                 Ok(Reply::Ok)
             }
             Request::TransferLeader { replica } => {
-                self.ask(|reply| Input::TransferLeader { replica, reply }).await?;
+                self.ask(|reply| Input::TransferLeader { replica, reply })
+                    .await?;
                 Ok(Reply::Ok)
             }
-            Request::Heartbeat { chunkserver, capacity_bytes, used_bytes, errors } => {
-                self.ask(|reply| Input::Heartbeat { chunkserver, capacity_bytes, used_bytes, errors, reply }).await?;
+            Request::Heartbeat {
+                chunkserver,
+                capacity_bytes,
+                used_bytes,
+                errors,
+            } => {
+                self.ask(|reply| Input::Heartbeat {
+                    chunkserver,
+                    capacity_bytes,
+                    used_bytes,
+                    errors,
+                    reply,
+                })
+                .await?;
                 Ok(Reply::Ok)
             }
         }
@@ -106,7 +155,9 @@ impl Service for Server {
     }
 
     fn one_way(&self, req: Request) -> Result<(), String> {
-        let Request::Raft { from, msg } = req else { return Err("not a raft message".into()) };
+        let Request::Raft { from, msg } = req else {
+            return Err("not a raft message".into());
+        };
         let mut m = Message::default();
         if m.merge_from_bytes(&msg).is_err() || m.from != from.0 {
             tracing::warn!("malformed raft message, closing the connection");

@@ -19,8 +19,14 @@ use std::sync::{Arc, Mutex};
 use tokio::net::TcpStream;
 
 /// One piece of a checkpoint's column family, after key `after`.
-pub fn serve_piece(dir: &Path, index: u64, cf: u8, after: Option<Vec<u8>>) -> Result<Reply, RpcError> {
-    let cf = Cf::from_index(cf).ok_or_else(|| RpcError::BadRequest(format!("no column family {cf}")))?;
+pub fn serve_piece(
+    dir: &Path,
+    index: u64,
+    cf: u8,
+    after: Option<Vec<u8>>,
+) -> Result<Reply, RpcError> {
+    let cf =
+        Cf::from_index(cf).ok_or_else(|| RpcError::BadRequest(format!("no column family {cf}")))?;
     let path = dir.join("snapshots").join(format!("{index:020}"));
     if !path.exists() {
         return Err(RpcError::SnapshotGone(index));
@@ -29,7 +35,9 @@ pub fn serve_piece(dir: &Path, index: u64, cf: u8, after: Option<Vec<u8>>) -> Re
     names.extend(STATE_CFS.iter().map(|c| c.name()));
     let db = rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), &path, names, false)
         .map_err(|e| RpcError::Storage(format!("open checkpoint {index}: {e}")))?;
-    let handle = db.cf_handle(cf.name()).ok_or_else(|| RpcError::Storage("checkpoint lacks a column family".into()))?;
+    let handle = db
+        .cf_handle(cf.name())
+        .ok_or_else(|| RpcError::Storage("checkpoint lacks a column family".into()))?;
     let start = match after {
         Some(mut k) => {
             k.push(0);
@@ -41,7 +49,8 @@ pub fn serve_piece(dir: &Path, index: u64, cf: u8, after: Option<Vec<u8>>) -> Re
     let mut bytes = 0;
     let mut from = start;
     loop {
-        let page = scan_db(&db, handle, &[], &from, 1024).map_err(|e| RpcError::Storage(e.to_string()))?;
+        let page =
+            scan_db(&db, handle, &[], &from, 1024).map_err(|e| RpcError::Storage(e.to_string()))?;
         let exhausted = page.len() < 1024;
         for (k, v) in page {
             bytes += k.len() + v.len() + 16;
@@ -72,8 +81,18 @@ async fn fetch(address: &str, index: u64, staging: &Path) -> anyhow::Result<()> 
     for cf in STATE_CFS {
         let mut after = None;
         loop {
-            let reply = call(&mut conn, Request::SnapshotPiece { index, cf: cf.index(), after: after.clone() }).await?;
-            let Reply::SnapshotPiece { items, done } = reply else { anyhow::bail!("unexpected reply to a snapshot piece") };
+            let reply = call(
+                &mut conn,
+                Request::SnapshotPiece {
+                    index,
+                    cf: cf.index(),
+                    after: after.clone(),
+                },
+            )
+            .await?;
+            let Reply::SnapshotPiece { items, done } = reply else {
+                anyhow::bail!("unexpected reply to a snapshot piece")
+            };
             for (k, v) in &items {
                 write_staged(&mut file, cf, k, v)?;
             }
@@ -96,17 +115,25 @@ pub struct SnapshotFetcher {
 
 impl SnapshotFetcher {
     pub fn new(dir: PathBuf) -> Arc<SnapshotFetcher> {
-        Arc::new(SnapshotFetcher { in_progress: Mutex::new(HashSet::new()), dir })
+        Arc::new(SnapshotFetcher {
+            in_progress: Mutex::new(HashSet::new()),
+            dir,
+        })
     }
 
     pub fn start(self: &Arc<Self>, msg: Message, shared: Arc<Shared>, driver: InputSender) {
-        let Ok(desc) = crate::kv::decode::<SnapshotDescriptor>(Cf::Sys, &msg.get_snapshot().data) else {
+        let Ok(desc) = crate::kv::decode::<SnapshotDescriptor>(Cf::Sys, &msg.get_snapshot().data)
+        else {
             tracing::warn!("snapshot message with an unreadable descriptor dropped");
             return;
         };
         let index = desc.index;
         let address = desc.address.clone();
-        let fresh = self.in_progress.lock().map(|mut p| p.insert(index)).unwrap_or(false);
+        let fresh = self
+            .in_progress
+            .lock()
+            .map(|mut p| p.insert(index))
+            .unwrap_or(false);
         if !fresh {
             return;
         }
@@ -116,7 +143,11 @@ impl SnapshotFetcher {
             let started = std::time::Instant::now();
             match fetch(&address, index, &staging).await {
                 Ok(()) => {
-                    tracing::info!(index, secs = started.elapsed().as_secs_f64(), "snapshot fetched");
+                    tracing::info!(
+                        index,
+                        secs = started.elapsed().as_secs_f64(),
+                        "snapshot fetched"
+                    );
                     if let Ok(mut staged) = shared.staged_snapshots.lock() {
                         staged.insert(index, staging);
                     }

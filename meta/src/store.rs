@@ -7,7 +7,10 @@
 //! group with empty state after having voted would break Raft's promises.
 
 use crate::kv::{Cf, Pairs, ReadKv, StoreError, STATE_CFS};
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Direction, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
+};
 use sparefs_proto::ReplicaId;
 use std::path::{Path, PathBuf};
 
@@ -21,9 +24,15 @@ pub enum OpenError {
     #[error("{dir}: {reason}")]
     Refused { dir: PathBuf, reason: String },
     #[error("{dir}: {source}")]
-    Io { dir: PathBuf, source: std::io::Error },
+    Io {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{dir}: the database does not open ({source}); refusing to start with empty state")]
-    Rocks { dir: PathBuf, source: rocksdb::Error },
+    Rocks {
+        dir: PathBuf,
+        source: rocksdb::Error,
+    },
 }
 
 pub struct Store {
@@ -70,7 +79,10 @@ pub enum DirState {
 }
 
 pub fn inspect_dir(dir: &Path, id: ReplicaId) -> Result<DirState, OpenError> {
-    let io = |source| OpenError::Io { dir: dir.to_path_buf(), source };
+    let io = |source| OpenError::Io {
+        dir: dir.to_path_buf(),
+        source,
+    };
     if !dir.exists() {
         return Ok(DirState::New);
     }
@@ -86,13 +98,24 @@ pub fn inspect_dir(dir: &Path, id: ReplicaId) -> Result<DirState, OpenError> {
         });
     }
     let text = std::fs::read_to_string(&identity).map_err(io)?;
-    let found: Option<u64> = text.trim().strip_prefix(IDENTITY_PREFIX).and_then(|s| s.parse().ok());
+    let found: Option<u64> = text
+        .trim()
+        .strip_prefix(IDENTITY_PREFIX)
+        .and_then(|s| s.parse().ok());
     match found {
         Some(n) if n == id.0 => {}
         Some(n) => {
-            return Err(OpenError::Refused { dir: dir.to_path_buf(), reason: format!("holds replica {n}, not replica {id}") })
+            return Err(OpenError::Refused {
+                dir: dir.to_path_buf(),
+                reason: format!("holds replica {n}, not replica {id}"),
+            })
         }
-        None => return Err(OpenError::Refused { dir: dir.to_path_buf(), reason: "IDENTITY file is corrupt".into() }),
+        None => {
+            return Err(OpenError::Refused {
+                dir: dir.to_path_buf(),
+                reason: "IDENTITY file is corrupt".into(),
+            })
+        }
     }
     if !dir.join("db").join("CURRENT").exists() {
         return Err(OpenError::Refused {
@@ -107,7 +130,10 @@ impl Store {
     /// Creates a fresh store; the caller writes the initial state and then
     /// calls `seal` to write IDENTITY.
     pub fn create(dir: &Path) -> Result<Store, OpenError> {
-        std::fs::create_dir_all(dir).map_err(|source| OpenError::Io { dir: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
         Self::open_db(dir, true)
     }
 
@@ -118,20 +144,36 @@ impl Store {
     fn open_db(dir: &Path, create: bool) -> Result<Store, OpenError> {
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES).ok();
         let opts = db_options(create, &cache);
-        let cfs = cf_names().into_iter().map(|n| ColumnFamilyDescriptor::new(n, db_options(create, &cache)));
-        let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)
-            .map_err(|source| OpenError::Rocks { dir: dir.to_path_buf(), source })?;
-        Ok(Store { db, dir: dir.to_path_buf() })
+        let cfs = cf_names()
+            .into_iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, db_options(create, &cache)));
+        let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs).map_err(|source| {
+            OpenError::Rocks {
+                dir: dir.to_path_buf(),
+                source,
+            }
+        })?;
+        Ok(Store {
+            db,
+            dir: dir.to_path_buf(),
+        })
     }
 
     pub fn seal(&self, id: ReplicaId) -> Result<(), OpenError> {
-        let io = |source| OpenError::Io { dir: self.dir.clone(), source };
+        let io = |source| OpenError::Io {
+            dir: self.dir.clone(),
+            source,
+        };
         let tmp = self.dir.join("IDENTITY.tmp");
         std::fs::write(&tmp, format!("{IDENTITY_PREFIX}{}\n", id.0)).map_err(io)?;
-        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
         std::fs::rename(&tmp, self.dir.join(IDENTITY_FILE)).map_err(io)?;
         // The rename is durable only once the directory itself is synced.
-        std::fs::File::open(&self.dir).and_then(|f| f.sync_all()).map_err(io)?;
+        std::fs::File::open(&self.dir)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
         Ok(())
     }
 
@@ -144,7 +186,9 @@ impl Store {
     }
 
     pub fn cf(&self, name: &str) -> &ColumnFamily {
-        self.db.cf_handle(name).expect("every column family is created at open")
+        self.db
+            .cf_handle(name)
+            .expect("every column family is created at open")
     }
 
     pub fn state_cf(&self, cf: Cf) -> &ColumnFamily {
@@ -167,7 +211,11 @@ impl Store {
         Ok(())
     }
 
-    pub fn put_writes(&self, batch: &mut WriteBatch, writes: std::collections::BTreeMap<(Cf, Vec<u8>), Option<Vec<u8>>>) {
+    pub fn put_writes(
+        &self,
+        batch: &mut WriteBatch,
+        writes: std::collections::BTreeMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
+    ) {
         for ((cf, k), v) in writes {
             match v {
                 Some(v) => batch.put_cf(self.state_cf(cf), k, v),
@@ -178,7 +226,13 @@ impl Store {
 }
 
 /// Scans `cf` of any RocksDB handle: the live store or a checkpoint.
-pub fn scan_db(db: &DB, cf: &ColumnFamily, prefix: &[u8], start: &[u8], limit: usize) -> Result<Pairs, StoreError> {
+pub fn scan_db(
+    db: &DB,
+    cf: &ColumnFamily,
+    prefix: &[u8],
+    start: &[u8],
+    limit: usize,
+) -> Result<Pairs, StoreError> {
     let mut out = Vec::new();
     for item in db.iterator_cf(cf, IteratorMode::From(start, Direction::Forward)) {
         let (k, v) = item?;

@@ -25,8 +25,17 @@ pub struct Transport {
 }
 
 impl Transport {
-    pub fn new(shared: Arc<Shared>, runtime: tokio::runtime::Handle, driver: InputSender) -> Transport {
-        Transport { shared, runtime, driver, peers: Mutex::new(HashMap::new()) }
+    pub fn new(
+        shared: Arc<Shared>,
+        runtime: tokio::runtime::Handle,
+        driver: InputSender,
+    ) -> Transport {
+        Transport {
+            shared,
+            runtime,
+            driver,
+            peers: Mutex::new(HashMap::new()),
+        }
     }
 
     fn queue(&self, to: u64) -> Option<mpsc::Sender<Message>> {
@@ -38,7 +47,8 @@ impl Transport {
         }
         let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
         peers.insert(to, tx.clone());
-        self.runtime.spawn(peer_loop(to, rx, self.shared.clone(), self.driver.clone()));
+        self.runtime
+            .spawn(peer_loop(to, rx, self.shared.clone(), self.driver.clone()));
         Some(tx)
     }
 }
@@ -66,7 +76,12 @@ async fn connect(address: &str) -> std::io::Result<TcpStream> {
     Ok(s)
 }
 
-async fn peer_loop(to: u64, mut rx: mpsc::Receiver<Message>, shared: Arc<Shared>, driver: InputSender) {
+async fn peer_loop(
+    to: u64,
+    mut rx: mpsc::Receiver<Message>,
+    shared: Arc<Shared>,
+    driver: InputSender,
+) {
     let mut conn: Option<BufWriter<TcpStream>> = None;
     let mut backoff_until = tokio::time::Instant::now();
     while let Some(msg) = rx.recv().await {
@@ -109,20 +124,46 @@ async fn send_one(
         Ok(b) => b,
         Err(_) => return false,
     };
-    let frame = RequestFrame { call: 0, body: Request::Raft { from: shared.id, msg: bytes } };
+    let frame = RequestFrame {
+        call: 0,
+        body: Request::Raft {
+            from: shared.id,
+            msg: bytes,
+        },
+    };
     let mut result = frame::write_frame(w, &frame).await;
     // Coalesce whatever else is queued into the same flush.
     while result.is_ok() {
         match rx.try_recv() {
             Ok(m) if m.get_msg_type() != MessageType::MsgSnapshot => {
-                let Ok(bytes) = m.write_to_bytes() else { continue };
-                let f = RequestFrame { call: 0, body: Request::Raft { from: shared.id, msg: bytes } };
+                let Ok(bytes) = m.write_to_bytes() else {
+                    continue;
+                };
+                let f = RequestFrame {
+                    call: 0,
+                    body: Request::Raft {
+                        from: shared.id,
+                        msg: bytes,
+                    },
+                };
                 result = frame::write_frame(w, &f).await;
             }
             Ok(m) => {
                 // Keep snapshot messages on their own path for reporting.
                 result = match m.write_to_bytes() {
-                    Ok(bytes) => frame::write_frame(w, &RequestFrame { call: 0, body: Request::Raft { from: shared.id, msg: bytes } }).await,
+                    Ok(bytes) => {
+                        frame::write_frame(
+                            w,
+                            &RequestFrame {
+                                call: 0,
+                                body: Request::Raft {
+                                    from: shared.id,
+                                    msg: bytes,
+                                },
+                            },
+                        )
+                        .await
+                    }
                     Err(_) => Ok(()),
                 };
             }

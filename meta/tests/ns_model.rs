@@ -39,8 +39,13 @@ fn name(n: u8) -> Vec<u8> {
 
 #[derive(Clone, Debug)]
 enum Node {
-    Dir { entries: BTreeMap<Vec<u8>, u64>, parent: u64 },
-    File { nlink: u32 },
+    Dir {
+        entries: BTreeMap<Vec<u8>, u64>,
+        parent: u64,
+    },
+    File {
+        nlink: u32,
+    },
 }
 
 /// The model: inodes numbered as the state machine numbers them.
@@ -57,8 +62,19 @@ type R = Result<(), Errno>;
 impl Model {
     fn new() -> Model {
         let mut nodes = BTreeMap::new();
-        nodes.insert(1, Node::Dir { entries: BTreeMap::new(), parent: 1 });
-        Model { nodes, next: 2, dirs_ever: vec![1], files_ever: Vec::new() }
+        nodes.insert(
+            1,
+            Node::Dir {
+                entries: BTreeMap::new(),
+                parent: 1,
+            },
+        );
+        Model {
+            nodes,
+            next: 2,
+            dirs_ever: vec![1],
+            files_ever: Vec::new(),
+        }
     }
 
     fn dir(&self, ino: u64) -> Result<&BTreeMap<Vec<u8>, u64>, Errno> {
@@ -88,7 +104,13 @@ impl Model {
         self.next += 1;
         self.entries_mut(d).insert(n.to_vec(), ino);
         if dir {
-            self.nodes.insert(ino, Node::Dir { entries: BTreeMap::new(), parent: d });
+            self.nodes.insert(
+                ino,
+                Node::Dir {
+                    entries: BTreeMap::new(),
+                    parent: d,
+                },
+            );
             self.dirs_ever.push(ino);
         } else {
             self.nodes.insert(ino, Node::File { nlink: 1 });
@@ -211,9 +233,10 @@ impl Model {
                 for (n, child) in entries {
                     let p = format!("{path}/{}", String::from_utf8_lossy(n));
                     let (is_dir, nlink) = match &self.nodes[child] {
-                        Node::Dir { entries, .. } => {
-                            (true, 2 + entries.values().filter(|c| self.is_dir(**c)).count() as u32)
-                        }
+                        Node::Dir { entries, .. } => (
+                            true,
+                            2 + entries.values().filter(|c| self.is_dir(**c)).count() as u32,
+                        ),
                         Node::File { nlink } => (false, *nlink),
                     };
                     out.push((p.clone(), is_dir, nlink));

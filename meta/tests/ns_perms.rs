@@ -9,7 +9,11 @@ use sparefs_proto::namespace::*;
 use sparefs_proto::{Errno, InodeId};
 
 fn user(uid: u32, gid: u32) -> Caller {
-    Caller { uid, gid, groups: vec![] }
+    Caller {
+        uid,
+        gid,
+        groups: vec![],
+    }
 }
 
 fn attr(r: Result<NsReply, Errno>) -> Attr {
@@ -20,11 +24,25 @@ fn attr(r: Result<NsReply, Errno>) -> Attr {
 }
 
 fn mkdir(m: &mut Machine, parent: InodeId, name: &str, perm: u32) -> InodeId {
-    attr(m.apply_reply(WriteOp::Mkdir { parent, name: name.into(), perm, umask: 0 })).ino
+    attr(m.apply_reply(WriteOp::Mkdir {
+        parent,
+        name: name.into(),
+        perm,
+        umask: 0,
+    }))
+    .ino
 }
 
 fn create(m: &mut Machine, parent: InodeId, name: &str) -> Result<NsReply, Errno> {
-    m.apply_reply(WriteOp::MkNod { parent, name: name.into(), kind: FileKind::File, perm: 0o2755, umask: 0o022, rdev: 0, exclusive: true })
+    m.apply_reply(WriteOp::MkNod {
+        parent,
+        name: name.into(),
+        kind: FileKind::File,
+        perm: 0o2755,
+        umask: 0o022,
+        rdev: 0,
+        exclusive: true,
+    })
 }
 
 #[test]
@@ -34,11 +52,27 @@ fn sticky_directory_protects_other_users_entries() {
     m.caller = user(1000, 1000);
     create(&mut m, tmp, "mine").expect("create as 1000");
     m.caller = user(1001, 1001);
-    assert_eq!(m.apply(WriteOp::Unlink { parent: tmp, name: "mine".into() }), Err(Errno::EPERM));
-    let rename = WriteOp::Rename { parent: tmp, name: "mine".into(), new_parent: tmp, new_name: "x".into(), mode: RenameMode::Replace };
+    assert_eq!(
+        m.apply(WriteOp::Unlink {
+            parent: tmp,
+            name: "mine".into()
+        }),
+        Err(Errno::EPERM)
+    );
+    let rename = WriteOp::Rename {
+        parent: tmp,
+        name: "mine".into(),
+        new_parent: tmp,
+        new_name: "x".into(),
+        mode: RenameMode::Replace,
+    };
     assert_eq!(m.apply(rename), Err(Errno::EPERM));
     m.caller = user(1000, 1000);
-    m.apply(WriteOp::Unlink { parent: tmp, name: "mine".into() }).expect("owner removes");
+    m.apply(WriteOp::Unlink {
+        parent: tmp,
+        name: "mine".into(),
+    })
+    .expect("owner removes");
 }
 
 #[test]
@@ -46,12 +80,31 @@ fn permission_bits_and_umask() {
     let mut m = Machine::new(Caller::ROOT);
     let d = mkdir(&mut m, InodeId::ROOT, "d", 0o755);
     m.caller = user(1000, 1000);
-    assert_eq!(create(&mut m, d, "f").map(|_| ()), Err(Errno::EACCES), "no write permission in a root-owned 0755 dir");
-    assert_eq!(m.read(ReadOp::ReadDir { ino: d, after_cookie: 0, limit: 10 }).map(|_| ()), Ok(()));
+    assert_eq!(
+        create(&mut m, d, "f").map(|_| ()),
+        Err(Errno::EACCES),
+        "no write permission in a root-owned 0755 dir"
+    );
+    assert_eq!(
+        m.read(ReadOp::ReadDir {
+            ino: d,
+            after_cookie: 0,
+            limit: 10
+        })
+        .map(|_| ()),
+        Ok(())
+    );
     m.caller = Caller::ROOT;
     let secret = mkdir(&mut m, InodeId::ROOT, "secret", 0o700);
     m.caller = user(1000, 1000);
-    assert_eq!(m.read(ReadOp::Lookup { parent: secret, name: "x".into() }).map(|_| ()), Err(Errno::EACCES));
+    assert_eq!(
+        m.read(ReadOp::Lookup {
+            parent: secret,
+            name: "x".into()
+        })
+        .map(|_| ()),
+        Err(Errno::EACCES)
+    );
     let home = {
         m.caller = Caller::ROOT;
         let h = mkdir(&mut m, InodeId::ROOT, "home", 0o777);
@@ -64,30 +117,81 @@ fn permission_bits_and_umask() {
     assert_eq!((f.uid, f.gid), (1000, 1000));
     // Another user may not chmod, chown or set explicit times.
     m.caller = user(1001, 1001);
-    let chmod = WriteOp::SetAttr { ino: f.ino, set: SetAttr { perm: Some(0o777), ..Default::default() } };
+    let chmod = WriteOp::SetAttr {
+        ino: f.ino,
+        set: SetAttr {
+            perm: Some(0o777),
+            ..Default::default()
+        },
+    };
     assert_eq!(m.apply(chmod.clone()), Err(Errno::EPERM));
-    let touch = WriteOp::SetAttr { ino: f.ino, set: SetAttr { mtime: Some(TimeSet::At(Time { secs: 5, nanos: 0 })), ..Default::default() } };
+    let touch = WriteOp::SetAttr {
+        ino: f.ino,
+        set: SetAttr {
+            mtime: Some(TimeSet::At(Time { secs: 5, nanos: 0 })),
+            ..Default::default()
+        },
+    };
     assert_eq!(m.apply(touch), Err(Errno::EPERM));
-    let now = WriteOp::SetAttr { ino: f.ino, set: SetAttr { mtime: Some(TimeSet::Now), ..Default::default() } };
-    assert_eq!(m.apply(now), Err(Errno::EACCES), "UTIME_NOW needs write permission");
+    let now = WriteOp::SetAttr {
+        ino: f.ino,
+        set: SetAttr {
+            mtime: Some(TimeSet::Now),
+            ..Default::default()
+        },
+    };
+    assert_eq!(
+        m.apply(now),
+        Err(Errno::EACCES),
+        "UTIME_NOW needs write permission"
+    );
     // The owner may not give the file away, but root may; chown clears set-id bits.
     m.caller = user(1000, 1000);
-    let give = WriteOp::SetAttr { ino: f.ino, set: SetAttr { uid: Some(1001), ..Default::default() } };
+    let give = WriteOp::SetAttr {
+        ino: f.ino,
+        set: SetAttr {
+            uid: Some(1001),
+            ..Default::default()
+        },
+    };
     assert_eq!(m.apply(give.clone()), Err(Errno::EPERM));
     m.caller = Caller::ROOT;
     let a = attr(m.apply_reply(give));
     assert_eq!(a.uid, 1001);
-    assert_eq!(a.perm & 0o6000, 0, "chown cleared set-gid on a group-executable file");
+    assert_eq!(
+        a.perm & 0o6000,
+        0,
+        "chown cleared set-gid on a group-executable file"
+    );
 }
 
 #[test]
 fn setgid_directory_passes_group_to_children() {
     let mut m = Machine::new(Caller::ROOT);
     let shared = mkdir(&mut m, InodeId::ROOT, "shared", 0o2777);
-    m.apply(WriteOp::SetAttr { ino: shared, set: SetAttr { gid: Some(500), ..Default::default() } }).expect("chgrp");
-    m.apply(WriteOp::SetAttr { ino: shared, set: SetAttr { perm: Some(0o2777), ..Default::default() } }).expect("chmod");
+    m.apply(WriteOp::SetAttr {
+        ino: shared,
+        set: SetAttr {
+            gid: Some(500),
+            ..Default::default()
+        },
+    })
+    .expect("chgrp");
+    m.apply(WriteOp::SetAttr {
+        ino: shared,
+        set: SetAttr {
+            perm: Some(0o2777),
+            ..Default::default()
+        },
+    })
+    .expect("chmod");
     m.caller = user(1000, 1000);
-    let sub = attr(m.apply_reply(WriteOp::Mkdir { parent: shared, name: "sub".into(), perm: 0o755, umask: 0 }));
+    let sub = attr(m.apply_reply(WriteOp::Mkdir {
+        parent: shared,
+        name: "sub".into(),
+        perm: 0o755,
+        umask: 0,
+    }));
     assert_eq!(sub.gid, 500);
     assert_ne!(sub.perm & 0o2000, 0, "subdirectory keeps set-gid");
     let f = attr(create(&mut m, shared, "f"));
@@ -98,7 +202,12 @@ fn setgid_directory_passes_group_to_children() {
 #[test]
 fn retried_request_applies_once() {
     let mut m = Machine::new(Caller::ROOT);
-    let op = WriteOp::Mkdir { parent: InodeId::ROOT, name: "once".into(), perm: 0o755, umask: 0 };
+    let op = WriteOp::Mkdir {
+        parent: InodeId::ROOT,
+        name: "once".into(),
+        perm: 0o755,
+        umask: 0,
+    };
     let first = m.apply_reply(op.clone()).expect("first");
     let again = m.apply_same_seq(op).expect("retry");
     assert_eq!(first, again, "a retry returns the first answer, not EEXIST");

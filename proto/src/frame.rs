@@ -21,7 +21,10 @@ pub enum FrameError {
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let body = postcard::to_stdvec(msg)?;
     if body.len() > FRAME_BYTES_MAX {
-        return Err(FrameError::TooLarge { len: body.len(), max: FRAME_BYTES_MAX });
+        return Err(FrameError::TooLarge {
+            len: body.len(),
+            max: FRAME_BYTES_MAX,
+        });
     }
     let mut out = Vec::with_capacity(4 + body.len());
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -34,7 +37,10 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 }
 
 /// Reads one frame's body. Returns `Closed` on a clean end of stream.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> Result<(), FrameError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<(), FrameError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -43,7 +49,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> R
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > FRAME_BYTES_MAX {
-        return Err(FrameError::TooLarge { len, max: FRAME_BYTES_MAX });
+        return Err(FrameError::TooLarge {
+            len,
+            max: FRAME_BYTES_MAX,
+        });
     }
     buf.clear();
     buf.resize(len, 0);
@@ -51,7 +60,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> R
     Ok(())
 }
 
-pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> Result<(), FrameError> {
+pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+) -> Result<(), FrameError> {
     let bytes = encode(msg)?;
     w.write_all(&bytes).await?;
     Ok(())
@@ -70,9 +82,15 @@ mod tests {
         let (a, b): (u64, String) = decode(&buf).expect("decode");
         assert_eq!((a, b.as_str()), (7, "x"));
         let mut huge = std::io::Cursor::new(((FRAME_BYTES_MAX + 1) as u32).to_be_bytes().to_vec());
-        assert!(matches!(read_frame(&mut huge, &mut buf).await, Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            read_frame(&mut huge, &mut buf).await,
+            Err(FrameError::TooLarge { .. })
+        ));
         let mut empty = std::io::Cursor::new(Vec::new());
-        assert!(matches!(read_frame(&mut empty, &mut buf).await, Err(FrameError::Closed)));
+        assert!(matches!(
+            read_frame(&mut empty, &mut buf).await,
+            Err(FrameError::Closed)
+        ));
         assert!(decode::<(u64, String)>(&[0xff, 0xff, 0xff]).is_err());
     }
 }

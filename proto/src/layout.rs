@@ -24,10 +24,17 @@ impl Policy {
         let ok = match self {
             Policy::Rep { copies } => (1..=crate::limits::POLICY_FRAGMENTS_MAX).contains(&copies),
             Policy::Ec { data, parity } => {
-                data >= 1 && parity >= 1 && (data as usize + parity as usize) <= crate::limits::POLICY_FRAGMENTS_MAX as usize
+                data >= 1
+                    && parity >= 1
+                    && (data as usize + parity as usize)
+                        <= crate::limits::POLICY_FRAGMENTS_MAX as usize
             }
         };
-        if ok { Ok(self) } else { Err(format!("policy {self} is out of range")) }
+        if ok {
+            Ok(self)
+        } else {
+            Err(format!("policy {self} is out of range"))
+        }
     }
 }
 
@@ -45,10 +52,15 @@ impl std::str::FromStr for Policy {
     fn from_str(s: &str) -> Result<Policy, String> {
         let bad = || format!("policy {s:?} is neither rep:N nor ec:K+M");
         let policy = if let Some(n) = s.strip_prefix("rep:") {
-            Policy::Rep { copies: n.parse().map_err(|_| bad())? }
+            Policy::Rep {
+                copies: n.parse().map_err(|_| bad())?,
+            }
         } else if let Some(km) = s.strip_prefix("ec:") {
             let (k, m) = km.split_once('+').ok_or_else(bad)?;
-            Policy::Ec { data: k.parse().map_err(|_| bad())?, parity: m.parse().map_err(|_| bad())? }
+            Policy::Ec {
+                data: k.parse().map_err(|_| bad())?,
+                parity: m.parse().map_err(|_| bad())?,
+            }
         } else {
             return Err(bad());
         };
@@ -135,13 +147,21 @@ impl Capability {
     }
 
     pub fn issue(key: &ClusterKey, block: BlockId, write: bool, expires: u64) -> Capability {
-        Capability { block, write, expires, mac: Self::mac_of(key, block, write, expires) }
+        Capability {
+            block,
+            write,
+            expires,
+            mac: Self::mac_of(key, block, write, expires),
+        }
     }
 
     /// Whether this capability allows `write` (or a read) of `block` at `now`.
     pub fn allows(&self, key: &ClusterKey, block: BlockId, write: bool, now: u64) -> bool {
         let right = self.write || !write;
-        right && self.block == block && now <= self.expires && Self::mac_of(key, self.block, self.write, self.expires) == self.mac
+        right
+            && self.block == block
+            && now <= self.expires
+            && Self::mac_of(key, self.block, self.write, self.expires) == self.mac
     }
 }
 
@@ -154,13 +174,25 @@ mod tests {
         let key = [7u8; 32];
         let c = Capability::issue(&key, BlockId(9), false, 100);
         assert!(c.allows(&key, BlockId(9), false, 100));
-        assert!(!c.allows(&key, BlockId(9), true, 50), "a read capability does not allow writes");
+        assert!(
+            !c.allows(&key, BlockId(9), true, 50),
+            "a read capability does not allow writes"
+        );
         assert!(!c.allows(&key, BlockId(8), false, 50), "another block");
         assert!(!c.allows(&key, BlockId(9), false, 101), "expired");
-        assert!(!c.allows(&[8u8; 32], BlockId(9), false, 50), "another cluster's key");
+        assert!(
+            !c.allows(&[8u8; 32], BlockId(9), false, 50),
+            "another cluster's key"
+        );
         let mut forged = c.clone();
         forged.write = true;
-        assert!(!forged.allows(&key, BlockId(9), true, 50), "rights cannot be raised");
-        assert!(Capability::issue(&key, BlockId(9), true, 100).allows(&key, BlockId(9), false, 10), "write implies read");
+        assert!(
+            !forged.allows(&key, BlockId(9), true, 50),
+            "rights cannot be raised"
+        );
+        assert!(
+            Capability::issue(&key, BlockId(9), true, 100).allows(&key, BlockId(9), false, 10),
+            "write implies read"
+        );
     }
 }

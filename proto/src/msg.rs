@@ -3,8 +3,8 @@
 //! number, in any order. Raft messages between replicas ride the same
 //! framing as one-way `Raft` requests.
 
-use crate::namespace::{Caller, NsReply, ReadOp, WriteOp};
 use crate::layout::Capability;
+use crate::namespace::{Caller, NsReply, ReadOp, WriteOp};
 use crate::{BlockId, ChunkserverId, ReplicaId, RequestId};
 use serde::{Deserialize, Serialize};
 
@@ -22,33 +22,77 @@ pub struct ResponseFrame {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Request {
-    Read { caller: Caller, op: ReadOp },
-    Write { caller: Caller, id: RequestId, op: WriteOp },
+    Read {
+        caller: Caller,
+        op: ReadOp,
+    },
+    Write {
+        caller: Caller,
+        id: RequestId,
+        op: WriteOp,
+    },
     /// A Raft message (raft-rs protobuf bytes) from another replica; no answer.
-    Raft { from: ReplicaId, msg: Vec<u8> },
+    Raft {
+        from: ReplicaId,
+        msg: Vec<u8>,
+    },
     /// One piece of the snapshot at `index`, from column family `cf`, starting
     /// after key `after` (from the beginning when `None`).
-    SnapshotPiece { index: u64, cf: u8, after: Option<Vec<u8>> },
+    SnapshotPiece {
+        index: u64,
+        cf: u8,
+        after: Option<Vec<u8>>,
+    },
     Status,
-    AddReplica { id: RequestId, replica: ReplicaId, address: String },
-    RemoveReplica { id: RequestId, replica: ReplicaId },
+    AddReplica {
+        id: RequestId,
+        replica: ReplicaId,
+        address: String,
+    },
+    RemoveReplica {
+        id: RequestId,
+        replica: ReplicaId,
+    },
     /// A mount is alive: renews the lease on its locks (leader memory).
-    KeepAlive { client: crate::ClientId },
+    KeepAlive {
+        client: crate::ClientId,
+    },
     /// Ask the leader to hand leadership to `replica`.
-    TransferLeader { replica: ReplicaId },
+    TransferLeader {
+        replica: ReplicaId,
+    },
     /// Store one fragment of a block (chunkserver); durable when answered.
-    PutFragment { cap: Capability, block: BlockId, index: u8, data: Vec<u8> },
+    PutFragment {
+        cap: Capability,
+        block: BlockId,
+        index: u8,
+        data: Vec<u8>,
+    },
     /// Read `len` bytes at `offset` of a fragment (chunkserver), verified.
-    GetFragment { cap: Capability, block: BlockId, index: u8, offset: u32, len: u32 },
+    GetFragment {
+        cap: Capability,
+        block: BlockId,
+        index: u8,
+        offset: u32,
+        len: u32,
+    },
     /// Capacity and usage; kept in the leader's memory, not in Raft.
-    Heartbeat { chunkserver: ChunkserverId, capacity_bytes: u64, used_bytes: u64, errors: u64 },
+    Heartbeat {
+        chunkserver: ChunkserverId,
+        capacity_bytes: u64,
+        used_bytes: u64,
+        errors: u64,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Reply {
     Ns(NsReply),
     Status(ReplicaStatus),
-    SnapshotPiece { items: Vec<(Vec<u8>, Vec<u8>)>, done: bool },
+    SnapshotPiece {
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+        done: bool,
+    },
     Bytes(Vec<u8>),
     Ok,
 }
@@ -101,7 +145,11 @@ pub enum RpcError {
     #[error("storage error on the server: {0}")]
     Storage(String),
     #[error("fragment {block}.{index} is corrupt: {detail}")]
-    Corrupt { block: BlockId, index: u8, detail: String },
+    Corrupt {
+        block: BlockId,
+        index: u8,
+        detail: String,
+    },
     #[error("fragment {block}.{index} not found")]
     NoFragment { block: BlockId, index: u8 },
     #[error("capability refused")]

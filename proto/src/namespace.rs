@@ -17,7 +17,10 @@ impl Time {
         let d = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        Time { secs: d.as_secs() as i64, nanos: d.subsec_nanos() }
+        Time {
+            secs: d.as_secs() as i64,
+            nanos: d.subsec_nanos(),
+        }
     }
 }
 
@@ -56,7 +59,11 @@ pub struct Caller {
 }
 
 impl Caller {
-    pub const ROOT: Caller = Caller { uid: 0, gid: 0, groups: Vec::new() };
+    pub const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        groups: Vec::new(),
+    };
     pub fn in_group(&self, gid: u32) -> bool {
         self.gid == gid || self.groups.contains(&gid)
     }
@@ -160,20 +167,47 @@ pub struct LockSpec {
 /// they see every write acknowledged before they were sent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReadOp {
-    Lookup { parent: InodeId, name: Vec<u8> },
-    GetAttr { ino: InodeId },
-    ReadDir { ino: InodeId, after_cookie: u64, limit: u32 },
-    ReadLink { ino: InodeId },
-    GetXattr { ino: InodeId, name: Vec<u8> },
-    ListXattr { ino: InodeId },
+    Lookup {
+        parent: InodeId,
+        name: Vec<u8>,
+    },
+    GetAttr {
+        ino: InodeId,
+    },
+    ReadDir {
+        ino: InodeId,
+        after_cookie: u64,
+        limit: u32,
+    },
+    ReadLink {
+        ino: InodeId,
+    },
+    GetXattr {
+        ino: InodeId,
+        name: Vec<u8>,
+    },
+    ListXattr {
+        ino: InodeId,
+    },
     /// access(2): `mask` of R_OK 4, W_OK 2, X_OK 1 (0 checks existence).
-    Access { ino: InodeId, mask: u32 },
+    Access {
+        ino: InodeId,
+        mask: u32,
+    },
     StatFs,
-    GetPolicy { ino: InodeId },
-    ReadChunk { ino: InodeId, index: u64 },
+    GetPolicy {
+        ino: InodeId,
+    },
+    ReadChunk {
+        ino: InodeId,
+        index: u64,
+    },
     ListChunkservers,
     /// The first lock that would conflict with the described one, if any.
-    GetLock { ino: InodeId, lock: LockSpec },
+    GetLock {
+        ino: InodeId,
+        lock: LockSpec,
+    },
     /// Counts of blocks by protection: every fragment on an `up` server,
     /// readable but missing some, or fewer than needed to read.
     Health,
@@ -183,33 +217,99 @@ pub enum ReadOp {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteOp {
     /// create(2)/mknod(2) of anything but a directory or symlink.
-    MkNod { parent: InodeId, name: Vec<u8>, kind: FileKind, perm: u32, umask: u32, rdev: u32, exclusive: bool },
-    Mkdir { parent: InodeId, name: Vec<u8>, perm: u32, umask: u32 },
-    Unlink { parent: InodeId, name: Vec<u8> },
-    Rmdir { parent: InodeId, name: Vec<u8> },
-    Rename { parent: InodeId, name: Vec<u8>, new_parent: InodeId, new_name: Vec<u8>, mode: RenameMode },
-    Link { ino: InodeId, new_parent: InodeId, new_name: Vec<u8> },
-    Symlink { parent: InodeId, name: Vec<u8>, target: Vec<u8> },
-    SetAttr { ino: InodeId, set: SetAttr },
-    SetXattr { ino: InodeId, name: Vec<u8>, value: Vec<u8>, mode: XattrMode },
-    RemoveXattr { ino: InodeId, name: Vec<u8> },
-    SetPolicy { ino: InodeId, policy: Policy },
+    MkNod {
+        parent: InodeId,
+        name: Vec<u8>,
+        kind: FileKind,
+        perm: u32,
+        umask: u32,
+        rdev: u32,
+        exclusive: bool,
+    },
+    Mkdir {
+        parent: InodeId,
+        name: Vec<u8>,
+        perm: u32,
+        umask: u32,
+    },
+    Unlink {
+        parent: InodeId,
+        name: Vec<u8>,
+    },
+    Rmdir {
+        parent: InodeId,
+        name: Vec<u8>,
+    },
+    Rename {
+        parent: InodeId,
+        name: Vec<u8>,
+        new_parent: InodeId,
+        new_name: Vec<u8>,
+        mode: RenameMode,
+    },
+    Link {
+        ino: InodeId,
+        new_parent: InodeId,
+        new_name: Vec<u8>,
+    },
+    Symlink {
+        parent: InodeId,
+        name: Vec<u8>,
+        target: Vec<u8>,
+    },
+    SetAttr {
+        ino: InodeId,
+        set: SetAttr,
+    },
+    SetXattr {
+        ino: InodeId,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        mode: XattrMode,
+    },
+    RemoveXattr {
+        ino: InodeId,
+        name: Vec<u8>,
+    },
+    SetPolicy {
+        ino: InodeId,
+        policy: Policy,
+    },
     /// Commit slices written to chunkservers: they become visible atomically,
     /// and the file grows to `size_at_least` if it is smaller.
-    CommitSlices { ino: InodeId, slices: Vec<(u64, Slice)>, size_at_least: u64 },
+    CommitSlices {
+        ino: InodeId,
+        slices: Vec<(u64, Slice)>,
+        size_at_least: u64,
+    },
     /// Allocate ids for new blocks. Clients send an empty `placement`; the
     /// leader fills it (distinct chunkservers that are up, weighted by free
     /// space) before proposing, so every replica applies the same choice.
-    AllocateBlocks { count: u32, policy: Policy, placement: Vec<ChunkserverId> },
-    RegisterChunkserver { address: String, capacity_bytes: u64, token: [u8; 16] },
+    AllocateBlocks {
+        count: u32,
+        policy: Policy,
+        placement: Vec<ChunkserverId>,
+    },
+    RegisterChunkserver {
+        address: String,
+        capacity_bytes: u64,
+        token: [u8; 16],
+    },
     /// Takes, changes or releases a POSIX byte-range (or flock, as a
     /// whole-file range) lock; EAGAIN if another owner holds a conflicting one.
-    SetLock { ino: InodeId, lock: LockSpec },
+    SetLock {
+        ino: InodeId,
+        lock: LockSpec,
+    },
     /// Releases every lock of a client whose lease expired (the leader
     /// proposes it) or that unmounted.
-    ExpireClient { client: ClientId },
+    ExpireClient {
+        client: ClientId,
+    },
     /// Sets the cluster key if none is set (the first leader proposes it).
-    SetClusterKey { key: ClusterKey },
+    SetClusterKey {
+        key: ClusterKey,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,15 +321,29 @@ pub enum NsReply {
     StatFs(StatFs),
     Policy(Policy),
     /// A chunk's slices, oldest first, with a read capability per block.
-    Chunk { slices: Vec<Slice>, capabilities: Vec<Capability> },
+    Chunk {
+        slices: Vec<Slice>,
+        capabilities: Vec<Capability>,
+    },
     Chunkservers(Vec<ChunkserverInfo>),
     Blocks(Vec<BlockRef>),
     /// The chunkserver's id and the key capabilities are signed with.
-    Registered { id: ChunkserverId, key: ClusterKey },
+    Registered {
+        id: ChunkserverId,
+        key: ClusterKey,
+    },
     /// Exchange and replace renames report nothing more.
     Done,
-    Health { protected: u64, degraded: u64, unreadable: u64 },
+    Health {
+        protected: u64,
+        degraded: u64,
+        unreadable: u64,
+    },
     Lock(Option<LockSpec>),
     /// New block ids and the chunkservers their fragments go to, in order.
-    Allocated { ids: Vec<BlockId>, placement: Vec<ChunkserverId>, capabilities: Vec<Capability> },
+    Allocated {
+        ids: Vec<BlockId>,
+        placement: Vec<ChunkserverId>,
+        capabilities: Vec<Capability>,
+    },
 }

@@ -43,7 +43,8 @@ pub async fn serve<S: Service>(listener: TcpListener, service: Arc<S>) -> std::i
 async fn connection<S: Service>(stream: TcpStream, service: Arc<S>) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
     let (mut rd, wr) = stream.into_split();
-    let (resp_tx, mut resp_rx) = mpsc::channel::<ResponseFrame>(INFLIGHT_REQUESTS_PER_CONNECTION_MAX);
+    let (resp_tx, mut resp_rx) =
+        mpsc::channel::<ResponseFrame>(INFLIGHT_REQUESTS_PER_CONNECTION_MAX);
     let writer = tokio::spawn(async move {
         let mut w = BufWriter::new(wr);
         while let Some(resp) = resp_rx.recv().await {
@@ -75,16 +76,26 @@ async fn connection<S: Service>(stream: TcpStream, service: Arc<S>) -> Result<()
         };
         if service.is_one_way(&req.body) {
             if let Err(e) = service.one_way(req.body) {
-                break Err(FrameError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)));
+                break Err(FrameError::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    e,
+                )));
             }
             continue;
         }
-        let Ok(permit) = limit.clone().acquire_owned().await else { break Ok(()) };
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            break Ok(());
+        };
         let service = service.clone();
         let resp_tx = resp_tx.clone();
         tokio::spawn(async move {
             let body = service.call(req.body).await;
-            let _ = resp_tx.send(ResponseFrame { call: req.call, body }).await;
+            let _ = resp_tx
+                .send(ResponseFrame {
+                    call: req.call,
+                    body,
+                })
+                .await;
             drop(permit);
         });
     };

@@ -20,7 +20,12 @@ pub struct FsxStats {
 }
 
 fn open(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
 }
 
 #[allow(unsafe_code)]
@@ -32,11 +37,22 @@ fn mmap_write(f: &File, offset: u64, data: &[u8]) -> Result<(), String> {
     // the file (the caller checks), is written through the returned pointer
     // only inside the mapping, synced, and unmapped before returning.
     unsafe {
-        let p = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), start as i64);
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            start as i64,
+        );
         if p == libc::MAP_FAILED {
             return Err(format!("mmap: {}", std::io::Error::last_os_error()));
         }
-        std::ptr::copy_nonoverlapping(data.as_ptr(), (p as *mut u8).add((offset - start) as usize), data.len());
+        std::ptr::copy_nonoverlapping(
+            data.as_ptr(),
+            (p as *mut u8).add((offset - start) as usize),
+            data.len(),
+        );
         let rc = libc::msync(p, len, libc::MS_SYNC);
         libc::munmap(p, len);
         if rc != 0 {
@@ -49,7 +65,14 @@ fn mmap_write(f: &File, offset: u64, data: &[u8]) -> Result<(), String> {
 fn punch(f: &File, offset: u64, len: u64) -> Result<(), String> {
     #[allow(unsafe_code)]
     // SAFETY: fallocate on an open descriptor; no memory is passed.
-    let rc = unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset as i64, len as i64) };
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as i64,
+            len as i64,
+        )
+    };
     if rc != 0 {
         return Err(format!("punch hole: {}", std::io::Error::last_os_error()));
     }
@@ -73,7 +96,8 @@ pub fn run(path: &Path, ops: usize, seed: u64, max_len: u64) -> Result<FsxStats,
                 let len = rng.gen_range(1..=(max_len - off).min(64 * 1024)) as usize;
                 let b: u8 = rng.gen();
                 let data: Vec<u8> = (0..len).map(|x| b.wrapping_add(x as u8)).collect();
-                f.write_all_at(&data, off).map_err(|e| fail(i, format!("write: {e}")))?;
+                f.write_all_at(&data, off)
+                    .map_err(|e| fail(i, format!("write: {e}")))?;
                 let end = off as usize + len;
                 if model.len() < end {
                     model.resize(end, 0);
@@ -88,17 +112,31 @@ pub fn run(path: &Path, ops: usize, seed: u64, max_len: u64) -> Result<FsxStats,
                 let off = rng.gen_range(0..size);
                 let len = rng.gen_range(1..=(size - off).min(128 * 1024)) as usize;
                 let mut buf = vec![0u8; len];
-                f.read_exact_at(&mut buf, off).map_err(|e| fail(i, format!("read {off}+{len}: {e}")))?;
+                f.read_exact_at(&mut buf, off)
+                    .map_err(|e| fail(i, format!("read {off}+{len}: {e}")))?;
                 if buf[..] != model[off as usize..off as usize + len] {
-                    let at = buf.iter().zip(&model[off as usize..]).position(|(a, b)| a != b).unwrap_or(0);
-                    return Err(fail(i, format!("read {off}+{len} differs at byte {} (got {}, want {})", off as usize + at, buf[at], model[off as usize + at])));
+                    let at = buf
+                        .iter()
+                        .zip(&model[off as usize..])
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(0);
+                    return Err(fail(
+                        i,
+                        format!(
+                            "read {off}+{len} differs at byte {} (got {}, want {})",
+                            off as usize + at,
+                            buf[at],
+                            model[off as usize + at]
+                        ),
+                    ));
                 }
                 st.reads += 1;
                 st.bytes_checked += len as u64;
             }
             60..=69 => {
                 let len = rng.gen_range(0..max_len);
-                f.set_len(len).map_err(|e| fail(i, format!("truncate: {e}")))?;
+                f.set_len(len)
+                    .map_err(|e| fail(i, format!("truncate: {e}")))?;
                 model.resize(len as usize, 0);
                 st.truncates += 1;
             }
@@ -131,7 +169,10 @@ pub fn run(path: &Path, ops: usize, seed: u64, max_len: u64) -> Result<FsxStats,
                 f = open(path).map_err(|e| fail(i, format!("reopen: {e}")))?;
                 let len = f.metadata().map_err(|e| e.to_string())?.len();
                 if len != model.len() as u64 {
-                    return Err(fail(i, format!("size after reopen {len}, want {}", model.len())));
+                    return Err(fail(
+                        i,
+                        format!("size after reopen {len}, want {}", model.len()),
+                    ));
                 }
             }
         }
@@ -140,7 +181,11 @@ pub fn run(path: &Path, ops: usize, seed: u64, max_len: u64) -> Result<FsxStats,
     drop(f);
     let all = std::fs::read(path).map_err(|e| e.to_string())?;
     if all != model {
-        return Err(format!("final contents differ (seed {seed}): {} vs {} bytes", all.len(), model.len()));
+        return Err(format!(
+            "final contents differ (seed {seed}): {} vs {} bytes",
+            all.len(),
+            model.len()
+        ));
     }
     st.bytes_checked += all.len() as u64;
     Ok(st)

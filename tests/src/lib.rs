@@ -43,7 +43,12 @@ fn free_port() -> u16 {
 pub fn is_mounted(dir: &std::path::Path) -> bool {
     let want = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     std::fs::read_to_string("/proc/self/mounts")
-        .map(|m| m.lines().any(|l| l.split_whitespace().nth(1).map(std::path::Path::new) == Some(want.as_path()) && l.starts_with("sparefs:")))
+        .map(|m| {
+            m.lines().any(|l| {
+                l.split_whitespace().nth(1).map(std::path::Path::new) == Some(want.as_path())
+                    && l.starts_with("sparefs:")
+            })
+        })
         .unwrap_or(false)
 }
 
@@ -81,11 +86,27 @@ impl MetaCluster {
         Self::start_with(n, 20_000, 2_000)
     }
 
-    pub fn start_with(n: u64, compact_after: u64, compact_keep: u64) -> anyhow::Result<MetaCluster> {
+    pub fn start_with(
+        n: u64,
+        compact_after: u64,
+        compact_keep: u64,
+    ) -> anyhow::Result<MetaCluster> {
         let port = free_port();
         let host_base = 20 + (rand::random::<u8>() % 200);
-        let addrs: BTreeMap<u64, String> = (1..=n).map(|i| (i, format!("127.0.{host_base}.{i}:{port}"))).collect();
-        let mut c = MetaCluster { dir: tempfile::tempdir()?, addrs, procs: BTreeMap::new(), chunkservers: BTreeMap::new(), mounts: BTreeMap::new(), compact_after, compact_keep, initial: n, host_base };
+        let addrs: BTreeMap<u64, String> = (1..=n)
+            .map(|i| (i, format!("127.0.{host_base}.{i}:{port}")))
+            .collect();
+        let mut c = MetaCluster {
+            dir: tempfile::tempdir()?,
+            addrs,
+            procs: BTreeMap::new(),
+            chunkservers: BTreeMap::new(),
+            mounts: BTreeMap::new(),
+            compact_after,
+            compact_keep,
+            initial: n,
+            host_base,
+        };
         for id in 1..=n {
             c.spawn(id, false)?;
         }
@@ -94,7 +115,12 @@ impl MetaCluster {
 
     pub fn address(&self, id: u64) -> String {
         self.addrs.get(&id).cloned().unwrap_or_else(|| {
-            let port = self.addrs.values().next().and_then(|a| a.rsplit(':').next()).unwrap_or("0");
+            let port = self
+                .addrs
+                .values()
+                .next()
+                .and_then(|a| a.rsplit(':').next())
+                .unwrap_or("0");
             format!("127.0.{}.{id}:{port}", self.host_base)
         })
     }
@@ -111,20 +137,43 @@ impl MetaCluster {
     pub fn spawn(&mut self, id: u64, join: bool) -> anyhow::Result<()> {
         let address = self.address(id);
         self.addrs.insert(id, address.clone());
-        let peers = self.addrs.iter().filter(|(i, _)| join || **i <= self.initial).map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(id))?;
+        let peers = self
+            .addrs
+            .iter()
+            .filter(|(i, _)| join || **i <= self.initial)
+            .map(|(i, a)| format!("{i}={a}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))?;
         let mut cmd = Command::new(sparefs_bin());
-        cmd.args(["meta", "--id", &id.to_string(), "--listen", &address, "--data"])
-            .arg(self.data_dir(id))
-            .args(["--compact-after", &self.compact_after.to_string(), "--compact-keep", &self.compact_keep.to_string()])
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .stdin(Stdio::null());
+        cmd.args([
+            "meta",
+            "--id",
+            &id.to_string(),
+            "--listen",
+            &address,
+            "--data",
+        ])
+        .arg(self.data_dir(id))
+        .args([
+            "--compact-after",
+            &self.compact_after.to_string(),
+            "--compact-keep",
+            &self.compact_keep.to_string(),
+        ])
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .stdin(Stdio::null());
         cmd.args(["--peers", &peers]);
         if join {
             cmd.arg("--join");
         }
-        let child = cmd.spawn().with_context(|| format!("spawn {}", sparefs_bin().display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {}", sparefs_bin().display()))?;
         self.procs.insert(id, child);
         Ok(())
     }
@@ -206,7 +255,13 @@ impl Drop for MetaCluster {
 
 impl MetaCluster {
     pub fn chunkserver_address(&self, n: u64) -> String {
-        let port = self.addrs.values().next().and_then(|a| a.rsplit(':').next()).unwrap_or("0").to_string();
+        let port = self
+            .addrs
+            .values()
+            .next()
+            .and_then(|a| a.rsplit(':').next())
+            .unwrap_or("0")
+            .to_string();
         format!("127.0.{}.{}:{port}", self.host_base, 100 + n)
     }
 
@@ -219,12 +274,29 @@ impl MetaCluster {
         self.spawn_chunkserver_with(n, limit, "0")
     }
 
-    pub fn spawn_chunkserver_with(&mut self, n: u64, limit: &str, reserve: &str) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(format!("cs{n}.log")))?;
+    pub fn spawn_chunkserver_with(
+        &mut self,
+        n: u64,
+        limit: &str,
+        reserve: &str,
+    ) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("cs{n}.log")))?;
         let child = Command::new(sparefs_bin())
             .args(["chunkserver", "--dir"])
             .arg(self.chunkserver_dir(n))
-            .args(["--limit", limit, "--reserve", reserve, "--meta", &self.meta_list(), "--listen", &self.chunkserver_address(n)])
+            .args([
+                "--limit",
+                limit,
+                "--reserve",
+                reserve,
+                "--meta",
+                &self.meta_list(),
+                "--listen",
+                &self.chunkserver_address(n),
+            ])
             .stdout(log.try_clone()?)
             .stderr(log)
             .stdin(Stdio::null())
@@ -238,9 +310,18 @@ impl MetaCluster {
     pub fn spawn_mount(&mut self, n: u64, timeout_s: u64) -> anyhow::Result<PathBuf> {
         let dir = self.dir.path().join(format!("mnt{n}"));
         std::fs::create_dir_all(&dir)?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(format!("mount{n}.log")))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("mount{n}.log")))?;
         let child = Command::new(sparefs_bin())
-            .args(["mount", "--meta", &self.meta_list(), "--timeout", &timeout_s.to_string()])
+            .args([
+                "mount",
+                "--meta",
+                &self.meta_list(),
+                "--timeout",
+                &timeout_s.to_string(),
+            ])
             .arg(&dir)
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -249,7 +330,11 @@ impl MetaCluster {
         self.mounts.insert(n, (child, dir.clone()));
         let start = Instant::now();
         while !is_mounted(&dir) {
-            anyhow::ensure!(start.elapsed() < Duration::from_secs(20), "{} not mounted", dir.display());
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(20),
+                "{} not mounted",
+                dir.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(dir)
@@ -302,7 +387,12 @@ impl MetaCluster {
         let start = Instant::now();
         while start.elapsed() < timeout {
             if let Ok(NsReply::Chunkservers(list)) = client.read(ReadOp::ListChunkservers).await {
-                if list.iter().filter(|s| s.state == ChunkserverState::Up).count() >= n {
+                if list
+                    .iter()
+                    .filter(|s| s.state == ChunkserverState::Up)
+                    .count()
+                    >= n
+                {
                     return Ok(());
                 }
             }

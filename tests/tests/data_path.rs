@@ -23,17 +23,28 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 async fn cluster(limit: &str) -> (MetaCluster, Arc<DataClient>) {
     let mut c = MetaCluster::start(1).expect("start meta");
-    c.wait_leader(Duration::from_secs(15)).await.expect("leader");
+    c.wait_leader(Duration::from_secs(15))
+        .await
+        .expect("leader");
     for n in 1..=3 {
         c.spawn_chunkserver(n, limit).expect("chunkserver");
     }
-    c.wait_chunkservers(3, Duration::from_secs(15)).await.expect("chunkservers up");
+    c.wait_chunkservers(3, Duration::from_secs(15))
+        .await
+        .expect("chunkservers up");
     let data = Arc::new(DataClient::new(Arc::new(c.client())));
     (c, data)
 }
 
-async fn put(data: &Arc<DataClient>, name: &str, bytes: &[u8]) -> Result<InodeId, sparefs_client::ClientError> {
-    let attr = data.meta.create(InodeId::ROOT, name.as_bytes(), 0o644, true).await?;
+async fn put(
+    data: &Arc<DataClient>,
+    name: &str,
+    bytes: &[u8],
+) -> Result<InodeId, sparefs_client::ClientError> {
+    let attr = data
+        .meta
+        .create(InodeId::ROOT, name.as_bytes(), 0o644, true)
+        .await?;
     let f = OpenFile::open(data.clone(), &attr).await?;
     // Unaligned pieces, to exercise extent merging and block cutting.
     for (i, piece) in bytes.chunks(1_000_003).enumerate() {
@@ -46,7 +57,9 @@ async fn put(data: &Arc<DataClient>, name: &str, bytes: &[u8]) -> Result<InodeId
 async fn get(data: &DataClient, ino: InodeId) -> Vec<u8> {
     let attr = data.meta.getattr(ino).await.expect("getattr");
     data.invalidate(ino);
-    data.read(ino, attr.size, 0, attr.size as usize).await.expect("read")
+    data.read(ino, attr.size, 0, attr.size as usize)
+        .await
+        .expect("read")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -59,13 +72,25 @@ async fn degraded_reads_survive_a_killed_chunkserver_and_flipped_bytes() {
     assert_eq!(get(&data, ino_big).await, big);
     assert_eq!(get(&data, ino_small).await, small);
     // Ranges across block and shard boundaries.
-    for (off, len) in [(0usize, 10usize), (4 * 1024 * 1024 - 5, 10), (2 * 1024 * 1024 - 1, 3), (9 * 1024 * 1024, 12345)] {
-        let got = data.read(ino_big, big.len() as u64, off as u64, len).await.expect("range");
+    for (off, len) in [
+        (0usize, 10usize),
+        (4 * 1024 * 1024 - 5, 10),
+        (2 * 1024 * 1024 - 1, 3),
+        (9 * 1024 * 1024, 12345),
+    ] {
+        let got = data
+            .read(ino_big, big.len() as u64, off as u64, len)
+            .await
+            .expect("range");
         assert_eq!(got, big[off..off + len].to_vec(), "range {off}+{len}");
     }
 
     c.kill_chunkserver(2);
-    assert_eq!(get(&data, ino_big).await, big, "degraded read with one of three chunkservers killed");
+    assert_eq!(
+        get(&data, ino_big).await,
+        big,
+        "degraded read with one of three chunkservers killed"
+    );
     assert_eq!(get(&data, ino_small).await, small);
 
     c.spawn_chunkserver(2, "1G").expect("restart");
@@ -74,15 +99,23 @@ async fn degraded_reads_survive_a_killed_chunkserver_and_flipped_bytes() {
     let addr = c.chunkserver_address(2);
     let start = std::time::Instant::now();
     while tokio::net::TcpStream::connect(&addr).await.is_err() {
-        assert!(start.elapsed() < Duration::from_secs(15), "restarted chunkserver never listened");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "restarted chunkserver never listened"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    c.wait_chunkservers(3, Duration::from_secs(15)).await.expect("back");
+    c.wait_chunkservers(3, Duration::from_secs(15))
+        .await
+        .expect("back");
     // Flip a byte in fragment 0 of every block (a data shard, or the first
     // copy), wherever it lives: every read must notice and decode around it.
     let mut flipped = 0;
-    let files: Vec<_> = (1..=3).flat_map(|n| walk(&c.chunkserver_dir(n).join("fragments"))).filter(|p| p.extension().is_some_and(|e| e == "0")).collect();
+    let files: Vec<_> = (1..=3)
+        .flat_map(|n| walk(&c.chunkserver_dir(n).join("fragments")))
+        .filter(|p| p.extension().is_some_and(|e| e == "0"))
+        .collect();
     for entry in files {
         let mut bytes = std::fs::read(&entry).expect("read fragment");
         let at = bytes.len() - 100;
@@ -91,9 +124,18 @@ async fn degraded_reads_survive_a_killed_chunkserver_and_flipped_bytes() {
         flipped += 1;
     }
     assert!(flipped > 0);
-    assert_eq!(get(&data, ino_big).await, big, "read with flipped bytes on one chunkserver");
+    assert_eq!(
+        get(&data, ino_big).await,
+        big,
+        "read with flipped bytes on one chunkserver"
+    );
     assert_eq!(get(&data, ino_small).await, small);
-    assert!(data.bad_fragments.load(std::sync::atomic::Ordering::Relaxed) > 0, "bad fragments were reported");
+    assert!(
+        data.bad_fragments
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "bad fragments were reported"
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -116,7 +158,13 @@ async fn writing_past_capacity_is_enospc_and_damages_nothing() {
     let ino = put(&data, "keep", &keep).await.expect("first file fits");
     let mut hit_enospc = false;
     for i in 0..10 {
-        match put(&data, &format!("fill{i}"), &pattern(8 * 1024 * 1024, 10 + i)).await {
+        match put(
+            &data,
+            &format!("fill{i}"),
+            &pattern(8 * 1024 * 1024, 10 + i),
+        )
+        .await
+        {
             Ok(_) => {}
             Err(e) => {
                 assert_eq!(e.errno(), Errno::ENOSPC, "{e}");
@@ -126,7 +174,11 @@ async fn writing_past_capacity_is_enospc_and_damages_nothing() {
         }
     }
     assert!(hit_enospc, "never ran out of space at a 3 x 24 MiB limit");
-    assert_eq!(get(&data, ino).await, keep, "data written before the cluster filled is intact");
+    assert_eq!(
+        get(&data, ino).await,
+        keep,
+        "data written before the cluster filled is intact"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -134,22 +186,42 @@ async fn reserve_keeps_host_space_free() {
     // Chunkservers told to leave (nearly) the whole host filesystem free
     // report themselves full: writes fail with ENOSPC, nothing else breaks.
     let mut c = MetaCluster::start(1).expect("start meta");
-    c.wait_leader(Duration::from_secs(15)).await.expect("leader");
+    c.wait_leader(Duration::from_secs(15))
+        .await
+        .expect("leader");
     for n in 1..=3 {
-        c.spawn_chunkserver_with(n, "100%", "100%").expect("chunkserver");
+        c.spawn_chunkserver_with(n, "100%", "100%")
+            .expect("chunkserver");
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let data = Arc::new(DataClient::new(Arc::new(c.client())));
-    let e = put(&data, "big", &pattern(8 * 1024 * 1024, 4)).await.expect_err("a write into reserved space");
+    let e = put(&data, "big", &pattern(8 * 1024 * 1024, 4))
+        .await
+        .expect_err("a write into reserved space");
     assert_eq!(e.errno(), Errno::ENOSPC, "{e}");
-    let NsReply::Chunkservers(list) = data.meta.read(ReadOp::ListChunkservers).await.expect("list") else { panic!("reply") };
-    assert!(list.iter().all(|s| s.state == sparefs_proto::layout::ChunkserverState::Full), "{list:?}");
+    let NsReply::Chunkservers(list) = data
+        .meta
+        .read(ReadOp::ListChunkservers)
+        .await
+        .expect("list")
+    else {
+        panic!("reply")
+    };
+    assert!(
+        list.iter()
+            .all(|s| s.state == sparefs_proto::layout::ChunkserverState::Full),
+        "{list:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn background_flushes_commit_in_order_and_reads_see_the_newest_bytes() {
     let (_c, data) = cluster("2G").await;
-    let attr = data.meta.create(InodeId::ROOT, b"pipelined", 0o644, true).await.expect("create");
+    let attr = data
+        .meta
+        .create(InodeId::ROOT, b"pipelined", 0o644, true)
+        .await
+        .expect("create");
     let f = OpenFile::open(data.clone(), &attr).await.expect("open");
     let mut model = pattern(50 * 1024 * 1024, 7);
     // 50 MiB in 1 MiB writes: several flushes run in the background.

@@ -10,15 +10,25 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn names(entries: &[sparefs_proto::namespace::DirEntry]) -> Vec<String> {
-    entries.iter().map(|e| String::from_utf8_lossy(&e.name).into_owned()).collect()
+    entries
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_sigkill_loses_no_acknowledged_create_and_restart_keeps_state() {
     let mut cluster = MetaCluster::start(3).expect("start cluster");
-    let leader = cluster.wait_leader(Duration::from_secs(15)).await.expect("leader");
+    let leader = cluster
+        .wait_leader(Duration::from_secs(15))
+        .await
+        .expect("leader");
     let client = Arc::new(cluster.client());
-    let dir = client.mkdir(InodeId::ROOT, b"d", 0o755).await.expect("mkdir").ino;
+    let dir = client
+        .mkdir(InodeId::ROOT, b"d", 0o755)
+        .await
+        .expect("mkdir")
+        .ino;
 
     let acked = Arc::new(Mutex::new(Vec::<(String, Instant)>::new()));
     let errors = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -48,107 +58,200 @@ async fn leader_sigkill_loses_no_acknowledged_create_and_restart_keeps_state() {
     assert!(errors.is_empty(), "applications saw errors: {errors:?}");
     let acked = acked.lock().expect("lock").clone();
     let before = acked.iter().filter(|(_, t)| *t < killed_at).count();
-    let first_after = acked.iter().filter(|(_, t)| *t >= killed_at).map(|(_, t)| *t).min().expect("creates resumed after the kill");
+    let first_after = acked
+        .iter()
+        .filter(|(_, t)| *t >= killed_at)
+        .map(|(_, t)| *t)
+        .min()
+        .expect("creates resumed after the kill");
     let failover = first_after.duration_since(killed_at);
     println!("failover: first acknowledged create {:.2}s after SIGKILL of the leader ({} creates before, {} after)", failover.as_secs_f64(), before, acked.len() - before);
-    assert!(failover < Duration::from_secs(6), "failover took {failover:?}");
+    assert!(
+        failover < Duration::from_secs(6),
+        "failover took {failover:?}"
+    );
 
     let check = |listed: Vec<String>| {
         let unique: BTreeSet<&String> = listed.iter().collect();
         assert_eq!(unique.len(), listed.len(), "a name is listed twice");
         for (name, _) in &acked {
-            assert!(unique.contains(name), "acknowledged create {name} is missing");
+            assert!(
+                unique.contains(name),
+                "acknowledged create {name} is missing"
+            );
         }
         listed.len()
     };
     let n1 = check(names(&client.readdir(dir).await.expect("readdir")));
 
     // Restart every replica: the state comes back from disk.
-    cluster.spawn(leader, false).expect("restart killed replica");
+    cluster
+        .spawn(leader, false)
+        .expect("restart killed replica");
     for id in [1, 2, 3] {
         cluster.kill(id);
     }
     for id in [1, 2, 3] {
         cluster.spawn(id, false).expect("restart");
     }
-    cluster.wait_leader(Duration::from_secs(15)).await.expect("leader after full restart");
+    cluster
+        .wait_leader(Duration::from_secs(15))
+        .await
+        .expect("leader after full restart");
     let client = cluster.client();
-    let n2 = check(names(&client.readdir(dir).await.expect("readdir after restart")));
+    let n2 = check(names(
+        &client.readdir(dir).await.expect("readdir after restart"),
+    ));
     assert_eq!(n1, n2, "entries changed across a full restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minority_commits_nothing() {
     let mut cluster = MetaCluster::start(3).expect("start cluster");
-    let leader = cluster.wait_leader(Duration::from_secs(15)).await.expect("leader");
+    let leader = cluster
+        .wait_leader(Duration::from_secs(15))
+        .await
+        .expect("leader");
     let client = cluster.client();
-    client.mkdir(InodeId::ROOT, b"before", 0o755).await.expect("mkdir");
+    client
+        .mkdir(InodeId::ROOT, b"before", 0o755)
+        .await
+        .expect("mkdir");
     // Freeze the two followers: the leader alone is a minority.
     let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
     for f in &followers {
         cluster.signal(*f, libc::SIGSTOP);
     }
     let commit_before = cluster.status(leader).await.expect("status").commit;
-    let lonely = sparefs_client::MetaClient::new(vec![cluster.address(leader)], sparefs_proto::namespace::Caller::ROOT)
-        .with_deadline(Duration::from_secs(3));
+    let lonely = sparefs_client::MetaClient::new(
+        vec![cluster.address(leader)],
+        sparefs_proto::namespace::Caller::ROOT,
+    )
+    .with_deadline(Duration::from_secs(3));
     let r = lonely.mkdir(InodeId::ROOT, b"during", 0o755).await;
     assert!(r.is_err(), "a minority acknowledged a write: {r:?}");
     let s = cluster.status(leader).await.expect("status");
-    assert_eq!(s.commit, commit_before, "the minority advanced its commit index");
-    assert_ne!(s.role, Role::Leader, "a leader cut off from its quorum kept leading (check_quorum)");
+    assert_eq!(
+        s.commit, commit_before,
+        "the minority advanced its commit index"
+    );
+    assert_ne!(
+        s.role,
+        Role::Leader,
+        "a leader cut off from its quorum kept leading (check_quorum)"
+    );
     for f in &followers {
         cluster.signal(*f, libc::SIGCONT);
     }
-    cluster.wait_leader(Duration::from_secs(15)).await.expect("leader after heal");
-    client.mkdir(InodeId::ROOT, b"after", 0o755).await.expect("mkdir after heal");
+    cluster
+        .wait_leader(Duration::from_secs(15))
+        .await
+        .expect("leader after heal");
+    client
+        .mkdir(InodeId::ROOT, b"after", 0o755)
+        .await
+        .expect("mkdir after heal");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn added_replica_catches_up_by_snapshot_and_leads() {
     let mut cluster = MetaCluster::start_with(3, 100, 10).expect("start cluster");
-    cluster.wait_leader(Duration::from_secs(15)).await.expect("leader");
+    cluster
+        .wait_leader(Duration::from_secs(15))
+        .await
+        .expect("leader");
     let client = cluster.client();
     for i in 0..400 {
-        client.mkdir(InodeId::ROOT, format!("d{i}").as_bytes(), 0o755).await.expect("mkdir");
+        client
+            .mkdir(InodeId::ROOT, format!("d{i}").as_bytes(), 0o755)
+            .await
+            .expect("mkdir");
     }
     cluster.spawn(4, true).expect("start replica 4");
-    client.add_replica(ReplicaId(4), cluster.address(4)).await.expect("add replica 4");
+    client
+        .add_replica(ReplicaId(4), cluster.address(4))
+        .await
+        .expect("add replica 4");
     let start = Instant::now();
     loop {
-        let leader = cluster.wait_leader(Duration::from_secs(5)).await.expect("leader");
+        let leader = cluster
+            .wait_leader(Duration::from_secs(5))
+            .await
+            .expect("leader");
         let lead = cluster.status(leader).await.expect("leader status");
         if let Some(s) = cluster.status(4).await {
             if s.applied >= lead.commit && s.applied > 400 {
-                assert!(s.first_log_index > 2, "replica 4 replayed the log instead of installing a snapshot");
+                assert!(
+                    s.first_log_index > 2,
+                    "replica 4 replayed the log instead of installing a snapshot"
+                );
                 break;
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "replica 4 did not catch up:\n{}\n---\n{}\n---\n{}", cluster.log_tail(4), cluster.log_tail(1), cluster.log_tail(2));
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "replica 4 did not catch up:\n{}\n---\n{}\n---\n{}",
+            cluster.log_tail(4),
+            cluster.log_tail(1),
+            cluster.log_tail(2)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("replica 4 caught up in {:.2}s", start.elapsed().as_secs_f64());
-    client.transfer_leader(ReplicaId(4)).await.expect("transfer");
+    println!(
+        "replica 4 caught up in {:.2}s",
+        start.elapsed().as_secs_f64()
+    );
+    client
+        .transfer_leader(ReplicaId(4))
+        .await
+        .expect("transfer");
     let start = Instant::now();
-    while cluster.wait_leader(Duration::from_secs(5)).await.expect("leader") != 4 {
-        assert!(start.elapsed() < Duration::from_secs(20), "replica 4 never became leader");
-        client.transfer_leader(ReplicaId(4)).await.expect("transfer");
+    while cluster
+        .wait_leader(Duration::from_secs(5))
+        .await
+        .expect("leader")
+        != 4
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "replica 4 never became leader"
+        );
+        client
+            .transfer_leader(ReplicaId(4))
+            .await
+            .expect("transfer");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let via4 = sparefs_client::MetaClient::new(vec![cluster.address(4)], sparefs_proto::namespace::Caller::ROOT);
-    let entries = via4.readdir(InodeId::ROOT).await.expect("readdir via replica 4");
+    let via4 = sparefs_client::MetaClient::new(
+        vec![cluster.address(4)],
+        sparefs_proto::namespace::Caller::ROOT,
+    );
+    let entries = via4
+        .readdir(InodeId::ROOT)
+        .await
+        .expect("readdir via replica 4");
     assert_eq!(entries.len(), 400);
-    via4.mkdir(InodeId::ROOT, b"from4", 0o755).await.expect("write through the new leader");
+    via4.mkdir(InodeId::ROOT, b"from4", 0o755)
+        .await
+        .expect("write through the new leader");
     // Removing a replica shrinks the group; the rest keep serving.
-    via4.remove_replica(ReplicaId(1)).await.expect("remove replica 1");
+    via4.remove_replica(ReplicaId(1))
+        .await
+        .expect("remove replica 1");
     cluster.kill(1);
-    via4.mkdir(InodeId::ROOT, b"after-remove", 0o755).await.expect("write after remove");
+    via4.mkdir(InodeId::ROOT, b"after-remove", 0o755)
+        .await
+        .expect("write after remove");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_errors_and_closes_only_that_connection() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cluster = MetaCluster::start(1).expect("start");
-    cluster.wait_leader(Duration::from_secs(15)).await.expect("leader");
+    cluster
+        .wait_leader(Duration::from_secs(15))
+        .await
+        .expect("leader");
     let client = cluster.client();
     for (name, want) in [
         (b"a/b".to_vec(), Errno::EINVAL),
@@ -156,12 +259,32 @@ async fn bad_input_gets_clear_errors_and_closes_only_that_connection() {
         (Vec::new(), Errno::EINVAL),
         (vec![b'x'; 256], Errno::ENAMETOOLONG),
     ] {
-        let e = client.mkdir(InodeId::ROOT, &name, 0o755).await.expect_err("bad name accepted");
+        let e = client
+            .mkdir(InodeId::ROOT, &name, 0o755)
+            .await
+            .expect_err("bad name accepted");
         assert_eq!(e.errno(), want, "name {:?}", String::from_utf8_lossy(&name));
     }
-    client.mkdir(InodeId::ROOT, &[b'x'; 255], 0o755).await.expect("255-byte name");
-    assert_eq!(client.getattr(InodeId(999_999)).await.expect_err("unknown inode").errno(), Errno::ENOENT);
-    assert_eq!(client.mkdir(InodeId(999_999), b"x", 0o755).await.expect_err("unknown parent").errno(), Errno::ENOENT);
+    client
+        .mkdir(InodeId::ROOT, &[b'x'; 255], 0o755)
+        .await
+        .expect("255-byte name");
+    assert_eq!(
+        client
+            .getattr(InodeId(999_999))
+            .await
+            .expect_err("unknown inode")
+            .errno(),
+        Errno::ENOENT
+    );
+    assert_eq!(
+        client
+            .mkdir(InodeId(999_999), b"x", 0o755)
+            .await
+            .expect_err("unknown parent")
+            .errno(),
+        Errno::ENOENT
+    );
 
     // Garbage, an oversized frame, and a frame of the wrong shape each close
     // their own connection; the service keeps serving.
@@ -180,13 +303,21 @@ async fn bad_input_gets_clear_errors_and_closes_only_that_connection() {
             v
         },
     ] {
-        let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
         s.write_all(&payload).await.expect("write");
         let mut buf = [0u8; 16];
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("server closes promptly").unwrap_or(0);
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("server closes promptly")
+            .unwrap_or(0);
         assert_eq!(n, 0, "server answered garbage instead of closing");
     }
-    let a = client.lookup(InodeId::ROOT, &[b'x'; 255]).await.expect("still serving");
+    let a = client
+        .lookup(InodeId::ROOT, &[b'x'; 255])
+        .await
+        .expect("still serving");
     assert_eq!(a.kind, FileKind::Dir);
 }
 
@@ -194,31 +325,53 @@ async fn bad_input_gets_clear_errors_and_closes_only_that_connection() {
 fn missing_or_corrupt_state_is_refused() {
     let mut cluster = MetaCluster::start(1).expect("start");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(cluster.wait_leader(Duration::from_secs(15))).expect("leader");
+    rt.block_on(cluster.wait_leader(Duration::from_secs(15)))
+        .expect("leader");
     cluster.kill(1);
     let run = |cluster: &MetaCluster| {
         let out = std::process::Command::new(sparefs_tests::sparefs_bin())
-            .args(["meta", "--id", "1", "--listen", &cluster.address(1), "--peers", &format!("1={}", cluster.address(1)), "--data"])
+            .args([
+                "meta",
+                "--id",
+                "1",
+                "--listen",
+                &cluster.address(1),
+                "--peers",
+                &format!("1={}", cluster.address(1)),
+                "--data",
+            ])
             .arg(cluster.data_dir(1))
             .output()
             .expect("run");
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     // The database deleted: refused, not restarted empty.
     std::fs::remove_dir_all(cluster.data_dir(1).join("db")).expect("remove db");
     let (ok, err) = run(&cluster);
-    assert!(!ok && err.contains("missing"), "started without its database: {err}");
+    assert!(
+        !ok && err.contains("missing"),
+        "started without its database: {err}"
+    );
     // The database corrupted: refused.
     std::fs::create_dir_all(cluster.data_dir(1).join("db")).expect("mkdir");
     std::fs::write(cluster.data_dir(1).join("db").join("CURRENT"), b"garbage\n").expect("write");
     let (ok, err) = run(&cluster);
-    assert!(!ok && err.contains("refusing"), "started on a corrupt database: {err}");
+    assert!(
+        !ok && err.contains("refusing"),
+        "started on a corrupt database: {err}"
+    );
     // A foreign non-empty directory: refused.
     std::fs::remove_dir_all(cluster.data_dir(1)).expect("rm");
     std::fs::create_dir_all(cluster.data_dir(1)).expect("mkdir");
     std::fs::write(cluster.data_dir(1).join("precious.txt"), b"x").expect("write");
     let (ok, err) = run(&cluster);
-    assert!(!ok && err.contains("not a sparefs meta replica"), "started in a foreign directory: {err}");
+    assert!(
+        !ok && err.contains("not a sparefs meta replica"),
+        "started in a foreign directory: {err}"
+    );
     let _ = BTreeMap::<u8, u8>::new();
 }
 
@@ -227,40 +380,103 @@ async fn registry_heartbeats_and_placement() {
     use sparefs_proto::layout::{ChunkserverState, Policy};
     use sparefs_proto::namespace::{NsReply, ReadOp, WriteOp};
     let cluster = MetaCluster::start(3).expect("start");
-    cluster.wait_leader(Duration::from_secs(15)).await.expect("leader");
+    cluster
+        .wait_leader(Duration::from_secs(15))
+        .await
+        .expect("leader");
     let client = cluster.client();
     let mut ids = Vec::new();
     for i in 0..4u8 {
-        let op = WriteOp::RegisterChunkserver { address: format!("127.0.0.{}:9000", 100 + i), capacity_bytes: 1 << 30, token: [i; 16] };
-        let NsReply::Registered { id, .. } = client.write(op.clone()).await.expect("register") else { panic!("reply") };
+        let op = WriteOp::RegisterChunkserver {
+            address: format!("127.0.0.{}:9000", 100 + i),
+            capacity_bytes: 1 << 30,
+            token: [i; 16],
+        };
+        let NsReply::Registered { id, .. } = client.write(op.clone()).await.expect("register")
+        else {
+            panic!("reply")
+        };
         // Registering again with the same token keeps the id.
-        let NsReply::Registered { id: again, .. } = client.write(op).await.expect("register again") else { panic!("reply") };
+        let NsReply::Registered { id: again, .. } = client.write(op).await.expect("register again")
+        else {
+            panic!("reply")
+        };
         assert_eq!(id, again);
         ids.push(id);
     }
     // Three report in; the fourth stays silent and so is down.
     for (n, id) in ids.iter().take(3).enumerate() {
-        client.heartbeat(*id, 1 << 30, (n as u64) << 20, 0).await.expect("heartbeat");
+        client
+            .heartbeat(*id, 1 << 30, (n as u64) << 20, 0)
+            .await
+            .expect("heartbeat");
     }
-    let NsReply::Chunkservers(list) = client.read(ReadOp::ListChunkservers).await.expect("list") else { panic!("reply") };
+    let NsReply::Chunkservers(list) = client.read(ReadOp::ListChunkservers).await.expect("list")
+    else {
+        panic!("reply")
+    };
     let states: BTreeMap<u64, ChunkserverState> = list.iter().map(|s| (s.id.0, s.state)).collect();
-    assert_eq!(states.values().filter(|s| **s == ChunkserverState::Up).count(), 3, "{states:?}");
+    assert_eq!(
+        states
+            .values()
+            .filter(|s| **s == ChunkserverState::Up)
+            .count(),
+        3,
+        "{states:?}"
+    );
     assert_eq!(states[&ids[3].0], ChunkserverState::Down);
-    let alloc = |policy| WriteOp::AllocateBlocks { count: 2, policy, placement: vec![] };
-    let NsReply::Allocated { ids: blocks, placement, capabilities } = client.write(alloc(Policy::Ec { data: 2, parity: 1 })).await.expect("allocate") else {
+    let alloc = |policy| WriteOp::AllocateBlocks {
+        count: 2,
+        policy,
+        placement: vec![],
+    };
+    let NsReply::Allocated {
+        ids: blocks,
+        placement,
+        capabilities,
+    } = client
+        .write(alloc(Policy::Ec { data: 2, parity: 1 }))
+        .await
+        .expect("allocate")
+    else {
         panic!("reply")
     };
     assert_eq!(blocks.len(), 2);
-    let NsReply::Registered { key, .. } = client.write(WriteOp::RegisterChunkserver { address: "127.0.0.100:9000".into(), capacity_bytes: 1 << 30, token: [0; 16] }).await.expect("re-register") else { panic!("reply") };
+    let NsReply::Registered { key, .. } = client
+        .write(WriteOp::RegisterChunkserver {
+            address: "127.0.0.100:9000".into(),
+            capacity_bytes: 1 << 30,
+            token: [0; 16],
+        })
+        .await
+        .expect("re-register")
+    else {
+        panic!("reply")
+    };
     let now = sparefs_proto::namespace::Time::now().secs as u64;
     for (b, cap) in blocks.iter().zip(&capabilities) {
-        assert!(cap.allows(&key, *b, true, now), "write capability for {b} does not verify with the cluster key");
+        assert!(
+            cap.allows(&key, *b, true, now),
+            "write capability for {b} does not verify with the cluster key"
+        );
     }
     let distinct: BTreeSet<_> = placement.iter().collect();
-    assert_eq!(distinct.len(), 3, "fragments on distinct chunkservers: {placement:?}");
-    assert!(!placement.contains(&ids[3]), "a down chunkserver got a fragment");
-    let e = client.write(alloc(Policy::Ec { data: 2, parity: 2 })).await.expect_err("4 fragments on 3 live servers");
+    assert_eq!(
+        distinct.len(),
+        3,
+        "fragments on distinct chunkservers: {placement:?}"
+    );
+    assert!(
+        !placement.contains(&ids[3]),
+        "a down chunkserver got a fragment"
+    );
+    let e = client
+        .write(alloc(Policy::Ec { data: 2, parity: 2 }))
+        .await
+        .expect_err("4 fragments on 3 live servers");
     assert_eq!(e.errno(), Errno::ENOSPC);
-    let NsReply::StatFs(st) = client.read(ReadOp::StatFs).await.expect("statfs") else { panic!("reply") };
+    let NsReply::StatFs(st) = client.read(ReadOp::StatFs).await.expect("statfs") else {
+        panic!("reply")
+    };
     assert_eq!(st.capacity_bytes, 4 << 30);
 }

@@ -11,8 +11,19 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn sh(dir: &Path, script: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(script).current_dir(dir).output().expect("run sh");
-    assert!(out.status.success(), "`{script}` failed in {}:\n{}{}", dir.display(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "`{script}` failed in {}:\n{}{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -22,9 +33,24 @@ async fn real_programs_tar_git_sqlite() {
     let m = &mounts[0];
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let tarball = tempfile::NamedTempFile::new().expect("temp");
-    sh(&src, &format!("tar czf {} --exclude=./target --exclude=./.git .", tarball.path().display()));
-    sh(m, &format!("mkdir src && cd src && tar xzf {}", tarball.path().display()));
-    sh(m, &format!("diff -r src {} -x target -x .git >/dev/null", src.display()));
+    sh(
+        &src,
+        &format!(
+            "tar czf {} --exclude=./target --exclude=./.git .",
+            tarball.path().display()
+        ),
+    );
+    sh(
+        m,
+        &format!(
+            "mkdir src && cd src && tar xzf {}",
+            tarball.path().display()
+        ),
+    );
+    sh(
+        m,
+        &format!("diff -r src {} -x target -x .git >/dev/null", src.display()),
+    );
     sh(m, "cd src && git init -q && git add -A && git -c user.email=t@t -c user.name=t commit -qm import && git fsck --full");
     let ok = sh(
         m,
@@ -44,7 +70,12 @@ print(db.execute('pragma integrity_check').fetchone()[0], db.execute('select cou
 
     // A file over 4 GiB: sparse, with data past the 32-bit boundary.
     let big = m.join("big.img");
-    let f = std::fs::OpenOptions::new().create(true).read(true).write(true).open(&big).expect("create");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .open(&big)
+        .expect("create");
     let at = 5u64 << 30;
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 241) as u8).collect();
     std::os::unix::fs::FileExt::write_all_at(&f, &data, at).expect("write at 5 GiB");
@@ -66,12 +97,23 @@ async fn two_mounts_see_each_others_files_close_to_open() {
     let (a, b) = (&mounts[0], &mounts[1]);
     let v1: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
     std::fs::write(a.join("shared"), &v1).expect("write on a");
-    assert_eq!(std::fs::read(b.join("shared")).expect("read on b"), v1, "whole and current on the other mount");
+    assert_eq!(
+        std::fs::read(b.join("shared")).expect("read on b"),
+        v1,
+        "whole and current on the other mount"
+    );
     let v2: Vec<u8> = (0..1_000_000u32).map(|i| (i % 7) as u8).collect();
     std::fs::write(a.join("shared"), &v2).expect("rewrite on a");
-    assert_eq!(std::fs::read(b.join("shared")).expect("reread on b"), v2, "a reopen sees the new contents");
+    assert_eq!(
+        std::fs::read(b.join("shared")).expect("reread on b"),
+        v2,
+        "a reopen sees the new contents"
+    );
     // Append on b, read on a.
-    let mut f = std::fs::OpenOptions::new().append(true).open(b.join("shared")).expect("open append");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(b.join("shared"))
+        .expect("open append");
     f.write_all(b"tail").expect("append");
     drop(f);
     let got = std::fs::read(a.join("shared")).expect("read on a");
@@ -79,7 +121,10 @@ async fn two_mounts_see_each_others_files_close_to_open() {
     assert_eq!(got.len(), v2.len() + 4);
     std::fs::create_dir(b.join("dir")).expect("mkdir on b");
     std::thread::sleep(Duration::from_millis(1100));
-    assert!(a.join("dir").is_dir(), "a sees b's directory once its entry cache expires");
+    assert!(
+        a.join("dir").is_dir(),
+        "a sees b's directory once its entry cache expires"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -90,12 +135,17 @@ async fn no_hang_when_every_meta_replica_is_gone() {
     c.kill(1);
     let start = Instant::now();
     let m2 = m.clone();
-    let r = tokio::task::spawn_blocking(move || std::fs::metadata(m2.join("never-seen"))).await.expect("join");
+    let r = tokio::task::spawn_blocking(move || std::fs::metadata(m2.join("never-seen")))
+        .await
+        .expect("join");
     let took = start.elapsed();
     let err = r.expect_err("stat with no meta succeeded");
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     assert!(took < Duration::from_secs(30), "took {took:?}");
-    println!("stat failed with EIO after {:.1}s with every meta replica stopped", took.as_secs_f64());
+    println!(
+        "stat failed with EIO after {:.1}s with every meta replica stopped",
+        took.as_secs_f64()
+    );
     c.unmount(1);
     assert!(!is_mounted(&m), "still mounted");
 }
@@ -120,10 +170,16 @@ fn step(root: &Path, rng: &mut StdRng, names: &[&str]) -> String {
             let p = pick(rng);
             let len = rng.gen_range(0..200_000);
             let seed: u8 = rng.gen();
-            let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
+            let data: Vec<u8> = (0..len)
+                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+                .collect();
             let at = rng.gen_range(0..100_000u64);
             code((|| {
-                let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&p)?;
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(false)
+                    .open(&p)?;
                 f.seek(SeekFrom::Start(at))?;
                 f.write_all(&data)
             })())
@@ -134,7 +190,12 @@ fn step(root: &Path, rng: &mut StdRng, names: &[&str]) -> String {
         6 => {
             let p = pick(rng);
             let len = rng.gen_range(0..150_000);
-            code(std::fs::OpenOptions::new().write(true).open(&p).and_then(|f| f.set_len(len)))
+            code(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .and_then(|f| f.set_len(len)),
+            )
         }
         7 => {
             let p = pick(rng);
@@ -150,7 +211,9 @@ fn step(root: &Path, rng: &mut StdRng, names: &[&str]) -> String {
 }
 
 fn blake_lite(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf29ce484222325u64, |h, x| (h ^ *x as u64).wrapping_mul(0x100000001b3))
+    b.iter().fold(0xcbf29ce484222325u64, |h, x| {
+        (h ^ *x as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 fn tree(root: &Path) -> BTreeMap<String, String> {
@@ -165,10 +228,18 @@ fn tree(root: &Path) -> BTreeMap<String, String> {
                 stack.push(p.clone());
                 format!("dir nlink={}", std::os::unix::fs::MetadataExt::nlink(&md))
             } else if md.file_type().is_symlink() {
-                format!("link {}", std::fs::read_link(&p).expect("readlink").display())
+                format!(
+                    "link {}",
+                    std::fs::read_link(&p).expect("readlink").display()
+                )
             } else {
                 let data = std::fs::read(&p).expect("read");
-                format!("file {} {} nlink={}", data.len(), blake_lite(&data), std::os::unix::fs::MetadataExt::nlink(&md))
+                format!(
+                    "file {} {} nlink={}",
+                    data.len(),
+                    blake_lite(&data),
+                    std::os::unix::fs::MetadataExt::nlink(&md)
+                )
             };
             out.insert(rel, desc);
         }
@@ -180,7 +251,10 @@ fn tree(root: &Path) -> BTreeMap<String, String> {
 async fn differential_against_a_local_directory() {
     let (_c, mounts) = fs_cluster(1, 1).await.expect("cluster");
     let local = tempfile::tempdir().expect("tempdir");
-    let seed: u64 = std::env::var("SPAREFS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    let seed: u64 = std::env::var("SPAREFS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
     println!("differential seed {seed} (replay with SPAREFS_SEED={seed})");
     let names = ["a", "b", "c", "d"];
     let (mut r1, mut r2) = (StdRng::seed_from_u64(seed), StdRng::seed_from_u64(seed));
@@ -189,7 +263,11 @@ async fn differential_against_a_local_directory() {
         let got = step(&mounts[0], &mut r2, &names);
         assert_eq!(got, want, "step {i} (seed {seed}) differs");
     }
-    assert_eq!(tree(&mounts[0]), tree(local.path()), "final trees differ (seed {seed})");
+    assert_eq!(
+        tree(&mounts[0]),
+        tree(local.path()),
+        "final trees differ (seed {seed})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -198,34 +276,63 @@ async fn posix_conformance_suite() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("posix/conformance.py");
     let dir = mounts[0].join("conformance");
     std::fs::create_dir(&dir).expect("mkdir");
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    let out = Command::new("python3").arg(&script).arg(&dir).output().expect("run conformance.py");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&dir)
+        .output()
+        .expect("run conformance.py");
     let text = String::from_utf8_lossy(&out.stdout);
     let summary = text.lines().last().unwrap_or("").to_string();
     println!("{summary}");
-    assert!(out.status.success(), "unexpected conformance failures:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "unexpected conformance failures:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fsx_random_io_matches_a_model() {
     let (_c, mounts) = fs_cluster(1, 1).await.expect("cluster");
-    let ops: usize = std::env::var("SPAREFS_FSX_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
-    let seed: u64 = std::env::var("SPAREFS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261125);
+    let ops: usize = std::env::var("SPAREFS_FSX_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    let seed: u64 = std::env::var("SPAREFS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261125);
     let path = mounts[0].join("fsx.bin");
     let start = Instant::now();
-    let st = tokio::task::spawn_blocking(move || sparefs_tests::fsx::run(&path, ops, seed, 4 * 1024 * 1024))
-        .await
-        .expect("join")
-        .unwrap_or_else(|e| panic!("fsx failed: {e}"));
-    println!("fsx: {st:?} in {:.1}s (seed {seed})", start.elapsed().as_secs_f64());
+    let st = tokio::task::spawn_blocking(move || {
+        sparefs_tests::fsx::run(&path, ops, seed, 4 * 1024 * 1024)
+    })
+    .await
+    .expect("join")
+    .unwrap_or_else(|e| panic!("fsx failed: {e}"));
+    println!(
+        "fsx: {st:?} in {:.1}s (seed {seed})",
+        start.elapsed().as_secs_f64()
+    );
     // The same sequence on a local file proves the verifier itself.
     let local = tempfile::tempdir().expect("tempdir");
-    sparefs_tests::fsx::run(&local.path().join("fsx.bin"), 2_000, seed, 4 * 1024 * 1024).expect("fsx on a local file");
+    sparefs_tests::fsx::run(&local.path().join("fsx.bin"), 2_000, seed, 4 * 1024 * 1024)
+        .expect("fsx on a local file");
 }
 
 fn try_lock(path: &Path, how: &str) -> bool {
-    let script = format!("import fcntl\nf = open({:?}, 'a')\n{how}", path.display().to_string());
-    Command::new("python3").arg("-c").arg(script).status().expect("python3").success()
+    let script = format!(
+        "import fcntl\nf = open({:?}, 'a')\n{how}",
+        path.display().to_string()
+    );
+    Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .status()
+        .expect("python3")
+        .success()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -247,27 +354,65 @@ async fn locks_are_held_in_the_meta_and_released_when_a_mount_dies() {
         .spawn()
         .expect("holder");
     let mut line = String::new();
-    std::io::BufReader::new(holder.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
+    std::io::BufReader::new(holder.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
     assert_eq!(line.trim(), "locked");
-    assert!(!try_lock(&b.join("db"), "fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)"), "POSIX lock granted twice across mounts");
-    assert!(!try_lock(&b.join("db"), "fcntl.lockf(f, fcntl.LOCK_SH | fcntl.LOCK_NB)"), "shared lock granted over a write lock");
-    assert!(!try_lock(&a.join("flk"), "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)"), "second flock granted on the same mount");
-    assert!(!try_lock(&b.join("flk"), "fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)"), "flock granted across mounts");
+    assert!(
+        !try_lock(
+            &b.join("db"),
+            "fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)"
+        ),
+        "POSIX lock granted twice across mounts"
+    );
+    assert!(
+        !try_lock(
+            &b.join("db"),
+            "fcntl.lockf(f, fcntl.LOCK_SH | fcntl.LOCK_NB)"
+        ),
+        "shared lock granted over a write lock"
+    );
+    assert!(
+        !try_lock(
+            &a.join("flk"),
+            "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)"
+        ),
+        "second flock granted on the same mount"
+    );
+    assert!(
+        !try_lock(
+            &b.join("flk"),
+            "fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)"
+        ),
+        "flock granted across mounts"
+    );
     // The holder's mount dies without unlocking: the lease runs out.
     let start = Instant::now();
     c.kill_mount(1);
     let _ = holder.kill();
     let _ = holder.wait();
     loop {
-        if try_lock(&b.join("db"), "fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)") {
+        if try_lock(
+            &b.join("db"),
+            "fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)",
+        ) {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(40), "locks of a dead mount were never released");
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "locks of a dead mount were never released"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
-    println!("locks of a killed mount released after {:.1}s", start.elapsed().as_secs_f64());
+    println!(
+        "locks of a killed mount released after {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
     // A released lock on a live mount is free at once.
-    assert!(try_lock(&b.join("db"), "fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nfcntl.lockf(f, fcntl.LOCK_UN)"));
+    assert!(try_lock(
+        &b.join("db"),
+        "fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nfcntl.lockf(f, fcntl.LOCK_UN)"
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -22,7 +22,9 @@ struct SimNode {
 }
 
 fn new_node(dir: &std::path::Path, id: u64) -> SimNode {
-    let peers: BTreeMap<u64, String> = (1..=3).map(|i| (i, format!("127.0.0.1:{}", 1000 + i))).collect();
+    let peers: BTreeMap<u64, String> = (1..=3)
+        .map(|i| (i, format!("127.0.0.1:{}", 1000 + i)))
+        .collect();
     let config = MetaConfig {
         id: sparefs_proto::ReplicaId(id),
         listen: String::new(),
@@ -34,9 +36,22 @@ fn new_node(dir: &std::path::Path, id: u64) -> SimNode {
     };
     let store = Arc::new(sparefs_meta::initialise(&config).expect("initialise"));
     let log = RaftLog::load(store.clone()).expect("load");
-    let cfg = Config { id, election_tick: 10, heartbeat_tick: 1, applied: 1, pre_vote: true, check_quorum: true, ..Default::default() };
-    let raw = RawNode::new(&cfg, log, &slog::Logger::root(slog::Discard, slog::o!())).expect("raw node");
-    SimNode { raw, store, applied: Vec::new() }
+    let cfg = Config {
+        id,
+        election_tick: 10,
+        heartbeat_tick: 1,
+        applied: 1,
+        pre_vote: true,
+        check_quorum: true,
+        ..Default::default()
+    };
+    let raw =
+        RawNode::new(&cfg, log, &slog::Logger::root(slog::Discard, slog::o!())).expect("raw node");
+    SimNode {
+        raw,
+        store,
+        applied: Vec::new(),
+    }
 }
 
 /// The driver's order: messages, then committed entries + new entries +
@@ -47,16 +62,25 @@ fn handle_ready(n: &mut SimNode, out: &mut Vec<Message>) {
     }
     let mut ready = n.raw.ready();
     out.extend(ready.take_messages());
-    assert!(ready.snapshot().is_empty(), "no snapshots in this simulation");
+    assert!(
+        ready.snapshot().is_empty(),
+        "no snapshots in this simulation"
+    );
     let mut batch = rocksdb::WriteBatch::default();
     for e in ready.take_committed_entries() {
         if !e.data.is_empty() {
             n.applied.push((e.index, e.data.to_vec()));
         }
     }
-    n.raw.mut_store().append(&mut batch, ready.entries()).expect("append");
+    n.raw
+        .mut_store()
+        .append(&mut batch, ready.entries())
+        .expect("append");
     if let Some(hs) = ready.hs() {
-        n.raw.mut_store().set_hard_state(&mut batch, hs.clone()).expect("hs");
+        n.raw
+            .mut_store()
+            .set_hard_state(&mut batch, hs.clone())
+            .expect("hs");
     }
     n.store.write_synced(batch).expect("write");
     out.extend(ready.take_persisted_messages());
@@ -78,7 +102,8 @@ fn handle_ready(n: &mut SimNode, out: &mut Vec<Message>) {
 fn run_seed(seed: u64) -> Result<usize, String> {
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut nodes: BTreeMap<u64, SimNode> = (1..=3).map(|id| (id, new_node(dir.path(), id))).collect();
+    let mut nodes: BTreeMap<u64, SimNode> =
+        (1..=3).map(|id| (id, new_node(dir.path(), id))).collect();
     let drop_p = rng.gen_range(0.0..0.2);
     let dup_p = rng.gen_range(0.0..0.1);
     let mut in_flight: Vec<(u64, Message)> = Vec::new();
@@ -88,7 +113,11 @@ fn run_seed(seed: u64) -> Result<usize, String> {
     for step in 0..steps {
         // Partitions come and go; the last fifth of the run is healed.
         if step % 300 == 0 {
-            isolated = if step < steps * 4 / 5 && rng.gen_bool(0.5) { Some(rng.gen_range(1..=3)) } else { None };
+            isolated = if step < steps * 4 / 5 && rng.gen_bool(0.5) {
+                Some(rng.gen_range(1..=3))
+            } else {
+                None
+            };
         }
         if step % 5 == 0 {
             for n in nodes.values_mut() {
@@ -147,7 +176,11 @@ fn run_seed(seed: u64) -> Result<usize, String> {
             last = *idx;
             if let Some(prev) = by_index.insert(*idx, data.clone()) {
                 if &prev != data {
-                    return Err(format!("index {idx} diverged: {:?} vs {:?}", String::from_utf8_lossy(&prev), String::from_utf8_lossy(data)));
+                    return Err(format!(
+                        "index {idx} diverged: {:?} vs {:?}",
+                        String::from_utf8_lossy(&prev),
+                        String::from_utf8_lossy(data)
+                    ));
                 }
             }
         }

@@ -5,10 +5,10 @@
 use crate::{current_caller, split_addresses};
 use clap::Subcommand;
 use sparefs_client::{ClientError, DataClient, MetaClient, OpenFile};
-use std::path::PathBuf;
-use std::sync::Arc;
 use sparefs_proto::layout::Policy;
 use sparefs_proto::namespace::*;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Subcommand)]
 pub enum FsCmd {
@@ -71,7 +71,11 @@ fn mode_string(a: &Attr) -> String {
 /// Bytes per read or write call of put/get.
 const PIECE: usize = 8 * 1024 * 1024;
 
-async fn copy_out(client: &Arc<MetaClient>, path: &str, mut out: Box<dyn std::io::Write>) -> Result<(), ClientError> {
+async fn copy_out(
+    client: &Arc<MetaClient>,
+    path: &str,
+    mut out: Box<dyn std::io::Write>,
+) -> Result<(), ClientError> {
     let attr = client.resolve(path).await?;
     if attr.kind != FileKind::File {
         return Err(ClientError::Errno(sparefs_proto::Errno::EISDIR));
@@ -83,10 +87,12 @@ async fn copy_out(client: &Arc<MetaClient>, path: &str, mut out: Box<dyn std::io
         if bytes.is_empty() {
             break;
         }
-        out.write_all(&bytes).map_err(|e| ClientError::Rejected(format!("write output: {e}")))?;
+        out.write_all(&bytes)
+            .map_err(|e| ClientError::Rejected(format!("write output: {e}")))?;
         offset += bytes.len() as u64;
     }
-    out.flush().map_err(|e| ClientError::Rejected(format!("write output: {e}")))?;
+    out.flush()
+        .map_err(|e| ClientError::Rejected(format!("write output: {e}")))?;
     Ok(())
 }
 
@@ -100,7 +106,15 @@ async fn one(client: &Arc<MetaClient>, cmd: &FsCmd, path: &str) -> Result<(), Cl
             }
             for e in client.readdir(a.ino).await? {
                 let attr = client.getattr(e.ino).await?;
-                println!("{} {:>3} {:>5} {:>5} {:>12} {}", mode_string(&attr), attr.nlink, attr.uid, attr.gid, attr.size, String::from_utf8_lossy(&e.name));
+                println!(
+                    "{} {:>3} {:>5} {:>5} {:>12} {}",
+                    mode_string(&attr),
+                    attr.nlink,
+                    attr.uid,
+                    attr.gid,
+                    attr.size,
+                    String::from_utf8_lossy(&e.name)
+                );
             }
         }
         FsCmd::Stat { .. } => {
@@ -116,7 +130,9 @@ async fn one(client: &Arc<MetaClient>, cmd: &FsCmd, path: &str) -> Result<(), Cl
                 for part in path.split('/').filter(|p| !p.is_empty()) {
                     cur = match client.lookup(cur.ino, part.as_bytes()).await {
                         Ok(a) => a,
-                        Err(ClientError::Errno(sparefs_proto::Errno::ENOENT)) => client.mkdir(cur.ino, part.as_bytes(), 0o755).await?,
+                        Err(ClientError::Errno(sparefs_proto::Errno::ENOENT)) => {
+                            client.mkdir(cur.ino, part.as_bytes(), 0o755).await?
+                        }
                         Err(e) => return Err(e),
                     };
                 }
@@ -132,7 +148,11 @@ async fn one(client: &Arc<MetaClient>, cmd: &FsCmd, path: &str) -> Result<(), Cl
         FsCmd::Touch { .. } => {
             let (dir, name) = client.resolve_parent(path).await?;
             let a = client.create(dir.ino, &name, 0o644, false).await?;
-            let set = SetAttr { atime: Some(TimeSet::Now), mtime: Some(TimeSet::Now), ..Default::default() };
+            let set = SetAttr {
+                atime: Some(TimeSet::Now),
+                mtime: Some(TimeSet::Now),
+                ..Default::default()
+            };
             client.setattr(a.ino, set).await?;
         }
         FsCmd::Rm { .. } => {
@@ -143,14 +163,27 @@ async fn one(client: &Arc<MetaClient>, cmd: &FsCmd, path: &str) -> Result<(), Cl
             use tokio::io::AsyncReadExt;
             let (dir, name) = client.resolve_parent(path).await?;
             let attr = client.create(dir.ino, &name, 0o644, false).await?;
-            let attr = client.setattr(attr.ino, SetAttr { size: Some(0), ..Default::default() }).await?;
+            let attr = client
+                .setattr(
+                    attr.ino,
+                    SetAttr {
+                        size: Some(0),
+                        ..Default::default()
+                    },
+                )
+                .await?;
             let data = Arc::new(DataClient::new(client.clone()));
             let file = OpenFile::open(data, &attr).await?;
-            let mut src = tokio::fs::File::open(local).await.map_err(|e| ClientError::Rejected(format!("{}: {e}", local.display())))?;
+            let mut src = tokio::fs::File::open(local)
+                .await
+                .map_err(|e| ClientError::Rejected(format!("{}: {e}", local.display())))?;
             let mut buf = vec![0u8; PIECE];
             let mut offset = 0u64;
             loop {
-                let n = src.read(&mut buf).await.map_err(|e| ClientError::Rejected(format!("{}: {e}", local.display())))?;
+                let n = src
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| ClientError::Rejected(format!("{}: {e}", local.display())))?;
                 if n == 0 {
                     break;
                 }
@@ -163,7 +196,10 @@ async fn one(client: &Arc<MetaClient>, cmd: &FsCmd, path: &str) -> Result<(), Cl
             let out: Box<dyn std::io::Write> = if local.as_os_str() == "-" {
                 Box::new(std::io::stdout())
             } else {
-                Box::new(std::fs::File::create(local).map_err(|e| ClientError::Rejected(format!("{}: {e}", local.display())))?)
+                Box::new(
+                    std::fs::File::create(local)
+                        .map_err(|e| ClientError::Rejected(format!("{}: {e}", local.display())))?,
+                )
             };
             copy_out(client, path, out).await?;
         }
@@ -175,7 +211,9 @@ async fn one(client: &Arc<MetaClient>, cmd: &FsCmd, path: &str) -> Result<(), Cl
                 Ok(a) if a.kind == FileKind::Dir => (a, sname.clone()),
                 _ => client.resolve_parent(dest).await?,
             };
-            client.rename(sdir.ino, &sname, ddir.ino, &dname, RenameMode::Replace).await?;
+            client
+                .rename(sdir.ino, &sname, ddir.ino, &dname, RenameMode::Replace)
+                .await?;
         }
     }
     Ok(())
@@ -185,7 +223,11 @@ pub async fn run(meta: &str, cmd: FsCmd) -> anyhow::Result<i32> {
     let client = Arc::new(MetaClient::new(split_addresses(meta), current_caller()));
     let paths: Vec<String> = match &cmd {
         FsCmd::Ls { paths } if paths.is_empty() => vec!["/".into()],
-        FsCmd::Ls { paths } | FsCmd::Stat { paths } | FsCmd::Rmdir { paths } | FsCmd::Touch { paths } | FsCmd::Rm { paths } => paths.clone(),
+        FsCmd::Ls { paths }
+        | FsCmd::Stat { paths }
+        | FsCmd::Rmdir { paths }
+        | FsCmd::Touch { paths }
+        | FsCmd::Rm { paths } => paths.clone(),
         FsCmd::Mkdir { paths, .. } => paths.clone(),
         FsCmd::Mv { source, .. } => vec![source.clone()],
         FsCmd::Put { remote, .. } => vec![remote.clone()],

@@ -15,7 +15,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "sparefs", version, about = "A fault-tolerant filesystem made from spare disk space")]
+#[command(
+    name = "sparefs",
+    version,
+    about = "A fault-tolerant filesystem made from spare disk space"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -118,22 +122,34 @@ enum AdminMetaCmd {
 pub fn parse_peers(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
     let mut out = BTreeMap::new();
     for part in s.split(',').filter(|p| !p.is_empty()) {
-        let (id, addr) = part.split_once('=').with_context(|| format!("peer {part:?} is not ID=ADDR"))?;
-        let id: u64 = id.parse().with_context(|| format!("peer id {id:?} is not a number"))?;
-        addr.parse::<std::net::SocketAddr>().with_context(|| format!("peer address {addr:?} is not IP:PORT"))?;
+        let (id, addr) = part
+            .split_once('=')
+            .with_context(|| format!("peer {part:?} is not ID=ADDR"))?;
+        let id: u64 = id
+            .parse()
+            .with_context(|| format!("peer id {id:?} is not a number"))?;
+        addr.parse::<std::net::SocketAddr>()
+            .with_context(|| format!("peer address {addr:?} is not IP:PORT"))?;
         out.insert(id, addr.to_string());
     }
     Ok(out)
 }
 
 pub fn split_addresses(s: &str) -> Vec<String> {
-    s.split(',').filter(|p| !p.is_empty()).map(|p| p.trim().to_string()).collect()
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.trim().to_string())
+        .collect()
 }
 
 /// The calling user, for permission checks in the meta.
 pub fn current_caller() -> Caller {
     let uid = nix_uid();
-    Caller { uid: uid.0, gid: uid.1, groups: Vec::new() }
+    Caller {
+        uid: uid.0,
+        gid: uid.1,
+        groups: Vec::new(),
+    }
 }
 
 #[allow(unsafe_code)]
@@ -147,7 +163,9 @@ fn main() {
     let as_helper = argv.first().is_some_and(|a| a.ends_with("mount.sparefs"));
     let cli = if as_helper {
         match mount_cmd::helper_args(&argv) {
-            Ok(args) => Cli { cmd: Cmd::Mount(args) },
+            Ok(args) => Cli {
+                cmd: Cmd::Mount(args),
+            },
             Err(e) => {
                 eprintln!("mount.sparefs: {e:#}");
                 std::process::exit(1);
@@ -157,10 +175,16 @@ fn main() {
         Cli::parse()
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SPAREFS_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPAREFS_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sparefs: start the runtime: {e}");
@@ -181,7 +205,15 @@ fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.cmd {
-        Cmd::Meta { id, listen, peers, data, join, compact_after, compact_keep } => {
+        Cmd::Meta {
+            id,
+            listen,
+            peers,
+            data,
+            join,
+            compact_after,
+            compact_keep,
+        } => {
             let peers = parse_peers(&peers)?;
             sparefs_meta::run(sparefs_meta::MetaConfig {
                 id: ReplicaId(id),
@@ -195,22 +227,43 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             .await?;
             Ok(0)
         }
-        Cmd::Chunkserver { dir, limit, reserve, meta, listen } => {
+        Cmd::Chunkserver {
+            dir,
+            limit,
+            reserve,
+            meta,
+            listen,
+        } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-            let (fs_bytes, _) = sparefs_chunkserver::fs_space(&dir).with_context(|| format!("statvfs {}", dir.display()))?;
-            let limit_bytes = sparefs_chunkserver::parse_size(&limit, fs_bytes).map_err(anyhow::Error::msg)?;
-            let reserve_bytes = sparefs_chunkserver::parse_size(&reserve, fs_bytes).map_err(anyhow::Error::msg)?;
-            sparefs_chunkserver::run(sparefs_chunkserver::ChunkserverConfig { dir, limit_bytes, reserve_bytes, meta: split_addresses(&meta), listen }).await?;
+            let (fs_bytes, _) = sparefs_chunkserver::fs_space(&dir)
+                .with_context(|| format!("statvfs {}", dir.display()))?;
+            let limit_bytes =
+                sparefs_chunkserver::parse_size(&limit, fs_bytes).map_err(anyhow::Error::msg)?;
+            let reserve_bytes =
+                sparefs_chunkserver::parse_size(&reserve, fs_bytes).map_err(anyhow::Error::msg)?;
+            sparefs_chunkserver::run(sparefs_chunkserver::ChunkserverConfig {
+                dir,
+                limit_bytes,
+                reserve_bytes,
+                meta: split_addresses(&meta),
+                listen,
+            })
+            .await?;
             Ok(0)
         }
         Cmd::Mount(args) => mount_cmd::run(args).await,
         Cmd::Fs { meta, cmd } => fs_cmd::run(&meta, cmd).await,
         Cmd::Policy { meta, cmd } => fs_cmd::policy(&meta, cmd).await,
         Cmd::Status { meta, data, json } => status_cmd::run(meta, data, json).await,
-        Cmd::Admin { meta, cmd: AdminCmd::Meta { cmd } } => {
+        Cmd::Admin {
+            meta,
+            cmd: AdminCmd::Meta { cmd },
+        } => {
             let client = sparefs_client::MetaClient::new(split_addresses(&meta), current_caller());
             match cmd {
-                AdminMetaCmd::Add { id, address } => client.add_replica(ReplicaId(id), address).await?,
+                AdminMetaCmd::Add { id, address } => {
+                    client.add_replica(ReplicaId(id), address).await?
+                }
                 AdminMetaCmd::Remove { id } => client.remove_replica(ReplicaId(id)).await?,
                 AdminMetaCmd::Transfer { id } => client.transfer_leader(ReplicaId(id)).await?,
             }

@@ -43,7 +43,11 @@ pub async fn run(args: MountArgs) -> anyhow::Result<i32> {
     }
     let meta = crate::split_addresses(&args.meta);
     let session = sparefs_fs::mount(
-        sparefs_fs::MountConfig { meta, timeout: Duration::from_secs(args.timeout), allow_other: nix_is_root() },
+        sparefs_fs::MountConfig {
+            meta,
+            timeout: Duration::from_secs(args.timeout),
+            allow_other: nix_is_root(),
+        },
         &args.mountpoint,
         tokio::runtime::Handle::current(),
     )?;
@@ -69,7 +73,10 @@ pub async fn run(args: MountArgs) -> anyhow::Result<i32> {
     if let Err(e) = session.umount_and_join() {
         // Busy: detach lazily so the mount never outlives us.
         tracing::warn!("unmount: {e}; detaching lazily");
-        let _ = std::process::Command::new("umount").arg("-l").arg(&args.mountpoint).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&args.mountpoint)
+            .status();
     }
     Ok(0)
 }
@@ -82,15 +89,24 @@ fn nix_is_root() -> bool {
 async fn detach(args: MountArgs) -> anyhow::Result<i32> {
     let exe = std::env::current_exe().context("find the sparefs binary")?;
     let log = match &args.log {
-        Some(p) => std::fs::OpenOptions::new().create(true).append(true).open(p)?,
+        Some(p) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)?,
         None => std::fs::OpenOptions::new().write(true).open("/dev/null")?,
     };
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(["mount", "--meta", &args.meta, "--timeout", &args.timeout.to_string()])
-        .arg(&args.mountpoint)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+    cmd.args([
+        "mount",
+        "--meta",
+        &args.meta,
+        "--timeout",
+        &args.timeout.to_string(),
+    ])
+    .arg(&args.mountpoint)
+    .stdin(std::process::Stdio::null())
+    .stdout(log.try_clone()?)
+    .stderr(log);
     // SAFETY: setsid is async-signal-safe; it detaches the child from our
     // terminal and session so it outlives this command.
     unsafe {
@@ -139,7 +155,16 @@ pub fn helper_args(argv: &[String]) -> anyhow::Result<MountArgs> {
             other => positional.push(other.to_string()),
         }
     }
-    anyhow::ensure!(positional.len() == 2, "usage: mount.sparefs META_ADDRS MOUNTPOINT [-o options]");
+    anyhow::ensure!(
+        positional.len() == 2,
+        "usage: mount.sparefs META_ADDRS MOUNTPOINT [-o options]"
+    );
     let meta = positional[0].trim_start_matches("sparefs:").to_string();
-    Ok(MountArgs { meta, mountpoint: PathBuf::from(&positional[1]), daemon: true, timeout, log })
+    Ok(MountArgs {
+        meta,
+        mountpoint: PathBuf::from(&positional[1]),
+        daemon: true,
+        timeout,
+        log,
+    })
 }

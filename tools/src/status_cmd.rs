@@ -8,13 +8,19 @@ use sparefs_proto::namespace::{NsReply, ReadOp};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-pub async fn run(meta: Option<String>, data: Option<PathBuf>, json_out: bool) -> anyhow::Result<i32> {
+pub async fn run(
+    meta: Option<String>,
+    data: Option<PathBuf>,
+    json_out: bool,
+) -> anyhow::Result<i32> {
     let mut addresses = match (meta, &data) {
         (Some(m), _) => split_addresses(&m),
         (None, Some(d)) => crate::up_cmd::read_cluster_file(d)?.meta_addresses(),
         (None, None) => anyhow::bail!("give --meta ADDRS or --data DIR"),
     };
-    let cluster_file = data.as_ref().and_then(|d| crate::up_cmd::read_cluster_file(d).ok());
+    let cluster_file = data
+        .as_ref()
+        .and_then(|d| crate::up_cmd::read_cluster_file(d).ok());
     let pids = cluster_file.as_ref().map(|c| c.pids()).unwrap_or_default();
     let client = MetaClient::new(addresses.clone(), current_caller());
     // Replicas by id; members any replica reports are included even if the
@@ -69,7 +75,8 @@ pub async fn run(meta: Option<String>, data: Option<PathBuf>, json_out: bool) ->
     list.sort_by_key(|v| v["id"].as_u64().unwrap_or(u64::MAX));
     // Chunkservers and data health, from the leader.
     let mut servers = Vec::new();
-    let mut health = json!({ "protected": Value::Null, "degraded": Value::Null, "unreadable": Value::Null });
+    let mut health =
+        json!({ "protected": Value::Null, "degraded": Value::Null, "unreadable": Value::Null });
     if let Ok(NsReply::Chunkservers(cs)) = client.read(ReadOp::ListChunkservers).await {
         for s in cs {
             servers.push(json!({
@@ -78,27 +85,69 @@ pub async fn run(meta: Option<String>, data: Option<PathBuf>, json_out: bool) ->
             }));
         }
     }
-    if let Ok(NsReply::Health { protected, degraded, unreadable }) = client.read(ReadOp::Health).await {
+    if let Ok(NsReply::Health {
+        protected,
+        degraded,
+        unreadable,
+    }) = client.read(ReadOp::Health).await
+    {
         health = json!({ "protected": protected, "degraded": degraded, "unreadable": unreadable });
     }
     if json_out {
-        println!("{}", json!({ "meta": list, "chunkservers": servers, "health": health }));
+        println!(
+            "{}",
+            json!({ "meta": list, "chunkservers": servers, "health": health })
+        );
     } else {
-        println!("{:<4} {:<22} {:<12} {:>6} {:>10} {:>10} {:>8}", "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "PID");
+        println!(
+            "{:<4} {:<22} {:<12} {:>6} {:>10} {:>10} {:>8}",
+            "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "PID"
+        );
         for v in &list {
-            let f = |k: &str| v[k].as_u64().map(|n| n.to_string()).unwrap_or_else(|| "-".into());
-            println!("{:<4} {:<22} {:<12} {:>6} {:>10} {:>10} {:>8}", f("id"), v["address"].as_str().unwrap_or("-"), v["role"].as_str().unwrap_or("-"), f("term"), f("commit"), f("applied"), f("pid"));
+            let f = |k: &str| {
+                v[k].as_u64()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
+            println!(
+                "{:<4} {:<22} {:<12} {:>6} {:>10} {:>10} {:>8}",
+                f("id"),
+                v["address"].as_str().unwrap_or("-"),
+                v["role"].as_str().unwrap_or("-"),
+                f("term"),
+                f("commit"),
+                f("applied"),
+                f("pid")
+            );
         }
     }
     if !json_out {
         println!();
-        println!("{:<4} {:<22} {:<6} {:>14} {:>14} {:>8}", "CS", "ADDRESS", "STATE", "CAPACITY", "USED", "PID");
+        println!(
+            "{:<4} {:<22} {:<6} {:>14} {:>14} {:>8}",
+            "CS", "ADDRESS", "STATE", "CAPACITY", "USED", "PID"
+        );
         for s in &servers {
-            let f = |k: &str| s[k].as_u64().map(|n| n.to_string()).unwrap_or_else(|| "-".into());
-            println!("{:<4} {:<22} {:<6} {:>14} {:>14} {:>8}", f("id"), s["address"].as_str().unwrap_or("-"), s["state"].as_str().unwrap_or("-"), f("capacity_bytes"), f("used_bytes"), f("pid"));
+            let f = |k: &str| {
+                s[k].as_u64()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
+            println!(
+                "{:<4} {:<22} {:<6} {:>14} {:>14} {:>8}",
+                f("id"),
+                s["address"].as_str().unwrap_or("-"),
+                s["state"].as_str().unwrap_or("-"),
+                f("capacity_bytes"),
+                f("used_bytes"),
+                f("pid")
+            );
         }
         println!();
-        println!("blocks: {} protected, {} degraded, {} unreadable", health["protected"], health["degraded"], health["unreadable"]);
+        println!(
+            "blocks: {} protected, {} degraded, {} unreadable",
+            health["protected"], health["degraded"], health["unreadable"]
+        );
     }
     let healthy = list.iter().any(|v| v["role"] == "leader");
     Ok(if healthy { 0 } else { 2 })

@@ -54,24 +54,38 @@ impl ClusterFile {
         self.meta.iter().map(|(_, a, _)| a.clone()).collect()
     }
     pub fn pids(&self) -> BTreeMap<String, u32> {
-        self.meta.iter().chain(self.chunkservers.iter()).filter_map(|(_, a, p)| p.map(|p| (a.clone(), p))).collect()
+        self.meta
+            .iter()
+            .chain(self.chunkservers.iter())
+            .filter_map(|(_, a, p)| p.map(|p| (a.clone(), p)))
+            .collect()
     }
 }
 
 pub fn read_cluster_file(dir: &Path) -> anyhow::Result<ClusterFile> {
     let path = dir.join("cluster.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
     let list = |key: &str| -> anyhow::Result<Vec<(u64, String, Option<u32>)>> {
         let mut out = Vec::new();
         for m in v[key].as_array().map(|a| a.as_slice()).unwrap_or_default() {
-            let id = m["id"].as_u64().with_context(|| format!("cluster.json: {key} id"))?;
-            let address = m["address"].as_str().with_context(|| format!("cluster.json: {key} address"))?.to_string();
+            let id = m["id"]
+                .as_u64()
+                .with_context(|| format!("cluster.json: {key} id"))?;
+            let address = m["address"]
+                .as_str()
+                .with_context(|| format!("cluster.json: {key} address"))?
+                .to_string();
             out.push((id, address, m["pid"].as_u64().map(|p| p as u32)));
         }
         Ok(out)
     };
-    Ok(ClusterFile { meta: list("meta")?, chunkservers: list("chunkservers")? })
+    Ok(ClusterFile {
+        meta: list("meta")?,
+        chunkservers: list("chunkservers")?,
+    })
 }
 
 #[allow(unsafe_code)]
@@ -93,9 +107,16 @@ struct Daemon {
 }
 
 fn spawn(exe: &Path, args: &[String], log: PathBuf, what: String) -> anyhow::Result<Daemon> {
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
     let mut cmd = tokio::process::Command::new(exe);
-    cmd.args(args).stdout(file.try_clone()?).stderr(file).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    cmd.args(args)
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
     die_with_parent(&mut cmd);
     let child = cmd.spawn().with_context(|| format!("start {what}"))?;
     Ok(Daemon { what, log, child })
@@ -111,7 +132,10 @@ async fn stop(daemons: &mut [Daemon]) {
                 libc::kill(pid as i32, libc::SIGTERM);
             }
         }
-        if tokio::time::timeout(Duration::from_secs(10), d.child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), d.child.wait())
+            .await
+            .is_err()
+        {
             let _ = d.child.start_kill();
             let _ = d.child.wait().await;
         }
@@ -120,7 +144,10 @@ async fn stop(daemons: &mut [Daemon]) {
 
 pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
     anyhow::ensure!(matches!(args.metas, 1 | 3 | 5), "--metas must be 1, 3 or 5");
-    anyhow::ensure!((1..=200).contains(&args.chunkservers), "--chunkservers must be 1 to 200");
+    anyhow::ensure!(
+        (1..=200).contains(&args.chunkservers),
+        "--chunkservers must be 1 to 200"
+    );
     let policy: sparefs_proto::layout::Policy = args.policy.parse().map_err(anyhow::Error::msg)?;
     anyhow::ensure!(
         policy.width() <= args.chunkservers as usize,
@@ -128,29 +155,59 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         policy.width(),
         args.chunkservers
     );
-    std::fs::create_dir_all(&args.data).with_context(|| format!("create {}", args.data.display()))?;
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("create {}", args.data.display()))?;
     let mountpoint = args.mount.clone().unwrap_or_else(|| args.data.join("mnt"));
-    std::fs::create_dir_all(&mountpoint).with_context(|| format!("create {}", mountpoint.display()))?;
+    std::fs::create_dir_all(&mountpoint)
+        .with_context(|| format!("create {}", mountpoint.display()))?;
     if crate::mount_cmd::is_mounted(&mountpoint) {
-        anyhow::bail!("{} is already a sparefs mount (is another `sparefs up` running?)", mountpoint.display());
+        anyhow::bail!(
+            "{} is already a sparefs mount (is another `sparefs up` running?)",
+            mountpoint.display()
+        );
     }
     let exe = std::env::current_exe().context("find the sparefs binary")?;
-    let peers: BTreeMap<u64, String> = (1..=args.metas as u64).map(|i| (i, format!("127.0.0.{}:{}", 10 + i, args.port))).collect();
-    let peers_arg = peers.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",");
+    let peers: BTreeMap<u64, String> = (1..=args.metas as u64)
+        .map(|i| (i, format!("127.0.0.{}:{}", 10 + i, args.port)))
+        .collect();
+    let peers_arg = peers
+        .iter()
+        .map(|(i, a)| format!("{i}={a}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let meta_list = peers.values().cloned().collect::<Vec<_>>().join(",");
     let mut daemons = Vec::new();
     let mut file_meta = Vec::new();
     for (id, address) in &peers {
-        let a = vec!["meta".into(), "--id".into(), id.to_string(), "--listen".into(), address.clone(), "--peers".into(), peers_arg.clone(), "--data".into(), args.data.join(format!("meta{id}")).display().to_string()];
-        let d = spawn(&exe, &a, args.data.join(format!("meta{id}.log")), format!("meta replica {id}"))?;
+        let a = vec![
+            "meta".into(),
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            address.clone(),
+            "--peers".into(),
+            peers_arg.clone(),
+            "--data".into(),
+            args.data.join(format!("meta{id}")).display().to_string(),
+        ];
+        let d = spawn(
+            &exe,
+            &a,
+            args.data.join(format!("meta{id}.log")),
+            format!("meta replica {id}"),
+        )?;
         file_meta.push(json!({"id": id, "address": address, "pid": d.child.id()}));
         daemons.push(d);
     }
     let addresses: Vec<String> = peers.values().cloned().collect();
-    let client = MetaClient::new(addresses.clone(), current_caller()).with_deadline(Duration::from_secs(30));
+    let client =
+        MetaClient::new(addresses.clone(), current_caller()).with_deadline(Duration::from_secs(30));
     let start = Instant::now();
     let ready = async {
-        client.getattr(sparefs_proto::InodeId::ROOT).await.context("wait for the meta group to elect a leader")?;
+        client
+            .getattr(sparefs_proto::InodeId::ROOT)
+            .await
+            .context("wait for the meta group to elect a leader")?;
         Ok::<_, anyhow::Error>(())
     };
     if let Err(e) = ready.await {
@@ -161,11 +218,24 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
     for n in 1..=args.chunkservers as u64 {
         let address = format!("127.0.0.{}:{}", 20 + n, args.port);
         let a = vec![
-            "chunkserver".into(), "--dir".into(), args.data.join(format!("cs{n}")).display().to_string(),
-            "--limit".into(), args.limit.clone(), "--reserve".into(), args.reserve.clone(),
-            "--meta".into(), meta_list.clone(), "--listen".into(), address.clone(),
+            "chunkserver".into(),
+            "--dir".into(),
+            args.data.join(format!("cs{n}")).display().to_string(),
+            "--limit".into(),
+            args.limit.clone(),
+            "--reserve".into(),
+            args.reserve.clone(),
+            "--meta".into(),
+            meta_list.clone(),
+            "--listen".into(),
+            address.clone(),
         ];
-        let d = spawn(&exe, &a, args.data.join(format!("cs{n}.log")), format!("chunkserver {n}"))?;
+        let d = spawn(
+            &exe,
+            &a,
+            args.data.join(format!("cs{n}.log")),
+            format!("chunkserver {n}"),
+        )?;
         file_cs.push(json!({"id": n, "address": address, "pid": d.child.id()}));
         daemons.push(d);
     }
@@ -173,33 +243,56 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         // Chunkservers registered and heartbeating.
         loop {
             if let Ok(NsReply::Chunkservers(list)) = client.read(ReadOp::ListChunkservers).await {
-                if list.iter().filter(|s| s.state == ChunkserverState::Up).count() >= args.chunkservers as usize {
+                if list
+                    .iter()
+                    .filter(|s| s.state == ChunkserverState::Up)
+                    .count()
+                    >= args.chunkservers as usize
+                {
                     break;
                 }
             }
-            anyhow::ensure!(start.elapsed() < Duration::from_secs(60), "chunkservers did not come up within 60 s");
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(60),
+                "chunkservers did not come up within 60 s"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        client.set_policy(sparefs_proto::InodeId::ROOT, policy).await.context("set the root policy")?;
+        client
+            .set_policy(sparefs_proto::InodeId::ROOT, policy)
+            .await
+            .context("set the root policy")?;
         Ok::<_, anyhow::Error>(())
     };
     if let Err(e) = up.await {
         stop(&mut daemons).await;
         return Err(e);
     }
-    let a = vec!["mount".into(), "--meta".into(), meta_list.clone(), mountpoint.display().to_string()];
+    let a = vec![
+        "mount".into(),
+        "--meta".into(),
+        meta_list.clone(),
+        mountpoint.display().to_string(),
+    ];
     let d = spawn(&exe, &a, args.data.join("mount.log"), "the mount".into())?;
     let mount_pid = d.child.id();
     daemons.push(d);
     while !crate::mount_cmd::is_mounted(&mountpoint) {
         if start.elapsed() > Duration::from_secs(90) {
             stop(&mut daemons).await;
-            anyhow::bail!("{} was not mounted; see {}", mountpoint.display(), args.data.join("mount.log").display());
+            anyhow::bail!(
+                "{} was not mounted; see {}",
+                mountpoint.display(),
+                args.data.join("mount.log").display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let file = json!({ "meta": file_meta, "chunkservers": file_cs, "mount": {"path": mountpoint, "pid": mount_pid} });
-    std::fs::write(args.data.join("cluster.json"), serde_json::to_vec_pretty(&file)?)?;
+    std::fs::write(
+        args.data.join("cluster.json"),
+        serde_json::to_vec_pretty(&file)?,
+    )?;
     println!(
         "sparefs ready: {} mounted ({} meta replicas, {} chunkservers, policy {policy}) in {:.1}s; data in {}",
         mountpoint.display(),
@@ -230,7 +323,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
     };
     stop(&mut daemons).await;
     if crate::mount_cmd::is_mounted(&mountpoint) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&mountpoint).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&mountpoint)
+            .status();
     }
     println!("sparefs: stopped");
     Ok(code)

@@ -29,7 +29,11 @@ fn same_owner(a: &LockSpec, b: &LockSpec) -> bool {
 /// The first lock of another owner that conflicts with `want`.
 pub fn conflict(held: &[LockSpec], want: &LockSpec) -> Option<LockSpec> {
     held.iter()
-        .find(|h| !same_owner(h, want) && overlaps(h, want.start, want.end) && (h.kind == LockKind::Write || want.kind == LockKind::Write))
+        .find(|h| {
+            !same_owner(h, want)
+                && overlaps(h, want.start, want.end)
+                && (h.kind == LockKind::Write || want.kind == LockKind::Write)
+        })
         .copied()
 }
 
@@ -56,10 +60,16 @@ pub fn set_lock<R: ReadKv>(tx: &mut Tx<R>, ino: InodeId, want: &LockSpec) -> NsR
             continue;
         }
         if h.start < want.start {
-            next.push(LockSpec { end: want.start - 1, ..h });
+            next.push(LockSpec {
+                end: want.start - 1,
+                ..h
+            });
         }
         if h.end > want.end {
-            next.push(LockSpec { start: want.end + 1, ..h });
+            next.push(LockSpec {
+                start: want.end + 1,
+                ..h
+            });
         }
     }
     if want.kind != LockKind::Unlock {
@@ -82,7 +92,9 @@ pub fn set_lock<R: ReadKv>(tx: &mut Tx<R>, ino: InodeId, want: &LockSpec) -> NsR
 pub fn expire_client<R: ReadKv>(tx: &mut Tx<R>, client: ClientId) -> NsResult<NsReply> {
     let prefix = client.0.to_be_bytes();
     for (k, _) in tx.scan(Cf::LockOwners, &prefix, &prefix, usize::MAX)? {
-        let Some(ino) = crate::kv::read_be(&k[16..]) else { continue };
+        let Some(ino) = crate::kv::read_be(&k[16..]) else {
+            continue;
+        };
         let ino = InodeId(ino);
         let held: Vec<LockSpec> = tx.get_rec(Cf::Locks, &locks_key(ino))?.unwrap_or_default();
         let kept: Vec<LockSpec> = held.into_iter().filter(|h| h.client != client).collect();
@@ -100,7 +112,9 @@ pub fn expire_client<R: ReadKv>(tx: &mut Tx<R>, client: ClientId) -> NsResult<Ns
 pub fn lock_holders<K: ReadKv>(kv: &K) -> NsResult<Vec<ClientId>> {
     let mut out: Vec<ClientId> = Vec::new();
     for (k, _) in kv.scan(Cf::LockOwners, &[], &[], usize::MAX)? {
-        let Ok(bytes) = <[u8; 16]>::try_from(&k[..16.min(k.len())]) else { continue };
+        let Ok(bytes) = <[u8; 16]>::try_from(&k[..16.min(k.len())]) else {
+            continue;
+        };
         let c = ClientId(u128::from_be_bytes(bytes));
         if out.last() != Some(&c) {
             out.push(c);

@@ -31,13 +31,21 @@ pub fn allowed(inode: &InodeRec, caller: &Caller, mask: u32) -> bool {
 }
 
 pub fn check(inode: &InodeRec, caller: &Caller, mask: u32) -> Result<(), Errno> {
-    if allowed(inode, caller, mask) { Ok(()) } else { Err(Errno::EACCES) }
+    if allowed(inode, caller, mask) {
+        Ok(())
+    } else {
+        Err(Errno::EACCES)
+    }
 }
 
 /// In a sticky directory only the owner of the entry, the owner of the
 /// directory, or root may remove or rename an entry.
 pub fn check_sticky(dir: &InodeRec, victim: &InodeRec, caller: &Caller) -> Result<(), Errno> {
-    if dir.perm & S_ISVTX != 0 && caller.uid != 0 && caller.uid != dir.uid && caller.uid != victim.uid {
+    if dir.perm & S_ISVTX != 0
+        && caller.uid != 0
+        && caller.uid != dir.uid
+        && caller.uid != victim.uid
+    {
         return Err(Errno::EPERM);
     }
     Ok(())

@@ -24,7 +24,13 @@ impl ChunkserverLiveness for () {
 }
 
 /// `now` (Unix seconds) dates the capabilities handed out with layouts.
-pub fn read<K: ReadKv>(kv: &K, c: &Caller, op: &ReadOp, live: &dyn ChunkserverLiveness, now: u64) -> NsResult<NsReply> {
+pub fn read<K: ReadKv>(
+    kv: &K,
+    c: &Caller,
+    op: &ReadOp,
+    live: &dyn ChunkserverLiveness,
+    now: u64,
+) -> NsResult<NsReply> {
     match op {
         ReadOp::Lookup { parent, name } => {
             let dir = load_dir(kv, *parent)?;
@@ -42,7 +48,11 @@ pub fn read<K: ReadKv>(kv: &K, c: &Caller, op: &ReadOp, live: &dyn ChunkserverLi
             Ok(NsReply::Attr(load(kv, ino)?.attr(ino)))
         }
         ReadOp::GetAttr { ino } => Ok(NsReply::Attr(load(kv, *ino)?.attr(*ino))),
-        ReadOp::ReadDir { ino, after_cookie, limit } => {
+        ReadOp::ReadDir {
+            ino,
+            after_cookie,
+            limit,
+        } => {
             let dir = load_dir(kv, *ino)?;
             perm::check(&dir, c, R)?;
             let limit = (*limit).clamp(1, READDIR_ENTRIES_MAX) as usize;
@@ -50,12 +60,20 @@ pub fn read<K: ReadKv>(kv: &K, c: &Caller, op: &ReadOp, live: &dyn ChunkserverLi
             let start = dirindex_key(*ino, after_cookie.saturating_add(1));
             let mut out = Vec::new();
             for (k, v) in kv.scan(Cf::DirIndex, &prefix, &start, limit)? {
-                let cookie = read_be(&k[8..]).ok_or_else(|| StoreError::Invalid("short dirindex key".into()))?;
+                let cookie = read_be(&k[8..])
+                    .ok_or_else(|| StoreError::Invalid("short dirindex key".into()))?;
                 let name: Vec<u8> = decode(Cf::DirIndex, &v)?;
                 let entry: DentryRec = kv
                     .get_rec(Cf::Dentries, &dentry_key(*ino, &name))?
-                    .ok_or_else(|| StoreError::Invalid(format!("dirindex of {ino} names a missing entry")))?;
-                out.push(DirEntry { name, ino: entry.ino, kind: entry.kind, cookie });
+                    .ok_or_else(|| {
+                        StoreError::Invalid(format!("dirindex of {ino} names a missing entry"))
+                    })?;
+                out.push(DirEntry {
+                    name,
+                    ino: entry.ino,
+                    kind: entry.kind,
+                    cookie,
+                });
             }
             Ok(NsReply::Dir(out))
         }
@@ -69,7 +87,9 @@ pub fn read<K: ReadKv>(kv: &K, c: &Caller, op: &ReadOp, live: &dyn ChunkserverLi
         ReadOp::GetXattr { ino, name } => {
             let inode = load(kv, *ino)?;
             check_xattr_access(&inode, c, name, R)?;
-            let value: Vec<u8> = kv.get_rec(Cf::Xattrs, &xattr_key(*ino, name))?.ok_or(NsError::Errno(Errno::ENODATA))?;
+            let value: Vec<u8> = kv
+                .get_rec(Cf::Xattrs, &xattr_key(*ino, name))?
+                .ok_or(NsError::Errno(Errno::ENODATA))?;
             Ok(NsReply::Bytes(value))
         }
         ReadOp::ListXattr { ino } => {
@@ -80,7 +100,9 @@ pub fn read<K: ReadKv>(kv: &K, c: &Caller, op: &ReadOp, live: &dyn ChunkserverLi
                 let name = k[8..].to_vec();
                 // user.* names are listed only for those who may read them;
                 // trusted.* only for root.
-                if check_xattr_access(&inode, c, &name, R).is_ok() || name.starts_with(b"user.") && c.uid == 0 {
+                if check_xattr_access(&inode, c, &name, R).is_ok()
+                    || name.starts_with(b"user.") && c.uid == 0
+                {
                     names.push(name);
                 }
             }
@@ -114,7 +136,9 @@ pub fn read<K: ReadKv>(kv: &K, c: &Caller, op: &ReadOp, live: &dyn ChunkserverLi
             let inode = load(kv, *ino)?;
             match inode.policy {
                 Some(p) => Ok(NsReply::Policy(p)),
-                None => Ok(NsReply::Policy(default_policy(chunkservers(kv, live)?.len()))),
+                None => Ok(NsReply::Policy(default_policy(
+                    chunkservers(kv, live)?.len(),
+                ))),
             }
         }
         ReadOp::ReadChunk { ino, index } => {
@@ -122,7 +146,9 @@ pub fn read<K: ReadKv>(kv: &K, c: &Caller, op: &ReadOp, live: &dyn ChunkserverLi
             if inode.kind != FileKind::File {
                 return Err(Errno::EINVAL.into());
             }
-            let slices: Vec<Slice> = kv.get_rec(Cf::Chunks, &chunk_key(*ino, *index))?.unwrap_or_default();
+            let slices: Vec<Slice> = kv
+                .get_rec(Cf::Chunks, &chunk_key(*ino, *index))?
+                .unwrap_or_default();
             let mut capabilities = Vec::new();
             if slices.iter().any(|s| !s.blocks.is_empty()) {
                 let key = cluster_key(kv)?.ok_or(NsError::Errno(Errno::EAGAIN))?;
@@ -130,7 +156,10 @@ pub fn read<K: ReadKv>(kv: &K, c: &Caller, op: &ReadOp, live: &dyn ChunkserverLi
                     capabilities.push(Capability::issue(&key, b.id, false, now + CAPABILITY_SECS));
                 }
             }
-            Ok(NsReply::Chunk { slices, capabilities })
+            Ok(NsReply::Chunk {
+                slices,
+                capabilities,
+            })
         }
         ReadOp::ListChunkservers => Ok(NsReply::Chunkservers(chunkservers(kv, live)?)),
         ReadOp::GetLock { ino, lock } => {
@@ -138,8 +167,11 @@ pub fn read<K: ReadKv>(kv: &K, c: &Caller, op: &ReadOp, live: &dyn ChunkserverLi
             super::locks::get_lock(kv, *ino, lock)
         }
         ReadOp::Health => {
-            let up: std::collections::HashSet<ChunkserverId> =
-                chunkservers(kv, live)?.into_iter().filter(|s| matches!(s.state, ChunkserverState::Up | ChunkserverState::Full)).map(|s| s.id).collect();
+            let up: std::collections::HashSet<ChunkserverId> = chunkservers(kv, live)?
+                .into_iter()
+                .filter(|s| matches!(s.state, ChunkserverState::Up | ChunkserverState::Full))
+                .map(|s| s.id)
+                .collect();
             let (mut protected, mut degraded, mut unreadable) = (0, 0, 0);
             // Packed blocks are shared by several slices: count each once.
             let mut seen = std::collections::HashSet::new();
@@ -173,7 +205,11 @@ pub fn read<K: ReadKv>(kv: &K, c: &Caller, op: &ReadOp, live: &dyn ChunkserverLi
                     break;
                 }
             }
-            Ok(NsReply::Health { protected, degraded, unreadable })
+            Ok(NsReply::Health {
+                protected,
+                degraded,
+                unreadable,
+            })
         }
     }
 }
@@ -189,13 +225,26 @@ pub fn default_policy(chunkservers: usize) -> Policy {
     }
 }
 
-pub fn chunkservers<K: ReadKv>(kv: &K, live: &dyn ChunkserverLiveness) -> NsResult<Vec<ChunkserverInfo>> {
+pub fn chunkservers<K: ReadKv>(
+    kv: &K,
+    live: &dyn ChunkserverLiveness,
+) -> NsResult<Vec<ChunkserverInfo>> {
     let mut out = Vec::new();
     for (k, v) in kv.scan(Cf::Chunkservers, &[], &[], usize::MAX)? {
-        let id = ChunkserverId(read_be(&k).ok_or_else(|| StoreError::Invalid("short chunkserver key".into()))?);
+        let id = ChunkserverId(
+            read_be(&k).ok_or_else(|| StoreError::Invalid("short chunkserver key".into()))?,
+        );
         let rec: ChunkserverRec = decode(Cf::Chunkservers, &v)?;
-        let (state, capacity_bytes, used_bytes) = live.live(id).unwrap_or((ChunkserverState::Down, rec.capacity_bytes, 0));
-        out.push(ChunkserverInfo { id, address: rec.address, state, capacity_bytes, used_bytes });
+        let (state, capacity_bytes, used_bytes) =
+            live.live(id)
+                .unwrap_or((ChunkserverState::Down, rec.capacity_bytes, 0));
+        out.push(ChunkserverInfo {
+            id,
+            address: rec.address,
+            state,
+            capacity_bytes,
+            used_bytes,
+        });
     }
     Ok(out)
 }

@@ -112,7 +112,9 @@ pub const SYS_CLUSTER_KEY: &[u8] = b"cluster_key";
 /// How long a capability handed out with a layout stays valid.
 pub const CAPABILITY_SECS: u64 = 600;
 
-pub fn cluster_key(kv: &impl ReadKv) -> Result<Option<sparefs_proto::layout::ClusterKey>, StoreError> {
+pub fn cluster_key(
+    kv: &impl ReadKv,
+) -> Result<Option<sparefs_proto::layout::ClusterKey>, StoreError> {
     kv.get_rec(Cf::Sys, SYS_CLUSTER_KEY)
 }
 

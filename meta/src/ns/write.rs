@@ -43,7 +43,10 @@ pub fn bootstrap<R: ReadKv>(tx: &mut Tx<R>) -> Result<(), StoreError> {
 
 /// Applies `cmd` exactly once: a `(client, seq)` seen before returns the
 /// answer recorded then. The answer is stored in the same writes.
-pub fn apply_command<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> Result<Result<NsReply, Errno>, StoreError> {
+pub fn apply_command<R: ReadKv>(
+    tx: &mut Tx<R>,
+    cmd: &Command,
+) -> Result<Result<NsReply, Errno>, StoreError> {
     let skey = session_key(cmd.id.client.0, cmd.id.seq);
     if let Some(prev) = tx.get_rec::<Result<NsReply, Errno>>(Cf::Sessions, &skey)? {
         return Ok(prev);
@@ -83,35 +86,96 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
     let c = &cmd.caller;
     let now = cmd.now;
     match &cmd.op {
-        WriteOp::MkNod { parent, name, kind, perm, umask, rdev, exclusive } => {
+        WriteOp::MkNod {
+            parent,
+            name,
+            kind,
+            perm,
+            umask,
+            rdev,
+            exclusive,
+        } => {
             if matches!(kind, FileKind::Dir | FileKind::Symlink) {
                 return Err(Errno::EINVAL.into());
             }
             if matches!(kind, FileKind::CharDev | FileKind::BlockDev) && c.uid != 0 {
                 return Err(Errno::EPERM.into());
             }
-            make(tx, c, now, *parent, name, *kind, perm & !umask & 0o7777, *rdev, Vec::new(), *exclusive)
+            make(
+                tx,
+                c,
+                now,
+                *parent,
+                name,
+                *kind,
+                perm & !umask & 0o7777,
+                *rdev,
+                Vec::new(),
+                *exclusive,
+            )
         }
-        WriteOp::Mkdir { parent, name, perm, umask } => {
-            make(tx, c, now, *parent, name, FileKind::Dir, perm & !umask & 0o7777, 0, Vec::new(), true)
-        }
-        WriteOp::Symlink { parent, name, target } => {
+        WriteOp::Mkdir {
+            parent,
+            name,
+            perm,
+            umask,
+        } => make(
+            tx,
+            c,
+            now,
+            *parent,
+            name,
+            FileKind::Dir,
+            perm & !umask & 0o7777,
+            0,
+            Vec::new(),
+            true,
+        ),
+        WriteOp::Symlink {
+            parent,
+            name,
+            target,
+        } => {
             if target.is_empty() || target.contains(&0) {
                 return Err(Errno::ENOENT.into());
             }
             if target.len() > SYMLINK_BYTES_MAX {
                 return Err(Errno::ENAMETOOLONG.into());
             }
-            make(tx, c, now, *parent, name, FileKind::Symlink, 0o777, 0, target.clone(), true)
+            make(
+                tx,
+                c,
+                now,
+                *parent,
+                name,
+                FileKind::Symlink,
+                0o777,
+                0,
+                target.clone(),
+                true,
+            )
         }
         WriteOp::Unlink { parent, name } => remove(tx, c, now, *parent, name, false),
         WriteOp::Rmdir { parent, name } => remove(tx, c, now, *parent, name, true),
-        WriteOp::Rename { parent, name, new_parent, new_name, mode } => {
-            rename(tx, c, now, *parent, name, *new_parent, new_name, *mode)
-        }
-        WriteOp::Link { ino, new_parent, new_name } => link(tx, c, now, *ino, *new_parent, new_name),
+        WriteOp::Rename {
+            parent,
+            name,
+            new_parent,
+            new_name,
+            mode,
+        } => rename(tx, c, now, *parent, name, *new_parent, new_name, *mode),
+        WriteOp::Link {
+            ino,
+            new_parent,
+            new_name,
+        } => link(tx, c, now, *ino, *new_parent, new_name),
         WriteOp::SetAttr { ino, set } => setattr(tx, c, now, *ino, set),
-        WriteOp::SetXattr { ino, name, value, mode } => setxattr(tx, c, now, *ino, name, value, *mode),
+        WriteOp::SetXattr {
+            ino,
+            name,
+            value,
+            mode,
+        } => setxattr(tx, c, now, *ino, name, value, *mode),
         WriteOp::RemoveXattr { ino, name } => {
             let mut inode = load(tx, *ino)?;
             check_xattr_access(&inode, c, name, W)?;
@@ -138,8 +202,16 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
             store(tx, *ino, &inode);
             Ok(NsReply::Policy(*policy))
         }
-        WriteOp::CommitSlices { ino, slices, size_at_least } => commit_slices(tx, c, now, *ino, slices, *size_at_least),
-        WriteOp::AllocateBlocks { count, policy, placement } => {
+        WriteOp::CommitSlices {
+            ino,
+            slices,
+            size_at_least,
+        } => commit_slices(tx, c, now, *ino, slices, *size_at_least),
+        WriteOp::AllocateBlocks {
+            count,
+            policy,
+            placement,
+        } => {
             policy.validate().map_err(|_| Errno::EINVAL)?;
             if *count == 0 || *count > 1024 || placement.len() != policy.width() {
                 return Err(Errno::EINVAL.into());
@@ -148,8 +220,15 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
             let first = next_id(tx, SYS_NEXT_BLOCK, *count as u64)?;
             let ids: Vec<BlockId> = (0..*count as u64).map(|i| BlockId(first + i)).collect();
             let expires = now.secs.max(0) as u64 + CAPABILITY_SECS;
-            let capabilities = ids.iter().map(|b| Capability::issue(&key, *b, true, expires)).collect();
-            Ok(NsReply::Allocated { ids, placement: placement.clone(), capabilities })
+            let capabilities = ids
+                .iter()
+                .map(|b| Capability::issue(&key, *b, true, expires))
+                .collect();
+            Ok(NsReply::Allocated {
+                ids,
+                placement: placement.clone(),
+                capabilities,
+            })
         }
         WriteOp::SetLock { ino, lock } => {
             let inode = load(tx, *ino)?;
@@ -170,22 +249,42 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
             }
             Ok(NsReply::Done)
         }
-        WriteOp::RegisterChunkserver { address, capacity_bytes, token } => {
+        WriteOp::RegisterChunkserver {
+            address,
+            capacity_bytes,
+            token,
+        } => {
             let key = cluster_key(tx)?.ok_or(NsError::Errno(Errno::EAGAIN))?;
             // A chunkserver that registers again with its token keeps its id.
             for (k, v) in tx.scan(Cf::Chunkservers, &[], &[], usize::MAX)? {
                 let rec: ChunkserverRec = crate::kv::decode(Cf::Chunkservers, &v)?;
                 if rec.token == *token {
-                    let id = read_be(&k).ok_or_else(|| StoreError::Invalid("short chunkserver key".into()))?;
-                    let rec = ChunkserverRec { address: address.clone(), capacity_bytes: *capacity_bytes, ..rec };
+                    let id = read_be(&k)
+                        .ok_or_else(|| StoreError::Invalid("short chunkserver key".into()))?;
+                    let rec = ChunkserverRec {
+                        address: address.clone(),
+                        capacity_bytes: *capacity_bytes,
+                        ..rec
+                    };
                     tx.put_rec(Cf::Chunkservers, k, &rec);
-                    return Ok(NsReply::Registered { id: ChunkserverId(id), key });
+                    return Ok(NsReply::Registered {
+                        id: ChunkserverId(id),
+                        key,
+                    });
                 }
             }
             let id = next_id(tx, SYS_NEXT_CHUNKSERVER, 1)? + 1;
-            let rec = ChunkserverRec { address: address.clone(), capacity_bytes: *capacity_bytes, token: *token, registered: now };
+            let rec = ChunkserverRec {
+                address: address.clone(),
+                capacity_bytes: *capacity_bytes,
+                token: *token,
+                registered: now,
+            };
             tx.put_rec(Cf::Chunkservers, be(id).to_vec(), &rec);
-            Ok(NsReply::Registered { id: ChunkserverId(id), key })
+            Ok(NsReply::Registered {
+                id: ChunkserverId(id),
+                key,
+            })
         }
     }
 }
@@ -206,7 +305,8 @@ fn is_dot(name: &[u8]) -> bool {
 }
 
 pub fn load<R: ReadKv>(kv: &R, ino: InodeId) -> NsResult<InodeRec> {
-    kv.get_rec::<InodeRec>(Cf::Inodes, &inode_key(ino))?.ok_or(NsError::Errno(Errno::ENOENT))
+    kv.get_rec::<InodeRec>(Cf::Inodes, &inode_key(ino))?
+        .ok_or(NsError::Errno(Errno::ENOENT))
 }
 
 fn store<R: ReadKv>(tx: &mut Tx<R>, ino: InodeId, rec: &InodeRec) {
@@ -238,7 +338,14 @@ fn add_files<R: ReadKv>(tx: &mut Tx<R>, delta: i64) -> NsResult<()> {
     Ok(())
 }
 
-fn new_inode(kind: FileKind, perm: u32, uid: u32, gid: u32, now: Time, parent: InodeId) -> InodeRec {
+fn new_inode(
+    kind: FileKind,
+    perm: u32,
+    uid: u32,
+    gid: u32,
+    now: Time,
+    parent: InodeId,
+) -> InodeRec {
     let dir = kind == FileKind::Dir;
     InodeRec {
         kind,
@@ -261,15 +368,32 @@ fn new_inode(kind: FileKind, perm: u32, uid: u32, gid: u32, now: Time, parent: I
 }
 
 /// Adds `name -> ino` to directory `parent` (record `dir`, saved by the caller).
-fn insert_entry<R: ReadKv>(tx: &mut Tx<R>, parent: InodeId, dir: &mut InodeRec, name: &[u8], ino: InodeId, kind: FileKind) {
+fn insert_entry<R: ReadKv>(
+    tx: &mut Tx<R>,
+    parent: InodeId,
+    dir: &mut InodeRec,
+    name: &[u8],
+    ino: InodeId,
+    kind: FileKind,
+) {
     let cookie = dir.next_cookie;
     dir.next_cookie += 1;
     dir.children += 1;
-    tx.put_rec(Cf::Dentries, dentry_key(parent, name), &DentryRec { ino, kind, cookie });
+    tx.put_rec(
+        Cf::Dentries,
+        dentry_key(parent, name),
+        &DentryRec { ino, kind, cookie },
+    );
     tx.put_rec(Cf::DirIndex, dirindex_key(parent, cookie), &name.to_vec());
 }
 
-fn delete_entry<R: ReadKv>(tx: &mut Tx<R>, parent: InodeId, dir: &mut InodeRec, name: &[u8], entry: &DentryRec) {
+fn delete_entry<R: ReadKv>(
+    tx: &mut Tx<R>,
+    parent: InodeId,
+    dir: &mut InodeRec,
+    name: &[u8],
+    entry: &DentryRec,
+) {
     dir.children = dir.children.saturating_sub(1);
     tx.delete(Cf::Dentries, dentry_key(parent, name));
     tx.delete(Cf::DirIndex, dirindex_key(parent, entry.cookie));
@@ -309,7 +433,14 @@ fn make<R: ReadKv>(
     // In a set-gid directory children take the directory's group, and
     // subdirectories keep the bit.
     let (gid, mut perm) = if dir.perm & S_ISGID != 0 {
-        (dir.gid, if kind == FileKind::Dir { perm | S_ISGID } else { perm })
+        (
+            dir.gid,
+            if kind == FileKind::Dir {
+                perm | S_ISGID
+            } else {
+                perm
+            },
+        )
     } else {
         (c.gid, perm)
     };
@@ -336,8 +467,15 @@ fn make<R: ReadKv>(
 
 /// Drops one link of `ino`; at zero the inode goes to the deleted list,
 /// where garbage collection finds its chunks.
-fn drop_link<R: ReadKv>(tx: &mut Tx<R>, now: Time, ino: InodeId, inode: &mut InodeRec) -> NsResult<()> {
-    let gone = if inode.is_dir() { true } else {
+fn drop_link<R: ReadKv>(
+    tx: &mut Tx<R>,
+    now: Time,
+    ino: InodeId,
+    inode: &mut InodeRec,
+) -> NsResult<()> {
+    let gone = if inode.is_dir() {
+        true
+    } else {
         inode.nlink = inode.nlink.saturating_sub(1);
         inode.nlink == 0
     };
@@ -357,7 +495,14 @@ fn drop_link<R: ReadKv>(tx: &mut Tx<R>, now: Time, ino: InodeId, inode: &mut Ino
     Ok(())
 }
 
-fn remove<R: ReadKv>(tx: &mut Tx<R>, c: &Caller, now: Time, parent: InodeId, name: &[u8], want_dir: bool) -> NsResult<NsReply> {
+fn remove<R: ReadKv>(
+    tx: &mut Tx<R>,
+    c: &Caller,
+    now: Time,
+    parent: InodeId,
+    name: &[u8],
+    want_dir: bool,
+) -> NsResult<NsReply> {
     valid_name(name)?;
     let mut dir = load_dir(tx, parent)?;
     if is_dot(name) {
@@ -468,7 +613,9 @@ fn rename<R: ReadKv>(
                 return Err(Errno::EINVAL.into());
             }
         }
-        return exchange(tx, now, parent, name, src, src_inode, new_parent, new_name, dst, dst_inode);
+        return exchange(
+            tx, now, parent, name, src, src_inode, new_parent, new_name, dst, dst_inode,
+        );
     }
     if let (Some(d), Some(di)) = (&dst, &dst_inode) {
         if d.ino == src.ino {
@@ -535,8 +682,24 @@ fn exchange<R: ReadKv>(
         return Ok(NsReply::Done);
     }
     // Each name keeps its cookie and now points at the other inode.
-    tx.put_rec(Cf::Dentries, dentry_key(parent, name), &DentryRec { ino: dst.ino, kind: dst.kind, cookie: src.cookie });
-    tx.put_rec(Cf::Dentries, dentry_key(new_parent, new_name), &DentryRec { ino: src.ino, kind: src.kind, cookie: dst.cookie });
+    tx.put_rec(
+        Cf::Dentries,
+        dentry_key(parent, name),
+        &DentryRec {
+            ino: dst.ino,
+            kind: dst.kind,
+            cookie: src.cookie,
+        },
+    );
+    tx.put_rec(
+        Cf::Dentries,
+        dentry_key(new_parent, new_name),
+        &DentryRec {
+            ino: src.ino,
+            kind: src.kind,
+            cookie: dst.cookie,
+        },
+    );
     if parent != new_parent {
         let dirs_delta = src_inode.is_dir() as i64 - dst_inode.is_dir() as i64;
         let mut sdir = load(tx, parent)?;
@@ -570,7 +733,14 @@ fn exchange<R: ReadKv>(
     Ok(NsReply::Done)
 }
 
-fn link<R: ReadKv>(tx: &mut Tx<R>, c: &Caller, now: Time, ino: InodeId, new_parent: InodeId, new_name: &[u8]) -> NsResult<NsReply> {
+fn link<R: ReadKv>(
+    tx: &mut Tx<R>,
+    c: &Caller,
+    now: Time,
+    ino: InodeId,
+    new_parent: InodeId,
+    new_name: &[u8],
+) -> NsResult<NsReply> {
     valid_name(new_name)?;
     let mut inode = load(tx, ino)?;
     let mut dir = load_dir(tx, new_parent)?;
@@ -597,7 +767,13 @@ fn link<R: ReadKv>(tx: &mut Tx<R>, c: &Caller, now: Time, ino: InodeId, new_pare
     Ok(NsReply::Attr(inode.attr(ino)))
 }
 
-fn setattr<R: ReadKv>(tx: &mut Tx<R>, c: &Caller, now: Time, ino: InodeId, set: &SetAttr) -> NsResult<NsReply> {
+fn setattr<R: ReadKv>(
+    tx: &mut Tx<R>,
+    c: &Caller,
+    now: Time,
+    ino: InodeId,
+    set: &SetAttr,
+) -> NsResult<NsReply> {
     let mut inode = load(tx, ino)?;
     let owner = perm::is_owner_or_root(&inode, c);
     let mut changed = false;
@@ -630,7 +806,10 @@ fn setattr<R: ReadKv>(tx: &mut Tx<R>, c: &Caller, now: Time, ino: InodeId, set: 
         if c.uid != 0 {
             // Only root gives a file away; an owner may move it to one of
             // their own groups.
-            if new_uid != inode.uid || c.uid != inode.uid || (new_gid != inode.gid && !c.in_group(new_gid)) {
+            if new_uid != inode.uid
+                || c.uid != inode.uid
+                || (new_gid != inode.gid && !c.in_group(new_gid))
+            {
                 return Err(Errno::EPERM.into());
             }
         }
@@ -676,7 +855,11 @@ fn setattr<R: ReadKv>(tx: &mut Tx<R>, c: &Caller, now: Time, ino: InodeId, set: 
             TimeSet::Now => now,
             TimeSet::At(t) => t,
         };
-        if which == 0 { inode.atime = t } else { inode.mtime = t }
+        if which == 0 {
+            inode.atime = t
+        } else {
+            inode.mtime = t
+        }
         changed = true;
     }
     if changed {
@@ -696,7 +879,12 @@ fn kill_suid(inode: &mut InodeRec) {
 /// Shrinking a file: chunks wholly past the new end go; the chunk holding
 /// the new end gets a hole slice over its tail, so a later extension reads
 /// zeros there.
-fn truncate_layout<R: ReadKv>(tx: &mut Tx<R>, ino: InodeId, size: u64, old_size: u64) -> NsResult<()> {
+fn truncate_layout<R: ReadKv>(
+    tx: &mut Tx<R>,
+    ino: InodeId,
+    size: u64,
+    old_size: u64,
+) -> NsResult<()> {
     let keep_chunks = size.div_ceil(CHUNK_BYTES);
     let prefix = be(ino.0);
     let start = chunk_key(ino, keep_chunks);
@@ -715,7 +903,14 @@ fn truncate_layout<R: ReadKv>(tx: &mut Tx<R>, ino: InodeId, size: u64, old_size:
         let key = chunk_key(ino, index);
         if let Some(mut slices) = tx.get_rec::<Vec<Slice>>(Cf::Chunks, &key)? {
             let seq = next_id(tx, SYS_NEXT_SLICE, 1)?;
-            slices.push(Slice { seq, offset: within as u32, bytes: (CHUNK_BYTES - within) as u32, blocks: Vec::new(), block_offset: 0, inline: Vec::new() });
+            slices.push(Slice {
+                seq,
+                offset: within as u32,
+                bytes: (CHUNK_BYTES - within) as u32,
+                blocks: Vec::new(),
+                block_offset: 0,
+                inline: Vec::new(),
+            });
             tx.put_rec(Cf::Chunks, key, &drop_hidden_slices(slices));
         }
     }
@@ -745,9 +940,17 @@ fn commit_slices<R: ReadKv>(
         // A slice without blocks is a hole (fallocate punch hole) or inline.
         let inline = !slice.inline.is_empty();
         let hole = slice.blocks.is_empty() && !inline;
-        let inline_ok = !inline || (slice.blocks.is_empty() && slice.inline.len() == slice.bytes as usize && slice.inline.len() <= INLINE_SLICE_BYTES_MAX);
+        let inline_ok = !inline
+            || (slice.blocks.is_empty()
+                && slice.inline.len() == slice.bytes as usize
+                && slice.inline.len() <= INLINE_SLICE_BYTES_MAX);
         let blocks_cover = blocks_bytes >= slice.block_offset as u64 + slice.bytes as u64;
-        if end > CHUNK_BYTES || slice.bytes == 0 || (!hole && !inline && !blocks_cover) || !blocks_ok || !inline_ok {
+        if end > CHUNK_BYTES
+            || slice.bytes == 0
+            || (!hole && !inline && !blocks_cover)
+            || !blocks_ok
+            || !inline_ok
+        {
             return Err(Errno::EINVAL.into());
         }
         if index.saturating_mul(CHUNK_BYTES) > FILE_BYTES_MAX {
@@ -756,7 +959,8 @@ fn commit_slices<R: ReadKv>(
     }
     // One read, prune and write of each chunk record, however many slices
     // a flush brings (a random-write flush brings thousands).
-    let mut by_chunk: std::collections::BTreeMap<u64, Vec<&Slice>> = std::collections::BTreeMap::new();
+    let mut by_chunk: std::collections::BTreeMap<u64, Vec<&Slice>> =
+        std::collections::BTreeMap::new();
     for (index, slice) in slices {
         by_chunk.entry(*index).or_default().push(slice);
     }
@@ -766,7 +970,10 @@ fn commit_slices<R: ReadKv>(
         let first = next_id(tx, SYS_NEXT_SLICE, new.len() as u64)?;
         let any_inline = new.iter().any(|s| !s.inline.is_empty());
         for (i, s) in new.into_iter().enumerate() {
-            existing.push(Slice { seq: first + i as u64, ..s.clone() });
+            existing.push(Slice {
+                seq: first + i as u64,
+                ..s.clone()
+            });
         }
         let existing = drop_hidden_slices(existing);
         let inline_bytes: usize = existing.iter().map(|s| s.inline.len()).sum();
@@ -799,8 +1006,14 @@ pub fn drop_hidden_slices(slices: Vec<Slice>) -> Vec<Slice> {
     let mut covered: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
     let mut keep = vec![false; slices.len()];
     for i in order {
-        let (a, b) = (slices[i].offset as u64, slices[i].offset as u64 + slices[i].bytes as u64);
-        let hidden = covered.range(..=a).next_back().is_some_and(|(_, end)| *end >= b);
+        let (a, b) = (
+            slices[i].offset as u64,
+            slices[i].offset as u64 + slices[i].bytes as u64,
+        );
+        let hidden = covered
+            .range(..=a)
+            .next_back()
+            .is_some_and(|(_, end)| *end >= b);
         keep[i] = !hidden;
         if !hidden {
             // Insert [a, b) and merge every interval it touches.
@@ -820,7 +1033,12 @@ pub fn drop_hidden_slices(slices: Vec<Slice>) -> Vec<Slice> {
             covered.insert(start, end);
         }
     }
-    slices.into_iter().zip(keep).filter(|(_, k)| *k).map(|(s, _)| s).collect()
+    slices
+        .into_iter()
+        .zip(keep)
+        .filter(|(_, k)| *k)
+        .map(|(s, _)| s)
+        .collect()
 }
 
 fn valid_block(b: &BlockRef) -> bool {
@@ -834,30 +1052,63 @@ fn valid_block(b: &BlockRef) -> bool {
 /// xattr namespaces: `user.` follows file permissions and exists only on
 /// regular files and directories; `trusted.` is root's; `security.` and
 /// `system.` need ownership to change.
-pub fn check_xattr_access(inode: &InodeRec, c: &Caller, name: &[u8], mask: u32) -> Result<(), Errno> {
+pub fn check_xattr_access(
+    inode: &InodeRec,
+    c: &Caller,
+    name: &[u8],
+    mask: u32,
+) -> Result<(), Errno> {
     if name.is_empty() || name.len() > XATTR_NAME_BYTES_MAX || name.contains(&0) {
-        return Err(if name.len() > XATTR_NAME_BYTES_MAX { Errno::ERANGE } else { Errno::EINVAL });
+        return Err(if name.len() > XATTR_NAME_BYTES_MAX {
+            Errno::ERANGE
+        } else {
+            Errno::EINVAL
+        });
     }
     if name.starts_with(b"user.") {
         if !matches!(inode.kind, FileKind::File | FileKind::Dir) {
-            return Err(if mask == R { Errno::ENODATA } else { Errno::EPERM });
+            return Err(if mask == R {
+                Errno::ENODATA
+            } else {
+                Errno::EPERM
+            });
         }
-        if mask == W && inode.is_dir() && inode.perm & S_ISVTX != 0 && !perm::is_owner_or_root(inode, c) {
+        if mask == W
+            && inode.is_dir()
+            && inode.perm & S_ISVTX != 0
+            && !perm::is_owner_or_root(inode, c)
+        {
             return Err(Errno::EPERM);
         }
         return perm::check(inode, c, mask);
     }
     if name.starts_with(b"trusted.") {
-        return if c.uid == 0 { Ok(()) } else { Err(Errno::EPERM) };
+        return if c.uid == 0 {
+            Ok(())
+        } else {
+            Err(Errno::EPERM)
+        };
     }
     if name.starts_with(b"security.") || name.starts_with(b"system.") {
-        return if mask == R || perm::is_owner_or_root(inode, c) { Ok(()) } else { Err(Errno::EPERM) };
+        return if mask == R || perm::is_owner_or_root(inode, c) {
+            Ok(())
+        } else {
+            Err(Errno::EPERM)
+        };
     }
     Err(Errno::ENOTSUP)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn setxattr<R: ReadKv>(tx: &mut Tx<R>, c: &Caller, now: Time, ino: InodeId, name: &[u8], value: &[u8], mode: XattrMode) -> NsResult<NsReply> {
+fn setxattr<R: ReadKv>(
+    tx: &mut Tx<R>,
+    c: &Caller,
+    now: Time,
+    ino: InodeId,
+    name: &[u8],
+    value: &[u8],
+    mode: XattrMode,
+) -> NsResult<NsReply> {
     let mut inode = load(tx, ino)?;
     check_xattr_access(&inode, c, name, W)?;
     if value.len() > XATTR_VALUE_BYTES_MAX {
@@ -882,7 +1133,14 @@ mod tests {
     use sparefs_proto::layout::Slice;
 
     fn s(seq: u64, offset: u32, bytes: u32) -> Slice {
-        Slice { seq, offset, bytes, blocks: vec![], block_offset: 0, inline: vec![] }
+        Slice {
+            seq,
+            offset,
+            bytes,
+            blocks: vec![],
+            block_offset: 0,
+            inline: vec![],
+        }
     }
 
     #[test]

@@ -26,7 +26,12 @@ impl Machine {
             store.put_writes(&mut batch, tx.into_writes());
         }
         store.write_synced(batch).expect("write");
-        Machine { caller, store, seq: 1, _dir: dir }
+        Machine {
+            caller,
+            store,
+            seq: 1,
+            _dir: dir,
+        }
     }
 
     pub fn apply(&mut self, op: WriteOp) -> Result<(), Errno> {
@@ -36,10 +41,17 @@ impl Machine {
     pub fn apply_reply(&mut self, op: WriteOp) -> Result<NsReply, Errno> {
         self.seq += 1;
         let cmd = Command {
-            id: RequestId { client: ClientId(7), seq: self.seq, ack_below: self.seq },
+            id: RequestId {
+                client: ClientId(7),
+                seq: self.seq,
+                ack_below: self.seq,
+            },
             caller: self.caller.clone(),
             op,
-            now: Time { secs: self.seq as i64, nanos: 0 },
+            now: Time {
+                secs: self.seq as i64,
+                nanos: 0,
+            },
         };
         let mut batch = rocksdb::WriteBatch::default();
         let r = {
@@ -70,9 +82,17 @@ impl Machine {
         let mut out = Vec::new();
         let mut stack = vec![(InodeId::ROOT, String::new())];
         while let Some((ino, path)) = stack.pop() {
-            let Ok(NsReply::Dir(entries)) = self.read(ReadOp::ReadDir { ino, after_cookie: 0, limit: 1024 }) else { panic!("readdir") };
+            let Ok(NsReply::Dir(entries)) = self.read(ReadOp::ReadDir {
+                ino,
+                after_cookie: 0,
+                limit: 1024,
+            }) else {
+                panic!("readdir")
+            };
             for e in entries {
-                let Ok(NsReply::Attr(a)) = self.read(ReadOp::GetAttr { ino: e.ino }) else { panic!("getattr") };
+                let Ok(NsReply::Attr(a)) = self.read(ReadOp::GetAttr { ino: e.ino }) else {
+                    panic!("getattr")
+                };
                 let p = format!("{path}/{}", String::from_utf8_lossy(&e.name));
                 out.push((p.clone(), a.kind == FileKind::Dir, a.nlink));
                 if a.kind == FileKind::Dir {
@@ -84,4 +104,3 @@ impl Machine {
         out
     }
 }
-
