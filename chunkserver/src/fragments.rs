@@ -10,9 +10,15 @@ use crate::space;
 use sparefs_erasure::{checksums, CHECKSUM_SPAN};
 use sparefs_proto::msg::RpcError;
 use sparefs_proto::BlockId;
+use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+/// What the store holds: (block, slot) -> (file bytes, when written).
+type Index = BTreeMap<(BlockId, u8), (u64, SystemTime)>;
 
 const MAGIC: &[u8; 8] = b"SPFRAG01";
 const FIXED_HEADER: usize = 8 + 8 + 1 + 3 + 4 + 4;
@@ -26,6 +32,18 @@ pub struct FragmentStore {
     /// together overshoot the limit.
     pending: AtomicU64,
     errors: AtomicU64,
+    /// Every fragment file, kept in memory: inventory reports, scrub
+    /// passes and usage come from it without walking the directory.
+    index: Mutex<Index>,
+}
+
+/// Parses "<16 hex>.<slot>" into (block, slot).
+fn parse_name(name: &str) -> Option<(BlockId, u8)> {
+    let (b, s) = name.split_once('.')?;
+    if b.len() != 16 {
+        return None;
+    }
+    Some((BlockId(u64::from_str_radix(b, 16).ok()?), s.parse().ok()?))
 }
 
 fn header_len(data_len: usize) -> usize {
@@ -37,6 +55,7 @@ impl FragmentStore {
         let root = dir.join("fragments");
         std::fs::create_dir_all(&root)?;
         let mut used = 0;
+        let mut index = Index::new();
         for sub in std::fs::read_dir(&root)? {
             let sub = sub?.path();
             if !sub.is_dir() {
@@ -50,7 +69,15 @@ impl FragmentStore {
                     let _ = std::fs::remove_file(f.path());
                     continue;
                 }
-                used += f.metadata()?.len();
+                let meta = f.metadata()?;
+                match parse_name(&name.to_string_lossy()) {
+                    Some(key) => {
+                        used += meta.len();
+                        let at = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                        index.insert(key, (meta.len(), at));
+                    }
+                    None => tracing::warn!("ignoring stray file {}", f.path().display()),
+                }
             }
         }
         Ok(FragmentStore {
@@ -60,6 +87,7 @@ impl FragmentStore {
             used: AtomicU64::new(used),
             pending: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            index: Mutex::new(index),
         })
     }
 
@@ -134,16 +162,109 @@ impl FragmentStore {
     }
 
     /// Makes a synced `.tmp` file visible; the caller syncs the directory.
-    pub fn publish(&self, tmp: &Path, bytes: u64) -> std::io::Result<()> {
+    pub fn publish(
+        &self,
+        block: BlockId,
+        index: u8,
+        tmp: &Path,
+        bytes: u64,
+    ) -> std::io::Result<()> {
         let final_path = tmp.with_extension("");
         // `with_extension("")` drops ".tmp" only: names are "<block>.<index>.tmp".
-        let existed = final_path.metadata().map(|m| m.len()).ok();
         std::fs::rename(tmp, &final_path)?;
+        let old = self
+            .lock_index()
+            .insert((block, index), (bytes, SystemTime::now()));
         self.used.fetch_add(bytes, Ordering::Relaxed);
-        if let Some(old) = existed {
+        if let Some((old, _)) = old {
             self.used.fetch_sub(old, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    fn lock_index(&self) -> std::sync::MutexGuard<'_, Index> {
+        // The index holds plain data; a panic elsewhere cannot leave it torn.
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Up to `limit` fragments after `after`, in order: (block, slot, age
+    /// in seconds), and whether the list reached the end.
+    pub fn inventory_page(
+        &self,
+        after: Option<(BlockId, u8)>,
+        limit: usize,
+    ) -> (Vec<(BlockId, u8, u32)>, bool) {
+        let index = self.lock_index();
+        let now = SystemTime::now();
+        let range = match after {
+            Some(a) => index.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => index.range(..),
+        };
+        let mut out = Vec::new();
+        let mut rest = range.map(|((b, s), (_, at))| {
+            let age = now.duration_since(*at).unwrap_or_default().as_secs();
+            (*b, *s, age.min(u32::MAX as u64) as u32)
+        });
+        for item in rest.by_ref().take(limit) {
+            out.push(item);
+        }
+        let last = rest.next().is_none();
+        (out, last)
+    }
+
+    pub fn fragment_count(&self) -> usize {
+        self.lock_index().len()
+    }
+
+    /// The directory was removed under us: everything indexed is gone.
+    /// Recreates it and returns what was lost.
+    pub fn check_root(&self) -> Vec<(BlockId, u8)> {
+        if self.root.is_dir() {
+            return Vec::new();
+        }
+        tracing::error!(
+            "{} vanished; reporting every fragment lost",
+            self.root.display()
+        );
+        if let Err(e) = std::fs::create_dir_all(&self.root) {
+            tracing::error!("recreate {}: {e}", self.root.display());
+        }
+        let lost: Vec<(BlockId, u8)> = std::mem::take(&mut *self.lock_index())
+            .into_keys()
+            .collect();
+        self.used.store(0, Ordering::Relaxed);
+        self.errors.fetch_add(lost.len() as u64, Ordering::Relaxed);
+        lost
+    }
+
+    /// Reads and verifies a whole fragment (scrub).
+    pub fn verify(&self, block: BlockId, index: u8) -> Result<u64, RpcError> {
+        let path = self.path(block, index);
+        let len = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(RpcError::NoFragment { block, index })
+            }
+            Err(e) => return Err(RpcError::Storage(format!("stat {}: {e}", path.display()))),
+        };
+        // The data length is in the header; read() checks every span.
+        let mut fixed = [0u8; FIXED_HEADER];
+        let mut f = std::fs::File::open(&path)
+            .map_err(|e| RpcError::Storage(format!("open {}: {e}", path.display())))?;
+        if f.read_exact(&mut fixed).is_err() {
+            return Err(self.corrupt(block, index, "short header".into()));
+        }
+        let data_len = u32::from_be_bytes([fixed[20], fixed[21], fixed[22], fixed[23]]);
+        self.read(block, index, 0, data_len)?;
+        Ok(len)
+    }
+
+    /// Forgets a fragment that is gone or bad (its file removed if there).
+    pub fn discard(&self, block: BlockId, index: u8) {
+        let _ = std::fs::remove_file(self.path(block, index));
+        if let Some((len, _)) = self.lock_index().remove(&(block, index)) {
+            self.used.fetch_sub(len, Ordering::Relaxed);
+        }
     }
 
     fn corrupt(&self, block: BlockId, index: u8, detail: String) -> RpcError {
@@ -228,11 +349,16 @@ impl FragmentStore {
         Ok(data[offset - span_start..offset - span_start + len].to_vec())
     }
 
+    /// Deletes a garbage fragment (one the meta no longer references).
     pub fn delete(&self, block: BlockId, index: u8) -> std::io::Result<()> {
-        let path = self.path(block, index);
-        let len = path.metadata()?.len();
-        std::fs::remove_file(&path)?;
-        self.used.fetch_sub(len, Ordering::Relaxed);
+        match std::fs::remove_file(self.path(block, index)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        if let Some((len, _)) = self.lock_index().remove(&(block, index)) {
+            self.used.fetch_sub(len, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -258,7 +384,7 @@ mod tests {
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let tmp = store.write_tmp(BlockId(42), 1, &data).expect("write");
         store
-            .publish(&tmp, FragmentStore::stored_len(data.len()))
+            .publish(BlockId(42), 1, &tmp, FragmentStore::stored_len(data.len()))
             .expect("publish");
         assert_eq!(
             store.read(BlockId(42), 1, 70_000, 1000).expect("read"),

@@ -8,12 +8,15 @@
 //! the meta's state (it talks to the meta through `proto` via the client).
 
 mod fragments;
+mod repair;
+pub mod scrub;
 mod service;
 mod space;
 mod writer;
 
 use anyhow::Context;
 use sparefs_client::MetaClient;
+use sparefs_proto::msg::{Reply, Request};
 use sparefs_proto::namespace::{Caller, NsReply, WriteOp};
 use sparefs_proto::ChunkserverId;
 use std::path::PathBuf;
@@ -31,6 +34,12 @@ pub struct ChunkserverConfig {
     pub reserve_bytes: u64,
     pub meta: Vec<String>,
     pub listen: String,
+    /// Bytes per second the background scrub reads (0: no scrub).
+    pub scrub_rate: u64,
+    /// Bytes per second repair tasks read, at most.
+    pub repair_rate: u64,
+    /// How often the whole inventory goes to the meta (garbage collection).
+    pub inventory_every: Duration,
 }
 
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -86,24 +95,114 @@ pub async fn run(config: ChunkserverConfig) -> anyhow::Result<()> {
     };
     svc.set_key(key);
     tracing::info!(chunkserver = id.0, listen = %config.listen, dir = %config.dir.display(), "chunkserver serving");
-    tokio::spawn(heartbeats(meta, store, id));
+    let lost: scrub::LostList = Default::default();
+    scrub::start(store.clone(), config.scrub_rate, lost.clone());
+    let repairer = repair::Repairer::new(config.repair_rate);
+    tokio::spawn(heartbeats(meta.clone(), store.clone(), id, repairer, lost));
+    tokio::spawn(inventories(meta, store, id, config.inventory_every));
     sparefs_proto::service::serve(listener, svc).await?;
     Ok(())
 }
 
-async fn heartbeats(meta: Arc<MetaClient>, store: Arc<FragmentStore>, id: ChunkserverId) {
+/// Heartbeats: usage, finished repairs and lost fragments up; repair
+/// tasks down.
+async fn heartbeats(
+    meta: Arc<MetaClient>,
+    store: Arc<FragmentStore>,
+    id: ChunkserverId,
+    repairer: Arc<repair::Repairer>,
+    lost: scrub::LostList,
+) {
     loop {
-        if let Err(e) = meta
-            .heartbeat(
-                id,
-                store.capacity_bytes(),
-                store.used_bytes(),
-                store.errors(),
-            )
-            .await
-        {
-            tracing::warn!("heartbeat: {e}");
+        let vanished = store.check_root();
+        if !vanished.is_empty() {
+            lost.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(vanished);
+        }
+        let done = repairer.take_done();
+        let gone: Vec<_> = std::mem::take(&mut *lost.lock().unwrap_or_else(|p| p.into_inner()));
+        let req = Request::Heartbeat {
+            chunkserver: id,
+            capacity_bytes: store.capacity_bytes(),
+            used_bytes: store.used_bytes(),
+            errors: store.errors(),
+            done: done.clone(),
+            lost: gone.clone(),
+            want_tasks: repairer.free(),
+        };
+        match meta.call_leader(&req).await {
+            Ok(Reply::Tasks(tasks)) => {
+                for t in tasks {
+                    repairer.start(t);
+                }
+            }
+            Ok(other) => tracing::warn!("heartbeat: unexpected reply {other:?}"),
+            Err(e) => {
+                tracing::warn!("heartbeat: {e}");
+                repairer.restore_done(done);
+                lost.lock().unwrap_or_else(|p| p.into_inner()).extend(gone);
+            }
         }
         tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+    }
+}
+
+/// Fragments listed per inventory page.
+pub const INVENTORY_PAGE: usize = 16_384;
+
+/// Sends the whole inventory to the meta leader every `every`, a page at a
+/// time, and deletes the fragments it calls garbage.
+async fn inventories(
+    meta: Arc<MetaClient>,
+    store: Arc<FragmentStore>,
+    id: ChunkserverId,
+    every: Duration,
+) {
+    loop {
+        match send_inventory(&meta, &store, id).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "garbage fragments deleted"),
+            Err(e) => tracing::warn!("inventory: {e}"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+async fn send_inventory(
+    meta: &MetaClient,
+    store: &Arc<FragmentStore>,
+    id: ChunkserverId,
+) -> anyhow::Result<usize> {
+    let mut after = None;
+    let mut deleted = 0;
+    loop {
+        let (items, last_page) = store.inventory_page(after, INVENTORY_PAGE);
+        let next = items.last().map(|(b, s, _)| (*b, *s));
+        let req = Request::Inventory {
+            chunkserver: id,
+            after,
+            items,
+            last_page,
+        };
+        match meta.call_leader(&req).await? {
+            Reply::Delete(list) => {
+                let store = store.clone();
+                deleted += list.len();
+                tokio::task::spawn_blocking(move || {
+                    for (block, slot) in list {
+                        if let Err(e) = store.delete(block, slot) {
+                            tracing::warn!(block = block.0, slot, "delete garbage fragment: {e}");
+                        }
+                    }
+                })
+                .await?;
+            }
+            other => anyhow::bail!("unexpected inventory reply {other:?}"),
+        }
+        if last_page || next.is_none() {
+            return Ok(deleted);
+        }
+        after = next;
     }
 }

@@ -73,8 +73,8 @@ fn run(store: Arc<FragmentStore>, rx: Receiver<WriteJob>) {
         // One flush for the data of every file in the batch, then the renames,
         // then one more flush so the new names are durable too.
         let synced = syncfs(&root).and_then(|_| {
-            for (_, tmp, size) in &written {
-                store.publish(tmp, *size)?;
+            for (job, tmp, size) in &written {
+                store.publish(job.block, job.index, tmp, *size)?;
             }
             syncfs(&root)
         });

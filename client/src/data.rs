@@ -14,7 +14,7 @@ use crate::conn::{CallError, Conn};
 use crate::meta::{ClientError, MetaClient, Result};
 use crate::overlay::{resolve, Piece, Source};
 use futures::future::join_all;
-use sparefs_proto::layout::{BlockRef, Capability, ChunkserverInfo, Policy, Slice};
+use sparefs_proto::layout::{BlockRef, Capability, ChunkserverInfo, Policy, Slice, NO_SERVER};
 use sparefs_proto::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES};
 use sparefs_proto::msg::{Reply, Request, RpcError};
 use sparefs_proto::namespace::{Attr, NsReply, ReadOp, WriteOp};
@@ -31,6 +31,8 @@ const CHUNK_CACHE_MAX: usize = 4096;
 /// Blocks being written at once by one flush (bounds memory and sockets).
 pub const BLOCKS_IN_FLIGHT_MAX: usize = 16;
 const CHUNK_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Placements tried for one block before its write fails.
+pub const PUT_ATTEMPTS: usize = 4;
 
 type ChunkMap = (Arc<Vec<Slice>>, Arc<HashMap<BlockId, Capability>>);
 
@@ -266,10 +268,13 @@ impl DataClient {
             .fragments
             .get(index)
             .ok_or("fragment index out of range")?;
+        if server == NO_SERVER {
+            return Err(format!("fragment {} of block {} is lost", index, block.id));
+        }
         let req = Request::GetFragment {
             cap: cap.clone(),
             block: block.id,
-            index: index as u8,
+            index: block.slot(index),
             offset,
             len,
         };
@@ -355,6 +360,8 @@ impl DataClient {
         }
     }
 
+    /// Writes every fragment of a new block; on failure, the error and the
+    /// chunkservers that failed (a retry places the block elsewhere).
     async fn put_block(
         &self,
         block: BlockId,
@@ -362,9 +369,15 @@ impl DataClient {
         placement: &[ChunkserverId],
         policy: Policy,
         data: &[u8],
-    ) -> Result<BlockRef> {
+    ) -> std::result::Result<BlockRef, (ClientError, Vec<ChunkserverId>)> {
         let frags = sparefs_erasure::encode(policy, data)
-            .map_err(|e| ClientError::Rejected(e.to_string()))?;
+            .map_err(|e| (ClientError::Rejected(e.to_string()), Vec::new()))?;
+        if frags.len() != placement.len() {
+            return Err((
+                ClientError::Protocol("placement does not match the policy".into()),
+                Vec::new(),
+            ));
+        }
         let puts = frags.into_iter().enumerate().map(|(i, frag)| {
             let server = placement[i];
             let req = Request::PutFragment {
@@ -378,17 +391,29 @@ impl DataClient {
                     .await
             }
         });
-        for r in join_all(puts).await {
+        let mut failed = Vec::new();
+        let mut error = None;
+        for (r, server) in join_all(puts).await.into_iter().zip(placement) {
             match r {
                 Ok(Reply::Ok) => {}
-                Ok(_) => return Err(ClientError::Protocol("fragment write reply".into())),
-                Err(e) if e.contains("No space") => return Err(ClientError::Errno(Errno::ENOSPC)),
+                Ok(_) => {
+                    failed.push(*server);
+                    error = Some(ClientError::Protocol("fragment write reply".into()));
+                }
+                Err(e) if e.contains("No space") => {
+                    failed.push(*server);
+                    error = Some(ClientError::Errno(Errno::ENOSPC));
+                }
                 Err(e) => {
-                    return Err(ClientError::DataUnavailable(format!(
-                        "write fragment of block {block}: {e}"
-                    )))
+                    failed.push(*server);
+                    error = Some(ClientError::DataUnavailable(format!(
+                        "write fragment of block {block} to chunkserver {server}: {e}"
+                    )));
                 }
             }
+        }
+        if let Some(e) = error {
+            return Err((e, failed));
         }
         Ok(BlockRef {
             id: block,
@@ -396,7 +421,75 @@ impl DataClient {
             bytes: data.len() as u32,
             fragments: placement.to_vec(),
             checksum: *blake3::hash(data).as_bytes(),
+            slot_base: 0,
         })
+    }
+
+    /// Allocates `count` blocks for `policy`, avoiding `exclude`: ids, the
+    /// policy the leader chose (lower while hosts are down), placement and
+    /// write capabilities.
+    async fn allocate(
+        &self,
+        count: usize,
+        policy: Policy,
+        exclude: Vec<ChunkserverId>,
+    ) -> Result<(Vec<BlockId>, Policy, Vec<ChunkserverId>, Vec<Capability>)> {
+        let op = WriteOp::AllocateBlocks {
+            count: count as u32,
+            policy,
+            placement: vec![],
+            exclude,
+            wanted: None,
+        };
+        let NsReply::Allocated {
+            ids,
+            policy,
+            placement,
+            capabilities,
+        } = self.meta.write(op).await?
+        else {
+            return Err(ClientError::Protocol("allocation".into()));
+        };
+        if ids.len() != count || capabilities.len() != count || placement.len() != policy.width() {
+            return Err(ClientError::Protocol("short allocation".into()));
+        }
+        Ok((ids, policy, placement, capabilities))
+    }
+
+    /// Stores one block, placing it anew (away from the servers that just
+    /// failed) when a fragment write fails: a chunkserver dying under a
+    /// write costs a retry, not an error.
+    async fn store_block(
+        &self,
+        first: Option<(BlockId, Capability, Vec<ChunkserverId>, Policy)>,
+        wanted: Policy,
+        data: &[u8],
+    ) -> Result<BlockRef> {
+        let mut exclude: Vec<ChunkserverId> = Vec::new();
+        let mut next = first;
+        let mut last = None;
+        for _ in 0..PUT_ATTEMPTS {
+            let (id, cap, placement, policy) = match next.take() {
+                Some(a) => a,
+                None => {
+                    let (ids, policy, placement, caps) =
+                        self.allocate(1, wanted, exclude.clone()).await?;
+                    let (Some(id), Some(cap)) = (ids.first(), caps.into_iter().next()) else {
+                        return Err(ClientError::Protocol("empty allocation".into()));
+                    };
+                    (*id, cap, placement, policy)
+                }
+            };
+            match self.put_block(id, &cap, &placement, policy, data).await {
+                Ok(b) => return Ok(b),
+                Err((e, failed)) => {
+                    tracing::warn!("block {id}: {e}; placing it elsewhere");
+                    exclude.extend(failed);
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::DataUnavailable("no attempt".into())))
     }
 
     /// Stores the extents as new slices and commits them in one request.
@@ -472,8 +565,8 @@ impl DataClient {
         }
         // One allocation per policy and up to 1024 blocks: a flush of many
         // small extents costs a few meta round trips, not one per block.
-        let mut allocated: Vec<Option<(BlockId, Capability, Vec<ChunkserverId>)>> =
-            (0..parts.len()).map(|_| None).collect();
+        type Alloc = (BlockId, Capability, Vec<ChunkserverId>, Policy);
+        let mut allocated: Vec<Option<Alloc>> = (0..parts.len()).map(|_| None).collect();
         let mut policies: Vec<Policy> = parts.iter().map(|p| p.policy).collect();
         policies.sort_by_key(|p| p.to_string());
         policies.dedup();
@@ -482,24 +575,10 @@ impl DataClient {
                 .filter(|i| parts[*i].policy == bp)
                 .collect();
             for group in wanted.chunks(1024) {
-                let op = WriteOp::AllocateBlocks {
-                    count: group.len() as u32,
-                    policy: bp,
-                    placement: vec![],
-                };
-                let NsReply::Allocated {
-                    ids,
-                    placement,
-                    capabilities,
-                } = self.meta.write(op).await?
-                else {
-                    return Err(ClientError::Protocol("allocation".into()));
-                };
-                if ids.len() != group.len() || capabilities.len() != group.len() {
-                    return Err(ClientError::Protocol("short allocation".into()));
-                }
+                let (ids, policy, placement, capabilities) =
+                    self.allocate(group.len(), bp, Vec::new()).await?;
                 for ((i, id), cap) in group.iter().zip(ids).zip(capabilities) {
-                    allocated[*i] = Some((id, cap, placement.clone()));
+                    allocated[*i] = Some((id, cap, placement.clone(), policy));
                 }
             }
         }
@@ -511,12 +590,7 @@ impl DataClient {
         {
             let puts = batch.iter().zip(allocs).map(|(part, alloc)| {
                 let alloc = alloc.clone();
-                let (policy, data) = (part.policy, part.data.as_slice());
-                async move {
-                    let (id, cap, placement) =
-                        alloc.ok_or_else(|| ClientError::Protocol("unallocated block".into()))?;
-                    self.put_block(id, &cap, &placement, policy, data).await
-                }
+                async move { self.store_block(alloc, part.policy, &part.data).await }
             });
             stored.extend(join_all(puts).await);
         }

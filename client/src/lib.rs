@@ -6,7 +6,7 @@
 //! Owns: connections to meta replicas, request ids. Must not touch: RocksDB,
 //! Raft, the FUSE kernel interface.
 
-mod conn;
+pub mod conn;
 pub mod data;
 pub mod file;
 pub mod meta;

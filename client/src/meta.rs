@@ -111,7 +111,9 @@ impl MetaClient {
 
     /// Sends `body` to the leader, following redirects and retrying until
     /// the deadline. `body` is rebuilt per attempt (it is cheap to clone).
-    async fn call_leader(&self, body: &Request) -> Result<Reply> {
+    /// Sends `body` to the leader (following redirects, retrying until the
+    /// deadline) and returns its answer.
+    pub async fn call_leader(&self, body: &Request) -> Result<Reply> {
         let start = Instant::now();
         let mut last = String::from("no replica answered");
         let mut pause = Duration::from_millis(20);
@@ -265,7 +267,8 @@ impl MetaClient {
             .map(|_| ())
     }
 
-    /// A chunkserver's heartbeat (capacity and usage) to the leader.
+    /// A chunkserver's heartbeat with capacity and usage only (no repair
+    /// reports, no tasks wanted).
     pub async fn heartbeat(
         &self,
         chunkserver: sparefs_proto::ChunkserverId,
@@ -278,6 +281,9 @@ impl MetaClient {
             capacity_bytes,
             used_bytes,
             errors,
+            done: Vec::new(),
+            lost: Vec::new(),
+            want_tasks: 0,
         })
         .await
         .map(|_| ())

@@ -124,6 +124,7 @@ mod tests {
                 bytes: *b,
                 fragments: vec![ChunkserverId(1)],
                 checksum: [0; 32],
+                slot_base: 0,
             })
             .collect();
         Slice {

@@ -24,9 +24,11 @@ pub enum Cf {
     Deleted,
     Locks,
     LockOwners,
+    Blocks,
+    Pending,
 }
 
-pub const STATE_CFS: [Cf; 11] = [
+pub const STATE_CFS: [Cf; 13] = [
     Cf::Inodes,
     Cf::Dentries,
     Cf::DirIndex,
@@ -38,6 +40,8 @@ pub const STATE_CFS: [Cf; 11] = [
     Cf::Deleted,
     Cf::Locks,
     Cf::LockOwners,
+    Cf::Blocks,
+    Cf::Pending,
 ];
 
 impl Cf {
@@ -54,6 +58,8 @@ impl Cf {
             Cf::Deleted => "deleted",
             Cf::Locks => "locks",
             Cf::LockOwners => "lock_owners",
+            Cf::Blocks => "blocks",
+            Cf::Pending => "pending",
         }
     }
 

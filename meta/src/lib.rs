@@ -12,6 +12,7 @@ pub mod node;
 pub mod ns;
 pub mod placement;
 pub mod raftlog;
+pub mod repair;
 pub mod server;
 pub mod snapshot;
 pub mod store;
@@ -24,9 +25,9 @@ use protobuf::Message as _;
 use raft::prelude::{ConfState, HardState};
 use rocksdb::WriteBatch;
 use sparefs_proto::ReplicaId;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use store::{DirState, Store};
 
 pub struct MetaConfig {
@@ -41,6 +42,7 @@ pub struct MetaConfig {
     pub join: bool,
     pub compact_after_entries: u64,
     pub compact_keep_entries: u64,
+    pub tuning: node::Tuning,
 }
 
 /// Index and term of the bootstrap point every initial replica starts from.
@@ -96,13 +98,12 @@ pub async fn run(config: MetaConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
-    let shared = Arc::new(Shared {
-        id: config.id,
-        address: config.listen.clone(),
-        members: RwLock::new(config.peers.clone()),
-        staged_snapshots: Mutex::new(HashMap::new()),
-        heartbeats: RwLock::new(HashMap::new()),
-    });
+    let shared = Arc::new(Shared::new(
+        config.id,
+        config.listen.clone(),
+        config.peers.clone(),
+        config.tuning.clone(),
+    ));
     let (tx, rx) = std::sync::mpsc::sync_channel(node::INPUT_QUEUE_MAX);
     let runtime = tokio::runtime::Handle::current();
     let transport = transport::Transport::new(shared.clone(), runtime.clone(), tx.clone());
@@ -122,7 +123,9 @@ pub async fn run(config: MetaConfig) -> anyhow::Result<()> {
         .spawn(move || {
             let _ = done_tx.send(driver.run(rx));
         })?;
+    start_repair_planner(store.clone(), shared.clone())?;
     let server = Arc::new(server::Server {
+        store,
         shared,
         driver: tx,
         dir: config.data.clone(),
@@ -136,4 +139,37 @@ pub async fn run(config: MetaConfig) -> anyhow::Result<()> {
             Err(_) => anyhow::bail!("raft driver thread ended"),
         },
     }
+}
+
+/// How often the leader scans the block table for repair work.
+pub const REPAIR_SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The planner thread: while this replica leads (and has applied its
+/// predecessors' entries), rescans the block table for repair work.
+fn start_repair_planner(store: Arc<Store>, shared: Arc<Shared>) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("repair-planner".into())
+        .spawn(move || loop {
+            std::thread::sleep(REPAIR_SCAN_EVERY);
+            if !shared.is_leader_ready() {
+                continue;
+            }
+            let servers = match ns::chunkservers(&*store, &*shared) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("repair planner: {e}");
+                    continue;
+                }
+            };
+            // Plan outside the lock (a scan of every block), then swap in.
+            let mut fresh = repair::RepairBook::default();
+            if let Err(e) = fresh.plan(&*store, &servers) {
+                tracing::warn!("repair planner: {e}");
+                continue;
+            }
+            if let Ok(mut book) = shared.repair.lock() {
+                book.adopt_plan(fresh);
+            }
+        })?;
+    Ok(())
 }

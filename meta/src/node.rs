@@ -20,18 +20,20 @@
 use crate::kv::{decode, encode, Cf, ReadKv, Tx, STATE_CFS};
 use crate::ns::{self, ChunkserverLiveness, Command};
 use crate::raftlog::{RaftLog, SnapshotDescriptor};
+use crate::repair::RepairBook;
 use crate::store::Store;
 use protobuf::Message as _;
 use raft::prelude::*;
 use raft::StateRole;
 use rocksdb::WriteBatch;
-use sparefs_proto::layout::ChunkserverState;
+use sparefs_proto::layout::{ChunkserverState, Policy, RepairDone, RepairTask};
 use sparefs_proto::msg::{ReplicaStatus, Role, RpcError};
 use sparefs_proto::namespace::{Caller, NsReply, ReadOp, Time, WriteOp};
-use sparefs_proto::{ChunkserverId, Errno, ReplicaId, RequestId};
+use sparefs_proto::{BlockId, ChunkserverId, Errno, ReplicaId, RequestId};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -46,6 +48,8 @@ pub const ENTRY_BYTES_MAX: usize = 1024 * 1024;
 pub const CHUNKSERVER_DOWN_AFTER: Duration = Duration::from_secs(5);
 /// A mount silent this long loses its locks.
 pub const LOCK_LEASE: Duration = Duration::from_secs(10);
+/// How often the leader looks for deleted files and abandoned blocks.
+pub const GC_CHECK_EVERY: Duration = Duration::from_secs(5);
 const STATE_WIPE_END: [u8; 512] = [0xff; 512];
 
 pub type Reply<T> = oneshot::Sender<Result<T, RpcError>>;
@@ -88,8 +92,13 @@ pub enum Input {
         capacity_bytes: u64,
         used_bytes: u64,
         errors: u64,
-        reply: Reply<()>,
+        done: Vec<RepairDone>,
+        lost: Vec<(BlockId, u8)>,
+        want_tasks: u32,
+        reply: Reply<Vec<RepairTask>>,
     },
+    /// A command the leader itself decided on (no one waits for it).
+    Propose(WriteOp),
 }
 
 #[derive(Clone, Copy)]
@@ -108,12 +117,69 @@ pub struct Shared {
     /// Snapshot data fetched from a leader, by index, waiting to be installed.
     pub staged_snapshots: Mutex<HashMap<u64, PathBuf>>,
     pub heartbeats: RwLock<HashMap<ChunkserverId, Heartbeat>>,
+    pub tuning: Tuning,
+    /// When this replica last became leader (None while it is not).
+    pub leader_since: RwLock<Option<Instant>>,
+    /// Leader that has applied everything committed before its term: its
+    /// state is complete enough to judge garbage and plan repairs.
+    pub leader_ready: AtomicBool,
+    pub repair: Mutex<RepairBook>,
+}
+
+/// Times and limits of failure handling, from the command line.
+#[derive(Clone, Debug)]
+pub struct Tuning {
+    /// A chunkserver silent this long is `out`: its fragments are rebuilt.
+    pub out_after: Duration,
+    /// Fragments younger than this are never collected, and blocks
+    /// allocated this long ago and never committed are forgotten.
+    pub gc_grace: Duration,
+    /// Fewest hosts a block may be written to while hosts are down (1
+    /// lets a lone host take writes that would not survive its loss).
+    pub min_hosts: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        Tuning {
+            out_after: Duration::from_secs(300),
+            gc_grace: Duration::from_secs(600),
+            min_hosts: 2,
+        }
+    }
+}
+
+impl Shared {
+    pub fn new(
+        id: ReplicaId,
+        address: String,
+        members: BTreeMap<u64, String>,
+        tuning: Tuning,
+    ) -> Shared {
+        Shared {
+            id,
+            address,
+            members: RwLock::new(members),
+            staged_snapshots: Mutex::new(HashMap::new()),
+            heartbeats: RwLock::new(HashMap::new()),
+            tuning,
+            leader_since: RwLock::new(None),
+            leader_ready: AtomicBool::new(false),
+            repair: Mutex::new(RepairBook::default()),
+        }
+    }
+
+    pub fn is_leader_ready(&self) -> bool {
+        self.leader_ready.load(Ordering::Acquire)
+    }
 }
 
 impl ChunkserverLiveness for Shared {
     fn live(&self, id: ChunkserverId) -> Option<(ChunkserverState, u64, u64)> {
         let hb = *self.heartbeats.read().ok()?.get(&id)?;
-        let state = if hb.at.elapsed() > CHUNKSERVER_DOWN_AFTER {
+        let state = if hb.at.elapsed() > self.tuning.out_after {
+            ChunkserverState::Out
+        } else if hb.at.elapsed() > CHUNKSERVER_DOWN_AFTER {
             ChunkserverState::Down
         } else if hb.used_bytes >= hb.capacity_bytes {
             ChunkserverState::Full
@@ -121,6 +187,15 @@ impl ChunkserverLiveness for Shared {
             ChunkserverState::Up
         };
         Some((state, hb.capacity_bytes, hb.used_bytes))
+    }
+
+    fn silent_state(&self) -> ChunkserverState {
+        // Not heard from since this replica became leader (heartbeats live
+        // in the leader's memory): out once that is longer than out_after.
+        match self.leader_since.read().ok().and_then(|t| *t) {
+            Some(t) if t.elapsed() > self.tuning.out_after => ChunkserverState::Out,
+            _ => ChunkserverState::Down,
+        }
     }
 }
 
@@ -152,6 +227,8 @@ pub struct Driver {
     lease_seen: HashMap<sparefs_proto::ClientId, Instant>,
     internal_seq: u64,
     config: DriverConfig,
+    /// Last time the leader looked for deleted files and abandoned blocks.
+    last_gc_check: Instant,
 }
 
 pub fn member_key(id: u64) -> Vec<u8> {
@@ -262,6 +339,7 @@ impl Driver {
             lease_seen: HashMap::new(),
             internal_seq: 0,
             config,
+            last_gc_check: Instant::now(),
         })
     }
 
@@ -288,6 +366,7 @@ impl Driver {
                 self.raw.tick();
                 next_tick = Instant::now() + tick;
                 self.expire_leases();
+                self.collect_garbage()?;
             }
             self.flush_writes();
             self.flush_reads();
@@ -333,11 +412,23 @@ impl Driver {
                     self.lease_seen.insert(lock.client, Instant::now());
                 }
                 if let WriteOp::AllocateBlocks {
-                    policy, placement, ..
+                    policy,
+                    placement,
+                    exclude,
+                    wanted,
+                    ..
                 } = &mut op
                 {
-                    match self.place(policy.width()) {
-                        Ok(p) => *placement = p,
+                    match self.place(*policy, exclude) {
+                        Ok((p, chosen)) => {
+                            if p != *policy {
+                                *wanted = Some(*policy);
+                                *policy = p;
+                            } else {
+                                *wanted = None;
+                            }
+                            *placement = chosen;
+                        }
                         Err(e) => {
                             let _ = reply.send(Err(e));
                             return;
@@ -414,6 +505,9 @@ impl Driver {
                 capacity_bytes,
                 used_bytes,
                 errors,
+                done,
+                lost,
+                want_tasks,
                 reply,
             } => {
                 if !self.is_leader() {
@@ -431,9 +525,115 @@ impl Driver {
                         },
                     );
                 }
-                let _ = reply.send(Ok(()));
+                let _ = reply.send(Ok(self.repair_turn(chunkserver, done, lost, want_tasks)));
+            }
+            Input::Propose(op) => {
+                if self.is_leader() {
+                    self.propose_internal(op);
+                }
             }
         }
+    }
+
+    /// Commits what a chunkserver finished and found lost, and hands it
+    /// new repair tasks.
+    fn repair_turn(
+        &mut self,
+        server: ChunkserverId,
+        done: Vec<RepairDone>,
+        lost: Vec<(BlockId, u8)>,
+        want: u32,
+    ) -> Vec<RepairTask> {
+        let mut commits = Vec::new();
+        let tasks = {
+            let Ok(mut book) = self.shared.repair.lock() else {
+                return Vec::new();
+            };
+            for d in done {
+                if book.finish(&d) {
+                    commits.push(WriteOp::RelocateFragments {
+                        block: d.block,
+                        from_base: d.from_base,
+                        policy: d.out_policy,
+                        base: d.out_base,
+                        written: d.written,
+                    });
+                }
+            }
+            let ready = self.shared.is_leader_ready();
+            match (ready, want, ns::cluster_key(&*self.store)) {
+                (true, 1.., Ok(Some(key))) => match ns::chunkservers(&*self.store, &*self.shared) {
+                    Ok(servers) => book.assign(
+                        server,
+                        want as usize,
+                        &servers,
+                        &key,
+                        Time::now().secs.max(0) as u64,
+                    ),
+                    Err(e) => {
+                        tracing::warn!("list chunkservers for repair: {e}");
+                        Vec::new()
+                    }
+                },
+                _ => Vec::new(),
+            }
+        };
+        for op in commits {
+            self.propose_internal(op);
+        }
+        for (block, slot) in lost {
+            tracing::warn!(
+                block = block.0,
+                slot,
+                chunkserver = server.0,
+                "fragment reported lost"
+            );
+            self.propose_internal(WriteOp::LoseFragment {
+                block,
+                slot,
+                server,
+            });
+        }
+        tasks
+    }
+
+    fn propose_internal(&mut self, op: WriteOp) {
+        let id = RequestId {
+            client: sparefs_proto::ClientId(u128::MAX - self.shared.id.0 as u128),
+            seq: self.next_internal_seq(),
+            ack_below: 0,
+        };
+        self.pending_writes.push(Command {
+            id,
+            caller: Caller::ROOT,
+            op,
+            now: Time::now(),
+        });
+    }
+
+    /// Leader housekeeping every few seconds: drop chunks of deleted files,
+    /// forget blocks allocated long ago and never committed.
+    fn collect_garbage(&mut self) -> anyhow::Result<()> {
+        if !self.shared.is_leader_ready() || self.last_gc_check.elapsed() < GC_CHECK_EVERY {
+            return Ok(());
+        }
+        self.last_gc_check = Instant::now();
+        if !self.store.scan(Cf::Deleted, &[], &[], 1)?.is_empty() {
+            self.propose_internal(WriteOp::PurgeDeleted);
+        }
+        let grace = self.shared.tuning.gc_grace;
+        let now = Time::now();
+        let before = Time {
+            secs: now.secs - grace.as_secs() as i64,
+            nanos: now.nanos,
+        };
+        if let Some((_, v)) = self.store.scan(Cf::Pending, &[], &[], 1)?.first() {
+            let at: Time = decode(Cf::Pending, v)?;
+            if at < before {
+                self.propose_internal(WriteOp::AbandonBlocks { before });
+            }
+        }
+        Ok(())
     }
 
     /// Proposes to drop the locks of clients silent for `LOCK_LEASE`.
@@ -490,18 +690,37 @@ impl Driver {
         Ok(())
     }
 
-    /// Chooses chunkservers for a new block from the registry and this
-    /// leader's heartbeat view: only `up` servers, weighted by free space.
-    fn place(&self, width: usize) -> Result<Vec<ChunkserverId>, RpcError> {
+    /// Chooses chunkservers for new blocks from the registry and this
+    /// leader's heartbeat view: only `up` servers not excluded, weighted by
+    /// free space. With fewer than the policy needs, a lowered policy that
+    /// still survives one more lost host (see `placement::degraded`).
+    fn place(
+        &self,
+        policy: Policy,
+        exclude: &[ChunkserverId],
+    ) -> Result<(Policy, Vec<ChunkserverId>), RpcError> {
         let servers = ns::chunkservers(&*self.store, &*self.shared)
             .map_err(|e| RpcError::Storage(e.to_string()))?;
         let candidates: Vec<(ChunkserverId, u64)> = servers
             .iter()
-            .filter(|s| s.state == ChunkserverState::Up)
+            .filter(|s| s.state == ChunkserverState::Up && !exclude.contains(&s.id))
             .map(|s| (s.id, s.capacity_bytes.saturating_sub(s.used_bytes)))
+            .filter(|(_, free)| *free > 0)
             .collect();
-        crate::placement::choose(&candidates, width, &mut rand::thread_rng())
-            .map_err(RpcError::Errno)
+        let Some(p) =
+            crate::placement::degraded(policy, candidates.len(), self.shared.tuning.min_hosts)
+        else {
+            tracing::warn!(
+                %policy,
+                hosts = candidates.len(),
+                min_hosts = self.shared.tuning.min_hosts,
+                "write refused: too few chunkservers up with free space"
+            );
+            return Err(RpcError::Errno(Errno::ENOSPC));
+        };
+        let chosen = crate::placement::choose(&candidates, p.width(), &mut rand::thread_rng())
+            .map_err(RpcError::Errno)?;
+        Ok((p, chosen))
     }
 
     pub fn status(&self) -> ReplicaStatus {
@@ -605,6 +824,12 @@ impl Driver {
         }
         let mut ready = self.raw.ready();
         if let Some(ss) = ready.ss() {
+            if let Ok(mut b) = self.shared.repair.lock() {
+                b.reset();
+            }
+            if let Ok(mut t) = self.shared.leader_since.write() {
+                *t = (ss.raft_state == StateRole::Leader).then(Instant::now);
+            }
             if ss.raft_state != StateRole::Leader {
                 self.fail_waiters();
             } else {
@@ -656,6 +881,10 @@ impl Driver {
         }
         self.deliver(results);
         self.raw.advance_apply();
+        let ready = self.is_leader()
+            && self.raw.raft.commit_to_current_term()
+            && self.applied >= self.raw.raft.raft_log.committed;
+        self.shared.leader_ready.store(ready, Ordering::Release);
         self.serve_ready_reads();
         self.maybe_compact()?;
         Ok(())

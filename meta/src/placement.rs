@@ -4,6 +4,7 @@
 //! then proposes the result, so replicas never disagree about it.
 
 use rand::Rng;
+use sparefs_proto::layout::Policy;
 use sparefs_proto::{ChunkserverId, Errno};
 
 /// Picks `width` distinct servers from `(id, free_bytes)`; servers with no
@@ -41,9 +42,58 @@ pub fn choose(
     Ok(out)
 }
 
+/// The policy to write new blocks under when only `hosts` servers can take
+/// fragments: the wanted one when it fits; otherwise the strongest one that
+/// fits and still survives the loss of one more host (`ec:K+M` keeps K data
+/// fragments with fewer parity, or falls back to replicas: `ec:2+1` on two
+/// hosts writes `rep:2`). Below `min_hosts` hosts (default 2), nothing: a
+/// lone host's writes would not survive its loss unless the operator said
+/// they may (`min_hosts` 1).
+pub fn degraded(wanted: Policy, hosts: usize, min_hosts: usize) -> Option<Policy> {
+    if wanted.width() <= hosts {
+        return Some(wanted);
+    }
+    if hosts < min_hosts.max(1) {
+        return None;
+    }
+    let lowered = match wanted {
+        Policy::Ec { data, .. } if hosts > data as usize => Policy::Ec {
+            data,
+            parity: (hosts - data as usize) as u8,
+        },
+        Policy::Ec { parity, .. } => Policy::Rep {
+            copies: (hosts as u8).min(parity + 1),
+        },
+        Policy::Rep { .. } => Policy::Rep {
+            copies: hosts as u8,
+        },
+    };
+    Some(lowered)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn degraded_policies_survive_one_more_loss() {
+        let ec21 = Policy::Ec { data: 2, parity: 1 };
+        assert_eq!(degraded(ec21, 3, 2), Some(ec21));
+        assert_eq!(degraded(ec21, 2, 2), Some(Policy::Rep { copies: 2 }));
+        assert_eq!(degraded(ec21, 1, 2), None, "one host: refused");
+        assert_eq!(degraded(ec21, 1, 1), Some(Policy::Rep { copies: 1 }));
+        assert_eq!(degraded(ec21, 0, 1), None);
+        let ec42 = Policy::Ec { data: 4, parity: 2 };
+        assert_eq!(
+            degraded(ec42, 5, 2),
+            Some(Policy::Ec { data: 4, parity: 1 })
+        );
+        assert_eq!(degraded(ec42, 3, 2), Some(Policy::Rep { copies: 3 }));
+        assert_eq!(
+            degraded(Policy::Rep { copies: 3 }, 2, 2),
+            Some(Policy::Rep { copies: 2 })
+        );
+    }
     use proptest::prelude::*;
     use rand::SeedableRng;
 

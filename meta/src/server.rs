@@ -7,14 +7,16 @@ use crate::snapshot::SnapshotFetcher;
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeType, Message, MessageType};
 use sparefs_proto::msg::{Reply, Request, RpcError};
-use sparefs_proto::namespace::Caller;
+use sparefs_proto::namespace::{Caller, Time, WriteOp};
 use sparefs_proto::service::{CallFuture, Service};
+use sparefs_proto::{BlockId, ChunkserverId};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub struct Server {
+    pub store: Arc<crate::store::Store>,
     pub shared: Arc<Shared>,
     pub driver: InputSender,
     pub dir: PathBuf,
@@ -134,20 +136,119 @@ impl Server {
                 capacity_bytes,
                 used_bytes,
                 errors,
+                done,
+                lost,
+                want_tasks,
             } => {
-                self.ask(|reply| Input::Heartbeat {
-                    chunkserver,
-                    capacity_bytes,
-                    used_bytes,
-                    errors,
-                    reply,
-                })
-                .await?;
-                Ok(Reply::Ok)
+                if done.len() > REPORT_MAX || lost.len() > REPORT_MAX {
+                    return Err(RpcError::BadRequest("heartbeat report too long".into()));
+                }
+                let tasks = self
+                    .ask(|reply| Input::Heartbeat {
+                        chunkserver,
+                        capacity_bytes,
+                        used_bytes,
+                        errors,
+                        done,
+                        lost,
+                        want_tasks,
+                        reply,
+                    })
+                    .await?;
+                Ok(Reply::Tasks(tasks))
+            }
+            Request::Inventory {
+                chunkserver,
+                after,
+                items,
+                last_page,
+            } => self.inventory(chunkserver, after, items, last_page).await,
+            Request::RepairStatus => {
+                if !self.shared.is_leader_ready() {
+                    return Err(RpcError::NotLeader { leader: None });
+                }
+                let progress = self
+                    .shared
+                    .repair
+                    .lock()
+                    .map_err(|_| RpcError::Busy)?
+                    .progress();
+                Ok(Reply::Repair(progress))
             }
         }
     }
+
+    /// Judges one page of a chunkserver's inventory against the block
+    /// table: garbage to delete goes back in the reply, fragments the table
+    /// expects there but the page lacks are marked lost (to be rebuilt).
+    async fn inventory(
+        &self,
+        server: ChunkserverId,
+        after: Option<(BlockId, u8)>,
+        items: Vec<(BlockId, u8, u32)>,
+        last_page: bool,
+    ) -> Result<Reply, RpcError> {
+        if items.len() > INVENTORY_PAGE_MAX {
+            return Err(RpcError::BadRequest(format!(
+                "inventory page of {} items (most {INVENTORY_PAGE_MAX})",
+                items.len()
+            )));
+        }
+        if items
+            .windows(2)
+            .any(|w| (w[0].0, w[0].1) >= (w[1].0, w[1].1))
+            || after.is_some_and(|a| items.first().is_some_and(|f| (f.0, f.1) <= a))
+        {
+            return Err(RpcError::BadRequest("inventory page not sorted".into()));
+        }
+        if !self.shared.is_leader_ready() {
+            // Only a leader with every committed entry applied knows which
+            // blocks exist; anyone else could call live fragments garbage.
+            return Err(RpcError::NotLeader { leader: None });
+        }
+        let tuning = self.shared.tuning.clone();
+        let store = self.store.clone();
+        let now = Time::now();
+        let settle = tuning.gc_grace.max(std::time::Duration::from_secs(60));
+        let settled_before = Time {
+            secs: now.secs - settle.as_secs() as i64,
+            nanos: now.nanos,
+        };
+        let verdicts = tokio::task::spawn_blocking(move || {
+            crate::ns::blocks::gc_verdicts(
+                &*store,
+                server,
+                after,
+                &items,
+                last_page,
+                tuning.gc_grace.as_secs() as u32,
+                settled_before,
+            )
+        })
+        .await
+        .map_err(|e| RpcError::Storage(e.to_string()))?
+        .map_err(|e| RpcError::Storage(e.to_string()))?;
+        for (block, slot) in verdicts.missing {
+            tracing::warn!(
+                block = block.0,
+                slot,
+                chunkserver = server.0,
+                "fragment missing from inventory"
+            );
+            let _ = self.driver.try_send(Input::Propose(WriteOp::LoseFragment {
+                block,
+                slot,
+                server,
+            }));
+        }
+        Ok(Reply::Delete(verdicts.delete))
+    }
 }
+
+/// Most finished tasks or lost fragments one heartbeat may report.
+pub const REPORT_MAX: usize = 65_536;
+/// Most fragments one inventory page may list.
+pub const INVENTORY_PAGE_MAX: usize = 65_536;
 
 impl Service for Server {
     fn is_one_way(&self, req: &Request) -> bool {

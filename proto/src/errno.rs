@@ -50,6 +50,8 @@ pub enum Errno {
     ENOTSUP = 95,
     #[error("Connection timed out")]
     ETIMEDOUT = 110,
+    #[error("Stale file handle")]
+    ESTALE = 116,
 }
 
 impl Errno {
@@ -64,6 +66,7 @@ impl Errno {
             Errno::EPERM => "EPERM",
             Errno::ENOENT => "ENOENT",
             Errno::EIO => "EIO",
+            Errno::ESTALE => "ESTALE",
             Errno::EAGAIN => "EAGAIN",
             Errno::EACCES => "EACCES",
             Errno::EBUSY => "EBUSY",

@@ -20,6 +20,14 @@ impl Policy {
         }
     }
 
+    /// Fragments needed to read a block.
+    pub fn needed(self) -> usize {
+        match self {
+            Policy::Rep { .. } => 1,
+            Policy::Ec { data, .. } => data as usize,
+        }
+    }
+
     pub fn validate(self) -> Result<Policy, String> {
         let ok = match self {
             Policy::Rep { copies } => (1..=crate::limits::POLICY_FRAGMENTS_MAX).contains(&copies),
@@ -77,7 +85,21 @@ pub struct BlockRef {
     pub fragments: Vec<ChunkserverId>,
     /// blake3 of the block's bytes, for end-to-end checks.
     pub checksum: [u8; 32],
+    /// Fragment `i` is stored on its chunkserver as slot `slot_base + i`.
+    /// Re-encoding a block writes its new fragments under fresh slots, so
+    /// old and new layouts never overwrite each other.
+    pub slot_base: u8,
 }
+
+impl BlockRef {
+    pub fn slot(&self, index: usize) -> u8 {
+        self.slot_base.wrapping_add(index as u8)
+    }
+}
+
+/// In a block's fragment list: the fragment is lost (a bad or missing
+/// file, reported by its chunkserver) and waits to be rebuilt.
+pub const NO_SERVER: ChunkserverId = ChunkserverId(0);
 
 /// An immutable run of bytes written in one flush at an offset in a chunk.
 /// Newer slices (higher `seq`) overlay older ones.
@@ -102,6 +124,39 @@ pub enum ChunkserverState {
     Down,
     Out,
     Full,
+}
+
+/// Work the meta leader hands a chunkserver in a heartbeat reply: read the
+/// block from `sources`, then write the fragments `outputs` lists, encoded
+/// as `out_policy` under slots from `out_base`. Rebuilding one lost
+/// fragment, moving one, and re-encoding a whole block are all this.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairTask {
+    pub block: BlockId,
+    pub policy: Policy,
+    pub bytes: u32,
+    pub slot_base: u8,
+    /// (fragment index, chunkserver address) of readable fragments.
+    pub sources: Vec<(u8, String)>,
+    pub out_policy: Policy,
+    pub out_base: u8,
+    /// (fragment index, chunkserver, address) to write.
+    pub outputs: Vec<(u8, ChunkserverId, String)>,
+    /// A write capability for the block (it allows reads too).
+    pub cap: Capability,
+}
+
+/// A finished repair task, reported in the next heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairDone {
+    pub block: BlockId,
+    /// The block's slot base when the task was handed out.
+    pub from_base: u8,
+    pub out_policy: Policy,
+    pub out_base: u8,
+    /// (fragment index, chunkserver) now durable; empty when it failed.
+    pub written: Vec<(u8, ChunkserverId)>,
+    pub bytes: u64,
 }
 
 impl ChunkserverState {

@@ -3,7 +3,7 @@
 //! number, in any order. Raft messages between replicas ride the same
 //! framing as one-way `Raft` requests.
 
-use crate::layout::Capability;
+use crate::layout::{Capability, RepairDone, RepairTask};
 use crate::namespace::{Caller, NsReply, ReadOp, WriteOp};
 use crate::{BlockId, ChunkserverId, ReplicaId, RequestId};
 use serde::{Deserialize, Serialize};
@@ -76,13 +76,31 @@ pub enum Request {
         offset: u32,
         len: u32,
     },
-    /// Capacity and usage; kept in the leader's memory, not in Raft.
+    /// Capacity and usage (kept in the leader's memory, not in Raft), the
+    /// repair tasks finished since the last one, fragments found bad or
+    /// missing, and how many more tasks this server takes now. Answered
+    /// with `Reply::Tasks`.
     Heartbeat {
         chunkserver: ChunkserverId,
         capacity_bytes: u64,
         used_bytes: u64,
         errors: u64,
+        done: Vec<RepairDone>,
+        lost: Vec<(BlockId, u8)>,
+        want_tasks: u32,
     },
+    /// One page of what a chunkserver holds: (block, slot, age in seconds)
+    /// sorted, covering the keys after `after` up to the last item, or to
+    /// the end when `last_page`. Answered with `Reply::Delete`: fragments
+    /// no block references (garbage), to delete.
+    Inventory {
+        chunkserver: ChunkserverId,
+        after: Option<(BlockId, u8)>,
+        items: Vec<(BlockId, u8, u32)>,
+        last_page: bool,
+    },
+    /// Repair progress (leader memory).
+    RepairStatus,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -95,6 +113,24 @@ pub enum Reply {
     },
     Bytes(Vec<u8>),
     Ok,
+    Tasks(Vec<RepairTask>),
+    Delete(Vec<(BlockId, u8)>),
+    Repair(RepairProgress),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RepairProgress {
+    /// Blocks with a fragment lost or on an `out` server, or stored below
+    /// their policy, at the last scan.
+    pub blocks_to_repair: u64,
+    pub bytes_to_repair: u64,
+    pub in_flight: u64,
+    /// Bytes rebuilt since this leader started, and the recent rate.
+    pub repaired_bytes: u64,
+    pub rate_bytes_per_sec: f64,
+    pub eta_secs: Option<f64>,
+    /// Seconds since the last scan of the block table.
+    pub scanned_secs_ago: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

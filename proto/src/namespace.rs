@@ -289,6 +289,36 @@ pub enum WriteOp {
         count: u32,
         policy: Policy,
         placement: Vec<ChunkserverId>,
+        /// Chunkservers a retry must avoid (a write to them just failed).
+        exclude: Vec<ChunkserverId>,
+        /// Set by the leader: the policy the client asked for, when fewer
+        /// servers are up than it needs and `policy` was lowered to one
+        /// that still survives the loss of one more host.
+        wanted: Option<Policy>,
+    },
+    /// Final step of deleting files: drops chunks of deleted inodes (a
+    /// bounded number per command) so their blocks lose their references.
+    PurgeDeleted,
+    /// Forgets blocks allocated before `before` and never committed (their
+    /// client died or gave up); their fragments become garbage.
+    AbandonBlocks {
+        before: Time,
+    },
+    /// A repair task finished: the block's fragments listed in `written`
+    /// now live there (re-encoded when `policy`/`base` differ). Applied only
+    /// if the block still has slot base `from_base`.
+    RelocateFragments {
+        block: BlockId,
+        from_base: u8,
+        policy: Policy,
+        base: u8,
+        written: Vec<(u8, ChunkserverId)>,
+    },
+    /// A chunkserver reported a fragment bad or missing.
+    LoseFragment {
+        block: BlockId,
+        slot: u8,
+        server: ChunkserverId,
     },
     RegisterChunkserver {
         address: String,
@@ -343,6 +373,8 @@ pub enum NsReply {
     /// New block ids and the chunkservers their fragments go to, in order.
     Allocated {
         ids: Vec<BlockId>,
+        /// The policy to store these blocks under (lowered while hosts are down).
+        policy: Policy,
         placement: Vec<ChunkserverId>,
         capabilities: Vec<Capability>,
     },

@@ -425,17 +425,20 @@ async fn registry_heartbeats_and_placement() {
         "{states:?}"
     );
     assert_eq!(states[&ids[3].0], ChunkserverState::Down);
-    let alloc = |policy| WriteOp::AllocateBlocks {
+    let alloc = |policy, exclude| WriteOp::AllocateBlocks {
         count: 2,
         policy,
         placement: vec![],
+        exclude,
+        wanted: None,
     };
     let NsReply::Allocated {
         ids: blocks,
         placement,
         capabilities,
+        ..
     } = client
-        .write(alloc(Policy::Ec { data: 2, parity: 1 }))
+        .write(alloc(Policy::Ec { data: 2, parity: 1 }, vec![]))
         .await
         .expect("allocate")
     else {
@@ -470,10 +473,37 @@ async fn registry_heartbeats_and_placement() {
         !placement.contains(&ids[3]),
         "a down chunkserver got a fragment"
     );
-    let e = client
-        .write(alloc(Policy::Ec { data: 2, parity: 2 }))
+    // Too few servers up for the policy: a lower one that still survives
+    // one more lost host.
+    let NsReply::Allocated {
+        policy, placement, ..
+    } = client
+        .write(alloc(Policy::Ec { data: 2, parity: 2 }, vec![]))
         .await
-        .expect_err("4 fragments on 3 live servers");
+        .expect("4 fragments wanted, 3 servers up")
+    else {
+        panic!("reply")
+    };
+    assert_eq!(policy, Policy::Ec { data: 2, parity: 1 });
+    assert_eq!(placement.len(), 3);
+    let NsReply::Allocated {
+        policy, placement, ..
+    } = client
+        .write(alloc(Policy::Ec { data: 2, parity: 1 }, vec![ids[0]]))
+        .await
+        .expect("one server excluded")
+    else {
+        panic!("reply")
+    };
+    assert_eq!(policy, Policy::Rep { copies: 2 });
+    assert!(!placement.contains(&ids[0]), "{placement:?}");
+    let e = client
+        .write(alloc(
+            Policy::Ec { data: 2, parity: 1 },
+            vec![ids[0], ids[1]],
+        ))
+        .await
+        .expect_err("one host left: refused by default");
     assert_eq!(e.errno(), Errno::ENOSPC);
     let NsReply::StatFs(st) = client.read(ReadOp::StatFs).await.expect("statfs") else {
         panic!("reply")

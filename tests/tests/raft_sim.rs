@@ -33,6 +33,7 @@ fn new_node(dir: &std::path::Path, id: u64) -> SimNode {
         join: false,
         compact_after_entries: u64::MAX,
         compact_keep_entries: 0,
+        tuning: Default::default(),
     };
     let store = Arc::new(sparefs_meta::initialise(&config).expect("initialise"));
     let log = RaftLog::load(store.clone()).expect("load");

@@ -47,6 +47,18 @@ enum Cmd {
         compact_after: u64,
         #[arg(long, default_value_t = 2_000)]
         compact_keep: u64,
+        /// Seconds without a heartbeat before a chunkserver is `out` and
+        /// its fragments are rebuilt elsewhere (it is `down` after 5).
+        #[arg(long, default_value_t = 300)]
+        out_after: u64,
+        /// Seconds a fragment is safe from garbage collection after it is
+        /// written, and an uncommitted block is kept for its writer.
+        #[arg(long, default_value_t = 600)]
+        gc_grace: u64,
+        /// Fewest hosts new blocks may be written to while hosts are down
+        /// (1 lets a lone host accept writes that would not survive it).
+        #[arg(long, default_value_t = 2)]
+        min_hosts: usize,
     },
     /// Run a chunkserver over a directory of spare space.
     Chunkserver {
@@ -62,6 +74,15 @@ enum Cmd {
         meta: String,
         #[arg(long)]
         listen: String,
+        /// Background scrub rate (bytes per second, K/M/G; 0 turns it off).
+        #[arg(long, default_value = "16M")]
+        scrub_rate: String,
+        /// Most bytes per second read by repair tasks on this server.
+        #[arg(long, default_value = "64M")]
+        repair_rate: String,
+        /// Seconds between inventory reports to the meta (garbage collection).
+        #[arg(long, default_value_t = 60)]
+        inventory_every: u64,
     },
     /// Mount the filesystem (FUSE).
     Mount(mount_cmd::MountArgs),
@@ -213,6 +234,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             join,
             compact_after,
             compact_keep,
+            out_after,
+            gc_grace,
+            min_hosts,
         } => {
             let peers = parse_peers(&peers)?;
             sparefs_meta::run(sparefs_meta::MetaConfig {
@@ -223,6 +247,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 join,
                 compact_after_entries: compact_after,
                 compact_keep_entries: compact_keep,
+                tuning: sparefs_meta::node::Tuning {
+                    out_after: std::time::Duration::from_secs(out_after),
+                    gc_grace: std::time::Duration::from_secs(gc_grace),
+                    min_hosts,
+                },
             })
             .await?;
             Ok(0)
@@ -233,6 +262,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             reserve,
             meta,
             listen,
+            scrub_rate,
+            repair_rate,
+            inventory_every,
         } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
             let (fs_bytes, _) = sparefs_chunkserver::fs_space(&dir)
@@ -247,6 +279,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 reserve_bytes,
                 meta: split_addresses(&meta),
                 listen,
+                scrub_rate: sparefs_chunkserver::parse_size(&scrub_rate, 0)
+                    .map_err(anyhow::Error::msg)?,
+                repair_rate: sparefs_chunkserver::parse_size(&repair_rate, 0)
+                    .map_err(anyhow::Error::msg)?,
+                inventory_every: std::time::Duration::from_secs(inventory_every.max(1)),
             })
             .await?;
             Ok(0)

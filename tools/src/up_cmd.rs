@@ -42,6 +42,16 @@ pub struct UpArgs {
     /// Port every daemon listens on, each on its own 127.0.0.x.
     #[arg(long, default_value_t = 7400)]
     port: u16,
+    /// Seconds without a heartbeat before a chunkserver is `out` and its
+    /// fragments are rebuilt elsewhere.
+    #[arg(long, default_value_t = 300)]
+    out_after: u64,
+    /// Seconds new fragments are safe from garbage collection.
+    #[arg(long, default_value_t = 600)]
+    gc_grace: u64,
+    /// Seconds between chunkserver inventory reports (garbage collection).
+    #[arg(long, default_value_t = 60)]
+    inventory_every: u64,
 }
 
 pub struct ClusterFile {
@@ -189,6 +199,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
             peers_arg.clone(),
             "--data".into(),
             args.data.join(format!("meta{id}")).display().to_string(),
+            "--out-after".into(),
+            args.out_after.to_string(),
+            "--gc-grace".into(),
+            args.gc_grace.to_string(),
         ];
         let d = spawn(
             &exe,
@@ -229,6 +243,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
             meta_list.clone(),
             "--listen".into(),
             address.clone(),
+            "--inventory-every".into(),
+            args.inventory_every.to_string(),
         ];
         let d = spawn(
             &exe,

@@ -6,6 +6,7 @@
 //! The same command applied to the same state gives the same writes on every
 //! replica.
 
+pub mod blocks;
 mod locks;
 mod perm;
 mod read;

@@ -15,6 +15,10 @@ use sparefs_proto::{ChunkserverId, Errno};
 /// (heartbeats stay in the leader's memory).
 pub trait ChunkserverLiveness {
     fn live(&self, id: ChunkserverId) -> Option<(ChunkserverState, u64, u64)>;
+    /// State of a server not heard from at all.
+    fn silent_state(&self) -> ChunkserverState {
+        ChunkserverState::Down
+    }
 }
 
 impl ChunkserverLiveness for () {
@@ -149,6 +153,8 @@ pub fn read<K: ReadKv>(
             let slices: Vec<Slice> = kv
                 .get_rec(Cf::Chunks, &chunk_key(*ino, *index))?
                 .unwrap_or_default();
+            let mut slices = slices;
+            super::blocks::fill_layouts(kv, &mut slices)?;
             let mut capabilities = Vec::new();
             if slices.iter().any(|s| !s.blocks.is_empty()) {
                 let key = cluster_key(kv)?.ok_or(NsError::Errno(Errno::EAGAIN))?;
@@ -173,30 +179,26 @@ pub fn read<K: ReadKv>(
                 .map(|s| s.id)
                 .collect();
             let (mut protected, mut degraded, mut unreadable) = (0, 0, 0);
-            // Packed blocks are shared by several slices: count each once.
-            let mut seen = std::collections::HashSet::new();
             let mut from = Vec::new();
             loop {
-                let page = kv.scan(Cf::Chunks, &[], &from, 1024)?;
+                let page = kv.scan(Cf::Blocks, &[], &from, 1024)?;
                 let exhausted = page.len() < 1024;
                 for (k, v) in &page {
-                    let slices: Vec<Slice> = decode(Cf::Chunks, v)?;
-                    for b in slices.iter().flat_map(|s| s.blocks.iter()) {
-                        if !seen.insert(b.id) {
-                            continue;
-                        }
-                        let alive = b.fragments.iter().filter(|f| up.contains(f)).count();
-                        let need = match b.policy {
-                            Policy::Rep { .. } => 1,
-                            Policy::Ec { data, .. } => data as usize,
-                        };
-                        if alive == b.fragments.len() {
-                            protected += 1;
-                        } else if alive >= need {
-                            degraded += 1;
-                        } else {
-                            unreadable += 1;
-                        }
+                    let b: super::blocks::BlockRec = decode(Cf::Blocks, v)?;
+                    if b.refs == 0 {
+                        continue;
+                    }
+                    let alive = b.fragments.iter().filter(|f| up.contains(f)).count();
+                    let need = match b.policy {
+                        Policy::Rep { .. } => 1,
+                        Policy::Ec { data, .. } => data as usize,
+                    };
+                    if alive == b.fragments.len() && b.policy == b.wanted {
+                        protected += 1;
+                    } else if alive >= need {
+                        degraded += 1;
+                    } else {
+                        unreadable += 1;
                     }
                     from = k.clone();
                     from.push(0);
@@ -237,7 +239,7 @@ pub fn chunkservers<K: ReadKv>(
         let rec: ChunkserverRec = decode(Cf::Chunkservers, &v)?;
         let (state, capacity_bytes, used_bytes) =
             live.live(id)
-                .unwrap_or((ChunkserverState::Down, rec.capacity_bytes, 0));
+                .unwrap_or((live.silent_state(), rec.capacity_bytes, 0));
         out.push(ChunkserverInfo {
             id,
             address: rec.address,

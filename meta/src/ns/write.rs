@@ -4,6 +4,7 @@
 //! and permission, and only then write. A command that fails leaves its
 //! nested `Tx` unused, so nothing partial survives.
 
+use super::blocks;
 use super::perm::{self, R, S_ISGID, S_ISUID, S_ISVTX, W, X};
 use super::records::*;
 use super::{NsError, NsResult};
@@ -211,6 +212,8 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
             count,
             policy,
             placement,
+            exclude: _,
+            wanted,
         } => {
             policy.validate().map_err(|_| Errno::EINVAL)?;
             if *count == 0 || *count > 1024 || placement.len() != policy.width() {
@@ -219,6 +222,7 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
             let key = cluster_key(tx)?.ok_or(NsError::Errno(Errno::EAGAIN))?;
             let first = next_id(tx, SYS_NEXT_BLOCK, *count as u64)?;
             let ids: Vec<BlockId> = (0..*count as u64).map(|i| BlockId(first + i)).collect();
+            blocks::allocate(tx, &ids, *policy, wanted.unwrap_or(*policy), placement, now);
             let expires = now.secs.max(0) as u64 + CAPABILITY_SECS;
             let capabilities = ids
                 .iter()
@@ -226,9 +230,40 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
                 .collect();
             Ok(NsReply::Allocated {
                 ids,
+                policy: *policy,
                 placement: placement.clone(),
                 capabilities,
             })
+        }
+        WriteOp::PurgeDeleted => {
+            root_only(c)?;
+            blocks::purge_deleted(tx, now)?;
+            Ok(NsReply::Done)
+        }
+        WriteOp::AbandonBlocks { before } => {
+            root_only(c)?;
+            blocks::abandon(tx, *before)?;
+            Ok(NsReply::Done)
+        }
+        WriteOp::RelocateFragments {
+            block,
+            from_base,
+            policy,
+            base,
+            written,
+        } => {
+            root_only(c)?;
+            blocks::relocate(tx, *block, *from_base, *policy, *base, written, now)?;
+            Ok(NsReply::Done)
+        }
+        WriteOp::LoseFragment {
+            block,
+            slot,
+            server,
+        } => {
+            root_only(c)?;
+            blocks::lose(tx, *block, *slot, *server, now)?;
+            Ok(NsReply::Done)
         }
         WriteOp::SetLock { ino, lock } => {
             let inode = load(tx, *ino)?;
@@ -287,6 +322,13 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
             })
         }
     }
+}
+
+fn root_only(c: &Caller) -> NsResult<()> {
+    if c.uid != 0 {
+        return Err(Errno::EPERM.into());
+    }
+    Ok(())
 }
 
 /// Checks a name component for creation or lookup.
@@ -789,7 +831,7 @@ fn setattr<R: ReadKv>(
         }
         perm::check(&inode, c, W)?;
         if size < inode.size {
-            truncate_layout(tx, ino, size, inode.size)?;
+            truncate_layout(tx, ino, size, inode.size, now)?;
         }
         if size != inode.size {
             inode.mtime = now;
@@ -884,6 +926,7 @@ fn truncate_layout<R: ReadKv>(
     ino: InodeId,
     size: u64,
     old_size: u64,
+    now: Time,
 ) -> NsResult<()> {
     let keep_chunks = size.div_ceil(CHUNK_BYTES);
     let prefix = be(ino.0);
@@ -893,16 +936,20 @@ fn truncate_layout<R: ReadKv>(
         if page.is_empty() {
             break;
         }
-        for (k, _) in page {
-            tx.delete(Cf::Chunks, k);
+        for (k, v) in page {
+            let slices: Vec<Slice> = crate::kv::decode(Cf::Chunks, &v)?;
+            let index = read_be(k.get(8..).unwrap_or_default())
+                .ok_or_else(|| StoreError::Invalid("chunk key".into()))?;
+            blocks::put_chunk(tx, ino, index, &slices, Vec::new(), now)?;
         }
     }
     let within = size % CHUNK_BYTES;
     if within != 0 && old_size > size {
         let index = size / CHUNK_BYTES;
         let key = chunk_key(ino, index);
-        if let Some(mut slices) = tx.get_rec::<Vec<Slice>>(Cf::Chunks, &key)? {
+        if let Some(old) = tx.get_rec::<Vec<Slice>>(Cf::Chunks, &key)? {
             let seq = next_id(tx, SYS_NEXT_SLICE, 1)?;
+            let mut slices = old.clone();
             slices.push(Slice {
                 seq,
                 offset: within as u32,
@@ -911,7 +958,7 @@ fn truncate_layout<R: ReadKv>(
                 block_offset: 0,
                 inline: Vec::new(),
             });
-            tx.put_rec(Cf::Chunks, key, &drop_hidden_slices(slices));
+            blocks::put_chunk(tx, ino, index, &old, drop_hidden_slices(slices), now)?;
         }
     }
     Ok(())
@@ -966,7 +1013,8 @@ fn commit_slices<R: ReadKv>(
     }
     for (index, new) in by_chunk {
         let key = chunk_key(ino, index);
-        let mut existing: Vec<Slice> = tx.get_rec(Cf::Chunks, &key)?.unwrap_or_default();
+        let old: Vec<Slice> = tx.get_rec(Cf::Chunks, &key)?.unwrap_or_default();
+        let mut existing = old.clone();
         let first = next_id(tx, SYS_NEXT_SLICE, new.len() as u64)?;
         let any_inline = new.iter().any(|s| !s.inline.is_empty());
         for (i, s) in new.into_iter().enumerate() {
@@ -982,7 +1030,7 @@ fn commit_slices<R: ReadKv>(
             // writes these as blocks instead.
             return Err(Errno::EFBIG.into());
         }
-        tx.put_rec(Cf::Chunks, key, &existing);
+        blocks::put_chunk(tx, ino, index, &old, existing, now)?;
     }
     if size_at_least > inode.size {
         inode.size = size_at_least;

@@ -70,6 +70,10 @@ impl Machine {
         self.apply_reply(op)
     }
 
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub fn read(&self, op: ReadOp) -> Result<NsReply, Errno> {
         match ns::read(&self.store, &self.caller, &op, &(), 0) {
             Ok(r) => Ok(r),
