@@ -144,7 +144,10 @@ async fn heartbeats(
                 lost.lock().unwrap_or_else(|p| p.into_inner()).extend(gone);
             }
         }
-        tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+        tokio::select! {
+            _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
+            _ = repairer.finished.notified() => {}
+        }
     }
 }
 

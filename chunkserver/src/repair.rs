@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// Tasks run at once.
-pub const CONCURRENT_TASKS: usize = 2;
+pub const CONCURRENT_TASKS: usize = 4;
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Repairer {
@@ -23,6 +23,9 @@ pub struct Repairer {
     rate: u64,
     /// When the next task may start (a token bucket of one).
     next_start: tokio::sync::Mutex<Instant>,
+    /// Woken when a task finishes, so its report (and the request for
+    /// more work) goes out without waiting for the next heartbeat.
+    pub finished: tokio::sync::Notify,
 }
 
 impl Repairer {
@@ -33,6 +36,7 @@ impl Repairer {
             conns: Mutex::new(HashMap::new()),
             rate: rate_bytes_per_sec.max(1 << 20),
             next_start: tokio::sync::Mutex::new(Instant::now()),
+            finished: tokio::sync::Notify::new(),
         })
     }
 
@@ -83,6 +87,7 @@ impl Repairer {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(report);
             drop(permit);
+            me.finished.notify_one();
         });
     }
 

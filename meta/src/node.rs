@@ -48,6 +48,8 @@ pub const ENTRY_BYTES_MAX: usize = 1024 * 1024;
 pub const CHUNKSERVER_DOWN_AFTER: Duration = Duration::from_secs(5);
 /// A mount silent this long loses its locks.
 pub const LOCK_LEASE: Duration = Duration::from_secs(10);
+/// A chunkserver with less free room than this is `full`.
+pub const FULL_MARGIN: u64 = sparefs_proto::limits::BLOCK_BYTES_MAX + (1 << 20);
 /// How often the leader looks for deleted files and abandoned blocks.
 pub const GC_CHECK_EVERY: Duration = Duration::from_secs(5);
 const STATE_WIPE_END: [u8; 512] = [0xff; 512];
@@ -181,7 +183,8 @@ impl ChunkserverLiveness for Shared {
             ChunkserverState::Out
         } else if hb.at.elapsed() > CHUNKSERVER_DOWN_AFTER {
             ChunkserverState::Down
-        } else if hb.used_bytes >= hb.capacity_bytes {
+        } else if hb.used_bytes + FULL_MARGIN >= hb.capacity_bytes {
+            // Less room than one more fragment: full, so placement skips it.
             ChunkserverState::Full
         } else {
             ChunkserverState::Up

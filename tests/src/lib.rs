@@ -3,6 +3,7 @@
 //! log files, kills them (SIGKILL/SIGSTOP) on request, and stops every one
 //! it started when dropped, even when a test fails.
 
+pub mod data;
 pub mod fsx;
 
 use anyhow::Context;
@@ -75,6 +76,9 @@ pub struct MetaCluster {
     pub mounts: BTreeMap<u64, (Child, PathBuf)>,
     pub compact_after: u64,
     pub compact_keep: u64,
+    /// Extra arguments for every meta replica and chunkserver started.
+    pub meta_args: Vec<String>,
+    pub chunkserver_args: Vec<String>,
     /// Replicas 1..=initial form the group at start; higher ids join later.
     initial: u64,
     host_base: u8,
@@ -91,6 +95,16 @@ impl MetaCluster {
         compact_after: u64,
         compact_keep: u64,
     ) -> anyhow::Result<MetaCluster> {
+        Self::start_with_args(n, compact_after, compact_keep, &[])
+    }
+
+    /// Starts `n` replicas with extra `sparefs meta` arguments.
+    pub fn start_with_args(
+        n: u64,
+        compact_after: u64,
+        compact_keep: u64,
+        meta_args: &[&str],
+    ) -> anyhow::Result<MetaCluster> {
         let port = free_port();
         let host_base = 20 + (rand::random::<u8>() % 200);
         let addrs: BTreeMap<u64, String> = (1..=n)
@@ -104,6 +118,8 @@ impl MetaCluster {
             mounts: BTreeMap::new(),
             compact_after,
             compact_keep,
+            meta_args: meta_args.iter().map(|a| a.to_string()).collect(),
+            chunkserver_args: Vec::new(),
             initial: n,
             host_base,
         };
@@ -168,6 +184,7 @@ impl MetaCluster {
         .stderr(log)
         .stdin(Stdio::null());
         cmd.args(["--peers", &peers]);
+        cmd.args(&self.meta_args);
         if join {
             cmd.arg("--join");
         }
@@ -297,6 +314,7 @@ impl MetaCluster {
                 "--listen",
                 &self.chunkserver_address(n),
             ])
+            .args(&self.chunkserver_args)
             .stdout(log.try_clone()?)
             .stderr(log)
             .stdin(Stdio::null())
@@ -379,6 +397,99 @@ impl MetaCluster {
         }
     }
 
+    /// SIGSTOPs or SIGCONTs chunkserver `n` (a hung host).
+    pub fn signal_chunkserver(&self, n: u64, sig: i32) {
+        if let Some(c) = self.chunkservers.get(&n) {
+            #[allow(unsafe_code)]
+            // SAFETY: signalling a child this harness started.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
+    /// Bytes each chunkserver's fragment files take on disk, by number.
+    pub fn chunkserver_usage(&self) -> BTreeMap<u64, u64> {
+        let mut out = BTreeMap::new();
+        for n in 1..=16 {
+            let root = self.chunkserver_dir(n).join("fragments");
+            if root.is_dir() {
+                out.insert(n, dir_bytes(&root));
+            }
+        }
+        out
+    }
+
+    /// The meta's id of chunkserver `n` (by its address).
+    pub async fn chunkserver_id(&self, n: u64) -> anyhow::Result<sparefs_proto::ChunkserverId> {
+        use sparefs_proto::namespace::{NsReply, ReadOp};
+        let address = self.chunkserver_address(n);
+        match self.client().read(ReadOp::ListChunkservers).await? {
+            NsReply::Chunkservers(list) => list
+                .iter()
+                .find(|s| s.address == address)
+                .map(|s| s.id)
+                .ok_or_else(|| anyhow::anyhow!("chunkserver {n} ({address}) not registered")),
+            other => anyhow::bail!("list reply {other:?}"),
+        }
+    }
+
+    /// Block health (protected, degraded, unreadable) from the leader.
+    pub async fn health(&self) -> anyhow::Result<(u64, u64, u64)> {
+        use sparefs_proto::namespace::{NsReply, ReadOp};
+        match self.client().read(ReadOp::Health).await? {
+            NsReply::Health {
+                protected,
+                degraded,
+                unreadable,
+            } => Ok((protected, degraded, unreadable)),
+            other => anyhow::bail!("health reply {other:?}"),
+        }
+    }
+
+    /// Waits until every block is fully protected (no fragment lost, down
+    /// or out, none below its policy); the seconds it took.
+    pub async fn wait_protected(&self, timeout: Duration) -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let mut last = (0, 0, 0);
+        while start.elapsed() < timeout {
+            if let Ok(h) = self.health().await {
+                last = h;
+                if h.1 == 0 && h.2 == 0 && h.0 > 0 {
+                    return Ok(start.elapsed().as_secs_f64());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        anyhow::bail!(
+            "not fully protected after {timeout:?}: (protected, degraded, unreadable) = {last:?}"
+        )
+    }
+
+    /// Waits until chunkserver `n` is in `state` in the meta's view.
+    pub async fn wait_chunkserver_state(
+        &self,
+        id: u64,
+        state: sparefs_proto::layout::ChunkserverState,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        use sparefs_proto::namespace::{NsReply, ReadOp};
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        while start.elapsed() < timeout {
+            if let Ok(NsReply::Chunkservers(list)) =
+                self.client().read(ReadOp::ListChunkservers).await
+            {
+                if list.iter().any(|s| s.id.0 == id && s.state == state) {
+                    return Ok(());
+                }
+                seen = list;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        anyhow::bail!("chunkserver {id} not {state:?} after {timeout:?}: {seen:?}")
+    }
+
     /// Waits until `n` chunkservers are up in the meta's view.
     pub async fn wait_chunkservers(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
         use sparefs_proto::layout::ChunkserverState;
@@ -400,4 +511,13 @@ impl MetaCluster {
         }
         anyhow::bail!("fewer than {n} chunkservers up after {timeout:?}")
     }
+}
+
+/// Bytes of the files under `dir`.
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+    data::walk(dir)
+        .iter()
+        .filter_map(|p| p.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }

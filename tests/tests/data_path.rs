@@ -5,21 +5,14 @@
 use sparefs_client::{DataClient, OpenFile};
 use sparefs_proto::namespace::{NsReply, ReadOp};
 use sparefs_proto::{Errno, InodeId};
+use sparefs_tests::data::{pattern, put, walk};
+
+async fn get(data: &DataClient, ino: InodeId) -> Vec<u8> {
+    sparefs_tests::data::get(data, ino).await.expect("read")
+}
 use sparefs_tests::MetaCluster;
 use std::sync::Arc;
 use std::time::Duration;
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 async fn cluster(limit: &str) -> (MetaCluster, Arc<DataClient>) {
     let mut c = MetaCluster::start(1).expect("start meta");
@@ -34,32 +27,6 @@ async fn cluster(limit: &str) -> (MetaCluster, Arc<DataClient>) {
         .expect("chunkservers up");
     let data = Arc::new(DataClient::new(Arc::new(c.client())));
     (c, data)
-}
-
-async fn put(
-    data: &Arc<DataClient>,
-    name: &str,
-    bytes: &[u8],
-) -> Result<InodeId, sparefs_client::ClientError> {
-    let attr = data
-        .meta
-        .create(InodeId::ROOT, name.as_bytes(), 0o644, true)
-        .await?;
-    let f = OpenFile::open(data.clone(), &attr).await?;
-    // Unaligned pieces, to exercise extent merging and block cutting.
-    for (i, piece) in bytes.chunks(1_000_003).enumerate() {
-        f.write(i as u64 * 1_000_003, piece).await?;
-    }
-    f.flush().await?;
-    Ok(attr.ino)
-}
-
-async fn get(data: &DataClient, ino: InodeId) -> Vec<u8> {
-    let attr = data.meta.getattr(ino).await.expect("getattr");
-    data.invalidate(ino);
-    data.read(ino, attr.size, 0, attr.size as usize)
-        .await
-        .expect("read")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -136,19 +103,6 @@ async fn degraded_reads_survive_a_killed_chunkserver_and_flipped_bytes() {
             > 0,
         "bad fragments were reported"
     );
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
