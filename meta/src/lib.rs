@@ -162,8 +162,13 @@ fn start_repair_planner(store: Arc<Store>, shared: Arc<Shared>) -> anyhow::Resul
                 }
             };
             // Plan outside the lock (a scan of every block), then swap in.
+            let keep = shared.tuning.gc_grace + std::time::Duration::from_secs(120);
+            let moved = match shared.repair.lock() {
+                Ok(mut b) => b.recently_moved(keep),
+                Err(_) => continue,
+            };
             let mut fresh = repair::RepairBook::default();
-            if let Err(e) = fresh.plan(&*store, &servers) {
+            if let Err(e) = fresh.plan(&*store, &servers, &moved) {
                 tracing::warn!("repair planner: {e}");
                 continue;
             }

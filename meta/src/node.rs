@@ -706,7 +706,7 @@ impl Driver {
             .map_err(|e| RpcError::Storage(e.to_string()))?;
         let candidates: Vec<(ChunkserverId, u64)> = servers
             .iter()
-            .filter(|s| s.state == ChunkserverState::Up && !exclude.contains(&s.id))
+            .filter(|s| s.state == ChunkserverState::Up && !s.draining && !exclude.contains(&s.id))
             .map(|s| (s.id, s.capacity_bytes.saturating_sub(s.used_bytes)))
             .filter(|(_, free)| *free > 0)
             .collect();

@@ -29,57 +29,141 @@ pub const TASKS_PER_SERVER_MAX: usize = 4;
 /// Blocks kept in the queue per scan (bounds the leader's memory).
 pub const QUEUE_MAX: usize = 100_000;
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Work {
+    /// Fragments lost or on `out` (or draining) servers: rebuild one.
+    Rebuild,
+    /// Stored below its wanted policy: re-encode under fresh slots.
+    Reencode,
+    /// Balance: move fragment `index` off an over-full server.
+    Move { index: usize },
+}
+
 #[derive(Clone, Debug)]
 struct Need {
     block: BlockId,
     rec: BlockRec,
+    work: Work,
 }
 
 #[derive(Default)]
 pub struct RepairBook {
     queue: VecDeque<Need>,
-    in_flight: HashMap<BlockId, (ChunkserverId, Instant, u64)>,
+    /// Block -> (server doing it, since, bytes, server a move empties).
+    in_flight: HashMap<BlockId, (ChunkserverId, Instant, u64, Option<ChunkserverId>)>,
+    /// Fragments moved off servers lately: their old copies still count in
+    /// the servers' usage until garbage collection deletes them.
+    moved: VecDeque<(Instant, ChunkserverId, u64)>,
     /// Blocks whose task finished since the last scan (the queue's view of
     /// them is stale).
     finished: HashMap<BlockId, Instant>,
+    /// Servers under the mean usage at the last scan: balance moves go there.
+    receivers: Vec<ChunkserverId>,
     blocks_to_repair: u64,
     bytes_to_repair: u64,
+    bytes_to_balance: u64,
     repaired_bytes: u64,
     scanned_at: Option<Instant>,
     /// (when, bytes) of recent completions, for the rate.
     recent: VecDeque<(Instant, u64)>,
 }
 
-/// Whether a fragment's host counts as holding it: lost fragments and
-/// `out` hosts do not (they are rebuilt); `down` hosts do not serve it now
-/// but are waited for.
-fn readable(state: Option<ChunkserverState>) -> bool {
-    matches!(state, Some(ChunkserverState::Up | ChunkserverState::Full))
+/// Whether a fragment's host serves it: lost fragments and `out` hosts do
+/// not; `down` hosts do not now but are waited for (not rebuilt).
+fn readable(s: Option<&ChunkserverInfo>) -> bool {
+    s.is_some_and(|s| matches!(s.state, ChunkserverState::Up | ChunkserverState::Full))
 }
 
-fn to_rebuild(rec: &BlockRec, states: &HashMap<ChunkserverId, ChunkserverState>) -> Vec<usize> {
+/// Fragment indexes that must move: lost, on `out` or unknown servers, or
+/// on servers being drained.
+fn to_rebuild(rec: &BlockRec, info: &HashMap<ChunkserverId, &ChunkserverInfo>) -> Vec<usize> {
     rec.fragments
         .iter()
         .enumerate()
         .filter(|(_, s)| {
-            **s == NO_SERVER || matches!(states.get(s), Some(ChunkserverState::Out) | None)
+            **s == NO_SERVER
+                || match info.get(s) {
+                    None => true,
+                    Some(i) => i.state == ChunkserverState::Out || i.draining,
+                }
         })
         .map(|(i, _)| i)
         .collect()
 }
 
+/// Usage above the mean by this fraction of capacity (and at least
+/// `BALANCE_MIN_BYTES`) starts balancing.
+pub const BALANCE_SLACK: f64 = 0.01;
+pub const BALANCE_MIN_BYTES: u64 = 8 << 20;
+
+fn usage(s: &ChunkserverInfo) -> f64 {
+    s.used_bytes as f64 / s.capacity_bytes.max(1) as f64
+}
+
 impl RepairBook {
-    /// Rebuilds the queue from a scan of the block table.
-    pub fn plan(&mut self, kv: &impl ReadKv, servers: &[ChunkserverInfo]) -> anyhow::Result<()> {
+    /// Rebuilds the queue from a scan of the block table: lost fragments
+    /// first (least protected first), then re-encoding, then balance moves.
+    pub fn plan(
+        &mut self,
+        kv: &impl ReadKv,
+        servers: &[ChunkserverInfo],
+        moved: &HashMap<ChunkserverId, u64>,
+    ) -> anyhow::Result<()> {
         let started = Instant::now();
-        let states: HashMap<ChunkserverId, ChunkserverState> =
-            servers.iter().map(|s| (s.id, s.state)).collect();
-        let up = servers
+        // Usage net of fragments already moved off but not yet collected.
+        let servers: Vec<ChunkserverInfo> = servers
             .iter()
-            .filter(|s| s.state == ChunkserverState::Up)
-            .count();
-        let mut needs: Vec<(usize, Need)> = Vec::new();
-        let (mut blocks, mut bytes) = (0u64, 0u64);
+            .map(|s| ChunkserverInfo {
+                used_bytes: s
+                    .used_bytes
+                    .saturating_sub(moved.get(&s.id).copied().unwrap_or(0)),
+                ..s.clone()
+            })
+            .collect();
+        let servers = &servers[..];
+        let info: HashMap<ChunkserverId, &ChunkserverInfo> =
+            servers.iter().map(|s| (s.id, s)).collect();
+        let takers: Vec<&ChunkserverInfo> = servers
+            .iter()
+            .filter(|s| s.state == ChunkserverState::Up && !s.draining)
+            .collect();
+        // Balance: servers above the mean usage give, those below take, by
+        // the bytes that would bring them to the mean.
+        let live: Vec<&ChunkserverInfo> = servers
+            .iter()
+            .filter(|s| {
+                matches!(s.state, ChunkserverState::Up | ChunkserverState::Full) && !s.draining
+            })
+            .collect();
+        let mean = if live.is_empty() {
+            0.0
+        } else {
+            live.iter().map(|s| s.used_bytes as f64).sum::<f64>()
+                / live
+                    .iter()
+                    .map(|s| s.capacity_bytes.max(1) as f64)
+                    .sum::<f64>()
+        };
+        let mut give: HashMap<ChunkserverId, u64> = live
+            .iter()
+            .map(|s| {
+                (
+                    s.id,
+                    ((usage(s) - mean) * s.capacity_bytes as f64).max(0.0) as u64,
+                )
+            })
+            .filter(|(id, excess)| {
+                let cap = info.get(id).map(|s| s.capacity_bytes).unwrap_or(0);
+                *excess as f64 > (BALANCE_SLACK * cap as f64).max(BALANCE_MIN_BYTES as f64)
+            })
+            .collect();
+        let receivers: Vec<ChunkserverId> = takers
+            .iter()
+            .filter(|s| usage(s) < mean)
+            .map(|s| s.id)
+            .collect();
+        let mut needs: Vec<((u8, usize), Need)> = Vec::new();
+        let (mut blocks, mut bytes, mut balance) = (0u64, 0u64, 0u64);
         let mut from = Vec::new();
         loop {
             let page = kv.scan(Cf::Blocks, &[], &from, 1024)?;
@@ -92,35 +176,69 @@ impl RepairBook {
                     continue;
                 }
                 let id = BlockId(read_be(k).unwrap_or(0));
-                let lost = to_rebuild(&rec, &states);
+                let lost = to_rebuild(&rec, &info);
                 let below = rec.policy != rec.wanted;
-                if lost.is_empty() && !below {
-                    continue;
-                }
-                blocks += 1;
-                bytes += rec.bytes as u64;
-                let reencode_now = below && up >= rec.wanted.width();
-                if lost.is_empty() && !reencode_now {
-                    continue;
-                }
                 let alive = rec
                     .fragments
                     .iter()
-                    .filter(|s| readable(states.get(s).copied()))
+                    .filter(|s| readable(info.get(s).copied()))
                     .count();
                 let spare = alive.saturating_sub(rec.policy.needed());
-                if needs.len() < QUEUE_MAX {
-                    needs.push((spare, Need { block: id, rec }));
+                if !lost.is_empty() || below {
+                    blocks += 1;
+                    bytes += rec.bytes as u64;
+                    let work = if !lost.is_empty() {
+                        (0, Work::Rebuild)
+                    } else if takers.len() >= rec.wanted.width() {
+                        (1, Work::Reencode)
+                    } else {
+                        continue;
+                    };
+                    if needs.len() < QUEUE_MAX {
+                        needs.push((
+                            (work.0, spare),
+                            Need {
+                                block: id,
+                                rec,
+                                work: work.1,
+                            },
+                        ));
+                    }
+                    continue;
+                }
+                if receivers.is_empty() || needs.len() >= QUEUE_MAX {
+                    continue;
+                }
+                let frag = sparefs_erasure_len(&rec);
+                let giver = rec
+                    .fragments
+                    .iter()
+                    .position(|s| give.get(s).is_some_and(|left| *left >= frag));
+                if let Some(index) = giver {
+                    if let Some(left) = give.get_mut(&rec.fragments[index]) {
+                        *left -= frag;
+                    }
+                    balance += frag;
+                    needs.push((
+                        (2, spare),
+                        Need {
+                            block: id,
+                            rec,
+                            work: Work::Move { index },
+                        },
+                    ));
                 }
             }
             if exhausted {
                 break;
             }
         }
-        needs.sort_by_key(|(spare, n)| (*spare, n.block));
+        needs.sort_by_key(|(rank, n)| (*rank, n.block));
         self.queue = needs.into_iter().map(|(_, n)| n).collect();
+        self.receivers = receivers;
         self.blocks_to_repair = blocks;
         self.bytes_to_repair = bytes;
+        self.bytes_to_balance = balance;
         self.scanned_at = Some(started);
         Ok(())
     }
@@ -131,6 +249,8 @@ impl RepairBook {
             return;
         };
         self.queue = fresh.queue;
+        self.receivers = fresh.receivers;
+        self.bytes_to_balance = fresh.bytes_to_balance;
         self.blocks_to_repair = fresh.blocks_to_repair;
         self.bytes_to_repair = fresh.bytes_to_repair;
         self.scanned_at = Some(started);
@@ -138,7 +258,7 @@ impl RepairBook {
         self.finished.retain(|_, at| *at >= started);
         let now = Instant::now();
         self.in_flight
-            .retain(|_, (_, at, _)| now.duration_since(*at) < TASK_TIMEOUT);
+            .retain(|_, (_, at, _, _)| now.duration_since(*at) < TASK_TIMEOUT);
     }
 
     /// Hands `server` up to `want` tasks it can do.
@@ -162,10 +282,14 @@ impl RepairBook {
         let mine = self
             .in_flight
             .values()
-            .filter(|(s, _, _)| *s == server)
+            .filter(|(s, _, _, _)| *s == server)
             .count();
         let want = want.min(TASKS_PER_SERVER_MAX.saturating_sub(mine));
+        if me.draining {
+            return tasks;
+        }
         let mut taken = Vec::new();
+        let mut movers: Vec<Option<ChunkserverId>> = Vec::new();
         for (pos, need) in self.queue.iter().enumerate() {
             if tasks.len() >= want {
                 break;
@@ -180,46 +304,59 @@ impl RepairBook {
                 .enumerate()
                 .filter_map(|(i, s)| {
                     let i2 = info.get(s)?;
-                    readable(Some(i2.state)).then(|| (i as u8, i2.address.clone()))
+                    readable(Some(i2)).then(|| (i as u8, i2.address.clone()))
                 })
                 .collect();
             if sources.len() < rec.policy.needed() {
                 continue;
             }
-            let states: HashMap<ChunkserverId, ChunkserverState> =
-                servers.iter().map(|s| (s.id, s.state)).collect();
-            let lost = to_rebuild(rec, &states);
-            let (out_policy, out_base, outputs) = if let Some(i) = lost.first() {
-                if rec.fragments.contains(&server) {
-                    continue;
-                }
+            let single = |i: usize| {
                 (
                     rec.policy,
                     rec.slot_base,
-                    vec![(*i as u8, server, me.address.clone())],
+                    vec![(i as u8, server, me.address.clone())],
                 )
-            } else {
-                // Re-encode to the wanted policy under fresh slots.
-                let candidates: Vec<(ChunkserverId, u64)> = servers
-                    .iter()
-                    .filter(|s| s.state == ChunkserverState::Up)
-                    .map(|s| (s.id, s.capacity_bytes.saturating_sub(s.used_bytes).max(1)))
-                    .collect();
-                let Ok(chosen) =
-                    placement::choose(&candidates, rec.wanted.width(), &mut rand::thread_rng())
-                else {
-                    continue;
-                };
-                let outputs = chosen
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, s)| Some((i as u8, *s, info.get(s)?.address.clone())))
-                    .collect();
-                (
-                    rec.wanted,
-                    rec.slot_base.wrapping_add(rec.fragments.len() as u8),
-                    outputs,
-                )
+            };
+            let (out_policy, out_base, outputs) = match &need.work {
+                Work::Rebuild => {
+                    let lost = to_rebuild(rec, &info);
+                    let Some(i) = lost.first() else {
+                        continue;
+                    };
+                    if rec.fragments.contains(&server) {
+                        continue;
+                    }
+                    single(*i)
+                }
+                Work::Move { index } => {
+                    if rec.fragments.contains(&server) || !self.receivers.contains(&server) {
+                        continue;
+                    }
+                    single(*index)
+                }
+                Work::Reencode => {
+                    // Re-encode to the wanted policy under fresh slots.
+                    let candidates: Vec<(ChunkserverId, u64)> = servers
+                        .iter()
+                        .filter(|s| s.state == ChunkserverState::Up && !s.draining)
+                        .map(|s| (s.id, s.capacity_bytes.saturating_sub(s.used_bytes).max(1)))
+                        .collect();
+                    let Ok(chosen) =
+                        placement::choose(&candidates, rec.wanted.width(), &mut rand::thread_rng())
+                    else {
+                        continue;
+                    };
+                    let outputs = chosen
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, s)| Some((i as u8, *s, info.get(s)?.address.clone())))
+                        .collect();
+                    (
+                        rec.wanted,
+                        rec.slot_base.wrapping_add(rec.fragments.len() as u8),
+                        outputs,
+                    )
+                }
             };
             tasks.push(RepairTask {
                 block: need.block,
@@ -232,12 +369,16 @@ impl RepairBook {
                 outputs,
                 cap: Capability::issue(key, need.block, true, now_secs + 600),
             });
+            movers.push(match need.work {
+                Work::Move { index } => rec.fragments.get(index).copied(),
+                _ => None,
+            });
             taken.push(pos);
         }
         let now = Instant::now();
-        for task in &tasks {
+        for (task, from) in tasks.iter().zip(movers) {
             self.in_flight
-                .insert(task.block, (server, now, task.bytes as u64));
+                .insert(task.block, (server, now, task.bytes as u64, from));
         }
         // Handed-out work leaves the queue; a failure is found by the next scan.
         for pos in taken.into_iter().rev() {
@@ -248,10 +389,14 @@ impl RepairBook {
 
     /// Records a finished task; true when it produced fragments to commit.
     pub fn finish(&mut self, done: &RepairDone) -> bool {
-        self.in_flight.remove(&done.block);
+        let task = self.in_flight.remove(&done.block);
         self.finished.insert(done.block, Instant::now());
         if done.written.is_empty() {
             return false;
+        }
+        if let Some((_, _, bytes, Some(from))) = task {
+            let frag = bytes / done.out_policy.needed().max(1) as u64;
+            self.moved.push_back((Instant::now(), from, frag));
         }
         self.repaired_bytes += done.bytes;
         let now = Instant::now();
@@ -287,6 +432,7 @@ impl RepairBook {
         RepairProgress {
             blocks_to_repair: self.blocks_to_repair,
             bytes_to_repair: self.bytes_to_repair,
+            bytes_to_balance: self.bytes_to_balance,
             in_flight: self.in_flight.len() as u64,
             repaired_bytes: self.repaired_bytes,
             rate_bytes_per_sec: rate,
@@ -295,8 +441,34 @@ impl RepairBook {
         }
     }
 
+    /// Bytes moved off each server within `keep` (older moves are garbage
+    /// collected by now and show in the servers' usage).
+    pub fn recently_moved(&mut self, keep: Duration) -> HashMap<ChunkserverId, u64> {
+        let now = Instant::now();
+        while self
+            .moved
+            .front()
+            .is_some_and(|(t, _, _)| now.duration_since(*t) > keep)
+        {
+            self.moved.pop_front();
+        }
+        let mut out = HashMap::new();
+        for (_, s, b) in &self.moved {
+            *out.entry(*s).or_insert(0) += *b;
+        }
+        out
+    }
+
     /// A new leader starts from nothing.
     pub fn reset(&mut self) {
         *self = RepairBook::default();
+    }
+}
+
+/// Bytes one fragment of the block takes.
+fn sparefs_erasure_len(rec: &BlockRec) -> u64 {
+    match rec.policy {
+        sparefs_proto::layout::Policy::Rep { .. } => rec.bytes as u64,
+        sparefs_proto::layout::Policy::Ec { data, .. } => (rec.bytes as u64).div_ceil(data as u64),
     }
 }

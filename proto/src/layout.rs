@@ -177,6 +177,8 @@ pub struct ChunkserverInfo {
     pub state: ChunkserverState,
     pub capacity_bytes: u64,
     pub used_bytes: u64,
+    /// Being emptied (`sparefs node drain`): gets no new fragments.
+    pub draining: bool,
 }
 
 /// Permission, signed by the meta with the cluster key, to read or write

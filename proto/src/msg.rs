@@ -124,6 +124,8 @@ pub struct RepairProgress {
     /// their policy, at the last scan.
     pub blocks_to_repair: u64,
     pub bytes_to_repair: u64,
+    /// Bytes of fragments to move to even out usage, at the last scan.
+    pub bytes_to_balance: u64,
     pub in_flight: u64,
     /// Bytes rebuilt since this leader started, and the recent rate.
     pub repaired_bytes: u64,

@@ -314,6 +314,16 @@ pub enum WriteOp {
         base: u8,
         written: Vec<(u8, ChunkserverId)>,
     },
+    /// Starts (or stops) moving everything off a chunkserver; it gets no
+    /// new fragments meanwhile.
+    DrainChunkserver {
+        chunkserver: ChunkserverId,
+        drain: bool,
+    },
+    /// Forgets a chunkserver; EBUSY while any block has a fragment on it.
+    RemoveChunkserver {
+        chunkserver: ChunkserverId,
+    },
     /// A chunkserver reported a fragment bad or missing.
     LoseFragment {
         block: BlockId,

@@ -377,3 +377,71 @@ async fn full_host_is_skipped_and_space_comes_back() {
     };
     assert_eq!(protected, 0, "no block left in the table");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn new_host_is_filled_and_drained_host_removed() {
+    let mut c =
+        MetaCluster::start_with_args(1, 20_000, 2_000, &["--gc-grace", "5"]).expect("start metas");
+    c.wait_leader(Duration::from_secs(20))
+        .await
+        .expect("leader");
+    c.chunkserver_args = vec!["--inventory-every".into(), "2".into()];
+    for n in 1..=3 {
+        c.spawn_chunkserver(n, "1G").expect("chunkserver");
+    }
+    c.wait_chunkservers(3, Duration::from_secs(20))
+        .await
+        .expect("up");
+    let data = data_client(&c);
+    let bytes = pattern(256 << 20, 51);
+    let ino = put(&data, "f", &bytes).await.expect("write");
+    // A fourth host joins empty: rebalancing moves fragments to it.
+    c.spawn_chunkserver(4, "1G").expect("new chunkserver");
+    c.wait_chunkservers(4, Duration::from_secs(20))
+        .await
+        .expect("up");
+    let start = Instant::now();
+    loop {
+        let usage = c.chunkserver_usage();
+        let others = (usage[&1] + usage[&2] + usage[&3]) / 3;
+        if usage[&4] * 2 >= others {
+            println!(
+                "new host filled to {} MiB (others {} MiB) in {:.1} s",
+                usage[&4] >> 20,
+                others >> 20,
+                start.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "new host not filled: {usage:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Drain host 1 and remove it; everything still survives one more loss.
+    let id1 = c.chunkserver_id(1).await.expect("id");
+    let out = std::process::Command::new(sparefs_tests::sparefs_bin())
+        .args([
+            "node",
+            "--meta",
+            &c.meta_list(),
+            "drain",
+            &id1.0.to_string(),
+            "--wait",
+        ])
+        .output()
+        .expect("sparefs node drain");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    c.kill_chunkserver(1);
+    c.wait_protected(Duration::from_secs(30))
+        .await
+        .expect("protected");
+    c.kill_chunkserver(2);
+    assert!(get(&data, ino).await.expect("read") == bytes);
+}

@@ -4,6 +4,7 @@
 
 mod fs_cmd;
 mod mount_cmd;
+mod node_cmd;
 mod status_cmd;
 mod up_cmd;
 
@@ -119,6 +120,13 @@ enum Cmd {
     },
     /// Start a local cluster over directories under --data.
     Up(up_cmd::UpArgs),
+    /// Chunkserver administration: list, drain, undrain, remove.
+    Node {
+        #[arg(long, env = "SPAREFS_META")]
+        meta: String,
+        #[command(subcommand)]
+        cmd: node_cmd::NodeCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -307,5 +315,6 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Up(args) => up_cmd::run(args).await,
+        Cmd::Node { meta, cmd } => node_cmd::run(&meta, cmd).await,
     }
 }

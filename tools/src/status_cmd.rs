@@ -4,6 +4,7 @@
 use crate::{current_caller, split_addresses};
 use serde_json::{json, Value};
 use sparefs_client::MetaClient;
+use sparefs_proto::msg::{Reply, Request};
 use sparefs_proto::namespace::{NsReply, ReadOp};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -82,6 +83,7 @@ pub async fn run(
             servers.push(json!({
                 "id": s.id.0, "address": s.address, "state": s.state.name(),
                 "capacity_bytes": s.capacity_bytes, "used_bytes": s.used_bytes, "pid": pids.get(&s.address).copied(),
+                "draining": s.draining,
             }));
         }
     }
@@ -93,10 +95,19 @@ pub async fn run(
     {
         health = json!({ "protected": protected, "degraded": degraded, "unreadable": unreadable });
     }
+    let repair = match client.call_leader(&Request::RepairStatus).await {
+        Ok(Reply::Repair(p)) => json!({
+            "blocks_to_repair": p.blocks_to_repair, "bytes_to_repair": p.bytes_to_repair,
+            "bytes_to_balance": p.bytes_to_balance, "in_flight": p.in_flight,
+            "repaired_bytes": p.repaired_bytes, "rate_bytes_per_sec": p.rate_bytes_per_sec,
+            "eta_secs": p.eta_secs,
+        }),
+        _ => Value::Null,
+    };
     if json_out {
         println!(
             "{}",
-            json!({ "meta": list, "chunkservers": servers, "health": health })
+            json!({ "meta": list, "chunkservers": servers, "health": health, "repair": repair })
         );
     } else {
         println!(
@@ -133,11 +144,16 @@ pub async fn run(
                     .map(|n| n.to_string())
                     .unwrap_or_else(|| "-".into())
             };
+            let state = match (s["state"].as_str(), s["draining"].as_bool()) {
+                (Some(st), Some(true)) => format!("{st}*"),
+                (Some(st), _) => st.to_string(),
+                _ => "-".into(),
+            };
             println!(
                 "{:<4} {:<22} {:<6} {:>14} {:>14} {:>8}",
                 f("id"),
                 s["address"].as_str().unwrap_or("-"),
-                s["state"].as_str().unwrap_or("-"),
+                state,
                 f("capacity_bytes"),
                 f("used_bytes"),
                 f("pid")
@@ -148,6 +164,20 @@ pub async fn run(
             "blocks: {} protected, {} degraded, {} unreadable",
             health["protected"], health["degraded"], health["unreadable"]
         );
+        if !repair.is_null() {
+            let eta = repair["eta_secs"]
+                .as_f64()
+                .map(|s| format!("{s:.0} s"))
+                .unwrap_or_else(|| "unknown".into());
+            println!(
+                "repair: {} blocks ({} MiB) to repair, {} in flight, {:.1} MiB/s, ETA {eta}; {} MiB to rebalance",
+                repair["blocks_to_repair"],
+                repair["bytes_to_repair"].as_u64().unwrap_or(0) >> 20,
+                repair["in_flight"],
+                repair["rate_bytes_per_sec"].as_f64().unwrap_or(0.0) / 1048576.0,
+                repair["bytes_to_balance"].as_u64().unwrap_or(0) >> 20,
+            );
+        }
     }
     let healthy = list.iter().any(|v| v["role"] == "leader");
     Ok(if healthy { 0 } else { 2 })

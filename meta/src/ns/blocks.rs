@@ -283,6 +283,26 @@ pub fn lose<R: ReadKv>(
     Ok(())
 }
 
+/// Whether any block keeps a fragment on `server` (a scan of the table:
+/// for the rare removal of a chunkserver).
+pub fn server_holds_any(kv: &impl ReadKv, server: ChunkserverId) -> Result<bool, StoreError> {
+    let mut from = Vec::new();
+    loop {
+        let page = kv.scan(Cf::Blocks, &[], &from, 1024)?;
+        for (k, v) in &page {
+            let rec: BlockRec = decode(Cf::Blocks, v)?;
+            if rec.fragments.contains(&server) {
+                return Ok(true);
+            }
+            from = k.clone();
+            from.push(0);
+        }
+        if page.len() < 1024 {
+            return Ok(false);
+        }
+    }
+}
+
 /// Gives each block of `slices` its current layout from the table.
 pub fn fill_layouts(kv: &impl ReadKv, slices: &mut [Slice]) -> Result<(), StoreError> {
     let mut cache: HashMap<BlockId, Option<BlockRec>> = HashMap::new();

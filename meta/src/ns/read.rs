@@ -246,6 +246,7 @@ pub fn chunkservers<K: ReadKv>(
             state,
             capacity_bytes,
             used_bytes,
+            draining: rec.draining,
         });
     }
     Ok(out)

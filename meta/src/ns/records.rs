@@ -67,6 +67,8 @@ pub struct ChunkserverRec {
     pub capacity_bytes: u64,
     pub token: [u8; 16],
     pub registered: Time,
+    /// Being emptied: no new fragments, everything moved off.
+    pub draining: bool,
 }
 
 /// First cookie handed out; 1 and 2 are left for "." and "..".

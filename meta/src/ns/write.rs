@@ -235,6 +235,28 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
                 capabilities,
             })
         }
+        WriteOp::DrainChunkserver { chunkserver, drain } => {
+            root_only(c)?;
+            let key = be(chunkserver.0).to_vec();
+            let mut rec: ChunkserverRec =
+                tx.get_rec(Cf::Chunkservers, &key)?.ok_or(Errno::ENOENT)?;
+            rec.draining = *drain;
+            tx.put_rec(Cf::Chunkservers, key, &rec);
+            Ok(NsReply::Done)
+        }
+        WriteOp::RemoveChunkserver { chunkserver } => {
+            root_only(c)?;
+            let key = be(chunkserver.0).to_vec();
+            if tx.get(Cf::Chunkservers, &key)?.is_none() {
+                return Err(Errno::ENOENT.into());
+            }
+            if blocks::server_holds_any(tx, *chunkserver)? {
+                // Its fragments would be lost with it: drain it first.
+                return Err(Errno::EBUSY.into());
+            }
+            tx.delete(Cf::Chunkservers, key);
+            Ok(NsReply::Done)
+        }
         WriteOp::PurgeDeleted => {
             root_only(c)?;
             blocks::purge_deleted(tx, now)?;
@@ -314,6 +336,7 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
                 capacity_bytes: *capacity_bytes,
                 token: *token,
                 registered: now,
+                draining: false,
             };
             tx.put_rec(Cf::Chunkservers, be(id).to_vec(), &rec);
             Ok(NsReply::Registered {
