@@ -349,6 +349,24 @@ impl FragmentStore {
         Ok(data[offset - span_start..offset - span_start + len].to_vec())
     }
 
+    /// Deletes a garbage fragment unless it was written after `decided`
+    /// (a repair may have put a fresh, live copy under the same name).
+    pub fn delete_unless_newer(
+        &self,
+        block: BlockId,
+        index: u8,
+        decided: SystemTime,
+    ) -> std::io::Result<()> {
+        let newer = self
+            .lock_index()
+            .get(&(block, index))
+            .is_some_and(|(_, at)| *at > decided);
+        if newer {
+            return Ok(());
+        }
+        self.delete(block, index)
+    }
+
     /// Deletes a garbage fragment (one the meta no longer references).
     pub fn delete(&self, block: BlockId, index: u8) -> std::io::Result<()> {
         match std::fs::remove_file(self.path(block, index)) {

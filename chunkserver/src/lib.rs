@@ -7,6 +7,7 @@
 //! Owns: files under its directory. Must not touch: anything outside it,
 //! the meta's state (it talks to the meta through `proto` via the client).
 
+mod compact;
 mod fragments;
 mod repair;
 pub mod scrub;
@@ -98,7 +99,15 @@ pub async fn run(config: ChunkserverConfig) -> anyhow::Result<()> {
     let lost: scrub::LostList = Default::default();
     scrub::start(store.clone(), config.scrub_rate, lost.clone());
     let repairer = repair::Repairer::new(config.repair_rate);
-    tokio::spawn(heartbeats(meta.clone(), store.clone(), id, repairer, lost));
+    let compactor = Arc::new(compact::Compactor::new(meta.clone()));
+    tokio::spawn(heartbeats(
+        meta.clone(),
+        store.clone(),
+        id,
+        repairer,
+        compactor,
+        lost,
+    ));
     tokio::spawn(inventories(meta, store, id, config.inventory_every));
     sparefs_proto::service::serve(listener, svc).await?;
     Ok(())
@@ -111,6 +120,7 @@ async fn heartbeats(
     store: Arc<FragmentStore>,
     id: ChunkserverId,
     repairer: Arc<repair::Repairer>,
+    compactor: Arc<compact::Compactor>,
     lost: scrub::LostList,
 ) {
     loop {
@@ -130,11 +140,18 @@ async fn heartbeats(
             done: done.clone(),
             lost: gone.clone(),
             want_tasks: repairer.free(),
+            want_compaction: compactor.idle(),
         };
         match meta.call_leader(&req).await {
-            Ok(Reply::Tasks(tasks)) => {
-                for t in tasks {
+            Ok(Reply::Tasks {
+                repairs,
+                compactions,
+            }) => {
+                for t in repairs {
                     repairer.start(t);
+                }
+                for (ino, index) in compactions {
+                    compactor.start(ino, index);
                 }
             }
             Ok(other) => tracing::warn!("heartbeat: unexpected reply {other:?}"),
@@ -150,6 +167,9 @@ async fn heartbeats(
         }
     }
 }
+
+/// Garbage is deleted this long after the meta names it.
+pub const DELETE_DELAY: Duration = Duration::from_secs(10);
 
 /// Fragments listed per inventory page.
 pub const INVENTORY_PAGE: usize = 16_384;
@@ -190,16 +210,26 @@ async fn send_inventory(
         };
         match meta.call_leader(&req).await? {
             Reply::Delete(list) => {
-                let store = store.clone();
                 deleted += list.len();
-                tokio::task::spawn_blocking(move || {
-                    for (block, slot) in list {
-                        if let Err(e) = store.delete(block, slot) {
-                            tracing::warn!(block = block.0, slot, "delete garbage fragment: {e}");
+                // Deleted a little later: a reader that fetched a chunk map
+                // just before the block was dropped may still be reading.
+                let store = store.clone();
+                let decided = std::time::SystemTime::now();
+                tokio::spawn(async move {
+                    tokio::time::sleep(DELETE_DELAY).await;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        for (block, slot) in list {
+                            if let Err(e) = store.delete_unless_newer(block, slot, decided) {
+                                tracing::warn!(
+                                    block = block.0,
+                                    slot,
+                                    "delete garbage fragment: {e}"
+                                );
+                            }
                         }
-                    }
-                })
-                .await?;
+                    })
+                    .await;
+                });
             }
             other => anyhow::bail!("unexpected inventory reply {other:?}"),
         }

@@ -285,7 +285,7 @@ impl DataClient {
     }
 
     /// Bytes `[boff, boff + len)` of a block.
-    async fn read_block_range(
+    pub(crate) async fn read_block_range(
         &self,
         block: &BlockRef,
         cap: &Capability,

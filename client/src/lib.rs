@@ -1,11 +1,13 @@
 //! The native sparefs client library: the metadata client (leader
 //! discovery, retries with exactly-once request ids, namespace calls, path
 //! resolution), the erasure-coded data path (`data`), slice overlays
-//! (`overlay`) and per-file write buffering (`file`).
+//! (`overlay`), per-file write buffering (`file`) and chunk compaction
+//! (`compact`).
 //!
 //! Owns: connections to meta replicas, request ids. Must not touch: RocksDB,
 //! Raft, the FUSE kernel interface.
 
+pub mod compact;
 pub mod conn;
 pub mod data;
 pub mod file;

@@ -284,6 +284,7 @@ impl MetaClient {
             done: Vec::new(),
             lost: Vec::new(),
             want_tasks: 0,
+            want_compaction: false,
         })
         .await
         .map(|_| ())

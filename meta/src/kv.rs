@@ -26,9 +26,10 @@ pub enum Cf {
     LockOwners,
     Blocks,
     Pending,
+    Compact,
 }
 
-pub const STATE_CFS: [Cf; 13] = [
+pub const STATE_CFS: [Cf; 14] = [
     Cf::Inodes,
     Cf::Dentries,
     Cf::DirIndex,
@@ -42,6 +43,7 @@ pub const STATE_CFS: [Cf; 13] = [
     Cf::LockOwners,
     Cf::Blocks,
     Cf::Pending,
+    Cf::Compact,
 ];
 
 impl Cf {
@@ -60,6 +62,7 @@ impl Cf {
             Cf::LockOwners => "lock_owners",
             Cf::Blocks => "blocks",
             Cf::Pending => "pending",
+            Cf::Compact => "compact",
         }
     }
 

@@ -168,7 +168,10 @@ fn start_repair_planner(store: Arc<Store>, shared: Arc<Shared>) -> anyhow::Resul
                 Err(_) => continue,
             };
             let mut fresh = repair::RepairBook::default();
-            if let Err(e) = fresh.plan(&*store, &servers, &moved) {
+            if let Err(e) = fresh
+                .plan(&*store, &servers, &moved)
+                .and_then(|_| fresh.plan_compactions(&*store))
+            {
                 tracing::warn!("repair planner: {e}");
                 continue;
             }

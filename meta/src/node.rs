@@ -29,7 +29,7 @@ use rocksdb::WriteBatch;
 use sparefs_proto::layout::{ChunkserverState, Policy, RepairDone, RepairTask};
 use sparefs_proto::msg::{ReplicaStatus, Role, RpcError};
 use sparefs_proto::namespace::{Caller, NsReply, ReadOp, Time, WriteOp};
-use sparefs_proto::{BlockId, ChunkserverId, Errno, ReplicaId, RequestId};
+use sparefs_proto::{BlockId, ChunkserverId, Errno, InodeId, ReplicaId, RequestId};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::PathBuf;
@@ -97,7 +97,8 @@ pub enum Input {
         done: Vec<RepairDone>,
         lost: Vec<(BlockId, u8)>,
         want_tasks: u32,
-        reply: Reply<Vec<RepairTask>>,
+        want_compaction: bool,
+        reply: Reply<(Vec<RepairTask>, Vec<(InodeId, u64)>)>,
     },
     /// A command the leader itself decided on (no one waits for it).
     Propose(WriteOp),
@@ -511,6 +512,7 @@ impl Driver {
                 done,
                 lost,
                 want_tasks,
+                want_compaction,
                 reply,
             } => {
                 if !self.is_leader() {
@@ -528,7 +530,14 @@ impl Driver {
                         },
                     );
                 }
-                let _ = reply.send(Ok(self.repair_turn(chunkserver, done, lost, want_tasks)));
+                let repairs = self.repair_turn(chunkserver, done, lost, want_tasks);
+                let compactions = match (want_compaction, self.shared.repair.lock()) {
+                    (true, Ok(mut book)) if self.shared.is_leader_ready() => {
+                        book.assign_compaction(chunkserver).into_iter().collect()
+                    }
+                    _ => Vec::new(),
+                };
+                let _ = reply.send(Ok((repairs, compactions)));
             }
             Input::Propose(op) => {
                 if self.is_leader() {

@@ -18,7 +18,7 @@ use sparefs_proto::layout::{
     Capability, ChunkserverInfo, ChunkserverState, ClusterKey, RepairDone, RepairTask, NO_SERVER,
 };
 use sparefs_proto::msg::RepairProgress;
-use sparefs_proto::{BlockId, ChunkserverId};
+use sparefs_proto::{BlockId, ChunkserverId, InodeId};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -66,7 +66,13 @@ pub struct RepairBook {
     scanned_at: Option<Instant>,
     /// (when, bytes) of recent completions, for the rate.
     recent: VecDeque<(Instant, u64)>,
+    /// Chunks waiting to be compacted, and those handed out (with when).
+    compactions: VecDeque<(InodeId, u64)>,
+    compacting: HashMap<(InodeId, u64), Instant>,
 }
+
+/// Chunks listed per scan of the compaction list.
+pub const COMPACT_QUEUE_MAX: usize = 1024;
 
 /// Whether a fragment's host serves it: lost fragments and `out` hosts do
 /// not; `down` hosts do not now but are waited for (not rebuilt).
@@ -243,11 +249,40 @@ impl RepairBook {
         Ok(())
     }
 
+    /// Reads the list of chunks waiting for compaction.
+    pub fn plan_compactions(&mut self, kv: &impl ReadKv) -> anyhow::Result<()> {
+        self.compactions = kv
+            .scan(Cf::Compact, &[], &[], COMPACT_QUEUE_MAX)?
+            .into_iter()
+            .filter_map(|(k, _)| {
+                let ino = read_be(&k)?;
+                let index = read_be(k.get(8..)?)?;
+                Some((InodeId(ino), index))
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// One chunk for `server` to compact, if any waits.
+    pub fn assign_compaction(&mut self, _server: ChunkserverId) -> Option<(InodeId, u64)> {
+        let now = Instant::now();
+        self.compacting
+            .retain(|_, at| now.duration_since(*at) < TASK_TIMEOUT);
+        while let Some(c) = self.compactions.pop_front() {
+            if !self.compacting.contains_key(&c) {
+                self.compacting.insert(c, now);
+                return Some(c);
+            }
+        }
+        None
+    }
+
     /// Takes the queue of a fresh plan, keeping what is in flight.
     pub fn adopt_plan(&mut self, fresh: RepairBook) {
         let Some(started) = fresh.scanned_at else {
             return;
         };
+        self.compactions = fresh.compactions;
         self.queue = fresh.queue;
         self.receivers = fresh.receivers;
         self.bytes_to_balance = fresh.bytes_to_balance;

@@ -139,11 +139,12 @@ impl Server {
                 done,
                 lost,
                 want_tasks,
+                want_compaction,
             } => {
                 if done.len() > REPORT_MAX || lost.len() > REPORT_MAX {
                     return Err(RpcError::BadRequest("heartbeat report too long".into()));
                 }
-                let tasks = self
+                let (repairs, compactions) = self
                     .ask(|reply| Input::Heartbeat {
                         chunkserver,
                         capacity_bytes,
@@ -152,10 +153,14 @@ impl Server {
                         done,
                         lost,
                         want_tasks,
+                        want_compaction,
                         reply,
                     })
                     .await?;
-                Ok(Reply::Tasks(tasks))
+                Ok(Reply::Tasks {
+                    repairs,
+                    compactions,
+                })
             }
             Request::Inventory {
                 chunkserver,

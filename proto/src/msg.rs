@@ -88,6 +88,8 @@ pub enum Request {
         done: Vec<RepairDone>,
         lost: Vec<(BlockId, u8)>,
         want_tasks: u32,
+        /// Whether it can take a chunk to compact now.
+        want_compaction: bool,
     },
     /// One page of what a chunkserver holds: (block, slot, age in seconds)
     /// sorted, covering the keys after `after` up to the last item, or to
@@ -113,7 +115,11 @@ pub enum Reply {
     },
     Bytes(Vec<u8>),
     Ok,
-    Tasks(Vec<RepairTask>),
+    Tasks {
+        repairs: Vec<RepairTask>,
+        /// Chunks (inode, index) with many slices, to rewrite.
+        compactions: Vec<(crate::InodeId, u64)>,
+    },
     Delete(Vec<(BlockId, u8)>),
     Repair(RepairProgress),
 }

@@ -314,6 +314,17 @@ pub enum WriteOp {
         base: u8,
         written: Vec<(u8, ChunkserverId)>,
     },
+    /// Compaction: the chunk's slices up to `through_seq` (their seqs in
+    /// `replaced`) are rewritten as `slices`, which take their place under
+    /// any newer ones. ESTALE if the chunk changed underneath in a way the
+    /// rewrite does not cover (a slice it did not read, or none left).
+    ReplaceSlices {
+        ino: InodeId,
+        index: u64,
+        through_seq: u64,
+        replaced: Vec<u64>,
+        slices: Vec<Slice>,
+    },
     /// Starts (or stops) moving everything off a chunkserver; it gets no
     /// new fragments meanwhile.
     DrainChunkserver {

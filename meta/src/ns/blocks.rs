@@ -148,6 +148,14 @@ pub fn put_chunk<R: ReadKv>(
         }
     }
     let key = chunk_key(ino, index);
+    // Chunks with many slices wait in `Compact` for a rewrite.
+    if new.len() > COMPACT_SLICES {
+        if tx.get(Cf::Compact, &key)?.is_none() {
+            tx.put_rec(Cf::Compact, key.clone(), &now);
+        }
+    } else if old.len() > COMPACT_SLICES {
+        tx.delete(Cf::Compact, key.clone());
+    }
     if new.is_empty() {
         tx.delete(Cf::Chunks, key);
     } else {
@@ -155,6 +163,9 @@ pub fn put_chunk<R: ReadKv>(
     }
     Ok(())
 }
+
+/// A chunk with more slices than this is rewritten in the background.
+pub const COMPACT_SLICES: usize = 32;
 
 /// Chunks dropped per `PurgeDeleted` command (bounds the entry's size).
 pub const PURGE_CHUNKS_MAX: usize = 512;

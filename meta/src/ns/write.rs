@@ -235,6 +235,16 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
                 capabilities,
             })
         }
+        WriteOp::ReplaceSlices {
+            ino,
+            index,
+            through_seq,
+            replaced,
+            slices,
+        } => {
+            root_only(c)?;
+            replace_slices(tx, now, *ino, *index, *through_seq, replaced, slices)
+        }
         WriteOp::DrainChunkserver { chunkserver, drain } => {
             root_only(c)?;
             let key = be(chunkserver.0).to_vec();
@@ -1004,28 +1014,7 @@ fn commit_slices<R: ReadKv>(
         return Err(Errno::EFBIG.into());
     }
     for (index, slice) in slices {
-        let end = slice.offset as u64 + slice.bytes as u64;
-        let blocks_bytes: u64 = slice.blocks.iter().map(|b| b.bytes as u64).sum();
-        let blocks_ok = slice.blocks.iter().all(|b| valid_block(b));
-        // A slice without blocks is a hole (fallocate punch hole) or inline.
-        let inline = !slice.inline.is_empty();
-        let hole = slice.blocks.is_empty() && !inline;
-        let inline_ok = !inline
-            || (slice.blocks.is_empty()
-                && slice.inline.len() == slice.bytes as usize
-                && slice.inline.len() <= INLINE_SLICE_BYTES_MAX);
-        let blocks_cover = blocks_bytes >= slice.block_offset as u64 + slice.bytes as u64;
-        if end > CHUNK_BYTES
-            || slice.bytes == 0
-            || (!hole && !inline && !blocks_cover)
-            || !blocks_ok
-            || !inline_ok
-        {
-            return Err(Errno::EINVAL.into());
-        }
-        if index.saturating_mul(CHUNK_BYTES) > FILE_BYTES_MAX {
-            return Err(Errno::EFBIG.into());
-        }
+        check_slice(*index, slice)?;
     }
     // One read, prune and write of each chunk record, however many slices
     // a flush brings (a random-write flush brings thousands).
@@ -1065,6 +1054,67 @@ fn commit_slices<R: ReadKv>(
     inode.ctime = now;
     store(tx, ino, &inode);
     Ok(NsReply::Attr(inode.attr(ino)))
+}
+
+/// A slice a client asks to commit: inside its chunk, not empty, and its
+/// blocks (or inline bytes) cover it.
+fn check_slice(index: u64, slice: &Slice) -> NsResult<()> {
+    let end = slice.offset as u64 + slice.bytes as u64;
+    let blocks_bytes: u64 = slice.blocks.iter().map(|b| b.bytes as u64).sum();
+    let blocks_ok = slice.blocks.iter().all(valid_block);
+    // A slice without blocks is a hole (fallocate punch hole) or inline.
+    let inline = !slice.inline.is_empty();
+    let hole = slice.blocks.is_empty() && !inline;
+    let inline_ok = !inline
+        || (slice.blocks.is_empty()
+            && slice.inline.len() == slice.bytes as usize
+            && slice.inline.len() <= INLINE_SLICE_BYTES_MAX);
+    let blocks_cover = blocks_bytes >= slice.block_offset as u64 + slice.bytes as u64;
+    if end > CHUNK_BYTES
+        || slice.bytes == 0
+        || (!hole && !inline && !blocks_cover)
+        || !blocks_ok
+        || !inline_ok
+    {
+        return Err(Errno::EINVAL.into());
+    }
+    if index.saturating_mul(CHUNK_BYTES) > FILE_BYTES_MAX {
+        return Err(Errno::EFBIG.into());
+    }
+    Ok(())
+}
+
+/// Swaps a chunk's older slices for their compacted rewrite (see
+/// `WriteOp::ReplaceSlices`). Readers see the same bytes before and after.
+fn replace_slices<R: ReadKv>(
+    tx: &mut Tx<R>,
+    now: Time,
+    ino: InodeId,
+    index: u64,
+    through_seq: u64,
+    replaced: &[u64],
+    slices: &[Slice],
+) -> NsResult<NsReply> {
+    let key = chunk_key(ino, index);
+    let old: Vec<Slice> = tx.get_rec(Cf::Chunks, &key)?.ok_or(Errno::ESTALE)?;
+    let replaced: std::collections::HashSet<u64> = replaced.iter().copied().collect();
+    let older: Vec<&Slice> = old.iter().filter(|s| s.seq <= through_seq).collect();
+    if older.is_empty() || older.iter().any(|s| !replaced.contains(&s.seq)) {
+        return Err(Errno::ESTALE.into());
+    }
+    for s in slices {
+        check_slice(index, s)?;
+    }
+    let mut new: Vec<Slice> = slices
+        .iter()
+        .map(|s| Slice {
+            seq: through_seq,
+            ..s.clone()
+        })
+        .collect();
+    new.extend(old.iter().filter(|s| s.seq > through_seq).cloned());
+    blocks::put_chunk(tx, ino, index, &old, drop_hidden_slices(new), now)?;
+    Ok(NsReply::Done)
 }
 
 /// Drops slices that newer slices cover entirely: no read can see them, so
