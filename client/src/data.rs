@@ -31,6 +31,9 @@ const CHUNK_CACHE_MAX: usize = 4096;
 /// Blocks being written at once by one flush (bounds memory and sockets).
 pub const BLOCKS_IN_FLIGHT_MAX: usize = 16;
 const CHUNK_CACHE_TTL: Duration = Duration::from_secs(1);
+/// A fragment write slower than this counts as failed (the block is placed
+/// elsewhere): a hung host must not stall writers for long.
+pub const FRAGMENT_WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Placements tried for one block before its write fails.
 pub const PUT_ATTEMPTS: usize = 4;
 
@@ -387,7 +390,7 @@ impl DataClient {
                 data: frag,
             };
             async move {
-                self.fragment_call(server, req, Duration::from_secs(60))
+                self.fragment_call(server, req, FRAGMENT_WRITE_TIMEOUT)
                     .await
             }
         });

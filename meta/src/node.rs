@@ -367,7 +367,13 @@ impl Driver {
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
             if Instant::now() >= next_tick {
-                self.raw.tick();
+                // Ticks missed while the process was frozen (SIGSTOP, a
+                // stalled VM) are made up, so a leader's lease runs out in
+                // real time and it steps down instead of serving stale reads.
+                let missed = (Instant::now() - next_tick).as_millis() as u64 / TICK_MS;
+                for _ in 0..=missed.min(4 * ELECTION_TICKS as u64) {
+                    self.raw.tick();
+                }
                 next_tick = Instant::now() + tick;
                 self.expire_leases();
                 self.collect_garbage()?;
@@ -719,6 +725,18 @@ impl Driver {
             .map(|s| (s.id, s.capacity_bytes.saturating_sub(s.used_bytes)))
             .filter(|(_, free)| *free > 0)
             .collect();
+        let fresh_leader = self
+            .shared
+            .leader_since
+            .read()
+            .ok()
+            .and_then(|t| *t)
+            .is_some_and(|t| t.elapsed() < CHUNKSERVER_DOWN_AFTER);
+        if fresh_leader && candidates.len() < policy.width() {
+            // A new leader has not heard every chunkserver's heartbeat yet:
+            // ask the client to retry rather than lower the policy or fail.
+            return Err(RpcError::Busy);
+        }
         let Some(p) =
             crate::placement::degraded(policy, candidates.len(), self.shared.tuning.min_hosts)
         else {

@@ -2,6 +2,7 @@
 //! Owns: argument parsing, process setup, printing. Must not hold service
 //! logic of its own.
 
+mod chaos_cmd;
 mod fs_cmd;
 mod mount_cmd;
 mod node_cmd;
@@ -120,6 +121,8 @@ enum Cmd {
     },
     /// Start a local cluster over directories under --data.
     Up(up_cmd::UpArgs),
+    /// Pull the power on daemons of a `sparefs up` cluster under a workload.
+    Chaos(chaos_cmd::ChaosArgs),
     /// Chunkserver administration: list, drain, undrain, remove.
     Node {
         #[arg(long, env = "SPAREFS_META")]
@@ -316,5 +319,6 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Up(args) => up_cmd::run(args).await,
         Cmd::Node { meta, cmd } => node_cmd::run(&meta, cmd).await,
+        Cmd::Chaos(args) => chaos_cmd::run(args).await,
     }
 }

@@ -3,8 +3,11 @@
 //! (127.0.0.21...), each its own process on its own address, then mounts it
 //! (a `sparefs mount` child), prints a line with `ready` once the mount is
 //! usable, and on Ctrl-C or SIGTERM unmounts and stops everything it
-//! started. Started again on the same --data it comes back with the same
-//! files (every daemon reopens its directory).
+//! started. A meta replica or chunkserver that dies (a crash, or `sparefs
+//! chaos` pulling its power) is started again, like a host coming back;
+//! cluster.json always names the current pids. Started again on the same
+//! --data it comes back with the same files (every daemon reopens its
+//! directory).
 
 use crate::current_caller;
 use anyhow::Context;
@@ -57,6 +60,7 @@ pub struct UpArgs {
 pub struct ClusterFile {
     pub meta: Vec<(u64, String, Option<u32>)>,
     pub chunkservers: Vec<(u64, String, Option<u32>)>,
+    pub mount: Option<PathBuf>,
 }
 
 impl ClusterFile {
@@ -95,6 +99,7 @@ pub fn read_cluster_file(dir: &Path) -> anyhow::Result<ClusterFile> {
     Ok(ClusterFile {
         meta: list("meta")?,
         chunkservers: list("chunkservers")?,
+        mount: v["mount"]["path"].as_str().map(PathBuf::from),
     })
 }
 
@@ -110,13 +115,62 @@ fn die_with_parent(cmd: &mut tokio::process::Command) {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Meta,
+    Chunkserver,
+    Mount,
+}
+
 struct Daemon {
     what: String,
     log: PathBuf,
     child: tokio::process::Child,
+    role: Role,
+    id: u64,
+    address: String,
+    args: Vec<String>,
+    /// When it was started again after dying (recent ones only).
+    restarts: Vec<Instant>,
 }
 
-fn spawn(exe: &Path, args: &[String], log: PathBuf, what: String) -> anyhow::Result<Daemon> {
+/// A daemon dying more often than this within `RESTART_WINDOW` is not
+/// restarted again: `up` stops instead.
+const RESTARTS_MAX: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+fn write_cluster_file(data: &Path, daemons: &[Daemon], mountpoint: &Path) -> anyhow::Result<()> {
+    let list = |role: Role| -> Vec<serde_json::Value> {
+        daemons
+            .iter()
+            .filter(|d| d.role == role)
+            .map(|d| json!({"id": d.id, "address": d.address, "pid": d.child.id()}))
+            .collect()
+    };
+    let mount_pid = daemons
+        .iter()
+        .find(|d| d.role == Role::Mount)
+        .and_then(|d| d.child.id());
+    let file = json!({
+        "meta": list(Role::Meta),
+        "chunkservers": list(Role::Chunkserver),
+        "mount": {"path": mountpoint, "pid": mount_pid},
+    });
+    // Written whole then renamed: readers never see half a file.
+    let tmp = data.join("cluster.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&file)?)?;
+    std::fs::rename(&tmp, data.join("cluster.json"))?;
+    Ok(())
+}
+
+fn spawn(
+    exe: &Path,
+    (role, id, address): (Role, u64, String),
+    args: &[String],
+    log: PathBuf,
+    what: String,
+) -> anyhow::Result<Daemon> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -129,7 +183,16 @@ fn spawn(exe: &Path, args: &[String], log: PathBuf, what: String) -> anyhow::Res
         .kill_on_drop(true);
     die_with_parent(&mut cmd);
     let child = cmd.spawn().with_context(|| format!("start {what}"))?;
-    Ok(Daemon { what, log, child })
+    Ok(Daemon {
+        what,
+        log,
+        child,
+        role,
+        id,
+        address,
+        args: args.to_vec(),
+        restarts: Vec::new(),
+    })
 }
 
 async fn stop(daemons: &mut [Daemon]) {
@@ -187,7 +250,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         .join(",");
     let meta_list = peers.values().cloned().collect::<Vec<_>>().join(",");
     let mut daemons = Vec::new();
-    let mut file_meta = Vec::new();
     for (id, address) in &peers {
         let a = vec![
             "meta".into(),
@@ -206,11 +268,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         ];
         let d = spawn(
             &exe,
+            (Role::Meta, *id, address.clone()),
             &a,
             args.data.join(format!("meta{id}.log")),
             format!("meta replica {id}"),
         )?;
-        file_meta.push(json!({"id": id, "address": address, "pid": d.child.id()}));
         daemons.push(d);
     }
     let addresses: Vec<String> = peers.values().cloned().collect();
@@ -228,7 +290,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         stop(&mut daemons).await;
         return Err(e);
     }
-    let mut file_cs = Vec::new();
     for n in 1..=args.chunkservers as u64 {
         let address = format!("127.0.0.{}:{}", 20 + n, args.port);
         let a = vec![
@@ -248,11 +309,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         ];
         let d = spawn(
             &exe,
+            (Role::Chunkserver, n, address.clone()),
             &a,
             args.data.join(format!("cs{n}.log")),
             format!("chunkserver {n}"),
         )?;
-        file_cs.push(json!({"id": n, "address": address, "pid": d.child.id()}));
         daemons.push(d);
     }
     let up = async {
@@ -290,8 +351,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         meta_list.clone(),
         mountpoint.display().to_string(),
     ];
-    let d = spawn(&exe, &a, args.data.join("mount.log"), "the mount".into())?;
-    let mount_pid = d.child.id();
+    let d = spawn(
+        &exe,
+        (Role::Mount, 0, String::new()),
+        &a,
+        args.data.join("mount.log"),
+        "the mount".into(),
+    )?;
     daemons.push(d);
     while !crate::mount_cmd::is_mounted(&mountpoint) {
         if start.elapsed() > Duration::from_secs(90) {
@@ -304,11 +370,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let file = json!({ "meta": file_meta, "chunkservers": file_cs, "mount": {"path": mountpoint, "pid": mount_pid} });
-    std::fs::write(
-        args.data.join("cluster.json"),
-        serde_json::to_vec_pretty(&file)?,
-    )?;
+    write_cluster_file(&args.data, &daemons, &mountpoint)?;
     println!(
         "sparefs ready: {} mounted ({} meta replicas, {} chunkservers, policy {policy}) in {:.1}s; data in {}",
         mountpoint.display(),
@@ -319,11 +381,41 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
     );
     println!("status: sparefs status --data {}", args.data.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let exited = async {
+    let supervise = async {
         loop {
+            let mut restarted = false;
             for d in daemons.iter_mut() {
-                if let Ok(Some(status)) = d.child.try_wait() {
+                let Ok(Some(status)) = d.child.try_wait() else {
+                    continue;
+                };
+                d.restarts.retain(|t| t.elapsed() < RESTART_WINDOW);
+                if d.role == Role::Mount || d.restarts.len() >= RESTARTS_MAX {
                     return (d.what.clone(), d.log.clone(), status);
+                }
+                eprintln!("sparefs: {} exited ({status}); starting it again", d.what);
+                tokio::time::sleep(RESTART_PAUSE).await;
+                match spawn(
+                    &exe,
+                    (d.role, d.id, d.address.clone()),
+                    &d.args,
+                    d.log.clone(),
+                    d.what.clone(),
+                ) {
+                    Ok(mut fresh) => {
+                        fresh.restarts = std::mem::take(&mut d.restarts);
+                        fresh.restarts.push(Instant::now());
+                        *d = fresh;
+                        restarted = true;
+                    }
+                    Err(e) => {
+                        eprintln!("sparefs: restart {}: {e:#}", d.what);
+                        return (d.what.clone(), d.log.clone(), status);
+                    }
+                }
+            }
+            if restarted {
+                if let Err(e) = write_cluster_file(&args.data, &daemons, &mountpoint) {
+                    eprintln!("sparefs: update cluster.json: {e:#}");
                 }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -332,8 +424,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
     let code = tokio::select! {
         _ = tokio::signal::ctrl_c() => 0,
         _ = term.recv() => 0,
-        (what, log, status) = exited => {
-            eprintln!("sparefs: {what} exited ({status}); see {}", log.display());
+        (what, log, status) = supervise => {
+            eprintln!("sparefs: {what} exited ({status}) and keeps dying; see {}", log.display());
             1
         }
     };
