@@ -208,17 +208,27 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<i32> {
             (!cs.is_empty()).then(|| cs[rng.gen_range(0..cs.len())].clone())
         };
         let Some((what, address, pid)) = target else {
-            println!("chaos: {:>5.1}s no target found (no leader?)", start.elapsed().as_secs_f64());
+            println!(
+                "chaos: {:>5.1}s no target found (no leader?)",
+                start.elapsed().as_secs_f64()
+            );
             continue;
         };
         faults += 1;
         if args.sigstop && rng.gen_bool(0.5) {
-            println!("chaos: {:>5.1}s SIGSTOP {what} for {} s", start.elapsed().as_secs_f64(), args.down_for);
+            println!(
+                "chaos: {:>5.1}s SIGSTOP {what} for {} s",
+                start.elapsed().as_secs_f64(),
+                args.down_for
+            );
             signal(pid, libc::SIGSTOP);
             tokio::time::sleep(Duration::from_secs(args.down_for)).await;
             signal(pid, libc::SIGCONT);
         } else {
-            println!("chaos: {:>5.1}s SIGKILL {what}", start.elapsed().as_secs_f64());
+            println!(
+                "chaos: {:>5.1}s SIGKILL {what}",
+                start.elapsed().as_secs_f64()
+            );
             signal(pid, libc::SIGKILL);
             if !wait_restarted(&args.data, &address, pid).await {
                 println!("chaos: {what} did not come back within 30 s");
@@ -269,7 +279,12 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<i32> {
         files.len()
     );
     println!("chaos: {errors} errors seen by the application");
-    for e in tally.first_errors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+    for e in tally
+        .first_errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
         println!("chaos:   {e}");
     }
     match protected_after {
@@ -279,5 +294,9 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<i32> {
         ),
         None => println!("chaos: NOT fully protected 600 s after the last fault"),
     }
-    Ok(if errors == 0 && protected_after.is_some() { 0 } else { 1 })
+    Ok(if errors == 0 && protected_after.is_some() {
+        0
+    } else {
+        1
+    })
 }
