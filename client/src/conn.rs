@@ -43,6 +43,7 @@ impl Conn {
         let broken = Arc::new(AtomicBool::new(false));
         let (out, mut out_rx) = mpsc::channel::<RequestFrame>(1024);
         let wbroken = broken.clone();
+        let wpending = pending.clone();
         tokio::spawn(async move {
             let mut w = BufWriter::new(wr);
             while let Some(req) = out_rx.recv().await {
@@ -58,6 +59,10 @@ impl Conn {
                 }
             }
             wbroken.store(true, Ordering::SeqCst);
+            // Calls waiting on a connection that cannot send fail now.
+            if let Ok(mut p) = wpending.lock() {
+                p.clear();
+            }
         });
         let rpending = pending.clone();
         let rbroken = broken.clone();
@@ -97,6 +102,14 @@ impl Conn {
             .lock()
             .map_err(|_| CallError::Transport("lock poisoned".into()))?
             .insert(call, tx);
+        // A connection that broke before the call was registered would
+        // never answer it: fail now instead of at the timeout.
+        if self.is_broken() {
+            if let Ok(mut p) = self.pending.lock() {
+                p.remove(&call);
+            }
+            return Err(CallError::Transport("connection closed".into()));
+        }
         if self.out.send(RequestFrame { call, body }).await.is_err() {
             return Err(CallError::Transport("connection closed".into()));
         }

@@ -472,6 +472,7 @@ impl DataClient {
         let mut next = first;
         let mut last = None;
         for _ in 0..PUT_ATTEMPTS {
+            let t0 = Instant::now();
             let (id, cap, placement, policy) = match next.take() {
                 Some(a) => a,
                 None => {
@@ -483,7 +484,17 @@ impl DataClient {
                     (*id, cap, placement, policy)
                 }
             };
-            match self.put_block(id, &cap, &placement, policy, data).await {
+            let t1 = Instant::now();
+            let r = self.put_block(id, &cap, &placement, policy, data).await;
+            if t1.elapsed() > Duration::from_secs(1) || t1 - t0 > Duration::from_secs(1) {
+                tracing::warn!(
+                    block = id.0,
+                    alloc_ms = (t1 - t0).as_millis() as u64,
+                    put_ms = t1.elapsed().as_millis() as u64,
+                    "slow block store"
+                );
+            }
+            match r {
                 Ok(b) => return Ok(b),
                 Err((e, failed)) => {
                     tracing::warn!("block {id}: {e}; placing it elsewhere");

@@ -141,42 +141,50 @@ pub async fn run(config: MetaConfig) -> anyhow::Result<()> {
     }
 }
 
-/// How often the leader scans the block table for repair work.
-pub const REPAIR_SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+/// How often the leader scans the block table for repair work: every
+/// second, or twice as long as a scan takes (a big table is scanned less
+/// often, so planning never takes more than half a core).
+pub const REPAIR_SCAN_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+pub const REPAIR_SCAN_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The planner thread: while this replica leads (and has applied its
 /// predecessors' entries), rescans the block table for repair work.
 fn start_repair_planner(store: Arc<Store>, shared: Arc<Shared>) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("repair-planner".into())
-        .spawn(move || loop {
-            std::thread::sleep(REPAIR_SCAN_EVERY);
-            if !shared.is_leader_ready() {
-                continue;
-            }
-            let servers = match ns::chunkservers(&*store, &*shared) {
-                Ok(s) => s,
-                Err(e) => {
+        .spawn(move || {
+            let mut pause = REPAIR_SCAN_MIN;
+            loop {
+                std::thread::sleep(pause);
+                if !shared.is_leader_ready() {
+                    continue;
+                }
+                let started = std::time::Instant::now();
+                let servers = match ns::chunkservers(&*store, &*shared) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!("repair planner: {e}");
+                        continue;
+                    }
+                };
+                // Plan outside the lock (a scan of every block), then swap in.
+                let keep = shared.tuning.gc_grace + std::time::Duration::from_secs(120);
+                let moved = match shared.repair.lock() {
+                    Ok(mut b) => b.recently_moved(keep),
+                    Err(_) => continue,
+                };
+                let mut fresh = repair::RepairBook::default();
+                if let Err(e) = fresh
+                    .plan(&*store, &servers, &moved)
+                    .and_then(|_| fresh.plan_compactions(&*store))
+                {
                     tracing::warn!("repair planner: {e}");
                     continue;
                 }
-            };
-            // Plan outside the lock (a scan of every block), then swap in.
-            let keep = shared.tuning.gc_grace + std::time::Duration::from_secs(120);
-            let moved = match shared.repair.lock() {
-                Ok(mut b) => b.recently_moved(keep),
-                Err(_) => continue,
-            };
-            let mut fresh = repair::RepairBook::default();
-            if let Err(e) = fresh
-                .plan(&*store, &servers, &moved)
-                .and_then(|_| fresh.plan_compactions(&*store))
-            {
-                tracing::warn!("repair planner: {e}");
-                continue;
-            }
-            if let Ok(mut book) = shared.repair.lock() {
-                book.adopt_plan(fresh);
+                if let Ok(mut book) = shared.repair.lock() {
+                    book.adopt_plan(fresh);
+                }
+                pause = (started.elapsed() * 2).clamp(REPAIR_SCAN_MIN, REPAIR_SCAN_MAX);
             }
         })?;
     Ok(())

@@ -732,7 +732,10 @@ impl Driver {
             .ok()
             .and_then(|t| *t)
             .is_some_and(|t| t.elapsed() < CHUNKSERVER_DOWN_AFTER);
-        if fresh_leader && candidates.len() < policy.width() {
+        let unheard = servers
+            .iter()
+            .any(|s| !exclude.contains(&s.id) && self.shared.live(s.id).is_none());
+        if fresh_leader && unheard && candidates.len() < policy.width() {
             // A new leader has not heard every chunkserver's heartbeat yet:
             // ask the client to retry rather than lower the policy or fail.
             return Err(RpcError::Busy);

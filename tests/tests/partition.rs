@@ -45,13 +45,25 @@ impl Net {
         ip(&["netns", "del", NS]);
         ip(&["link", "del", ROOT_IF]);
         must(&["netns", "add", NS]);
-        must(&["link", "add", ROOT_IF, "type", "veth", "peer", "name", NS_IF]);
+        must(&[
+            "link", "add", ROOT_IF, "type", "veth", "peer", "name", NS_IF,
+        ]);
         must(&["link", "set", NS_IF, "netns", NS]);
         for a in ["10.77.0.1/24", "10.77.0.3/24", "10.77.0.4/24"] {
             must(&["addr", "add", a, "dev", ROOT_IF]);
         }
         must(&["link", "set", ROOT_IF, "up"]);
-        must(&["netns", "exec", NS, "ip", "addr", "add", "10.77.0.2/24", "dev", NS_IF]);
+        must(&[
+            "netns",
+            "exec",
+            NS,
+            "ip",
+            "addr",
+            "add",
+            "10.77.0.2/24",
+            "dev",
+            NS_IF,
+        ]);
         must(&["netns", "exec", NS, "ip", "link", "set", NS_IF, "up"]);
         must(&["netns", "exec", NS, "ip", "link", "set", "lo", "up"]);
         Net {
@@ -84,14 +96,32 @@ impl Net {
     fn cut(&self) {
         must(&["route", "add", "blackhole", &format!("{ISOLATED}/32")]);
         for a in ["10.77.0.1", "10.77.0.3", "10.77.0.4"] {
-            must(&["netns", "exec", NS, "ip", "route", "add", "blackhole", &format!("{a}/32")]);
+            must(&[
+                "netns",
+                "exec",
+                NS,
+                "ip",
+                "route",
+                "add",
+                "blackhole",
+                &format!("{a}/32"),
+            ]);
         }
     }
 
     fn heal(&self) {
         must(&["route", "del", "blackhole", &format!("{ISOLATED}/32")]);
         for a in ["10.77.0.1", "10.77.0.3", "10.77.0.4"] {
-            must(&["netns", "exec", NS, "ip", "route", "del", "blackhole", &format!("{a}/32")]);
+            must(&[
+                "netns",
+                "exec",
+                NS,
+                "ip",
+                "route",
+                "del",
+                "blackhole",
+                &format!("{a}/32"),
+            ]);
         }
     }
 }
@@ -138,11 +168,24 @@ async fn cut_off_host_commits_nothing_and_catches_up() {
         args.push(data.display().to_string());
         net.spawn(&format!("meta{id}"), addr == ISOLATED, &args);
     }
-    for (n, addr) in [(1, ISOLATED), (2, "10.77.0.1"), (3, "10.77.0.3"), (4, "10.77.0.4")] {
+    for (n, addr) in [
+        (1, ISOLATED),
+        (2, "10.77.0.1"),
+        (3, "10.77.0.3"),
+        (4, "10.77.0.4"),
+    ] {
         let dir = net.dir.path().join(format!("cs{n}"));
         let mut args = s(&["chunkserver", "--dir"]);
         args.push(dir.display().to_string());
-        args.extend(s(&["--limit", "2G", "--reserve", "0", "--meta", &meta_list, "--listen"]));
+        args.extend(s(&[
+            "--limit",
+            "2G",
+            "--reserve",
+            "0",
+            "--meta",
+            &meta_list,
+            "--listen",
+        ]));
         args.push(format!("{addr}:{}", port + 1));
         net.spawn(&format!("cs{n}"), addr == ISOLATED, &args);
     }
@@ -157,17 +200,27 @@ async fn cut_off_host_commits_nothing_and_catches_up() {
     wait_up(&client, 4).await;
     let data = Arc::new(DataClient::new(client.clone()));
     let before = pattern(20 << 20, 71);
-    let ino_before = put(&data, "before", &before).await.expect("write before the cut");
+    let ino_before = put(&data, "before", &before)
+        .await
+        .expect("write before the cut");
 
     net.cut();
     // The majority side goes on: a new leader if the cut-off replica led.
     let during = pattern(20 << 20, 72);
-    let ino_during = put(&data, "during", &during).await.expect("write during the cut");
+    let ino_during = put(&data, "during", &during)
+        .await
+        .expect("write during the cut");
     // A client on the cut-off side cannot commit anything.
     let lonely = Command::new("timeout")
         .args(["20", "ip", "netns", "exec", NS])
         .arg(sparefs_bin())
-        .args(["fs", "--meta", &format!("{ISOLATED}:{port}"), "mkdir", "/split-brain"])
+        .args([
+            "fs",
+            "--meta",
+            &format!("{ISOLATED}:{port}"),
+            "mkdir",
+            "/split-brain",
+        ])
         .output()
         .expect("client on the cut-off side");
     println!(
@@ -175,7 +228,10 @@ async fn cut_off_host_commits_nothing_and_catches_up() {
         lonely.status,
         String::from_utf8_lossy(&lonely.stderr).trim()
     );
-    assert!(!lonely.status.success(), "a minority replica accepted a write");
+    assert!(
+        !lonely.status.success(),
+        "a minority replica accepted a write"
+    );
 
     net.heal();
     // The returning replica catches up to the leader's commit index.
@@ -185,7 +241,10 @@ async fn cut_off_host_commits_nothing_and_catches_up() {
         let iso = client.status_of(&format!("{ISOLATED}:{port}")).await.ok();
         if let (Some(l), Some(i)) = (leader, iso) {
             if i.applied >= l.commit && i.term == l.term {
-                println!("cut-off replica caught up in {:.1} s", start.elapsed().as_secs_f64());
+                println!(
+                    "cut-off replica caught up in {:.1} s",
+                    start.elapsed().as_secs_f64()
+                );
                 break;
             }
         }
@@ -244,7 +303,10 @@ async fn wait_up(client: &sparefs_client::MetaClient, n: usize) {
                 return;
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "chunkservers not up");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "chunkservers not up"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
