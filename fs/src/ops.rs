@@ -196,6 +196,10 @@ impl fuser::Filesystem for SpareFs {
         let _ = config.add_capabilities(
             fuser::InitFlags::FUSE_PARALLEL_DIROPS | fuser::InitFlags::FUSE_BIG_WRITES,
         );
+        // POSIX ACLs: the kernel checks them too (and caches them); the
+        // meta applies default ACLs and the umask at create (DONT_MASK).
+        let _ = config
+            .add_capabilities(fuser::InitFlags::FUSE_POSIX_ACL | fuser::InitFlags::FUSE_DONT_MASK);
         // Locks go to the meta, so every mount of the cluster sees them.
         let _ = config.add_capabilities(
             fuser::InitFlags::FUSE_POSIX_LOCKS | fuser::InitFlags::FUSE_FLOCK_LOCKS,

@@ -401,6 +401,85 @@ def xattrs():
     eq(as_user(U2, G2, lambda: "trusted.t" in os.listxattr(p("xa"))), False, "trusted.* hidden from users")
 
 
+# ---- POSIX ACLs (acl(5)), through the raw system.posix_acl_* xattrs ---------
+
+ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = 1, 2, 4, 8, 0x10, 0x20
+
+
+def acl_bytes(entries):
+    import struct
+    out = struct.pack("<I", 2)
+    for tag, perm, ident in sorted(entries, key=lambda e: (e[0], e[2])):
+        out += struct.pack("<HHI", tag, perm, ident if tag in (ACL_USER, ACL_GROUP) else 0xFFFFFFFF)
+    return out
+
+
+def acl_entries(data):
+    import struct
+    return sorted((t, pm, i if t in (ACL_USER, ACL_GROUP) else -1)
+                  for t, pm, i in struct.iter_unpack("<HHI", data[4:]))
+
+
+def readable(path):
+    return err(lambda: open(path).read())
+
+
+def writable(path):
+    return err(lambda: open(path, "a").close())
+
+
+@check
+def access_acl_grants_named_users_and_tracks_chmod():
+    f = p("acl-file")
+    open(f, "w").close()
+    os.chmod(f, 0o600)
+    os.setxattr(f, "system.posix_acl_access", acl_bytes([
+        (ACL_USER_OBJ, 6, 0), (ACL_USER, 4, U1), (ACL_GROUP_OBJ, 0, 0),
+        (ACL_MASK, 4, 0), (ACL_OTHER, 0, 0)]))
+    eq(mode(f), 0o640, "group bits show the mask")
+    eq(as_user(U1, G1, lambda: readable(f)), 0, "named user reads")
+    eq(as_user(U1, G1, lambda: writable(f)), errno.EACCES, "named user may not write")
+    eq(as_user(U2, G2, lambda: readable(f)), errno.EACCES, "others may not read")
+    got = acl_entries(os.getxattr(f, "system.posix_acl_access"))
+    eq((ACL_USER, 4, U1) in got, True, "getxattr returns the named entry")
+    os.chmod(f, 0o600)
+    eq(as_user(U1, G1, lambda: readable(f)), errno.EACCES, "chmod g-rwx empties the mask")
+    eq((ACL_MASK, 0, -1) in acl_entries(os.getxattr(f, "system.posix_acl_access")), True, "mask follows chmod")
+    os.removexattr(f, "system.posix_acl_access")
+    eq(err(os.getxattr, f, "system.posix_acl_access"), errno.ENODATA, "removed")
+    eq(as_user(U1, G1, lambda: readable(f)), errno.EACCES, "mode bits alone again")
+    bad = acl_bytes([(ACL_USER_OBJ, 6, 0), (ACL_USER, 4, U1), (ACL_GROUP_OBJ, 0, 0), (ACL_OTHER, 0, 0)])
+    eq(err(os.setxattr, f, "system.posix_acl_access", bad), errno.EINVAL, "named entry needs a mask")
+    eq(as_user(U2, G2, lambda: err(os.setxattr, f, "system.posix_acl_access", acl_bytes([
+        (ACL_USER_OBJ, 7, 0), (ACL_GROUP_OBJ, 7, 0), (ACL_OTHER, 7, 0)]))), errno.EPERM, "only the owner sets ACLs")
+
+
+@check
+def default_acl_is_inherited_instead_of_the_umask():
+    d = p("acl-dir")
+    os.mkdir(d, 0o755)
+    default = [(ACL_USER_OBJ, 7, 0), (ACL_GROUP_OBJ, 5, 0), (ACL_GROUP, 7, G2),
+               (ACL_MASK, 7, 0), (ACL_OTHER, 0, 0)]
+    os.setxattr(d, "system.posix_acl_default", acl_bytes(default))
+    f = os.path.join(d, "f")
+    old = os.umask(0o077)
+    try:
+        os.close(os.open(f, os.O_CREAT | os.O_WRONLY, 0o666))
+        os.mkdir(os.path.join(d, "sub"), 0o777)
+    finally:
+        os.umask(old)
+    eq(mode(f), 0o660, "umask ignored, mask from the create mode")
+    inherited = acl_entries(os.getxattr(f, "system.posix_acl_access"))
+    eq((ACL_GROUP, 7, G2) in inherited and (ACL_MASK, 6, -1) in inherited, True, "named group inherited, mask from the mode: %r" % inherited)
+    eq(as_user(U2, 12345, lambda: writable(f), groups=(G2,)), 0, "named group member writes")
+    eq(as_user(U1, G1, lambda: readable(f)), errno.EACCES, "others may not read")
+    sub = os.path.join(d, "sub")
+    eq(acl_entries(os.getxattr(sub, "system.posix_acl_default")), acl_entries(acl_bytes(default)), "subdirectory inherits the default ACL")
+    eq(mode(sub), 0o770, "subdirectory mode from the inherited ACL (group bits show the mask)")
+    open(p("plain"), "w").close()
+    eq(err(os.setxattr, p("plain"), "system.posix_acl_default", acl_bytes(default)), errno.EACCES, "default ACLs only on directories")
+
+
 # ---- readdir ---------------------------------------------------------------------------
 
 @check

@@ -6,6 +6,7 @@
 //! The same command applied to the same state gives the same writes on every
 //! replica.
 
+pub mod acl;
 pub mod blocks;
 mod locks;
 mod perm;

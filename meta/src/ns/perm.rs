@@ -1,5 +1,5 @@
 //! Permission checks with the caller's uid, gid and groups, as POSIX and
-//! Linux apply them (owner/group/other, root, sticky directories).
+//! Linux apply them (owner/group/other, ACLs, root, sticky directories).
 
 use super::records::InodeRec;
 use sparefs_proto::namespace::{Caller, FileKind};
@@ -19,6 +19,9 @@ pub fn allowed(inode: &InodeRec, caller: &Caller, mask: u32) -> bool {
         // Root passes every check but execute, which needs some x bit on a
         // non-directory.
         return mask & X == 0 || inode.kind == FileKind::Dir || inode.perm & 0o111 != 0;
+    }
+    if !inode.acl.is_empty() {
+        return super::acl::allowed(&inode.acl, inode.uid, inode.gid, caller, mask);
     }
     let bits = if caller.uid == inode.uid {
         (inode.perm >> 6) & 7

@@ -89,8 +89,14 @@ pub fn read<K: ReadKv>(
             Ok(NsReply::Bytes(inode.target))
         }
         ReadOp::GetXattr { ino, name } => {
-            let inode = load(kv, *ino)?;
+            let mut inode = load(kv, *ino)?;
             check_xattr_access(&inode, c, name, R)?;
+            if let Some(acl) = super::write::acl_slot(&mut inode, name) {
+                if acl.is_empty() {
+                    return Err(Errno::ENODATA.into());
+                }
+                return Ok(NsReply::Bytes(super::acl::encode(acl)));
+            }
             let value: Vec<u8> = kv
                 .get_rec(Cf::Xattrs, &xattr_key(*ino, name))?
                 .ok_or(NsError::Errno(Errno::ENODATA))?;
@@ -100,6 +106,12 @@ pub fn read<K: ReadKv>(
             let inode = load(kv, *ino)?;
             let prefix = be(ino.0);
             let mut names = Vec::new();
+            if !inode.acl.is_empty() {
+                names.push(super::acl::ACCESS.to_vec());
+            }
+            if !inode.default_acl.is_empty() {
+                names.push(super::acl::DEFAULT.to_vec());
+            }
             for (k, _) in kv.scan(Cf::Xattrs, &prefix, &prefix, usize::MAX)? {
                 let name = k[8..].to_vec();
                 // user.* names are listed only for those who may read them;

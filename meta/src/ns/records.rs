@@ -29,6 +29,10 @@ pub struct InodeRec {
     pub policy: Option<Policy>,
     /// Symlinks: the target.
     pub target: Vec<u8>,
+    /// POSIX access ACL beyond the mode bits (empty: none).
+    pub acl: super::acl::Acl,
+    /// Directories: the default ACL children inherit (empty: none).
+    pub default_acl: super::acl::Acl,
 }
 
 impl InodeRec {

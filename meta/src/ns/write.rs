@@ -4,6 +4,7 @@
 //! and permission, and only then write. A command that fails leaves its
 //! nested `Tx` unused, so nothing partial survives.
 
+use super::acl;
 use super::blocks;
 use super::perm::{self, R, S_ISGID, S_ISUID, S_ISVTX, W, X};
 use super::records::*;
@@ -109,7 +110,7 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
                 *parent,
                 name,
                 *kind,
-                perm & !umask & 0o7777,
+                (perm & 0o7777, *umask),
                 *rdev,
                 Vec::new(),
                 *exclusive,
@@ -127,7 +128,7 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
             *parent,
             name,
             FileKind::Dir,
-            perm & !umask & 0o7777,
+            (perm & 0o7777, *umask),
             0,
             Vec::new(),
             true,
@@ -150,7 +151,7 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
                 *parent,
                 name,
                 FileKind::Symlink,
-                0o777,
+                (0o777, 0),
                 0,
                 target.clone(),
                 true,
@@ -180,6 +181,15 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
         WriteOp::RemoveXattr { ino, name } => {
             let mut inode = load(tx, *ino)?;
             check_xattr_access(&inode, c, name, W)?;
+            if let Some(slot) = acl_slot(&mut inode, name) {
+                if slot.is_empty() {
+                    return Err(Errno::ENODATA.into());
+                }
+                slot.clear();
+                inode.ctime = now;
+                store(tx, *ino, &inode);
+                return Ok(NsReply::Done);
+            }
             let key = xattr_key(*ino, name);
             if tx.get(Cf::Xattrs, &key)?.is_none() {
                 return Err(Errno::ENODATA.into());
@@ -439,6 +449,8 @@ fn new_inode(
         next_cookie: FIRST_COOKIE,
         policy: None,
         target: Vec::new(),
+        acl: Vec::new(),
+        default_acl: Vec::new(),
     }
 }
 
@@ -482,7 +494,7 @@ fn make<R: ReadKv>(
     parent: InodeId,
     name: &[u8],
     kind: FileKind,
-    perm: u32,
+    (perm, umask): (u32, u32),
     rdev: u32,
     target: Vec<u8>,
     exclusive: bool,
@@ -505,6 +517,12 @@ fn make<R: ReadKv>(
         return Err(Errno::ENOENT.into());
     }
     let ino = InodeId(next_id(tx, SYS_NEXT_INODE, 1)?);
+    // A default ACL on the directory replaces the umask (acl(5)).
+    let (acl, perm) = if !dir.default_acl.is_empty() && kind != FileKind::Symlink {
+        acl::inherit(&dir.default_acl, perm)
+    } else {
+        (Vec::new(), perm & !umask)
+    };
     // In a set-gid directory children take the directory's group, and
     // subdirectories keep the bit.
     let (gid, mut perm) = if dir.perm & S_ISGID != 0 {
@@ -523,6 +541,10 @@ fn make<R: ReadKv>(
         perm &= !S_ISGID;
     }
     let mut inode = new_inode(kind, perm, c.uid, gid, now, parent);
+    inode.acl = acl;
+    if kind == FileKind::Dir {
+        inode.default_acl = dir.default_acl.clone();
+    }
     inode.rdev = rdev;
     inode.size = target.len() as u64;
     inode.target = target;
@@ -910,6 +932,7 @@ fn setattr<R: ReadKv>(
             mode &= !S_ISGID;
         }
         inode.perm = mode;
+        acl::apply_mode(&mut inode.acl, mode);
         changed = true;
     }
     for (which, value) in [(0, set.atime), (1, set.mtime)] {
@@ -1220,6 +1243,61 @@ pub fn check_xattr_access(
     Err(Errno::ENOTSUP)
 }
 
+/// The stored ACL an xattr name stands for, if it names one.
+pub fn acl_slot<'a>(inode: &'a mut InodeRec, name: &[u8]) -> Option<&'a mut acl::Acl> {
+    if name == acl::ACCESS {
+        Some(&mut inode.acl)
+    } else if name == acl::DEFAULT {
+        Some(&mut inode.default_acl)
+    } else {
+        None
+    }
+}
+
+/// setfacl: an access ACL sets the mode bits it implies (and is dropped
+/// when the mode says it all); a default ACL only goes on directories.
+fn set_acl<R: ReadKv>(
+    tx: &mut Tx<R>,
+    now: Time,
+    ino: InodeId,
+    mut inode: InodeRec,
+    name: &[u8],
+    value: &[u8],
+    mode: XattrMode,
+) -> NsResult<NsReply> {
+    let parsed = acl::parse(value)?;
+    let is_access = name == acl::ACCESS;
+    if !is_access && !inode.is_dir() {
+        return Err(Errno::EACCES.into());
+    }
+    if inode.kind == FileKind::Symlink {
+        return Err(Errno::ENOTSUP.into());
+    }
+    let exists = if is_access {
+        !inode.acl.is_empty()
+    } else {
+        !inode.default_acl.is_empty()
+    };
+    match (mode, exists) {
+        (XattrMode::Create, true) => return Err(Errno::EEXIST.into()),
+        (XattrMode::Replace, false) => return Err(Errno::ENODATA.into()),
+        _ => {}
+    }
+    if is_access {
+        inode.perm = (inode.perm & !0o777) | acl::mode_of(&parsed);
+        inode.acl = if acl::is_minimal(&parsed) {
+            Vec::new()
+        } else {
+            parsed
+        };
+    } else {
+        inode.default_acl = parsed;
+    }
+    inode.ctime = now;
+    store(tx, ino, &inode);
+    Ok(NsReply::Done)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn setxattr<R: ReadKv>(
     tx: &mut Tx<R>,
@@ -1234,6 +1312,9 @@ fn setxattr<R: ReadKv>(
     check_xattr_access(&inode, c, name, W)?;
     if value.len() > XATTR_VALUE_BYTES_MAX {
         return Err(Errno::ERANGE.into());
+    }
+    if name == acl::ACCESS || name == acl::DEFAULT {
+        return set_acl(tx, now, ino, inode, name, value, mode);
     }
     let key = xattr_key(ino, name);
     let exists = tx.get(Cf::Xattrs, &key)?.is_some();
