@@ -3,7 +3,10 @@
 # RocksDB comes from librocksdb-dev (linked statically; see .cargo/config.toml).
 set -e
 need=""
-for p in librocksdb-dev libclang-dev libsnappy-dev liblz4-dev libzstd-dev libbz2-dev zlib1g-dev build-essential pkg-config iproute2; do
+# Build: RocksDB and its codecs, clang for bindgen. Tests: fuse3 (mounts),
+# python3 (the POSIX suite), git (a real program on the mount), iproute2
+# (network namespaces).
+for p in librocksdb-dev libclang-dev libsnappy-dev liblz4-dev libzstd-dev libbz2-dev zlib1g-dev build-essential pkg-config iproute2 fuse3 python3 git; do
     dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
 done
 if [ -n "$need" ]; then
