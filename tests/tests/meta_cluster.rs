@@ -404,13 +404,29 @@ async fn registry_heartbeats_and_placement() {
         assert_eq!(id, again);
         ids.push(id);
     }
-    // Three report in; the fourth stays silent and so is down.
-    for (n, id) in ids.iter().take(3).enumerate() {
-        client
-            .heartbeat(*id, 1 << 30, (n as u64) << 20, 0)
-            .await
-            .expect("heartbeat");
-    }
+    // Three report in (every half second, as chunkservers do); the fourth
+    // stays silent and so is down.
+    let beating = {
+        let client = cluster.client();
+        let live: Vec<_> = ids.iter().take(3).copied().collect();
+        tokio::spawn(async move {
+            loop {
+                for (n, id) in live.iter().enumerate() {
+                    let _ = client.heartbeat(*id, 1 << 30, (n as u64) << 20, 0).await;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let beat = || async {
+        for (n, id) in ids.iter().take(3).enumerate() {
+            client
+                .heartbeat(*id, 1 << 30, (n as u64) << 20, 0)
+                .await
+                .expect("heartbeat");
+        }
+    };
+    beat().await;
     let NsReply::Chunkservers(list) = client.read(ReadOp::ListChunkservers).await.expect("list")
     else {
         panic!("reply")
@@ -432,6 +448,7 @@ async fn registry_heartbeats_and_placement() {
         exclude,
         wanted: None,
     };
+    beat().await;
     let NsReply::Allocated {
         ids: blocks,
         placement,
@@ -475,6 +492,7 @@ async fn registry_heartbeats_and_placement() {
     );
     // Too few servers up for the policy: a lower one that still survives
     // one more lost host.
+    beat().await;
     let NsReply::Allocated {
         policy, placement, ..
     } = client
@@ -486,6 +504,7 @@ async fn registry_heartbeats_and_placement() {
     };
     assert_eq!(policy, Policy::Ec { data: 2, parity: 1 });
     assert_eq!(placement.len(), 3);
+    beat().await;
     let NsReply::Allocated {
         policy, placement, ..
     } = client
@@ -497,6 +516,7 @@ async fn registry_heartbeats_and_placement() {
     };
     assert_eq!(policy, Policy::Rep { copies: 2 });
     assert!(!placement.contains(&ids[0]), "{placement:?}");
+    beat().await;
     let e = client
         .write(alloc(
             Policy::Ec { data: 2, parity: 1 },
@@ -509,4 +529,5 @@ async fn registry_heartbeats_and_placement() {
         panic!("reply")
     };
     assert_eq!(st.capacity_bytes, 4 << 30);
+    beating.abort();
 }
