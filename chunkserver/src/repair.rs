@@ -3,10 +3,9 @@
 //! where the task says. A few at a time and under a byte rate, so repair
 //! never starves client I/O.
 
-use sparefs_client::conn::{CallError, Conn};
+use sparefs_client::conn::{CallError, ConnPool};
 use sparefs_proto::layout::{RepairDone, RepairTask};
 use sparefs_proto::msg::{Reply, Request};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -18,7 +17,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Repairer {
     slots: Arc<Semaphore>,
     done: Mutex<Vec<RepairDone>>,
-    conns: Mutex<HashMap<String, Arc<Conn>>>,
+    conns: ConnPool,
     /// Bytes per second read for repairs, at most.
     rate: u64,
     /// When the next task may start (a token bucket of one).
@@ -33,7 +32,7 @@ impl Repairer {
         Arc::new(Repairer {
             slots: Arc::new(Semaphore::new(CONCURRENT_TASKS)),
             done: Mutex::new(Vec::new()),
-            conns: Mutex::new(HashMap::new()),
+            conns: ConnPool::default(),
             rate: rate_bytes_per_sec.max(1 << 20),
             next_start: tokio::sync::Mutex::new(Instant::now()),
             finished: tokio::sync::Notify::new(),
@@ -102,26 +101,8 @@ impl Repairer {
             Instant::now().max(*next) + Duration::from_secs_f64(bytes as f64 / self.rate as f64);
     }
 
-    async fn conn(&self, address: &str) -> Result<Arc<Conn>, String> {
-        if let Some(c) = self.conns.lock().map_err(|e| e.to_string())?.get(address) {
-            if !c.is_broken() {
-                return Ok(c.clone());
-            }
-        }
-        let c = Arc::new(
-            Conn::open(address, Duration::from_millis(500))
-                .await
-                .map_err(|e| format!("{address}: {e}"))?,
-        );
-        self.conns
-            .lock()
-            .map_err(|e| e.to_string())?
-            .insert(address.to_string(), c.clone());
-        Ok(c)
-    }
-
     async fn call(&self, address: &str, req: Request) -> Result<Reply, String> {
-        let c = self.conn(address).await?;
+        let c = self.conns.get(address).await?;
         c.call(req, CALL_TIMEOUT).await.map_err(|e| match e {
             CallError::Rpc(e) => format!("{address}: {e}"),
             CallError::Transport(e) => format!("{address}: {e}"),

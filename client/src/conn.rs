@@ -126,3 +126,41 @@ impl Conn {
         }
     }
 }
+
+/// Open connections by address, reopened when broken. Every client of
+/// several servers (meta replicas, chunkservers) keeps one.
+#[derive(Default)]
+pub struct ConnPool {
+    conns: Mutex<HashMap<String, Arc<Conn>>>,
+}
+
+/// How long opening a connection may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+impl ConnPool {
+    /// A working connection to `address`, opened if needed.
+    pub async fn get(&self, address: &str) -> Result<Arc<Conn>, String> {
+        if let Some(c) = self.conns.lock().map_err(|e| e.to_string())?.get(address) {
+            if !c.is_broken() {
+                return Ok(c.clone());
+            }
+        }
+        let c = Arc::new(
+            Conn::open(address, CONNECT_TIMEOUT)
+                .await
+                .map_err(|e| format!("{address}: {e}"))?,
+        );
+        self.conns
+            .lock()
+            .map_err(|e| e.to_string())?
+            .insert(address.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Drops the connection to `address` (the next call reopens it).
+    pub fn forget(&self, address: &str) {
+        if let Ok(mut c) = self.conns.lock() {
+            c.remove(address);
+        }
+    }
+}

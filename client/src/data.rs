@@ -10,7 +10,7 @@
 //! data fragments' byte ranges in parallel; if any is missing, slow or
 //! corrupt, read the same range of every fragment and decode from parity.
 
-use crate::conn::{CallError, Conn};
+use crate::conn::{CallError, Conn, ConnPool};
 use crate::meta::{ClientError, MetaClient, Result};
 use crate::overlay::{resolve, Piece, Source};
 use futures::future::join_all;
@@ -42,7 +42,7 @@ type ChunkMap = (Arc<Vec<Slice>>, Arc<HashMap<BlockId, Capability>>);
 pub struct DataClient {
     pub meta: Arc<MetaClient>,
     servers: Mutex<HashMap<ChunkserverId, String>>,
-    conns: Mutex<HashMap<String, Arc<Conn>>>,
+    conns: ConnPool,
     chunks: Mutex<HashMap<(InodeId, u64), (Instant, ChunkMap)>>,
     /// Bumped by every invalidation: a chunk map fetched across one is not
     /// cached (it may predate the change that invalidated the cache).
@@ -86,7 +86,7 @@ impl DataClient {
         DataClient {
             meta,
             servers: Mutex::new(HashMap::new()),
-            conns: Mutex::new(HashMap::new()),
+            conns: ConnPool::default(),
             chunks: Mutex::new(HashMap::new()),
             chunks_epoch: std::sync::atomic::AtomicU64::new(0),
             bad_fragments: std::sync::atomic::AtomicU64::new(0),
@@ -124,21 +124,7 @@ impl DataClient {
                 .cloned();
         }
         let address = address.ok_or_else(|| format!("chunkserver {server} is not registered"))?;
-        if let Some(c) = self.conns.lock().map_err(|e| e.to_string())?.get(&address) {
-            if !c.is_broken() {
-                return Ok(c.clone());
-            }
-        }
-        let c = Arc::new(
-            Conn::open(&address, Duration::from_millis(500))
-                .await
-                .map_err(|e| format!("{address}: {e}"))?,
-        );
-        self.conns
-            .lock()
-            .map_err(|e| e.to_string())?
-            .insert(address, c.clone());
-        Ok(c)
+        self.conns.get(&address).await
     }
 
     async fn fragment_call(

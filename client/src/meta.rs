@@ -2,12 +2,12 @@
 //! leader changes and lost connections until its deadline, and gives every
 //! mutation a `(client, seq)` id so a retry is applied once.
 
-use crate::conn::{CallError, Conn};
+use crate::conn::{CallError, Conn, ConnPool};
 use sparefs_proto::layout::Policy;
 use sparefs_proto::msg::{ReplicaStatus, Reply, Request, RpcError};
 use sparefs_proto::namespace::*;
 use sparefs_proto::{ClientId, Errno, InodeId, ReplicaId, RequestId};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,7 +42,7 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 pub struct MetaClient {
     addresses: Mutex<Vec<String>>,
     leader: Mutex<Option<String>>,
-    conns: Mutex<HashMap<String, Arc<Conn>>>,
+    conns: ConnPool,
     rotate: AtomicUsize,
     id: ClientId,
     seq: AtomicU64,
@@ -58,7 +58,7 @@ impl MetaClient {
         MetaClient {
             addresses: Mutex::new(addresses),
             leader: Mutex::new(None),
-            conns: Mutex::new(HashMap::new()),
+            conns: ConnPool::default(),
             rotate: AtomicUsize::new(0),
             id: ClientId(rand::random()),
             seq: AtomicU64::new(1),
@@ -75,21 +75,7 @@ impl MetaClient {
     }
 
     async fn conn(&self, address: &str) -> std::result::Result<Arc<Conn>, String> {
-        if let Some(c) = self.conns.lock().map_err(|e| e.to_string())?.get(address) {
-            if !c.is_broken() {
-                return Ok(c.clone());
-            }
-        }
-        let c = Arc::new(
-            Conn::open(address, Duration::from_millis(500))
-                .await
-                .map_err(|e| format!("{address}: {e}"))?,
-        );
-        self.conns
-            .lock()
-            .map_err(|e| e.to_string())?
-            .insert(address.to_string(), c.clone());
-        Ok(c)
+        self.conns.get(address).await
     }
 
     fn pick(&self) -> Option<String> {
@@ -156,9 +142,7 @@ impl MetaClient {
                 Err(CallError::Transport(e)) => {
                     last = e;
                     self.forget_leader();
-                    if let Ok(mut c) = self.conns.lock() {
-                        c.remove(&address);
-                    }
+                    self.conns.forget(&address);
                 }
             }
             tokio::time::sleep(pause).await;

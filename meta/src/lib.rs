@@ -168,14 +168,9 @@ fn start_repair_planner(store: Arc<Store>, shared: Arc<Shared>) -> anyhow::Resul
                     }
                 };
                 // Plan outside the lock (a scan of every block), then swap in.
-                let keep = shared.tuning.gc_grace + std::time::Duration::from_secs(120);
-                let moved = match shared.repair.lock() {
-                    Ok(mut b) => b.recently_moved(keep),
-                    Err(_) => continue,
-                };
                 let mut fresh = repair::RepairBook::default();
                 if let Err(e) = fresh
-                    .plan(&*store, &servers, &moved)
+                    .plan(&*store, &servers)
                     .and_then(|_| fresh.plan_compactions(&*store))
                 {
                     tracing::warn!("repair planner: {e}");

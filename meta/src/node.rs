@@ -668,17 +668,7 @@ impl Driver {
         for client in expired {
             self.lease_seen.remove(&client);
             tracing::info!(client = %client, "lock lease expired; releasing its locks");
-            let id = RequestId {
-                client: sparefs_proto::ClientId(u128::MAX - self.shared.id.0 as u128),
-                seq: self.next_internal_seq(),
-                ack_below: 0,
-            };
-            self.pending_writes.push(Command {
-                id,
-                caller: Caller::ROOT,
-                op: WriteOp::ExpireClient { client },
-                now: Time::now(),
-            });
+            self.propose_internal(WriteOp::ExpireClient { client });
         }
     }
 
@@ -694,17 +684,7 @@ impl Driver {
             return Ok(());
         }
         let key: [u8; 32] = rand::random();
-        let id = RequestId {
-            client: sparefs_proto::ClientId(u128::MAX - self.shared.id.0 as u128),
-            seq: self.next_internal_seq(),
-            ack_below: 0,
-        };
-        self.pending_writes.push(Command {
-            id,
-            caller: Caller::ROOT,
-            op: WriteOp::SetClusterKey { key },
-            now: Time::now(),
-        });
+        self.propose_internal(WriteOp::SetClusterKey { key });
         Ok(())
     }
 

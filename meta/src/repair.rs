@@ -49,11 +49,8 @@ struct Need {
 #[derive(Default)]
 pub struct RepairBook {
     queue: VecDeque<Need>,
-    /// Block -> (server doing it, since, bytes, server a move empties).
-    in_flight: HashMap<BlockId, (ChunkserverId, Instant, u64, Option<ChunkserverId>)>,
-    /// Fragments moved off servers lately: their old copies still count in
-    /// the servers' usage until garbage collection deletes them.
-    moved: VecDeque<(Instant, ChunkserverId, u64)>,
+    /// Block -> (server doing it, since, bytes).
+    in_flight: HashMap<BlockId, (ChunkserverId, Instant, u64)>,
     /// Blocks whose task finished since the last scan (the queue's view of
     /// them is stale).
     finished: HashMap<BlockId, Instant>,
@@ -99,8 +96,8 @@ fn to_rebuild(rec: &BlockRec, info: &HashMap<ChunkserverId, &ChunkserverInfo>) -
 
 /// Usage above the mean by this fraction of capacity (and at least
 /// `BALANCE_MIN_BYTES`) starts balancing.
-pub const BALANCE_SLACK: f64 = 0.01;
-pub const BALANCE_MIN_BYTES: u64 = 8 << 20;
+pub const BALANCE_SLACK: f64 = 0.005;
+pub const BALANCE_MIN_BYTES: u64 = 4 << 20;
 
 fn usage(s: &ChunkserverInfo) -> f64 {
     s.used_bytes as f64 / s.capacity_bytes.max(1) as f64
@@ -109,20 +106,16 @@ fn usage(s: &ChunkserverInfo) -> f64 {
 impl RepairBook {
     /// Rebuilds the queue from a scan of the block table: lost fragments
     /// first (least protected first), then re-encoding, then balance moves.
-    pub fn plan(
-        &mut self,
-        kv: &impl ReadKv,
-        servers: &[ChunkserverInfo],
-        moved: &HashMap<ChunkserverId, u64>,
-    ) -> anyhow::Result<()> {
+    pub fn plan(&mut self, kv: &impl ReadKv, servers: &[ChunkserverInfo]) -> anyhow::Result<()> {
         let started = Instant::now();
-        // Usage net of fragments already moved off but not yet collected.
+        // Balance on the bytes the block table places on each server, not
+        // on reported usage (which counts garbage not yet collected, such as
+        // the old copies of fragments just moved).
+        let live = live_bytes(kv)?;
         let servers: Vec<ChunkserverInfo> = servers
             .iter()
             .map(|s| ChunkserverInfo {
-                used_bytes: s
-                    .used_bytes
-                    .saturating_sub(moved.get(&s.id).copied().unwrap_or(0)),
+                used_bytes: live.get(&s.id).copied().unwrap_or(0),
                 ..s.clone()
             })
             .collect();
@@ -212,10 +205,12 @@ impl RepairBook {
                     }
                     continue;
                 }
-                if receivers.is_empty() || needs.len() >= QUEUE_MAX {
+                // Only blocks some receiver holds nothing of can move there.
+                let can_receive = receivers.iter().any(|r| !rec.fragments.contains(r));
+                if !can_receive || needs.len() >= QUEUE_MAX {
                     continue;
                 }
-                let frag = sparefs_erasure_len(&rec);
+                let frag = fragment_bytes(&rec);
                 let giver = rec
                     .fragments
                     .iter()
@@ -293,7 +288,7 @@ impl RepairBook {
         self.finished.retain(|_, at| *at >= started);
         let now = Instant::now();
         self.in_flight
-            .retain(|_, (_, at, _, _)| now.duration_since(*at) < TASK_TIMEOUT);
+            .retain(|_, (_, at, _)| now.duration_since(*at) < TASK_TIMEOUT);
     }
 
     /// Hands `server` up to `want` tasks it can do.
@@ -317,14 +312,13 @@ impl RepairBook {
         let mine = self
             .in_flight
             .values()
-            .filter(|(s, _, _, _)| *s == server)
+            .filter(|(s, _, _)| *s == server)
             .count();
         let want = want.min(TASKS_PER_SERVER_MAX.saturating_sub(mine));
         if me.draining {
             return tasks;
         }
         let mut taken = Vec::new();
-        let mut movers: Vec<Option<ChunkserverId>> = Vec::new();
         for (pos, need) in self.queue.iter().enumerate() {
             if tasks.len() >= want {
                 break;
@@ -404,16 +398,12 @@ impl RepairBook {
                 outputs,
                 cap: Capability::issue(key, need.block, true, now_secs + 600),
             });
-            movers.push(match need.work {
-                Work::Move { index } => rec.fragments.get(index).copied(),
-                _ => None,
-            });
             taken.push(pos);
         }
         let now = Instant::now();
-        for (task, from) in tasks.iter().zip(movers) {
+        for task in &tasks {
             self.in_flight
-                .insert(task.block, (server, now, task.bytes as u64, from));
+                .insert(task.block, (server, now, task.bytes as u64));
         }
         // Handed-out work leaves the queue; a failure is found by the next scan.
         for pos in taken.into_iter().rev() {
@@ -424,14 +414,10 @@ impl RepairBook {
 
     /// Records a finished task; true when it produced fragments to commit.
     pub fn finish(&mut self, done: &RepairDone) -> bool {
-        let task = self.in_flight.remove(&done.block);
+        self.in_flight.remove(&done.block);
         self.finished.insert(done.block, Instant::now());
         if done.written.is_empty() {
             return false;
-        }
-        if let Some((_, _, bytes, Some(from))) = task {
-            let frag = bytes / done.out_policy.needed().max(1) as u64;
-            self.moved.push_back((Instant::now(), from, frag));
         }
         self.repaired_bytes += done.bytes;
         let now = Instant::now();
@@ -476,24 +462,6 @@ impl RepairBook {
         }
     }
 
-    /// Bytes moved off each server within `keep` (older moves are garbage
-    /// collected by now and show in the servers' usage).
-    pub fn recently_moved(&mut self, keep: Duration) -> HashMap<ChunkserverId, u64> {
-        let now = Instant::now();
-        while self
-            .moved
-            .front()
-            .is_some_and(|(t, _, _)| now.duration_since(*t) > keep)
-        {
-            self.moved.pop_front();
-        }
-        let mut out = HashMap::new();
-        for (_, s, b) in &self.moved {
-            *out.entry(*s).or_insert(0) += *b;
-        }
-        out
-    }
-
     /// A new leader starts from nothing.
     pub fn reset(&mut self) {
         *self = RepairBook::default();
@@ -501,9 +469,30 @@ impl RepairBook {
 }
 
 /// Bytes one fragment of the block takes.
-fn sparefs_erasure_len(rec: &BlockRec) -> u64 {
+fn fragment_bytes(rec: &BlockRec) -> u64 {
     match rec.policy {
         sparefs_proto::layout::Policy::Rep { .. } => rec.bytes as u64,
         sparefs_proto::layout::Policy::Ec { data, .. } => (rec.bytes as u64).div_ceil(data as u64),
+    }
+}
+
+/// Bytes of fragments the block table places on each server.
+fn live_bytes(kv: &impl ReadKv) -> anyhow::Result<HashMap<ChunkserverId, u64>> {
+    let mut live: HashMap<ChunkserverId, u64> = HashMap::new();
+    let mut from = Vec::new();
+    loop {
+        let page = kv.scan(Cf::Blocks, &[], &from, 1024)?;
+        for (k, v) in &page {
+            from = k.clone();
+            from.push(0);
+            let rec: BlockRec = decode(Cf::Blocks, v)?;
+            let frag = fragment_bytes(&rec);
+            for s in &rec.fragments {
+                *live.entry(*s).or_insert(0) += frag;
+            }
+        }
+        if page.len() < 1024 {
+            return Ok(live);
+        }
     }
 }

@@ -68,6 +68,26 @@ pub async fn fs_cluster(metas: u64, mounts: u64) -> anyhow::Result<(MetaCluster,
     Ok((c, dirs))
 }
 
+/// A cluster for failure tests: `metas` replicas and `chunkservers`
+/// chunkservers of `limit` each, started with extra arguments, all up.
+pub async fn cluster_with(
+    metas: u64,
+    chunkservers: u64,
+    limit: &str,
+    meta_args: &[&str],
+    chunkserver_args: &[&str],
+) -> anyhow::Result<MetaCluster> {
+    let mut c = MetaCluster::start_with_args(metas, 20_000, 2_000, meta_args)?;
+    c.wait_leader(Duration::from_secs(20)).await?;
+    c.chunkserver_args = chunkserver_args.iter().map(|a| a.to_string()).collect();
+    for n in 1..=chunkservers {
+        c.spawn_chunkserver(n, limit)?;
+    }
+    c.wait_chunkservers(chunkservers as usize, Duration::from_secs(20))
+        .await?;
+    Ok(c)
+}
+
 pub struct MetaCluster {
     pub dir: tempfile::TempDir,
     pub addrs: BTreeMap<u64, String>,

@@ -6,7 +6,6 @@ use sparefs_client::{DataClient, OpenFile};
 use sparefs_proto::namespace::{NsReply, ReadOp};
 use sparefs_proto::InodeId;
 use sparefs_tests::data::{get, pattern, put};
-use sparefs_tests::MetaCluster;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,18 +19,15 @@ async fn slice_count(data: &DataClient, ino: InodeId) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_slices_are_compacted_while_reads_stay_right() {
-    let mut c =
-        MetaCluster::start_with_args(1, 20_000, 2_000, &["--gc-grace", "5"]).expect("start metas");
-    c.wait_leader(Duration::from_secs(20))
-        .await
-        .expect("leader");
-    c.chunkserver_args = vec!["--inventory-every".into(), "2".into()];
-    for n in 1..=3 {
-        c.spawn_chunkserver(n, "2G").expect("chunkserver");
-    }
-    c.wait_chunkservers(3, Duration::from_secs(20))
-        .await
-        .expect("up");
+    let c = sparefs_tests::cluster_with(
+        1,
+        3,
+        "2G",
+        &["--gc-grace", "5"],
+        &["--inventory-every", "2"],
+    )
+    .await
+    .expect("cluster");
     let data = Arc::new(DataClient::new(Arc::new(c.client())));
     const SIZE: usize = 8 << 20;
     let mut model = pattern(SIZE, 61);

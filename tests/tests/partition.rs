@@ -93,36 +93,22 @@ impl Net {
         self.procs.push((name.to_string(), child));
     }
 
-    fn cut(&self) {
-        must(&["route", "add", "blackhole", &format!("{ISOLATED}/32")]);
+    /// Adds ("add") or removes ("del") blackhole routes both ways between
+    /// the isolated host and the others.
+    fn blackhole(&self, action: &str) {
+        must(&["route", action, "blackhole", &format!("{ISOLATED}/32")]);
         for a in ["10.77.0.1", "10.77.0.3", "10.77.0.4"] {
-            must(&[
-                "netns",
-                "exec",
-                NS,
-                "ip",
-                "route",
-                "add",
-                "blackhole",
-                &format!("{a}/32"),
-            ]);
+            let to = format!("{a}/32");
+            must(&["netns", "exec", NS, "ip", "route", action, "blackhole", &to]);
         }
     }
 
+    fn cut(&self) {
+        self.blackhole("add");
+    }
+
     fn heal(&self) {
-        must(&["route", "del", "blackhole", &format!("{ISOLATED}/32")]);
-        for a in ["10.77.0.1", "10.77.0.3", "10.77.0.4"] {
-            must(&[
-                "netns",
-                "exec",
-                NS,
-                "ip",
-                "route",
-                "del",
-                "blackhole",
-                &format!("{a}/32"),
-            ]);
-        }
+        self.blackhole("del");
     }
 }
 
