@@ -203,8 +203,8 @@ async fn out_chunkserver_is_rebuilt_and_its_garbage_deleted_on_return() {
         .await
         .expect("protected");
     let id4 = c.chunkserver_id(4).await.expect("id");
-    let held = c.chunkserver_usage()[&4];
-    assert!(held > 0, "chunkserver 4 holds fragments");
+    let held: Vec<PathBuf> = walk(&c.chunkserver_dir(4).join("fragments"));
+    assert!(!held.is_empty(), "chunkserver 4 holds fragments");
     c.kill_chunkserver(4);
     c.wait_chunkserver_state(id4.0, ChunkserverState::Out, Duration::from_secs(30))
         .await
@@ -226,17 +226,34 @@ async fn out_chunkserver_is_rebuilt_and_its_garbage_deleted_on_return() {
     c.kill_chunkserver(1);
     assert!(get(&data, ino).await.expect("read") == bytes);
     c.spawn_chunkserver(1, "4G").expect("restart 1");
-    // The returning host's fragments were rebuilt elsewhere: garbage.
+    // The returning host's fragments were rebuilt elsewhere: garbage. (It
+    // may receive fresh fragments by rebalancing meanwhile: only files from
+    // before its return count.)
+    let returned = std::time::SystemTime::now();
     c.spawn_chunkserver(4, "4G").expect("restart 4");
     let start = Instant::now();
     loop {
-        let now = c.chunkserver_usage()[&4];
-        if now < held / 10 {
+        let stale: Vec<&PathBuf> = held
+            .iter()
+            .filter(|p| {
+                std::fs::metadata(p)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t < returned)
+            })
+            .collect();
+        if stale.is_empty() {
+            println!(
+                "returned chunkserver's {} stale fragments deleted in {:.1} s",
+                held.len(),
+                start.elapsed().as_secs_f64()
+            );
             break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "returned chunkserver still holds {now} of {held} bytes"
+            "returned chunkserver still holds {} of its {} stale fragments",
+            stale.len(),
+            held.len()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
