@@ -449,3 +449,38 @@ async fn new_host_is_filled_and_drained_host_removed() {
     c.kill_chunkserver(2);
     assert!(get(&data, ino).await.expect("read") == bytes);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blocks_a_dead_client_never_committed_are_collected() {
+    let c = cluster(1, 3, 600, "0").await;
+    let data = data_client(&c);
+    // Fragments stored, commit never sent: the client "died" in between.
+    let (slices, _) = data
+        .store_extents(
+            sparefs_proto::layout::Policy::Ec { data: 2, parity: 1 },
+            &[(0, pattern(32 << 20, 81))],
+        )
+        .await
+        .expect("store blocks");
+    assert!(!slices.is_empty());
+    drop(data);
+    let stored: u64 = c.chunkserver_usage().values().sum();
+    assert!(stored > 32 << 20, "fragments on disk: {stored}");
+    // Abandoned after the grace period (5 s), then collected.
+    let start = Instant::now();
+    loop {
+        let now: u64 = c.chunkserver_usage().values().sum();
+        if now == 0 {
+            println!(
+                "uncommitted blocks collected in {:.1} s",
+                start.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "uncommitted blocks still take {now} bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
