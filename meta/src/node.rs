@@ -843,6 +843,11 @@ impl Driver {
             if let Ok(mut t) = self.shared.leader_since.write() {
                 *t = (ss.raft_state == StateRole::Leader).then(Instant::now);
             }
+            // Heartbeats from an earlier term would make every chunkserver
+            // look down or out: a new leader starts with none.
+            if let Ok(mut hb) = self.shared.heartbeats.write() {
+                hb.clear();
+            }
             if ss.raft_state != StateRole::Leader {
                 self.fail_waiters();
             } else {
