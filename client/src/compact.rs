@@ -10,9 +10,8 @@ use crate::overlay::{resolve, Source};
 use futures::future::join_all;
 use sparefs_proto::layout::Slice;
 use sparefs_proto::limits::CHUNK_BYTES;
-use sparefs_proto::namespace::{NsReply, ReadOp, WriteOp};
-use sparefs_proto::{BlockId, InodeId};
-use std::collections::HashMap;
+use sparefs_proto::namespace::WriteOp;
+use sparefs_proto::InodeId;
 
 /// What one compaction did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -25,13 +24,7 @@ pub struct Compacted {
 impl DataClient {
     /// Rewrites chunk `index` of `ino` into as few slices as its data runs.
     pub async fn compact_chunk(&self, ino: InodeId, index: u64) -> Result<Compacted> {
-        let NsReply::Chunk {
-            slices,
-            capabilities,
-        } = self.meta.read(ReadOp::ReadChunk { ino, index }).await?
-        else {
-            return Err(ClientError::Protocol("chunk map".into()));
-        };
+        let (slices, caps) = self.fetch_chunk(ino, index).await?;
         if slices.len() < 2 {
             return Ok(Compacted {
                 slices_before: slices.len(),
@@ -39,7 +32,6 @@ impl DataClient {
                 bytes_rewritten: 0,
             });
         }
-        let caps: HashMap<BlockId, _> = capabilities.into_iter().map(|c| (c.block, c)).collect();
         let through_seq = slices.iter().map(|s| s.seq).max().unwrap_or(0);
         let replaced: Vec<u64> = slices.iter().map(|s| s.seq).collect();
         // Runs of bytes that hold data (holes and unwritten ranges need no

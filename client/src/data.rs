@@ -164,6 +164,25 @@ impl DataClient {
         }
     }
 
+    /// A chunk's slices and read capabilities, from the meta (no cache).
+    pub(crate) async fn fetch_chunk(
+        &self,
+        ino: InodeId,
+        index: u64,
+    ) -> Result<(Vec<Slice>, HashMap<BlockId, Capability>)> {
+        let NsReply::Chunk {
+            slices,
+            capabilities,
+        } = self.meta.read(ReadOp::ReadChunk { ino, index }).await?
+        else {
+            return Err(ClientError::Protocol("chunk map".into()));
+        };
+        Ok((
+            slices,
+            capabilities.into_iter().map(|c| (c.block, c)).collect(),
+        ))
+    }
+
     async fn chunk(&self, ino: InodeId, index: u64) -> Result<ChunkMap> {
         if let Some((at, map)) = self
             .chunks
@@ -176,15 +195,7 @@ impl DataClient {
             }
         }
         let epoch = self.chunks_epoch.load(std::sync::atomic::Ordering::SeqCst);
-        let NsReply::Chunk {
-            slices,
-            capabilities,
-        } = self.meta.read(ReadOp::ReadChunk { ino, index }).await?
-        else {
-            return Err(ClientError::Protocol("chunk map".into()));
-        };
-        let caps: HashMap<BlockId, Capability> =
-            capabilities.into_iter().map(|c| (c.block, c)).collect();
+        let (slices, caps) = self.fetch_chunk(ino, index).await?;
         let map = (Arc::new(slices), Arc::new(caps));
         if let Ok(mut c) = self.chunks.lock() {
             // Checked under the lock that invalidations take.
@@ -526,14 +537,7 @@ impl DataClient {
         let (pieces, size_at_least) = cut_at_chunks(extents);
         for (index, within, bytes) in pieces {
             let take = bytes.len();
-            let mut slice = Slice {
-                seq: 0,
-                offset: within,
-                bytes: take as u32,
-                blocks: Vec::new(),
-                block_offset: 0,
-                inline: Vec::new(),
-            };
+            let mut slice = Slice::empty(within, take as u32);
             let mut uses = Vec::new();
             if take >= block_max / 2 {
                 for part in bytes.chunks(block_max) {
@@ -642,12 +646,8 @@ impl DataClient {
             .into_iter()
             .map(|(index, within, bytes)| {
                 let slice = Slice {
-                    seq: 0,
-                    offset: within,
-                    bytes: bytes.len() as u32,
-                    blocks: Vec::new(),
-                    block_offset: 0,
                     inline: bytes.to_vec(),
+                    ..Slice::empty(within, bytes.len() as u32)
                 };
                 (index, slice)
             })
@@ -664,17 +664,7 @@ impl DataClient {
         while pos < end {
             let (index, within) = chunk_of(pos);
             let take = (CHUNK_BYTES - within as u64).min(end - pos);
-            slices.push((
-                index,
-                Slice {
-                    seq: 0,
-                    offset: within,
-                    bytes: take as u32,
-                    blocks: Vec::new(),
-                    block_offset: 0,
-                    inline: Vec::new(),
-                },
-            ));
+            slices.push((index, Slice::empty(within, take as u32)));
             pos += take;
         }
         self.commit(ino, slices, 0).await

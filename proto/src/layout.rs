@@ -118,6 +118,21 @@ pub struct Slice {
     pub inline: Vec<u8>,
 }
 
+impl Slice {
+    /// A slice with neither blocks nor inline bytes (a hole until blocks
+    /// are attached); the meta assigns `seq` at commit.
+    pub fn empty(offset: u32, bytes: u32) -> Slice {
+        Slice {
+            seq: 0,
+            offset,
+            bytes,
+            blocks: Vec::new(),
+            block_offset: 0,
+            inline: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChunkserverState {
     Up,
