@@ -95,6 +95,7 @@ pub async fn run(config: MetaConfig) -> anyhow::Result<()> {
         DirState::Existing => Store::open(&config.data)?,
     };
     let store = Arc::new(store);
+    store.start_syncer().context("start the WAL syncer")?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
@@ -104,7 +105,7 @@ pub async fn run(config: MetaConfig) -> anyhow::Result<()> {
         config.peers.clone(),
         config.tuning.clone(),
     ));
-    let (tx, rx) = std::sync::mpsc::sync_channel(node::INPUT_QUEUE_MAX);
+    let (tx, rx) = tokio::sync::mpsc::channel(node::INPUT_QUEUE_MAX);
     let runtime = tokio::runtime::Handle::current();
     let transport = transport::Transport::new(shared.clone(), runtime.clone(), tx.clone());
     let driver = Driver::new(
@@ -118,11 +119,9 @@ pub async fn run(config: MetaConfig) -> anyhow::Result<()> {
         },
     )?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name(format!("raft-{}", config.id))
-        .spawn(move || {
-            let _ = done_tx.send(driver.run(rx));
-        })?;
+    tokio::spawn(async move {
+        let _ = done_tx.send(driver.run(rx).await);
+    });
     start_repair_planner(store.clone(), shared.clone())?;
     let server = Arc::new(server::Server {
         store,

@@ -1,4 +1,4 @@
-//! The Raft driver: one OS thread owns the `RawNode` and the store's write
+//! The Raft driver: one task owns the `RawNode` and the store's write
 //! side. Everything else talks to it through one bounded channel of `Input`.
 //!
 //! Each turn of the loop: take inputs (batching every proposal that arrived
@@ -7,12 +7,15 @@
 //!   1. send the leader's messages (safe before persisting);
 //!   2. install a snapshot, if any (one synced batch);
 //!   3. apply committed entries, append new entries and store the hard
-//!      state, all in ONE synced WriteBatch, so the commit index is durable
-//!      with what it made us apply and the applied index moves with the state;
+//!      state, all in ONE WriteBatch, so the commit index lands with what it
+//!      made us apply and the applied index moves with the state. The batch
+//!      is synced when it holds a durable entry (`needs_sync`) or a new term
+//!      or vote; otherwise it goes to the OS and the WAL syncer thread puts
+//!      it on disk a moment later (see `WriteOp::must_be_durable`);
 //!   4. answer the waiting clients, send the persisted messages (votes,
 //!      append responses), `advance`;
 //!   5. the light ready: commit index, messages, committed entries (another
-//!      synced batch), `advance_apply`;
+//!      batch, unsynced), `advance_apply`;
 //!   6. serve reads whose ReadIndex is now applied; compact the log.
 //! A storage error stops the driver (and the replica): applying on after a
 //! failed write would let replicas diverge.
@@ -34,7 +37,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -42,6 +44,17 @@ use tokio::sync::oneshot;
 pub const TICK_MS: u64 = 100;
 pub const ELECTION_TICKS: usize = 10;
 pub const INPUT_QUEUE_MAX: usize = 8192;
+/// Context of an entry holding a command that must be on disk before it is
+/// acknowledged (`WriteOp::must_be_durable`).
+const ENTRY_DURABLE: u8 = 1;
+
+/// Whether persisting this entry must wait for the disk: durable commands
+/// and membership changes. Other entries reach the disk through the WAL
+/// syncer a moment later, or with the next synced write (the WAL is one
+/// sequence, so syncing an entry syncs everything before it).
+fn needs_sync(e: &Entry) -> bool {
+    e.get_entry_type() != EntryType::EntryNormal || e.context.first() == Some(&ENTRY_DURABLE)
+}
 /// Most bytes of commands packed into one Raft entry.
 pub const ENTRY_BYTES_MAX: usize = 1024 * 1024;
 /// A chunkserver silent for this long is `down`.
@@ -347,14 +360,18 @@ impl Driver {
         })
     }
 
-    /// Runs until every sender of `rx` is gone or storage fails.
-    pub fn run(mut self, rx: Receiver<Input>) -> anyhow::Result<()> {
+    /// Runs until every sender of `rx` is gone or storage fails. It is a
+    /// task on the replica's single-threaded runtime, beside the connections
+    /// that feed it: a message handed between them costs a queue push, not
+    /// a thread wake-up (on a small shared host, context switches were most
+    /// of a write's cost). Its RocksDB writes block that thread briefly.
+    pub async fn run(mut self, mut rx: InputReceiver) -> anyhow::Result<()> {
         let tick = Duration::from_millis(TICK_MS);
         let mut next_tick = Instant::now() + tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(wait) {
-                Ok(input) => {
+            match tokio::time::timeout(wait, rx.recv()).await {
+                Ok(Some(input)) => {
                     self.handle(input);
                     for _ in 0..INPUT_QUEUE_MAX {
                         match rx.try_recv() {
@@ -363,8 +380,8 @@ impl Driver {
                         }
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                Err(_elapsed) => {}
+                Ok(None) => return Ok(()),
             }
             if Instant::now() >= next_tick {
                 // Ticks missed while the process was frozen (SIGSTOP, a
@@ -787,7 +804,12 @@ impl Driver {
         }
         entries.push(batch);
         for cmds in entries {
-            if let Err(e) = self.raw.propose(Vec::new(), encode(&cmds)) {
+            let context = if cmds.iter().any(|c| c.op.must_be_durable()) {
+                vec![ENTRY_DURABLE]
+            } else {
+                Vec::new()
+            };
+            if let Err(e) = self.raw.propose(context, encode(&cmds)) {
                 tracing::debug!("proposal dropped: {e}");
                 let err = self.not_leader();
                 for cmd in &cmds {
@@ -873,14 +895,21 @@ impl Driver {
         }
         let mut batch = WriteBatch::default();
         let results = self.apply_entries(&mut batch, ready.take_committed_entries())?;
+        let mut sync = ready.entries().iter().any(needs_sync);
         self.raw.mut_store().append(&mut batch, ready.entries())?;
         if let Some(hs) = ready.hs() {
+            // A term or vote must never be forgotten (two votes in a term
+            // would allow two leaders); a commit index may lag.
+            let old = self.raw.store().hard_state();
+            sync |= hs.term != old.term || hs.vote != old.vote;
             self.raw
                 .mut_store()
                 .set_hard_state(&mut batch, hs.clone())?;
         }
-        if !batch.is_empty() {
+        if sync {
             self.store.write_synced(batch)?;
+        } else if !batch.is_empty() {
+            self.store.write_unsynced(batch)?;
         }
         self.deliver(results);
         self.outbox.send(ready.take_persisted_messages());
@@ -1126,4 +1155,5 @@ pub fn write_staged(
     w.write_all(v)
 }
 
-pub type InputSender = SyncSender<Input>;
+pub type InputSender = tokio::sync::mpsc::Sender<Input>;
+pub type InputReceiver = tokio::sync::mpsc::Receiver<Input>;

@@ -52,6 +52,9 @@ impl Server {
         match body {
             Request::Read { caller, op } => {
                 validate_caller(&caller)?;
+                if self.shared.is_leader_ready() {
+                    return self.read_on_lease(caller, op).await.map(Reply::Ns);
+                }
                 Ok(Reply::Ns(
                     self.ask(|reply| Input::Read { caller, op, reply }).await?,
                 ))
@@ -275,6 +278,42 @@ impl Service for Server {
 
     fn call(self: Arc<Self>, req: Request) -> CallFuture {
         Box::pin(self.handle(req))
+    }
+}
+
+impl Server {
+    /// A read served by a leader from its own state, without a trip through
+    /// the Raft driver: linearizable under the same leader lease that
+    /// raft-rs's `LeaseBased` reads rely on (check_quorum: a leader cut off
+    /// from a majority steps down within an election timeout, before any
+    /// other replica can win an election), because a leader acknowledges a
+    /// write only after applying it here, and `leader_ready` holds only once
+    /// it has applied everything its predecessors committed. Reads that
+    /// scan whole tables go to a blocking thread.
+    async fn read_on_lease(
+        &self,
+        caller: Caller,
+        op: sparefs_proto::namespace::ReadOp,
+    ) -> Result<sparefs_proto::namespace::NsReply, RpcError> {
+        use sparefs_proto::namespace::ReadOp;
+        let scans = matches!(op, ReadOp::Health | ReadOp::ListChunkservers);
+        let store = self.store.clone();
+        let shared = self.shared.clone();
+        let run = move || {
+            let now = Time::now().secs.max(0) as u64;
+            match crate::ns::read(&*store, &caller, &op, &*shared, now) {
+                Ok(r) => Ok(r),
+                Err(crate::ns::NsError::Errno(e)) => Err(RpcError::Errno(e)),
+                Err(crate::ns::NsError::Store(e)) => Err(RpcError::Storage(e.to_string())),
+            }
+        };
+        if scans {
+            tokio::task::spawn_blocking(run)
+                .await
+                .map_err(|e| RpcError::Storage(e.to_string()))?
+        } else {
+            run()
+        }
     }
 }
 

@@ -361,6 +361,44 @@ pub enum WriteOp {
     SetClusterKey {
         key: ClusterKey,
     },
+    /// Changes nothing; answered once it, and so every change before it, is
+    /// on disk on a majority of replicas (fsync of a clean file, fsyncdir).
+    Sync,
+}
+
+impl WriteOp {
+    /// Whether the replicas must have this operation on disk (fsynced)
+    /// before it is acknowledged. Namespace changes an application makes by
+    /// the thousand (create, unlink, rename, chmod, ...) are acknowledged
+    /// once a majority has written them to its log without waiting for the
+    /// disk, like a local filesystem's metadata before fsync: they survive
+    /// any process crash and the loss of a minority of hosts, and reach the
+    /// disk within a few milliseconds (each replica syncs its log behind).
+    /// File data (slices, on fsync/close), `Sync`, and whatever lets garbage
+    /// collection delete fragments or changes membership, waits for the
+    /// disk; a synced entry also makes every earlier one durable.
+    pub fn must_be_durable(&self) -> bool {
+        !matches!(
+            self,
+            WriteOp::MkNod { .. }
+                | WriteOp::Mkdir { .. }
+                | WriteOp::Unlink { .. }
+                | WriteOp::Rmdir { .. }
+                | WriteOp::Rename { .. }
+                | WriteOp::Link { .. }
+                | WriteOp::Symlink { .. }
+                | WriteOp::SetAttr {
+                    set: SetAttr { size: None, .. },
+                    ..
+                }
+                | WriteOp::SetXattr { .. }
+                | WriteOp::RemoveXattr { .. }
+                | WriteOp::AllocateBlocks { .. }
+                | WriteOp::SetLock { .. }
+                | WriteOp::ExpireClient { .. }
+                | WriteOp::LoseFragment { .. }
+        )
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -213,10 +213,15 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A meta replica runs on one thread: its Raft driver and connections
+    // hand messages to each other many times per request, and on a small
+    // host each hand-over between threads cost more than the work itself.
+    let mut builder = if matches!(cli.cmd, Cmd::Meta { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sparefs: start the runtime: {e}");

@@ -315,6 +315,7 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
             super::locks::set_lock(tx, *ino, lock)
         }
         WriteOp::ExpireClient { client } => super::locks::expire_client(tx, *client),
+        WriteOp::Sync => Ok(NsReply::Done),
         WriteOp::SetClusterKey { key } => {
             if c.uid != 0 {
                 return Err(Errno::EPERM.into());
