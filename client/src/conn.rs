@@ -8,15 +8,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, RpcError>>>>>;
 
 pub struct Conn {
     next_call: AtomicU64,
     pending: Pending,
-    out: mpsc::Sender<RequestFrame>,
+    /// Callers write their own frames (no writer task to wake: a hand-over
+    /// between threads costs more than the write on a small host).
+    out: tokio::sync::Mutex<BufWriter<OwnedWriteHalf>>,
     broken: Arc<AtomicBool>,
 }
 
@@ -41,29 +44,7 @@ impl Conn {
         let (mut rd, wr) = stream.into_split();
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let broken = Arc::new(AtomicBool::new(false));
-        let (out, mut out_rx) = mpsc::channel::<RequestFrame>(1024);
-        let wbroken = broken.clone();
-        let wpending = pending.clone();
-        tokio::spawn(async move {
-            let mut w = BufWriter::new(wr);
-            while let Some(req) = out_rx.recv().await {
-                let mut ok = frame::write_frame(&mut w, &req).await.is_ok();
-                while ok {
-                    match out_rx.try_recv() {
-                        Ok(more) => ok = frame::write_frame(&mut w, &more).await.is_ok(),
-                        Err(_) => break,
-                    }
-                }
-                if !ok || w.flush().await.is_err() {
-                    break;
-                }
-            }
-            wbroken.store(true, Ordering::SeqCst);
-            // Calls waiting on a connection that cannot send fail now.
-            if let Ok(mut p) = wpending.lock() {
-                p.clear();
-            }
-        });
+        let out = tokio::sync::Mutex::new(BufWriter::new(wr));
         let rpending = pending.clone();
         let rbroken = broken.clone();
         tokio::spawn(async move {
@@ -110,7 +91,22 @@ impl Conn {
             }
             return Err(CallError::Transport("connection closed".into()));
         }
-        if self.out.send(RequestFrame { call, body }).await.is_err() {
+        let sent = {
+            let mut w = self.out.lock().await;
+            // A caller dropped mid-frame (a timeout around the call) leaves
+            // half a frame on the stream: the guard retires the connection.
+            let mut guard = BreakUnlessDone {
+                conn: self,
+                done: false,
+            };
+            let ok = match frame::write_frame(&mut *w, &RequestFrame { call, body }).await {
+                Ok(()) => w.flush().await.is_ok(),
+                Err(_) => false,
+            };
+            guard.done = ok;
+            ok
+        };
+        if !sent {
             return Err(CallError::Transport("connection closed".into()));
         }
         match tokio::time::timeout(timeout, rx).await {
@@ -122,6 +118,24 @@ impl Conn {
                     p.remove(&call);
                 }
                 Err(CallError::Transport("call timed out".into()))
+            }
+        }
+    }
+}
+
+/// Marks the connection broken (and fails the calls waiting on it) when
+/// dropped before `done` is set.
+struct BreakUnlessDone<'a> {
+    conn: &'a Conn,
+    done: bool,
+}
+
+impl Drop for BreakUnlessDone<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.conn.broken.store(true, Ordering::SeqCst);
+            if let Ok(mut p) = self.conn.pending.lock() {
+                p.clear();
             }
         }
     }

@@ -321,6 +321,13 @@ impl MetaClient {
         attr(self.write(op).await?)
     }
 
+    /// Returns once every change acknowledged before it is on disk on a
+    /// majority of meta replicas (namespace changes are acknowledged when
+    /// written, and synced a moment later: see `WriteOp::must_be_durable`).
+    pub async fn sync(&self) -> Result<()> {
+        self.write(WriteOp::Sync).await.map(|_| ())
+    }
+
     pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> Result<()> {
         self.write(WriteOp::Unlink {
             parent,

@@ -10,6 +10,7 @@
 //! and again by the meta), fragments.
 
 mod convert;
+mod dirs;
 mod ops;
 
 pub use ops::SpareFs;

@@ -43,6 +43,7 @@ pub struct SpareFs {
     /// kernel does not unlock remote locks on close, so flush and release
     /// must, and only these need a meta round trip.
     lockers: Arc<Mutex<std::collections::HashSet<(u64, u64)>>>,
+    dirs: Arc<crate::dirs::OpenDirs>,
 }
 
 type R<T> = Result<T, ClientError>;
@@ -78,6 +79,7 @@ impl SpareFs {
             })),
             next_fh: AtomicU64::new(1),
             lockers: Arc::new(Mutex::new(std::collections::HashSet::new())),
+            dirs: Arc::new(crate::dirs::OpenDirs::default()),
         }
     }
 
@@ -691,9 +693,34 @@ impl fuser::Filesystem for SpareFs {
         let Some(file) = self.handle(fh) else {
             return reply.error(Errno::EBADF);
         };
+        let meta = self.meta.clone();
         spawn!(self, async move {
-            match file.flush().await {
-                Ok(_) => reply.ok(),
+            // A flush that committed data is itself durable; with nothing
+            // to flush, earlier namespace changes still must reach the disk.
+            let r = match file.flush().await {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => meta.sync().await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let meta = self.meta.clone();
+        spawn!(self, async move {
+            match meta.sync().await {
+                Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -891,64 +918,45 @@ impl fuser::Filesystem for SpareFs {
         });
     }
 
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.open(fh);
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.release(fh.0);
+        reply.ok();
+    }
+
     fn readdir(
         &self,
         req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (meta, c) = (self.meta.clone(), caller(req));
+        let (meta, dirs, c) = (self.meta.clone(), self.dirs.clone(), caller(req));
         spawn!(self, async move {
-            let ino = InodeId(ino.0);
-            let r = async {
-                // ".." only on the first call; later calls list entries only.
-                let parent = if offset < 2 {
-                    Some(
-                        attr_of(
-                            meta.read_as(
-                                c.clone(),
-                                ReadOp::Lookup {
-                                    parent: ino,
-                                    name: b"..".to_vec(),
-                                },
-                            )
-                            .await?,
-                        )?
-                        .ino,
-                    )
-                } else {
-                    None
-                };
-                let entries = match meta
-                    .read_as(
-                        c,
-                        ReadOp::ReadDir {
-                            ino,
-                            after_cookie: offset.max(2),
-                            limit: 512,
-                        },
-                    )
-                    .await?
-                {
-                    NsReply::Dir(d) => d,
-                    other => return Err(ClientError::Protocol(format!("{other:?}"))),
-                };
-                Ok((parent, entries))
-            }
-            .await;
-            match r {
-                Ok((parent, entries)) => {
-                    if offset < 1 && reply.add(INodeNo(ino.0), 1, fuser::FileType::Directory, ".") {
+            match dirs.read(&meta, c, InodeId(ino.0), fh.0, offset).await {
+                Ok(listing) => {
+                    if offset < 1 && reply.add(ino, 1, fuser::FileType::Directory, ".") {
                         return reply.ok();
                     }
-                    if let (true, Some(p)) = (offset < 2, parent) {
+                    if let (true, Some(p)) = (offset < 2, listing.parent) {
                         if reply.add(INodeNo(p.0), 2, fuser::FileType::Directory, "..") {
                             return reply.ok();
                         }
                     }
-                    for e in entries {
+                    for e in listing.entries {
                         if reply.add(
                             INodeNo(e.ino.0),
                             e.cookie,

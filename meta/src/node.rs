@@ -397,7 +397,7 @@ impl Driver {
             }
             self.flush_writes();
             self.flush_reads();
-            self.on_ready()?;
+            self.on_ready().await?;
         }
     }
 
@@ -853,7 +853,7 @@ impl Driver {
         }
     }
 
-    fn on_ready(&mut self) -> anyhow::Result<()> {
+    async fn on_ready(&mut self) -> anyhow::Result<()> {
         if !self.raw.has_ready() {
             return Ok(());
         }
@@ -907,6 +907,10 @@ impl Driver {
                 .set_hard_state(&mut batch, hs.clone())?;
         }
         if sync {
+            // Let the connection tasks put the leader's appends on the wire
+            // first, so followers sync in parallel with this fsync (they
+            // share this thread, which the fsync blocks).
+            tokio::task::yield_now().await;
             self.store.write_synced(batch)?;
         } else if !batch.is_empty() {
             self.store.write_unsynced(batch)?;

@@ -66,16 +66,29 @@ pub fn read<K: ReadKv>(
             for (k, v) in kv.scan(Cf::DirIndex, &prefix, &start, limit)? {
                 let cookie = read_be(&k[8..])
                     .ok_or_else(|| StoreError::Invalid("short dirindex key".into()))?;
-                let name: Vec<u8> = decode(Cf::DirIndex, &v)?;
-                let entry: DentryRec = kv
-                    .get_rec(Cf::Dentries, &dentry_key(*ino, &name))?
-                    .ok_or_else(|| {
-                        StoreError::Invalid(format!("dirindex of {ino} names a missing entry"))
-                    })?;
+                let rec = match decode::<DirIndexRec>(Cf::DirIndex, &v) {
+                    Ok(rec) => rec,
+                    Err(_) => {
+                        // Written before the index kept a copy of the dentry.
+                        let name: Vec<u8> = decode(Cf::DirIndex, &v)?;
+                        let entry: DentryRec = kv
+                            .get_rec(Cf::Dentries, &dentry_key(*ino, &name))?
+                            .ok_or_else(|| {
+                                StoreError::Invalid(format!(
+                                    "dirindex of {ino} names a missing entry"
+                                ))
+                            })?;
+                        DirIndexRec {
+                            name,
+                            ino: entry.ino,
+                            kind: entry.kind,
+                        }
+                    }
+                };
                 out.push(DirEntry {
-                    name,
-                    ino: entry.ino,
-                    kind: entry.kind,
+                    name: rec.name,
+                    ino: rec.ino,
+                    kind: rec.kind,
                     cookie,
                 });
             }

@@ -65,6 +65,16 @@ pub struct DentryRec {
     pub cookie: u64,
 }
 
+/// A directory's entries in cookie order (`Cf::DirIndex`): the name, and a
+/// copy of what the dentry says, so listing needs no lookup per entry.
+/// Records written before the copy existed hold only the name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirIndexRec {
+    pub name: Vec<u8>,
+    pub ino: InodeId,
+    pub kind: FileKind,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkserverRec {
     pub address: String,

@@ -472,7 +472,15 @@ fn insert_entry<R: ReadKv>(
         dentry_key(parent, name),
         &DentryRec { ino, kind, cookie },
     );
-    tx.put_rec(Cf::DirIndex, dirindex_key(parent, cookie), &name.to_vec());
+    tx.put_rec(
+        Cf::DirIndex,
+        dirindex_key(parent, cookie),
+        &DirIndexRec {
+            name: name.to_vec(),
+            ino,
+            kind,
+        },
+    );
 }
 
 fn delete_entry<R: ReadKv>(
@@ -796,6 +804,25 @@ fn exchange<R: ReadKv>(
             ino: src.ino,
             kind: src.kind,
             cookie: dst.cookie,
+        },
+    );
+    // The directory indexes keep a copy of each dentry.
+    tx.put_rec(
+        Cf::DirIndex,
+        dirindex_key(parent, src.cookie),
+        &DirIndexRec {
+            name: name.to_vec(),
+            ino: dst.ino,
+            kind: dst.kind,
+        },
+    );
+    tx.put_rec(
+        Cf::DirIndex,
+        dirindex_key(new_parent, dst.cookie),
+        &DirIndexRec {
+            name: new_name.to_vec(),
+            ino: src.ino,
+            kind: src.kind,
         },
     );
     if parent != new_parent {

@@ -1,0 +1,180 @@
+//! Open directories: each handle keeps the page of entries it last fetched,
+//! so the kernel's many small READDIR requests (one 4 KiB buffer, about a
+//! hundred names, each) cost one meta round trip per page of
+//! `READDIR_ENTRIES_MAX` entries instead of one each.
+//!
+//! A handle sees the directory as its pages were read (POSIX lets readdir
+//! miss or show entries added or removed after opendir); `rewinddir`
+//! (offset 0) always reads afresh.
+
+use sparefs_client::{ClientError, MetaClient};
+use sparefs_proto::limits::READDIR_ENTRIES_MAX;
+use sparefs_proto::namespace::{Caller, DirEntry, NsReply, ReadOp};
+use sparefs_proto::InodeId;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Most entries handed to one READDIR reply (more than fit its buffer).
+const REPLY_ENTRIES_MAX: usize = 256;
+/// Entries read on a page that nothing was read ahead for: few, so that
+/// the first READDIR (and every `ls` of a small directory) is answered
+/// quickly; the pages read ahead while it is served are full ones.
+const FIRST_PAGE_ENTRIES: u32 = 256;
+/// The first cookie of a real entry: 1 and 2 are "." and "..".
+const FIRST_COOKIE_AFTER: u64 = 2;
+
+struct Page {
+    /// The cookie the page was read after (u64::MAX: nothing read yet).
+    after: u64,
+    entries: Vec<DirEntry>,
+    /// The page reaches the end of the directory.
+    end: bool,
+    /// The directory's parent, looked up on the first read from offset 0.
+    parent: Option<InodeId>,
+    /// The following page, being read while this one is served: (the
+    /// cookie it is read after, the read).
+    next: Option<(u64, Prefetch)>,
+}
+
+type Prefetch = tokio::task::JoinHandle<Result<Vec<DirEntry>, ClientError>>;
+
+impl Page {
+    fn unread() -> Page {
+        Page {
+            after: u64::MAX,
+            entries: Vec::new(),
+            end: false,
+            parent: None,
+            next: None,
+        }
+    }
+}
+
+impl Drop for Page {
+    fn drop(&mut self) {
+        if let Some((_, h)) = self.next.take() {
+            h.abort();
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct OpenDirs {
+    pages: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Page>>>>,
+}
+
+/// What one READDIR answers: the parent (for ".."), when asked from the
+/// start, and the entries after the offset, in cookie order.
+pub struct Listing {
+    pub parent: Option<InodeId>,
+    pub entries: Vec<DirEntry>,
+}
+
+impl OpenDirs {
+    pub fn open(&self, fh: u64) {
+        if let Ok(mut p) = self.pages.lock() {
+            p.insert(fh, Arc::new(tokio::sync::Mutex::new(Page::unread())));
+        }
+    }
+
+    pub fn release(&self, fh: u64) {
+        if let Ok(mut p) = self.pages.lock() {
+            p.remove(&fh);
+        }
+    }
+
+    /// Entries of directory `ino` after `offset`, from the handle's page or
+    /// a fresh one. A handle the kernel did not open here (fh 0) reads
+    /// through without keeping anything.
+    pub async fn read(
+        &self,
+        meta: &Arc<MetaClient>,
+        caller: Caller,
+        ino: InodeId,
+        fh: u64,
+        offset: u64,
+    ) -> Result<Listing, ClientError> {
+        let page = self.pages.lock().ok().and_then(|p| p.get(&fh).cloned());
+        let page = page.unwrap_or_else(|| Arc::new(tokio::sync::Mutex::new(Page::unread())));
+        let mut page = page.lock().await;
+        let after = offset.max(FIRST_COOKIE_AFTER);
+        let mut from = page.entries.partition_point(|e| e.cookie <= after);
+        let stale = offset == 0 || after < page.after;
+        if stale || (from == page.entries.len() && !page.end) {
+            let (entries, limit) = match page.next.take() {
+                Some((next_after, read)) if next_after == after && !stale => {
+                    let entries = read
+                        .await
+                        .map_err(|e| ClientError::Protocol(e.to_string()))??;
+                    (entries, READDIR_ENTRIES_MAX)
+                }
+                other => {
+                    if let Some((_, read)) = other {
+                        read.abort();
+                    }
+                    let entries =
+                        fetch(meta, caller.clone(), ino, after, FIRST_PAGE_ENTRIES).await?;
+                    (entries, FIRST_PAGE_ENTRIES)
+                }
+            };
+            page.end = entries.len() < limit as usize;
+            page.entries = entries;
+            page.after = after;
+            from = 0;
+        }
+        // Read the next page while the kernel takes this one.
+        if let (false, None, Some(last)) = (page.end, &page.next, page.entries.last()) {
+            let (meta, caller, last) = (meta.clone(), caller.clone(), last.cookie);
+            let read =
+                tokio::spawn(
+                    async move { fetch(&meta, caller, ino, last, READDIR_ENTRIES_MAX).await },
+                );
+            page.next = Some((last, read));
+        }
+        if (offset < 2 && page.parent.is_none()) || offset == 0 {
+            let r = meta
+                .read_as(
+                    caller,
+                    ReadOp::Lookup {
+                        parent: ino,
+                        name: b"..".to_vec(),
+                    },
+                )
+                .await?;
+            page.parent = match r {
+                NsReply::Attr(a) => Some(a.ino),
+                other => return Err(ClientError::Protocol(format!("{other:?}"))),
+            };
+        }
+        // One READDIR fills one page of the kernel's (4 KiB: at most ~170
+        // entries of 24 bytes and a name); the rest waits for the next call.
+        let upto = (from + REPLY_ENTRIES_MAX).min(page.entries.len());
+        Ok(Listing {
+            parent: if offset < 2 { page.parent } else { None },
+            entries: page.entries[from..upto].to_vec(),
+        })
+    }
+}
+
+async fn fetch(
+    meta: &MetaClient,
+    caller: Caller,
+    ino: InodeId,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<DirEntry>, ClientError> {
+    match meta
+        .read_as(
+            caller,
+            ReadOp::ReadDir {
+                ino,
+                after_cookie: after,
+                limit,
+            },
+        )
+        .await?
+    {
+        NsReply::Dir(d) => Ok(d),
+        other => Err(ClientError::Protocol(format!("{other:?}"))),
+    }
+}
