@@ -4,6 +4,7 @@
 
 use crate::data::DataClient;
 use crate::meta::{ClientError, Result};
+use crate::readahead::ReadAhead;
 use sparefs_proto::layout::Policy;
 use sparefs_proto::limits::INLINE_SLICE_BYTES_MAX;
 use sparefs_proto::namespace::Attr;
@@ -25,22 +26,6 @@ pub struct OpenFile {
     ahead: std::sync::Mutex<ReadAhead>,
     /// `state.size`, readable without waiting for the state lock.
     size_now: std::sync::atomic::AtomicU64,
-}
-
-/// Bytes fetched ahead of a sequential reader.
-pub const READ_AHEAD_BYTES: usize = 16 * 1024 * 1024;
-
-/// Sequential-read detection and the window fetched ahead of it.
-#[derive(Default)]
-struct ReadAhead {
-    /// Where the last read ended.
-    next: u64,
-    /// A fetch of `[start, start + len)` in flight or done.
-    window: Option<(
-        u64,
-        usize,
-        tokio::sync::watch::Receiver<Option<Arc<Vec<u8>>>>,
-    )>,
 }
 
 /// Background flushes in flight per file: while the next 16 MiB gathers,
@@ -226,67 +211,23 @@ impl OpenFile {
         Ok(out)
     }
 
-    /// Serves a read from the read-ahead window if it covers it.
+    /// Serves a read from the read-ahead windows if they cover it.
     async fn from_window(&self, offset: u64, len: usize, size: u64) -> Option<Vec<u8>> {
-        let (start, wlen, mut rx) = {
-            let ra = self.ahead.lock().ok()?;
-            let (s, l, rx) = ra.window.as_ref()?;
-            (*s, *l, rx.clone())
-        };
-        let end = offset + len as u64;
-        if offset < start || end.min(size) > start + wlen as u64 {
+        let end = (offset + len as u64).min(size);
+        if offset >= end {
             return None;
         }
-        let data = loop {
-            if let Some(d) = rx.borrow().clone() {
-                break d;
-            }
-            rx.changed().await.ok()?;
-        };
-        let a = (offset - start) as usize;
-        let b = (end.min(size) - start) as usize;
-        if a > b || b > data.len() {
-            return None;
-        }
-        let out = data[a..b].to_vec();
-        self.maybe_read_ahead(offset, offset + out.len() as u64, size);
+        let out = crate::readahead::serve(&self.ahead, offset, end).await?;
+        self.maybe_read_ahead(offset, end, size);
         Some(out)
     }
 
-    /// After a read ending at `next`: if reads are sequential and the window
-    /// ends within one window of `next`, fetch the following window.
+    /// After a read of `[start, next)`: keep windows in flight ahead of a
+    /// sequential reader.
     fn maybe_read_ahead(&self, start: u64, next: u64, size: u64) {
-        let Ok(mut ra) = self.ahead.lock() else {
-            return;
-        };
-        // Only a read that starts exactly where the previous one ended is
-        // sequential (a file read from its start counts).
-        let sequential = start == ra.next;
-        ra.next = next;
-        if !sequential {
-            return;
+        if let Ok(mut ra) = self.ahead.lock() {
+            ra.advance(start, next, size, &self.data, self.ino);
         }
-        let window_end = ra
-            .window
-            .as_ref()
-            .map(|(s, l, _)| s + *l as u64)
-            .unwrap_or(0);
-        if window_end > next + READ_AHEAD_BYTES as u64 / 2 || next >= size {
-            return;
-        }
-        let start = window_end.max(next);
-        let len = READ_AHEAD_BYTES.min((size - start) as usize);
-        if len == 0 {
-            return;
-        }
-        let (tx, rx) = tokio::sync::watch::channel(None);
-        ra.window = Some((start, len, rx));
-        let (data, ino) = (self.data.clone(), self.ino);
-        tokio::spawn(async move {
-            if let Ok(bytes) = data.read(ino, size, start, len).await {
-                let _ = tx.send(Some(Arc::new(bytes)));
-            }
-        });
     }
 
     /// A new open of a file this mount already has open: close-to-open
@@ -298,7 +239,7 @@ impl OpenFile {
 
     fn drop_window(&self) {
         if let Ok(mut ra) = self.ahead.lock() {
-            ra.window = None;
+            ra.clear();
         }
     }
 

@@ -1,7 +1,7 @@
 //! The native sparefs client library: the metadata client (leader
 //! discovery, retries with exactly-once request ids, namespace calls, path
 //! resolution), the erasure-coded data path (`data`), slice overlays
-//! (`overlay`), per-file write buffering (`file`) and chunk compaction
+//! (`overlay`), read-ahead (`readahead`), per-file write buffering (`file`) and chunk compaction
 //! (`compact`).
 //!
 //! Owns: connections to meta replicas, request ids. Must not touch: RocksDB,
@@ -13,6 +13,7 @@ pub mod data;
 pub mod file;
 pub mod meta;
 pub mod overlay;
+pub mod readahead;
 
 pub use data::DataClient;
 pub use file::OpenFile;
