@@ -115,6 +115,7 @@ pub struct Slice {
     /// Small writes carried in the Raft entry itself (then `blocks` is
     /// empty): replicated by the meta group, durable when committed.
     /// Neither blocks nor inline bytes: a hole.
+    #[serde(with = "serde_bytes")]
     pub inline: Vec<u8>,
 }
 
@@ -240,6 +241,39 @@ impl Capability {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Byte fields are encoded as byte strings (one copy, not a visit per
+    /// byte), which postcard lays out exactly as it did a `Vec<u8>`
+    /// sequence: slices stored before the change still decode.
+    #[test]
+    fn byte_fields_keep_their_encoding() {
+        #[derive(Serialize)]
+        struct OldSlice {
+            seq: u64,
+            offset: u32,
+            bytes: u32,
+            blocks: Vec<BlockRef>,
+            block_offset: u32,
+            inline: Vec<u8>,
+        }
+        let inline: Vec<u8> = (0..=255u8).chain(0..=255).collect();
+        let old = postcard::to_stdvec(&OldSlice {
+            seq: 3,
+            offset: 5,
+            bytes: inline.len() as u32,
+            blocks: Vec::new(),
+            block_offset: 0,
+            inline: inline.clone(),
+        })
+        .expect("encode");
+        let new = Slice {
+            seq: 3,
+            inline,
+            ..Slice::empty(5, 512)
+        };
+        assert_eq!(postcard::to_stdvec(&new).expect("encode"), old);
+        assert_eq!(postcard::from_bytes::<Slice>(&old).expect("decode"), new);
+    }
 
     #[test]
     fn capability_checks_block_right_expiry_and_key() {

@@ -34,6 +34,7 @@ pub enum Request {
     /// A Raft message (raft-rs protobuf bytes) from another replica; no answer.
     Raft {
         from: ReplicaId,
+        #[serde(with = "serde_bytes")]
         msg: Vec<u8>,
     },
     /// One piece of the snapshot at `index`, from column family `cf`, starting
@@ -66,6 +67,7 @@ pub enum Request {
         cap: Capability,
         block: BlockId,
         index: u8,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// Read `len` bytes at `offset` of a fragment (chunkserver), verified.
@@ -113,7 +115,7 @@ pub enum Reply {
         items: Vec<(Vec<u8>, Vec<u8>)>,
         done: bool,
     },
-    Bytes(Vec<u8>),
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
     Ok,
     Tasks {
         repairs: Vec<RepairTask>,

@@ -264,6 +264,7 @@ pub enum WriteOp {
     SetXattr {
         ino: InodeId,
         name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         mode: XattrMode,
     },
@@ -405,7 +406,7 @@ impl WriteOp {
 pub enum NsReply {
     Attr(Attr),
     Dir(Vec<DirEntry>),
-    Bytes(Vec<u8>),
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
     Names(Vec<Vec<u8>>),
     StatFs(StatFs),
     Policy(Policy),
