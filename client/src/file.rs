@@ -244,6 +244,15 @@ impl OpenFile {
     }
 
     /// Makes every buffered write durable and visible.
+    /// Nothing buffered, in flight or failed: a flush would do nothing
+    /// (false also when the state is busy, so the caller flushes).
+    pub fn is_clean(&self) -> bool {
+        match self.state.try_lock() {
+            Ok(st) => st.extents.is_empty() && st.inflight.is_empty() && st.error.is_none(),
+            Err(_) => false,
+        }
+    }
+
     pub async fn flush(&self) -> Result<Option<Attr>> {
         let mut st = self.state.lock().await;
         self.flush_locked(&mut st).await

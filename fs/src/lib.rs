@@ -19,6 +19,10 @@ use anyhow::Context;
 use fuser::{Config, MountOption, SessionACL};
 use std::path::Path;
 
+/// Threads reading requests from the kernel. Metadata requests are served
+/// on them (`meta_op!` in ops.rs), data and lock requests on the runtime.
+const FUSER_THREADS: usize = 16;
+
 pub struct MountConfig {
     pub meta: Vec<String>,
     /// How long an operation retries an unreachable cluster before EIO.
@@ -48,7 +52,7 @@ pub fn mount(
     } else {
         SessionACL::Owner
     };
-    cfg.n_threads = Some(4);
+    cfg.n_threads = Some(FUSER_THREADS);
     cfg.clone_fd = true;
     fuser::spawn_mount(fs, mountpoint, &cfg)
         .with_context(|| format!("mount sparefs on {}", mountpoint.display()))

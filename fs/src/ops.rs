@@ -149,6 +149,22 @@ impl SpareFs {
         }
     }
 
+    /// A handle of `file` closed: the inode's open file goes with its last.
+    fn forget_handle(handles: &Mutex<Handles>, file: &OpenFile) {
+        if let Ok(mut h) = handles.lock() {
+            let gone = match h.by_ino.get_mut(&file.ino) {
+                Some((_, n)) => {
+                    *n -= 1;
+                    *n == 0
+                }
+                None => false,
+            };
+            if gone {
+                h.by_ino.remove(&file.ino);
+            }
+        }
+    }
+
     /// Registers a new handle for `attr`'s inode, sharing its open file.
     async fn register(
         meta_data: Arc<DataClient>,
@@ -185,9 +201,22 @@ impl SpareFs {
     }
 }
 
+/// Runs a callback's work on the runtime, off fuser's thread: for data
+/// and lock operations, which may wait long (a slow chunkserver, a lock
+/// held elsewhere) and must not tie up the threads other requests need.
 macro_rules! spawn {
     ($self:ident, $body:expr) => {
         $self.rt.spawn($body);
+    };
+}
+
+/// Runs a metadata callback's work on fuser's own thread (one thread
+/// hand-over less per request: on a small host that is a fifth of a
+/// lookup). Metadata calls are bounded by the mount's meta timeout, and
+/// fuser runs `FUSER_THREADS` threads, so others are served meanwhile.
+macro_rules! meta_op {
+    ($self:ident, $body:expr) => {
+        $self.rt.block_on($body);
     };
 }
 
@@ -225,7 +254,7 @@ impl fuser::Filesystem for SpareFs {
             name(n),
             self.handles.clone(),
         );
-        spawn!(self, async move {
+        meta_op!(self, async move {
             let r = meta
                 .read_as(
                     c,
@@ -242,7 +271,7 @@ impl fuser::Filesystem for SpareFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let (meta, handles) = (self.meta.clone(), self.handles.clone());
-        spawn!(self, async move {
+        meta_op!(self, async move {
             match meta.getattr(InodeId(ino.0)).await {
                 Ok(a) => reply.attr(&TTL, &file_attr(&a, Self::size_of(&handles, &a))),
                 Err(e) => reply.error(errno(&e)),
@@ -275,7 +304,7 @@ impl fuser::Filesystem for SpareFs {
             self.handles.clone(),
         );
         let file = self.open_file(InodeId(ino.0));
-        spawn!(self, async move {
+        let work = async move {
             let set = SetAttr {
                 perm: mode.map(|m| m & 0o7777),
                 uid,
@@ -314,12 +343,18 @@ impl fuser::Filesystem for SpareFs {
                 Ok(a) => reply.attr(&TTL, &file_attr(&a, Self::size_of(&handles, &a))),
                 Err(e) => reply.error(errno(&e)),
             }
-        });
+        };
+        // A truncate flushes buffered writes first: data work.
+        if size.is_some() {
+            spawn!(self, work);
+        } else {
+            meta_op!(self, work);
+        }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let meta = self.meta.clone();
-        spawn!(self, async move {
+        meta_op!(self, async move {
             match meta
                 .read(ReadOp::ReadLink {
                     ino: InodeId(ino.0),
@@ -352,7 +387,7 @@ impl fuser::Filesystem for SpareFs {
         let Some(kind) = convert::kind_of_mode(mode) else {
             return reply.error(Errno::EINVAL);
         };
-        spawn!(self, async move {
+        meta_op!(self, async move {
             let op = WriteOp::MkNod {
                 parent: InodeId(parent.0),
                 name: n,
@@ -382,7 +417,7 @@ impl fuser::Filesystem for SpareFs {
             name(n),
             self.handles.clone(),
         );
-        spawn!(self, async move {
+        meta_op!(self, async move {
             let op = WriteOp::Mkdir {
                 parent: InodeId(parent.0),
                 name: n,
@@ -396,7 +431,7 @@ impl fuser::Filesystem for SpareFs {
 
     fn unlink(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
-        spawn!(self, async move {
+        meta_op!(self, async move {
             match meta
                 .write_as(
                     c,
@@ -415,7 +450,7 @@ impl fuser::Filesystem for SpareFs {
 
     fn rmdir(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
-        spawn!(self, async move {
+        meta_op!(self, async move {
             match meta
                 .write_as(
                     c,
@@ -447,7 +482,7 @@ impl fuser::Filesystem for SpareFs {
             self.handles.clone(),
         );
         let target = target.as_os_str().as_bytes().to_vec();
-        spawn!(self, async move {
+        meta_op!(self, async move {
             let r = meta
                 .write_as(
                     c,
@@ -483,7 +518,7 @@ impl fuser::Filesystem for SpareFs {
         } else {
             return reply.error(Errno::EINVAL);
         };
-        spawn!(self, async move {
+        meta_op!(self, async move {
             let op = WriteOp::Rename {
                 parent: InodeId(parent.0),
                 name: n,
@@ -512,7 +547,7 @@ impl fuser::Filesystem for SpareFs {
             name(newname),
             self.handles.clone(),
         );
-        spawn!(self, async move {
+        meta_op!(self, async move {
             let op = WriteOp::Link {
                 ino: InodeId(ino.0),
                 new_parent: InodeId(newparent.0),
@@ -526,7 +561,7 @@ impl fuser::Filesystem for SpareFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (meta, data, handles) = (self.meta.clone(), self.data.clone(), self.handles.clone());
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        spawn!(self, async move {
+        meta_op!(self, async move {
             let r = async {
                 let a = meta.getattr(InodeId(ino.0)).await?;
                 Self::register(data, handles, fh, &a).await
@@ -565,7 +600,7 @@ impl fuser::Filesystem for SpareFs {
             self.handles.clone(),
         );
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        spawn!(self, async move {
+        meta_op!(self, async move {
             let r = async {
                 let op = WriteOp::MkNod {
                     parent: InodeId(parent.0),
@@ -666,6 +701,10 @@ impl fuser::Filesystem for SpareFs {
             return reply.error(Errno::EBADF);
         };
         let unlock = self.unlock_all(ino, lock_owner);
+        if unlock.is_none() && file.is_clean() {
+            // Most closes: answered here, without a trip to the runtime.
+            return reply.ok();
+        }
         spawn!(self, async move {
             let r = async {
                 file.flush().await?;
@@ -718,7 +757,7 @@ impl fuser::Filesystem for SpareFs {
         reply: ReplyEmpty,
     ) {
         let meta = self.meta.clone();
-        spawn!(self, async move {
+        meta_op!(self, async move {
             match meta.sync().await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -747,20 +786,13 @@ impl fuser::Filesystem for SpareFs {
         let handles = self.handles.clone();
         let file = handles.lock().ok().and_then(|mut h| h.by_fh.remove(&fh.0));
         let Some(file) = file else { return reply.ok() };
+        if file.is_clean() {
+            Self::forget_handle(&handles, &file);
+            return reply.ok();
+        }
         spawn!(self, async move {
             let r = file.flush().await;
-            if let Ok(mut h) = handles.lock() {
-                let gone = match h.by_ino.get_mut(&file.ino) {
-                    Some((_, n)) => {
-                        *n -= 1;
-                        *n == 0
-                    }
-                    None => false,
-                };
-                if gone {
-                    h.by_ino.remove(&file.ino);
-                }
-            }
+            Self::forget_handle(&handles, &file);
             match r {
                 Ok(_) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -945,7 +977,7 @@ impl fuser::Filesystem for SpareFs {
         mut reply: ReplyDirectory,
     ) {
         let (meta, dirs, c) = (self.meta.clone(), self.dirs.clone(), caller(req));
-        spawn!(self, async move {
+        meta_op!(self, async move {
             match dirs.read(&meta, c, InodeId(ino.0), fh.0, offset).await {
                 Ok(listing) => {
                     if offset < 1 && reply.add(ino, 1, fuser::FileType::Directory, ".") {
@@ -975,7 +1007,7 @@ impl fuser::Filesystem for SpareFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let meta = self.meta.clone();
-        spawn!(self, async move {
+        meta_op!(self, async move {
             match meta.read(ReadOp::StatFs).await {
                 Ok(NsReply::StatFs(s)) => {
                     let bs = 4096u64;
@@ -1014,7 +1046,7 @@ impl fuser::Filesystem for SpareFs {
             libc::XATTR_REPLACE => XattrMode::Replace,
             _ => return reply.error(Errno::EINVAL),
         };
-        spawn!(self, async move {
+        meta_op!(self, async move {
             match meta
                 .write_as(
                     c,
@@ -1035,7 +1067,7 @@ impl fuser::Filesystem for SpareFs {
 
     fn getxattr(&self, req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
         let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
-        spawn!(self, async move {
+        meta_op!(self, async move {
             match meta
                 .read_as(
                     c,
@@ -1055,7 +1087,7 @@ impl fuser::Filesystem for SpareFs {
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let (meta, c) = (self.meta.clone(), caller(req));
-        spawn!(self, async move {
+        meta_op!(self, async move {
             match meta
                 .read_as(
                     c,
@@ -1081,7 +1113,7 @@ impl fuser::Filesystem for SpareFs {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
-        spawn!(self, async move {
+        meta_op!(self, async move {
             match meta
                 .write_as(
                     c,
@@ -1100,7 +1132,7 @@ impl fuser::Filesystem for SpareFs {
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let (meta, c) = (self.meta.clone(), caller(req));
-        spawn!(self, async move {
+        meta_op!(self, async move {
             match meta
                 .read_as(
                     c,

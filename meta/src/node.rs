@@ -6,12 +6,13 @@
 //! then handle the `Ready` in the order raft-rs documents:
 //!   1. send the leader's messages (safe before persisting);
 //!   2. install a snapshot, if any (one synced batch);
-//!   3. apply committed entries, append new entries and store the hard
-//!      state, all in ONE WriteBatch, so the commit index lands with what it
-//!      made us apply and the applied index moves with the state. The batch
-//!      is synced when it holds a durable entry (`needs_sync`) or a new term
-//!      or vote; otherwise it goes to the OS and the WAL syncer thread puts
-//!      it on disk a moment later (see `WriteOp::must_be_durable`);
+//!   3. apply committed entries (a batch of their own, with the applied
+//!      index), append new entries and store the hard state (one batch): a
+//!      leader applies first, a follower stores and acknowledges first. The
+//!      entries' batch is synced when it holds a durable entry
+//!      (`needs_sync`) or a new term or vote; otherwise it goes to the OS and
+//!      the WAL syncer thread puts it on disk a moment later (see
+//!      `WriteOp::must_be_durable`);
 //!   4. answer the waiting clients, send the persisted messages (votes,
 //!      append responses), `advance`;
 //!   5. the light ready: commit index, messages, committed entries (another
@@ -325,6 +326,11 @@ impl Driver {
             // honest): no heartbeat round per read. Safe while clocks drift
             // less than the election timeout between replicas.
             read_only_option: raft::ReadOnlyOption::LeaseBased,
+            // Followers learn a new commit index with the next append or
+            // heartbeat (100 ms) instead of from a message of its own: a
+            // send and a wake-up less per write on every replica, and only
+            // the leader answers clients.
+            skip_bcast_commit: true,
             ..Default::default()
         };
         raft_config.validate()?;
@@ -893,8 +899,17 @@ impl Driver {
                 self.ready_reads.push((rs.index, reads));
             }
         }
+        // A leader applies (and answers) what is committed before it stores
+        // new entries, so those answers do not wait for the fsync; a
+        // follower first stores and acknowledges the new entries, so the
+        // leader's commit does not wait for this replica's apply. Committed
+        // entries are already on a majority: either order is safe.
+        let mut committed = ready.take_committed_entries();
+        let leader = self.is_leader();
+        if leader {
+            self.apply_and_deliver(std::mem::take(&mut committed))?;
+        }
         let mut batch = WriteBatch::default();
-        let results = self.apply_entries(&mut batch, ready.take_committed_entries())?;
         let mut sync = ready.entries().iter().any(needs_sync);
         self.raw.mut_store().append(&mut batch, ready.entries())?;
         if let Some(hs) = ready.hs() {
@@ -915,8 +930,10 @@ impl Driver {
         } else if !batch.is_empty() {
             self.store.write_unsynced(batch)?;
         }
-        self.deliver(results);
         self.outbox.send(ready.take_persisted_messages());
+        if !leader {
+            self.apply_and_deliver(committed)?;
+        }
         let mut light = self.raw.advance(ready);
         let mut batch = WriteBatch::default();
         if let Some(commit) = light.commit_index() {
@@ -938,6 +955,18 @@ impl Driver {
         self.shared.leader_ready.store(ready, Ordering::Release);
         self.serve_ready_reads();
         self.maybe_compact()?;
+        Ok(())
+    }
+
+    /// Applies committed entries in a batch of their own (unsynced: the
+    /// applied state follows from the log) and answers their waiters.
+    fn apply_and_deliver(&mut self, committed: Vec<Entry>) -> anyhow::Result<()> {
+        let mut batch = WriteBatch::default();
+        let results = self.apply_entries(&mut batch, committed)?;
+        if !batch.is_empty() {
+            self.store.write_unsynced(batch)?;
+        }
+        self.deliver(results);
         Ok(())
     }
 
