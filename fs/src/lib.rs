@@ -12,6 +12,7 @@
 mod convert;
 mod dirs;
 mod ops;
+mod xattrs;
 
 pub use ops::SpareFs;
 

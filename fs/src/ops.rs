@@ -44,6 +44,7 @@ pub struct SpareFs {
     /// must, and only these need a meta round trip.
     lockers: Arc<Mutex<std::collections::HashSet<(u64, u64)>>>,
     dirs: Arc<crate::dirs::OpenDirs>,
+    xattrs: Arc<crate::xattrs::XattrCache>,
 }
 
 type R<T> = Result<T, ClientError>;
@@ -80,6 +81,7 @@ impl SpareFs {
             next_fh: AtomicU64::new(1),
             lockers: Arc::new(Mutex::new(std::collections::HashSet::new())),
             dirs: Arc::new(crate::dirs::OpenDirs::default()),
+            xattrs: Arc::new(crate::xattrs::XattrCache::default()),
         }
     }
 
@@ -304,6 +306,7 @@ impl fuser::Filesystem for SpareFs {
             self.handles.clone(),
         );
         let file = self.open_file(InodeId(ino.0));
+        let cache = self.xattrs.clone();
         let work = async move {
             let set = SetAttr {
                 perm: mode.map(|m| m & 0o7777),
@@ -339,6 +342,9 @@ impl fuser::Filesystem for SpareFs {
                 Ok(a)
             }
             .await;
+            // A mode change rewrites the access ACL; chown drops
+            // capabilities.
+            cache.forget(ino.0);
             match r {
                 Ok(a) => reply.attr(&TTL, &file_attr(&a, Self::size_of(&handles, &a))),
                 Err(e) => reply.error(errno(&e)),
@@ -1046,8 +1052,9 @@ impl fuser::Filesystem for SpareFs {
             libc::XATTR_REPLACE => XattrMode::Replace,
             _ => return reply.error(Errno::EINVAL),
         };
+        let cache = self.xattrs.clone();
         meta_op!(self, async move {
-            match meta
+            let r = meta
                 .write_as(
                     c,
                     WriteOp::SetXattr {
@@ -1057,8 +1064,9 @@ impl fuser::Filesystem for SpareFs {
                         mode,
                     },
                 )
-                .await
-            {
+                .await;
+            cache.forget(ino.0);
+            match r {
                 Ok(_) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -1066,20 +1074,32 @@ impl fuser::Filesystem for SpareFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
-        let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
+        let (meta, c, n, cache) = (self.meta.clone(), caller(req), name(n), self.xattrs.clone());
+        match cache.get(ino.0, &n) {
+            Some(Some(v)) => return xattr_reply(reply, &v, size),
+            Some(None) => return reply.error(Errno::from_i32(libc::ENODATA)),
+            None => {}
+        }
         meta_op!(self, async move {
             match meta
                 .read_as(
                     c,
                     ReadOp::GetXattr {
                         ino: InodeId(ino.0),
-                        name: n,
+                        name: n.clone(),
                     },
                 )
                 .await
             {
-                Ok(NsReply::Bytes(v)) => xattr_reply(reply, &v, size),
+                Ok(NsReply::Bytes(v)) => {
+                    cache.put(ino.0, &n, Some(v.clone()));
+                    xattr_reply(reply, &v, size)
+                }
                 Ok(_) => reply.error(Errno::EIO),
+                Err(ClientError::Errno(PErrno::ENODATA)) => {
+                    cache.put(ino.0, &n, None);
+                    reply.error(Errno::from_i32(libc::ENODATA))
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -1113,8 +1133,9 @@ impl fuser::Filesystem for SpareFs {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
+        let cache = self.xattrs.clone();
         meta_op!(self, async move {
-            match meta
+            let r = meta
                 .write_as(
                     c,
                     WriteOp::RemoveXattr {
@@ -1122,8 +1143,9 @@ impl fuser::Filesystem for SpareFs {
                         name: n,
                     },
                 )
-                .await
-            {
+                .await;
+            cache.forget(ino.0);
+            match r {
                 Ok(_) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
