@@ -422,7 +422,7 @@ impl MetaClient {
 
 fn attr(r: NsReply) -> Result<Attr> {
     match r {
-        NsReply::Attr(a) => Ok(a),
+        NsReply::Attr(a) | NsReply::Made { attr: a, .. } => Ok(a),
         other => Err(ClientError::Protocol(format!(
             "expected attributes, got {other:?}"
         ))),

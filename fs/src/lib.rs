@@ -11,6 +11,7 @@
 
 mod convert;
 mod dirs;
+mod fresh_attrs;
 mod ops;
 mod xattrs;
 

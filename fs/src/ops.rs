@@ -45,6 +45,7 @@ pub struct SpareFs {
     lockers: Arc<Mutex<std::collections::HashSet<(u64, u64)>>>,
     dirs: Arc<crate::dirs::OpenDirs>,
     xattrs: Arc<crate::xattrs::XattrCache>,
+    fresh: Arc<crate::fresh_attrs::FreshAttrs>,
 }
 
 type R<T> = Result<T, ClientError>;
@@ -57,9 +58,18 @@ fn name(n: &OsStr) -> Vec<u8> {
     n.as_bytes().to_vec()
 }
 
+/// The new inode's attributes from the answer to a create, mkdir,
+/// symlink or link, keeping its directory's for the kernel's next GETATTR.
+fn made(fresh: &crate::fresh_attrs::FreshAttrs, r: NsReply) -> R<Attr> {
+    if let NsReply::Made { parent, .. } = &r {
+        fresh.put(parent.clone());
+    }
+    attr_of(r)
+}
+
 fn attr_of(r: NsReply) -> R<Attr> {
     match r {
-        NsReply::Attr(a) => Ok(a),
+        NsReply::Attr(a) | NsReply::Made { attr: a, .. } => Ok(a),
         other => Err(ClientError::Protocol(format!(
             "expected attributes, got {other:?}"
         ))),
@@ -82,6 +92,7 @@ impl SpareFs {
             lockers: Arc::new(Mutex::new(std::collections::HashSet::new())),
             dirs: Arc::new(crate::dirs::OpenDirs::default()),
             xattrs: Arc::new(crate::xattrs::XattrCache::default()),
+            fresh: Arc::new(crate::fresh_attrs::FreshAttrs::default()),
         }
     }
 
@@ -272,6 +283,9 @@ impl fuser::Filesystem for SpareFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(a) = self.fresh.take(ino.0) {
+            return reply.attr(&TTL, &file_attr(&a, Self::size_of(&self.handles, &a)));
+        }
         let (meta, handles) = (self.meta.clone(), self.handles.clone());
         meta_op!(self, async move {
             match meta.getattr(InodeId(ino.0)).await {
@@ -306,7 +320,7 @@ impl fuser::Filesystem for SpareFs {
             self.handles.clone(),
         );
         let file = self.open_file(InodeId(ino.0));
-        let cache = self.xattrs.clone();
+        let (cache, fresh) = (self.xattrs.clone(), self.fresh.clone());
         let work = async move {
             let set = SetAttr {
                 perm: mode.map(|m| m & 0o7777),
@@ -343,8 +357,10 @@ impl fuser::Filesystem for SpareFs {
             }
             .await;
             // A mode change rewrites the access ACL; chown drops
-            // capabilities.
+            // capabilities. The kernel takes the new attributes from this
+            // answer, so none kept from an earlier change may follow.
             cache.forget(ino.0);
+            fresh.forget(ino.0);
             match r {
                 Ok(a) => reply.attr(&TTL, &file_attr(&a, Self::size_of(&handles, &a))),
                 Err(e) => reply.error(errno(&e)),
@@ -393,6 +409,7 @@ impl fuser::Filesystem for SpareFs {
         let Some(kind) = convert::kind_of_mode(mode) else {
             return reply.error(Errno::EINVAL);
         };
+        let fresh = self.fresh.clone();
         meta_op!(self, async move {
             let op = WriteOp::MkNod {
                 parent: InodeId(parent.0),
@@ -403,7 +420,7 @@ impl fuser::Filesystem for SpareFs {
                 rdev,
                 exclusive: true,
             };
-            let r = meta.write_as(c, op).await.and_then(attr_of);
+            let r = meta.write_as(c, op).await.and_then(|r| made(&fresh, r));
             Self::reply_entry(&handles, reply, r);
         });
     }
@@ -423,6 +440,7 @@ impl fuser::Filesystem for SpareFs {
             name(n),
             self.handles.clone(),
         );
+        let fresh = self.fresh.clone();
         meta_op!(self, async move {
             let op = WriteOp::Mkdir {
                 parent: InodeId(parent.0),
@@ -430,13 +448,14 @@ impl fuser::Filesystem for SpareFs {
                 perm: mode & 0o7777,
                 umask,
             };
-            let r = meta.write_as(c, op).await.and_then(attr_of);
+            let r = meta.write_as(c, op).await.and_then(|r| made(&fresh, r));
             Self::reply_entry(&handles, reply, r);
         });
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
+        let fresh = self.fresh.clone();
         meta_op!(self, async move {
             match meta
                 .write_as(
@@ -448,7 +467,12 @@ impl fuser::Filesystem for SpareFs {
                 )
                 .await
             {
-                Ok(_) => reply.ok(),
+                Ok(r) => {
+                    if let NsReply::Attr(dir) = r {
+                        fresh.put(dir);
+                    }
+                    reply.ok()
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -456,6 +480,7 @@ impl fuser::Filesystem for SpareFs {
 
     fn rmdir(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
+        let fresh = self.fresh.clone();
         meta_op!(self, async move {
             match meta
                 .write_as(
@@ -467,7 +492,12 @@ impl fuser::Filesystem for SpareFs {
                 )
                 .await
             {
-                Ok(_) => reply.ok(),
+                Ok(r) => {
+                    if let NsReply::Attr(dir) = r {
+                        fresh.put(dir);
+                    }
+                    reply.ok()
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -488,6 +518,7 @@ impl fuser::Filesystem for SpareFs {
             self.handles.clone(),
         );
         let target = target.as_os_str().as_bytes().to_vec();
+        let fresh = self.fresh.clone();
         meta_op!(self, async move {
             let r = meta
                 .write_as(
@@ -499,7 +530,7 @@ impl fuser::Filesystem for SpareFs {
                     },
                 )
                 .await
-                .and_then(attr_of);
+                .and_then(|r| made(&fresh, r));
             Self::reply_entry(&handles, reply, r);
         });
     }
@@ -524,6 +555,7 @@ impl fuser::Filesystem for SpareFs {
         } else {
             return reply.error(Errno::EINVAL);
         };
+        let fresh = self.fresh.clone();
         meta_op!(self, async move {
             let op = WriteOp::Rename {
                 parent: InodeId(parent.0),
@@ -532,7 +564,10 @@ impl fuser::Filesystem for SpareFs {
                 new_name: nn,
                 mode,
             };
-            match meta.write_as(c, op).await {
+            let r = meta.write_as(c, op).await;
+            fresh.forget(parent.0);
+            fresh.forget(newparent.0);
+            match r {
                 Ok(_) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -553,13 +588,14 @@ impl fuser::Filesystem for SpareFs {
             name(newname),
             self.handles.clone(),
         );
+        let fresh = self.fresh.clone();
         meta_op!(self, async move {
             let op = WriteOp::Link {
                 ino: InodeId(ino.0),
                 new_parent: InodeId(newparent.0),
                 new_name: n,
             };
-            let r = meta.write_as(c, op).await.and_then(attr_of);
+            let r = meta.write_as(c, op).await.and_then(|r| made(&fresh, r));
             Self::reply_entry(&handles, reply, r);
         });
     }
@@ -606,6 +642,7 @@ impl fuser::Filesystem for SpareFs {
             self.handles.clone(),
         );
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let fresh = self.fresh.clone();
         meta_op!(self, async move {
             let r = async {
                 let op = WriteOp::MkNod {
@@ -617,7 +654,7 @@ impl fuser::Filesystem for SpareFs {
                     rdev: 0,
                     exclusive: flags & libc::O_EXCL != 0,
                 };
-                let a = attr_of(meta.write_as(c, op).await?)?;
+                let a = made(&fresh, meta.write_as(c, op).await?)?;
                 Self::register(data, handles.clone(), fh, &a).await?;
                 Ok::<_, ClientError>(a)
             }
@@ -1052,7 +1089,7 @@ impl fuser::Filesystem for SpareFs {
             libc::XATTR_REPLACE => XattrMode::Replace,
             _ => return reply.error(Errno::EINVAL),
         };
-        let cache = self.xattrs.clone();
+        let (cache, fresh) = (self.xattrs.clone(), self.fresh.clone());
         meta_op!(self, async move {
             let r = meta
                 .write_as(
@@ -1066,6 +1103,7 @@ impl fuser::Filesystem for SpareFs {
                 )
                 .await;
             cache.forget(ino.0);
+            fresh.forget(ino.0);
             match r {
                 Ok(_) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -1133,7 +1171,7 @@ impl fuser::Filesystem for SpareFs {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
-        let cache = self.xattrs.clone();
+        let (cache, fresh) = (self.xattrs.clone(), self.fresh.clone());
         meta_op!(self, async move {
             let r = meta
                 .write_as(
@@ -1145,6 +1183,7 @@ impl fuser::Filesystem for SpareFs {
                 )
                 .await;
             cache.forget(ino.0);
+            fresh.forget(ino.0);
             match r {
                 Ok(_) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),

@@ -17,7 +17,7 @@ fn setup() -> (Machine, InodeId) {
     let mut m = Machine::new(Caller::ROOT);
     m.apply(WriteOp::SetClusterKey { key: [1; 32] })
         .expect("key");
-    let NsReply::Attr(a) = m
+    let NsReply::Made { attr: a, .. } = m
         .apply_reply(WriteOp::MkNod {
             parent: InodeId::ROOT,
             name: b"f".to_vec(),

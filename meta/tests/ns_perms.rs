@@ -18,7 +18,7 @@ fn user(uid: u32, gid: u32) -> Caller {
 
 fn attr(r: Result<NsReply, Errno>) -> Attr {
     match r {
-        Ok(NsReply::Attr(a)) => a,
+        Ok(NsReply::Attr(a) | NsReply::Made { attr: a, .. }) => a,
         other => panic!("expected attributes, got {other:?}"),
     }
 }

@@ -438,4 +438,11 @@ pub enum NsReply {
         placement: Vec<ChunkserverId>,
         capabilities: Vec<Capability>,
     },
+    /// A new name (create, mkdir, symlink, link): its inode's attributes
+    /// and its directory's after the change, so a client need not ask for
+    /// the directory's again (the kernel does after each change).
+    Made {
+        attr: Attr,
+        parent: Attr,
+    },
 }

@@ -568,7 +568,10 @@ fn make<R: ReadKv>(
     store(tx, parent, &dir);
     store(tx, ino, &inode);
     add_files(tx, 1)?;
-    Ok(NsReply::Attr(inode.attr(ino)))
+    Ok(NsReply::Made {
+        attr: inode.attr(ino),
+        parent: dir.attr(parent),
+    })
 }
 
 /// Drops one link of `ino`; at zero the inode goes to the deleted list,
@@ -643,7 +646,8 @@ fn remove<R: ReadKv>(
     dir.ctime = now;
     store(tx, parent, &dir);
     drop_link(tx, now, entry.ino, &mut victim)?;
-    Ok(NsReply::Done)
+    // The directory's attributes after the change (as for `Made`).
+    Ok(NsReply::Attr(dir.attr(parent)))
 }
 
 /// True if directory `ino` is `ancestor` or lies below it.
@@ -889,7 +893,10 @@ fn link<R: ReadKv>(
     dir.ctime = now;
     store(tx, new_parent, &dir);
     store(tx, ino, &inode);
-    Ok(NsReply::Attr(inode.attr(ino)))
+    Ok(NsReply::Made {
+        attr: inode.attr(ino),
+        parent: dir.attr(new_parent),
+    })
 }
 
 fn setattr<R: ReadKv>(
