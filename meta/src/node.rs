@@ -1190,3 +1190,24 @@ pub fn write_staged(
 
 pub type InputSender = tokio::sync::mpsc::Sender<Input>;
 pub type InputReceiver = tokio::sync::mpsc::Receiver<Input>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_entries_wait_for_the_disk() {
+        let mut plain = Entry::default();
+        plain.data = vec![1, 2, 3].into();
+        assert!(
+            !needs_sync(&plain),
+            "namespace changes reach the disk later"
+        );
+        let mut durable = plain.clone();
+        durable.context = vec![ENTRY_DURABLE].into();
+        assert!(needs_sync(&durable));
+        let mut conf = Entry::default();
+        conf.set_entry_type(EntryType::EntryConfChange);
+        assert!(needs_sync(&conf), "membership changes are synced");
+    }
+}

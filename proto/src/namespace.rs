@@ -446,3 +446,79 @@ pub enum NsReply {
         parent: Attr,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Policy;
+    use crate::{BlockId, ChunkserverId};
+
+    /// What waits for the disk: data, the barrier, and whatever lets
+    /// fragments be deleted or changes who stores what; not the namespace
+    /// changes applications make by the thousand.
+    #[test]
+    fn durable_operations() {
+        let ino = InodeId(5);
+        let durable = [
+            WriteOp::CommitSlices {
+                ino,
+                slices: Vec::new(),
+                size_at_least: 0,
+            },
+            WriteOp::Sync,
+            WriteOp::PurgeDeleted,
+            WriteOp::SetAttr {
+                ino,
+                set: SetAttr {
+                    size: Some(0),
+                    ..SetAttr::default()
+                },
+            },
+            WriteOp::ReplaceSlices {
+                ino,
+                index: 0,
+                through_seq: 1,
+                replaced: Vec::new(),
+                slices: Vec::new(),
+            },
+            WriteOp::RelocateFragments {
+                block: BlockId(1),
+                from_base: 0,
+                policy: Policy::Rep { copies: 2 },
+                base: 0,
+                written: Vec::new(),
+            },
+            WriteOp::RemoveChunkserver {
+                chunkserver: ChunkserverId(1),
+            },
+        ];
+        for op in &durable {
+            assert!(op.must_be_durable(), "{op:?}");
+        }
+        let written = [
+            WriteOp::MkNod {
+                parent: ino,
+                name: b"f".to_vec(),
+                kind: FileKind::File,
+                perm: 0o644,
+                umask: 0,
+                rdev: 0,
+                exclusive: true,
+            },
+            WriteOp::Unlink {
+                parent: ino,
+                name: b"f".to_vec(),
+            },
+            WriteOp::SetAttr {
+                ino,
+                set: SetAttr {
+                    perm: Some(0o600),
+                    ..SetAttr::default()
+                },
+            },
+        ];
+        for op in &written {
+            assert!(!op.must_be_durable(), "{op:?}");
+        }
+    }
+}
