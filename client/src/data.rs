@@ -37,7 +37,7 @@ pub const FRAGMENT_WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Placements tried for one block before its write fails.
 pub const PUT_ATTEMPTS: usize = 4;
 
-type ChunkMap = (Arc<Vec<Slice>>, Arc<HashMap<BlockId, Capability>>);
+pub type ChunkMap = (Arc<Vec<Slice>>, Arc<HashMap<BlockId, Capability>>);
 
 pub struct DataClient {
     pub meta: Arc<MetaClient>,
@@ -211,6 +211,27 @@ impl DataClient {
 
     /// Reads `[offset, offset + len)` of a file of `size` bytes.
     pub async fn read(&self, ino: InodeId, size: u64, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.read_with_first_chunk(ino, size, offset, len, None)
+            .await
+    }
+
+    /// A chunk map from an answer that carried one (`ReadOp::Open`).
+    pub fn chunk_map_of(slices: Vec<Slice>, capabilities: Vec<Capability>) -> ChunkMap {
+        (
+            Arc::new(slices),
+            Arc::new(capabilities.into_iter().map(|c| (c.block, c)).collect()),
+        )
+    }
+
+    /// `read`, using `first` (fetched just now) as chunk 0's map.
+    pub async fn read_with_first_chunk(
+        &self,
+        ino: InodeId,
+        size: u64,
+        offset: u64,
+        len: usize,
+        mut first: Option<ChunkMap>,
+    ) -> Result<Vec<u8>> {
         let end = size.min(offset.saturating_add(len as u64));
         if offset >= end {
             return Ok(Vec::new());
@@ -226,7 +247,10 @@ impl DataClient {
             pos = chunk_end;
         }
         for (index, within, take, out_at) in jobs {
-            let (slices, caps) = self.chunk(ino, index).await?;
+            let (slices, caps) = match (index, first.take()) {
+                (0, Some(map)) => map,
+                _ => self.chunk(ino, index).await?,
+            };
             let pieces: Vec<Piece> = resolve(&slices, within, within + take);
             for p in &pieces {
                 if let Source::Inline(bytes) = p.source {

@@ -26,6 +26,11 @@ pub struct OpenFile {
     ahead: std::sync::Mutex<ReadAhead>,
     /// `state.size`, readable without waiting for the state lock.
     size_now: std::sync::atomic::AtomicU64,
+    /// Bumped by everything that changes the file through this handle or
+    /// invalidates what it read (`drop_window`).
+    changes: std::sync::atomic::AtomicU64,
+    /// The first chunk's map as the open fetched it, for the first read.
+    first_chunk: std::sync::Mutex<Option<crate::data::ChunkMap>>,
 }
 
 /// Background flushes in flight per file: while the next 16 MiB gathers,
@@ -120,6 +125,8 @@ impl OpenFile {
             }),
             ahead: std::sync::Mutex::new(ReadAhead::default()),
             size_now: std::sync::atomic::AtomicU64::new(attr.size),
+            changes: std::sync::atomic::AtomicU64::new(0),
+            first_chunk: std::sync::Mutex::new(None),
         })
     }
 
@@ -206,7 +213,11 @@ impl OpenFile {
         if let Some(hit) = self.from_window(offset, len, size).await {
             return Ok(hit);
         }
-        let out = self.data.read(self.ino, size, offset, len).await?;
+        let first = self.first_chunk.lock().ok().and_then(|mut h| h.take());
+        let out = self
+            .data
+            .read_with_first_chunk(self.ino, size, offset, len, first)
+            .await?;
         self.maybe_read_ahead(offset, offset + out.len() as u64, size);
         Ok(out)
     }
@@ -232,14 +243,45 @@ impl OpenFile {
 
     /// A new open of a file this mount already has open: close-to-open
     /// says it must see what others closed since, so cached data goes.
-    pub fn revalidate(&self) {
+    /// `attr` is the file as the meta has it now: with nothing buffered or
+    /// in flight here, its size is the file's (another mount may have
+    /// truncated or extended it since this mount opened it).
+    pub async fn revalidate(&self, attr: &Attr) {
         self.drop_window();
         self.data.invalidate(self.ino);
+        let mut st = self.state.lock().await;
+        if st.extents.is_empty() && st.inflight.is_empty() {
+            st.size = attr.size;
+            self.publish_size(&st);
+        }
     }
 
     fn drop_window(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut h) = self.first_chunk.lock() {
+            *h = None;
+        }
         if let Ok(mut ra) = self.ahead.lock() {
             ra.clear();
+        }
+    }
+
+    /// How many changes this handle has seen, if nothing is buffered or in
+    /// flight now (a flush in flight may commit after a fetch).
+    pub fn clean_changes(&self) -> Option<u64> {
+        self.is_clean()
+            .then(|| self.changes.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// Keeps the first chunk's map an open fetched (`ReadOp::Open`) for the
+    /// first read, if the handle is clean and has seen exactly `expected`
+    /// changes since before the fetch (else the map may be stale).
+    pub fn offer_first_chunk(&self, expected: u64, map: crate::data::ChunkMap) {
+        if self.clean_changes() == Some(expected) {
+            if let Ok(mut h) = self.first_chunk.lock() {
+                *h = Some(map);
+            }
         }
     }
 

@@ -191,7 +191,7 @@ impl SpareFs {
             .and_then(|h| h.by_ino.get(&attr.ino).map(|(f, _)| f.clone()));
         let file = match existing {
             Some(f) => {
-                f.revalidate();
+                f.revalidate(attr).await;
                 f
             }
             None => Arc::new(OpenFile::open(meta_data, attr).await?),
@@ -603,10 +603,37 @@ impl fuser::Filesystem for SpareFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (meta, data, handles) = (self.meta.clone(), self.data.clone(), self.handles.clone());
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        // What this mount's open file (if any) had seen before the fetch:
+        // a map fetched with the attributes is offered to the first read
+        // only if nothing changed the file here meanwhile.
+        let before = self
+            .open_file(InodeId(ino.0))
+            .map(|f| (f.clone(), f.clean_changes()));
         meta_op!(self, async move {
             let r = async {
-                let a = meta.getattr(InodeId(ino.0)).await?;
-                Self::register(data, handles, fh, &a).await
+                let (a, chunk) = match meta
+                    .read(ReadOp::Open {
+                        ino: InodeId(ino.0),
+                    })
+                    .await?
+                {
+                    NsReply::Opened { attr, chunk } => (attr, chunk),
+                    other => return Err(ClientError::Protocol(format!("{other:?}"))),
+                };
+                let file = Self::register(data, handles, fh, &a).await?;
+                if let Some((slices, caps)) = chunk {
+                    // register() revalidated a file already open here (one
+                    // change); a new one has seen none.
+                    let expected = match before {
+                        Some((f, Some(n))) if Arc::ptr_eq(&f, &file) => Some(n + 1),
+                        None => Some(0),
+                        _ => None,
+                    };
+                    if let Some(n) = expected {
+                        file.offer_first_chunk(n, DataClient::chunk_map_of(slices, caps));
+                    }
+                }
+                Ok::<_, ClientError>(file)
             }
             .await;
             let direct = flags.0 & libc::O_DIRECT != 0;

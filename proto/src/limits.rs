@@ -23,6 +23,8 @@ pub const BLOCK_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// bytes one chunk may hold visible (the rest goes to blocks).
 pub const INLINE_SLICE_BYTES_MAX: usize = 64 * 1024;
 pub const INLINE_CHUNK_BYTES_MAX: usize = 1024 * 1024;
+/// Files up to this size get their first chunk's map with `ReadOp::Open`.
+pub const OPEN_CHUNK_BYTES_MAX: u64 = 1024 * 1024;
 /// Widest redundancy policy (fragments per block).
 pub const POLICY_FRAGMENTS_MAX: u8 = 32;
 /// Largest file size the namespace accepts (2^63 - 1, as off_t).

@@ -211,6 +211,12 @@ pub enum ReadOp {
     /// Counts of blocks by protection: every fragment on an `up` server,
     /// readable but missing some, or fewer than needed to read.
     Health,
+    /// open(2): the attributes (close-to-open: fresh at every open) and, for
+    /// a file of at most `limits::OPEN_CHUNK_BYTES_MAX`, its first chunk's
+    /// map too, so reading a small file needs no second round trip.
+    Open {
+        ino: InodeId,
+    },
 }
 
 /// Operations that change state. Each goes through Raft and is applied once.
@@ -444,6 +450,12 @@ pub enum NsReply {
     Made {
         attr: Attr,
         parent: Attr,
+    },
+    /// The answer to `ReadOp::Open`: attributes and, for a small file, its
+    /// first chunk (as `Chunk` carries it).
+    Opened {
+        attr: Attr,
+        chunk: Option<(Vec<Slice>, Vec<Capability>)>,
     },
 }
 

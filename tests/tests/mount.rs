@@ -119,6 +119,26 @@ async fn two_mounts_see_each_others_files_close_to_open() {
     let got = std::fs::read(a.join("shared")).expect("read on a");
     assert_eq!(&got[got.len() - 4..], b"tail");
     assert_eq!(got.len(), v2.len() + 4);
+    // Small files: an open brings the file's chunk map with its attributes;
+    // it must be current at every reopen, also while b holds the file open
+    // (its open file is then shared and revalidated).
+    let held = std::fs::File::open(b.join("shared")).expect("hold open on b");
+    for round in 0..5u8 {
+        let small: Vec<u8> = (0..16_384u32).map(|i| (i as u8) ^ round).collect();
+        std::fs::write(a.join("small"), &small).expect("small write on a");
+        std::fs::write(a.join("shared"), &small[..100 + round as usize]).expect("rewrite");
+        assert_eq!(
+            std::fs::read(b.join("small")).expect("small read on b"),
+            small,
+            "round {round}: small file current on b"
+        );
+        assert_eq!(
+            std::fs::read(b.join("shared")).expect("reread while held"),
+            &small[..100 + round as usize],
+            "round {round}: reopen of a held file is current"
+        );
+    }
+    drop(held);
     std::fs::create_dir(b.join("dir")).expect("mkdir on b");
     std::thread::sleep(Duration::from_millis(1100));
     assert!(

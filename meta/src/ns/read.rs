@@ -9,7 +9,7 @@ use crate::kv::{be, decode, read_be, Cf, ReadKv, StoreError};
 use sparefs_proto::layout::{Capability, ChunkserverInfo, ChunkserverState, Policy, Slice};
 use sparefs_proto::limits::*;
 use sparefs_proto::namespace::*;
-use sparefs_proto::{ChunkserverId, Errno};
+use sparefs_proto::{ChunkserverId, Errno, InodeId};
 
 /// Live facts about chunkservers that are not in the replicated state
 /// (heartbeats stay in the leader's memory).
@@ -28,6 +28,28 @@ impl ChunkserverLiveness for () {
 }
 
 /// `now` (Unix seconds) dates the capabilities handed out with layouts.
+/// A chunk's visible slices with their blocks' locations, and a read
+/// capability for each block.
+fn chunk_map<K: ReadKv>(
+    kv: &K,
+    ino: InodeId,
+    index: u64,
+    now: u64,
+) -> NsResult<(Vec<Slice>, Vec<Capability>)> {
+    let mut slices: Vec<Slice> = kv
+        .get_rec(Cf::Chunks, &chunk_key(ino, index))?
+        .unwrap_or_default();
+    super::blocks::fill_layouts(kv, &mut slices)?;
+    let mut capabilities = Vec::new();
+    if slices.iter().any(|s| !s.blocks.is_empty()) {
+        let key = cluster_key(kv)?.ok_or(NsError::Errno(Errno::EAGAIN))?;
+        for b in slices.iter().flat_map(|s| s.blocks.iter()) {
+            capabilities.push(Capability::issue(&key, b.id, false, now + CAPABILITY_SECS));
+        }
+    }
+    Ok((slices, capabilities))
+}
+
 pub fn read<K: ReadKv>(
     kv: &K,
     c: &Caller,
@@ -175,21 +197,22 @@ pub fn read<K: ReadKv>(
             if inode.kind != FileKind::File {
                 return Err(Errno::EINVAL.into());
             }
-            let slices: Vec<Slice> = kv
-                .get_rec(Cf::Chunks, &chunk_key(*ino, *index))?
-                .unwrap_or_default();
-            let mut slices = slices;
-            super::blocks::fill_layouts(kv, &mut slices)?;
-            let mut capabilities = Vec::new();
-            if slices.iter().any(|s| !s.blocks.is_empty()) {
-                let key = cluster_key(kv)?.ok_or(NsError::Errno(Errno::EAGAIN))?;
-                for b in slices.iter().flat_map(|s| s.blocks.iter()) {
-                    capabilities.push(Capability::issue(&key, b.id, false, now + CAPABILITY_SECS));
-                }
-            }
+            let (slices, capabilities) = chunk_map(kv, *ino, *index, now)?;
             Ok(NsReply::Chunk {
                 slices,
                 capabilities,
+            })
+        }
+        ReadOp::Open { ino } => {
+            let inode = load(kv, *ino)?;
+            let chunk = if inode.kind == FileKind::File && inode.size <= OPEN_CHUNK_BYTES_MAX {
+                Some(chunk_map(kv, *ino, 0, now)?)
+            } else {
+                None
+            };
+            Ok(NsReply::Opened {
+                attr: inode.attr(*ino),
+                chunk,
             })
         }
         ReadOp::ListChunkservers => Ok(NsReply::Chunkservers(chunkservers(kv, live)?)),
