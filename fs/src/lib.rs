@@ -1,13 +1,17 @@
 //! The FUSE adapter (fuser) over the client library. It has no filesystem
 //! semantics of its own: each callback turns its arguments into a client
-//! call on a tokio task (never blocking fuser's threads on the network),
-//! maps the error once (`errno`), and replies.
+//! call (metadata calls on fuser's own thread, bounded by the meta timeout;
+//! data and lock calls on a tokio task, so a slow chunkserver or a held lock
+//! never ties up fuser's threads), maps the error once (`errno`), and
+//! replies.
 //!
-//! Owns: FUSE handles (one shared `OpenFile` per inode per mount),
-//! conversion of attributes, the caller's groups (read from /proc, since
-//! FUSE requests carry only uid, gid and pid). Must not touch: the meta's
-//! rules (permissions are enforced by the kernel with `default_permissions`
-//! and again by the meta), fragments.
+//! Owns: FUSE handles (one shared `OpenFile` per inode per mount), open
+//! directories' pages (`dirs`), short-lived caches of what the kernel asks
+//! for again and again (`xattrs`, `fresh_attrs`), conversion of attributes,
+//! the caller's groups (read from /proc, since FUSE requests carry only uid,
+//! gid and pid). Must not touch: the meta's rules (permissions are enforced
+//! by the kernel with `default_permissions` and again by the meta),
+//! fragments.
 
 mod convert;
 mod dirs;

@@ -1,5 +1,6 @@
-//! `fuser::Filesystem` for sparefs. Every callback: take the caller, move
-//! the reply into a tokio task, call the client, map the error, reply.
+//! `fuser::Filesystem` for sparefs. Every callback: take the caller, call
+//! the client (`meta_op!` on fuser's thread for metadata, `spawn!` onto the
+//! runtime for data and locks), map the error, reply.
 
 use crate::convert::{self, errno, file_attr};
 use fuser::{
