@@ -900,39 +900,44 @@ impl Driver {
             }
         }
         // A leader applies (and answers) what is committed before it stores
-        // new entries, so those answers do not wait for the fsync; a
-        // follower first stores and acknowledges the new entries, so the
-        // leader's commit does not wait for this replica's apply. Committed
-        // entries are already on a majority: either order is safe.
-        let mut committed = ready.take_committed_entries();
-        let leader = self.is_leader();
-        if leader {
-            self.apply_and_deliver(std::mem::take(&mut committed))?;
-        }
-        let mut batch = WriteBatch::default();
-        let mut sync = ready.entries().iter().any(needs_sync);
-        self.raw.mut_store().append(&mut batch, ready.entries())?;
-        if let Some(hs) = ready.hs() {
+        // new entries, so those answers do not wait for an fsync; a follower
+        // first stores and acknowledges the new entries, so the leader's
+        // commit does not wait for this replica's apply. Either way the
+        // hard state (with the commit index) lands no later than the applied
+        // index it covers: a restart must never find applied > committed.
+        let committed = ready.take_committed_entries();
+        let hs = ready.hs().cloned();
+        let hs_sync = hs.as_ref().is_some_and(|hs| {
             // A term or vote must never be forgotten (two votes in a term
             // would allow two leaders); a commit index may lag.
             let old = self.raw.store().hard_state();
-            sync |= hs.term != old.term || hs.vote != old.vote;
-            self.raw
-                .mut_store()
-                .set_hard_state(&mut batch, hs.clone())?;
-        }
-        if sync {
-            // Let the connection tasks put the leader's appends on the wire
-            // first, so followers sync in parallel with this fsync (they
-            // share this thread, which the fsync blocks).
-            tokio::task::yield_now().await;
-            self.store.write_synced(batch)?;
-        } else if !batch.is_empty() {
-            self.store.write_unsynced(batch)?;
-        }
-        self.outbox.send(ready.take_persisted_messages());
-        if !leader {
-            self.apply_and_deliver(committed)?;
+            hs.term != old.term || hs.vote != old.vote
+        });
+        let entries_sync = ready.entries().iter().any(needs_sync);
+        if self.is_leader() {
+            let mut batch = WriteBatch::default();
+            let results = self.apply_entries(&mut batch, committed)?;
+            if let Some(hs) = hs {
+                self.raw.mut_store().set_hard_state(&mut batch, hs)?;
+            }
+            Self::write(&self.store.clone(), batch, hs_sync).await?;
+            self.deliver(results);
+            let mut batch = WriteBatch::default();
+            self.raw.mut_store().append(&mut batch, ready.entries())?;
+            Self::write(&self.store.clone(), batch, entries_sync).await?;
+            self.outbox.send(ready.take_persisted_messages());
+        } else {
+            let mut batch = WriteBatch::default();
+            self.raw.mut_store().append(&mut batch, ready.entries())?;
+            if let Some(hs) = hs {
+                self.raw.mut_store().set_hard_state(&mut batch, hs)?;
+            }
+            Self::write(&self.store.clone(), batch, entries_sync || hs_sync).await?;
+            self.outbox.send(ready.take_persisted_messages());
+            let mut batch = WriteBatch::default();
+            let results = self.apply_entries(&mut batch, committed)?;
+            Self::write(&self.store.clone(), batch, false).await?;
+            self.deliver(results);
         }
         let mut light = self.raw.advance(ready);
         let mut batch = WriteBatch::default();
@@ -958,15 +963,17 @@ impl Driver {
         Ok(())
     }
 
-    /// Applies committed entries in a batch of their own (unsynced: the
-    /// applied state follows from the log) and answers their waiters.
-    fn apply_and_deliver(&mut self, committed: Vec<Entry>) -> anyhow::Result<()> {
-        let mut batch = WriteBatch::default();
-        let results = self.apply_entries(&mut batch, committed)?;
-        if !batch.is_empty() {
-            self.store.write_unsynced(batch)?;
+    /// Writes a batch, synced (after letting the connection tasks put this
+    /// replica's messages on the wire, so followers sync in parallel with
+    /// this fsync: they share this thread, which the fsync blocks) or not
+    /// (in the OS now, on disk within `WAL_SYNC_EVERY`).
+    async fn write(store: &Store, batch: WriteBatch, sync: bool) -> anyhow::Result<()> {
+        if sync {
+            tokio::task::yield_now().await;
+            store.write_synced(batch)?;
+        } else if !batch.is_empty() {
+            store.write_unsynced(batch)?;
         }
-        self.deliver(results);
         Ok(())
     }
 
