@@ -39,6 +39,11 @@ pub const PUT_ATTEMPTS: usize = 4;
 
 pub type ChunkMap = (Arc<Vec<Slice>>, Arc<HashMap<BlockId, Capability>>);
 
+/// Read capabilities by the block they open.
+fn by_block(capabilities: Vec<Capability>) -> HashMap<BlockId, Capability> {
+    capabilities.into_iter().map(|c| (c.block, c)).collect()
+}
+
 pub struct DataClient {
     pub meta: Arc<MetaClient>,
     servers: Mutex<HashMap<ChunkserverId, String>>,
@@ -177,10 +182,7 @@ impl DataClient {
         else {
             return Err(ClientError::Protocol("chunk map".into()));
         };
-        Ok((
-            slices,
-            capabilities.into_iter().map(|c| (c.block, c)).collect(),
-        ))
+        Ok((slices, by_block(capabilities)))
     }
 
     async fn chunk(&self, ino: InodeId, index: u64) -> Result<ChunkMap> {
@@ -217,10 +219,7 @@ impl DataClient {
 
     /// A chunk map from an answer that carried one (`ReadOp::Open`).
     pub fn chunk_map_of(slices: Vec<Slice>, capabilities: Vec<Capability>) -> ChunkMap {
-        (
-            Arc::new(slices),
-            Arc::new(capabilities.into_iter().map(|c| (c.block, c)).collect()),
-        )
+        (Arc::new(slices), Arc::new(by_block(capabilities)))
     }
 
     /// `read`, using `first` (fetched just now) as chunk 0's map.

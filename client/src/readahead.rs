@@ -25,6 +25,7 @@ struct Window {
     start: u64,
     len: usize,
     data: Fetched,
+    fetch: tokio::task::JoinHandle<()>,
 }
 
 impl Window {
@@ -42,8 +43,13 @@ pub struct ReadAhead {
 }
 
 impl ReadAhead {
+    /// Drops every window and stops its fetch (the file changed, or the
+    /// reader went elsewhere). Windows the reader has passed are popped
+    /// without stopping theirs: a read still being served may need them.
     pub fn clear(&mut self) {
-        self.windows.clear();
+        for w in self.windows.drain(..) {
+            w.fetch.abort();
+        }
     }
 
     /// The windows that together cover `[offset, end)`, if they do.
@@ -88,17 +94,16 @@ impl ReadAhead {
         if !sequential {
             return;
         }
-        let mut ahead = self.windows.back().map_or(next, |w| w.end().max(next));
         if self.windows.back().is_some_and(|w| w.end() < next) {
-            self.windows.clear();
-            ahead = next;
+            self.clear();
         }
+        let mut ahead = self.windows.back().map_or(next, Window::end);
         let target = next.saturating_add(AHEAD_BYTES).min(size);
         while ahead < target && self.windows.len() < WINDOWS_MAX {
             let len = WINDOW_BYTES.min((size - ahead) as usize);
             let (tx, rx) = watch::channel(None);
             let (data, from) = (data.clone(), ahead);
-            tokio::spawn(async move {
+            let fetch = tokio::spawn(async move {
                 // A failed fetch drops `tx`: the reader then reads directly.
                 if let Ok(bytes) = data.read(ino, size, from, len).await {
                     let _ = tx.send(Some(Arc::new(bytes)));
@@ -108,6 +113,7 @@ impl ReadAhead {
                 start: ahead,
                 len,
                 data: rx,
+                fetch,
             });
             ahead += len as u64;
         }

@@ -77,6 +77,25 @@ fn attr_of(r: NsReply) -> R<Attr> {
     }
 }
 
+/// Runs a callback's work on the runtime, off fuser's thread: for data
+/// and lock operations, which may wait long (a slow chunkserver, a lock
+/// held elsewhere) and must not tie up the threads other requests need.
+macro_rules! spawn {
+    ($self:ident, $body:expr) => {
+        $self.rt.spawn($body);
+    };
+}
+
+/// Runs a metadata callback's work on fuser's own thread (one thread
+/// hand-over less per request: on a small host that is a fifth of a
+/// lookup). Metadata calls are bounded by the mount's meta timeout, and
+/// fuser runs `FUSER_THREADS` threads, so others are served meanwhile.
+macro_rules! meta_op {
+    ($self:ident, $body:expr) => {
+        $self.rt.block_on($body);
+    };
+}
+
 impl SpareFs {
     pub fn new(meta: Vec<String>, timeout: Duration, rt: tokio::runtime::Handle) -> SpareFs {
         let meta = Arc::new(MetaClient::new(meta, Caller::ROOT).with_deadline(timeout));
@@ -163,6 +182,23 @@ impl SpareFs {
         }
     }
 
+    /// unlink or rmdir: the answer carries the directory's new attributes,
+    /// kept for the kernel's next GETATTR of it.
+    fn remove(&self, req: &Request, op: WriteOp, reply: ReplyEmpty) {
+        let (meta, c, fresh) = (self.meta.clone(), caller(req), self.fresh.clone());
+        meta_op!(self, async move {
+            match meta.write_as(c, op).await {
+                Ok(r) => {
+                    if let NsReply::Attr(dir) = r {
+                        fresh.put(dir);
+                    }
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
     /// A handle of `file` closed: the inode's open file goes with its last.
     fn forget_handle(handles: &Mutex<Handles>, file: &OpenFile) {
         if let Ok(mut h) = handles.lock() {
@@ -213,25 +249,6 @@ impl SpareFs {
         h.by_fh.insert(fh, file.clone());
         Ok(file)
     }
-}
-
-/// Runs a callback's work on the runtime, off fuser's thread: for data
-/// and lock operations, which may wait long (a slow chunkserver, a lock
-/// held elsewhere) and must not tie up the threads other requests need.
-macro_rules! spawn {
-    ($self:ident, $body:expr) => {
-        $self.rt.spawn($body);
-    };
-}
-
-/// Runs a metadata callback's work on fuser's own thread (one thread
-/// hand-over less per request: on a small host that is a fifth of a
-/// lookup). Metadata calls are bounded by the mount's meta timeout, and
-/// fuser runs `FUSER_THREADS` threads, so others are served meanwhile.
-macro_rules! meta_op {
-    ($self:ident, $body:expr) => {
-        $self.rt.block_on($body);
-    };
 }
 
 impl fuser::Filesystem for SpareFs {
@@ -455,53 +472,19 @@ impl fuser::Filesystem for SpareFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
-        let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
-        let fresh = self.fresh.clone();
-        meta_op!(self, async move {
-            match meta
-                .write_as(
-                    c,
-                    WriteOp::Unlink {
-                        parent: InodeId(parent.0),
-                        name: n,
-                    },
-                )
-                .await
-            {
-                Ok(r) => {
-                    if let NsReply::Attr(dir) = r {
-                        fresh.put(dir);
-                    }
-                    reply.ok()
-                }
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        let op = WriteOp::Unlink {
+            parent: InodeId(parent.0),
+            name: name(n),
+        };
+        self.remove(req, op, reply);
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
-        let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
-        let fresh = self.fresh.clone();
-        meta_op!(self, async move {
-            match meta
-                .write_as(
-                    c,
-                    WriteOp::Rmdir {
-                        parent: InodeId(parent.0),
-                        name: n,
-                    },
-                )
-                .await
-            {
-                Ok(r) => {
-                    if let NsReply::Attr(dir) = r {
-                        fresh.put(dir);
-                    }
-                    reply.ok()
-                }
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        let op = WriteOp::Rmdir {
+            parent: InodeId(parent.0),
+            name: name(n),
+        };
+        self.remove(req, op, reply);
     }
 
     fn symlink(

@@ -6,15 +6,16 @@
 //! then handle the `Ready` in the order raft-rs documents:
 //!   1. send the leader's messages (safe before persisting);
 //!   2. install a snapshot, if any (one synced batch);
-//!   3. apply committed entries (a batch of their own, with the applied
-//!      index), append new entries and store the hard state (one batch): a
-//!      leader applies first, a follower stores and acknowledges first. The
-//!      entries' batch is synced when it holds a durable entry
+//!   3. a leader applies committed entries and stores the hard state (one
+//!      batch), answers their clients, then appends new entries (another);
+//!      a follower appends new entries and stores the hard state (one
+//!      batch), sends its persisted messages (votes, append responses), then
+//!      applies. The hard state never lands after the applied index it
+//!      covers. A batch is synced when it holds a durable entry
 //!      (`needs_sync`) or a new term or vote; otherwise it goes to the OS and
 //!      the WAL syncer thread puts it on disk a moment later (see
 //!      `WriteOp::must_be_durable`);
-//!   4. answer the waiting clients, send the persisted messages (votes,
-//!      append responses), `advance`;
+//!   4. a leader sends its persisted messages; `advance`;
 //!   5. the light ready: commit index, messages, committed entries (another
 //!      batch, unsynced), `advance_apply`;
 //!   6. serve reads whose ReadIndex is now applied; compact the log.
@@ -914,17 +915,18 @@ impl Driver {
             hs.term != old.term || hs.vote != old.vote
         });
         let entries_sync = ready.entries().iter().any(needs_sync);
+        let store = self.store.clone();
         if self.is_leader() {
             let mut batch = WriteBatch::default();
             let results = self.apply_entries(&mut batch, committed)?;
             if let Some(hs) = hs {
                 self.raw.mut_store().set_hard_state(&mut batch, hs)?;
             }
-            Self::write(&self.store.clone(), batch, hs_sync).await?;
+            Self::write(&store, batch, hs_sync).await?;
             self.deliver(results);
             let mut batch = WriteBatch::default();
             self.raw.mut_store().append(&mut batch, ready.entries())?;
-            Self::write(&self.store.clone(), batch, entries_sync).await?;
+            Self::write(&store, batch, entries_sync).await?;
             self.outbox.send(ready.take_persisted_messages());
         } else {
             let mut batch = WriteBatch::default();
@@ -932,11 +934,11 @@ impl Driver {
             if let Some(hs) = hs {
                 self.raw.mut_store().set_hard_state(&mut batch, hs)?;
             }
-            Self::write(&self.store.clone(), batch, entries_sync || hs_sync).await?;
+            Self::write(&store, batch, entries_sync || hs_sync).await?;
             self.outbox.send(ready.take_persisted_messages());
             let mut batch = WriteBatch::default();
             let results = self.apply_entries(&mut batch, committed)?;
-            Self::write(&self.store.clone(), batch, false).await?;
+            Self::write(&store, batch, false).await?;
             self.deliver(results);
         }
         let mut light = self.raw.advance(ready);
@@ -968,10 +970,13 @@ impl Driver {
     /// this fsync: they share this thread, which the fsync blocks) or not
     /// (in the OS now, on disk within `WAL_SYNC_EVERY`).
     async fn write(store: &Store, batch: WriteBatch, sync: bool) -> anyhow::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         if sync {
             tokio::task::yield_now().await;
             store.write_synced(batch)?;
-        } else if !batch.is_empty() {
+        } else {
             store.write_unsynced(batch)?;
         }
         Ok(())
@@ -1080,13 +1085,7 @@ impl Driver {
             let shared = self.shared.clone();
             self.runtime.spawn_blocking(move || {
                 for (caller, op, reply) in reads {
-                    let now = Time::now().secs.max(0) as u64;
-                    let r = match ns::read(&*store, &caller, &op, &*shared, now) {
-                        Ok(r) => Ok(r),
-                        Err(ns::NsError::Errno(e)) => Err(RpcError::Errno(e)),
-                        Err(ns::NsError::Store(e)) => Err(RpcError::Storage(e.to_string())),
-                    };
-                    let _ = reply.send(r);
+                    let _ = reply.send(read_now(&store, &shared, &caller, &op));
                 }
             });
         }
@@ -1193,6 +1192,20 @@ pub fn write_staged(
     w.write_all(k)?;
     w.write_all(&(v.len() as u32).to_be_bytes())?;
     w.write_all(v)
+}
+
+/// Answers a read from this replica's applied state, as of now.
+pub fn read_now(
+    store: &Store,
+    shared: &Shared,
+    caller: &Caller,
+    op: &ReadOp,
+) -> Result<NsReply, RpcError> {
+    let now = Time::now().secs.max(0) as u64;
+    ns::read(store, caller, op, shared, now).map_err(|e| match e {
+        ns::NsError::Errno(e) => RpcError::Errno(e),
+        ns::NsError::Store(e) => RpcError::Storage(e.to_string()),
+    })
 }
 
 pub type InputSender = tokio::sync::mpsc::Sender<Input>;

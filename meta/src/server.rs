@@ -299,14 +299,7 @@ impl Server {
         let scans = matches!(op, ReadOp::Health | ReadOp::ListChunkservers);
         let store = self.store.clone();
         let shared = self.shared.clone();
-        let run = move || {
-            let now = Time::now().secs.max(0) as u64;
-            match crate::ns::read(&*store, &caller, &op, &*shared, now) {
-                Ok(r) => Ok(r),
-                Err(crate::ns::NsError::Errno(e)) => Err(RpcError::Errno(e)),
-                Err(crate::ns::NsError::Store(e)) => Err(RpcError::Storage(e.to_string())),
-            }
-        };
+        let run = move || crate::node::read_now(&store, &shared, &caller, &op);
         if scans {
             tokio::task::spawn_blocking(run)
                 .await

@@ -15,6 +15,24 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Calls `check` every `pause` until it answers `Ok`, and returns that with
+/// the seconds it took; fails the test with the last `Err` (what it saw)
+/// once `timeout` has passed.
+pub async fn poll<T, F, Fut>(timeout: Duration, pause: Duration, mut check: F) -> (T, f64)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        match check().await {
+            Ok(v) => return (v, start.elapsed().as_secs_f64()),
+            Err(seen) => assert!(start.elapsed() < timeout, "{seen}"),
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
 /// The `sparefs` binary: $SPAREFS_BIN, or beside the test executable's
 /// directory (target/<profile>/sparefs).
 pub fn sparefs_bin() -> PathBuf {

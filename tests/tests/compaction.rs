@@ -6,9 +6,10 @@ use sparefs_client::{DataClient, OpenFile};
 use sparefs_proto::namespace::{NsReply, ReadOp};
 use sparefs_proto::InodeId;
 use sparefs_tests::data::{get, pattern, put};
+use sparefs_tests::poll;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 async fn slice_count(data: &DataClient, ino: InodeId) -> usize {
     match data.meta.read(ReadOp::ReadChunk { ino, index: 0 }).await {
@@ -75,22 +76,21 @@ async fn many_slices_are_compacted_while_reads_stay_right() {
         })
     };
     let usage_before: u64 = c.chunkserver_usage().values().sum();
-    let start = Instant::now();
-    loop {
-        let n = slice_count(&data, ino).await;
-        if n <= 4 {
-            println!(
-                "compacted {before} slices into {n} in {:.1} s",
-                start.elapsed().as_secs_f64()
-            );
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "still {n} slices"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let dr = &data;
+    let (n, secs) = poll(
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || async move {
+            let n = slice_count(dr, ino).await;
+            if n <= 4 {
+                Ok(n)
+            } else {
+                Err(format!("still {n} slices"))
+            }
+        },
+    )
+    .await;
+    println!("compacted {before} slices into {n} in {secs:.1} s");
     // Keep reading a moment past the swap.
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
@@ -98,17 +98,21 @@ async fn many_slices_are_compacted_while_reads_stay_right() {
     assert!(checked.load(Ordering::Relaxed) > 0);
     assert!(get(&data, ino).await.expect("read") == *model);
     // The replaced blocks are collected: usage falls to about 1.5x the file.
-    let start = Instant::now();
-    loop {
-        let now: u64 = c.chunkserver_usage().values().sum();
-        if (now as f64) < 1.5 * SIZE as f64 * 1.1 {
-            println!("usage {usage_before} -> {now} bytes after compaction");
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "space not reclaimed: {now} bytes (was {usage_before})"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let cr = &c;
+    let (now, _) = poll(
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async move {
+            let now: u64 = cr.chunkserver_usage().values().sum();
+            if (now as f64) < 1.5 * SIZE as f64 * 1.1 {
+                Ok(now)
+            } else {
+                Err(format!(
+                    "space not reclaimed: {now} bytes (was {usage_before})"
+                ))
+            }
+        },
+    )
+    .await;
+    println!("usage {usage_before} -> {now} bytes after compaction");
 }

@@ -10,7 +10,7 @@ use sparefs_proto::msg::{RepairProgress, Reply, Request};
 use sparefs_proto::namespace::{NsReply, ReadOp};
 use sparefs_proto::InodeId;
 use sparefs_tests::data::{get, pattern, put, walk};
-use sparefs_tests::MetaCluster;
+use sparefs_tests::{poll, MetaCluster};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -405,24 +405,25 @@ async fn new_host_is_filled_and_drained_host_removed() {
     // Even: its share of the 1.5 x 256 MiB stored comes within a quarter of
     // the mean (the others' old copies are garbage, collected later).
     let mean = (256u64 << 20) * 3 / 2 / 4;
-    let start = Instant::now();
-    loop {
-        let usage = c.chunkserver_usage();
-        if usage[&4] * 4 >= mean * 3 {
-            println!(
-                "new host filled to {} MiB (mean {} MiB) in {:.1} s",
-                usage[&4] >> 20,
-                mean >> 20,
-                start.elapsed().as_secs_f64()
-            );
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "new host not filled: {usage:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let cr = &c;
+    let (filled, secs) = poll(
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || async move {
+            let usage = cr.chunkserver_usage();
+            if usage[&4] * 4 >= mean * 3 {
+                Ok(usage[&4])
+            } else {
+                Err(format!("new host not filled: {usage:?}"))
+            }
+        },
+    )
+    .await;
+    println!(
+        "new host filled to {} MiB (mean {} MiB) in {secs:.1} s",
+        filled >> 20,
+        mean >> 20
+    );
     // Drain host 1 and remove it; everything still survives one more loss.
     let id1 = c.chunkserver_id(1).await.expect("id");
     let out = std::process::Command::new(sparefs_tests::sparefs_bin())
@@ -467,20 +468,18 @@ async fn blocks_a_dead_client_never_committed_are_collected() {
     let stored: u64 = c.chunkserver_usage().values().sum();
     assert!(stored > 32 << 20, "fragments on disk: {stored}");
     // Abandoned after the grace period (5 s), then collected.
-    let start = Instant::now();
-    loop {
-        let now: u64 = c.chunkserver_usage().values().sum();
-        if now == 0 {
-            println!(
-                "uncommitted blocks collected in {:.1} s",
-                start.elapsed().as_secs_f64()
-            );
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "uncommitted blocks still take {now} bytes"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let cr = &c;
+    let ((), secs) = poll(
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || async move {
+            let now: u64 = cr.chunkserver_usage().values().sum();
+            match now {
+                0 => Ok(()),
+                _ => Err(format!("uncommitted blocks still take {now} bytes")),
+            }
+        },
+    )
+    .await;
+    println!("uncommitted blocks collected in {secs:.1} s");
 }

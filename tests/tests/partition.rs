@@ -9,7 +9,7 @@ use sparefs_client::DataClient;
 use sparefs_proto::namespace::{NsReply, ReadOp};
 use sparefs_proto::InodeId;
 use sparefs_tests::data::{get, pattern, put};
-use sparefs_tests::sparefs_bin;
+use sparefs_tests::{poll, sparefs_bin};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -221,25 +221,21 @@ async fn cut_off_host_commits_nothing_and_catches_up() {
 
     net.heal();
     // The returning replica catches up to the leader's commit index.
-    let start = Instant::now();
-    loop {
-        let leader = client.status_of(&majority[0]).await.ok();
-        let iso = client.status_of(&format!("{ISOLATED}:{port}")).await.ok();
-        if let (Some(l), Some(i)) = (leader, iso) {
-            if i.applied >= l.commit && i.term == l.term {
-                println!(
-                    "cut-off replica caught up in {:.1} s",
-                    start.elapsed().as_secs_f64()
-                );
-                break;
+    let (cl, leader_addr) = (&client, &majority[0]);
+    let ((), secs) = poll(
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || async move {
+            let leader = cl.status_of(leader_addr).await.ok();
+            let iso = cl.status_of(&format!("{ISOLATED}:{port}")).await.ok();
+            match (leader, iso) {
+                (Some(l), Some(i)) if i.applied >= l.commit && i.term == l.term => Ok(()),
+                _ => Err("the returning replica did not catch up".to_string()),
             }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the returning replica did not catch up"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        },
+    )
+    .await;
+    println!("cut-off replica caught up in {secs:.1} s");
     wait_up(&client, 4).await;
     assert!(get(&data, ino_before).await.expect("read") == before);
     assert!(get(&data, ino_during).await.expect("read") == during);
