@@ -91,10 +91,14 @@ impl Conn {
             }
             return Err(CallError::Transport("connection closed".into()));
         }
-        let sent = {
+        // The timeout covers sending too: a peer that stops reading (a cut
+        // link) fills the socket buffer and would hold the write forever.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let send = async {
             let mut w = self.out.lock().await;
-            // A caller dropped mid-frame (a timeout around the call) leaves
-            // half a frame on the stream: the guard retires the connection.
+            // A send dropped mid-frame (this timeout, or one around the
+            // call) leaves half a frame on the stream: the guard retires the
+            // connection.
             let mut guard = BreakUnlessDone {
                 conn: self,
                 done: false,
@@ -106,10 +110,12 @@ impl Conn {
             guard.done = ok;
             ok
         };
-        if !sent {
-            return Err(CallError::Transport("connection closed".into()));
-        }
-        match tokio::time::timeout(timeout, rx).await {
+        let outcome = match tokio::time::timeout_at(deadline, send).await {
+            Ok(true) => tokio::time::timeout_at(deadline, rx).await,
+            Ok(false) => return Err(CallError::Transport("connection closed".into())),
+            Err(elapsed) => Err(elapsed),
+        };
+        match outcome {
             Ok(Ok(Ok(reply))) => Ok(reply),
             Ok(Ok(Err(e))) => Err(CallError::Rpc(e)),
             Ok(Err(_)) => Err(CallError::Transport("connection closed".into())),

@@ -44,6 +44,7 @@ impl Net {
         // Leftovers of an aborted run.
         ip(&["netns", "del", NS]);
         ip(&["link", "del", ROOT_IF]);
+        ip(&["route", "del", "blackhole", &format!("{ISOLATED}/32")]);
         must(&["netns", "add", NS]);
         must(&[
             "link", "add", ROOT_IF, "type", "veth", "peer", "name", NS_IF,
