@@ -31,12 +31,53 @@ struct Page {
     end: bool,
     /// The directory's parent, looked up on the first read from offset 0.
     parent: Option<InodeId>,
-    /// The following page, being read while this one is served: (the
-    /// cookie it is read after, the read).
-    next: Option<(u64, Prefetch)>,
+    /// The following pages, being read while this one is served.
+    ahead: Option<ReadAhead>,
 }
 
-type Prefetch = tokio::task::JoinHandle<Result<Vec<DirEntry>, ClientError>>;
+/// One task reading the pages after a cookie in order, up to
+/// `PAGES_AHEAD` finished ones waiting: the meta lists the next page while
+/// the mount decodes this one and the kernel takes it.
+struct ReadAhead {
+    /// The cookie the next page waiting in `pages` was read after.
+    after: u64,
+    pages: tokio::sync::mpsc::Receiver<Result<Vec<DirEntry>, ClientError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Full pages read ahead and waiting (one more may be finished and held by
+/// the task): bounds an open directory's memory to a few pages.
+const PAGES_AHEAD: usize = 1;
+
+impl ReadAhead {
+    fn start(meta: Arc<MetaClient>, caller: Caller, ino: InodeId, after: u64) -> ReadAhead {
+        let (tx, pages) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+        let task = tokio::spawn(async move {
+            let mut from = after;
+            loop {
+                let page = fetch(&meta, caller.clone(), ino, from, READDIR_ENTRIES_MAX).await;
+                let next = match &page {
+                    Ok(e) if e.len() >= READDIR_ENTRIES_MAX as usize => e.last().map(|e| e.cookie),
+                    _ => None,
+                };
+                if tx.send(page).await.is_err() {
+                    return;
+                }
+                match next {
+                    Some(c) => from = c,
+                    None => return,
+                }
+            }
+        });
+        ReadAhead { after, pages, task }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
 
 impl Page {
     fn unread() -> Page {
@@ -45,15 +86,7 @@ impl Page {
             entries: Vec::new(),
             end: false,
             parent: None,
-            next: None,
-        }
-    }
-}
-
-impl Drop for Page {
-    fn drop(&mut self) {
-        if let Some((_, h)) = self.next.take() {
-            h.abort();
+            ahead: None,
         }
     }
 }
@@ -101,35 +134,41 @@ impl OpenDirs {
         let mut from = page.entries.partition_point(|e| e.cookie <= after);
         let stale = offset == 0 || after < page.after;
         if stale || (from == page.entries.len() && !page.end) {
-            let (entries, limit) = match page.next.take() {
-                Some((next_after, read)) if next_after == after && !stale => {
-                    let entries = read
-                        .await
-                        .map_err(|e| ClientError::Protocol(e.to_string()))??;
+            let ahead = match page.ahead.take() {
+                Some(mut a) if a.after == after && !stale => a.pages.recv().await.map(|p| (p, a)),
+                _ => None,
+            };
+            let (entries, limit) = match ahead {
+                Some((entries, mut a)) => {
+                    let entries = entries?;
+                    if let Some(last) = entries.last() {
+                        a.after = last.cookie;
+                        page.ahead = Some(a);
+                    }
                     (entries, READDIR_ENTRIES_MAX)
                 }
-                other => {
-                    if let Some((_, read)) = other {
-                        read.abort();
-                    }
+                None => {
                     let entries =
                         fetch(meta, caller.clone(), ino, after, FIRST_PAGE_ENTRIES).await?;
                     (entries, FIRST_PAGE_ENTRIES)
                 }
             };
             page.end = entries.len() < limit as usize;
+            if page.end {
+                page.ahead = None;
+            }
             page.entries = entries;
             page.after = after;
             from = 0;
         }
-        // Read the next page while the kernel takes this one.
-        if let (false, None, Some(last)) = (page.end, &page.next, page.entries.last()) {
-            let (meta, caller, last) = (meta.clone(), caller.clone(), last.cookie);
-            let read =
-                tokio::spawn(
-                    async move { fetch(&meta, caller, ino, last, READDIR_ENTRIES_MAX).await },
-                );
-            page.next = Some((last, read));
+        // Read the next pages while the kernel takes this one.
+        if let (false, None, Some(last)) = (page.end, &page.ahead, page.entries.last()) {
+            page.ahead = Some(ReadAhead::start(
+                meta.clone(),
+                caller.clone(),
+                ino,
+                last.cookie,
+            ));
         }
         if (offset < 2 && page.parent.is_none()) || offset == 0 {
             let r = meta

@@ -7,10 +7,7 @@
 //! group with empty state after having voted would break Raft's promises.
 
 use crate::kv::{Cf, Pairs, ReadKv, StoreError, STATE_CFS};
-use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
-    WriteOptions, DB,
-};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 use sparefs_proto::ReplicaId;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -299,14 +296,22 @@ pub fn scan_db(
     start: &[u8],
     limit: usize,
 ) -> Result<Pairs, StoreError> {
+    // The raw iterator lends each key and value: the boxed iterator would
+    // allocate both once more per entry (listings read thousands).
     let mut out = Vec::new();
-    for item in db.iterator_cf(cf, IteratorMode::From(start, Direction::Forward)) {
-        let (k, v) = item?;
-        if !k.starts_with(prefix) || out.len() >= limit {
+    let mut it = db.raw_iterator_cf(cf);
+    it.seek(start);
+    while out.len() < limit {
+        let (Some(k), Some(v)) = (it.key(), it.value()) else {
+            break;
+        };
+        if !k.starts_with(prefix) {
             break;
         }
         out.push((k.to_vec(), v.to_vec()));
+        it.next();
     }
+    it.status()?;
     Ok(out)
 }
 

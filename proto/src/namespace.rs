@@ -106,6 +106,7 @@ pub struct SetAttr {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirEntry {
+    #[serde(with = "serde_bytes")]
     pub name: Vec<u8>,
     pub ino: InodeId,
     pub kind: FileKind,
@@ -169,6 +170,7 @@ pub struct LockSpec {
 pub enum ReadOp {
     Lookup {
         parent: InodeId,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
     },
     GetAttr {
@@ -184,6 +186,7 @@ pub enum ReadOp {
     },
     GetXattr {
         ino: InodeId,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
     },
     ListXattr {
@@ -225,6 +228,7 @@ pub enum WriteOp {
     /// create(2)/mknod(2) of anything but a directory or symlink.
     MkNod {
         parent: InodeId,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
         kind: FileKind,
         perm: u32,
@@ -234,33 +238,41 @@ pub enum WriteOp {
     },
     Mkdir {
         parent: InodeId,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
         perm: u32,
         umask: u32,
     },
     Unlink {
         parent: InodeId,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
     },
     Rmdir {
         parent: InodeId,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
     },
     Rename {
         parent: InodeId,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
         new_parent: InodeId,
+        #[serde(with = "serde_bytes")]
         new_name: Vec<u8>,
         mode: RenameMode,
     },
     Link {
         ino: InodeId,
         new_parent: InodeId,
+        #[serde(with = "serde_bytes")]
         new_name: Vec<u8>,
     },
     Symlink {
         parent: InodeId,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         target: Vec<u8>,
     },
     SetAttr {
@@ -269,6 +281,7 @@ pub enum WriteOp {
     },
     SetXattr {
         ino: InodeId,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
@@ -276,6 +289,7 @@ pub enum WriteOp {
     },
     RemoveXattr {
         ino: InodeId,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
     },
     SetPolicy {

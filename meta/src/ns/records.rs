@@ -70,6 +70,7 @@ pub struct DentryRec {
 /// Records written before the copy existed hold only the name.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirIndexRec {
+    #[serde(with = "serde_bytes")]
     pub name: Vec<u8>,
     pub ino: InodeId,
     pub kind: FileKind,
