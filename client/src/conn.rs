@@ -41,7 +41,8 @@ impl Conn {
                 )
             })??;
         stream.set_nodelay(true)?;
-        let (mut rd, wr) = stream.into_split();
+        let (rd, wr) = stream.into_split();
+        let mut rd = frame::buffered(rd);
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let broken = Arc::new(AtomicBool::new(false));
         let out = tokio::sync::Mutex::new(BufWriter::new(wr));

@@ -144,6 +144,22 @@ impl OpenFile {
         Ok(())
     }
 
+    /// Buffers a write that needs no waiting (the handle is free and the
+    /// bytes stay under `DIRTY_BYTES_MAX`); false: use `write`. Lets the
+    /// mount answer most writes on the thread that received them.
+    pub fn write_buffered_now(&self, offset: u64, buf: &[u8]) -> bool {
+        let Ok(mut st) = self.state.try_lock() else {
+            return false;
+        };
+        if st.bytes + buf.len() >= DIRTY_BYTES_MAX {
+            return false;
+        }
+        self.drop_window();
+        st.add(offset, buf);
+        self.publish_size(&st);
+        true
+    }
+
     /// Waits for the oldest background flush and records its outcome.
     async fn reap_oldest(st: &mut Dirty) {
         let Some(f) = st.inflight.pop_front() else {

@@ -653,7 +653,7 @@ impl fuser::Filesystem for SpareFs {
             self.handles.clone(),
         );
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let fresh = self.fresh.clone();
+        let (fresh, xattrs) = (self.fresh.clone(), self.xattrs.clone());
         meta_op!(self, async move {
             let r = async {
                 let op = WriteOp::MkNod {
@@ -666,6 +666,9 @@ impl fuser::Filesystem for SpareFs {
                     exclusive: flags & libc::O_EXCL != 0,
                 };
                 let a = made(&fresh, meta.write_as(c, op).await?)?;
+                // A new file has no capability: the kernel asks before the
+                // first write, and need not ask the meta.
+                xattrs.put(a.ino.0, b"security.capability", None);
                 Self::register(data, handles.clone(), fh, &a).await?;
                 Ok::<_, ClientError>(a)
             }
@@ -725,8 +728,11 @@ impl fuser::Filesystem for SpareFs {
         let Some(file) = self.handle(fh) else {
             return reply.error(Errno::EBADF);
         };
-        let data = data.to_vec();
         let sync = flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0;
+        if !sync && file.write_buffered_now(offset, data) {
+            return reply.written(data.len() as u32);
+        }
+        let data = data.to_vec();
         spawn!(self, async move {
             let r = async {
                 file.write(offset, &data).await?;

@@ -889,7 +889,14 @@ impl Driver {
             }
             tracing::info!(replica = self.shared.id.0, role = ?ss.raft_state, leader = ss.leader_id, "raft role");
         }
-        self.outbox.send(ready.take_messages());
+        let msgs = ready.take_messages();
+        if !msgs.is_empty() {
+            self.outbox.send(msgs);
+            // Let the connection tasks put them on the wire before this
+            // replica stores anything: a leader's appends may go out before
+            // its own copy is written, so followers store in parallel.
+            tokio::task::yield_now().await;
+        }
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
             self.install_snapshot(&snap)?;
@@ -935,7 +942,15 @@ impl Driver {
                 self.raw.mut_store().set_hard_state(&mut batch, hs)?;
             }
             Self::write(&store, batch, entries_sync || hs_sync).await?;
-            self.outbox.send(ready.take_persisted_messages());
+            let acks = ready.take_persisted_messages();
+            if !acks.is_empty() {
+                self.outbox.send(acks);
+                if !committed.is_empty() {
+                    // The acknowledgement goes out before this replica
+                    // applies: the leader's commit waits for it, not for that.
+                    tokio::task::yield_now().await;
+                }
+            }
             let mut batch = WriteBatch::default();
             let results = self.apply_entries(&mut batch, committed)?;
             Self::write(&store, batch, false).await?;

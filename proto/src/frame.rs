@@ -36,6 +36,15 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     Ok(postcard::from_bytes(body)?)
 }
 
+/// A connection's read side, buffered: a frame's length and body (and
+/// often the next frames) arrive in one read call instead of two each.
+/// Bodies larger than the buffer are read around it, not copied through.
+pub fn buffered<R: AsyncRead>(r: R) -> tokio::io::BufReader<R> {
+    tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, r)
+}
+
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
 /// Reads one frame's body. Returns `Closed` on a clean end of stream.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,

@@ -42,7 +42,8 @@ pub async fn serve<S: Service>(listener: TcpListener, service: Arc<S>) -> std::i
 
 async fn connection<S: Service>(stream: TcpStream, service: Arc<S>) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
-    let (mut rd, wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    let mut rd = frame::buffered(rd);
     let (resp_tx, mut resp_rx) =
         mpsc::channel::<ResponseFrame>(INFLIGHT_REQUESTS_PER_CONNECTION_MAX);
     let writer = tokio::spawn(async move {
