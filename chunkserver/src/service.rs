@@ -93,6 +93,13 @@ impl FragmentService {
                 if len as u64 > BLOCK_BYTES_MAX {
                     return Err(RpcError::BadRequest(format!("read of {len} bytes")));
                 }
+                if len as usize <= INLINE_READ_BYTES_MAX {
+                    // A small read is mostly a page-cache copy: cheaper than
+                    // handing it to the blocking pool and back (two thread
+                    // wake-ups). A read that does go to disk holds this
+                    // worker alone; the others keep serving.
+                    return self.store.read(block, index, offset, len).map(Reply::Bytes);
+                }
                 let store = self.store.clone();
                 tokio::task::spawn_blocking(move || store.read(block, index, offset, len))
                     .await
@@ -105,6 +112,9 @@ impl FragmentService {
         }
     }
 }
+
+/// Reads up to this size are served on the connection's task.
+const INLINE_READ_BYTES_MAX: usize = 64 * 1024;
 
 impl Service for FragmentService {
     fn call(self: Arc<Self>, req: Request) -> CallFuture {
