@@ -338,6 +338,10 @@ impl fuser::Filesystem for SpareFs {
             self.handles.clone(),
         );
         let file = self.open_file(InodeId(ino.0));
+        // Buffered writes land first: a truncate must cut them too, and an
+        // explicit mtime (tar, cp -p, touch -d) must not be overwritten by
+        // their later commit, which stamps the time of writing.
+        let flush_first = file.is_some() && (size.is_some() || mtime.is_some());
         let (cache, fresh) = (self.xattrs.clone(), self.fresh.clone());
         let work = async move {
             let set = SetAttr {
@@ -349,8 +353,7 @@ impl fuser::Filesystem for SpareFs {
                 mtime: mtime.map(convert::time_set),
             };
             let r = async {
-                // Buffered writes land before a truncate, so it cuts them too.
-                if let (Some(f), Some(_)) = (&file, size) {
+                if let (Some(f), true) = (&file, flush_first) {
                     f.flush().await?;
                 }
                 let a = attr_of(
@@ -384,8 +387,8 @@ impl fuser::Filesystem for SpareFs {
                 Err(e) => reply.error(errno(&e)),
             }
         };
-        // A truncate flushes buffered writes first: data work.
-        if size.is_some() {
+        // Flushing buffered writes first is data work.
+        if flush_first {
             spawn!(self, work);
         } else {
             meta_op!(self, work);

@@ -370,6 +370,21 @@ def times_follow_posix_rules():
 
 
 @check
+def explicit_times_survive_the_close_that_commits_writes():
+    # tar's order: write, futimens, fchown, fchmod, close.
+    fd = os.open(p("tarlike"), os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+    os.write(fd, b"x" * 5000)
+    os.utime(fd, ns=(1_000_000_001, 2_000_000_002))
+    os.fchown(fd, 0, 0)
+    os.fchmod(fd, 0o4755)
+    os.close(fd)
+    time.sleep(1.1)  # past the kernel's attribute cache: ask the meta
+    st = os.stat(p("tarlike"))
+    eq((st.st_atime_ns, st.st_mtime_ns), (1_000_000_001, 2_000_000_002), "times set after writes")
+    eq((st.st_mode & 0o7777, st.st_size), (0o4755, 5000), "mode and size")
+
+
+@check
 def utimes_permissions():
     open(p("ut"), "w").close()
     os.chmod(p("ut"), 0o666)
