@@ -385,6 +385,63 @@ pub enum WriteOp {
     /// Changes nothing; answered once it, and so every change before it, is
     /// on disk on a majority of replicas (fsync of a clean file, fsyncdir).
     Sync,
+    /// `CommitSlices`, then attribute changes a mount made to the file
+    /// after those writes (tar: write, futimens, fchown, fchmod, close), each
+    /// as its caller, in order, in one entry: all of it or nothing.
+    CommitSlicesThenSetAttrs {
+        ino: InodeId,
+        slices: Vec<(u64, Slice)>,
+        size_at_least: u64,
+        then: Vec<(Caller, SetAttr)>,
+    },
+}
+
+/// S_ISUID and S_ISGID.
+const SET_ID_BITS: (u32, u32) = (0o4000, 0o2000);
+
+/// The attributes a regular file will have once the meta applies `set`
+/// for `c` to one with attributes `a`, if that is certain without asking
+/// it: the change is permitted whatever else the meta knows, and its
+/// result is exact but for `ctime`, stamped `now` here. `None`: ask.
+/// Mirrors the meta's setattr (a test there holds them together).
+pub fn predict_setattr(a: &Attr, c: &Caller, set: &SetAttr, now: Time) -> Option<Attr> {
+    let (suid, sgid) = SET_ID_BITS;
+    let root = c.uid == 0;
+    if set.size.is_some() || a.kind != FileKind::File || !(root || c.uid == a.uid) {
+        return None;
+    }
+    let mut out = a.clone();
+    if set.uid.is_some() || set.gid.is_some() {
+        if !root {
+            return None;
+        }
+        if out.perm & 0o010 != 0 {
+            out.perm &= !(suid | sgid);
+        } else {
+            out.perm &= !suid;
+        }
+        out.uid = set.uid.unwrap_or(out.uid);
+        out.gid = set.gid.unwrap_or(out.gid);
+    }
+    if let Some(mode) = set.perm {
+        // An owner outside the file's group loses set-gid: not known here.
+        if !root && mode & sgid != 0 {
+            return None;
+        }
+        out.perm = mode & 0o7777;
+    }
+    for (value, field) in [(set.atime, &mut out.atime), (set.mtime, &mut out.mtime)] {
+        match value {
+            None => {}
+            Some(TimeSet::At(t)) => *field = t,
+            // The meta's clock decides.
+            Some(TimeSet::Now) => return None,
+        }
+    }
+    if *set != SetAttr::default() {
+        out.ctime = now;
+    }
+    Some(out)
 }
 
 impl WriteOp {
@@ -492,6 +549,12 @@ mod tests {
                 size_at_least: 0,
             },
             WriteOp::Sync,
+            WriteOp::CommitSlicesThenSetAttrs {
+                ino,
+                slices: Vec::new(),
+                size_at_least: 0,
+                then: Vec::new(),
+            },
             WriteOp::PurgeDeleted,
             WriteOp::SetAttr {
                 ino,

@@ -218,6 +218,22 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
             slices,
             size_at_least,
         } => commit_slices(tx, c, now, *ino, slices, *size_at_least),
+        WriteOp::CommitSlicesThenSetAttrs {
+            ino,
+            slices,
+            size_at_least,
+            then,
+        } => {
+            let mut reply = commit_slices(tx, c, now, *ino, slices, *size_at_least)?;
+            for (caller, set) in then {
+                if set.size.is_some() {
+                    // A truncate is never held back behind writes.
+                    return Err(Errno::EINVAL.into());
+                }
+                reply = setattr(tx, caller, now, *ino, set)?;
+            }
+            Ok(reply)
+        }
         WriteOp::AllocateBlocks {
             count,
             policy,
