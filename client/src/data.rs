@@ -17,7 +17,7 @@ use futures::future::join_all;
 use sparefs_proto::layout::{BlockRef, Capability, ChunkserverInfo, Policy, Slice, NO_SERVER};
 use sparefs_proto::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES};
 use sparefs_proto::msg::{Reply, Request, RpcError};
-use sparefs_proto::namespace::{Attr, NsReply, ReadOp, WriteOp};
+use sparefs_proto::namespace::{Attr, Caller, NsReply, ReadOp, SetAttr, WriteOp};
 use sparefs_proto::{BlockId, ChunkserverId, Errno, InodeId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -527,14 +527,17 @@ impl DataClient {
     }
 
     /// Stores the extents as new slices and commits them in one request.
+    /// `then`: attribute changes made after these writes, committed with
+    /// them (see `commit_then`).
     pub async fn write_extents(
         &self,
         ino: InodeId,
         policy: Policy,
         extents: &[(u64, Vec<u8>)],
+        then: &[(Caller, SetAttr)],
     ) -> Result<Attr> {
         let (slices, size_at_least) = self.store_extents(policy, extents).await?;
-        self.commit(ino, slices, size_at_least).await
+        self.commit_then(ino, slices, size_at_least, then).await
     }
 
     /// Stores the extents' blocks (durable on their chunkservers when this
@@ -638,15 +641,33 @@ impl DataClient {
         slices: Vec<(u64, Slice)>,
         size_at_least: u64,
     ) -> Result<Attr> {
-        let attr = match self
-            .meta
-            .write(WriteOp::CommitSlices {
+        self.commit_then(ino, slices, size_at_least, &[]).await
+    }
+
+    /// Makes stored slices visible, then applies `then` (each change as its
+    /// caller, in order), in one meta request: all of it or nothing.
+    pub async fn commit_then(
+        &self,
+        ino: InodeId,
+        slices: Vec<(u64, Slice)>,
+        size_at_least: u64,
+        then: &[(Caller, SetAttr)],
+    ) -> Result<Attr> {
+        let op = if then.is_empty() {
+            WriteOp::CommitSlices {
                 ino,
                 slices: slices.clone(),
                 size_at_least,
-            })
-            .await?
-        {
+            }
+        } else {
+            WriteOp::CommitSlicesThenSetAttrs {
+                ino,
+                slices: slices.clone(),
+                size_at_least,
+                then: then.to_vec(),
+            }
+        };
+        let attr = match self.meta.write(op).await? {
             NsReply::Attr(a) => a,
             other => return Err(ClientError::Protocol(format!("commit reply {other:?}"))),
         };
@@ -663,7 +684,12 @@ impl DataClient {
     /// Commits small extents inline in the meta (no chunkserver round
     /// trips): one Raft entry makes them durable on a majority of replicas.
     /// EFBIG means the chunk holds enough inline bytes already.
-    pub async fn write_inline(&self, ino: InodeId, extents: &[(u64, Vec<u8>)]) -> Result<Attr> {
+    pub async fn write_inline(
+        &self,
+        ino: InodeId,
+        extents: &[(u64, Vec<u8>)],
+        then: &[(Caller, SetAttr)],
+    ) -> Result<Attr> {
         let (pieces, size_at_least) = cut_at_chunks(extents);
         let slices = pieces
             .into_iter()
@@ -675,7 +701,7 @@ impl DataClient {
                 (index, slice)
             })
             .collect();
-        self.commit(ino, slices, size_at_least).await
+        self.commit_then(ino, slices, size_at_least, then).await
     }
 
     /// Makes `[offset, offset + len)` read as zeros (a hole slice per
@@ -691,6 +717,18 @@ impl DataClient {
             pos += take;
         }
         self.commit(ino, slices, 0).await
+    }
+
+    /// An attribute change on behalf of `caller`.
+    pub async fn setattr_as(&self, caller: Caller, ino: InodeId, set: SetAttr) -> Result<Attr> {
+        match self
+            .meta
+            .write_as(caller, WriteOp::SetAttr { ino, set })
+            .await?
+        {
+            NsReply::Attr(a) => Ok(a),
+            other => Err(ClientError::Protocol(format!("setattr reply {other:?}"))),
+        }
     }
 
     pub async fn policy_of(&self, ino: InodeId) -> Result<Policy> {

@@ -7,7 +7,7 @@ use crate::meta::{ClientError, Result};
 use crate::readahead::ReadAhead;
 use sparefs_proto::layout::Policy;
 use sparefs_proto::limits::INLINE_SLICE_BYTES_MAX;
-use sparefs_proto::namespace::Attr;
+use sparefs_proto::namespace::{predict_setattr, Attr, Caller, SetAttr, Time};
 use sparefs_proto::Errno;
 use sparefs_proto::InodeId;
 use std::collections::BTreeMap;
@@ -31,6 +31,10 @@ pub struct OpenFile {
     changes: std::sync::atomic::AtomicU64,
     /// The first chunk's map as the open fetched it, for the first read.
     first_chunk: std::sync::Mutex<Option<crate::data::ChunkMap>>,
+    /// The attributes the meta last gave for this file (`note_attr`).
+    known: std::sync::Mutex<Attr>,
+    /// What the held changes will make of them (`hold_setattr`).
+    predicted: std::sync::Mutex<Option<Attr>>,
 }
 
 /// Background flushes in flight per file: while the next 16 MiB gathers,
@@ -59,6 +63,9 @@ struct Dirty {
     /// The first failure of a background flush, reported by the next
     /// flush/fsync/close (as the kernel reports writeback errors).
     error: Option<ClientError>,
+    /// Attribute changes made after `extents` were written, answered from
+    /// a prediction and committed with them (`hold_setattr`).
+    held: Vec<(Caller, SetAttr)>,
 }
 
 impl Dirty {
@@ -127,12 +134,18 @@ impl OpenFile {
             size_now: std::sync::atomic::AtomicU64::new(attr.size),
             changes: std::sync::atomic::AtomicU64::new(0),
             first_chunk: std::sync::Mutex::new(None),
+            known: std::sync::Mutex::new(attr.clone()),
+            predicted: std::sync::Mutex::new(None),
         })
     }
 
     pub async fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {
         self.drop_window();
         let mut st = self.state.lock().await;
+        if !st.held.is_empty() {
+            // Changes made after the buffered writes land before this one.
+            self.flush_locked(&mut st).await?;
+        }
         st.add(offset, buf);
         self.publish_size(&st);
         if st.bytes >= DIRTY_BYTES_MAX {
@@ -151,7 +164,7 @@ impl OpenFile {
         let Ok(mut st) = self.state.try_lock() else {
             return false;
         };
-        if st.bytes + buf.len() >= DIRTY_BYTES_MAX {
+        if st.bytes + buf.len() >= DIRTY_BYTES_MAX || !st.held.is_empty() {
             return false;
         }
         self.drop_window();
@@ -325,36 +338,134 @@ impl OpenFile {
             return Err(e);
         }
         if st.extents.is_empty() {
+            // Changes are held only behind buffered writes.
             return Ok(None);
         }
         let extents: Vec<(u64, Vec<u8>)> =
             st.extents.iter().map(|(o, d)| (*o, d.clone())).collect();
-        let total: usize = extents.iter().map(|(_, d)| d.len()).sum();
-        let inline = if total <= INLINE_SLICE_BYTES_MAX {
-            match self.data.write_inline(self.ino, &extents).await {
-                Ok(a) => Some(a),
-                Err(ClientError::Errno(Errno::EFBIG)) => None,
-                Err(e) => return Err(e),
+        let held = std::mem::take(&mut st.held);
+        let (attr, refused) = match self.commit_extents(&extents, &held).await {
+            Ok(a) => (a, None),
+            Err(ClientError::Errno(_)) if !held.is_empty() => {
+                // Something refused: the data alone, then each held change
+                // on its own, so the permitted ones land and the first
+                // refusal is reported (the file changed elsewhere since
+                // this mount predicted the changes).
+                let a = match self.commit_extents(&extents, &[]).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        st.held = held;
+                        return Err(e);
+                    }
+                };
+                let mut refused = None;
+                for (caller, set) in held {
+                    if let Err(e) = self.data.setattr_as(caller, self.ino, set).await {
+                        refused.get_or_insert(e);
+                    }
+                }
+                (a, refused)
             }
-        } else {
-            None
-        };
-        let attr = match inline {
-            Some(a) => a,
-            None => {
-                let policy = *self
-                    .policy
-                    .get_or_try_init(|| self.data.policy_of(self.ino))
-                    .await?;
-                self.data.write_extents(self.ino, policy, &extents).await?
+            Err(e) => {
+                st.held = held;
+                return Err(e);
             }
         };
+        self.forget_prediction();
+        self.note_attr(&attr);
         self.drop_window();
         st.extents.clear();
         st.bytes = 0;
         st.size = attr.size;
         self.publish_size(st);
-        Ok(Some(attr))
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(Some(attr)),
+        }
+    }
+
+    /// Stores and commits extents: inline in the meta when small enough
+    /// (and the chunk has room), as blocks otherwise; `then` rides along.
+    async fn commit_extents(
+        &self,
+        extents: &[(u64, Vec<u8>)],
+        then: &[(Caller, SetAttr)],
+    ) -> Result<Attr> {
+        let total: usize = extents.iter().map(|(_, d)| d.len()).sum();
+        if total <= INLINE_SLICE_BYTES_MAX {
+            match self.data.write_inline(self.ino, extents, then).await {
+                Err(ClientError::Errno(Errno::EFBIG)) => {}
+                other => return other,
+            }
+        }
+        let policy = *self
+            .policy
+            .get_or_try_init(|| self.data.policy_of(self.ino))
+            .await?;
+        self.data
+            .write_extents(self.ino, policy, extents, then)
+            .await
+    }
+
+    /// Holds an attribute change (chmod, chown, utimens: no truncate) back
+    /// until the writes buffered before it are committed, and gives the
+    /// attributes it will give the file, when that is certain
+    /// (`predict_setattr`). `None`: nothing is buffered (or the handle is
+    /// busy) or the outcome is not certain; send the change now.
+    ///
+    /// The change then becomes visible elsewhere and durable with the data,
+    /// at close or fsync (close-to-open, as the data); a later write, read
+    /// of the buffered bytes or truncate commits it first, keeping order.
+    pub fn hold_setattr(&self, caller: &Caller, set: &SetAttr) -> Option<Attr> {
+        let mut st = self.state.try_lock().ok()?;
+        if st.extents.is_empty() || st.error.is_some() {
+            return None;
+        }
+        let mut predicted = self.predicted.lock().ok()?;
+        let base = match &*predicted {
+            Some(p) => p.clone(),
+            None => self.known.lock().ok()?.clone(),
+        };
+        let next = predict_setattr(&base, caller, set, Time::now())?;
+        st.held.push((caller.clone(), set.clone()));
+        *predicted = Some(next.clone());
+        Some(next)
+    }
+
+    /// Commits held changes (with the writes before them) now; a failure
+    /// is kept for the next flush, fsync or close to report.
+    pub async fn settle(&self) {
+        let mut st = self.state.lock().await;
+        if st.held.is_empty() {
+            return;
+        }
+        if let Err(e) = self.flush_locked(&mut st).await {
+            st.error.get_or_insert(e);
+        }
+    }
+
+    /// The attributes held changes will give the file, if any are held.
+    pub fn predicted_attr(&self) -> Option<Attr> {
+        self.predicted.lock().ok()?.clone()
+    }
+
+    fn forget_prediction(&self) {
+        if let Ok(mut p) = self.predicted.lock() {
+            *p = None;
+        }
+    }
+
+    /// The attributes the meta last gave this mount for the file.
+    pub fn known_attr(&self) -> Option<Attr> {
+        self.known.lock().ok().map(|k| k.clone())
+    }
+
+    /// The file's attributes as the meta last gave them to this mount: the
+    /// base held changes are predicted from.
+    pub fn note_attr(&self, a: &Attr) {
+        if let Ok(mut k) = self.known.lock() {
+            *k = a.clone();
+        }
     }
 
     /// fallocate: mode 0 grows the file to cover the range; PUNCH_HOLE

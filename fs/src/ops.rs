@@ -154,30 +154,41 @@ impl SpareFs {
             .map(|(f, _)| f.clone())
     }
 
+    /// The open file of `ino` if it holds attribute changes back: an
+    /// xattr operation commits them first (a mode change rewrites the
+    /// access ACL, which the kernel may read next).
+    fn holding(&self, ino: INodeNo) -> Option<Arc<OpenFile>> {
+        self.open_file(InodeId(ino.0))
+            .filter(|f| f.predicted_attr().is_some())
+    }
+
     fn handle(&self, fh: FileHandle) -> Option<Arc<OpenFile>> {
         self.handles.lock().ok()?.by_fh.get(&fh.0).cloned()
     }
 
-    /// Size as this mount knows it: the meta's, or more if an open file
-    /// here has buffered writes past it.
-    fn size_of(handles: &Mutex<Handles>, a: &Attr) -> u64 {
+    /// A file's attributes as this mount shows them: the meta's (`a`),
+    /// with the size grown by buffered writes and the changes held behind
+    /// them (`OpenFile::hold_setattr`).
+    fn seen(handles: &Mutex<Handles>, a: &Attr) -> fuser::FileAttr {
         let f = handles
             .lock()
             .ok()
             .and_then(|h| h.by_ino.get(&a.ino).map(|(f, _)| f.clone()));
-        match f {
-            Some(f) => a.size.max(f.known_size()),
-            None => a.size,
+        let Some(f) = f else {
+            return file_attr(a, a.size);
+        };
+        f.note_attr(a);
+        let mut shown = a.clone();
+        if let Some(p) = f.predicted_attr() {
+            (shown.perm, shown.uid, shown.gid) = (p.perm, p.uid, p.gid);
+            (shown.atime, shown.mtime, shown.ctime) = (p.atime, p.mtime, p.ctime);
         }
+        file_attr(&shown, shown.size.max(f.known_size()))
     }
 
     fn reply_entry(handles: &Mutex<Handles>, reply: ReplyEntry, r: R<Attr>) {
         match r {
-            Ok(a) => reply.entry(
-                &TTL,
-                &file_attr(&a, Self::size_of(handles, &a)),
-                Generation(0),
-            ),
+            Ok(a) => reply.entry(&TTL, &Self::seen(handles, &a), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -301,13 +312,18 @@ impl fuser::Filesystem for SpareFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        // A file holding changes back shows what they make of it, until its
+        // close commits them (the kernel asks before every chown).
+        if let Some(a) = self.holding(ino).and_then(|f| f.known_attr()) {
+            return reply.attr(&TTL, &Self::seen(&self.handles, &a));
+        }
         if let Some(a) = self.fresh.take(ino.0) {
-            return reply.attr(&TTL, &file_attr(&a, Self::size_of(&self.handles, &a)));
+            return reply.attr(&TTL, &Self::seen(&self.handles, &a));
         }
         let (meta, handles) = (self.meta.clone(), self.handles.clone());
         meta_op!(self, async move {
             match meta.getattr(InodeId(ino.0)).await {
-                Ok(a) => reply.attr(&TTL, &file_attr(&a, Self::size_of(&handles, &a))),
+                Ok(a) => reply.attr(&TTL, &Self::seen(&handles, &a)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -338,20 +354,38 @@ impl fuser::Filesystem for SpareFs {
             self.handles.clone(),
         );
         let file = self.open_file(InodeId(ino.0));
-        // Buffered writes land first: a truncate must cut them too, and an
-        // explicit mtime (tar, cp -p, touch -d) must not be overwritten by
-        // their later commit, which stamps the time of writing.
-        let flush_first = file.is_some() && (size.is_some() || mtime.is_some());
+        let set = SetAttr {
+            perm: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: atime.map(convert::time_set),
+            mtime: mtime.map(convert::time_set),
+        };
+        // A mode change rewrites the access ACL; chown drops capabilities.
+        // The kernel takes the new attributes from this answer, so none
+        // kept from an earlier change may follow.
         let (cache, fresh) = (self.xattrs.clone(), self.fresh.clone());
+        // Behind buffered writes (tar: write, futimens, fchown, fchmod,
+        // close) a certain change is answered here and committed with them.
+        if let Some(a) = file.as_ref().and_then(|f| f.hold_setattr(&c, &set)) {
+            // Times and owners leave xattrs as they are (the meta keeps
+            // security.capability across chown), so the kernel's next
+            // capability check before a write finds its answer cached.
+            if set.perm.is_some() {
+                cache.forget_acls(ino.0);
+            }
+            fresh.forget(ino.0);
+            return reply.attr(&TTL, &Self::seen(&handles, &a));
+        }
+        // Otherwise buffered writes and held changes land first: a truncate
+        // must cut the writes too, an explicit mtime (tar, cp -p, touch -d)
+        // must not be overwritten by their commit, which stamps the time of
+        // writing, and held changes keep their order.
+        let flush_first = file
+            .as_ref()
+            .is_some_and(|f| size.is_some() || mtime.is_some() || f.predicted_attr().is_some());
         let work = async move {
-            let set = SetAttr {
-                perm: mode.map(|m| m & 0o7777),
-                uid,
-                gid,
-                size,
-                atime: atime.map(convert::time_set),
-                mtime: mtime.map(convert::time_set),
-            };
             let r = async {
                 if let (Some(f), true) = (&file, flush_first) {
                     f.flush().await?;
@@ -377,13 +411,10 @@ impl fuser::Filesystem for SpareFs {
                 Ok(a)
             }
             .await;
-            // A mode change rewrites the access ACL; chown drops
-            // capabilities. The kernel takes the new attributes from this
-            // answer, so none kept from an earlier change may follow.
             cache.forget(ino.0);
             fresh.forget(ino.0);
             match r {
-                Ok(a) => reply.attr(&TTL, &file_attr(&a, Self::size_of(&handles, &a))),
+                Ok(a) => reply.attr(&TTL, &Self::seen(&handles, &a)),
                 Err(e) => reply.error(errno(&e)),
             }
         };
@@ -680,7 +711,7 @@ impl fuser::Filesystem for SpareFs {
             match r {
                 Ok(a) => reply.created(
                     &TTL,
-                    &file_attr(&a, Self::size_of(&handles, &a)),
+                    &Self::seen(&handles, &a),
                     Generation(0),
                     FileHandle(fh),
                     if direct {
@@ -1109,8 +1140,11 @@ impl fuser::Filesystem for SpareFs {
             libc::XATTR_REPLACE => XattrMode::Replace,
             _ => return reply.error(Errno::EINVAL),
         };
-        let (cache, fresh) = (self.xattrs.clone(), self.fresh.clone());
+        let (cache, fresh, held) = (self.xattrs.clone(), self.fresh.clone(), self.holding(ino));
         meta_op!(self, async move {
+            if let Some(f) = held {
+                f.settle().await;
+            }
             let r = meta
                 .write_as(
                     c,
@@ -1138,7 +1172,11 @@ impl fuser::Filesystem for SpareFs {
             Some(None) => return reply.error(Errno::from_i32(libc::ENODATA)),
             None => {}
         }
+        let held = self.holding(ino);
         meta_op!(self, async move {
+            if let Some(f) = held {
+                f.settle().await;
+            }
             match meta
                 .read_as(
                     c,
@@ -1164,8 +1202,11 @@ impl fuser::Filesystem for SpareFs {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let (meta, c) = (self.meta.clone(), caller(req));
+        let (meta, c, held) = (self.meta.clone(), caller(req), self.holding(ino));
         meta_op!(self, async move {
+            if let Some(f) = held {
+                f.settle().await;
+            }
             match meta
                 .read_as(
                     c,
@@ -1191,8 +1232,11 @@ impl fuser::Filesystem for SpareFs {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
-        let (cache, fresh) = (self.xattrs.clone(), self.fresh.clone());
+        let (cache, fresh, held) = (self.xattrs.clone(), self.fresh.clone(), self.holding(ino));
         meta_op!(self, async move {
+            if let Some(f) = held {
+                f.settle().await;
+            }
             let r = meta
                 .write_as(
                     c,

@@ -53,6 +53,15 @@ impl XattrCache {
         }
     }
 
+    /// `ino`'s mode changes: that rewrites its access ACL, nothing else.
+    pub fn forget_acls(&self, ino: u64) {
+        if let Ok(mut entries) = self.entries.lock() {
+            if let Some(names) = entries.get_mut(&ino) {
+                names.retain(|n, _| !n.starts_with(b"system.posix_acl"));
+            }
+        }
+    }
+
     /// This mount changed `ino`'s xattrs or mode (which rewrites its ACL).
     pub fn forget(&self, ino: u64) {
         if let Ok(mut entries) = self.entries.lock() {

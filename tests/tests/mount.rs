@@ -139,12 +139,84 @@ async fn two_mounts_see_each_others_files_close_to_open() {
         );
     }
     drop(held);
+    held_attribute_changes_commit_at_close(a, b);
     std::fs::create_dir(b.join("dir")).expect("mkdir on b");
     std::thread::sleep(Duration::from_millis(1100));
     assert!(
         a.join("dir").is_dir(),
         "a sees b's directory once its entry cache expires"
     );
+}
+
+/// A chmod behind buffered writes is answered by the mount and committed
+/// with them at close: the other mount sees it then. One the meta refuses
+/// by then (the file was given away meanwhile) is reported by close, and
+/// the data still lands.
+fn held_attribute_changes_commit_at_close(a: &Path, b: &Path) {
+    use std::io::BufRead;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut f = std::fs::File::create(a.join("attrs")).expect("create");
+    f.write_all(b"data").expect("write");
+    f.set_permissions(std::fs::Permissions::from_mode(0o640))
+        .expect("fchmod");
+    drop(f);
+    let m = std::fs::metadata(b.join("attrs")).expect("stat on b");
+    assert_eq!(
+        (m.mode() & 0o7777, m.len()),
+        (0o640, 4),
+        "b sees a's chmod after close"
+    );
+
+    std::fs::write(a.join("given"), b"").expect("create");
+    std::os::unix::fs::chown(a.join("given"), Some(1000), Some(1000)).expect("chown");
+    let script = r#"
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+os.write(fd, b"x")
+os.fchmod(fd, 0o600)
+print("held", flush=True)
+sys.stdin.readline()
+try:
+    os.close(fd)
+    print("closed", flush=True)
+except OSError as e:
+    print("close errno %d" % e.errno, flush=True)
+"#;
+    let mut owner = Command::new("setpriv")
+        .args([
+            "--reuid=1000",
+            "--regid=1000",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            script,
+        ])
+        // Relative to the mount: the test's temporary directory is closed to
+        // other users.
+        .arg("given")
+        .current_dir(a)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the owner");
+    let mut out = std::io::BufReader::new(owner.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read");
+    assert_eq!(line.trim(), "held");
+    std::os::unix::fs::chown(b.join("given"), Some(1001), None).expect("give it away on b");
+    writeln!(owner.stdin.take().expect("stdin")).expect("go on");
+    line.clear();
+    out.read_line(&mut line).expect("read");
+    let _ = owner.wait();
+    assert_eq!(
+        line.trim(),
+        "close errno 1",
+        "the refused chmod is reported (EPERM)"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let m = std::fs::metadata(b.join("given")).expect("stat on b");
+    assert_eq!((m.uid(), m.len()), (1001, 1), "the data landed");
+    assert_ne!(m.mode() & 0o7777, 0o600, "the refused chmod did not");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
