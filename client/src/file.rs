@@ -73,6 +73,18 @@ impl Dirty {
     fn add(&mut self, offset: u64, data: &[u8]) {
         let mut start = offset;
         let mut end = offset + data.len() as u64;
+        // Sequential writes: grow the extent that ends where this one
+        // starts, in place (merging below would copy it whole each time).
+        if self.extents.range(offset..=end).next().is_none() {
+            if let Some((o, d)) = self.extents.range_mut(..offset).next_back() {
+                if *o + d.len() as u64 == offset {
+                    d.extend_from_slice(data);
+                    self.bytes += data.len();
+                    self.size = self.size.max(end);
+                    return;
+                }
+            }
+        }
         // Extents are disjoint: only the one starting before `start` and
         // those starting inside [start, end] can touch the new bytes.
         let mut touching: Vec<u64> = Vec::new();
@@ -532,5 +544,34 @@ mod tests {
         assert_eq!(d.extents.len(), 1);
         assert_eq!(d.extents[&0], b"xx12345678aZcde".to_vec());
         assert_eq!(d.size, 15);
+    }
+
+    proptest::proptest! {
+        /// Any sequence of writes (appends, overlaps, gaps) leaves disjoint,
+        /// non-touching extents that read as a byte model of the writes.
+        #[test]
+        fn extents_match_a_model(writes in proptest::collection::vec((0u64..200, 1usize..40, 0u8..255), 1..40)) {
+            let mut d = Dirty::default();
+            let mut model: Vec<Option<u8>> = vec![None; 256];
+            for (off, len, byte) in writes {
+                d.add(off, &vec![byte; len]);
+                for b in &mut model[off as usize..off as usize + len] {
+                    *b = Some(byte);
+                }
+            }
+            let mut seen: Vec<Option<u8>> = vec![None; 256];
+            let mut prev_end = None;
+            for (o, data) in &d.extents {
+                if let Some(e) = prev_end {
+                    proptest::prop_assert!(*o > e, "extents touch or overlap");
+                }
+                for (i, b) in data.iter().enumerate() {
+                    seen[*o as usize + i] = Some(*b);
+                }
+                prev_end = Some(o + data.len() as u64);
+            }
+            proptest::prop_assert_eq!(&seen, &model);
+            proptest::prop_assert_eq!(d.bytes, model.iter().filter(|b| b.is_some()).count());
+        }
     }
 }

@@ -10,6 +10,7 @@ use crate::kv::{Cf, Pairs, ReadKv, StoreError, STATE_CFS};
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 use sparefs_proto::ReplicaId;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 pub const CF_RAFT_LOG: &str = "raft_log";
@@ -47,7 +48,12 @@ pub const WAL_SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis
 /// write (applying on after the disk refused would let replicas diverge).
 #[derive(Default)]
 struct WalBehind {
-    dirty: Mutex<bool>,
+    /// Unsynced writes since the last sync.
+    dirty: AtomicBool,
+    /// The syncer waits on `wake` for a write (set under `parked`): only
+    /// then does a write pay for a wake-up call.
+    idle: AtomicBool,
+    parked: Mutex<()>,
     wake: Condvar,
     failed: Mutex<Option<String>>,
 }
@@ -234,9 +240,10 @@ impl Store {
         let mut o = WriteOptions::default();
         o.set_sync(false);
         self.db.write_opt(batch, &o)?;
-        if let Ok(mut d) = self.behind.dirty.lock() {
-            *d = true;
-            self.behind.wake.notify_one();
+        let b = &self.behind;
+        if !b.dirty.swap(true, Ordering::SeqCst) && b.idle.load(Ordering::SeqCst) {
+            let _parked = b.parked.lock();
+            b.wake.notify_one();
         }
         Ok(())
     }
@@ -251,18 +258,23 @@ impl Store {
             .name("wal-sync".into())
             .spawn(move || loop {
                 std::thread::sleep(WAL_SYNC_EVERY);
-                {
-                    let Ok(mut dirty) = store.behind.dirty.lock() else {
+                let b = &store.behind;
+                if !b.dirty.load(Ordering::SeqCst) {
+                    let Ok(mut parked) = b.parked.lock() else {
                         return;
                     };
-                    while !*dirty {
-                        dirty = match store.behind.wake.wait(dirty) {
-                            Ok(d) => d,
+                    b.idle.store(true, Ordering::SeqCst);
+                    // A write between the check above and `idle` saw the
+                    // syncer busy and did not wake it: look again.
+                    while !b.dirty.load(Ordering::SeqCst) {
+                        parked = match b.wake.wait(parked) {
+                            Ok(p) => p,
                             Err(_) => return,
                         };
                     }
-                    *dirty = false;
+                    b.idle.store(false, Ordering::SeqCst);
                 }
+                b.dirty.store(false, Ordering::SeqCst);
                 if let Err(e) = store.db.flush_wal(true) {
                     tracing::error!("WAL sync failed: {e}; this replica stops writing");
                     if let Ok(mut f) = store.behind.failed.lock() {
