@@ -6,7 +6,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 PEERS=${PEERS:-../shared/peers}
-OUT=bench/results/fs-$(date +%F)
+OUT=${OUT:-bench/results/fs-$(date +%F)}
 mkdir -p "$OUT"
 ./scripts/deps.sh
 apt-get install -y fio >/dev/null 2>&1 || true

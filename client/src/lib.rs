@@ -11,6 +11,7 @@ pub mod compact;
 pub mod conn;
 pub mod data;
 pub mod file;
+pub mod lane;
 pub mod meta;
 pub mod overlay;
 pub mod readahead;

@@ -107,9 +107,12 @@ impl MetaClient {
             let Some(address) = self.pick() else {
                 return Err(ClientError::Unavailable("no meta addresses".into()));
             };
-            let outcome = match self.conn(&address).await {
-                Ok(c) => c.call(body.clone(), self.attempt_timeout).await,
-                Err(e) => Err(CallError::Transport(e)),
+            let outcome = match crate::lane::call(&address, body, self.attempt_timeout) {
+                Some(answer) => answer.map_err(CallError::Rpc),
+                None => match self.conn(&address).await {
+                    Ok(c) => c.call(body.clone(), self.attempt_timeout).await,
+                    Err(e) => Err(CallError::Transport(e)),
+                },
             };
             match outcome {
                 Ok(reply) => {

@@ -92,7 +92,20 @@ macro_rules! spawn {
 /// fuser runs `FUSER_THREADS` threads, so others are served meanwhile.
 macro_rules! meta_op {
     ($self:ident, $body:expr) => {
+        sparefs_client::lane::enable_for_this_thread();
         $self.rt.block_on($body);
+    };
+}
+
+/// A metadata callback that must first commit an open file's held changes
+/// (`SpareFs::holding`), which is data work: then on the runtime.
+macro_rules! meta_op_after {
+    ($self:ident, $holds:expr, $body:expr) => {
+        if $holds {
+            spawn!($self, $body);
+        } else {
+            meta_op!($self, $body);
+        }
     };
 }
 
@@ -1141,7 +1154,8 @@ impl fuser::Filesystem for SpareFs {
             _ => return reply.error(Errno::EINVAL),
         };
         let (cache, fresh, held) = (self.xattrs.clone(), self.fresh.clone(), self.holding(ino));
-        meta_op!(self, async move {
+        let holds = held.is_some();
+        meta_op_after!(self, holds, async move {
             if let Some(f) = held {
                 f.settle().await;
             }
@@ -1173,7 +1187,8 @@ impl fuser::Filesystem for SpareFs {
             None => {}
         }
         let held = self.holding(ino);
-        meta_op!(self, async move {
+        let holds = held.is_some();
+        meta_op_after!(self, holds, async move {
             if let Some(f) = held {
                 f.settle().await;
             }
@@ -1203,7 +1218,8 @@ impl fuser::Filesystem for SpareFs {
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let (meta, c, held) = (self.meta.clone(), caller(req), self.holding(ino));
-        meta_op!(self, async move {
+        let holds = held.is_some();
+        meta_op_after!(self, holds, async move {
             if let Some(f) = held {
                 f.settle().await;
             }
@@ -1233,7 +1249,8 @@ impl fuser::Filesystem for SpareFs {
     fn removexattr(&self, req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
         let (cache, fresh, held) = (self.xattrs.clone(), self.fresh.clone(), self.holding(ino));
-        meta_op!(self, async move {
+        let holds = held.is_some();
+        meta_op_after!(self, holds, async move {
             if let Some(f) = held {
                 f.settle().await;
             }
