@@ -336,6 +336,15 @@ impl OpenFile {
         }
     }
 
+    /// A flush now would be one meta write: what is buffered fits inline
+    /// and nothing is in flight (false also when the state is busy).
+    pub fn flush_is_inline(&self) -> bool {
+        match self.state.try_lock() {
+            Ok(st) => st.inflight.is_empty() && st.bytes <= INLINE_SLICE_BYTES_MAX,
+            Err(_) => false,
+        }
+    }
+
     pub async fn flush(&self) -> Result<Option<Attr>> {
         let mut st = self.state.lock().await;
         self.flush_locked(&mut st).await

@@ -812,7 +812,11 @@ impl fuser::Filesystem for SpareFs {
             // Most closes: answered here, without a trip to the runtime.
             return reply.ok();
         }
-        spawn!(self, async move {
+        // A small file's close is one meta write (its bytes go inline): run
+        // it as a metadata callback. (Should the chunk refuse more inline
+        // bytes, those few KiB go to chunkservers from this thread.)
+        let small = unlock.is_none() && file.flush_is_inline();
+        let work = async move {
             let r = async {
                 file.flush().await?;
                 if let Some(u) = unlock {
@@ -825,7 +829,12 @@ impl fuser::Filesystem for SpareFs {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
-        });
+        };
+        if small {
+            meta_op!(self, work);
+        } else {
+            spawn!(self, work);
+        }
     }
 
     fn fsync(
