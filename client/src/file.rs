@@ -359,8 +359,11 @@ impl OpenFile {
             return Err(e);
         }
         if st.extents.is_empty() {
-            // Changes are held only behind buffered writes.
-            return Ok(None);
+            // Changes are held only behind buffered writes, unless a
+            // truncate elsewhere dropped those (`set_size`): then alone.
+            let held = std::mem::take(&mut st.held);
+            self.forget_prediction();
+            return self.apply_one_by_one(held).await.map_or(Ok(None), Err);
         }
         let extents: Vec<(u64, Vec<u8>)> =
             st.extents.iter().map(|(o, d)| (*o, d.clone())).collect();
@@ -379,13 +382,7 @@ impl OpenFile {
                         return Err(e);
                     }
                 };
-                let mut refused = None;
-                for (caller, set) in held {
-                    if let Err(e) = self.data.setattr_as(caller, self.ino, set).await {
-                        refused.get_or_insert(e);
-                    }
-                }
-                (a, refused)
+                (a, self.apply_one_by_one(held).await)
             }
             Err(e) => {
                 st.held = held;
@@ -403,6 +400,18 @@ impl OpenFile {
             Some(e) => Err(e),
             None => Ok(Some(attr)),
         }
+    }
+
+    /// Sends held changes one by one, in order: the permitted ones land;
+    /// the first refusal is returned.
+    async fn apply_one_by_one(&self, held: Vec<(Caller, SetAttr)>) -> Option<ClientError> {
+        let mut refused = None;
+        for (caller, set) in held {
+            if let Err(e) = self.data.setattr_as(caller, self.ino, set).await {
+                refused.get_or_insert(e);
+            }
+        }
+        refused
     }
 
     /// Stores and commits extents: inline in the meta when small enough
