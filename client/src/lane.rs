@@ -61,6 +61,8 @@ struct Lane {
     input: BufReader<TcpStream>,
     next_call: u64,
     buf: Vec<u8>,
+    /// The socket timeouts set (each change is a system call).
+    timeout: Option<Duration>,
 }
 
 impl Lane {
@@ -78,6 +80,7 @@ impl Lane {
             input,
             next_call: 1,
             buf: Vec::new(),
+            timeout: None,
         })
     }
 
@@ -94,9 +97,12 @@ impl Lane {
             body: body.clone(),
         })
         .map_err(io)?;
-        self.out.set_write_timeout(Some(timeout))?;
+        if self.timeout != Some(timeout) {
+            self.out.set_write_timeout(Some(timeout))?;
+            self.input.get_ref().set_read_timeout(Some(timeout))?;
+            self.timeout = Some(timeout);
+        }
         self.out.write_all(&bytes)?;
-        self.input.get_ref().set_read_timeout(Some(timeout))?;
         let mut len = [0u8; 4];
         self.input.read_exact(&mut len)?;
         let len = u32::from_be_bytes(len) as usize;
