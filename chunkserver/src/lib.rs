@@ -37,6 +37,8 @@ pub struct ChunkserverConfig {
     pub listen: String,
     /// Bytes per second the background scrub reads (0: no scrub).
     pub scrub_rate: u64,
+    /// From the start of one scrub pass to the next.
+    pub scrub_every: Duration,
     /// Bytes per second repair tasks read, at most.
     pub repair_rate: u64,
     /// How often the whole inventory goes to the meta (garbage collection).
@@ -97,7 +99,12 @@ pub async fn run(config: ChunkserverConfig) -> anyhow::Result<()> {
     svc.set_key(key);
     tracing::info!(chunkserver = id.0, listen = %config.listen, dir = %config.dir.display(), "chunkserver serving");
     let lost: scrub::LostList = Default::default();
-    scrub::start(store.clone(), config.scrub_rate, lost.clone());
+    scrub::start(
+        store.clone(),
+        config.scrub_rate,
+        config.scrub_every,
+        lost.clone(),
+    );
     let repairer = repair::Repairer::new(config.repair_rate);
     let compactor = Arc::new(compact::Compactor::new(meta.clone()));
     tokio::spawn(heartbeats(

@@ -1,7 +1,8 @@
 //! Background scrub: re-reads every fragment and checks its blake3 sums, at
-//! a bounded byte rate, one pass after another. A bad or vanished fragment
-//! is dropped from the store and reported lost to the meta (which has it
-//! rebuilt elsewhere).
+//! a bounded byte rate, one pass every `--scrub-every` (a day by default:
+//! passes back to back kept a host's disk reading all the time, slowing
+//! everything else on it). A bad or vanished fragment is dropped from the
+//! store and reported lost to the meta (which has it rebuilt elsewhere).
 
 use crate::fragments::FragmentStore;
 use sparefs_proto::msg::RpcError;
@@ -9,13 +10,13 @@ use sparefs_proto::BlockId;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Pause between passes.
-const PASS_PAUSE: Duration = Duration::from_secs(10);
+/// Shortest pause between passes.
+const PASS_PAUSE: Duration = Duration::from_secs(1);
 const PAGE: usize = 1024;
 
 pub type LostList = Arc<Mutex<Vec<(BlockId, u8)>>>;
 
-pub fn start(store: Arc<FragmentStore>, rate_bytes_per_sec: u64, lost: LostList) {
+pub fn start(store: Arc<FragmentStore>, rate_bytes_per_sec: u64, every: Duration, lost: LostList) {
     if rate_bytes_per_sec == 0 {
         tracing::info!("scrub disabled");
         return;
@@ -23,9 +24,10 @@ pub fn start(store: Arc<FragmentStore>, rate_bytes_per_sec: u64, lost: LostList)
     let spawned = std::thread::Builder::new()
         .name("scrub".into())
         .spawn(move || loop {
+            let started = Instant::now();
             let (checked, bad) = pass(&store, rate_bytes_per_sec, &lost);
             tracing::debug!(checked, bad, "scrub pass finished");
-            std::thread::sleep(PASS_PAUSE);
+            std::thread::sleep(every.saturating_sub(started.elapsed()).max(PASS_PAUSE));
         });
     if let Err(e) = spawned {
         tracing::error!("start scrub: {e}");

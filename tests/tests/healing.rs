@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 const GIB: f64 = (1u64 << 30) as f64;
 
 /// A cluster with fast failure handling: out after `out_after` s, garbage
-/// grace 5 s, inventories every 2 s, scrub at `scrub_rate`.
+/// grace 5 s, inventories every 2 s, scrub passes every second at `scrub_rate`.
 async fn cluster(metas: u64, chunkservers: u64, out_after: u64, scrub_rate: &str) -> MetaCluster {
     let out = out_after.to_string();
     sparefs_tests::cluster_with(
@@ -29,7 +29,14 @@ async fn cluster(metas: u64, chunkservers: u64, out_after: u64, scrub_rate: &str
         chunkservers,
         "4G",
         &["--out-after", &out, "--gc-grace", "5"],
-        &["--inventory-every", "2", "--scrub-rate", scrub_rate],
+        &[
+            "--inventory-every",
+            "2",
+            "--scrub-rate",
+            scrub_rate,
+            "--scrub-every",
+            "1",
+        ],
     )
     .await
     .expect("cluster")

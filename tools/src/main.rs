@@ -79,6 +79,10 @@ enum Cmd {
         /// Background scrub rate (bytes per second, K/M/G; 0 turns it off).
         #[arg(long, default_value = "16M")]
         scrub_rate: String,
+        /// Seconds from the start of one scrub pass to the next (a pass
+        /// that takes longer is followed by the next at once).
+        #[arg(long, default_value_t = 86_400)]
+        scrub_every: u64,
         /// Most bytes per second read by repair tasks on this server.
         #[arg(long, default_value = "64M")]
         repair_rate: String,
@@ -279,6 +283,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             meta,
             listen,
             scrub_rate,
+            scrub_every,
             repair_rate,
             inventory_every,
         } => {
@@ -297,6 +302,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 listen,
                 scrub_rate: sparefs_chunkserver::parse_size(&scrub_rate, 0)
                     .map_err(anyhow::Error::msg)?,
+                scrub_every: std::time::Duration::from_secs(scrub_every.max(1)),
                 repair_rate: sparefs_chunkserver::parse_size(&repair_rate, 0)
                     .map_err(anyhow::Error::msg)?,
                 inventory_every: std::time::Duration::from_secs(inventory_every.max(1)),
