@@ -107,7 +107,8 @@ impl MetaClient {
             let Some(address) = self.pick() else {
                 return Err(ClientError::Unavailable("no meta addresses".into()));
             };
-            let outcome = match crate::lane::call(&address, body, self.attempt_timeout) {
+            let left = self.deadline.saturating_sub(start.elapsed());
+            let outcome = match crate::lane::call(&address, body, self.attempt_timeout.min(left)) {
                 Some(answer) => answer.map_err(CallError::Rpc),
                 None => match self.conn(&address).await {
                     Ok(c) => c.call(body.clone(), self.attempt_timeout).await,
