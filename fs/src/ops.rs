@@ -381,7 +381,10 @@ impl fuser::Filesystem for SpareFs {
         let (cache, fresh) = (self.xattrs.clone(), self.fresh.clone());
         // Behind buffered writes (tar: write, futimens, fchown, fchmod,
         // close) a certain change is answered here and committed with them.
-        if let Some(a) = file.as_ref().and_then(|f| f.hold_setattr(&c, &set)) {
+        let held = file
+            .as_ref()
+            .and_then(|f| f.hold_setattr(&c, &set).map(|a| (a, f.known_size())));
+        if let Some((a, size_here)) = held {
             // Times and owners leave xattrs as they are (the meta keeps
             // security.capability across chown), so the kernel's next
             // capability check before a write finds its answer cached.
@@ -389,7 +392,8 @@ impl fuser::Filesystem for SpareFs {
                 cache.forget_acls(ino.0);
             }
             fresh.forget(ino.0);
-            return reply.attr(&TTL, &Self::seen(&handles, &a));
+            // Not `seen`: that would note the prediction as the meta's word.
+            return reply.attr(&TTL, &file_attr(&a, a.size.max(size_here)));
         }
         // Otherwise buffered writes and held changes land first: a truncate
         // must cut the writes too, an explicit mtime (tar, cp -p, touch -d)
