@@ -5,8 +5,9 @@
 use crate::convert::{self, errno, file_attr};
 use fuser::{
     AccessFlags, Errno, FileHandle, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use sparefs_client::{ClientError, DataClient, MetaClient, OpenFile};
 use sparefs_proto::namespace::*;
@@ -76,6 +77,10 @@ fn attr_of(r: NsReply) -> R<Attr> {
         ))),
     }
 }
+
+/// Entries asked of the meta per READDIRPLUS: about what the kernel's 4 KiB
+/// buffer holds with attributes (each costs the meta an inode read).
+const READDIRPLUS_PAGE: u32 = 32;
 
 /// Runs a callback's work on the runtime, off fuser's thread: for data
 /// and lock operations, which may wait long (a slow chunkserver, a lock
@@ -289,6 +294,12 @@ impl fuser::Filesystem for SpareFs {
         // Locks go to the meta, so every mount of the cluster sees them.
         let _ = config.add_capabilities(
             fuser::InitFlags::FUSE_POSIX_LOCKS | fuser::InitFlags::FUSE_FLOCK_LOCKS,
+        );
+        // The kernel reads a directory's first page with attributes (and
+        // later pages too once a program looks entries up, as ls -l does):
+        // rm -rf of small directories needs no LOOKUP per entry.
+        let _ = config.add_capabilities(
+            fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
         );
         let meta = self.meta.clone();
         self.rt.spawn(async move {
@@ -1086,6 +1097,73 @@ impl fuser::Filesystem for SpareFs {
     ) {
         self.dirs.release(fh.0);
         reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let (meta, c, handles) = (self.meta.clone(), caller(req), self.handles.clone());
+        meta_op!(self, async move {
+            let dir = InodeId(ino.0);
+            let r = async {
+                // The kernel makes no entries for "." and ".."; their
+                // attributes go along because the format wants some.
+                let mut dots = Vec::new();
+                if offset < 2 {
+                    for (name, cookie) in [(".", 1), ("..", 2)] {
+                        let op = ReadOp::Lookup {
+                            parent: dir,
+                            name: name.as_bytes().to_vec(),
+                        };
+                        let a = attr_of(meta.read_as(c.clone(), op).await?)?;
+                        if offset < cookie {
+                            dots.push((name, cookie, a));
+                        }
+                    }
+                }
+                let op = ReadOp::ReadDirPlus {
+                    ino: dir,
+                    after_cookie: offset.max(2),
+                    limit: READDIRPLUS_PAGE,
+                };
+                match meta.read_as(c, op).await? {
+                    NsReply::DirPlus(entries) => Ok((dots, entries)),
+                    other => Err(ClientError::Protocol(format!("{other:?}"))),
+                }
+            }
+            .await;
+            match r {
+                Ok((dots, entries)) => {
+                    for (name, cookie, a) in dots {
+                        let shown = Self::seen(&handles, &a);
+                        if reply.add(INodeNo(a.ino.0), cookie, name, &TTL, &shown, Generation(0)) {
+                            return reply.ok();
+                        }
+                    }
+                    for (e, a) in entries {
+                        let shown = Self::seen(&handles, &a);
+                        let name = OsStr::from_bytes(&e.name);
+                        if reply.add(
+                            INodeNo(e.ino.0),
+                            e.cookie,
+                            name,
+                            &TTL,
+                            &shown,
+                            Generation(0),
+                        ) {
+                            break;
+                        }
+                    }
+                    reply.ok();
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn readdir(

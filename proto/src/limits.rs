@@ -14,6 +14,8 @@ pub const SNAPSHOT_PIECE_BYTES_MAX: usize = 4 * 1024 * 1024;
 const _: () = assert!(SNAPSHOT_PIECE_BYTES_MAX * 2 <= FRAME_BYTES_MAX);
 /// Most entries returned by one readdir call.
 pub const READDIR_ENTRIES_MAX: u32 = 1024;
+/// Most entries of one `ReadDirPlus` page (each costs an inode read).
+pub const READDIRPLUS_ENTRIES_MAX: u32 = 128;
 /// Requests one connection may have in flight before the server stops reading it.
 pub const INFLIGHT_REQUESTS_PER_CONNECTION_MAX: usize = 256;
 /// A chunk is a fixed 64 MiB range of a file; a block is at most 4 MiB.

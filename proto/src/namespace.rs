@@ -220,6 +220,14 @@ pub enum ReadOp {
     Open {
         ino: InodeId,
     },
+    /// A page of entries with each one's attributes (the kernel's
+    /// READDIRPLUS: entries it can use without a LOOKUP each), at most
+    /// `limits::READDIRPLUS_ENTRIES_MAX`.
+    ReadDirPlus {
+        ino: InodeId,
+        after_cookie: u64,
+        limit: u32,
+    },
 }
 
 /// Operations that change state. Each goes through Raft and is applied once.
@@ -528,6 +536,8 @@ pub enum NsReply {
         attr: Attr,
         chunk: Option<(Vec<Slice>, Vec<Capability>)>,
     },
+    /// The answer to `ReadOp::ReadDirPlus`.
+    DirPlus(Vec<(DirEntry, Attr)>),
 }
 
 #[cfg(test)]

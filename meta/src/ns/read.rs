@@ -78,43 +78,19 @@ pub fn read<K: ReadKv>(
             ino,
             after_cookie,
             limit,
+        } => Ok(NsReply::Dir(list_dir(kv, c, *ino, *after_cookie, *limit)?)),
+        ReadOp::ReadDirPlus {
+            ino,
+            after_cookie,
+            limit,
         } => {
-            let dir = load_dir(kv, *ino)?;
-            perm::check(&dir, c, R)?;
-            let limit = (*limit).clamp(1, READDIR_ENTRIES_MAX) as usize;
-            let prefix = be(ino.0);
-            let start = dirindex_key(*ino, after_cookie.saturating_add(1));
+            let limit = (*limit).min(READDIRPLUS_ENTRIES_MAX);
             let mut out = Vec::new();
-            for (k, v) in kv.scan(Cf::DirIndex, &prefix, &start, limit)? {
-                let cookie = read_be(&k[8..])
-                    .ok_or_else(|| StoreError::Invalid("short dirindex key".into()))?;
-                let rec = match decode::<DirIndexRec>(Cf::DirIndex, &v) {
-                    Ok(rec) => rec,
-                    Err(_) => {
-                        // Written before the index kept a copy of the dentry.
-                        let name: Vec<u8> = decode(Cf::DirIndex, &v)?;
-                        let entry: DentryRec = kv
-                            .get_rec(Cf::Dentries, &dentry_key(*ino, &name))?
-                            .ok_or_else(|| {
-                                StoreError::Invalid(format!(
-                                    "dirindex of {ino} names a missing entry"
-                                ))
-                            })?;
-                        DirIndexRec {
-                            name,
-                            ino: entry.ino,
-                            kind: entry.kind,
-                        }
-                    }
-                };
-                out.push(DirEntry {
-                    name: rec.name,
-                    ino: rec.ino,
-                    kind: rec.kind,
-                    cookie,
-                });
+            for e in list_dir(kv, c, *ino, *after_cookie, limit)? {
+                let attr = load(kv, e.ino)?.attr(e.ino);
+                out.push((e, attr));
             }
-            Ok(NsReply::Dir(out))
+            Ok(NsReply::DirPlus(out))
         }
         ReadOp::ReadLink { ino } => {
             let inode = load(kv, *ino)?;
@@ -295,6 +271,51 @@ pub fn chunkservers<K: ReadKv>(
             capacity_bytes,
             used_bytes,
             draining: rec.draining,
+        });
+    }
+    Ok(out)
+}
+
+/// A directory's entries after `after_cookie`, at most `limit`, in cookie
+/// order (`limit` clamped to `READDIR_ENTRIES_MAX`).
+fn list_dir<R: ReadKv>(
+    kv: &R,
+    c: &Caller,
+    ino: InodeId,
+    after_cookie: u64,
+    limit: u32,
+) -> NsResult<Vec<DirEntry>> {
+    let dir = load_dir(kv, ino)?;
+    perm::check(&dir, c, R)?;
+    let limit = limit.clamp(1, READDIR_ENTRIES_MAX) as usize;
+    let prefix = be(ino.0);
+    let start = dirindex_key(ino, after_cookie.saturating_add(1));
+    let mut out = Vec::new();
+    for (k, v) in kv.scan(Cf::DirIndex, &prefix, &start, limit)? {
+        let cookie =
+            read_be(&k[8..]).ok_or_else(|| StoreError::Invalid("short dirindex key".into()))?;
+        let rec = match decode::<DirIndexRec>(Cf::DirIndex, &v) {
+            Ok(rec) => rec,
+            Err(_) => {
+                // Written before the index kept a copy of the dentry.
+                let name: Vec<u8> = decode(Cf::DirIndex, &v)?;
+                let entry: DentryRec = kv
+                    .get_rec(Cf::Dentries, &dentry_key(ino, &name))?
+                    .ok_or_else(|| {
+                        StoreError::Invalid(format!("dirindex of {ino} names a missing entry"))
+                    })?;
+                DirIndexRec {
+                    name,
+                    ino: entry.ino,
+                    kind: entry.kind,
+                }
+            }
+        };
+        out.push(DirEntry {
+            name: rec.name,
+            ino: rec.ino,
+            kind: rec.kind,
+            cookie,
         });
     }
     Ok(out)
