@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Machine;
+use common::{new_file, Machine};
 use sparefs_meta::kv::{Cf, ReadKv};
 use sparefs_meta::ns::blocks::{gc_verdicts, load_block};
 use sparefs_proto::layout::{BlockRef, Policy, Slice, NO_SERVER};
@@ -17,17 +17,8 @@ fn setup() -> (Machine, InodeId) {
     let mut m = Machine::new(Caller::ROOT);
     m.apply(WriteOp::SetClusterKey { key: [1; 32] })
         .expect("key");
-    let NsReply::Made { attr: a, .. } = m
-        .apply_reply(WriteOp::MkNod {
-            parent: InodeId::ROOT,
-            name: b"f".to_vec(),
-            kind: FileKind::File,
-            perm: 0o644,
-            umask: 0,
-            rdev: 0,
-            exclusive: true,
-        })
-        .expect("create")
+    let NsReply::Made { attr: a, .. } =
+        m.apply_reply(new_file(InodeId::ROOT, "f")).expect("create")
     else {
         panic!("reply")
     };

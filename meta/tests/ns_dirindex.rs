@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Machine;
+use common::{new_file, Machine};
 use sparefs_meta::kv::{be, encode, Cf};
 use sparefs_proto::namespace::*;
 use sparefs_proto::InodeId;
@@ -38,16 +38,7 @@ fn listing_follows_renames_exchanges_and_reads_old_records() {
     let mut m = Machine::new(Caller::ROOT);
     let root = InodeId::ROOT;
     for name in ["a", "b"] {
-        m.apply(WriteOp::MkNod {
-            parent: root,
-            name: name.into(),
-            kind: FileKind::File,
-            perm: 0o644,
-            umask: 0,
-            rdev: 0,
-            exclusive: true,
-        })
-        .expect("create");
+        m.apply(new_file(root, name)).expect("create");
     }
     m.apply(WriteOp::Mkdir {
         parent: root,

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Machine;
+use common::{new_file, Machine};
 use proptest::prelude::*;
 use sparefs_proto::layout::Slice;
 use sparefs_proto::namespace::*;
@@ -20,15 +20,7 @@ fn attr(r: Result<NsReply, Errno>) -> Attr {
 
 fn file(m: &mut Machine, name: &str, perm: u32, uid: u32, gid: u32) -> Attr {
     m.caller = Caller::ROOT;
-    let a = attr(m.apply_reply(WriteOp::MkNod {
-        parent: InodeId::ROOT,
-        name: name.into(),
-        kind: FileKind::File,
-        perm: 0o644,
-        umask: 0,
-        rdev: 0,
-        exclusive: true,
-    }));
+    let a = attr(m.apply_reply(new_file(InodeId::ROOT, name)));
     let set = |set| WriteOp::SetAttr { ino: a.ino, set };
     m.apply(set(SetAttr {
         uid: Some(uid),

@@ -8,6 +8,19 @@ use sparefs_meta::store::Store;
 use sparefs_proto::namespace::*;
 use sparefs_proto::{ClientId, Errno, InodeId, RequestId};
 
+/// create(2) of a regular file, mode 0644, no umask, exclusive.
+pub fn new_file(parent: InodeId, name: &str) -> WriteOp {
+    WriteOp::MkNod {
+        parent,
+        name: name.into(),
+        kind: FileKind::File,
+        perm: 0o644,
+        umask: 0,
+        rdev: 0,
+        exclusive: true,
+    }
+}
+
 pub struct Machine {
     pub caller: Caller,
     store: Store,
