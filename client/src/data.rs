@@ -653,16 +653,19 @@ impl DataClient {
         size_at_least: u64,
         then: &[(Caller, SetAttr)],
     ) -> Result<Attr> {
+        // The chunks whose cached maps the commit makes stale (the slices
+        // themselves, inline bytes and all, go into the request uncopied).
+        let chunks: Vec<u64> = slices.iter().map(|(index, _)| *index).collect();
         let op = if then.is_empty() {
             WriteOp::CommitSlices {
                 ino,
-                slices: slices.clone(),
+                slices,
                 size_at_least,
             }
         } else {
             WriteOp::CommitSlicesThenSetAttrs {
                 ino,
-                slices: slices.clone(),
+                slices,
                 size_at_least,
                 then: then.to_vec(),
             }
@@ -674,8 +677,8 @@ impl DataClient {
         if let Ok(mut c) = self.chunks.lock() {
             self.chunks_epoch
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            for (index, _) in &slices {
-                c.remove(&(ino, *index));
+            for index in chunks {
+                c.remove(&(ino, index));
             }
         }
         Ok(attr)
@@ -717,18 +720,6 @@ impl DataClient {
             pos += take;
         }
         self.commit(ino, slices, 0).await
-    }
-
-    /// An attribute change on behalf of `caller`.
-    pub async fn setattr_as(&self, caller: Caller, ino: InodeId, set: SetAttr) -> Result<Attr> {
-        match self
-            .meta
-            .write_as(caller, WriteOp::SetAttr { ino, set })
-            .await?
-        {
-            NsReply::Attr(a) => Ok(a),
-            other => Err(ClientError::Protocol(format!("setattr reply {other:?}"))),
-        }
     }
 
     pub async fn policy_of(&self, ino: InodeId) -> Result<Policy> {

@@ -407,7 +407,7 @@ impl OpenFile {
     async fn apply_one_by_one(&self, held: Vec<(Caller, SetAttr)>) -> Option<ClientError> {
         let mut refused = None;
         for (caller, set) in held {
-            if let Err(e) = self.data.setattr_as(caller, self.ino, set).await {
+            if let Err(e) = self.data.meta.setattr_as(caller, self.ino, set).await {
                 refused.get_or_insert(e);
             }
         }

@@ -369,7 +369,12 @@ impl MetaClient {
     }
 
     pub async fn setattr(&self, ino: InodeId, set: SetAttr) -> Result<Attr> {
-        attr(self.write(WriteOp::SetAttr { ino, set }).await?)
+        self.setattr_as(self.caller.clone(), ino, set).await
+    }
+
+    /// An attribute change on behalf of `caller`.
+    pub async fn setattr_as(&self, caller: Caller, ino: InodeId, set: SetAttr) -> Result<Attr> {
+        attr(self.write_as(caller, WriteOp::SetAttr { ino, set }).await?)
     }
 
     pub async fn readdir(&self, ino: InodeId) -> Result<Vec<DirEntry>> {

@@ -141,7 +141,11 @@ impl OpenDirs {
             let (entries, limit) = match ahead {
                 Some((entries, mut a)) => {
                     let entries = entries?;
-                    if let Some(last) = entries.last() {
+                    // A full page: the task goes on after its last entry.
+                    if let (true, Some(last)) = (
+                        entries.len() >= READDIR_ENTRIES_MAX as usize,
+                        entries.last(),
+                    ) {
                         a.after = last.cookie;
                         page.ahead = Some(a);
                     }
@@ -154,9 +158,6 @@ impl OpenDirs {
                 }
             };
             page.end = entries.len() < limit as usize;
-            if page.end {
-                page.ahead = None;
-            }
             page.entries = entries;
             page.after = after;
             from = 0;
