@@ -7,7 +7,7 @@ mod common;
 use common::{new_file, Machine};
 use sparefs_meta::kv::{be, encode, Cf};
 use sparefs_proto::namespace::*;
-use sparefs_proto::InodeId;
+use sparefs_proto::{Errno, InodeId};
 
 fn list(m: &Machine, dir: InodeId) -> Vec<(Vec<u8>, InodeId, FileKind, u64)> {
     match m.read(ReadOp::ReadDir {
@@ -80,4 +80,64 @@ fn listing_follows_renames_exchanges_and_reads_old_records() {
             .expect("write old record");
     }
     assert_eq!(list(&m, root), listed, "old records list the same");
+}
+
+fn list_plus(m: &Machine, dir: InodeId, after: u64) -> Result<Vec<(Vec<u8>, InodeId, u64)>, Errno> {
+    match m.read(ReadOp::ReadDirPlus {
+        ino: dir,
+        after_cookie: after,
+        limit: 128,
+    })? {
+        NsReply::DirPlus(d) => Ok(d
+            .into_iter()
+            .map(|(e, a)| {
+                assert_eq!(e.ino, a.ino, "attributes of {:?} are its own", e.name);
+                (e.name, e.ino, e.cookie)
+            })
+            .collect()),
+        other => panic!("readdirplus: {other:?}"),
+    }
+}
+
+#[test]
+fn a_listing_with_attributes_starts_with_dot_and_dotdot_and_needs_search_permission() {
+    let mut m = Machine::new(Caller::ROOT);
+    let root = InodeId::ROOT;
+    m.apply(WriteOp::Mkdir {
+        parent: root,
+        name: "d".into(),
+        perm: 0o744,
+        umask: 0,
+    })
+    .expect("mkdir");
+    let (d, _) = lookup(&m, root, "d");
+    m.apply(new_file(d, "f")).expect("create");
+    let (f, _) = lookup(&m, d, "f");
+
+    let names = |v: Vec<(Vec<u8>, InodeId, u64)>| -> Vec<(String, InodeId, u64)> {
+        v.into_iter()
+            .map(|(n, i, c)| (String::from_utf8_lossy(&n).into_owned(), i, c))
+            .collect()
+    };
+    let from_start = names(list_plus(&m, d, 0).expect("list"));
+    assert_eq!(from_start.len(), 3, "{from_start:?}");
+    assert_eq!(from_start[0], (".".into(), d, 1));
+    assert_eq!(from_start[1], ("..".into(), root, 2));
+    assert_eq!((from_start[2].0.as_str(), from_start[2].1), ("f", f));
+    let after_dot = names(list_plus(&m, d, 1).expect("list"));
+    assert_eq!(after_dot[0], ("..".into(), root, 2));
+    assert_eq!(after_dot.len(), 2);
+    let after_dots = names(list_plus(&m, d, 2).expect("list"));
+    assert_eq!(after_dots.len(), 1);
+    assert_eq!(after_dots[0].1, f);
+
+    // Read but no search permission: names only (plain READDIR), never the
+    // attributes a LOOKUP would have refused.
+    m.caller = Caller {
+        uid: 1000,
+        gid: 1000,
+        groups: vec![1000],
+    };
+    assert_eq!(list_plus(&m, d, 0), Err(Errno::EACCES));
+    assert_eq!(list(&m, d).len(), 1);
 }

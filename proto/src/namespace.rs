@@ -222,7 +222,9 @@ pub enum ReadOp {
     },
     /// A page of entries with each one's attributes (the kernel's
     /// READDIRPLUS: entries it can use without a LOOKUP each), at most
-    /// `limits::READDIRPLUS_ENTRIES_MAX`.
+    /// `limits::READDIRPLUS_ENTRIES_MAX`. From the start (`after_cookie`
+    /// 0 or 1) the page begins with "." (cookie 1) and ".." (cookie 2).
+    /// Needs read and search permission on the directory.
     ReadDirPlus {
         ino: InodeId,
         after_cookie: u64,

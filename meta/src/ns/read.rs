@@ -85,8 +85,33 @@ pub fn read<K: ReadKv>(
             limit,
         } => {
             let limit = (*limit).min(READDIRPLUS_ENTRIES_MAX);
+            // Attributes of the entries are what a LOOKUP in the directory
+            // would tell: that takes search permission, as LOOKUP does.
+            let dir = load_dir(kv, *ino)?;
+            perm::check(&dir, c, X)?;
             let mut out = Vec::new();
-            for e in list_dir(kv, c, *ino, *after_cookie, limit)? {
+            // From the start, "." (cookie 1) and ".." (cookie 2) come first:
+            // the kernel's format wants their attributes, and a mount asking
+            // for them apart would pay two more round trips per listing.
+            if *after_cookie < 1 {
+                let e = DirEntry {
+                    name: b".".to_vec(),
+                    ino: *ino,
+                    kind: FileKind::Dir,
+                    cookie: 1,
+                };
+                out.push((e, dir.attr(*ino)));
+            }
+            if *after_cookie < 2 {
+                let e = DirEntry {
+                    name: b"..".to_vec(),
+                    ino: dir.parent,
+                    kind: FileKind::Dir,
+                    cookie: 2,
+                };
+                out.push((e, load(kv, dir.parent)?.attr(dir.parent)));
+            }
+            for e in list_dir(kv, c, *ino, (*after_cookie).max(2), limit)? {
                 let attr = load(kv, e.ino)?.attr(e.ino);
                 out.push((e, attr));
             }
