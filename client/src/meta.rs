@@ -161,7 +161,14 @@ impl MetaClient {
 
     /// A read on behalf of `caller` (the FUSE adapter passes each request's).
     pub async fn read_as(&self, caller: Caller, op: ReadOp) -> Result<NsReply> {
-        match self.call_leader(&Request::Read { caller, op }).await? {
+        match self
+            .call_leader(&Request::Read {
+                client: self.id,
+                caller,
+                op,
+            })
+            .await?
+        {
             Reply::Ns(r) => Ok(r),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
         }

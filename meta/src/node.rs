@@ -35,7 +35,7 @@ use sparefs_proto::layout::{ChunkserverState, Policy, RepairDone, RepairTask};
 use sparefs_proto::msg::{ReplicaStatus, Role, RpcError};
 use sparefs_proto::namespace::{Caller, NsReply, ReadOp, Time, WriteOp};
 use sparefs_proto::{BlockId, ChunkserverId, Errno, InodeId, ReplicaId, RequestId};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,6 +80,7 @@ pub enum Input {
         reply: Reply<NsReply>,
     },
     Read {
+        client: sparefs_proto::ClientId,
         caller: Caller,
         op: ReadOp,
         reply: Reply<NsReply>,
@@ -142,6 +143,38 @@ pub struct Shared {
     /// state is complete enough to judge garbage and plan repairs.
     pub leader_ready: AtomicBool,
     pub repair: Mutex<RepairBook>,
+    /// Delegated directories other clients are waiting for (leader only).
+    pub recalls: Recalls,
+}
+
+/// The directories a leader wants back from each client, and a wake-up for
+/// the clients waiting to hear it (`Request::WaitRecall`).
+#[derive(Default)]
+pub struct Recalls {
+    wanted: Mutex<HashMap<sparefs_proto::ClientId, BTreeSet<InodeId>>>,
+    pub changed: tokio::sync::Notify,
+}
+
+impl Recalls {
+    /// Asks `holder` for `dir` back.
+    pub fn want(&self, holder: sparefs_proto::ClientId, dir: InodeId) {
+        if let Ok(mut w) = self.wanted.lock() {
+            if w.entry(holder).or_default().insert(dir) {
+                self.changed.notify_waiters();
+            }
+        }
+    }
+
+    /// What `client` is asked to give back (taken: asked once per wait).
+    pub fn take(&self, client: sparefs_proto::ClientId) -> Vec<InodeId> {
+        match self.wanted.lock() {
+            Ok(mut w) => w
+                .remove(&client)
+                .map(|s| s.into_iter().collect())
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
 }
 
 /// Times and limits of failure handling, from the command line.
@@ -184,6 +217,7 @@ impl Shared {
             leader_since: RwLock::new(None),
             leader_ready: AtomicBool::new(false),
             repair: Mutex::new(RepairBook::default()),
+            recalls: Recalls::default(),
         }
     }
 
@@ -237,9 +271,9 @@ pub struct Driver {
     pending_writes: Vec<Command>,
     waiters: HashMap<(u128, u64), Reply<NsReply>>,
     conf_waiters: HashMap<(u128, u64), Reply<()>>,
-    pending_reads: Vec<(Caller, ReadOp, Reply<NsReply>)>,
-    awaiting_reads: HashMap<u64, Vec<(Caller, ReadOp, Reply<NsReply>)>>,
-    ready_reads: Vec<(u64, Vec<(Caller, ReadOp, Reply<NsReply>)>)>,
+    pending_reads: Vec<PendingRead>,
+    awaiting_reads: HashMap<u64, Vec<PendingRead>>,
+    ready_reads: Vec<(u64, Vec<PendingRead>)>,
     next_read_ctx: u64,
     pending_member_reload: bool,
     /// Lock leases: when each client was last heard from (leader only).
@@ -477,12 +511,17 @@ impl Driver {
                     now: Time::now(),
                 });
             }
-            Input::Read { caller, op, reply } => {
+            Input::Read {
+                client,
+                caller,
+                op,
+                reply,
+            } => {
                 if !self.is_leader() {
                     let _ = reply.send(Err(self.not_leader()));
                     return;
                 }
-                self.pending_reads.push((caller, op, reply));
+                self.pending_reads.push((client, caller, op, reply));
             }
             Input::ConfChange {
                 id,
@@ -855,7 +894,7 @@ impl Driver {
             .flat_map(|(_, r)| r)
             .chain(self.ready_reads.drain(..).flat_map(|(_, r)| r))
             .collect();
-        for (_, _, w) in reads {
+        for (_, _, _, w) in reads {
             let _ = w.send(Err(err.clone()));
         }
     }
@@ -884,6 +923,9 @@ impl Driver {
                 // A new leader starts every lock holder's lease afresh.
                 self.lease_seen.clear();
                 for c in ns::lock_holders(&*self.store)? {
+                    self.lease_seen.insert(c, Instant::now());
+                }
+                for c in ns::deleg::holders(&*self.store)? {
                     self.lease_seen.insert(c, Instant::now());
                 }
             }
@@ -1001,7 +1043,7 @@ impl Driver {
         &mut self,
         batch: &mut WriteBatch,
         entries: Vec<Entry>,
-    ) -> anyhow::Result<Vec<((u128, u64), Result<NsReply, Errno>)>> {
+    ) -> anyhow::Result<Vec<((u128, u64), Applied)>> {
         let mut results = Vec::new();
         if entries.is_empty() {
             return Ok(results);
@@ -1020,8 +1062,17 @@ impl Driver {
                             anyhow::anyhow!("committed entry {} does not decode: {err}", e.index)
                         })?;
                         for cmd in cmds {
+                            let key = (cmd.id.client.0, cmd.id.seq);
+                            // Another client's delegated directory: nothing
+                            // is recorded, the client retries once it is back.
+                            if let Some((dir, holder)) =
+                                ns::deleg::write_conflict(&tx, cmd.id.client, &cmd.op)?
+                            {
+                                results.push((key, Applied::Recall { dir, holder }));
+                                continue;
+                            }
                             let r = ns::apply_command(&mut tx, &cmd)?;
-                            results.push(((cmd.id.client.0, cmd.id.seq), r));
+                            results.push((key, Applied::Answer(r)));
                         }
                     }
                 }
@@ -1069,7 +1120,7 @@ impl Driver {
         Ok(results)
     }
 
-    fn deliver(&mut self, results: Vec<((u128, u64), Result<NsReply, Errno>)>) {
+    fn deliver(&mut self, results: Vec<((u128, u64), Applied)>) {
         if self.pending_member_reload {
             self.pending_member_reload = false;
             match load_members(&self.store) {
@@ -1082,8 +1133,18 @@ impl Driver {
             }
         }
         for (key, r) in results {
-            if let Some(w) = self.waiters.remove(&key) {
-                let _ = w.send(r.map_err(RpcError::Errno));
+            let w = self.waiters.remove(&key);
+            let r = match r {
+                Applied::Answer(r) => r.map_err(RpcError::Errno),
+                Applied::Recall { dir, holder } => {
+                    if self.is_leader() {
+                        self.shared.recalls.want(holder, dir);
+                    }
+                    Err(RpcError::Busy)
+                }
+            };
+            if let Some(w) = w {
+                let _ = w.send(r);
             }
         }
     }
@@ -1099,8 +1160,8 @@ impl Driver {
             let store = self.store.clone();
             let shared = self.shared.clone();
             self.runtime.spawn_blocking(move || {
-                for (caller, op, reply) in reads {
-                    let _ = reply.send(read_now(&store, &shared, &caller, &op));
+                for (client, caller, op, reply) in reads {
+                    let _ = reply.send(read_now(&store, &shared, client, &caller, &op));
                 }
             });
         }
@@ -1213,14 +1274,39 @@ pub fn write_staged(
 pub fn read_now(
     store: &Store,
     shared: &Shared,
+    client: sparefs_proto::ClientId,
     caller: &Caller,
     op: &ReadOp,
 ) -> Result<NsReply, RpcError> {
+    let conflict = ns::deleg::read_conflict(store, client, op).map_err(|e| match e {
+        ns::NsError::Errno(e) => RpcError::Errno(e),
+        ns::NsError::Store(e) => RpcError::Storage(e.to_string()),
+    })?;
+    if let Some((dir, holder)) = conflict {
+        // Another client alone knows this directory now: ask for it back
+        // and have the reader come again.
+        shared.recalls.want(holder, dir);
+        return Err(RpcError::Busy);
+    }
     let now = Time::now().secs.max(0) as u64;
     ns::read(store, caller, op, shared, now).map_err(|e| match e {
         ns::NsError::Errno(e) => RpcError::Errno(e),
         ns::NsError::Store(e) => RpcError::Storage(e.to_string()),
     })
+}
+
+/// A read waiting for its ReadIndex: who asks, as whom, what, and where
+/// the answer goes.
+type PendingRead = (sparefs_proto::ClientId, Caller, ReadOp, Reply<NsReply>);
+
+/// What applying one command came to.
+pub enum Applied {
+    Answer(Result<NsReply, Errno>),
+    /// It touches `dir`, which `holder` holds: not applied.
+    Recall {
+        dir: InodeId,
+        holder: sparefs_proto::ClientId,
+    },
 }
 
 pub type InputSender = tokio::sync::mpsc::Sender<Input>;

@@ -6,7 +6,7 @@ use crate::node::{Input, InputSender, Shared};
 use crate::snapshot::SnapshotFetcher;
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeType, Message, MessageType};
-use sparefs_proto::msg::{Reply, Request, RpcError};
+use sparefs_proto::msg::{Reply, Request, RpcError, RECALL_WAIT};
 use sparefs_proto::namespace::{Caller, Time, WriteOp};
 use sparefs_proto::service::{CallFuture, Service};
 use sparefs_proto::{BlockId, ChunkserverId};
@@ -50,14 +50,35 @@ impl Server {
 
     async fn handle(self: Arc<Self>, body: Request) -> Result<Reply, RpcError> {
         match body {
-            Request::Read { caller, op } => {
+            Request::Read { client, caller, op } => {
                 validate_caller(&caller)?;
                 if self.shared.is_leader_ready() {
-                    return self.read_on_lease(caller, op).await.map(Reply::Ns);
+                    return self.read_on_lease(client, caller, op).await.map(Reply::Ns);
                 }
                 Ok(Reply::Ns(
-                    self.ask(|reply| Input::Read { caller, op, reply }).await?,
+                    self.ask(|reply| Input::Read {
+                        client,
+                        caller,
+                        op,
+                        reply,
+                    })
+                    .await?,
                 ))
+            }
+            Request::WaitRecall { client } => {
+                if !self.shared.is_leader_ready() {
+                    return Err(RpcError::NotLeader { leader: None });
+                }
+                let recalls = &self.shared.recalls;
+                let changed = recalls.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let dirs = recalls.take(client);
+                if !dirs.is_empty() {
+                    return Ok(Reply::Recall(dirs));
+                }
+                let _ = tokio::time::timeout(RECALL_WAIT, changed).await;
+                Ok(Reply::Recall(recalls.take(client)))
             }
             Request::Write { caller, id, op } => {
                 validate_caller(&caller)?;
@@ -292,6 +313,7 @@ impl Server {
     /// scan whole tables go to a blocking thread.
     async fn read_on_lease(
         &self,
+        client: sparefs_proto::ClientId,
         caller: Caller,
         op: sparefs_proto::namespace::ReadOp,
     ) -> Result<sparefs_proto::namespace::NsReply, RpcError> {
@@ -299,7 +321,7 @@ impl Server {
         let scans = matches!(op, ReadOp::Health | ReadOp::ListChunkservers);
         let store = self.store.clone();
         let shared = self.shared.clone();
-        let run = move || crate::node::read_now(&store, &shared, &caller, &op);
+        let run = move || crate::node::read_now(&store, &shared, client, &caller, &op);
         if scans {
             tokio::task::spawn_blocking(run)
                 .await

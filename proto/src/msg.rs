@@ -8,6 +8,9 @@ use crate::namespace::{Caller, NsReply, ReadOp, WriteOp};
 use crate::{BlockId, ChunkserverId, ReplicaId, RequestId};
 use serde::{Deserialize, Serialize};
 
+/// Longest a leader holds a `Request::WaitRecall` before answering "none".
+pub const RECALL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RequestFrame {
     pub call: u64,
@@ -23,6 +26,9 @@ pub struct ResponseFrame {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Request {
     Read {
+        /// Who asks (a read in another client's delegated directory waits
+        /// for it to be given back).
+        client: crate::ClientId,
         caller: Caller,
         op: ReadOp,
     },
@@ -56,6 +62,11 @@ pub enum Request {
     },
     /// A mount is alive: renews the lease on its locks (leader memory).
     KeepAlive {
+        client: crate::ClientId,
+    },
+    /// A mount waits (up to `RECALL_WAIT`) for the leader to ask for
+    /// delegated directories back: answered with `Reply::Recall`.
+    WaitRecall {
         client: crate::ClientId,
     },
     /// Ask the leader to hand leadership to `replica`.
@@ -124,6 +135,8 @@ pub enum Reply {
     },
     Delete(Vec<(BlockId, u8)>),
     Repair(RepairProgress),
+    /// Directories the leader wants back from the client (maybe none).
+    Recall(Vec<crate::InodeId>),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

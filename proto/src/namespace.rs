@@ -2,7 +2,7 @@
 //! meta answers, and their replies.
 
 use crate::layout::{BlockRef, Capability, ChunkserverInfo, ClusterKey, Policy, Slice};
-use crate::{BlockId, ChunkserverId, ClientId, InodeId};
+use crate::{BlockId, ChunkserverId, ClientId, Errno, InodeId};
 use serde::{Deserialize, Serialize};
 
 /// Seconds and nanoseconds since the Unix epoch.
@@ -404,10 +404,121 @@ pub enum WriteOp {
         size_at_least: u64,
         then: Vec<(Caller, SetAttr)>,
     },
+    /// Makes the calling client the only one that changes directory `dir`
+    /// (docs/delegation.md): granted if it is empty, has no ACL and no other
+    /// client holds it; answered with its attributes.
+    Delegate {
+        dir: InodeId,
+    },
+    /// Gives delegated directories back (asked to, or done with them).
+    ReturnDelegations {
+        dirs: Vec<InodeId>,
+    },
+    /// Reserves `count` inode numbers for the creates this client answers
+    /// in its delegated directories (`NsReply::Inodes`); replaces its
+    /// earlier reservation.
+    ReserveInodes {
+        count: u32,
+    },
+    /// Changes a mount answered itself in its delegated directories, in
+    /// the order it answered them, all or nothing; then `then`, an
+    /// ordinary change of the same caller (one round trip for both). If
+    /// `then` fails or must wait for another client's delegation, the
+    /// delegated changes still land (`NsReply::DelegatedThen`).
+    Delegated {
+        ops: Vec<DelegatedOp>,
+        then: Option<Box<WriteOp>>,
+    },
+}
+
+/// A change a mount answered in a directory delegated to it: made by
+/// `caller` at the mount's clock `now`; a create takes inode `ino` from the
+/// client's reservation. Only `MkNod` (regular files), `Mkdir`, `Unlink`
+/// and `Rmdir`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelegatedOp {
+    pub caller: Caller,
+    pub now: Time,
+    pub ino: Option<InodeId>,
+    pub op: WriteOp,
 }
 
 /// S_ISUID and S_ISGID.
 const SET_ID_BITS: (u32, u32) = (0o4000, 0o2000);
+
+/// The meta's mode-bit permission check of a file without an ACL (`mask`:
+/// 4 read, 2 write, 1 execute or search). Mirrors the meta's `perm::allowed`.
+pub fn mode_allows(a: &Attr, c: &Caller, mask: u32) -> bool {
+    if c.uid == 0 {
+        return mask & 1 == 0 || a.kind == FileKind::Dir || a.perm & 0o111 != 0;
+    }
+    let bits = if c.uid == a.uid {
+        (a.perm >> 6) & 7
+    } else if c.in_group(a.gid) {
+        (a.perm >> 3) & 7
+    } else {
+        a.perm & 7
+    };
+    bits & mask == mask
+}
+
+/// What the meta's create (a regular file) or mkdir by `c` in directory
+/// `dir`, which has no default ACL, makes at `now`: the new inode's
+/// attributes and the directory's after. Mirrors the meta's `make` (a test
+/// there holds them together).
+pub fn predict_make(
+    dir: &Attr,
+    c: &Caller,
+    kind: FileKind,
+    (perm, umask): (u32, u32),
+    ino: InodeId,
+    now: Time,
+) -> (Attr, Attr) {
+    let (_, sgid) = SET_ID_BITS;
+    let is_dir = kind == FileKind::Dir;
+    let perm = perm & 0o7777 & !umask;
+    let (gid, mut perm) = if dir.perm & sgid != 0 {
+        (dir.gid, if is_dir { perm | sgid } else { perm })
+    } else {
+        (c.gid, perm)
+    };
+    if !is_dir && perm & sgid != 0 && c.uid != 0 && !c.in_group(gid) {
+        perm &= !sgid;
+    }
+    let made = Attr {
+        ino,
+        kind,
+        perm,
+        uid: c.uid,
+        gid,
+        size: 0,
+        nlink: if is_dir { 2 } else { 1 },
+        rdev: 0,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+    };
+    let mut after = dir.clone();
+    if is_dir {
+        after.nlink += 1;
+    }
+    after.mtime = now;
+    after.ctime = now;
+    (made, after)
+}
+
+/// Directory `dir`'s attributes after the meta removes an entry (a
+/// directory if `is_dir`) at `now`. Mirrors the meta's `remove`.
+pub fn predict_remove(dir: &Attr, is_dir: bool, now: Time) -> Attr {
+    let mut after = dir.clone();
+    if is_dir {
+        after.nlink = after.nlink.saturating_sub(1);
+    }
+    after.mtime = now;
+    after.ctime = now;
+    after
+}
 
 /// The attributes a regular file will have once the meta applies `set`
 /// for `c` to one with attributes `a`, if that is certain without asking
@@ -466,6 +577,9 @@ impl WriteOp {
     /// collection delete fragments or changes membership, waits for the
     /// disk; a synced entry also makes every earlier one durable.
     pub fn must_be_durable(&self) -> bool {
+        if let WriteOp::Delegated { then, .. } = self {
+            return then.as_ref().is_some_and(|op| op.must_be_durable());
+        }
         !matches!(
             self,
             WriteOp::MkNod { .. }
@@ -485,6 +599,9 @@ impl WriteOp {
                 | WriteOp::SetLock { .. }
                 | WriteOp::ExpireClient { .. }
                 | WriteOp::LoseFragment { .. }
+                | WriteOp::Delegate { .. }
+                | WriteOp::ReturnDelegations { .. }
+                | WriteOp::ReserveInodes { .. }
         )
     }
 }
@@ -540,6 +657,15 @@ pub enum NsReply {
     },
     /// The answer to `ReadOp::ReadDirPlus`.
     DirPlus(Vec<(DirEntry, Attr)>),
+    /// Inode numbers `first..first + count` reserved for the client.
+    Inodes {
+        first: u64,
+        count: u32,
+    },
+    /// `WriteOp::Delegated` with `then`: the delegated changes landed, and
+    /// `then` answered this (`None`: it did not run, another client's
+    /// delegation is being recalled: send it again).
+    DelegatedThen(Option<Result<Box<NsReply>, Errno>>),
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 pub mod acl;
 pub mod blocks;
+pub mod deleg;
 mod locks;
 mod perm;
 mod read;

@@ -6,6 +6,7 @@
 
 use super::acl;
 use super::blocks;
+use super::deleg;
 use super::perm::{self, R, S_ISGID, S_ISUID, S_ISVTX, W, X};
 use super::records::*;
 use super::{NsError, NsResult};
@@ -53,20 +54,24 @@ pub fn apply_command<R: ReadKv>(
     if let Some(prev) = tx.get_rec::<Result<NsReply, Errno>>(Cf::Sessions, &skey)? {
         return Ok(prev);
     }
-    let result = {
-        let mut inner = Tx::new(&*tx);
-        match apply_op(&mut inner, cmd) {
-            Ok(reply) => Ok((reply, inner.into_writes())),
-            Err(NsError::Errno(e)) => Err(e),
-            Err(NsError::Store(e)) => return Err(e),
+    let reply = if let WriteOp::Delegated { ops, then } = &cmd.op {
+        apply_delegated(tx, cmd, ops, then.as_deref())?
+    } else {
+        let result = {
+            let mut inner = Tx::new(&*tx);
+            match apply_op(&mut inner, cmd) {
+                Ok(reply) => Ok((reply, inner.into_writes())),
+                Err(NsError::Errno(e)) => Err(e),
+                Err(NsError::Store(e)) => return Err(e),
+            }
+        };
+        match result {
+            Ok((reply, writes)) => {
+                tx.absorb(writes);
+                Ok(reply)
+            }
+            Err(e) => Err(e),
         }
-    };
-    let reply = match result {
-        Ok((reply, writes)) => {
-            tx.absorb(writes);
-            Ok(reply)
-        }
-        Err(e) => Err(e),
     };
     // Forget answers the client has confirmed receiving: point deletes from
     // the client's low-water mark up to `ack_below` (a scan would have to
@@ -114,6 +119,7 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
                 *rdev,
                 Vec::new(),
                 *exclusive,
+                None,
             )
         }
         WriteOp::Mkdir {
@@ -132,6 +138,7 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
             0,
             Vec::new(),
             true,
+            None,
         ),
         WriteOp::Symlink {
             parent,
@@ -155,6 +162,7 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
                 0,
                 target.clone(),
                 true,
+                None,
             )
         }
         WriteOp::Unlink { parent, name } => remove(tx, c, now, *parent, name, false),
@@ -330,7 +338,18 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
             }
             super::locks::set_lock(tx, *ino, lock)
         }
-        WriteOp::ExpireClient { client } => super::locks::expire_client(tx, *client),
+        WriteOp::ExpireClient { client } => {
+            deleg::expire(tx, *client)?;
+            super::locks::expire_client(tx, *client)
+        }
+        WriteOp::Delegate { dir } => deleg::delegate(tx, c, cmd.id.client, *dir),
+        WriteOp::ReturnDelegations { dirs } => {
+            deleg::give_back(tx, cmd.id.client, dirs)?;
+            Ok(NsReply::Done)
+        }
+        WriteOp::ReserveInodes { count } => deleg::reserve(tx, cmd.id.client, *count),
+        // Two steps with their own outcomes: `apply_command` runs them.
+        WriteOp::Delegated { .. } => Err(Errno::EINVAL.into()),
         WriteOp::Sync => Ok(NsReply::Done),
         WriteOp::SetClusterKey { key } => {
             if c.uid != 0 {
@@ -512,6 +531,159 @@ fn delete_entry<R: ReadKv>(
 }
 
 #[allow(clippy::too_many_arguments)]
+/// `WriteOp::Delegated`: the changes a mount answered in directories it
+/// holds, each as its caller at the mount's clock, all or nothing (ESTALE if
+/// the client no longer holds a directory, or an inode number is not from
+/// its reservation); then `then`, whose failure or wait leaves them landed.
+fn apply_delegated<R: ReadKv>(
+    tx: &mut Tx<R>,
+    cmd: &Command,
+    ops: &[DelegatedOp],
+    then: Option<&WriteOp>,
+) -> Result<Result<NsReply, Errno>, StoreError> {
+    let mut inner = Tx::new(&*tx);
+    match apply_delegated_ops(&mut inner, cmd, ops) {
+        Ok(()) => {
+            let writes = inner.into_writes();
+            tx.absorb(writes);
+        }
+        Err(NsError::Errno(e)) => return Ok(Err(e)),
+        Err(NsError::Store(e)) => return Err(e),
+    }
+    let Some(then) = then else {
+        return Ok(Ok(NsReply::Done));
+    };
+    if matches!(then, WriteOp::Delegated { .. }) {
+        return Ok(Ok(NsReply::DelegatedThen(Some(Err(Errno::EINVAL)))));
+    }
+    let conflict = match deleg::write_conflict(&*tx, cmd.id.client, then) {
+        Ok(c) => c,
+        Err(NsError::Errno(e)) => return Ok(Err(e)),
+        Err(NsError::Store(e)) => return Err(e),
+    };
+    if conflict.is_some() {
+        return Ok(Ok(NsReply::DelegatedThen(None)));
+    }
+    let one = Command {
+        id: cmd.id,
+        caller: cmd.caller.clone(),
+        op: then.clone(),
+        now: cmd.now,
+    };
+    let mut inner = Tx::new(&*tx);
+    let answer = match apply_op(&mut inner, &one) {
+        Ok(reply) => {
+            let writes = inner.into_writes();
+            tx.absorb(writes);
+            Ok(Box::new(reply))
+        }
+        Err(NsError::Errno(e)) => Err(e),
+        Err(NsError::Store(e)) => return Err(e),
+    };
+    Ok(Ok(NsReply::DelegatedThen(Some(answer))))
+}
+
+/// The delegated changes of a `WriteOp::Delegated`, into `tx`.
+fn apply_delegated_ops<R: ReadKv>(
+    tx: &mut Tx<R>,
+    cmd: &Command,
+    ops: &[DelegatedOp],
+) -> NsResult<()> {
+    let client = cmd.id.client;
+    let holds = |tx: &Tx<R>, dir: InodeId| -> NsResult<()> {
+        if deleg::holder(tx, dir)? == Some(client) {
+            Ok(())
+        } else {
+            Err(Errno::ESTALE.into())
+        }
+    };
+    for d in ops {
+        let (parent, made) = match &d.op {
+            WriteOp::MkNod {
+                parent,
+                kind: FileKind::File,
+                rdev: 0,
+                ..
+            } => (*parent, true),
+            WriteOp::Mkdir { parent, .. } => (*parent, true),
+            WriteOp::Unlink { parent, .. } => (*parent, false),
+            WriteOp::Rmdir { parent, name } => {
+                // The mount knew the directory empty: it held it too.
+                let victim = dentry(tx, *parent, name)?.ok_or(Errno::ESTALE)?;
+                holds(tx, victim.ino)?;
+                (*parent, false)
+            }
+            _ => return Err(Errno::EINVAL.into()),
+        };
+        holds(tx, parent)?;
+        if made != d.ino.is_some() {
+            return Err(Errno::EINVAL.into());
+        }
+        if let Some(ino) = d.ino {
+            deleg::take_reserved(tx, client, ino)?;
+        }
+        let one = Command {
+            id: cmd.id,
+            caller: d.caller.clone(),
+            op: d.op.clone(),
+            now: d.now,
+        };
+        let reply = match &one.op {
+            WriteOp::MkNod {
+                parent,
+                name,
+                perm,
+                umask,
+                exclusive,
+                ..
+            } => make(
+                tx,
+                &one.caller,
+                one.now,
+                *parent,
+                name,
+                FileKind::File,
+                (perm & 0o7777, *umask),
+                0,
+                Vec::new(),
+                *exclusive,
+                d.ino,
+            )?,
+            WriteOp::Mkdir {
+                parent,
+                name,
+                perm,
+                umask,
+            } => make(
+                tx,
+                &one.caller,
+                one.now,
+                *parent,
+                name,
+                FileKind::Dir,
+                (perm & 0o7777, *umask),
+                0,
+                Vec::new(),
+                true,
+                d.ino,
+            )?,
+            _ => apply_op(tx, &one)?,
+        };
+        if let (WriteOp::Mkdir { .. }, Some(ino)) = (&one.op, d.ino) {
+            // A directory made in a delegated one is its maker's too.
+            deleg::grant(tx, client, ino);
+        }
+        if let Some(ino) = d.ino {
+            if !matches!(&reply, NsReply::Made { attr, .. } if attr.ino == ino) {
+                // open(O_CREAT) of a name that exists: the mount believed
+                // it free, so its picture of the directory is wrong.
+                return Err(Errno::ESTALE.into());
+            }
+        }
+    }
+    Ok(())
+}
+
 fn make<R: ReadKv>(
     tx: &mut Tx<R>,
     c: &Caller,
@@ -523,6 +695,7 @@ fn make<R: ReadKv>(
     rdev: u32,
     target: Vec<u8>,
     exclusive: bool,
+    reserved: Option<InodeId>,
 ) -> NsResult<NsReply> {
     valid_name(name)?;
     let mut dir = load_dir(tx, parent)?;
@@ -541,7 +714,11 @@ fn make<R: ReadKv>(
     if dir.nlink == 0 {
         return Err(Errno::ENOENT.into());
     }
-    let ino = InodeId(next_id(tx, SYS_NEXT_INODE, 1)?);
+    let ino = match reserved {
+        // A delegated create: the number the mount chose from its reservation.
+        Some(ino) => ino,
+        None => InodeId(next_id(tx, SYS_NEXT_INODE, 1)?),
+    };
     // A default ACL on the directory replaces the umask (acl(5)).
     let (acl, perm) = if !dir.default_acl.is_empty() && kind != FileKind::Symlink {
         acl::inherit(&dir.default_acl, perm)
@@ -605,6 +782,9 @@ fn drop_link<R: ReadKv>(
         inode.nlink == 0
     };
     if gone {
+        if inode.is_dir() {
+            deleg::forget_dir(tx, ino)?;
+        }
         tx.delete(Cf::Inodes, inode_key(ino));
         for (k, _) in tx.scan(Cf::Xattrs, &be(ino.0), &be(ino.0), usize::MAX)? {
             tx.delete(Cf::Xattrs, k);

@@ -23,6 +23,8 @@ pub fn new_file(parent: InodeId, name: &str) -> WriteOp {
 
 pub struct Machine {
     pub caller: Caller,
+    /// The client the commands come from (delegations are per client).
+    pub client: ClientId,
     store: Store,
     seq: u64,
     _dir: tempfile::TempDir,
@@ -41,6 +43,7 @@ impl Machine {
         store.write_synced(batch).expect("write");
         Machine {
             caller,
+            client: ClientId(7),
             store,
             seq: 1,
             _dir: dir,
@@ -55,7 +58,7 @@ impl Machine {
         self.seq += 1;
         let cmd = Command {
             id: RequestId {
-                client: ClientId(7),
+                client: self.client,
                 seq: self.seq,
                 ack_below: self.seq,
             },

@@ -1,0 +1,243 @@
+//! Directory delegations (docs/delegation.md): which client alone changes
+//! which directory, the inode numbers reserved for the creates it answers
+//! itself, and the check every other client's request passes first.
+//!
+//! Records live in the `Sys` family: `deleg/<dir>` -> holder,
+//! `ires/<client>` -> the client's reserved inode range. This module owns
+//! them; it does not change the namespace itself (write.rs applies the
+//! delegated changes through the ordinary operations).
+
+use super::records::*;
+use super::{NsError, NsResult};
+use crate::kv::{be, read_be, Cf, ReadKv, StoreError, Tx};
+use sparefs_proto::namespace::*;
+use sparefs_proto::{ClientId, Errno, InodeId};
+
+const DELEG_PREFIX: &[u8] = b"deleg/";
+const IRES_PREFIX: &[u8] = b"ires/";
+/// Most inode numbers one reservation takes.
+pub const RESERVE_INODES_MAX: u32 = 1 << 16;
+
+fn deleg_key(dir: InodeId) -> Vec<u8> {
+    let mut k = DELEG_PREFIX.to_vec();
+    k.extend_from_slice(&be(dir.0));
+    k
+}
+
+fn ires_key(client: ClientId) -> Vec<u8> {
+    let mut k = IRES_PREFIX.to_vec();
+    k.extend_from_slice(&client.0.to_be_bytes());
+    k
+}
+
+/// The client directory `dir` is delegated to, if any.
+pub fn holder<K: ReadKv>(kv: &K, dir: InodeId) -> NsResult<Option<ClientId>> {
+    Ok(kv.get_rec::<u128>(Cf::Sys, &deleg_key(dir))?.map(ClientId))
+}
+
+/// The first of `dirs` another client than `client` holds, with its holder.
+fn held_by_other<K: ReadKv>(
+    kv: &K,
+    client: ClientId,
+    dirs: &[InodeId],
+) -> NsResult<Option<(InodeId, ClientId)>> {
+    for d in dirs {
+        if let Some(h) = holder(kv, *d)? {
+            if h != client {
+                return Ok(Some((*d, h)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The entry `name` of `parent` names, if it is a directory.
+fn subdir<K: ReadKv>(kv: &K, parent: InodeId, name: &[u8]) -> NsResult<Option<InodeId>> {
+    Ok(kv
+        .get_rec::<DentryRec>(Cf::Dentries, &dentry_key(parent, name))?
+        .filter(|e| e.kind == FileKind::Dir)
+        .map(|e| e.ino))
+}
+
+/// The directories a change reads or writes the entries or attributes of:
+/// those a delegation covers.
+fn write_dirs<K: ReadKv>(kv: &K, op: &WriteOp) -> NsResult<Vec<InodeId>> {
+    Ok(match op {
+        WriteOp::MkNod { parent, .. }
+        | WriteOp::Mkdir { parent, .. }
+        | WriteOp::Symlink { parent, .. }
+        | WriteOp::Unlink { parent, .. } => vec![*parent],
+        WriteOp::Rmdir { parent, name } => {
+            // The victim's emptiness is the holder's to know.
+            let mut v = vec![*parent];
+            v.extend(subdir(kv, *parent, name)?);
+            v
+        }
+        WriteOp::Rename {
+            parent,
+            name,
+            new_parent,
+            new_name,
+            ..
+        } => {
+            let mut v = vec![*parent, *new_parent];
+            v.extend(subdir(kv, *parent, name)?);
+            v.extend(subdir(kv, *new_parent, new_name)?);
+            v
+        }
+        WriteOp::Link { new_parent, .. } => vec![*new_parent],
+        WriteOp::SetAttr { ino, .. }
+        | WriteOp::SetXattr { ino, .. }
+        | WriteOp::RemoveXattr { ino, .. }
+        | WriteOp::SetPolicy { ino, .. }
+        | WriteOp::SetLock { ino, .. } => vec![*ino],
+        // Checked inside: its own changes are the client's, `then` apart.
+        _ => Vec::new(),
+    })
+}
+
+/// A change by `client` that must wait for another client's delegation:
+/// the directory and its holder.
+pub fn write_conflict<K: ReadKv>(
+    kv: &K,
+    client: ClientId,
+    op: &WriteOp,
+) -> NsResult<Option<(InodeId, ClientId)>> {
+    held_by_other(kv, client, &write_dirs(kv, op)?)
+}
+
+/// A read by `client` that must wait for another client's delegation.
+pub fn read_conflict<K: ReadKv>(
+    kv: &K,
+    client: ClientId,
+    op: &ReadOp,
+) -> NsResult<Option<(InodeId, ClientId)>> {
+    let dir = match op {
+        ReadOp::Lookup { parent, .. } => *parent,
+        ReadOp::GetAttr { ino }
+        | ReadOp::ReadDir { ino, .. }
+        | ReadOp::ReadDirPlus { ino, .. }
+        | ReadOp::GetXattr { ino, .. }
+        | ReadOp::ListXattr { ino }
+        | ReadOp::Access { ino, .. }
+        | ReadOp::GetPolicy { ino }
+        | ReadOp::Open { ino, .. } => *ino,
+        _ => return Ok(None),
+    };
+    held_by_other(kv, client, &[dir])
+}
+
+/// Grants `dir` to `client`: an empty directory without ACLs that no other
+/// client holds (EBUSY if one does, ENOTEMPTY if it has entries).
+pub fn delegate<R: ReadKv>(
+    tx: &mut Tx<R>,
+    c: &Caller,
+    client: ClientId,
+    dir: InodeId,
+) -> NsResult<NsReply> {
+    let rec = super::write::load_dir(tx, dir)?;
+    super::perm::check(&rec, c, super::perm::W | super::perm::X)?;
+    if let Some(h) = holder(tx, dir)? {
+        if h != client {
+            return Err(Errno::EBUSY.into());
+        }
+    }
+    if rec.children > 0 {
+        return Err(Errno::ENOTEMPTY.into());
+    }
+    if !rec.acl.is_empty() || !rec.default_acl.is_empty() || rec.nlink == 0 {
+        // The mount predicts modes from the bits alone.
+        return Err(Errno::EINVAL.into());
+    }
+    grant(tx, client, dir);
+    Ok(NsReply::Attr(rec.attr(dir)))
+}
+
+/// Records `dir` as `client`'s (a directory it made inside one of its own).
+pub fn grant<R: ReadKv>(tx: &mut Tx<R>, client: ClientId, dir: InodeId) {
+    tx.put_rec(Cf::Sys, deleg_key(dir), &client.0);
+}
+
+/// Gives back those of `dirs` that `client` holds.
+pub fn give_back<R: ReadKv>(tx: &mut Tx<R>, client: ClientId, dirs: &[InodeId]) -> NsResult<()> {
+    for d in dirs {
+        if holder(tx, *d)? == Some(client) {
+            tx.delete(Cf::Sys, deleg_key(*d));
+        }
+    }
+    Ok(())
+}
+
+/// A removed directory's delegation goes with it.
+pub fn forget_dir<R: ReadKv>(tx: &mut Tx<R>, dir: InodeId) -> NsResult<()> {
+    if holder(tx, dir)?.is_some() {
+        tx.delete(Cf::Sys, deleg_key(dir));
+    }
+    Ok(())
+}
+
+/// Reserves `count` fresh inode numbers for `client`, replacing its last
+/// reservation (numbers left there are never used).
+pub fn reserve<R: ReadKv>(tx: &mut Tx<R>, client: ClientId, count: u32) -> NsResult<NsReply> {
+    if count == 0 || count > RESERVE_INODES_MAX {
+        return Err(Errno::EINVAL.into());
+    }
+    let first = sys_next_inode(tx)?;
+    tx.put_rec(Cf::Sys, SYS_NEXT_INODE.to_vec(), &(first + count as u64));
+    tx.put_rec(Cf::Sys, ires_key(client), &(first, first + count as u64));
+    Ok(NsReply::Inodes { first, count })
+}
+
+fn sys_next_inode<K: ReadKv>(kv: &K) -> NsResult<u64> {
+    kv.get_rec::<u64>(Cf::Sys, SYS_NEXT_INODE)?
+        .ok_or_else(|| NsError::Store(StoreError::Invalid("no inode counter".into())))
+}
+
+/// Takes `ino` from `client`'s reservation: numbers are taken in rising
+/// order, each once, so a delegated create can never reuse an inode.
+pub fn take_reserved<R: ReadKv>(tx: &mut Tx<R>, client: ClientId, ino: InodeId) -> NsResult<()> {
+    let key = ires_key(client);
+    let (next, end): (u64, u64) = tx.get_rec(Cf::Sys, &key)?.ok_or(Errno::ESTALE)?;
+    if ino.0 < next || ino.0 >= end {
+        return Err(Errno::ESTALE.into());
+    }
+    tx.put_rec(Cf::Sys, key, &(ino.0 + 1, end));
+    Ok(())
+}
+
+/// A client whose lease expired (or that unmounted) holds nothing more.
+pub fn expire<R: ReadKv>(tx: &mut Tx<R>, client: ClientId) -> NsResult<()> {
+    for (k, v) in tx.scan(Cf::Sys, DELEG_PREFIX, DELEG_PREFIX, usize::MAX)? {
+        if crate::kv::decode::<u128>(Cf::Sys, &v)? == client.0 {
+            tx.delete(Cf::Sys, k);
+        }
+    }
+    tx.delete(Cf::Sys, ires_key(client));
+    Ok(())
+}
+
+/// Every client holding a delegation (a new leader starts their leases).
+pub fn holders<K: ReadKv>(kv: &K) -> NsResult<Vec<ClientId>> {
+    let mut out = Vec::new();
+    for (_, v) in kv.scan(Cf::Sys, DELEG_PREFIX, DELEG_PREFIX, usize::MAX)? {
+        let c = ClientId(crate::kv::decode::<u128>(Cf::Sys, &v)?);
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// Every delegated directory with its holder (status, tests).
+pub fn all<K: ReadKv>(kv: &K) -> NsResult<Vec<(InodeId, ClientId)>> {
+    let mut out = Vec::new();
+    for (k, v) in kv.scan(Cf::Sys, DELEG_PREFIX, DELEG_PREFIX, usize::MAX)? {
+        let dir = read_be(&k[DELEG_PREFIX.len()..])
+            .ok_or_else(|| StoreError::Invalid("short delegation key".into()))?;
+        out.push((
+            InodeId(dir),
+            ClientId(crate::kv::decode::<u128>(Cf::Sys, &v)?),
+        ));
+    }
+    Ok(out)
+}
