@@ -10,6 +10,7 @@
 pub mod compact;
 pub mod conn;
 pub mod data;
+pub mod deleg;
 pub mod file;
 pub mod lane;
 pub mod meta;

@@ -3,6 +3,7 @@
 //! mutation a `(client, seq)` id so a retry is applied once.
 
 use crate::conn::{CallError, Conn, ConnPool};
+use crate::deleg::{Before, Delegations};
 use sparefs_proto::layout::Policy;
 use sparefs_proto::msg::{ReplicaStatus, Reply, Request, RpcError};
 use sparefs_proto::namespace::*;
@@ -47,6 +48,8 @@ pub struct MetaClient {
     id: ClientId,
     seq: AtomicU64,
     inflight: Mutex<BTreeSet<u64>>,
+    /// Directories delegated to this client (a mount sets it).
+    deleg: Option<Arc<Delegations>>,
     /// How long a call keeps retrying before it fails with `Unavailable`.
     pub deadline: Duration,
     pub attempt_timeout: Duration,
@@ -63,6 +66,7 @@ impl MetaClient {
             id: ClientId(rand::random()),
             seq: AtomicU64::new(1),
             inflight: Mutex::new(BTreeSet::new()),
+            deleg: None,
             deadline: Duration::from_secs(30),
             attempt_timeout: Duration::from_secs(3),
             caller,
@@ -72,6 +76,17 @@ impl MetaClient {
     pub fn with_deadline(mut self, d: Duration) -> Self {
         self.deadline = d;
         self
+    }
+
+    /// Lets this client hold delegated directories (a mount): changes
+    /// answered there go out ahead of every other request.
+    pub fn with_delegations(mut self) -> Self {
+        self.deleg = Some(Arc::new(Delegations::default()));
+        self
+    }
+
+    pub fn delegations(&self) -> Option<&Arc<Delegations>> {
+        self.deleg.as_ref()
     }
 
     async fn conn(&self, address: &str) -> std::result::Result<Arc<Conn>, String> {
@@ -161,6 +176,16 @@ impl MetaClient {
 
     /// A read on behalf of `caller` (the FUSE adapter passes each request's).
     pub async fn read_as(&self, caller: Caller, op: ReadOp) -> Result<NsReply> {
+        // The meta must know what was answered here before it answers this.
+        if let Some(ops) = self.settle_delegated().await {
+            self.send_delegated(self.caller.clone(), ops, None).await?;
+        }
+        self.read_unordered(caller, op).await
+    }
+
+    /// A read that need not wait for changes answered in delegated
+    /// directories (`deleg::Local::Ask`).
+    pub async fn read_unordered(&self, caller: Caller, op: ReadOp) -> Result<NsReply> {
         match self
             .call_leader(&Request::Read {
                 client: self.id,
@@ -202,11 +227,156 @@ impl MetaClient {
 
     /// A mutation on behalf of `caller`.
     pub async fn write_as(&self, caller: Caller, op: WriteOp) -> Result<NsReply> {
+        // Changes answered here land first, in the same request if it may
+        // carry them.
+        while let Some(ops) = self.settle_delegated().await {
+            if !carries_delegated(&op) {
+                self.send_delegated(self.caller.clone(), ops, None).await?;
+                continue;
+            }
+            let then = Some(Box::new(op.clone()));
+            match self.send_delegated(caller.clone(), ops, then).await? {
+                NsReply::DelegatedThen(Some(answer)) => {
+                    return answer.map(|r| *r).map_err(ClientError::Errno)
+                }
+                // Waits for another client's directory: sent alone below.
+                NsReply::DelegatedThen(None) => break,
+                other => return Err(ClientError::Protocol(format!("{other:?}"))),
+            }
+        }
+        self.write_plain(caller, op).await
+    }
+
+    async fn write_plain(&self, caller: Caller, op: WriteOp) -> Result<NsReply> {
         let id = self.next_id();
         let r = self.call_leader(&Request::Write { caller, id, op }).await;
         self.done(id);
         match r? {
             Reply::Ns(r) => Ok(r),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Waits for batches of delegated changes on their way; then the
+    /// queued ones, if any, to send (counted in flight until sent).
+    async fn settle_delegated(&self) -> Option<Vec<DelegatedOp>> {
+        let d = self.deleg.as_ref()?;
+        loop {
+            let landed = d.landed.notified();
+            tokio::pin!(landed);
+            landed.as_mut().enable();
+            match d.before_remote() {
+                Before::Carry(ops) => return Some(ops),
+                Before::Clear => return None,
+                Before::Wait => landed.await,
+            }
+        }
+    }
+
+    /// Sends delegated changes (then `then`). If they are refused or lost,
+    /// nothing answered here can be trusted: every delegation is given up
+    /// and the caller hears EIO.
+    async fn send_delegated(
+        &self,
+        caller: Caller,
+        ops: Vec<DelegatedOp>,
+        then: Option<Box<WriteOp>>,
+    ) -> Result<NsReply> {
+        /// Counts the batch landed however this ends; if it ends before an
+        /// answer (dropped), as lost.
+        struct InFlight<'a> {
+            deleg: Option<&'a Delegations>,
+            count: usize,
+            outcome: Option<String>,
+        }
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                let Some(d) = self.deleg else { return };
+                let lost = self.outcome.take().unwrap_or_else(|| "abandoned".into());
+                if !lost.is_empty() {
+                    let dirs = d.give_up_all();
+                    tracing::error!(
+                        "{} changes answered in delegated directories may not be applied \
+                         ({lost}); giving up {} directories",
+                        self.count,
+                        dirs.len()
+                    );
+                }
+                d.sent();
+            }
+        }
+        let mut guard = InFlight {
+            deleg: self.deleg.as_deref(),
+            count: ops.len(),
+            outcome: None,
+        };
+        let r = self
+            .write_plain(caller, WriteOp::Delegated { ops, then })
+            .await;
+        guard.outcome = Some(match &r {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        });
+        drop(guard);
+        r.map_err(|_| ClientError::Errno(Errno::EIO))
+    }
+
+    /// Sends the changes answered here now (fsync, the flusher).
+    pub async fn flush_delegated(&self) -> Result<()> {
+        if let Some(ops) = self.settle_delegated().await {
+            self.send_delegated(self.caller.clone(), ops, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Asks for empty directory `dir` (just made here) to be delegated.
+    pub async fn delegate(&self, dir: InodeId) -> Result<()> {
+        let Some(d) = &self.deleg else {
+            return Ok(());
+        };
+        if let NsReply::Attr(a) = self.write(WriteOp::Delegate { dir }).await? {
+            d.granted(a);
+        }
+        self.reserve_inodes().await
+    }
+
+    /// Tops up the inode numbers reserved for creates answered here.
+    pub async fn reserve_inodes(&self) -> Result<()> {
+        let Some(d) = &self.deleg else {
+            return Ok(());
+        };
+        if d.wants_inodes() {
+            let count = crate::deleg::RESERVE;
+            if let NsReply::Inodes { first, count } =
+                self.write(WriteOp::ReserveInodes { count }).await?
+            {
+                d.reserved(first, count);
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back those of `dirs` held here, behind the changes queued.
+    pub async fn give_back(&self, dirs: &[InodeId]) -> Result<()> {
+        let Some(d) = &self.deleg else {
+            return Ok(());
+        };
+        let dirs = d.give_up(dirs);
+        if dirs.is_empty() {
+            return Ok(());
+        }
+        self.write(WriteOp::ReturnDelegations { dirs })
+            .await
+            .map(|_| ())
+    }
+
+    /// Waits (up to `RECALL_WAIT`) for the leader to want directories back.
+    pub async fn wait_recall(&self) -> Result<Vec<InodeId>> {
+        match self
+            .call_leader(&Request::WaitRecall { client: self.id })
+            .await?
+        {
+            Reply::Recall(dirs) => Ok(dirs),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
         }
     }
@@ -434,6 +604,31 @@ impl MetaClient {
         }
         Ok((self.resolve(dir).await?, name.as_bytes().to_vec()))
     }
+}
+
+/// Whether a change may travel behind delegated ones in one request (the
+/// leader fills in or records something for the others as they arrive).
+fn carries_delegated(op: &WriteOp) -> bool {
+    matches!(
+        op,
+        WriteOp::MkNod { .. }
+            | WriteOp::Mkdir { .. }
+            | WriteOp::Symlink { .. }
+            | WriteOp::Unlink { .. }
+            | WriteOp::Rmdir { .. }
+            | WriteOp::Rename { .. }
+            | WriteOp::Link { .. }
+            | WriteOp::SetAttr { .. }
+            | WriteOp::SetXattr { .. }
+            | WriteOp::RemoveXattr { .. }
+            | WriteOp::SetPolicy { .. }
+            | WriteOp::CommitSlices { .. }
+            | WriteOp::CommitSlicesThenSetAttrs { .. }
+            | WriteOp::Sync
+            | WriteOp::Delegate { .. }
+            | WriteOp::ReturnDelegations { .. }
+            | WriteOp::ReserveInodes { .. }
+    )
 }
 
 fn attr(r: NsReply) -> Result<Attr> {

@@ -14,6 +14,7 @@
 //! fragments.
 
 mod convert;
+mod delegated;
 mod dirs;
 mod fresh_attrs;
 mod ops;
@@ -34,6 +35,8 @@ pub struct MountConfig {
     /// How long an operation retries an unreachable cluster before EIO.
     pub timeout: std::time::Duration,
     pub allow_other: bool,
+    /// Let the meta delegate directories made here (docs/delegation.md).
+    pub delegations: bool,
 }
 
 /// Mounts and serves until unmounted (by `fusermount -u`/`umount`) or until
@@ -43,7 +46,12 @@ pub fn mount(
     mountpoint: &Path,
     runtime: tokio::runtime::Handle,
 ) -> anyhow::Result<fuser::BackgroundSession> {
-    let fs = SpareFs::new(config.meta.clone(), config.timeout, runtime);
+    let fs = SpareFs::new(
+        config.meta.clone(),
+        config.timeout,
+        config.delegations,
+        runtime,
+    );
     let mut options = vec![
         MountOption::FSName(format!("sparefs:{}", config.meta.join(","))),
         MountOption::Subtype("sparefs".into()),

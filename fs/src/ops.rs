@@ -9,6 +9,7 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
     WriteFlags,
 };
+use sparefs_client::deleg::{Local, Lookup};
 use sparefs_client::{ClientError, DataClient, MetaClient, OpenFile};
 use sparefs_proto::limits::READDIRPLUS_ENTRIES_MAX;
 use sparefs_proto::namespace::*;
@@ -63,9 +64,21 @@ fn name(n: &OsStr) -> Vec<u8> {
 
 /// The new inode's attributes from the answer to a create, mkdir,
 /// symlink or link, keeping its directory's for the kernel's next GETATTR.
-fn made(fresh: &crate::fresh_attrs::FreshAttrs, r: NsReply) -> R<Attr> {
-    if let NsReply::Made { parent, .. } = &r {
+/// A name made through the meta in `dir`: the directory's new attributes
+/// are kept for the kernel's next GETATTR, and a directory delegated here
+/// learns the name.
+fn made(
+    fresh: &crate::fresh_attrs::FreshAttrs,
+    meta: &MetaClient,
+    dir: InodeId,
+    name: &[u8],
+    r: NsReply,
+) -> R<Attr> {
+    if let NsReply::Made { attr, parent } = &r {
         fresh.put(parent.clone());
+        if let Some(d) = meta.delegations() {
+            d.note_made(dir, name, attr, parent);
+        }
     }
     attr_of(r)
 }
@@ -119,8 +132,19 @@ macro_rules! meta_op_after {
 }
 
 impl SpareFs {
-    pub fn new(meta: Vec<String>, timeout: Duration, rt: tokio::runtime::Handle) -> SpareFs {
-        let meta = Arc::new(MetaClient::new(meta, Caller::ROOT).with_deadline(timeout));
+    /// `delegations`: let the meta delegate directories this mount makes
+    /// (docs/delegation.md), answering for them here.
+    pub fn new(
+        meta: Vec<String>,
+        timeout: Duration,
+        delegations: bool,
+        rt: tokio::runtime::Handle,
+    ) -> SpareFs {
+        let mut meta = MetaClient::new(meta, Caller::ROOT).with_deadline(timeout);
+        if delegations {
+            meta = meta.with_delegations();
+        }
+        let meta = Arc::new(meta);
         let data = Arc::new(DataClient::new(meta.clone()));
         SpareFs {
             meta,
@@ -219,15 +243,49 @@ impl SpareFs {
     /// kept for the kernel's next GETATTR of it.
     fn remove(&self, req: &Request, op: WriteOp, reply: ReplyEmpty) {
         let (meta, c, fresh) = (self.meta.clone(), caller(req), self.fresh.clone());
+        let (parent, name, is_dir) = match &op {
+            WriteOp::Unlink { parent, name } => (*parent, name.clone(), false),
+            WriteOp::Rmdir { parent, name } => (*parent, name.clone(), true),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        if let Some(d) = meta.delegations() {
+            match d.remove(&c, parent, &name, is_dir) {
+                Local::Answer(Ok(_)) => return reply.ok(),
+                Local::Answer(Err(e)) => return reply.error(errno(&ClientError::Errno(e))),
+                Local::Remote => {}
+            }
+        }
         meta_op!(self, async move {
             match meta.write_as(c, op).await {
                 Ok(r) => {
                     if let NsReply::Attr(dir) = r {
+                        if let Some(d) = meta.delegations() {
+                            d.note_removed(parent, &name, &dir);
+                        }
                         fresh.put(dir);
                     }
                     reply.ok()
                 }
                 Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    /// Gives back the directories among `dirs` delegated here before a
+    /// change the mount cannot predict (rename, link, attributes of the
+    /// directory itself) goes to the meta.
+    fn give_back(&self, dirs: &[InodeId]) {
+        let Some(d) = self.meta.delegations() else {
+            return;
+        };
+        if !dirs.iter().any(|x| d.holds(*x)) {
+            return;
+        }
+        let meta = self.meta.clone();
+        let dirs = dirs.to_vec();
+        self.rt.block_on(async move {
+            if let Err(e) = meta.give_back(&dirs).await {
+                tracing::warn!("give back delegated directories: {e}");
             }
         });
     }
@@ -308,13 +366,36 @@ impl fuser::Filesystem for SpareFs {
         let meta = self.meta.clone();
         self.rt.spawn(async move {
             loop {
-                if let Err(e) = meta.keepalive().await {
-                    tracing::warn!("lock lease renewal: {e}");
+                let sent = std::time::Instant::now();
+                match meta.keepalive().await {
+                    Ok(()) => {
+                        if let Some(d) = meta.delegations() {
+                            d.renewed(sent);
+                        }
+                    }
+                    Err(e) => tracing::warn!("lock lease renewal: {e}"),
                 }
                 tokio::time::sleep(LEASE_RENEW).await;
             }
         });
+        if self.meta.delegations().is_some() {
+            self.rt
+                .spawn(crate::delegated::flush_loop(self.meta.clone()));
+            self.rt
+                .spawn(crate::delegated::recall_loop(self.meta.clone()));
+        }
         Ok(())
+    }
+
+    fn destroy(&mut self) {
+        // Other clients need not wait for this mount's lease to run out.
+        let meta = self.meta.clone();
+        self.rt.block_on(async move {
+            let Some(d) = meta.delegations() else { return };
+            if let Err(e) = meta.give_back(&d.held()).await {
+                tracing::warn!("give back delegated directories at unmount: {e}");
+            }
+        });
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
@@ -324,7 +405,21 @@ impl fuser::Filesystem for SpareFs {
             name(n),
             self.handles.clone(),
         );
+        let mut known = None;
+        if let Some(d) = meta.delegations() {
+            match d.lookup(InodeId(parent.0), &n) {
+                Lookup::Answer(r) => {
+                    return Self::reply_entry(&handles, reply, r.map_err(ClientError::Errno))
+                }
+                Lookup::Ask(ino) => known = Some(ino),
+                Lookup::Remote => {}
+            }
+        }
         meta_op!(self, async move {
+            if let Some(ino) = known {
+                let r = meta.read_unordered(c, ReadOp::GetAttr { ino }).await;
+                return Self::reply_entry(&handles, reply, r.and_then(attr_of));
+            }
             let r = meta
                 .read_as(
                     c,
@@ -346,6 +441,13 @@ impl fuser::Filesystem for SpareFs {
             return reply.attr(&TTL, &Self::seen(&self.handles, &a));
         }
         if let Some(a) = self.fresh.take(ino.0) {
+            return reply.attr(&TTL, &Self::seen(&self.handles, &a));
+        }
+        if let Some(a) = self
+            .meta
+            .delegations()
+            .and_then(|d| d.getattr(InodeId(ino.0)))
+        {
             return reply.attr(&TTL, &Self::seen(&self.handles, &a));
         }
         let (meta, handles) = (self.meta.clone(), self.handles.clone());
@@ -375,6 +477,8 @@ impl fuser::Filesystem for SpareFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // A delegated directory's own attributes change: the meta decides.
+        self.give_back(&[InodeId(ino.0)]);
         let (meta, data, c, handles) = (
             self.meta.clone(),
             self.data.clone(),
@@ -495,16 +599,20 @@ impl fuser::Filesystem for SpareFs {
         };
         let fresh = self.fresh.clone();
         meta_op!(self, async move {
+            let dir = InodeId(parent.0);
             let op = WriteOp::MkNod {
-                parent: InodeId(parent.0),
-                name: n,
+                parent: dir,
+                name: n.clone(),
                 kind,
                 perm: mode & 0o7777,
                 umask,
                 rdev,
                 exclusive: true,
             };
-            let r = meta.write_as(c, op).await.and_then(|r| made(&fresh, r));
+            let r = meta
+                .write_as(c, op)
+                .await
+                .and_then(|r| made(&fresh, &meta, dir, &n, r));
             Self::reply_entry(&handles, reply, r);
         });
     }
@@ -525,14 +633,36 @@ impl fuser::Filesystem for SpareFs {
             self.handles.clone(),
         );
         let fresh = self.fresh.clone();
+        let dir = InodeId(parent.0);
+        if let Some(d) = meta.delegations() {
+            match d.make(&c, dir, &n, FileKind::Dir, (mode & 0o7777, umask), true) {
+                Local::Answer(r) => {
+                    let r = r.map(|(a, _)| a).map_err(ClientError::Errno);
+                    return Self::reply_entry(&handles, reply, r);
+                }
+                Local::Remote => {}
+            }
+        }
         meta_op!(self, async move {
             let op = WriteOp::Mkdir {
-                parent: InodeId(parent.0),
-                name: n,
+                parent: dir,
+                name: n.clone(),
                 perm: mode & 0o7777,
                 umask,
             };
-            let r = meta.write_as(c, op).await.and_then(|r| made(&fresh, r));
+            let r = meta
+                .write_as(c, op)
+                .await
+                .and_then(|r| made(&fresh, &meta, dir, &n, r));
+            if let (Ok(a), Some(d)) = (&r, meta.delegations()) {
+                // Made here and empty: ask for it before the kernel hears
+                // of it, so nothing can land in it that this mount misses.
+                if !d.holds(a.ino) {
+                    if let Err(e) = meta.delegate(a.ino).await {
+                        tracing::debug!("delegation of {}: {e}", a.ino);
+                    }
+                }
+            }
             Self::reply_entry(&handles, reply, r);
         });
     }
@@ -570,17 +700,18 @@ impl fuser::Filesystem for SpareFs {
         let target = target.as_os_str().as_bytes().to_vec();
         let fresh = self.fresh.clone();
         meta_op!(self, async move {
+            let dir = InodeId(parent.0);
             let r = meta
                 .write_as(
                     c,
                     WriteOp::Symlink {
-                        parent: InodeId(parent.0),
-                        name: n,
+                        parent: dir,
+                        name: n.clone(),
                         target,
                     },
                 )
                 .await
-                .and_then(|r| made(&fresh, r));
+                .and_then(|r| made(&fresh, &meta, dir, &n, r));
             Self::reply_entry(&handles, reply, r);
         });
     }
@@ -605,6 +736,7 @@ impl fuser::Filesystem for SpareFs {
         } else {
             return reply.error(Errno::EINVAL);
         };
+        self.give_back(&[InodeId(parent.0), InodeId(newparent.0)]);
         let fresh = self.fresh.clone();
         meta_op!(self, async move {
             let op = WriteOp::Rename {
@@ -640,12 +772,16 @@ impl fuser::Filesystem for SpareFs {
         );
         let fresh = self.fresh.clone();
         meta_op!(self, async move {
+            let dir = InodeId(newparent.0);
             let op = WriteOp::Link {
                 ino: InodeId(ino.0),
-                new_parent: InodeId(newparent.0),
-                new_name: n,
+                new_parent: dir,
+                new_name: n.clone(),
             };
-            let r = meta.write_as(c, op).await.and_then(|r| made(&fresh, r));
+            let r = meta
+                .write_as(c, op)
+                .await
+                .and_then(|r| made(&fresh, &meta, dir, &n, r));
             Self::reply_entry(&handles, reply, r);
         });
     }
@@ -720,18 +856,37 @@ impl fuser::Filesystem for SpareFs {
         );
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let (fresh, xattrs) = (self.fresh.clone(), self.xattrs.clone());
+        let dir = InodeId(parent.0);
+        let exclusive = flags & libc::O_EXCL != 0;
+        // In a directory delegated here, answered here.
+        let local = match meta.delegations() {
+            Some(d) => d.make(
+                &c,
+                dir,
+                &n,
+                FileKind::File,
+                (mode & 0o7777, umask),
+                exclusive,
+            ),
+            None => Local::Remote,
+        };
         meta_op!(self, async move {
             let r = async {
-                let op = WriteOp::MkNod {
-                    parent: InodeId(parent.0),
-                    name: n,
-                    kind: FileKind::File,
-                    perm: mode & 0o7777,
-                    umask,
-                    rdev: 0,
-                    exclusive: flags & libc::O_EXCL != 0,
+                let a = match local {
+                    Local::Answer(r) => r.map(|(a, _)| a).map_err(ClientError::Errno)?,
+                    Local::Remote => {
+                        let op = WriteOp::MkNod {
+                            parent: dir,
+                            name: n.clone(),
+                            kind: FileKind::File,
+                            perm: mode & 0o7777,
+                            umask,
+                            rdev: 0,
+                            exclusive,
+                        };
+                        made(&fresh, &meta, dir, &n, meta.write_as(c, op).await?)?
+                    }
                 };
-                let a = made(&fresh, meta.write_as(c, op).await?)?;
                 // A new file has no capability: the kernel asks before the
                 // first write, and need not ask the meta.
                 xattrs.put(a.ino.0, b"security.capability", None);
@@ -1220,6 +1375,7 @@ impl fuser::Filesystem for SpareFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.give_back(&[InodeId(ino.0)]);
         let (meta, c, n, value) = (self.meta.clone(), caller(req), name(n), value.to_vec());
         let mode = match flags {
             0 => XattrMode::Any,
@@ -1321,6 +1477,7 @@ impl fuser::Filesystem for SpareFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        self.give_back(&[InodeId(ino.0)]);
         let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
         let (cache, fresh, held) = (self.xattrs.clone(), self.fresh.clone(), self.holding(ino));
         let holds = held.is_some();

@@ -19,6 +19,10 @@ pub struct MountArgs {
     /// Log file when detached.
     #[arg(long)]
     pub log: Option<PathBuf>,
+    /// Never hold delegated directories: every namespace change goes to
+    /// the meta as it happens (see docs/delegation.md).
+    #[arg(long, env = "SPAREFS_NO_DELEGATIONS")]
+    pub no_delegations: bool,
 }
 
 /// Whether `mountpoint` is a sparefs mount now.
@@ -47,6 +51,7 @@ pub async fn run(args: MountArgs) -> anyhow::Result<i32> {
             meta,
             timeout: Duration::from_secs(args.timeout),
             allow_other: nix_is_root(),
+            delegations: !args.no_delegations,
         },
         &args.mountpoint,
         tokio::runtime::Handle::current(),
@@ -104,6 +109,7 @@ async fn detach(args: MountArgs) -> anyhow::Result<i32> {
         &args.timeout.to_string(),
     ])
     .arg(&args.mountpoint)
+    .args(args.no_delegations.then_some("--no-delegations"))
     .stdin(std::process::Stdio::null())
     .stdout(log.try_clone()?)
     .stderr(log);
@@ -138,6 +144,7 @@ pub fn helper_args(argv: &[String]) -> anyhow::Result<MountArgs> {
     let mut positional = Vec::new();
     let mut timeout = 30;
     let mut log = None;
+    let mut no_delegations = false;
     let mut it = argv.iter().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -148,6 +155,8 @@ pub fn helper_args(argv: &[String]) -> anyhow::Result<MountArgs> {
                         timeout = v.parse().with_context(|| format!("bad timeout {v:?}"))?;
                     } else if let Some(v) = o.strip_prefix("log=") {
                         log = Some(PathBuf::from(v));
+                    } else if o == "nodelegations" {
+                        no_delegations = true;
                     }
                 }
             }
@@ -166,5 +175,6 @@ pub fn helper_args(argv: &[String]) -> anyhow::Result<MountArgs> {
         daemon: true,
         timeout,
         log,
+        no_delegations,
     })
 }

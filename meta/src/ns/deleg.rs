@@ -3,7 +3,7 @@
 //! itself, and the check every other client's request passes first.
 //!
 //! Records live in the `Sys` family: `deleg/<dir>` -> holder,
-//! `ires/<client>` -> the client's reserved inode range. This module owns
+//! `ires/<client>` -> the client's reserved inode ranges. This module owns
 //! them; it does not change the namespace itself (write.rs applies the
 //! delegated changes through the ordinary operations).
 
@@ -176,15 +176,26 @@ pub fn forget_dir<R: ReadKv>(tx: &mut Tx<R>, dir: InodeId) -> NsResult<()> {
     Ok(())
 }
 
-/// Reserves `count` fresh inode numbers for `client`, replacing its last
-/// reservation (numbers left there are never used).
+/// Reservations a client keeps at once: the one it is using and the next
+/// (asked for before the first runs out, while creates from the first are
+/// still on their way).
+const RESERVATIONS_KEPT: usize = 3;
+
+/// Reserves `count` fresh inode numbers for `client`, beside its earlier
+/// reservations (the oldest beyond `RESERVATIONS_KEPT` is forgotten).
 pub fn reserve<R: ReadKv>(tx: &mut Tx<R>, client: ClientId, count: u32) -> NsResult<NsReply> {
     if count == 0 || count > RESERVE_INODES_MAX {
         return Err(Errno::EINVAL.into());
     }
     let first = sys_next_inode(tx)?;
     tx.put_rec(Cf::Sys, SYS_NEXT_INODE.to_vec(), &(first + count as u64));
-    tx.put_rec(Cf::Sys, ires_key(client), &(first, first + count as u64));
+    let key = ires_key(client);
+    let mut ranges: Vec<(u64, u64)> = tx.get_rec(Cf::Sys, &key)?.unwrap_or_default();
+    ranges.push((first, first + count as u64));
+    if ranges.len() > RESERVATIONS_KEPT {
+        ranges.remove(0);
+    }
+    tx.put_rec(Cf::Sys, key, &ranges);
     Ok(NsReply::Inodes { first, count })
 }
 
@@ -193,15 +204,21 @@ fn sys_next_inode<K: ReadKv>(kv: &K) -> NsResult<u64> {
         .ok_or_else(|| NsError::Store(StoreError::Invalid("no inode counter".into())))
 }
 
-/// Takes `ino` from `client`'s reservation: numbers are taken in rising
-/// order, each once, so a delegated create can never reuse an inode.
+/// Takes `ino` from `client`'s reservations: numbers are taken in rising
+/// order within each, each once, so a delegated create never reuses an
+/// inode.
 pub fn take_reserved<R: ReadKv>(tx: &mut Tx<R>, client: ClientId, ino: InodeId) -> NsResult<()> {
     let key = ires_key(client);
-    let (next, end): (u64, u64) = tx.get_rec(Cf::Sys, &key)?.ok_or(Errno::ESTALE)?;
-    if ino.0 < next || ino.0 >= end {
+    let mut ranges: Vec<(u64, u64)> = tx.get_rec(Cf::Sys, &key)?.ok_or(Errno::ESTALE)?;
+    let Some(r) = ranges
+        .iter_mut()
+        .find(|(next, end)| *next <= ino.0 && ino.0 < *end)
+    else {
         return Err(Errno::ESTALE.into());
-    }
-    tx.put_rec(Cf::Sys, key, &(ino.0 + 1, end));
+    };
+    r.0 = ino.0 + 1;
+    ranges.retain(|(next, end)| next < end);
+    tx.put_rec(Cf::Sys, key, &ranges);
     Ok(())
 }
 

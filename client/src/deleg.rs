@@ -1,0 +1,600 @@
+//! Directories delegated to this client (docs/delegation.md): while the
+//! meta lets this client alone change a directory, the client knows every
+//! name in it and answers lookups, creates and removals there itself,
+//! predicting what the meta will make of them; the changes queue here and
+//! go to the meta in order, ahead of anything else this client sends it.
+//!
+//! Owns: the delegated directories' names and attributes, the queue of
+//! changes answered here, the reserved inode numbers. Must not touch: the
+//! FUSE interface (fs decides when to ask here), the connections (the
+//! `MetaClient` sends what this module hands it).
+
+use sparefs_proto::limits::NAME_BYTES_MAX;
+use sparefs_proto::namespace::*;
+use sparefs_proto::{Errno, InodeId};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Changes waiting longer than this are sent (namespace changes here are
+/// on the meta, and so on a majority of replicas, this much later than
+/// answered; fsync/close/fsyncdir send them at once).
+pub const FLUSH_AFTER: Duration = Duration::from_millis(5);
+/// Most changes queued: past this, requests go to the meta.
+pub const QUEUE_MAX: usize = 4096;
+/// Inode numbers asked for at a time.
+pub const RESERVE: u32 = 4096;
+/// A lease renewed this long ago may have run out at the meta (which waits
+/// `LOCK_LEASE`, 10 s, from the last renewal it saw): stop answering here.
+pub const LEASE_TRUSTED: Duration = Duration::from_secs(6);
+
+/// Whether a request was answered here.
+#[derive(Debug)]
+pub enum Local<T> {
+    /// Not a delegated directory (or not a case answered here): ask the meta.
+    Remote,
+    Answer(Result<T, Errno>),
+}
+
+/// A LOOKUP in a delegated directory.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Not delegated (or not a case answered here): ask the meta.
+    Remote,
+    Answer(Result<Attr, Errno>),
+    /// The name is there, as this inode: the meta has its attributes, and
+    /// nothing queued or on its way changes them (ask without waiting).
+    Ask(InodeId),
+}
+
+struct Dir {
+    attr: Attr,
+    /// Every name in the directory: its inode and kind.
+    names: HashMap<Vec<u8>, (InodeId, FileKind)>,
+}
+
+#[derive(Default)]
+struct State {
+    dirs: HashMap<InodeId, Dir>,
+    /// Inodes made here whose create is still queued: their attributes
+    /// (once sent, the meta knows them).
+    made: HashMap<InodeId, Attr>,
+    queue: Vec<DelegatedOp>,
+    first_queued: Option<Instant>,
+    /// Batches on their way to the meta.
+    in_flight: usize,
+    /// Inodes that lost a name in changes queued or on their way (a hard
+    /// link's count): their attributes wait for those.
+    touched: std::collections::HashSet<InodeId>,
+    /// Reserved inode numbers not used yet, oldest reservation first.
+    inodes: std::collections::VecDeque<std::ops::Range<u64>>,
+    /// Delegations are used only before this.
+    lease_until: Option<Instant>,
+}
+
+#[derive(Default)]
+pub struct Delegations {
+    state: Mutex<State>,
+    /// A batch reached the meta (or failed).
+    pub landed: tokio::sync::Notify,
+    /// Something was queued, or inode numbers ran low.
+    pub wake: tokio::sync::Notify,
+}
+
+/// What a request about to go to the meta must do first.
+pub enum Before {
+    /// Send these queued changes with it (or before it), then `sent`.
+    Carry(Vec<DelegatedOp>),
+    /// A batch is on its way: wait for `landed` and ask again.
+    Wait,
+    /// Nothing queued or in flight.
+    Clear,
+}
+
+fn valid(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= NAME_BYTES_MAX
+        && name != b"."
+        && name != b".."
+        && !name.contains(&b'/')
+        && !name.contains(&0)
+}
+
+impl Delegations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding it leaves state no worse than a lost
+        // update; the meta checks every delegated change again.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lease was renewed by a keepalive sent at `sent`.
+    pub fn renewed(&self, sent: Instant) {
+        self.lock().lease_until = Some(sent + LEASE_TRUSTED);
+    }
+
+    /// The meta granted `dir` (empty) with attributes `attr`.
+    pub fn granted(&self, attr: Attr) {
+        let mut st = self.lock();
+        st.dirs.insert(
+            attr.ino,
+            Dir {
+                attr,
+                names: HashMap::new(),
+            },
+        );
+    }
+
+    /// Inode numbers `first..first + count` are reserved for this client.
+    pub fn reserved(&self, first: u64, count: u32) {
+        self.lock().inodes.push_back(first..first + count as u64);
+    }
+
+    /// Whether a reservation should be asked for (none left, or few).
+    pub fn wants_inodes(&self) -> bool {
+        let st = self.lock();
+        let left: u64 = st.inodes.iter().map(|r| r.end - r.start).sum();
+        !st.dirs.is_empty() && left < RESERVE as u64 / 4
+    }
+
+    pub fn holds(&self, dir: InodeId) -> bool {
+        self.lock().dirs.contains_key(&dir)
+    }
+
+    pub fn held(&self) -> Vec<InodeId> {
+        self.lock().dirs.keys().copied().collect()
+    }
+
+    /// The directory `ino`, if delegated and the lease is trusted now.
+    fn usable(st: &State, ino: InodeId) -> bool {
+        st.dirs.contains_key(&ino) && st.lease_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// LOOKUP of `name` in `parent`.
+    pub fn lookup(&self, parent: InodeId, name: &[u8]) -> Lookup {
+        let st = self.lock();
+        if !Self::usable(&st, parent) || !valid(name) {
+            return Lookup::Remote;
+        }
+        let Some(dir) = st.dirs.get(&parent) else {
+            return Lookup::Remote;
+        };
+        match dir.names.get(name) {
+            None => Lookup::Answer(Err(Errno::ENOENT)),
+            Some((ino, _)) => match st.made.get(ino).or(st.dirs.get(ino).map(|d| &d.attr)) {
+                Some(a) => Lookup::Answer(Ok(a.clone())),
+                None if st.touched.contains(ino) => Lookup::Remote,
+                None => Lookup::Ask(*ino),
+            },
+        }
+    }
+
+    /// Attributes of `ino` known here: a delegated directory's, or those of
+    /// an inode made here and not yet sent.
+    pub fn getattr(&self, ino: InodeId) -> Option<Attr> {
+        let st = self.lock();
+        if st.lease_until.is_none_or(|t| Instant::now() >= t) {
+            return None;
+        }
+        st.dirs
+            .get(&ino)
+            .map(|d| d.attr.clone())
+            .or_else(|| st.made.get(&ino).cloned())
+    }
+
+    /// create(2) of a regular file or mkdir(2) by `c`: the new inode's
+    /// attributes and the directory's after.
+    pub fn make(
+        &self,
+        c: &Caller,
+        parent: InodeId,
+        name: &[u8],
+        kind: FileKind,
+        mode: (u32, u32),
+        exclusive: bool,
+    ) -> Local<(Attr, Attr)> {
+        let mut st = self.lock();
+        if !Self::usable(&st, parent)
+            || !valid(name)
+            || !matches!(kind, FileKind::File | FileKind::Dir)
+            || st.queue.len() >= QUEUE_MAX
+        {
+            return Local::Remote;
+        }
+        let Some(dir) = st.dirs.get(&parent) else {
+            return Local::Remote;
+        };
+        if let Some((_, k)) = dir.names.get(name) {
+            if exclusive || kind != FileKind::File || *k != FileKind::File {
+                return Local::Answer(Err(Errno::EEXIST));
+            }
+            // Opening an existing file: the meta checks and answers.
+            return Local::Remote;
+        }
+        if !mode_allows(&dir.attr, c, 2 | 1) {
+            return Local::Remote;
+        }
+        let dir_attr = dir.attr.clone();
+        let Some(ino) = Self::take_inode(&mut st) else {
+            return Local::Remote;
+        };
+        let now = Time::now();
+        let (made, after) = predict_make(&dir_attr, c, kind, mode, ino, now);
+        let op = match kind {
+            FileKind::Dir => WriteOp::Mkdir {
+                parent,
+                name: name.to_vec(),
+                perm: mode.0,
+                umask: mode.1,
+            },
+            _ => WriteOp::MkNod {
+                parent,
+                name: name.to_vec(),
+                kind,
+                perm: mode.0,
+                umask: mode.1,
+                rdev: 0,
+                exclusive,
+            },
+        };
+        if let Some(dir) = st.dirs.get_mut(&parent) {
+            dir.names.insert(name.to_vec(), (ino, kind));
+            dir.attr = after.clone();
+        }
+        if kind == FileKind::Dir {
+            // Made in a delegated directory, it is delegated too (the meta
+            // records it so when it applies the mkdir).
+            st.dirs.insert(
+                ino,
+                Dir {
+                    attr: made.clone(),
+                    names: HashMap::new(),
+                },
+            );
+        }
+        st.made.insert(ino, made.clone());
+        Self::queue(&mut st, c, now, Some(ino), op);
+        drop(st);
+        self.wake.notify_one();
+        Local::Answer(Ok((made, after)))
+    }
+
+    /// unlink(2) (`is_dir` false) or rmdir(2) by `c`: the directory's
+    /// attributes after.
+    pub fn remove(&self, c: &Caller, parent: InodeId, name: &[u8], is_dir: bool) -> Local<Attr> {
+        let mut st = self.lock();
+        if !Self::usable(&st, parent) || !valid(name) || st.queue.len() >= QUEUE_MAX {
+            return Local::Remote;
+        }
+        let Some(dir) = st.dirs.get(&parent) else {
+            return Local::Remote;
+        };
+        let Some((ino, kind)) = dir.names.get(name).copied() else {
+            return Local::Answer(Err(Errno::ENOENT));
+        };
+        match (is_dir, kind == FileKind::Dir) {
+            (true, false) => return Local::Answer(Err(Errno::ENOTDIR)),
+            (false, true) => return Local::Answer(Err(Errno::EISDIR)),
+            _ => {}
+        }
+        let sticky = dir.attr.perm & 0o1000 != 0 && c.uid != 0 && c.uid != dir.attr.uid;
+        if !mode_allows(&dir.attr, c, 2 | 1) || sticky {
+            return Local::Remote;
+        }
+        if is_dir {
+            match st.dirs.get(&ino) {
+                Some(child) if !child.names.is_empty() => {
+                    return Local::Answer(Err(Errno::ENOTEMPTY))
+                }
+                Some(_) => {}
+                // Not known empty here: the meta knows.
+                None => return Local::Remote,
+            }
+        }
+        let now = Time::now();
+        let after = predict_remove(&dir.attr, is_dir, now);
+        if let Some(dir) = st.dirs.get_mut(&parent) {
+            dir.names.remove(name);
+            dir.attr = after.clone();
+        }
+        if is_dir {
+            st.dirs.remove(&ino);
+        }
+        st.made.remove(&ino);
+        st.touched.insert(ino);
+        let op = if is_dir {
+            WriteOp::Rmdir {
+                parent,
+                name: name.to_vec(),
+            }
+        } else {
+            WriteOp::Unlink {
+                parent,
+                name: name.to_vec(),
+            }
+        };
+        Self::queue(&mut st, c, now, None, op);
+        drop(st);
+        self.wake.notify_one();
+        Local::Answer(Ok(after))
+    }
+
+    fn take_inode(st: &mut State) -> Option<InodeId> {
+        while let Some(r) = st.inodes.front_mut() {
+            if let Some(n) = r.next() {
+                return Some(InodeId(n));
+            }
+            st.inodes.pop_front();
+        }
+        None
+    }
+
+    fn queue(st: &mut State, c: &Caller, now: Time, ino: Option<InodeId>, op: WriteOp) {
+        if st.queue.is_empty() {
+            st.first_queued = Some(Instant::now());
+        }
+        st.queue.push(DelegatedOp {
+            caller: c.clone(),
+            now,
+            ino,
+            op,
+        });
+    }
+
+    /// This client's own change made `name` in delegated `parent` through
+    /// the meta (a case not answered here): note it.
+    pub fn note_made(&self, parent: InodeId, name: &[u8], attr: &Attr, parent_attr: &Attr) {
+        let mut st = self.lock();
+        if let Some(dir) = st.dirs.get_mut(&parent) {
+            dir.names.insert(name.to_vec(), (attr.ino, attr.kind));
+            dir.attr = parent_attr.clone();
+        }
+    }
+
+    /// This client's own change removed `name` from delegated `parent`
+    /// through the meta.
+    pub fn note_removed(&self, parent: InodeId, name: &[u8], parent_attr: &Attr) {
+        let mut st = self.lock();
+        if let Some(dir) = st.dirs.get_mut(&parent) {
+            if let Some((ino, _)) = dir.names.remove(name) {
+                dir.attr = parent_attr.clone();
+                st.dirs.remove(&ino);
+            }
+        }
+    }
+
+    /// Stops answering for `dirs` (the meta asked for them, or a change
+    /// this client sends would make its picture of them wrong): those it
+    /// held, to name in a `ReturnDelegations` sent behind the queue.
+    pub fn give_up(&self, dirs: &[InodeId]) -> Vec<InodeId> {
+        let mut st = self.lock();
+        dirs.iter()
+            .filter(|d| st.dirs.remove(d).is_some())
+            .copied()
+            .collect()
+    }
+
+    /// Stops answering for everything (a batch was refused or lost: this
+    /// client's picture may be wrong).
+    pub fn give_up_all(&self) -> Vec<InodeId> {
+        let mut st = self.lock();
+        st.made.clear();
+        st.dirs.drain().map(|(d, _)| d).collect()
+    }
+
+    /// What a request to the meta must do first; `Carry` counts a batch in
+    /// flight until `sent`.
+    pub fn before_remote(&self) -> Before {
+        let mut st = self.lock();
+        if !st.queue.is_empty() {
+            st.in_flight += 1;
+            st.first_queued = None;
+            let ops = std::mem::take(&mut st.queue);
+            // The meta knows these once the batch lands; anything asked
+            // about them from now on waits for it and asks the meta.
+            for op in &ops {
+                if let Some(ino) = op.ino {
+                    st.made.remove(&ino);
+                }
+            }
+            return Before::Carry(ops);
+        }
+        if st.in_flight > 0 {
+            return Before::Wait;
+        }
+        Before::Clear
+    }
+
+    /// A batch from `before_remote` landed or failed.
+    pub fn sent(&self) {
+        let mut st = self.lock();
+        st.in_flight = st.in_flight.saturating_sub(1);
+        if st.in_flight == 0 && st.queue.is_empty() {
+            st.touched.clear();
+        }
+        drop(st);
+        self.landed.notify_waiters();
+    }
+
+    /// Whether the queue should go now (old or long enough), and if not,
+    /// how long until it should.
+    pub fn flush_due(&self) -> Result<(), Option<Duration>> {
+        let st = self.lock();
+        match st.first_queued {
+            None => Err(None),
+            Some(_) if st.queue.len() >= QUEUE_MAX / 4 => Ok(()),
+            Some(t) => {
+                let age = t.elapsed();
+                if age >= FLUSH_AFTER {
+                    Ok(())
+                } else {
+                    Err(Some(FLUSH_AFTER - age))
+                }
+            }
+        }
+    }
+
+    /// Whether anything is queued or in flight.
+    pub fn busy(&self) -> bool {
+        let st = self.lock();
+        !st.queue.is_empty() || st.in_flight > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_attr(ino: u64, perm: u32, uid: u32) -> Attr {
+        Attr {
+            ino: InodeId(ino),
+            kind: FileKind::Dir,
+            perm,
+            uid,
+            gid: uid,
+            size: 0,
+            nlink: 2,
+            rdev: 0,
+            atime: Time::default(),
+            mtime: Time::default(),
+            ctime: Time::default(),
+            crtime: Time::default(),
+        }
+    }
+
+    fn user(uid: u32) -> Caller {
+        Caller {
+            uid,
+            gid: uid,
+            groups: vec![],
+        }
+    }
+
+    fn ready() -> Delegations {
+        let d = Delegations::default();
+        d.renewed(Instant::now());
+        d.granted(dir_attr(10, 0o755, 1000));
+        d.reserved(100, 8);
+        d
+    }
+
+    #[test]
+    fn names_made_here_are_answered_here_and_queued_in_order() {
+        let d = ready();
+        let me = user(1000);
+        let parent = InodeId(10);
+        assert!(matches!(
+            d.lookup(parent, b"a"),
+            Lookup::Answer(Err(Errno::ENOENT))
+        ));
+        let Local::Answer(Ok((a, dir))) =
+            d.make(&me, parent, b"a", FileKind::File, (0o644, 0o022), true)
+        else {
+            panic!("create answered here");
+        };
+        assert_eq!(
+            (a.ino, a.perm, a.uid, dir.nlink),
+            (InodeId(100), 0o644, 1000, 2)
+        );
+        assert!(matches!(d.lookup(parent, b"a"), Lookup::Answer(Ok(x)) if x == a));
+        assert!(matches!(
+            d.make(&me, parent, b"a", FileKind::File, (0o644, 0), true),
+            Local::Answer(Err(Errno::EEXIST))
+        ));
+        let Local::Answer(Ok((s, dir))) =
+            d.make(&me, parent, b"s", FileKind::Dir, (0o755, 0), true)
+        else {
+            panic!("mkdir answered here");
+        };
+        assert_eq!(dir.nlink, 3);
+        // The new directory is answered for too.
+        assert!(matches!(
+            d.make(&me, s.ino, b"in", FileKind::File, (0o600, 0), true),
+            Local::Answer(Ok(_))
+        ));
+        assert!(matches!(
+            d.remove(&me, parent, b"s", true),
+            Local::Answer(Err(Errno::ENOTEMPTY))
+        ));
+        assert!(matches!(
+            d.remove(&me, parent, b"a", true),
+            Local::Answer(Err(Errno::ENOTDIR))
+        ));
+        assert!(matches!(
+            d.remove(&me, parent, b"a", false),
+            Local::Answer(Ok(_))
+        ));
+        let Before::Carry(ops) = d.before_remote() else {
+            panic!("queued changes go first");
+        };
+        let kinds: Vec<&str> = ops
+            .iter()
+            .map(|o| match &o.op {
+                WriteOp::MkNod { .. } => "create",
+                WriteOp::Mkdir { .. } => "mkdir",
+                WriteOp::Unlink { .. } => "unlink",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["create", "mkdir", "create", "unlink"]);
+        assert!(matches!(d.before_remote(), Before::Wait));
+        d.sent();
+        assert!(matches!(d.before_remote(), Before::Clear));
+        // Sent: a name made here is now the meta's to describe.
+        assert!(matches!(d.lookup(s.ino, b"in"), Lookup::Ask(_)));
+    }
+
+    #[test]
+    fn others_and_strangers_go_to_the_meta() {
+        let d = ready();
+        let parent = InodeId(10);
+        // Not allowed by the mode bits: the meta answers (EACCES).
+        assert!(matches!(
+            d.make(&user(2000), parent, b"x", FileKind::File, (0o644, 0), true),
+            Local::Remote
+        ));
+        // Not a delegated directory.
+        assert!(matches!(d.lookup(InodeId(11), b"x"), Lookup::Remote));
+        // Device nodes, and names the meta must judge.
+        assert!(matches!(
+            d.make(
+                &user(1000),
+                parent,
+                b"x",
+                FileKind::CharDev,
+                (0o644, 0),
+                true
+            ),
+            Local::Remote
+        ));
+        assert!(matches!(d.lookup(parent, b"a/b"), Lookup::Remote));
+        // The lease is not trusted any more.
+        let stale = Delegations::default();
+        stale.renewed(Instant::now() - LEASE_TRUSTED);
+        stale.granted(dir_attr(10, 0o755, 1000));
+        assert!(matches!(stale.lookup(parent, b"x"), Lookup::Remote));
+    }
+
+    #[test]
+    fn no_inode_numbers_means_the_meta_makes_it() {
+        let d = ready();
+        let me = user(1000);
+        for i in 0..8u8 {
+            assert!(matches!(
+                d.make(
+                    &me,
+                    InodeId(10),
+                    &[b'f', b'0' + i],
+                    FileKind::File,
+                    (0o644, 0),
+                    true
+                ),
+                Local::Answer(Ok(_))
+            ));
+        }
+        assert!(d.wants_inodes());
+        assert!(matches!(
+            d.make(&me, InodeId(10), b"g", FileKind::File, (0o644, 0), true),
+            Local::Remote
+        ));
+    }
+}
