@@ -48,6 +48,8 @@ pub enum Lookup {
 }
 
 struct Dir {
+    /// Where it is: its parent and name (a rename gives it back first).
+    at: (InodeId, Vec<u8>),
     attr: Attr,
     /// Every name in the directory: its inode and kind.
     names: HashMap<Vec<u8>, (InodeId, FileKind)>,
@@ -112,16 +114,27 @@ impl Delegations {
         self.lock().lease_until = Some(sent + LEASE_TRUSTED);
     }
 
-    /// The meta granted `dir` (empty) with attributes `attr`.
-    pub fn granted(&self, attr: Attr) {
+    /// The meta granted directory `name` of `parent` (empty), with
+    /// attributes `attr`.
+    pub fn granted(&self, parent: InodeId, name: &[u8], attr: Attr) {
         let mut st = self.lock();
         st.dirs.insert(
             attr.ino,
             Dir {
+                at: (parent, name.to_vec()),
                 attr,
                 names: HashMap::new(),
             },
         );
+    }
+
+    /// The delegated directory that is `name` in `parent`, if any.
+    pub fn held_at(&self, parent: InodeId, name: &[u8]) -> Option<InodeId> {
+        let st = self.lock();
+        st.dirs
+            .iter()
+            .find(|(_, d)| d.at.0 == parent && d.at.1 == name)
+            .map(|(ino, _)| *ino)
     }
 
     /// Inode numbers `first..first + count` are reserved for this client.
@@ -246,6 +259,7 @@ impl Delegations {
             st.dirs.insert(
                 ino,
                 Dir {
+                    at: (parent, name.to_vec()),
                     attr: made.clone(),
                     names: HashMap::new(),
                 },
@@ -355,11 +369,13 @@ impl Delegations {
     pub fn note_removed(&self, parent: InodeId, name: &[u8], parent_attr: &Attr) {
         let mut st = self.lock();
         if let Some(dir) = st.dirs.get_mut(&parent) {
-            if let Some((ino, _)) = dir.names.remove(name) {
+            if let Some((_, _)) = dir.names.remove(name) {
                 dir.attr = parent_attr.clone();
-                st.dirs.remove(&ino);
             }
         }
+        // A delegated directory removed through the meta is gone (the meta
+        // forgot its delegation with it).
+        st.dirs.retain(|_, d| !(d.at.0 == parent && d.at.1 == name));
     }
 
     /// Stops answering for `dirs` (the meta asked for them, or a change
@@ -472,7 +488,7 @@ mod tests {
     fn ready() -> Delegations {
         let d = Delegations::default();
         d.renewed(Instant::now());
-        d.granted(dir_attr(10, 0o755, 1000));
+        d.granted(InodeId(1), b"d", dir_attr(10, 0o755, 1000));
         d.reserved(100, 8);
         d
     }
@@ -570,7 +586,7 @@ mod tests {
         // The lease is not trusted any more.
         let stale = Delegations::default();
         stale.renewed(Instant::now() - LEASE_TRUSTED);
-        stale.granted(dir_attr(10, 0o755, 1000));
+        stale.granted(InodeId(1), b"d", dir_attr(10, 0o755, 1000));
         assert!(matches!(stale.lookup(parent, b"x"), Lookup::Remote));
     }
 

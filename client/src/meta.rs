@@ -329,13 +329,14 @@ impl MetaClient {
         Ok(())
     }
 
-    /// Asks for empty directory `dir` (just made here) to be delegated.
-    pub async fn delegate(&self, dir: InodeId) -> Result<()> {
+    /// Asks for empty directory `dir`, `name` in `parent` (just made here),
+    /// to be delegated.
+    pub async fn delegate(&self, parent: InodeId, name: &[u8], dir: InodeId) -> Result<()> {
         let Some(d) = &self.deleg else {
             return Ok(());
         };
         if let NsReply::Attr(a) = self.write(WriteOp::Delegate { dir }).await? {
-            d.granted(a);
+            d.granted(parent, name, a);
         }
         self.reserve_inodes().await
     }
@@ -364,6 +365,18 @@ impl MetaClient {
         let dirs = d.give_up(dirs);
         if dirs.is_empty() {
             return Ok(());
+        }
+        self.write(WriteOp::ReturnDelegations { dirs })
+            .await
+            .map(|_| ())
+    }
+
+    /// Gives back `dirs` the leader asked for: all of them, also any this
+    /// client stopped answering for on its own (after a refused batch), or
+    /// the meta would keep other clients waiting for them.
+    pub async fn return_recalled(&self, dirs: Vec<InodeId>) -> Result<()> {
+        if let Some(d) = &self.deleg {
+            d.give_up(&dirs);
         }
         self.write(WriteOp::ReturnDelegations { dirs })
             .await

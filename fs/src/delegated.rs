@@ -40,7 +40,7 @@ pub async fn recall_loop(meta: Arc<MetaClient>) {
             Ok(dirs) if dirs.is_empty() => {}
             Ok(dirs) => {
                 tracing::debug!("leader recalls {} delegated directories", dirs.len());
-                if let Err(e) = meta.give_back(&dirs).await {
+                if let Err(e) = meta.return_recalled(dirs).await {
                     tracing::warn!("give back recalled directories: {e}");
                 }
             }

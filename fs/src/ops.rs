@@ -658,7 +658,7 @@ impl fuser::Filesystem for SpareFs {
                 // Made here and empty: ask for it before the kernel hears
                 // of it, so nothing can land in it that this mount misses.
                 if !d.holds(a.ino) {
-                    if let Err(e) = meta.delegate(a.ino).await {
+                    if let Err(e) = meta.delegate(dir, &n, a.ino).await {
                         tracing::debug!("delegation of {}: {e}", a.ino);
                     }
                 }
@@ -736,7 +736,15 @@ impl fuser::Filesystem for SpareFs {
         } else {
             return reply.error(Errno::EINVAL);
         };
-        self.give_back(&[InodeId(parent.0), InodeId(newparent.0)]);
+        // Both directories, and the entries themselves if they are
+        // directories delegated here (a move changes their "..").
+        let (p, np) = (InodeId(parent.0), InodeId(newparent.0));
+        let mut dirs = vec![p, np];
+        if let Some(d) = self.meta.delegations() {
+            dirs.extend(d.held_at(p, &n));
+            dirs.extend(d.held_at(np, &nn));
+        }
+        self.give_back(&dirs);
         let fresh = self.fresh.clone();
         meta_op!(self, async move {
             let op = WriteOp::Rename {

@@ -1289,10 +1289,18 @@ pub fn read_now(
         return Err(RpcError::Busy);
     }
     let now = Time::now().secs.max(0) as u64;
-    ns::read(store, caller, op, shared, now).map_err(|e| match e {
+    let storage = |e| match e {
         ns::NsError::Errno(e) => RpcError::Errno(e),
         ns::NsError::Store(e) => RpcError::Storage(e.to_string()),
-    })
+    };
+    let reply = ns::read(store, caller, op, shared, now).map_err(storage)?;
+    if let Some((dir, holder)) =
+        ns::deleg::reply_conflict(store, client, &reply).map_err(storage)?
+    {
+        shared.recalls.want(holder, dir);
+        return Err(RpcError::Busy);
+    }
+    Ok(reply)
 }
 
 /// A read waiting for its ReadIndex: who asks, as whom, what, and where

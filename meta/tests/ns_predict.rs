@@ -1,7 +1,8 @@
 //! The mount answers some attribute changes itself (`predict_setattr`) and
-//! sends them later with the file's data (`CommitSlicesThenSetAttrs`): its
-//! prediction must be what the state machine then does, and the combined
-//! operation must apply all of itself or nothing.
+//! sends them later with the file's data (`CommitSlicesThenSetAttrs`), and
+//! creates and removals in directories delegated to it (`predict_make`,
+//! `predict_remove`): its prediction must be what the state machine then
+//! does, and the combined operation must apply all of itself or nothing.
 
 mod common;
 
@@ -94,6 +95,85 @@ proptest! {
             prop_assert_eq!(p, after);
         }
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_predicted_create_or_mkdir_is_what_the_meta_makes(
+        dir_perm in 0u32..0o10000,
+        owner in prop_oneof![Just(0u32), Just(1000), Just(1001)],
+        group in prop_oneof![Just(0u32), Just(100), Just(200)],
+        who in caller(),
+        is_dir in any::<bool>(),
+        perm in 0u32..0o10000,
+        umask in prop_oneof![Just(0u32), Just(0o022), Just(0o077), 0u32..0o1000],
+        secs in 1i64..1 << 40,
+    ) {
+        let mut m = Machine::new(Caller::ROOT);
+        let made = attr(m.apply_reply(WriteOp::Mkdir {
+            parent: InodeId::ROOT,
+            name: "d".into(),
+            perm: 0o755,
+            umask: 0,
+        }));
+        let set = |set| WriteOp::SetAttr { ino: made.ino, set };
+        m.apply(set(SetAttr { uid: Some(owner), gid: Some(group), ..SetAttr::default() }))
+            .expect("chown");
+        let dir = attr(m.apply_reply(set(SetAttr { perm: Some(dir_perm), ..SetAttr::default() })));
+        let first = match m.apply_reply(WriteOp::ReserveInodes { count: 2 }) {
+            Ok(NsReply::Inodes { first, .. }) => first,
+            other => panic!("reserve: {other:?}"),
+        };
+        m.apply(WriteOp::Delegate { dir: dir.ino }).expect("delegate");
+        let now = Time { secs, nanos: 7 };
+        let (kind, op) = if is_dir {
+            (FileKind::Dir, WriteOp::Mkdir { parent: dir.ino, name: "x".into(), perm, umask })
+        } else {
+            (FileKind::File, WriteOp::MkNod {
+                parent: dir.ino, name: "x".into(), kind: FileKind::File, perm, umask, rdev: 0,
+                exclusive: true,
+            })
+        };
+        let (p_made, p_dir) = predict_make(&dir, &who, kind, (perm, umask), InodeId(first), now);
+        let batch = |op| WriteOp::Delegated {
+            ops: vec![DelegatedOp { caller: who.clone(), now, ino: op_ino(&op, first), op }],
+            then: None,
+        };
+        let r = m.apply_reply(batch(op));
+        // The mount answers only what the mode bits allow (else it asks).
+        if mode_allows(&dir, &who, 2 | 1) {
+            prop_assert_eq!(r, Ok(NsReply::Done));
+            let got = attr(m.read(ReadOp::Lookup { parent: dir.ino, name: "x".into() }));
+            prop_assert_eq!(got, p_made);
+            let got_dir = attr(m.read(ReadOp::GetAttr { ino: dir.ino }));
+            prop_assert_eq!(&got_dir, &p_dir);
+            // And the removal.
+            let later = Time { secs: secs + 1, nanos: 0 };
+            let rm = if is_dir {
+                WriteOp::Rmdir { parent: dir.ino, name: "x".into() }
+            } else {
+                WriteOp::Unlink { parent: dir.ino, name: "x".into() }
+            };
+            let r = m.apply_reply(WriteOp::Delegated {
+                ops: vec![DelegatedOp { caller: who.clone(), now: later, ino: None, op: rm }],
+                then: None,
+            });
+            let sticky = got_dir.perm & 0o1000 != 0 && who.uid != 0 && who.uid != got_dir.uid;
+            if !sticky {
+                prop_assert_eq!(r, Ok(NsReply::Done));
+                let after = attr(m.read(ReadOp::GetAttr { ino: dir.ino }));
+                prop_assert_eq!(after, predict_remove(&got_dir, is_dir, later));
+            }
+        } else {
+            prop_assert_eq!(r, Err(Errno::EACCES));
+        }
+    }
+}
+
+fn op_ino(op: &WriteOp, first: u64) -> Option<InodeId> {
+    matches!(op, WriteOp::Mkdir { .. } | WriteOp::MkNod { .. }).then_some(InodeId(first))
 }
 
 #[test]

@@ -6,6 +6,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use sparefs_tests::{fs_cluster, is_mounted};
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -535,4 +536,95 @@ async fn mount_helper_mounts_like_mount_8_calls_it() {
         assert!(start.elapsed() < Duration::from_secs(10), "still mounted");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A directory made on one mount is delegated to it: its names are answered
+/// there and reach the meta a moment later. Another mount that looks at it
+/// makes the meta recall it first, so it sees everything at once; a change
+/// fsynced on the holder survives the holder's death, which another mount
+/// waits out (the lease) instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_directory_made_on_one_mount_is_recalled_for_another() {
+    let (mut c, mounts) = fs_cluster(3, 2).await.expect("cluster");
+    let (a, b) = (mounts[0].clone(), mounts[1].clone());
+    std::fs::create_dir(a.join("tree")).expect("mkdir");
+    for i in 0..200 {
+        std::fs::write(a.join(format!("tree/f{i}")), format!("{i}")).expect("create");
+    }
+    std::fs::create_dir(a.join("tree/sub")).expect("mkdir sub");
+    std::fs::write(a.join("tree/sub/x"), b"x").expect("create in sub");
+    std::fs::remove_file(a.join("tree/f7")).expect("unlink");
+    assert!(matches!(
+        std::fs::remove_dir(a.join("tree/sub")),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY)
+    ));
+    assert_eq!(
+        std::fs::metadata(a.join("tree")).expect("stat").nlink(),
+        3,
+        "the holder's answer counts sub"
+    );
+
+    // b, at once: every name, and the contents.
+    let mut want: Vec<String> = (0..200)
+        .filter(|i| *i != 7)
+        .map(|i| format!("f{i}"))
+        .collect();
+    want.push("sub".into());
+    want.sort();
+    assert_eq!(names_in(&b.join("tree")), want);
+    assert_eq!(std::fs::read(b.join("tree/f5")).expect("read"), b"5");
+    assert_eq!(std::fs::read(b.join("tree/sub/x")).expect("read"), b"x");
+    assert_eq!(std::fs::metadata(b.join("tree")).expect("stat").nlink(), 3);
+
+    // b changes it, a sees the change (a gave the directory back).
+    std::fs::write(b.join("tree/from_b"), b"b").expect("create on b");
+    assert_eq!(
+        std::fs::read(a.join("tree/from_b")).expect("read on a"),
+        b"b"
+    );
+    std::fs::write(a.join("tree/after"), b"a").expect("create on a after");
+    assert_eq!(
+        std::fs::read(b.join("tree/after")).expect("read on b"),
+        b"a"
+    );
+
+    // fsync of the directory makes a's answers durable: they outlive a.
+    std::fs::create_dir(a.join("kept")).expect("mkdir");
+    for i in 0..20 {
+        std::fs::write(a.join(format!("kept/k{i}")), b"k").expect("create");
+    }
+    std::fs::File::open(a.join("kept"))
+        .and_then(|d| d.sync_all())
+        .expect("fsync dir");
+    let start = Instant::now();
+    c.kill_mount(1);
+    // b waits for a's lease to run out (its calls retry; a mount whose
+    // timeout is shorter than the lease may see EIO meanwhile).
+    let got = loop {
+        match std::fs::read_dir(b.join("kept")) {
+            Ok(_) => break names_in(&b.join("kept")),
+            Err(e) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(40),
+                    "a dead mount's directory stayed out of reach: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    println!(
+        "a killed mount's directory was read after {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
+    assert_eq!(got.len(), 20, "{got:?}");
+    std::fs::write(b.join("kept/more"), b"m").expect("b writes there now");
 }

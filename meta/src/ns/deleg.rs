@@ -127,6 +127,26 @@ pub fn read_conflict<K: ReadKv>(
     held_by_other(kv, client, &[dir])
 }
 
+/// An answer to `client` that would show another client's delegated
+/// directory as the meta has it (its holder knows better): the directory
+/// and its holder. A LOOKUP or a READDIRPLUS page can name one.
+pub fn reply_conflict<K: ReadKv>(
+    kv: &K,
+    client: ClientId,
+    reply: &NsReply,
+) -> NsResult<Option<(InodeId, ClientId)>> {
+    let dirs: Vec<InodeId> = match reply {
+        NsReply::Attr(a) if a.kind == FileKind::Dir => vec![a.ino],
+        NsReply::DirPlus(entries) => entries
+            .iter()
+            .filter(|(e, _)| e.kind == FileKind::Dir && e.cookie > 2)
+            .map(|(e, _)| e.ino)
+            .collect(),
+        _ => return Ok(None),
+    };
+    held_by_other(kv, client, &dirs)
+}
+
 /// Grants `dir` to `client`: an empty directory without ACLs that no other
 /// client holds (EBUSY if one does, ENOTEMPTY if it has entries).
 pub fn delegate<R: ReadKv>(
