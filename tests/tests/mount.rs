@@ -628,3 +628,39 @@ async fn a_directory_made_on_one_mount_is_recalled_for_another() {
     assert_eq!(got.len(), 20, "{got:?}");
     std::fs::write(b.join("kept/more"), b"m").expect("b writes there now");
 }
+
+/// A mount keeps answering in its delegated directories while the meta
+/// leader is SIGKILLed; its queued changes reach the new leader (retried
+/// under the same request id), the new leader knows the delegation, and
+/// another mount then sees every name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delegated_changes_survive_a_meta_leader_failover() {
+    let (mut c, mounts) = fs_cluster(3, 2).await.expect("cluster");
+    let (a, b) = (mounts[0].clone(), mounts[1].clone());
+    std::fs::create_dir(a.join("d")).expect("mkdir");
+    for i in 0..100 {
+        std::fs::write(a.join(format!("d/before{i}")), b"x").expect("create");
+    }
+    let leader = c
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    c.kill(leader);
+    for i in 0..100 {
+        std::fs::write(a.join(format!("d/after{i}")), b"y").expect("create during failover");
+    }
+    for i in (0..100).step_by(3) {
+        std::fs::remove_file(a.join(format!("d/before{i}"))).expect("unlink");
+    }
+    std::fs::File::open(a.join("d"))
+        .and_then(|d| d.sync_all())
+        .expect("fsync dir");
+    let mut want: Vec<String> = (0..100)
+        .filter(|i| i % 3 != 0)
+        .map(|i| format!("before{i}"))
+        .chain((0..100).map(|i| format!("after{i}")))
+        .collect();
+    want.sort();
+    assert_eq!(names_in(&b.join("d")), want);
+    assert_eq!(std::fs::read(b.join("d/after99")).expect("read"), b"y");
+}

@@ -137,9 +137,9 @@ async fn detach(args: MountArgs) -> anyhow::Result<i32> {
 }
 
 /// `mount.sparefs SPEC DIR [-o OPTIONS] [-s] [-f] [-n] [-v]`, as mount(8)
-/// calls it: SPEC is the meta address list; options `timeout=N` and
-/// `log=PATH` are understood, the generic ones (rw, defaults, _netdev...)
-/// are accepted and ignored.
+/// calls it: SPEC is the meta address list; options `timeout=N`,
+/// `log=PATH` and `nodelegations` are understood, the generic ones (rw,
+/// defaults, _netdev...) are accepted and ignored.
 pub fn helper_args(argv: &[String]) -> anyhow::Result<MountArgs> {
     let mut positional = Vec::new();
     let mut timeout = 30;

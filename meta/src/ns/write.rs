@@ -90,6 +90,16 @@ pub fn apply_command<R: ReadKv>(
 }
 
 fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
+    apply_op_at(tx, cmd, None)
+}
+
+/// `apply_op`, a create or mkdir taking inode number `reserved` if given (a
+/// delegated create: the number the mount chose from its reservation).
+fn apply_op_at<R: ReadKv>(
+    tx: &mut Tx<R>,
+    cmd: &Command,
+    reserved: Option<InodeId>,
+) -> NsResult<NsReply> {
     let c = &cmd.caller;
     let now = cmd.now;
     match &cmd.op {
@@ -119,7 +129,7 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
                 *rdev,
                 Vec::new(),
                 *exclusive,
-                None,
+                reserved,
             )
         }
         WriteOp::Mkdir {
@@ -138,7 +148,7 @@ fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsReply> {
             0,
             Vec::new(),
             true,
-            None,
+            reserved,
         ),
         WriteOp::Symlink {
             parent,
@@ -628,47 +638,7 @@ fn apply_delegated_ops<R: ReadKv>(
             op: d.op.clone(),
             now: d.now,
         };
-        let reply = match &one.op {
-            WriteOp::MkNod {
-                parent,
-                name,
-                perm,
-                umask,
-                exclusive,
-                ..
-            } => make(
-                tx,
-                &one.caller,
-                one.now,
-                *parent,
-                name,
-                FileKind::File,
-                (perm & 0o7777, *umask),
-                0,
-                Vec::new(),
-                *exclusive,
-                d.ino,
-            )?,
-            WriteOp::Mkdir {
-                parent,
-                name,
-                perm,
-                umask,
-            } => make(
-                tx,
-                &one.caller,
-                one.now,
-                *parent,
-                name,
-                FileKind::Dir,
-                (perm & 0o7777, *umask),
-                0,
-                Vec::new(),
-                true,
-                d.ino,
-            )?,
-            _ => apply_op(tx, &one)?,
-        };
+        let reply = apply_op_at(tx, &one, d.ino)?;
         if let (WriteOp::Mkdir { .. }, Some(ino)) = (&one.op, d.ino) {
             // A directory made in a delegated one is its maker's too.
             deleg::grant(tx, client, ino);
