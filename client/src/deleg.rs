@@ -63,11 +63,13 @@ struct State {
     made: HashMap<InodeId, Attr>,
     queue: Vec<DelegatedOp>,
     first_queued: Option<Instant>,
-    /// Batches on their way to the meta.
-    in_flight: usize,
-    /// Inodes that lost a name in changes queued or on their way (a hard
-    /// link's count): their attributes wait for those.
+    /// A batch is on its way to the meta (one at a time: a later one may
+    /// depend on an earlier one, and requests can overtake each other).
+    in_flight: bool,
+    /// Inodes that lost a name in changes queued, and in the batch on its
+    /// way (a hard link's count): their attributes wait for those.
     touched: std::collections::HashSet<InodeId>,
+    touched_in_flight: std::collections::HashSet<InodeId>,
     /// Reserved inode numbers not used yet, oldest reservation first.
     inodes: std::collections::VecDeque<std::ops::Range<u64>>,
     /// Delegations are used only before this.
@@ -85,7 +87,8 @@ pub struct Delegations {
 
 /// What a request about to go to the meta must do first.
 pub enum Before {
-    /// Send these queued changes with it (or before it), then `sent`.
+    /// Send these queued changes with it (or before it), then `sent`;
+    /// nothing else goes to the meta meanwhile.
     Carry(Vec<DelegatedOp>),
     /// A batch is on its way: wait for `landed` and ask again.
     Wait,
@@ -175,7 +178,9 @@ impl Delegations {
             None => Lookup::Answer(Err(Errno::ENOENT)),
             Some((ino, _)) => match st.made.get(ino).or(st.dirs.get(ino).map(|d| &d.attr)) {
                 Some(a) => Lookup::Answer(Ok(a.clone())),
-                None if st.touched.contains(ino) => Lookup::Remote,
+                None if st.touched.contains(ino) || st.touched_in_flight.contains(ino) => {
+                    Lookup::Remote
+                }
                 None => Lookup::Ask(*ino),
             },
         }
@@ -216,11 +221,12 @@ impl Delegations {
         let Some(dir) = st.dirs.get(&parent) else {
             return Local::Remote;
         };
-        if let Some((_, k)) = dir.names.get(name) {
-            if exclusive || kind != FileKind::File || *k != FileKind::File {
+        if dir.names.contains_key(name) {
+            if exclusive {
                 return Local::Answer(Err(Errno::EEXIST));
             }
-            // Opening an existing file: the meta checks and answers.
+            // open(O_CREAT) of an existing name: the meta opens it (or
+            // says why not).
             return Local::Remote;
         }
         if !mode_allows(&dir.attr, c, 2 | 1) {
@@ -401,9 +407,13 @@ impl Delegations {
     /// flight until `sent`.
     pub fn before_remote(&self) -> Before {
         let mut st = self.lock();
+        if st.in_flight {
+            return Before::Wait;
+        }
         if !st.queue.is_empty() {
-            st.in_flight += 1;
+            st.in_flight = true;
             st.first_queued = None;
+            st.touched_in_flight = std::mem::take(&mut st.touched);
             let ops = std::mem::take(&mut st.queue);
             // The meta knows these once the batch lands; anything asked
             // about them from now on waits for it and asks the meta.
@@ -414,19 +424,14 @@ impl Delegations {
             }
             return Before::Carry(ops);
         }
-        if st.in_flight > 0 {
-            return Before::Wait;
-        }
         Before::Clear
     }
 
     /// A batch from `before_remote` landed or failed.
     pub fn sent(&self) {
         let mut st = self.lock();
-        st.in_flight = st.in_flight.saturating_sub(1);
-        if st.in_flight == 0 && st.queue.is_empty() {
-            st.touched.clear();
-        }
+        st.in_flight = false;
+        st.touched_in_flight.clear();
         drop(st);
         self.landed.notify_waiters();
     }
@@ -447,12 +452,6 @@ impl Delegations {
                 }
             }
         }
-    }
-
-    /// Whether anything is queued or in flight.
-    pub fn busy(&self) -> bool {
-        let st = self.lock();
-        !st.queue.is_empty() || st.in_flight > 0
     }
 }
 
@@ -552,7 +551,14 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, ["create", "mkdir", "create", "unlink"]);
+        // One batch at a time: what is queued meanwhile waits for it.
+        assert!(matches!(
+            d.make(&me, parent, b"b", FileKind::File, (0o644, 0), true),
+            Local::Answer(Ok(_))
+        ));
         assert!(matches!(d.before_remote(), Before::Wait));
+        d.sent();
+        assert!(matches!(d.before_remote(), Before::Carry(ops) if ops.len() == 1));
         d.sent();
         assert!(matches!(d.before_remote(), Before::Clear));
         // Sent: a name made here is now the meta's to describe.
