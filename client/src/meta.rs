@@ -184,7 +184,7 @@ impl MetaClient {
     }
 
     /// A read that need not wait for changes answered in delegated
-    /// directories (`deleg::Local::Ask`).
+    /// directories (`deleg::Lookup::Ask`).
     pub async fn read_unordered(&self, caller: Caller, op: ReadOp) -> Result<NsReply> {
         match self
             .call_leader(&Request::Read {

@@ -272,8 +272,8 @@ impl SpareFs {
     }
 
     /// Gives back the directories among `dirs` delegated here before a
-    /// change the mount cannot predict (rename, link, attributes of the
-    /// directory itself) goes to the meta.
+    /// change the mount does not predict (a rename, the attributes or
+    /// xattrs of the directory itself) goes to the meta.
     fn give_back(&self, dirs: &[InodeId]) {
         let Some(d) = self.meta.delegations() else {
             return;

@@ -1278,27 +1278,23 @@ pub fn read_now(
     caller: &Caller,
     op: &ReadOp,
 ) -> Result<NsReply, RpcError> {
-    let conflict = ns::deleg::read_conflict(store, client, op).map_err(|e| match e {
-        ns::NsError::Errno(e) => RpcError::Errno(e),
-        ns::NsError::Store(e) => RpcError::Storage(e.to_string()),
-    })?;
-    if let Some((dir, holder)) = conflict {
-        // Another client alone knows this directory now: ask for it back
-        // and have the reader come again.
-        shared.recalls.want(holder, dir);
-        return Err(RpcError::Busy);
-    }
-    let now = Time::now().secs.max(0) as u64;
     let storage = |e| match e {
         ns::NsError::Errno(e) => RpcError::Errno(e),
         ns::NsError::Store(e) => RpcError::Storage(e.to_string()),
     };
-    let reply = ns::read(store, caller, op, shared, now).map_err(storage)?;
-    if let Some((dir, holder)) =
-        ns::deleg::reply_conflict(store, client, &reply).map_err(storage)?
-    {
+    // Another client alone knows a directory this read asks about, or its
+    // answer would show: ask for it back and have the reader come again.
+    let recall = |(dir, holder)| {
         shared.recalls.want(holder, dir);
-        return Err(RpcError::Busy);
+        Err(RpcError::Busy)
+    };
+    if let Some(conflict) = ns::deleg::read_conflict(store, client, op).map_err(storage)? {
+        return recall(conflict);
+    }
+    let now = Time::now().secs.max(0) as u64;
+    let reply = ns::read(store, caller, op, shared, now).map_err(storage)?;
+    if let Some(conflict) = ns::deleg::reply_conflict(store, client, &reply).map_err(storage)? {
+        return recall(conflict);
     }
     Ok(reply)
 }
