@@ -24,6 +24,11 @@ pub const FLUSH_AFTER: Duration = Duration::from_millis(5);
 pub const QUEUE_MAX: usize = 4096;
 /// Inode numbers asked for at a time.
 pub const RESERVE: u32 = 4096;
+/// Names known in all delegated directories together, and directories held,
+/// past which the mount answers no more creates and gives everything back
+/// (a bound on its memory: ~100 bytes a name).
+pub const NAMES_MAX: usize = 1 << 18;
+pub const DIRS_MAX: usize = 1 << 14;
 /// A lease renewed this long ago may have run out at the meta (which waits
 /// `LOCK_LEASE`, 10 s, from the last renewal it saw): stop answering here.
 pub const LEASE_TRUSTED: Duration = Duration::from_secs(6);
@@ -152,6 +157,17 @@ impl Delegations {
         !st.dirs.is_empty() && left < RESERVE as u64 / 4
     }
 
+    /// Whether this mount holds as much as it may (`NAMES_MAX`,
+    /// `DIRS_MAX`): then it takes no more and gives what it has back.
+    pub fn full(&self) -> bool {
+        Self::is_full(&self.lock())
+    }
+
+    fn is_full(st: &State) -> bool {
+        st.dirs.len() >= DIRS_MAX
+            || st.dirs.values().map(|d| d.names.len()).sum::<usize>() >= NAMES_MAX
+    }
+
     pub fn holds(&self, dir: InodeId) -> bool {
         self.lock().dirs.contains_key(&dir)
     }
@@ -216,6 +232,12 @@ impl Delegations {
             || !matches!(kind, FileKind::File | FileKind::Dir)
             || st.queue.len() >= QUEUE_MAX
         {
+            return Local::Remote;
+        }
+        if Self::is_full(&st) {
+            // The flusher gives everything back.
+            drop(st);
+            self.wake.notify_one();
             return Local::Remote;
         }
         let Some(dir) = st.dirs.get(&parent) else {
@@ -331,6 +353,34 @@ impl Delegations {
                 parent,
                 name: name.to_vec(),
             }
+        };
+        Self::queue(&mut st, c, now, None, op);
+        drop(st);
+        self.wake.notify_one();
+        Local::Answer(Ok(after))
+    }
+
+    /// chmod/chown/utimes of delegated directory `ino` itself by `c`: its
+    /// attributes after, if the meta's answer is certain.
+    pub fn setattr(&self, c: &Caller, ino: InodeId, set: &SetAttr) -> Local<Attr> {
+        let mut st = self.lock();
+        if !Self::usable(&st, ino) || st.queue.len() >= QUEUE_MAX {
+            return Local::Remote;
+        }
+        let now = Time::now();
+        let Some(after) = st
+            .dirs
+            .get(&ino)
+            .and_then(|d| predict_dir_setattr(&d.attr, c, set, now))
+        else {
+            return Local::Remote;
+        };
+        if let Some(d) = st.dirs.get_mut(&ino) {
+            d.attr = after.clone();
+        }
+        let op = WriteOp::SetAttr {
+            ino,
+            set: set.clone(),
         };
         Self::queue(&mut st, c, now, None, op);
         drop(st);
@@ -594,6 +644,35 @@ mod tests {
         stale.renewed(Instant::now() - LEASE_TRUSTED);
         stale.granted(InodeId(1), b"d", dir_attr(10, 0o755, 1000));
         assert!(matches!(stale.lookup(parent, b"x"), Lookup::Remote));
+    }
+
+    #[test]
+    fn a_mount_holds_a_bounded_number_of_names() {
+        let d = ready();
+        d.reserved(1000, NAMES_MAX as u32 + 10);
+        let me = user(1000);
+        let mut made = 0;
+        loop {
+            let name = format!("n{made}");
+            match d.make(
+                &me,
+                InodeId(10),
+                name.as_bytes(),
+                FileKind::File,
+                (0o644, 0),
+                true,
+            ) {
+                Local::Answer(Ok(_)) => made += 1,
+                Local::Remote => break,
+                Local::Answer(Err(e)) => panic!("{e}"),
+            }
+            if let Before::Carry(_) = d.before_remote() {
+                d.sent();
+            }
+            assert!(made <= NAMES_MAX, "no bound");
+        }
+        assert_eq!(made, NAMES_MAX);
+        assert!(d.full());
     }
 
     #[test]

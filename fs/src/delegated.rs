@@ -1,7 +1,8 @@
 //! The mount's two background tasks for directories delegated to it
 //! (docs/delegation.md): one sends the changes answered here once they have
-//! waited `FLUSH_AFTER` (and keeps inode numbers reserved), one listens for
-//! the leader asking for directories back and gives them back.
+//! waited `FLUSH_AFTER` (keeps inode numbers reserved, and gives everything
+//! back when the mount holds as much as it may), one listens for the leader
+//! asking for directories back and gives them back.
 
 use sparefs_client::MetaClient;
 use std::sync::Arc;
@@ -21,6 +22,12 @@ pub async fn flush_loop(meta: Arc<MetaClient>) {
         if let Err(e) = meta.reserve_inodes().await {
             tracing::warn!("reserve inode numbers: {e}");
             tokio::time::sleep(RETRY_PAUSE).await;
+        }
+        if d.full() {
+            tracing::info!("holding as many names as a mount may: giving directories back");
+            if let Err(e) = meta.give_back(&d.held()).await {
+                tracing::warn!("give back delegated directories: {e}");
+            }
         }
         match d.flush_due() {
             Ok(()) => {

@@ -29,6 +29,8 @@ const TTL: Duration = Duration::from_secs(1);
 const LEASE_RENEW: Duration = Duration::from_secs(2);
 /// How often a blocking lock request (F_SETLKW, flock without LOCK_NB) retries.
 const LOCK_RETRY: Duration = Duration::from_millis(50);
+/// Longest an unmount waits to hand delegated directories back.
+const UNMOUNT_GIVE_BACK: Duration = Duration::from_secs(3);
 
 struct Handles {
     /// fh -> the inode's shared open file.
@@ -388,12 +390,17 @@ impl fuser::Filesystem for SpareFs {
     }
 
     fn destroy(&mut self) {
-        // Other clients need not wait for this mount's lease to run out.
+        // Other clients need not wait for this mount's lease to run out; an
+        // unreachable meta must not hold up the unmount (the lease then does).
         let meta = self.meta.clone();
         self.rt.block_on(async move {
             let Some(d) = meta.delegations() else { return };
-            if let Err(e) = meta.give_back(&d.held()).await {
-                tracing::warn!("give back delegated directories at unmount: {e}");
+            let held = d.held();
+            let back = tokio::time::timeout(UNMOUNT_GIVE_BACK, meta.give_back(&held));
+            match back.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("give back delegated directories at unmount: {e}"),
+                Err(_) => tracing::warn!("give back delegated directories at unmount: timed out"),
             }
         });
     }
@@ -477,8 +484,6 @@ impl fuser::Filesystem for SpareFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // A delegated directory's own attributes change: the meta decides.
-        self.give_back(&[InodeId(ino.0)]);
         let (meta, data, c, handles) = (
             self.meta.clone(),
             self.data.clone(),
@@ -498,6 +503,21 @@ impl fuser::Filesystem for SpareFs {
         // The kernel takes the new attributes from this answer, so none
         // kept from an earlier change may follow.
         let (cache, fresh) = (self.xattrs.clone(), self.fresh.clone());
+        // A directory delegated here: answered here if certain, else the
+        // meta decides (and the directory goes back to it first).
+        if let Some(d) = meta.delegations() {
+            match d.setattr(&c, InodeId(ino.0), &set) {
+                Local::Answer(Ok(a)) => {
+                    if set.perm.is_some() {
+                        cache.forget_acls(ino.0);
+                    }
+                    fresh.forget(ino.0);
+                    return reply.attr(&TTL, &file_attr(&a, a.size));
+                }
+                Local::Answer(Err(e)) => return reply.error(errno(&ClientError::Errno(e))),
+                Local::Remote => self.give_back(&[InodeId(ino.0)]),
+            }
+        }
         // Behind buffered writes (tar: write, futimens, fchown, fchmod,
         // close) a certain change is answered here and committed with them.
         let held = file
@@ -657,7 +677,7 @@ impl fuser::Filesystem for SpareFs {
             if let (Ok(a), Some(d)) = (&r, meta.delegations()) {
                 // Made here and empty: ask for it before the kernel hears
                 // of it, so nothing can land in it that this mount misses.
-                if !d.holds(a.ino) {
+                if !d.holds(a.ino) && !d.full() {
                     if let Err(e) = meta.delegate(dir, &n, a.ino).await {
                         tracing::debug!("delegation of {}: {e}", a.ino);
                     }

@@ -172,6 +172,42 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_predicted_change_of_a_delegated_directory_is_what_the_meta_does(
+        perm in 0u32..0o10000,
+        owner in prop_oneof![Just(0u32), Just(1000), Just(1001)],
+        group in prop_oneof![Just(0u32), Just(100), Just(200)],
+        who in caller(),
+        set in set_attr(),
+        secs in 1i64..1 << 40,
+    ) {
+        let mut m = Machine::new(Caller::ROOT);
+        let made = attr(m.apply_reply(WriteOp::Mkdir {
+            parent: InodeId::ROOT,
+            name: "d".into(),
+            perm: 0o755,
+            umask: 0,
+        }));
+        let change = |set| WriteOp::SetAttr { ino: made.ino, set };
+        m.apply(change(SetAttr { uid: Some(owner), gid: Some(group), ..SetAttr::default() }))
+            .expect("chown");
+        let dir = attr(m.apply_reply(change(SetAttr { perm: Some(perm), ..SetAttr::default() })));
+        m.apply(WriteOp::Delegate { dir: dir.ino }).expect("delegate");
+        let now = Time { secs, nanos: 3 };
+        if let Some(p) = predict_dir_setattr(&dir, &who, &set, now) {
+            let r = m.apply_reply(WriteOp::Delegated {
+                ops: vec![DelegatedOp { caller: who.clone(), now, ino: None, op: change(set) }],
+                then: None,
+            });
+            prop_assert_eq!(r, Ok(NsReply::Done));
+            prop_assert_eq!(attr(m.read(ReadOp::GetAttr { ino: dir.ino })), p);
+        }
+    }
+}
+
 fn op_ino(op: &WriteOp, first: u64) -> Option<InodeId> {
     matches!(op, WriteOp::Mkdir { .. } | WriteOp::MkNod { .. }).then_some(InodeId(first))
 }

@@ -433,8 +433,8 @@ pub enum WriteOp {
 
 /// A change a mount answered in a directory delegated to it: made by
 /// `caller` at the mount's clock `now`; a create takes inode `ino` from the
-/// client's reservation. Only `MkNod` (regular files), `Mkdir`, `Unlink`
-/// and `Rmdir`.
+/// client's reservation. Only `MkNod` (regular files), `Mkdir`, `Unlink`,
+/// `Rmdir`, and `SetAttr` (no size) of a delegated directory itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DelegatedOp {
     pub caller: Caller,
@@ -526,9 +526,25 @@ pub fn predict_remove(dir: &Attr, is_dir: bool, now: Time) -> Attr {
 /// result is exact but for `ctime`, stamped `now` here. `None`: ask.
 /// Mirrors the meta's setattr (a test there holds them together).
 pub fn predict_setattr(a: &Attr, c: &Caller, set: &SetAttr, now: Time) -> Option<Attr> {
+    if a.kind != FileKind::File {
+        return None;
+    }
+    predict(a, c, set, now, false)
+}
+
+/// `predict_setattr` for a directory delegated to the mount, whose change
+/// the meta applies at the mount's clock `now` (so UTIME_NOW is known too).
+pub fn predict_dir_setattr(a: &Attr, c: &Caller, set: &SetAttr, now: Time) -> Option<Attr> {
+    if a.kind != FileKind::Dir {
+        return None;
+    }
+    predict(a, c, set, now, true)
+}
+
+fn predict(a: &Attr, c: &Caller, set: &SetAttr, now: Time, clock_known: bool) -> Option<Attr> {
     let (suid, sgid) = SET_ID_BITS;
     let root = c.uid == 0;
-    if set.size.is_some() || a.kind != FileKind::File || !(root || c.uid == a.uid) {
+    if set.size.is_some() || !(root || c.uid == a.uid) {
         return None;
     }
     let mut out = a.clone();
@@ -536,10 +552,13 @@ pub fn predict_setattr(a: &Attr, c: &Caller, set: &SetAttr, now: Time) -> Option
         if !root {
             return None;
         }
-        if out.perm & 0o010 != 0 {
-            out.perm &= !(suid | sgid);
-        } else {
-            out.perm &= !suid;
+        // chown clears set-uid (and set-gid with group execute) of files.
+        if a.kind != FileKind::Dir {
+            if out.perm & 0o010 != 0 {
+                out.perm &= !(suid | sgid);
+            } else {
+                out.perm &= !suid;
+            }
         }
         out.uid = set.uid.unwrap_or(out.uid);
         out.gid = set.gid.unwrap_or(out.gid);
@@ -555,6 +574,7 @@ pub fn predict_setattr(a: &Attr, c: &Caller, set: &SetAttr, now: Time) -> Option
         match value {
             None => {}
             Some(TimeSet::At(t)) => *field = t,
+            Some(TimeSet::Now) if clock_known => *field = now,
             // The meta's clock decides.
             Some(TimeSet::Now) => return None,
         }

@@ -623,6 +623,11 @@ fn apply_delegated_ops<R: ReadKv>(
                 holds(tx, victim.ino)?;
                 (*parent, false)
             }
+            // The directory's own times, mode or owner (tar sets them last).
+            WriteOp::SetAttr {
+                ino,
+                set: SetAttr { size: None, .. },
+            } => (*ino, false),
             _ => return Err(Errno::EINVAL.into()),
         };
         holds(tx, parent)?;
