@@ -114,6 +114,32 @@ impl OpenDirs {
         }
     }
 
+    /// Starts reading the pages of directory `ino` after `cookie` for open
+    /// handle `fh` (the kernel read up to there with attributes and goes on
+    /// from there), unless something is being read already.
+    pub fn read_ahead(
+        &self,
+        meta: &Arc<MetaClient>,
+        caller: Caller,
+        ino: InodeId,
+        fh: u64,
+        cookie: u64,
+    ) {
+        let Some(page) = self.pages.lock().ok().and_then(|p| p.get(&fh).cloned()) else {
+            return;
+        };
+        let Ok(mut page) = page.try_lock() else {
+            return;
+        };
+        if page.ahead.is_some() {
+            return;
+        }
+        page.after = cookie;
+        page.entries.clear();
+        page.end = false;
+        page.ahead = Some(ReadAhead::start(meta.clone(), caller, ino, cookie));
+    }
+
     /// Entries of directory `ino` after `offset`, from the handle's page or
     /// a fresh one. A handle the kernel did not open here (fh 0) reads
     /// through without keeping anything.

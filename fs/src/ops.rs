@@ -1290,11 +1290,12 @@ impl fuser::Filesystem for SpareFs {
         &self,
         req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         let (meta, c, handles) = (self.meta.clone(), caller(req), self.handles.clone());
+        let dirs = self.dirs.clone();
         meta_op!(self, async move {
             // The page from the start begins with "." and "..": the kernel
             // makes no entries for them, but the format wants their
@@ -1304,13 +1305,21 @@ impl fuser::Filesystem for SpareFs {
                 after_cookie: offset,
                 limit: READDIRPLUS_PAGE,
             };
-            let r = match meta.read_as(c, op).await {
+            let r = match meta.read_as(c.clone(), op).await {
                 Ok(NsReply::DirPlus(entries)) => Ok(entries),
                 Ok(other) => Err(ClientError::Protocol(format!("{other:?}"))),
                 Err(e) => Err(e),
             };
             match r {
                 Ok(entries) => {
+                    // A full page: the kernel goes on with plain READDIRs
+                    // from its last entry; read those pages ahead now.
+                    let real = entries.iter().filter(|(e, _)| e.cookie > 2).count();
+                    if let (true, Some((last, _))) =
+                        (real >= READDIRPLUS_PAGE as usize, entries.last())
+                    {
+                        dirs.read_ahead(&meta, c, InodeId(ino.0), fh.0, last.cookie);
+                    }
                     for (e, a) in entries {
                         let shown = Self::seen(&handles, &a);
                         let name = OsStr::from_bytes(&e.name);
