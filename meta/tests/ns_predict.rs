@@ -35,6 +35,28 @@ fn file(m: &mut Machine, name: &str, perm: u32, uid: u32, gid: u32) -> Attr {
     })))
 }
 
+/// Directory "d" in the root, with the given mode and owners.
+fn dir(m: &mut Machine, perm: u32, uid: u32, gid: u32) -> Attr {
+    m.caller = Caller::ROOT;
+    let a = attr(m.apply_reply(WriteOp::Mkdir {
+        parent: InodeId::ROOT,
+        name: "d".into(),
+        perm: 0o755,
+        umask: 0,
+    }));
+    let set = |set| WriteOp::SetAttr { ino: a.ino, set };
+    m.apply(set(SetAttr {
+        uid: Some(uid),
+        gid: Some(gid),
+        ..SetAttr::default()
+    }))
+    .expect("chown");
+    attr(m.apply_reply(set(SetAttr {
+        perm: Some(perm),
+        ..SetAttr::default()
+    })))
+}
+
 fn time_set() -> impl Strategy<Value = Option<TimeSet>> {
     prop_oneof![
         Just(None),
@@ -112,16 +134,7 @@ proptest! {
         secs in 1i64..1 << 40,
     ) {
         let mut m = Machine::new(Caller::ROOT);
-        let made = attr(m.apply_reply(WriteOp::Mkdir {
-            parent: InodeId::ROOT,
-            name: "d".into(),
-            perm: 0o755,
-            umask: 0,
-        }));
-        let set = |set| WriteOp::SetAttr { ino: made.ino, set };
-        m.apply(set(SetAttr { uid: Some(owner), gid: Some(group), ..SetAttr::default() }))
-            .expect("chown");
-        let dir = attr(m.apply_reply(set(SetAttr { perm: Some(dir_perm), ..SetAttr::default() })));
+        let dir = dir(&mut m, dir_perm, owner, group);
         let first = match m.apply_reply(WriteOp::ReserveInodes { count: 2 }) {
             Ok(NsReply::Inodes { first, .. }) => first,
             other => panic!("reserve: {other:?}"),
@@ -185,16 +198,8 @@ proptest! {
         secs in 1i64..1 << 40,
     ) {
         let mut m = Machine::new(Caller::ROOT);
-        let made = attr(m.apply_reply(WriteOp::Mkdir {
-            parent: InodeId::ROOT,
-            name: "d".into(),
-            perm: 0o755,
-            umask: 0,
-        }));
-        let change = |set| WriteOp::SetAttr { ino: made.ino, set };
-        m.apply(change(SetAttr { uid: Some(owner), gid: Some(group), ..SetAttr::default() }))
-            .expect("chown");
-        let dir = attr(m.apply_reply(change(SetAttr { perm: Some(perm), ..SetAttr::default() })));
+        let dir = dir(&mut m, perm, owner, group);
+        let change = |set| WriteOp::SetAttr { ino: dir.ino, set };
         m.apply(WriteOp::Delegate { dir: dir.ino }).expect("delegate");
         let now = Time { secs, nanos: 3 };
         if let Some(p) = predict_dir_setattr(&dir, &who, &set, now) {
