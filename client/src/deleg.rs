@@ -79,6 +79,31 @@ struct State {
     inodes: std::collections::VecDeque<std::ops::Range<u64>>,
     /// Delegations are used only before this.
     lease_until: Option<Instant>,
+    /// Names in all of `dirs` (kept by `add_name`, `remove_name`,
+    /// `remove_dir`).
+    names: usize,
+}
+
+impl State {
+    fn add_name(&mut self, parent: InodeId, name: &[u8], entry: (InodeId, FileKind)) {
+        if let Some(dir) = self.dirs.get_mut(&parent) {
+            if dir.names.insert(name.to_vec(), entry).is_none() {
+                self.names += 1;
+            }
+        }
+    }
+
+    fn remove_name(&mut self, parent: InodeId, name: &[u8]) -> Option<(InodeId, FileKind)> {
+        let gone = self.dirs.get_mut(&parent)?.names.remove(name)?;
+        self.names = self.names.saturating_sub(1);
+        Some(gone)
+    }
+
+    fn remove_dir(&mut self, ino: InodeId) -> Option<Dir> {
+        let dir = self.dirs.remove(&ino)?;
+        self.names = self.names.saturating_sub(dir.names.len());
+        Some(dir)
+    }
 }
 
 #[derive(Default)]
@@ -164,8 +189,7 @@ impl Delegations {
     }
 
     fn is_full(st: &State) -> bool {
-        st.dirs.len() >= DIRS_MAX
-            || st.dirs.values().map(|d| d.names.len()).sum::<usize>() >= NAMES_MAX
+        st.dirs.len() >= DIRS_MAX || st.names >= NAMES_MAX
     }
 
     pub fn holds(&self, dir: InodeId) -> bool {
@@ -277,8 +301,8 @@ impl Delegations {
                 exclusive,
             },
         };
+        st.add_name(parent, name, (ino, kind));
         if let Some(dir) = st.dirs.get_mut(&parent) {
-            dir.names.insert(name.to_vec(), (ino, kind));
             dir.attr = after.clone();
         }
         if kind == FileKind::Dir {
@@ -334,12 +358,12 @@ impl Delegations {
         }
         let now = Time::now();
         let after = predict_remove(&dir.attr, is_dir, now);
+        st.remove_name(parent, name);
         if let Some(dir) = st.dirs.get_mut(&parent) {
-            dir.names.remove(name);
             dir.attr = after.clone();
         }
         if is_dir {
-            st.dirs.remove(&ino);
+            st.remove_dir(ino);
         }
         st.made.remove(&ino);
         st.touched.insert(ino);
@@ -414,8 +438,8 @@ impl Delegations {
     /// the meta (a case not answered here): note it.
     pub fn note_made(&self, parent: InodeId, name: &[u8], attr: &Attr, parent_attr: &Attr) {
         let mut st = self.lock();
+        st.add_name(parent, name, (attr.ino, attr.kind));
         if let Some(dir) = st.dirs.get_mut(&parent) {
-            dir.names.insert(name.to_vec(), (attr.ino, attr.kind));
             dir.attr = parent_attr.clone();
         }
     }
@@ -424,14 +448,22 @@ impl Delegations {
     /// through the meta.
     pub fn note_removed(&self, parent: InodeId, name: &[u8], parent_attr: &Attr) {
         let mut st = self.lock();
-        if let Some(dir) = st.dirs.get_mut(&parent) {
-            if let Some((_, _)) = dir.names.remove(name) {
+        if st.remove_name(parent, name).is_some() {
+            if let Some(dir) = st.dirs.get_mut(&parent) {
                 dir.attr = parent_attr.clone();
             }
         }
         // A delegated directory removed through the meta is gone (the meta
         // forgot its delegation with it).
-        st.dirs.retain(|_, d| !(d.at.0 == parent && d.at.1 == name));
+        let gone: Vec<InodeId> = st
+            .dirs
+            .iter()
+            .filter(|(_, d)| d.at.0 == parent && d.at.1 == name)
+            .map(|(ino, _)| *ino)
+            .collect();
+        for ino in gone {
+            st.remove_dir(ino);
+        }
     }
 
     /// Stops answering for `dirs` (the meta asked for them, or a change
@@ -440,7 +472,7 @@ impl Delegations {
     pub fn give_up(&self, dirs: &[InodeId]) -> Vec<InodeId> {
         let mut st = self.lock();
         dirs.iter()
-            .filter(|d| st.dirs.remove(d).is_some())
+            .filter(|d| st.remove_dir(**d).is_some())
             .copied()
             .collect()
     }
@@ -450,6 +482,7 @@ impl Delegations {
     pub fn give_up_all(&self) -> Vec<InodeId> {
         let mut st = self.lock();
         st.made.clear();
+        st.names = 0;
         st.dirs.drain().map(|(d, _)| d).collect()
     }
 
