@@ -318,9 +318,7 @@ impl Delegations {
             );
         }
         st.made.insert(ino, made.clone());
-        Self::queue(&mut st, c, now, Some(ino), op);
-        drop(st);
-        self.wake.notify_one();
+        self.queue(st, c, now, Some(ino), op);
         Local::Answer(Ok((made, after)))
     }
 
@@ -378,9 +376,7 @@ impl Delegations {
                 name: name.to_vec(),
             }
         };
-        Self::queue(&mut st, c, now, None, op);
-        drop(st);
-        self.wake.notify_one();
+        self.queue(st, c, now, None, op);
         Local::Answer(Ok(after))
     }
 
@@ -406,9 +402,7 @@ impl Delegations {
             ino,
             set: set.clone(),
         };
-        Self::queue(&mut st, c, now, None, op);
-        drop(st);
-        self.wake.notify_one();
+        self.queue(st, c, now, None, op);
         Local::Answer(Ok(after))
     }
 
@@ -422,7 +416,16 @@ impl Delegations {
         None
     }
 
-    fn queue(st: &mut State, c: &Caller, now: Time, ino: Option<InodeId>, op: WriteOp) {
+    /// Queues a change answered here (releasing the state) and wakes the
+    /// flusher.
+    fn queue(
+        &self,
+        mut st: std::sync::MutexGuard<'_, State>,
+        c: &Caller,
+        now: Time,
+        ino: Option<InodeId>,
+        op: WriteOp,
+    ) {
         if st.queue.is_empty() {
             st.first_queued = Some(Instant::now());
         }
@@ -432,6 +435,8 @@ impl Delegations {
             ino,
             op,
         });
+        drop(st);
+        self.wake.notify_one();
     }
 
     /// This client's own change made `name` in delegated `parent` through
@@ -444,14 +449,17 @@ impl Delegations {
         }
     }
 
-    /// This client's own change removed `name` from delegated `parent`
-    /// through the meta.
-    pub fn note_removed(&self, parent: InodeId, name: &[u8], parent_attr: &Attr) {
+    /// This client's own change removed `name` (a directory if `is_dir`)
+    /// from `parent` through the meta.
+    pub fn note_removed(&self, parent: InodeId, name: &[u8], is_dir: bool, parent_attr: &Attr) {
         let mut st = self.lock();
         if st.remove_name(parent, name).is_some() {
             if let Some(dir) = st.dirs.get_mut(&parent) {
                 dir.attr = parent_attr.clone();
             }
+        }
+        if !is_dir {
+            return;
         }
         // A delegated directory removed through the meta is gone (the meta
         // forgot its delegation with it).

@@ -262,7 +262,7 @@ impl SpareFs {
                 Ok(r) => {
                     if let NsReply::Attr(dir) = r {
                         if let Some(d) = meta.delegations() {
-                            d.note_removed(parent, &name, &dir);
+                            d.note_removed(parent, &name, is_dir, &dir);
                         }
                         fresh.put(dir);
                     }

@@ -19,9 +19,10 @@ fn attr(r: Result<NsReply, Errno>) -> Attr {
     }
 }
 
-fn file(m: &mut Machine, name: &str, perm: u32, uid: u32, gid: u32) -> Attr {
+/// `make` (as root) in the root, then given the mode and owners.
+fn owned(m: &mut Machine, make: WriteOp, perm: u32, uid: u32, gid: u32) -> Attr {
     m.caller = Caller::ROOT;
-    let a = attr(m.apply_reply(new_file(InodeId::ROOT, name)));
+    let a = attr(m.apply_reply(make));
     let set = |set| WriteOp::SetAttr { ino: a.ino, set };
     m.apply(set(SetAttr {
         uid: Some(uid),
@@ -35,26 +36,19 @@ fn file(m: &mut Machine, name: &str, perm: u32, uid: u32, gid: u32) -> Attr {
     })))
 }
 
+fn file(m: &mut Machine, name: &str, perm: u32, uid: u32, gid: u32) -> Attr {
+    owned(m, new_file(InodeId::ROOT, name), perm, uid, gid)
+}
+
 /// Directory "d" in the root, with the given mode and owners.
 fn dir(m: &mut Machine, perm: u32, uid: u32, gid: u32) -> Attr {
-    m.caller = Caller::ROOT;
-    let a = attr(m.apply_reply(WriteOp::Mkdir {
+    let mkdir = WriteOp::Mkdir {
         parent: InodeId::ROOT,
         name: "d".into(),
         perm: 0o755,
         umask: 0,
-    }));
-    let set = |set| WriteOp::SetAttr { ino: a.ino, set };
-    m.apply(set(SetAttr {
-        uid: Some(uid),
-        gid: Some(gid),
-        ..SetAttr::default()
-    }))
-    .expect("chown");
-    attr(m.apply_reply(set(SetAttr {
-        perm: Some(perm),
-        ..SetAttr::default()
-    })))
+    };
+    owned(m, mkdir, perm, uid, gid)
 }
 
 fn time_set() -> impl Strategy<Value = Option<TimeSet>> {

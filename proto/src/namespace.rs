@@ -446,20 +446,32 @@ pub struct DelegatedOp {
 /// S_ISUID and S_ISGID.
 const SET_ID_BITS: (u32, u32) = (0o4000, 0o2000);
 
-/// The meta's mode-bit permission check of a file without an ACL (`mask`:
-/// 4 read, 2 write, 1 execute or search). Mirrors the meta's `perm::allowed`.
-pub fn mode_allows(a: &Attr, c: &Caller, mask: u32) -> bool {
+/// The mode-bit permission check of a file without an ACL (`mask`: 4 read,
+/// 2 write, 1 execute or search), as the meta makes it: root passes every
+/// check but execute, which needs some x bit on a non-directory.
+pub fn mode_bits_allow(
+    kind: FileKind,
+    perm: u32,
+    (uid, gid): (u32, u32),
+    c: &Caller,
+    mask: u32,
+) -> bool {
     if c.uid == 0 {
-        return mask & 1 == 0 || a.kind == FileKind::Dir || a.perm & 0o111 != 0;
+        return mask & 1 == 0 || kind == FileKind::Dir || perm & 0o111 != 0;
     }
-    let bits = if c.uid == a.uid {
-        (a.perm >> 6) & 7
-    } else if c.in_group(a.gid) {
-        (a.perm >> 3) & 7
+    let bits = if c.uid == uid {
+        (perm >> 6) & 7
+    } else if c.in_group(gid) {
+        (perm >> 3) & 7
     } else {
-        a.perm & 7
+        perm & 7
     };
     bits & mask == mask
+}
+
+/// `mode_bits_allow` for a file with attributes `a`.
+pub fn mode_allows(a: &Attr, c: &Caller, mask: u32) -> bool {
+    mode_bits_allow(a.kind, a.perm, (a.uid, a.gid), c, mask)
 }
 
 /// What the meta's create (a regular file) or mkdir by `c` in directory

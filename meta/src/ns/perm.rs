@@ -2,7 +2,7 @@
 //! Linux apply them (owner/group/other, ACLs, root, sticky directories).
 
 use super::records::InodeRec;
-use sparefs_proto::namespace::{Caller, FileKind};
+use sparefs_proto::namespace::{mode_bits_allow, Caller};
 use sparefs_proto::Errno;
 
 pub const R: u32 = 4;
@@ -14,23 +14,13 @@ pub const S_ISGID: u32 = 0o2000;
 pub const S_ISVTX: u32 = 0o1000;
 
 /// Whether `caller` may access `inode` with `mask` (R/W/X bits).
+/// Mode bits as `proto::namespace::mode_bits_allow` checks them (a mount
+/// answering in a delegated directory checks the same way), or the ACL.
 pub fn allowed(inode: &InodeRec, caller: &Caller, mask: u32) -> bool {
-    if caller.uid == 0 {
-        // Root passes every check but execute, which needs some x bit on a
-        // non-directory.
-        return mask & X == 0 || inode.kind == FileKind::Dir || inode.perm & 0o111 != 0;
-    }
-    if !inode.acl.is_empty() {
+    if caller.uid != 0 && !inode.acl.is_empty() {
         return super::acl::allowed(&inode.acl, inode.uid, inode.gid, caller, mask);
     }
-    let bits = if caller.uid == inode.uid {
-        (inode.perm >> 6) & 7
-    } else if caller.in_group(inode.gid) {
-        (inode.perm >> 3) & 7
-    } else {
-        inode.perm & 7
-    };
-    bits & mask == mask
+    mode_bits_allow(inode.kind, inode.perm, (inode.uid, inode.gid), caller, mask)
 }
 
 pub fn check(inode: &InodeRec, caller: &Caller, mask: u32) -> Result<(), Errno> {
