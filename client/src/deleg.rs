@@ -12,8 +12,8 @@
 use sparefs_proto::limits::NAME_BYTES_MAX;
 use sparefs_proto::namespace::*;
 use sparefs_proto::{Errno, InodeId};
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Changes waiting longer than this are sent (namespace changes here are
@@ -41,6 +41,17 @@ pub enum Local<T> {
     Answer(Result<T, Errno>),
 }
 
+/// A page of a delegated directory's listing answered here.
+#[derive(Debug)]
+pub struct Listed {
+    /// The directory's parent (for "..").
+    pub parent: InodeId,
+    /// In cookie order.
+    pub entries: Vec<Arc<DirEntry>>,
+    /// Nothing comes after these.
+    pub end: bool,
+}
+
 /// A LOOKUP in a delegated directory.
 #[derive(Debug)]
 pub enum Lookup {
@@ -56,8 +67,35 @@ struct Dir {
     /// Where it is: its parent and name (a rename gives it back first).
     at: (InodeId, Vec<u8>),
     attr: Attr,
-    /// Every name in the directory: its inode and kind.
-    names: HashMap<Vec<u8>, (InodeId, FileKind)>,
+    /// Every name in the directory: its inode, kind and cookie.
+    names: HashMap<Vec<u8>, Named>,
+    /// The same entries in cookie order, as a listing gives them (shared
+    /// with the listings: a page costs no copy of its names).
+    order: BTreeMap<u64, Arc<DirEntry>>,
+    /// The cookie the next name takes: the meta's count, kept in step
+    /// (only this client adds names here, and every name it adds, here or
+    /// through the meta, is noted), so a listing answered here continues
+    /// one the meta began.
+    next_cookie: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Named {
+    ino: InodeId,
+    kind: FileKind,
+    cookie: u64,
+}
+
+impl Dir {
+    fn new(at: (InodeId, Vec<u8>), attr: Attr, next_cookie: u64) -> Dir {
+        Dir {
+            at,
+            attr,
+            names: HashMap::new(),
+            order: BTreeMap::new(),
+            next_cookie,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -85,18 +123,36 @@ struct State {
 }
 
 impl State {
-    fn add_name(&mut self, parent: InodeId, name: &[u8], entry: (InodeId, FileKind)) {
-        if let Some(dir) = self.dirs.get_mut(&parent) {
-            if dir.names.insert(name.to_vec(), entry).is_none() {
-                self.names += 1;
+    fn add_name(&mut self, parent: InodeId, name: &[u8], ino: InodeId, kind: FileKind) {
+        let Some(dir) = self.dirs.get_mut(&parent) else {
+            return;
+        };
+        let cookie = dir.next_cookie;
+        dir.next_cookie += 1;
+        let named = Named { ino, kind, cookie };
+        match dir.names.insert(name.to_vec(), named) {
+            // Not a case that happens (a name is made only where none is),
+            // but the order must not keep the old cookie.
+            Some(old) => {
+                dir.order.remove(&old.cookie);
             }
+            None => self.names += 1,
         }
+        let entry = DirEntry {
+            name: name.to_vec(),
+            ino,
+            kind,
+            cookie,
+        };
+        dir.order.insert(cookie, Arc::new(entry));
     }
 
     fn remove_name(&mut self, parent: InodeId, name: &[u8]) -> Option<(InodeId, FileKind)> {
-        let gone = self.dirs.get_mut(&parent)?.names.remove(name)?;
+        let dir = self.dirs.get_mut(&parent)?;
+        let gone = dir.names.remove(name)?;
+        dir.order.remove(&gone.cookie);
         self.names = self.names.saturating_sub(1);
-        Some(gone)
+        Some((gone.ino, gone.kind))
     }
 
     fn remove_dir(&mut self, ino: InodeId) -> Option<Dir> {
@@ -148,17 +204,13 @@ impl Delegations {
     }
 
     /// The meta granted directory `name` of `parent` (empty), with
-    /// attributes `attr`.
-    pub fn granted(&self, parent: InodeId, name: &[u8], attr: Attr) {
+    /// attributes `attr`; its next name takes cookie `next_cookie`.
+    pub fn granted(&self, parent: InodeId, name: &[u8], attr: Attr, next_cookie: u64) {
         let mut st = self.lock();
-        st.dirs.insert(
-            attr.ino,
-            Dir {
-                at: (parent, name.to_vec()),
-                attr,
-                names: HashMap::new(),
-            },
-        );
+        let dir = Dir::new((parent, name.to_vec()), attr.clone(), next_cookie);
+        if let Some(old) = st.dirs.insert(attr.ino, dir) {
+            st.names = st.names.saturating_sub(old.names.len());
+        }
     }
 
     /// The delegated directory that is `name` in `parent`, if any.
@@ -214,16 +266,46 @@ impl Delegations {
         let Some(dir) = st.dirs.get(&parent) else {
             return Lookup::Remote;
         };
-        match dir.names.get(name) {
+        match dir.names.get(name).map(|n| n.ino) {
             None => Lookup::Answer(Err(Errno::ENOENT)),
-            Some((ino, _)) => match st.made.get(ino).or(st.dirs.get(ino).map(|d| &d.attr)) {
+            Some(ino) => match st.made.get(&ino).or(st.dirs.get(&ino).map(|d| &d.attr)) {
                 Some(a) => Lookup::Answer(Ok(a.clone())),
-                None if st.touched.contains(ino) || st.touched_in_flight.contains(ino) => {
+                None if st.touched.contains(&ino) || st.touched_in_flight.contains(&ino) => {
                     Lookup::Remote
                 }
-                None => Lookup::Ask(*ino),
+                None => Lookup::Ask(ino),
             },
         }
+    }
+
+    /// READDIR of delegated directory `dir` by `c`, answered here (`None`:
+    /// ask the meta): up to `limit` entries after cookie `after`, with the
+    /// cookies the meta gives them, so the kernel may go on with either.
+    pub fn list(&self, c: &Caller, dir: InodeId, after: u64, limit: usize) -> Option<Listed> {
+        let st = self.lock();
+        if !Self::usable(&st, dir) {
+            return None;
+        }
+        let d = st.dirs.get(&dir)?;
+        if !mode_allows(&d.attr, c, 4) {
+            // The meta says why not.
+            return None;
+        }
+        let entries: Vec<Arc<DirEntry>> = d
+            .order
+            .range(after.saturating_add(1)..)
+            .take(limit)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let end = match entries.last() {
+            Some(last) => d.order.range(last.cookie + 1..).next().is_none(),
+            None => true,
+        };
+        Some(Listed {
+            parent: d.at.0,
+            entries,
+            end,
+        })
     }
 
     /// Attributes of `ino` known here: a delegated directory's, or those of
@@ -301,21 +383,15 @@ impl Delegations {
                 exclusive,
             },
         };
-        st.add_name(parent, name, (ino, kind));
+        st.add_name(parent, name, ino, kind);
         if let Some(dir) = st.dirs.get_mut(&parent) {
             dir.attr = after.clone();
         }
         if kind == FileKind::Dir {
             // Made in a delegated directory, it is delegated too (the meta
             // records it so when it applies the mkdir).
-            st.dirs.insert(
-                ino,
-                Dir {
-                    at: (parent, name.to_vec()),
-                    attr: made.clone(),
-                    names: HashMap::new(),
-                },
-            );
+            let dir = Dir::new((parent, name.to_vec()), made.clone(), FIRST_COOKIE);
+            st.dirs.insert(ino, dir);
         }
         st.made.insert(ino, made.clone());
         self.queue(st, c, now, Some(ino), op);
@@ -332,7 +408,7 @@ impl Delegations {
         let Some(dir) = st.dirs.get(&parent) else {
             return Local::Remote;
         };
-        let Some((ino, kind)) = dir.names.get(name).copied() else {
+        let Some(Named { ino, kind, .. }) = dir.names.get(name).copied() else {
             return Local::Answer(Err(Errno::ENOENT));
         };
         match (is_dir, kind == FileKind::Dir) {
@@ -443,7 +519,7 @@ impl Delegations {
     /// the meta (a case not answered here): note it.
     pub fn note_made(&self, parent: InodeId, name: &[u8], attr: &Attr, parent_attr: &Attr) {
         let mut st = self.lock();
-        st.add_name(parent, name, (attr.ino, attr.kind));
+        st.add_name(parent, name, attr.ino, attr.kind);
         if let Some(dir) = st.dirs.get_mut(&parent) {
             dir.attr = parent_attr.clone();
         }
@@ -578,7 +654,12 @@ mod tests {
     fn ready() -> Delegations {
         let d = Delegations::default();
         d.renewed(Instant::now());
-        d.granted(InodeId(1), b"d", dir_attr(10, 0o755, 1000));
+        d.granted(
+            InodeId(1),
+            b"d",
+            dir_attr(10, 0o755, 1000),
+            FIRST_COOKIE + 5,
+        );
         d.reserved(100, 8);
         d
     }
@@ -657,6 +738,67 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_answered_here_has_the_cookies_the_meta_gives() {
+        let d = ready();
+        let me = user(1000);
+        let parent = InodeId(10);
+        let first = FIRST_COOKIE + 5;
+        for n in ["a", "b", "c", "d"] {
+            let made = d.make(&me, parent, n.as_bytes(), FileKind::File, (0o644, 0), true);
+            assert!(matches!(made, Local::Answer(Ok(_))));
+        }
+        assert!(matches!(
+            d.remove(&me, parent, b"b", false),
+            Local::Answer(Ok(_))
+        ));
+        // A name made through the meta takes the next cookie too.
+        let mut link = dir_attr(50, 0o777, 1000);
+        link.kind = FileKind::Symlink;
+        d.note_made(parent, b"e", &link, &dir_attr(10, 0o755, 1000));
+        let names = |l: &Listed| -> Vec<(String, u64)> {
+            l.entries
+                .iter()
+                .map(|e| (String::from_utf8_lossy(&e.name).into_owned(), e.cookie))
+                .collect()
+        };
+        let all = d.list(&me, parent, 2, 100).expect("held");
+        assert_eq!(
+            names(&all),
+            [
+                ("a", first),
+                ("c", first + 2),
+                ("d", first + 3),
+                ("e", first + 4)
+            ]
+            .map(|(n, c)| (n.to_string(), c))
+        );
+        assert!(all.end);
+        assert_eq!(all.parent, InodeId(1));
+        assert_eq!(all.entries[3].kind, FileKind::Symlink);
+        // Pages: after a cookie, at most `limit`, and whether more follow.
+        let page = d.list(&me, parent, first, 2).expect("held");
+        assert_eq!(
+            names(&page),
+            [("c", first + 2), ("d", first + 3)].map(|(n, c)| (n.to_string(), c))
+        );
+        assert!(!page.end);
+        let last = d.list(&me, parent, first + 3, 2).expect("held");
+        assert!(last.end && last.entries.len() == 1);
+        assert!(d
+            .list(&me, parent, first + 4, 2)
+            .expect("held")
+            .entries
+            .is_empty());
+        // Not readable by the caller, or not held: the meta answers.
+        assert!(d.list(&user(2000), InodeId(10), 2, 10).is_some());
+        let private = Delegations::default();
+        private.renewed(Instant::now());
+        private.granted(InodeId(1), b"p", dir_attr(12, 0o700, 1000), FIRST_COOKIE);
+        assert!(private.list(&user(2000), InodeId(12), 2, 10).is_none());
+        assert!(d.list(&me, InodeId(11), 2, 10).is_none());
+    }
+
+    #[test]
     fn others_and_strangers_go_to_the_meta() {
         let d = ready();
         let parent = InodeId(10);
@@ -683,7 +825,7 @@ mod tests {
         // The lease is not trusted any more.
         let stale = Delegations::default();
         stale.renewed(Instant::now() - LEASE_TRUSTED);
-        stale.granted(InodeId(1), b"d", dir_attr(10, 0o755, 1000));
+        stale.granted(InodeId(1), b"d", dir_attr(10, 0o755, 1000), FIRST_COOKIE);
         assert!(matches!(stale.lookup(parent, b"x"), Lookup::Remote));
     }
 

@@ -244,7 +244,20 @@ impl MetaClient {
                 other => return Err(ClientError::Protocol(format!("{other:?}"))),
             }
         }
-        self.write_plain(caller, op).await
+        let named = dirs_named(&op);
+        let r = self.write_plain(caller, op).await;
+        if let (Err(e), Some(d)) = (&r, &self.deleg) {
+            if !matches!(e, ClientError::Errno(_)) && !named.is_empty() {
+                // It may have been applied: this mount no longer knows every
+                // name (nor the next cookie) there. The meta still counts it
+                // the holder until it asks for them back.
+                let gone = d.give_up(&named);
+                if !gone.is_empty() {
+                    tracing::warn!("a change in {gone:?} may or may not have landed ({e}); answering there no more");
+                }
+            }
+        }
+        r
     }
 
     async fn write_plain(&self, caller: Caller, op: WriteOp) -> Result<NsReply> {
@@ -335,8 +348,10 @@ impl MetaClient {
         let Some(d) = &self.deleg else {
             return Ok(());
         };
-        if let NsReply::Attr(a) = self.write(WriteOp::Delegate { dir }).await? {
-            d.granted(parent, name, a);
+        if let NsReply::Granted { attr, next_cookie } =
+            self.write(WriteOp::Delegate { dir }).await?
+        {
+            d.granted(parent, name, attr, next_cookie);
         }
         self.reserve_inodes().await
     }
@@ -616,6 +631,22 @@ impl MetaClient {
             return Err(ClientError::Errno(Errno::EINVAL));
         }
         Ok((self.resolve(dir).await?, name.as_bytes().to_vec()))
+    }
+}
+
+/// The directories whose names a change adds or removes.
+fn dirs_named(op: &WriteOp) -> Vec<InodeId> {
+    match op {
+        WriteOp::MkNod { parent, .. }
+        | WriteOp::Mkdir { parent, .. }
+        | WriteOp::Symlink { parent, .. }
+        | WriteOp::Unlink { parent, .. }
+        | WriteOp::Rmdir { parent, .. } => vec![*parent],
+        WriteOp::Link { new_parent, .. } => vec![*new_parent],
+        WriteOp::Rename {
+            parent, new_parent, ..
+        } => vec![*parent, *new_parent],
+        _ => Vec::new(),
     }
 }
 

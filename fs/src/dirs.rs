@@ -3,6 +3,11 @@
 //! ~150 in 4 KiB, ~4,000 in 128 KiB) cost one meta round trip per page of
 //! `READDIR_ENTRIES_MAX` entries, read ahead, instead of one each.
 //!
+//! A directory delegated to this mount is listed from what the mount
+//! knows of it (client/src/deleg.rs), with the meta's cookies, without a
+//! round trip; the kernel's first page (a READDIRPLUS, with attributes)
+//! still comes from the meta.
+//!
 //! A handle sees the directory as its pages were read (POSIX lets readdir
 //! miss or show entries added or removed after opendir); `rewinddir`
 //! (offset 0) always reads afresh.
@@ -20,11 +25,16 @@ use std::sync::{Arc, Mutex};
 const FIRST_PAGE_ENTRIES: u32 = 256;
 /// The first cookie of a real entry: 1 and 2 are "." and "..".
 const FIRST_COOKIE_AFTER: u64 = 2;
+/// Entries taken at a time from a delegated directory's names: about what
+/// a 128 KiB READDIR buffer holds of short names (the kernel takes the
+/// rest of the page with its next READDIR).
+const LOCAL_PAGE_ENTRIES: usize = 4096;
 
 struct Page {
     /// The cookie the page was read after (u64::MAX: nothing read yet).
     after: u64,
-    entries: Vec<DirEntry>,
+    /// Shared with the READDIRs answered from it (each takes what fits).
+    entries: Arc<Entries>,
     /// The page reaches the end of the directory.
     end: bool,
     /// The directory's parent, looked up on the first read from offset 0.
@@ -81,7 +91,7 @@ impl Page {
     fn unread() -> Page {
         Page {
             after: u64::MAX,
-            entries: Vec::new(),
+            entries: Arc::default(),
             end: false,
             parent: None,
             ahead: None,
@@ -94,11 +104,59 @@ pub struct OpenDirs {
     pages: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Page>>>>,
 }
 
+/// A page's entries: as the meta sent them, or shared with a delegated
+/// directory's names here.
+enum Entries {
+    Fetched(Vec<DirEntry>),
+    Held(Vec<Arc<DirEntry>>),
+}
+
+impl Default for Entries {
+    fn default() -> Self {
+        Entries::Fetched(Vec::new())
+    }
+}
+
+impl Entries {
+    fn len(&self) -> usize {
+        match self {
+            Entries::Fetched(v) => v.len(),
+            Entries::Held(v) => v.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<&DirEntry> {
+        match self {
+            Entries::Fetched(v) => v.get(i),
+            Entries::Held(v) => v.get(i).map(|e| &**e),
+        }
+    }
+
+    fn last(&self) -> Option<&DirEntry> {
+        self.len().checked_sub(1).and_then(|i| self.get(i))
+    }
+
+    /// How many entries have cookies up to `cookie` (they are in order).
+    fn up_to(&self, cookie: u64) -> usize {
+        match self {
+            Entries::Fetched(v) => v.partition_point(|e| e.cookie <= cookie),
+            Entries::Held(v) => v.partition_point(|e| e.cookie <= cookie),
+        }
+    }
+}
+
 /// What one READDIR answers: the parent (for ".."), when asked from the
 /// start, and the entries after the offset, in cookie order.
 pub struct Listing {
     pub parent: Option<InodeId>,
-    pub entries: Vec<DirEntry>,
+    page: Arc<Entries>,
+    from: usize,
+}
+
+impl Listing {
+    pub fn entries(&self) -> impl Iterator<Item = &DirEntry> {
+        (self.from..self.page.len()).filter_map(|i| self.page.get(i))
+    }
 }
 
 impl OpenDirs {
@@ -131,11 +189,11 @@ impl OpenDirs {
         let Ok(mut page) = page.try_lock() else {
             return;
         };
-        if page.ahead.is_some() {
+        if page.ahead.is_some() || meta.delegations().is_some_and(|d| d.holds(ino)) {
             return;
         }
         page.after = cookie;
-        page.entries.clear();
+        page.entries = Arc::default();
         page.end = false;
         page.ahead = Some(ReadAhead::start(meta.clone(), caller, ino, cookie));
     }
@@ -155,9 +213,24 @@ impl OpenDirs {
         let page = page.unwrap_or_else(|| Arc::new(tokio::sync::Mutex::new(Page::unread())));
         let mut page = page.lock().await;
         let after = offset.max(FIRST_COOKIE_AFTER);
-        let mut from = page.entries.partition_point(|e| e.cookie <= after);
+        let mut from = page.entries.up_to(after);
         let stale = offset == 0 || after < page.after;
+        let mut local = false;
         if stale || (from == page.entries.len() && !page.end) {
+            if let Some(l) = meta
+                .delegations()
+                .and_then(|d| d.list(&caller, ino, after, LOCAL_PAGE_ENTRIES))
+            {
+                page.ahead = None;
+                page.entries = Arc::new(Entries::Held(l.entries));
+                page.end = l.end;
+                page.after = after;
+                page.parent = Some(l.parent);
+                local = true;
+                from = 0;
+            }
+        }
+        if !local && (stale || (from == page.entries.len() && !page.end)) {
             let ahead = match page.ahead.take() {
                 Some(mut a) if a.after == after && !stale => a.pages.recv().await.map(|p| (p, a)),
                 _ => None,
@@ -182,12 +255,15 @@ impl OpenDirs {
                 }
             };
             page.end = entries.len() < limit as usize;
-            page.entries = entries;
+            page.entries = Arc::new(Entries::Fetched(entries));
             page.after = after;
             from = 0;
         }
-        // Read the next pages while the kernel takes this one.
-        if let (false, None, Some(last)) = (page.end, &page.ahead, page.entries.last()) {
+        // Read the next pages while the kernel takes this one (unless the
+        // next ones are answered here).
+        let held = meta.delegations().is_some_and(|d| d.holds(ino));
+        if let (false, None, Some(last), false) = (page.end, &page.ahead, page.entries.last(), held)
+        {
             page.ahead = Some(ReadAhead::start(
                 meta.clone(),
                 caller.clone(),
@@ -195,7 +271,7 @@ impl OpenDirs {
                 last.cookie,
             ));
         }
-        if (offset < 2 && page.parent.is_none()) || offset == 0 {
+        if !local && ((offset < 2 && page.parent.is_none()) || offset == 0) {
             let r = meta
                 .read_as(
                     caller,
@@ -215,7 +291,8 @@ impl OpenDirs {
         // then one READDIR takes a whole page), the next call the rest.
         Ok(Listing {
             parent: if offset < 2 { page.parent } else { None },
-            entries: page.entries[from..].to_vec(),
+            page: page.entries.clone(),
+            from,
         })
     }
 }

@@ -1361,7 +1361,7 @@ impl fuser::Filesystem for SpareFs {
                             return reply.ok();
                         }
                     }
-                    for e in listing.entries {
+                    for e in listing.entries() {
                         if reply.add(
                             INodeNo(e.ino.0),
                             e.cookie,

@@ -74,7 +74,7 @@ fn only_an_empty_directory_goes_to_one_client_at_a_time() {
 
     assert!(matches!(
         m.apply_reply(WriteOp::Delegate { dir: d.ino }),
-        Ok(NsReply::Attr(a)) if a.ino == d.ino
+        Ok(NsReply::Granted { attr, next_cookie: FIRST_COOKIE }) if attr.ino == d.ino
     ));
     // Asking again is harmless; another client is refused.
     m.apply(WriteOp::Delegate { dir: d.ino }).expect("again");
@@ -179,10 +179,18 @@ fn another_clients_requests_in_a_delegated_directory_wait() {
 fn delegated_changes_land_as_the_mount_predicted_them() {
     let mut m = Machine::new(Caller::ROOT);
     let d = mkdir(&mut m, InodeId::ROOT, "d");
-    let granted = match m.apply_reply(WriteOp::Delegate { dir: d.ino }) {
-        Ok(NsReply::Attr(a)) => a,
+    // A name that came and went: the grant says which cookie comes next.
+    m.apply(new_file(d.ino, "gone")).expect("create");
+    m.apply(WriteOp::Unlink {
+        parent: d.ino,
+        name: "gone".into(),
+    })
+    .expect("unlink");
+    let (granted, next_cookie) = match m.apply_reply(WriteOp::Delegate { dir: d.ino }) {
+        Ok(NsReply::Granted { attr, next_cookie }) => (attr, next_cookie),
         other => panic!("delegate: {other:?}"),
     };
+    assert_eq!(next_cookie, FIRST_COOKIE + 1);
     let first = reserve(&mut m, 16);
     let user = Caller {
         uid: 0,
@@ -286,6 +294,22 @@ fn delegated_changes_land_as_the_mount_predicted_them() {
     };
     assert_eq!(got_d, d3);
     assert!(f.ino.0 == first);
+    // Each name took the next cookie, as the mount counts them to list
+    // the directory itself: f the granted one, s the one after; g the
+    // first of the new directory.
+    let cookies = |m: &Machine, dir: InodeId| match m.read(ReadOp::ReadDir {
+        ino: dir,
+        after_cookie: 0,
+        limit: 100,
+    }) {
+        Ok(NsReply::Dir(entries)) => entries
+            .into_iter()
+            .map(|e| (String::from_utf8_lossy(&e.name).into_owned(), e.cookie))
+            .collect::<Vec<_>>(),
+        other => panic!("readdir: {other:?}"),
+    };
+    assert_eq!(cookies(&m, d.ino), vec![("s".to_string(), next_cookie + 1)]);
+    assert_eq!(cookies(&m, s.ino), vec![("g".to_string(), FIRST_COOKIE)]);
     // A directory made in a delegated one is delegated too.
     assert_eq!(deleg::holder(m.store(), s.ino).expect("read"), Some(A));
 }

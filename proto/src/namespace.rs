@@ -116,6 +116,11 @@ pub struct DirEntry {
     pub cookie: u64,
 }
 
+/// A directory's first entry cookie; 1 and 2 are "." and "..". Each name
+/// made in a directory takes its `next_cookie`, counting up from here (a
+/// mount holding a directory's delegation counts along: docs/delegation.md).
+pub const FIRST_COOKIE: u64 = 3;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RenameMode {
     /// Replace an existing target (rename(2)).
@@ -698,6 +703,12 @@ pub enum NsReply {
     /// `then` answered this (`None`: it did not run, another client's
     /// delegation is being recalled: send it again).
     DelegatedThen(Option<Result<Box<NsReply>, Errno>>),
+    /// `WriteOp::Delegate`: the directory's attributes, and the cookie its
+    /// next name will take.
+    Granted {
+        attr: Attr,
+        next_cookie: u64,
+    },
 }
 
 #[cfg(test)]

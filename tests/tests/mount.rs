@@ -623,6 +623,111 @@ async fn a_directory_made_on_one_mount_is_recalled_for_another() {
     std::fs::write(b.join("kept/more"), b"m").expect("b writes there now");
 }
 
+/// A directory's entries as getdents64 gives them with a small buffer
+/// (many READDIRs, each resuming at a cookie), from cookie `from` on:
+/// each name with its `d_off` (the cookie to resume after it). Python's
+/// ctypes makes the system call (the tests forbid `unsafe`).
+fn cookies_in(dir: &Path, from: i64) -> Vec<(String, i64)> {
+    const LIST: &str = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+os.lseek(fd, int(sys.argv[2]), os.SEEK_SET)
+buf = ctypes.create_string_buffer(4096)
+while True:
+    n = libc.syscall(217, fd, buf, 4096)  # getdents64 on x86_64
+    if n < 0:
+        sys.exit("getdents64: " + os.strerror(ctypes.get_errno()))
+    if n == 0:
+        break
+    raw, at = buf.raw[:n], 0
+    while at < n:
+        off = int.from_bytes(raw[at + 8:at + 16], "little", signed=True)
+        reclen = int.from_bytes(raw[at + 16:at + 18], "little")
+        name = raw[at + 19:at + reclen].split(b"\0")[0].decode()
+        print(name, off)
+        at += reclen
+"#;
+    let out = Command::new("python3")
+        .args(["-c", LIST])
+        .arg(dir)
+        .arg(from.to_string())
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "listing {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (name, off) = l.rsplit_once(' ').expect("name and offset");
+            (name.to_string(), off.parse().expect("offset"))
+        })
+        .collect()
+}
+
+/// The mount holding a directory lists it itself after the first page (the
+/// kernel's READDIRPLUS, from the meta): every name once, with the cookies
+/// the meta gives them, so a listing may resume at any cookie, and another
+/// mount (through the meta, after the recall) sees the same positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delegated_directory_is_listed_by_its_holder_with_the_metas_cookies() {
+    let (_c, mounts) = fs_cluster(3, 2).await.expect("cluster");
+    let (a, b) = (mounts[0].clone(), mounts[1].clone());
+    let d = a.join("d");
+    std::fs::create_dir(&d).expect("mkdir");
+    let mut want = vec![".".to_string(), "..".to_string()];
+    for i in 0..600 {
+        std::fs::write(d.join(format!("f{i}")), b"").expect("create");
+        want.push(format!("f{i}"));
+    }
+    for i in (0..600).step_by(5) {
+        std::fs::remove_file(d.join(format!("f{i}"))).expect("unlink");
+    }
+    want.retain(|n| {
+        n.strip_prefix('f')
+            .and_then(|i| i.parse::<u32>().ok())
+            .is_none_or(|i| i % 5 != 0)
+    });
+    // Names made through the meta (symlink, link) count cookies as well.
+    for i in 0..10 {
+        std::os::unix::fs::symlink("f1", d.join(format!("ln{i}"))).expect("symlink");
+        std::fs::create_dir(d.join(format!("sub{i}"))).expect("mkdir");
+        want.extend([format!("ln{i}"), format!("sub{i}")]);
+    }
+    std::fs::hard_link(d.join("f1"), d.join("hl")).expect("link");
+    want.push("hl".into());
+    for i in 0..300 {
+        std::fs::write(d.join(format!("g{i}")), b"").expect("create");
+        want.push(format!("g{i}"));
+    }
+    want.sort();
+
+    let on_a = cookies_in(&d, 0);
+    let mut names: Vec<String> = on_a.iter().map(|(n, _)| n.clone()).collect();
+    names.sort();
+    assert_eq!(names, want, "each name once");
+    assert!(
+        on_a.windows(2).all(|w| w[0].1 < w[1].1),
+        "cookies grow along the listing"
+    );
+    // Resuming inside the listing, before and past the first page.
+    for at in [5, 140, 300, on_a.len() - 2] {
+        assert_eq!(
+            cookies_in(&d, on_a[at].1),
+            on_a[at + 1..],
+            "resumed after {at}"
+        );
+    }
+    // b lists through the meta (a gives the directory back): the same.
+    assert_eq!(cookies_in(&b.join("d"), 0), on_a, "the meta's cookies");
+    assert_eq!(cookies_in(&d, 0), on_a, "a, through the meta now");
+}
+
 /// A mount keeps answering in its delegated directories while the meta
 /// leader is SIGKILLed; its queued changes reach the new leader (retried
 /// under the same request id), the new leader knows the delegation, and

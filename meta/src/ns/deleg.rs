@@ -170,7 +170,10 @@ pub fn delegate<R: ReadKv>(
         return Err(Errno::EINVAL.into());
     }
     grant(tx, client, dir);
-    Ok(NsReply::Attr(rec.attr(dir)))
+    Ok(NsReply::Granted {
+        attr: rec.attr(dir),
+        next_cookie: rec.next_cookie,
+    })
 }
 
 /// Records `dir` as `client`'s (a directory it made inside one of its own).

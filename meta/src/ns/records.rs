@@ -86,8 +86,7 @@ pub struct ChunkserverRec {
     pub draining: bool,
 }
 
-/// First cookie handed out; 1 and 2 are left for "." and "..".
-pub const FIRST_COOKIE: u64 = 3;
+pub use sparefs_proto::namespace::FIRST_COOKIE;
 
 pub fn inode_key(ino: InodeId) -> Vec<u8> {
     be(ino.0).to_vec()
