@@ -9,11 +9,12 @@
 //! FUSE interface (fs decides when to ask here), the connections (the
 //! `MetaClient` sends what this module hands it).
 
+use crate::packed_names::{NamesPage, PackedNames};
 use sparefs_proto::limits::NAME_BYTES_MAX;
 use sparefs_proto::namespace::*;
 use sparefs_proto::{Errno, InodeId};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Changes waiting longer than this are sent (namespace changes here are
@@ -47,7 +48,7 @@ pub struct Listed {
     /// The directory's parent (for "..").
     pub parent: InodeId,
     /// In cookie order.
-    pub entries: Vec<Arc<DirEntry>>,
+    pub entries: NamesPage,
     /// Nothing comes after these.
     pub end: bool,
 }
@@ -69,9 +70,11 @@ struct Dir {
     attr: Attr,
     /// Every name in the directory: its inode, kind and cookie.
     names: HashMap<Vec<u8>, Named>,
-    /// The same entries in cookie order, as a listing gives them (shared
-    /// with the listings: a page costs no copy of its names).
-    order: BTreeMap<u64, Arc<DirEntry>>,
+    /// The same entries in cookie order, as a listing gives them.
+    order: PackedNames,
+    /// `order` lost step with the names (it cannot take a name): the meta
+    /// lists the directory.
+    unlisted: bool,
     /// The cookie the next name takes: the meta's count, kept in step
     /// (only this client adds names here, and every name it adds, here or
     /// through the meta, is noted), so a listing answered here continues
@@ -92,7 +95,8 @@ impl Dir {
             at,
             attr,
             names: HashMap::new(),
-            order: BTreeMap::new(),
+            order: PackedNames::default(),
+            unlisted: false,
             next_cookie,
         }
     }
@@ -134,23 +138,19 @@ impl State {
             // Not a case that happens (a name is made only where none is),
             // but the order must not keep the old cookie.
             Some(old) => {
-                dir.order.remove(&old.cookie);
+                dir.order.remove(old.cookie);
             }
             None => self.names += 1,
         }
-        let entry = DirEntry {
-            name: name.to_vec(),
-            ino,
-            kind,
-            cookie,
-        };
-        dir.order.insert(cookie, Arc::new(entry));
+        if !dir.order.push(cookie, ino, kind, name) {
+            dir.unlisted = true;
+        }
     }
 
     fn remove_name(&mut self, parent: InodeId, name: &[u8]) -> Option<(InodeId, FileKind)> {
         let dir = self.dirs.get_mut(&parent)?;
         let gone = dir.names.remove(name)?;
-        dir.order.remove(&gone.cookie);
+        dir.order.remove(gone.cookie);
         self.names = self.names.saturating_sub(1);
         Some((gone.ino, gone.kind))
     }
@@ -291,20 +291,14 @@ impl Delegations {
             // The meta says why not.
             return None;
         }
-        let entries: Vec<Arc<DirEntry>> = d
-            .order
-            .range(after.saturating_add(1)..)
-            .take(limit)
-            .map(|(_, e)| e.clone())
-            .collect();
-        let end = match entries.last() {
-            Some(last) => d.order.range(last.cookie + 1..).next().is_none(),
-            None => true,
-        };
+        if d.unlisted {
+            return None;
+        }
+        let (entries, more) = d.order.page(after, limit);
         Some(Listed {
             parent: d.at.0,
             entries,
-            end,
+            end: !more,
         })
     }
 
@@ -758,7 +752,7 @@ mod tests {
         let names = |l: &Listed| -> Vec<(String, u64)> {
             l.entries
                 .iter()
-                .map(|e| (String::from_utf8_lossy(&e.name).into_owned(), e.cookie))
+                .map(|e| (String::from_utf8_lossy(e.name).into_owned(), e.cookie))
                 .collect()
         };
         let all = d.list(&me, parent, 2, 100).expect("held");
@@ -774,7 +768,7 @@ mod tests {
         );
         assert!(all.end);
         assert_eq!(all.parent, InodeId(1));
-        assert_eq!(all.entries[3].kind, FileKind::Symlink);
+        assert_eq!(all.entries.get(3).map(|e| e.kind), Some(FileKind::Symlink));
         // Pages: after a cookie, at most `limit`, and whether more follow.
         let page = d.list(&me, parent, first, 2).expect("held");
         assert_eq!(

@@ -15,6 +15,7 @@ pub mod file;
 pub mod lane;
 pub mod meta;
 pub mod overlay;
+pub mod packed_names;
 pub mod readahead;
 
 pub use data::DataClient;

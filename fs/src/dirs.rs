@@ -12,6 +12,7 @@
 //! miss or show entries added or removed after opendir); `rewinddir`
 //! (offset 0) always reads afresh.
 
+use sparefs_client::packed_names::{NameRef, NamesPage};
 use sparefs_client::{ClientError, MetaClient};
 use sparefs_proto::limits::READDIR_ENTRIES_MAX;
 use sparefs_proto::namespace::{Caller, DirEntry, NsReply, ReadOp};
@@ -108,7 +109,7 @@ pub struct OpenDirs {
 /// directory's names here.
 enum Entries {
     Fetched(Vec<DirEntry>),
-    Held(Vec<Arc<DirEntry>>),
+    Held(NamesPage),
 }
 
 impl Default for Entries {
@@ -125,14 +126,19 @@ impl Entries {
         }
     }
 
-    fn get(&self, i: usize) -> Option<&DirEntry> {
+    fn get(&self, i: usize) -> Option<NameRef<'_>> {
         match self {
-            Entries::Fetched(v) => v.get(i),
-            Entries::Held(v) => v.get(i).map(|e| &**e),
+            Entries::Fetched(v) => v.get(i).map(|e| NameRef {
+                cookie: e.cookie,
+                ino: e.ino,
+                kind: e.kind,
+                name: &e.name,
+            }),
+            Entries::Held(v) => v.get(i),
         }
     }
 
-    fn last(&self) -> Option<&DirEntry> {
+    fn last(&self) -> Option<NameRef<'_>> {
         self.len().checked_sub(1).and_then(|i| self.get(i))
     }
 
@@ -140,7 +146,7 @@ impl Entries {
     fn up_to(&self, cookie: u64) -> usize {
         match self {
             Entries::Fetched(v) => v.partition_point(|e| e.cookie <= cookie),
-            Entries::Held(v) => v.partition_point(|e| e.cookie <= cookie),
+            Entries::Held(v) => v.up_to(cookie),
         }
     }
 }
@@ -154,7 +160,7 @@ pub struct Listing {
 }
 
 impl Listing {
-    pub fn entries(&self) -> impl Iterator<Item = &DirEntry> {
+    pub fn entries(&self) -> impl Iterator<Item = NameRef<'_>> {
         (self.from..self.page.len()).filter_map(|i| self.page.get(i))
     }
 }

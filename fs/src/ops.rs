@@ -1366,7 +1366,7 @@ impl fuser::Filesystem for SpareFs {
                             INodeNo(e.ino.0),
                             e.cookie,
                             convert::kind(e.kind),
-                            OsStr::from_bytes(&e.name),
+                            OsStr::from_bytes(e.name),
                         ) {
                             break;
                         }
