@@ -293,6 +293,19 @@ def permission_bits_for_other_users():
 
 
 @check
+def read_and_search_permission_on_a_directory_are_apart():
+    os.mkdir(p("rx"), 0o755)
+    for n in ("f", "g"):
+        open(p("rx", n), "w").close()
+    os.chmod(p("rx"), 0o744)  # others: read, no search
+    eq(as_user(U2, G2, lambda: sorted(os.listdir(p("rx")))), ["f", "g"], "r-- lists names")
+    eq(as_user(U2, G2, lambda: err(os.stat, p("rx", "f"))), errno.EACCES, "r-- cannot reach them")
+    os.chmod(p("rx"), 0o711)  # others: search, no read
+    eq(as_user(U2, G2, lambda: err(os.listdir, p("rx"))), errno.EACCES, "--x cannot list")
+    eq(as_user(U2, G2, lambda: err(os.stat, p("rx", "g"))), 0, "--x reaches a known name")
+
+
+@check
 def access_syscall():
     open(p("acc"), "w").close()
     os.chmod(p("acc"), 0o604)

@@ -85,10 +85,13 @@ pub fn read<K: ReadKv>(
             limit,
         } => {
             let limit = (*limit).min(READDIRPLUS_ENTRIES_MAX);
-            // Attributes of the entries are what a LOOKUP in the directory
-            // would tell: that takes search permission, as LOOKUP does.
+            // Read permission, as a plain listing (list_dir checks it). The
+            // attributes are for the kernel's caches: a caller without search
+            // permission cannot reach them there (the mount runs with
+            // `default_permissions`, so the kernel checks search permission
+            // on every path walk), and refusing would leave such a directory
+            // unlistable, since the kernel reads a first page with them.
             let dir = load_dir(kv, *ino)?;
-            perm::check(&dir, c, X)?;
             let mut out = Vec::new();
             // From the start, "." (cookie 1) and ".." (cookie 2) come first:
             // the kernel's format wants their attributes, and a mount asking
