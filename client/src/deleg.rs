@@ -450,6 +450,90 @@ impl Delegations {
         Local::Answer(Ok(after))
     }
 
+    /// rename(2) by `c` of a file (not a directory) from `name` in `parent`
+    /// to `new_name` in `new_parent`, both delegated here, replacing a file
+    /// there (unless `no_replace`) or nothing.
+    pub fn rename(
+        &self,
+        c: &Caller,
+        (parent, name): (InodeId, &[u8]),
+        (new_parent, new_name): (InodeId, &[u8]),
+        no_replace: bool,
+    ) -> Local<()> {
+        let mut st = self.lock();
+        if !Self::usable(&st, parent)
+            || !Self::usable(&st, new_parent)
+            || !valid(name)
+            || !valid(new_name)
+            || st.queue.len() >= QUEUE_MAX
+        {
+            return Local::Remote;
+        }
+        let (Some(from), Some(to)) = (st.dirs.get(&parent), st.dirs.get(&new_parent)) else {
+            return Local::Remote;
+        };
+        // Sticky directories need the files' owners, which the meta knows.
+        let plain =
+            |d: &Dir| mode_allows(&d.attr, c, 2 | 1) && (d.attr.perm & 0o1000 == 0 || c.uid == 0);
+        if !plain(from) || !plain(to) {
+            return Local::Remote;
+        }
+        let Some(src) = from.names.get(name).copied() else {
+            return Local::Answer(Err(Errno::ENOENT));
+        };
+        if src.kind == FileKind::Dir {
+            // Its ".." and its delegation move with it: the meta does that.
+            return Local::Remote;
+        }
+        let victim = to.names.get(new_name).copied();
+        match victim {
+            Some(_) if no_replace => return Local::Answer(Err(Errno::EEXIST)),
+            Some(v) if v.kind == FileKind::Dir => return Local::Answer(Err(Errno::EISDIR)),
+            // Two names of one inode (POSIX: nothing happens).
+            Some(v) if v.ino == src.ino => return Local::Remote,
+            _ => {}
+        }
+        let now = Time::now();
+        // As the meta does it: the victim's name goes, then the source's,
+        // then the new name takes the next cookie; both directories' times
+        // change as for a removal of a file.
+        if let Some(v) = victim {
+            st.remove_name(new_parent, new_name);
+            st.made.remove(&v.ino);
+            st.touched.insert(v.ino);
+        }
+        st.remove_name(parent, name);
+        st.add_name(new_parent, new_name, src.ino, src.kind);
+        for d in [parent, new_parent] {
+            if let Some(dir) = st.dirs.get_mut(&d) {
+                dir.attr = predict_remove(&dir.attr, false, now);
+            }
+            if parent == new_parent {
+                break;
+            }
+        }
+        // The file's ctime is now; its other attributes stay.
+        match st.made.get_mut(&src.ino) {
+            Some(a) => a.ctime = now,
+            None => {
+                st.touched.insert(src.ino);
+            }
+        }
+        let op = WriteOp::Rename {
+            parent,
+            name: name.to_vec(),
+            new_parent,
+            new_name: new_name.to_vec(),
+            mode: if no_replace {
+                RenameMode::NoReplace
+            } else {
+                RenameMode::Replace
+            },
+        };
+        self.queue(st, c, now, None, op);
+        Local::Answer(Ok(()))
+    }
+
     /// chmod/chown/utimes of delegated directory `ino` itself by `c`: its
     /// attributes after, if the meta's answer is certain.
     pub fn setattr(&self, c: &Caller, ino: InodeId, set: &SetAttr) -> Local<Attr> {
@@ -790,6 +874,83 @@ mod tests {
         private.granted(InodeId(1), b"p", dir_attr(12, 0o700, 1000), FIRST_COOKIE);
         assert!(private.list(&user(2000), InodeId(12), 2, 10).is_none());
         assert!(d.list(&me, InodeId(11), 2, 10).is_none());
+    }
+
+    #[test]
+    fn a_file_renamed_here_takes_the_next_cookie_and_replaces_a_file() {
+        let d = ready();
+        let me = user(1000);
+        let dir = InodeId(10);
+        let first = FIRST_COOKIE + 5;
+        for n in ["a", "b", "c"] {
+            let made = d.make(&me, dir, n.as_bytes(), FileKind::File, (0o644, 0), true);
+            assert!(matches!(made, Local::Answer(Ok(_))));
+        }
+        let made = d.make(&me, dir, b"sub", FileKind::Dir, (0o755, 0), true);
+        assert!(matches!(made, Local::Answer(Ok(_))));
+        let sub = InodeId(103);
+        let Lookup::Answer(Ok(a)) = d.lookup(dir, b"a") else {
+            panic!("a made here");
+        };
+        // a replaces c; b moves into sub.
+        assert!(matches!(
+            d.rename(&me, (dir, b"a"), (dir, b"c"), false),
+            Local::Answer(Ok(()))
+        ));
+        assert!(matches!(
+            d.rename(&me, (dir, b"b"), (sub, b"b2"), true),
+            Local::Answer(Ok(()))
+        ));
+        let names = |dir| -> Vec<(String, u64)> {
+            let l = d.list(&me, dir, 2, 100).expect("held");
+            l.entries
+                .iter()
+                .map(|e| (String::from_utf8_lossy(e.name).into_owned(), e.cookie))
+                .collect()
+        };
+        assert_eq!(
+            names(dir),
+            [("sub", first + 3), ("c", first + 4)].map(|(n, c)| (n.to_string(), c))
+        );
+        assert_eq!(names(sub), [("b2".to_string(), FIRST_COOKIE)]);
+        let Lookup::Answer(Ok(c)) = d.lookup(dir, b"c") else {
+            panic!("c is a's inode, made here");
+        };
+        assert_eq!(c.ino, a.ino);
+        assert!(matches!(
+            d.lookup(dir, b"a"),
+            Lookup::Answer(Err(Errno::ENOENT))
+        ));
+        // What is certain is answered; directories and the rest go to the meta.
+        let answer = |from: &[u8], to: &[u8], no_replace| match d.rename(
+            &me,
+            (dir, from),
+            (dir, to),
+            no_replace,
+        ) {
+            Local::Answer(r) => Some(r.err()),
+            Local::Remote => None,
+        };
+        assert_eq!(answer(b"gone", b"x", false), Some(Some(Errno::ENOENT)));
+        assert_eq!(answer(b"c", b"sub", false), Some(Some(Errno::EISDIR)));
+        assert!(matches!(
+            d.make(&me, dir, b"e", FileKind::File, (0o644, 0), true),
+            Local::Answer(Ok(_))
+        ));
+        assert_eq!(answer(b"c", b"e", true), Some(Some(Errno::EEXIST)));
+        assert_eq!(answer(b"sub", b"sub2", false), None);
+        assert!(matches!(
+            d.rename(&user(2000), (dir, b"c"), (dir, b"z"), false),
+            Local::Remote
+        ));
+        let Before::Carry(ops) = d.before_remote() else {
+            panic!("queued");
+        };
+        let renames = ops
+            .iter()
+            .filter(|o| matches!(o.op, WriteOp::Rename { .. }))
+            .count();
+        assert_eq!(renames, 2);
     }
 
     #[test]

@@ -756,9 +756,23 @@ impl fuser::Filesystem for SpareFs {
         } else {
             return reply.error(Errno::EINVAL);
         };
+        let (p, np) = (InodeId(parent.0), InodeId(newparent.0));
+        if let (Some(d), RenameMode::Replace | RenameMode::NoReplace) =
+            (self.meta.delegations(), mode)
+        {
+            let no_replace = mode == RenameMode::NoReplace;
+            match d.rename(&caller(req), (p, &n), (np, &nn), no_replace) {
+                Local::Answer(Ok(())) => {
+                    self.fresh.forget(parent.0);
+                    self.fresh.forget(newparent.0);
+                    return reply.ok();
+                }
+                Local::Answer(Err(e)) => return reply.error(errno(&ClientError::Errno(e))),
+                Local::Remote => {}
+            }
+        }
         // Both directories, and the entries themselves if they are
         // directories delegated here (a move changes their "..").
-        let (p, np) = (InodeId(parent.0), InodeId(newparent.0));
         let mut dirs = vec![p, np];
         if let Some(d) = self.meta.delegations() {
             dirs.extend(d.held_at(p, &n));

@@ -345,6 +345,78 @@ fn delegated_changes_are_refused_whole_once_the_client_no_longer_holds_the_direc
 }
 
 #[test]
+fn a_delegated_rename_moves_files_between_held_directories_only() {
+    let mut m = Machine::new(Caller::ROOT);
+    let d = mkdir(&mut m, InodeId::ROOT, "d");
+    let e = mkdir(&mut m, InodeId::ROOT, "e");
+    let open = mkdir(&mut m, InodeId::ROOT, "open");
+    for dir in [d.ino, e.ino] {
+        m.apply(WriteOp::Delegate { dir }).expect("delegate");
+    }
+    let first = reserve(&mut m, 4);
+    let user = Caller::ROOT;
+    let mkdir_op = WriteOp::Mkdir {
+        parent: d.ino,
+        name: "sub".into(),
+        perm: 0o755,
+        umask: 0,
+    };
+    m.apply(WriteOp::Delegated {
+        ops: vec![
+            delegated(&user, 5, Some(first), create_op(d.ino, "f")),
+            delegated(&user, 5, Some(first + 1), create_op(e.ino, "old")),
+            delegated(&user, 5, Some(first + 2), mkdir_op),
+        ],
+        then: None,
+    })
+    .expect("made");
+    let rename =
+        |parent: InodeId, name: &str, new_parent: InodeId, new_name: &str| WriteOp::Delegated {
+            ops: vec![delegated(
+                &user,
+                6,
+                None,
+                WriteOp::Rename {
+                    parent,
+                    name: name.into(),
+                    new_parent,
+                    new_name: new_name.into(),
+                    mode: RenameMode::Replace,
+                },
+            )],
+            then: None,
+        };
+    // Out of the held directories, or a directory moved: the meta's to do.
+    assert_eq!(
+        m.apply(rename(d.ino, "f", open.ino, "f")),
+        Err(Errno::ESTALE)
+    );
+    assert_eq!(
+        m.apply(rename(d.ino, "sub", e.ino, "sub")),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        m.apply(rename(e.ino, "old", d.ino, "sub")),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        m.apply(rename(d.ino, "nothing", e.ino, "x")),
+        Err(Errno::ESTALE)
+    );
+    // A file over a file, between held directories.
+    m.apply(rename(d.ino, "f", e.ino, "old")).expect("rename");
+    assert_eq!(lookup(&m, d.ino, "f"), Err(Errno::ENOENT));
+    assert_eq!(lookup(&m, e.ino, "old").expect("moved").ino, InodeId(first));
+    assert_eq!(
+        m.read(ReadOp::GetAttr {
+            ino: InodeId(first + 1)
+        }),
+        Err(Errno::ENOENT),
+        "the replaced file is gone"
+    );
+}
+
+#[test]
 fn the_change_sent_behind_delegated_ones_fails_or_waits_alone() {
     let mut m = Machine::new(Caller::ROOT);
     let d = mkdir(&mut m, InodeId::ROOT, "d");

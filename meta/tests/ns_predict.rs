@@ -1,7 +1,7 @@
 //! The mount answers some attribute changes itself (`predict_setattr`) and
 //! sends them later with the file's data (`CommitSlicesThenSetAttrs`), and
-//! creates and removals in directories delegated to it (`predict_make`,
-//! `predict_remove`): its prediction must be what the state machine then
+//! creates, removals and renames of files in directories delegated to it
+//! (`predict_make`, `predict_remove`): its prediction must be what the state machine then
 //! does, and the combined operation must apply all of itself or nothing.
 
 mod common;
@@ -203,6 +203,84 @@ proptest! {
             });
             prop_assert_eq!(r, Ok(NsReply::Done));
             prop_assert_eq!(attr(m.read(ReadOp::GetAttr { ino: dir.ino })), p);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
+
+    /// A rename of a file between directories a mount holds, answered by
+    /// the mount when the mode bits allow it and neither directory is
+    /// sticky (client/src/deleg.rs): the meta does it, and the directories'
+    /// attributes are what the mount predicts.
+    #[test]
+    fn a_rename_answered_by_the_mount_is_what_the_meta_does(
+        perms in (0u32..0o10000, 0u32..0o10000),
+        owner in prop_oneof![Just(0u32), Just(1000), Just(1001)],
+        group in prop_oneof![Just(0u32), Just(100), Just(200)],
+        who in caller(),
+        two_dirs in any::<bool>(),
+        victim in any::<bool>(),
+        no_replace in any::<bool>(),
+        secs in 1i64..1 << 40,
+    ) {
+        let mut m = Machine::new(Caller::ROOT);
+        let from = dir(&mut m, perms.0, owner, group);
+        let to = if two_dirs {
+            let mkdir = WriteOp::Mkdir { parent: InodeId::ROOT, name: "e".into(), perm: 0o755, umask: 0 };
+            owned(&mut m, mkdir, perms.1, owner, group)
+        } else {
+            from.clone()
+        };
+        let first = match m.apply_reply(WriteOp::ReserveInodes { count: 2 }) {
+            Ok(NsReply::Inodes { first, .. }) => first,
+            other => panic!("reserve: {other:?}"),
+        };
+        for d in [from.ino, to.ino] {
+            m.apply(WriteOp::Delegate { dir: d }).expect("delegate");
+        }
+        let create = |parent, name: &str, ino| DelegatedOp {
+            caller: Caller::ROOT,
+            now: Time { secs: 1, nanos: 0 },
+            ino: Some(InodeId(ino)),
+            op: new_file(parent, name),
+        };
+        let mut ops = vec![create(from.ino, "src", first)];
+        if victim {
+            ops.push(create(to.ino, "dst", first + 1));
+        }
+        m.apply(WriteOp::Delegated { ops, then: None }).expect("files");
+        let (from, to) = (
+            attr(m.read(ReadOp::GetAttr { ino: from.ino })),
+            attr(m.read(ReadOp::GetAttr { ino: to.ino })),
+        );
+        let answered = |d: &Attr| mode_allows(d, &who, 2 | 1) && (d.perm & 0o1000 == 0 || who.uid == 0);
+        if answered(&from) && answered(&to) && !(victim && no_replace) {
+            let now = Time { secs, nanos: 11 };
+            let mode = if no_replace { RenameMode::NoReplace } else { RenameMode::Replace };
+            let op = WriteOp::Rename {
+                parent: from.ino,
+                name: "src".into(),
+                new_parent: to.ino,
+                new_name: "dst".into(),
+                mode,
+            };
+            let r = m.apply_reply(WriteOp::Delegated {
+                ops: vec![DelegatedOp { caller: who.clone(), now, ino: None, op }],
+                then: None,
+            });
+            prop_assert_eq!(r, Ok(NsReply::Done));
+            let moved = attr(m.read(ReadOp::Lookup { parent: to.ino, name: "dst".into() }));
+            prop_assert_eq!((moved.ino, moved.ctime), (InodeId(first), now));
+            let from_after = predict_remove(&from, false, now);
+            prop_assert_eq!(attr(m.read(ReadOp::GetAttr { ino: from.ino })), from_after);
+            if two_dirs {
+                prop_assert_eq!(
+                    attr(m.read(ReadOp::GetAttr { ino: to.ino })),
+                    predict_remove(&to, false, now)
+                );
+            }
         }
     }
 }

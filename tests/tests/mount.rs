@@ -702,9 +702,23 @@ async fn a_delegated_directory_is_listed_by_its_holder_with_the_metas_cookies() 
     std::fs::hard_link(d.join("f1"), d.join("hl")).expect("link");
     want.push("hl".into());
     for i in 0..300 {
-        std::fs::write(d.join(format!("g{i}")), b"").expect("create");
+        std::fs::write(d.join(format!("g{i}")), format!("g{i}")).expect("create");
         want.push(format!("g{i}"));
     }
+    // Renames answered by the holder: to a new name, over a file, into a
+    // subdirectory; each lands on a new cookie, as at the meta.
+    for i in 0..50 {
+        std::fs::rename(d.join(format!("g{i}")), d.join(format!("h{i}"))).expect("rename");
+    }
+    std::fs::rename(d.join("g50"), d.join("f2")).expect("rename over a file");
+    std::fs::rename(d.join("f3"), d.join("sub0/f3")).expect("rename into sub0");
+    want.retain(|n| {
+        !n.strip_prefix('g')
+            .and_then(|i| i.parse::<u32>().ok())
+            .is_some_and(|i| i <= 50)
+            && n != "f3"
+    });
+    want.extend((0..50).map(|i| format!("h{i}")));
     want.sort();
 
     let on_a = cookies_in(&d, 0);
@@ -726,6 +740,10 @@ async fn a_delegated_directory_is_listed_by_its_holder_with_the_metas_cookies() 
     // b lists through the meta (a gives the directory back): the same.
     assert_eq!(cookies_in(&b.join("d"), 0), on_a, "the meta's cookies");
     assert_eq!(cookies_in(&d, 0), on_a, "a, through the meta now");
+    let read = |p: &str| std::fs::read(b.join("d").join(p)).expect("read on b");
+    assert_eq!(read("h7"), b"g7");
+    assert_eq!(read("f2"), b"g50");
+    assert_eq!(read("sub0/f3"), b"");
 }
 
 /// A mount keeps answering in its delegated directories while the meta

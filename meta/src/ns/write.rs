@@ -628,6 +628,23 @@ fn apply_delegated_ops<R: ReadKv>(
                 ino,
                 set: SetAttr { size: None, .. },
             } => (*ino, false),
+            // A file (not a directory) moved between names of directories
+            // the mount holds, replacing a file or nothing.
+            WriteOp::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                mode: RenameMode::Replace | RenameMode::NoReplace,
+            } => {
+                holds(tx, *new_parent)?;
+                let src = dentry(tx, *parent, name)?.ok_or(Errno::ESTALE)?;
+                let dst = dentry(tx, *new_parent, new_name)?;
+                if src.kind == FileKind::Dir || dst.is_some_and(|d| d.kind == FileKind::Dir) {
+                    return Err(Errno::EINVAL.into());
+                }
+                (*parent, false)
+            }
             _ => return Err(Errno::EINVAL.into()),
         };
         holds(tx, parent)?;
