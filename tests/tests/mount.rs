@@ -628,14 +628,31 @@ async fn a_directory_made_on_one_mount_is_recalled_for_another() {
 /// each name with its `d_off` (the cookie to resume after it). Python's
 /// ctypes makes the system call (the tests forbid `unsafe`).
 fn cookies_in(dir: &Path, from: i64) -> Vec<(String, i64)> {
+    let out = listing(dir, from, None)
+        .wait_with_output()
+        .expect("python3");
+    entries_listed(dir, out)
+}
+
+/// Starts listing `dir` from cookie `from`; with `pause` (calls, path), it
+/// stops after that many getdents64 calls, makes `path.ready` and goes on
+/// once `path` exists.
+fn listing(dir: &Path, from: i64, pause: Option<(usize, &Path)>) -> std::process::Child {
     const LIST: &str = r#"
-import ctypes, os, sys
+import ctypes, os, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
 os.lseek(fd, int(sys.argv[2]), os.SEEK_SET)
+pause, go = int(sys.argv[3]), sys.argv[4]
 buf = ctypes.create_string_buffer(4096)
+calls = 0
 while True:
+    if calls == pause:
+        open(go + ".ready", "w").close()
+        while not os.path.exists(go):
+            time.sleep(0.01)
+    calls += 1
     n = libc.syscall(217, fd, buf, 4096)  # getdents64 on x86_64
     if n < 0:
         sys.exit("getdents64: " + os.strerror(ctypes.get_errno()))
@@ -649,12 +666,23 @@ while True:
         print(name, off)
         at += reclen
 "#;
-    let out = Command::new("python3")
+    let (calls, go) = match pause {
+        Some((calls, go)) => (calls as i64, go.display().to_string()),
+        None => (-1, String::new()),
+    };
+    Command::new("python3")
         .args(["-c", LIST])
         .arg(dir)
         .arg(from.to_string())
-        .output()
-        .expect("python3");
+        .arg(calls.to_string())
+        .arg(go)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3")
+}
+
+fn entries_listed(dir: &Path, out: std::process::Output) -> Vec<(String, i64)> {
     assert!(
         out.status.success(),
         "listing {}: {}",
@@ -744,6 +772,44 @@ async fn a_delegated_directory_is_listed_by_its_holder_with_the_metas_cookies() 
     assert_eq!(read("h7"), b"g7");
     assert_eq!(read("f2"), b"g50");
     assert_eq!(read("sub0/f3"), b"");
+
+    // A listing begun here that the meta takes over midway: another mount
+    // recalls the directory while the holder's reader is inside its first
+    // page of names (4,096, answered here), and changes names past it.
+    let e = a.join("e");
+    std::fs::create_dir(&e).expect("mkdir");
+    for i in 0..5000 {
+        std::fs::write(e.join(format!("n{i}")), b"").expect("create");
+    }
+    let sync = tempfile::tempdir().expect("tempdir");
+    let go = sync.path().join("go");
+    let reader = listing(&e, 0, Some((8, &go)));
+    let ready = go.with_extension("ready");
+    let (_, secs) = poll(Duration::from_secs(30), Duration::from_millis(20), || {
+        let ready = ready.clone();
+        async move {
+            ready
+                .exists()
+                .then_some(())
+                .ok_or_else(|| "the reader never paused".to_string())
+        }
+    })
+    .await;
+    println!("reader paused after {secs:.1}s");
+    std::fs::remove_file(b.join("e/n4999")).expect("unlink on b");
+    std::fs::write(b.join("e/late"), b"").expect("create on b");
+    std::fs::write(&go, b"").expect("go");
+    let got = entries_listed(&e, reader.wait_with_output().expect("reader"));
+    assert!(
+        got.windows(2).all(|w| w[0].1 < w[1].1),
+        "cookies grow along the listing"
+    );
+    let mut names: Vec<String> = got.into_iter().map(|(n, _)| n).collect();
+    names.sort();
+    let mut want: Vec<String> = (0..4999).map(|i| format!("n{i}")).collect();
+    want.extend([".".into(), "..".into(), "late".into()]);
+    want.sort();
+    assert_eq!(names, want, "each name once; the meta's view past the page");
 }
 
 /// A mount keeps answering in its delegated directories while the meta
