@@ -729,6 +729,19 @@ mod tests {
         }
     }
 
+    fn make_files(d: &Delegations, c: &Caller, dir: InodeId, names: &[&str]) {
+        for n in names {
+            let made = d.make(c, dir, n.as_bytes(), FileKind::File, (0o644, 0), true);
+            assert!(matches!(made, Local::Answer(Ok(_))), "{n}");
+        }
+    }
+
+    fn named_cookies(page: &NamesPage) -> Vec<(String, u64)> {
+        page.iter()
+            .map(|e| (String::from_utf8_lossy(e.name).into_owned(), e.cookie))
+            .collect()
+    }
+
     fn ready() -> Delegations {
         let d = Delegations::default();
         d.renewed(Instant::now());
@@ -821,10 +834,7 @@ mod tests {
         let me = user(1000);
         let parent = InodeId(10);
         let first = FIRST_COOKIE + 5;
-        for n in ["a", "b", "c", "d"] {
-            let made = d.make(&me, parent, n.as_bytes(), FileKind::File, (0o644, 0), true);
-            assert!(matches!(made, Local::Answer(Ok(_))));
-        }
+        make_files(&d, &me, parent, &["a", "b", "c", "d"]);
         assert!(matches!(
             d.remove(&me, parent, b"b", false),
             Local::Answer(Ok(_))
@@ -833,12 +843,7 @@ mod tests {
         let mut link = dir_attr(50, 0o777, 1000);
         link.kind = FileKind::Symlink;
         d.note_made(parent, b"e", &link, &dir_attr(10, 0o755, 1000));
-        let names = |l: &Listed| -> Vec<(String, u64)> {
-            l.entries
-                .iter()
-                .map(|e| (String::from_utf8_lossy(e.name).into_owned(), e.cookie))
-                .collect()
-        };
+        let names = |l: &Listed| named_cookies(&l.entries);
         let all = d.list(&me, parent, 2, 100).expect("held");
         assert_eq!(
             names(&all),
@@ -882,10 +887,7 @@ mod tests {
         let me = user(1000);
         let dir = InodeId(10);
         let first = FIRST_COOKIE + 5;
-        for n in ["a", "b", "c"] {
-            let made = d.make(&me, dir, n.as_bytes(), FileKind::File, (0o644, 0), true);
-            assert!(matches!(made, Local::Answer(Ok(_))));
-        }
+        make_files(&d, &me, dir, &["a", "b", "c"]);
         let made = d.make(&me, dir, b"sub", FileKind::Dir, (0o755, 0), true);
         assert!(matches!(made, Local::Answer(Ok(_))));
         let sub = InodeId(103);
@@ -901,13 +903,7 @@ mod tests {
             d.rename(&me, (dir, b"b"), (sub, b"b2"), true),
             Local::Answer(Ok(()))
         ));
-        let names = |dir| -> Vec<(String, u64)> {
-            let l = d.list(&me, dir, 2, 100).expect("held");
-            l.entries
-                .iter()
-                .map(|e| (String::from_utf8_lossy(e.name).into_owned(), e.cookie))
-                .collect()
-        };
+        let names = |dir| named_cookies(&d.list(&me, dir, 2, 100).expect("held").entries);
         assert_eq!(
             names(dir),
             [("sub", first + 3), ("c", first + 4)].map(|(n, c)| (n.to_string(), c))
