@@ -124,6 +124,17 @@ struct State {
     /// Names in all of `dirs` (kept by `add_name`, `remove_name`,
     /// `remove_dir`).
     names: usize,
+    /// Attributes of files named in delegated directories, as the meta has
+    /// them now. Only this client can reach such a file (its directory is
+    /// held, it has one name, and every other client's way to it goes
+    /// through a recall), so they stay true until this client changes the
+    /// file: every change it sends drops them first (`changing`).
+    known: HashMap<InodeId, Attr>,
+    /// Files made in the batch on its way: known once it lands.
+    landing: Vec<(InodeId, Attr)>,
+    /// Counts what `changing` dropped: attributes asked for before a drop
+    /// are not kept (they may predate the change).
+    epoch: u64,
 }
 
 impl State {
@@ -153,6 +164,31 @@ impl State {
         dir.order.remove(gone.cookie);
         self.names = self.names.saturating_sub(1);
         Some((gone.ino, gone.kind))
+    }
+
+    fn keep_known(&mut self, a: Attr) {
+        if self.known.len() >= NAMES_MAX {
+            self.known.clear();
+        }
+        self.known.insert(a.ino, a);
+    }
+
+    fn forget_known(&mut self) {
+        self.known.clear();
+        self.landing.clear();
+        self.epoch += 1;
+    }
+
+    /// Drops what is known of `ino` (it is changing).
+    fn forget(&mut self, ino: InodeId) {
+        self.known.remove(&ino);
+        self.landing.retain(|(i, _)| *i != ino);
+        self.epoch += 1;
+    }
+
+    /// The inode `name` in `parent` names, if `parent` is held.
+    fn named(&self, parent: InodeId, name: &[u8]) -> Option<InodeId> {
+        Some(self.dirs.get(&parent)?.names.get(name)?.ino)
     }
 
     fn remove_dir(&mut self, ino: InodeId) -> Option<Dir> {
@@ -268,7 +304,12 @@ impl Delegations {
         };
         match dir.names.get(name).map(|n| n.ino) {
             None => Lookup::Answer(Err(Errno::ENOENT)),
-            Some(ino) => match st.made.get(&ino).or(st.dirs.get(&ino).map(|d| &d.attr)) {
+            Some(ino) => match st
+                .made
+                .get(&ino)
+                .or(st.dirs.get(&ino).map(|d| &d.attr))
+                .or(st.known.get(&ino))
+            {
                 Some(a) => Lookup::Answer(Ok(a.clone())),
                 None if st.touched.contains(&ino) || st.touched_in_flight.contains(&ino) => {
                     Lookup::Remote
@@ -302,6 +343,86 @@ impl Delegations {
         })
     }
 
+    /// A mark to pass to `learned` with attributes asked for after it.
+    pub fn epoch(&self) -> u64 {
+        self.lock().epoch
+    }
+
+    /// The meta said `a` of the file `name` in delegated `parent`, asked
+    /// after `epoch`: kept (answering LOOKUP and GETATTR here) unless
+    /// something changed since, or it may be reached otherwise (a second
+    /// name, a directory).
+    pub fn learned(&self, parent: InodeId, name: &[u8], a: &Attr, epoch: u64) {
+        let mut st = self.lock();
+        let keep = st.epoch == epoch
+            && Self::usable(&st, parent)
+            && st.named(parent, name) == Some(a.ino)
+            && a.kind != FileKind::Dir
+            && a.nlink == 1
+            && !st.touched.contains(&a.ino)
+            && !st.touched_in_flight.contains(&a.ino);
+        if keep {
+            st.keep_known(a.clone());
+        }
+    }
+
+    /// This client is about to send `op` (and again once it is answered):
+    /// what is known of the files it may change goes.
+    pub fn changing(&self, op: &WriteOp) {
+        // Even with nothing known: the epoch must move, or a read racing
+        // this change could keep what the change is replacing.
+        let mut st = self.lock();
+        match op {
+            WriteOp::SetAttr { ino, .. }
+            | WriteOp::SetXattr { ino, .. }
+            | WriteOp::RemoveXattr { ino, .. }
+            | WriteOp::SetPolicy { ino, .. }
+            | WriteOp::CommitSlices { ino, .. }
+            | WriteOp::CommitSlicesThenSetAttrs { ino, .. }
+            | WriteOp::ReplaceSlices { ino, .. }
+            | WriteOp::Link { ino, .. } => st.forget(*ino),
+            WriteOp::Unlink { parent, name }
+            | WriteOp::Rmdir { parent, name }
+            | WriteOp::MkNod { parent, name, .. } => {
+                if let Some(ino) = st.named(*parent, name) {
+                    st.forget(ino);
+                }
+            }
+            WriteOp::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                ..
+            } => {
+                for ino in [st.named(*parent, name), st.named(*new_parent, new_name)]
+                    .into_iter()
+                    .flatten()
+                {
+                    st.forget(ino);
+                }
+            }
+            // Its changes were accounted for as they were answered here.
+            WriteOp::Delegated { then, .. } => {
+                if let Some(then) = then {
+                    drop(st);
+                    self.changing(then);
+                }
+            }
+            // New names, and what changes no file's attributes.
+            WriteOp::Mkdir { .. }
+            | WriteOp::Symlink { .. }
+            | WriteOp::AllocateBlocks { .. }
+            | WriteOp::SetLock { .. }
+            | WriteOp::Sync
+            | WriteOp::Delegate { .. }
+            | WriteOp::ReturnDelegations { .. }
+            | WriteOp::ReserveInodes { .. } => {}
+            // Anything else: nothing is trusted.
+            _ => st.forget_known(),
+        }
+    }
+
     /// Attributes of `ino` known here: a delegated directory's, or those of
     /// an inode made here and not yet sent.
     pub fn getattr(&self, ino: InodeId) -> Option<Attr> {
@@ -313,6 +434,7 @@ impl Delegations {
             .get(&ino)
             .map(|d| d.attr.clone())
             .or_else(|| st.made.get(&ino).cloned())
+            .or_else(|| st.known.get(&ino).cloned())
     }
 
     /// create(2) of a regular file or mkdir(2) by `c`: the new inode's
@@ -434,6 +556,7 @@ impl Delegations {
             st.remove_dir(ino);
         }
         st.made.remove(&ino);
+        st.forget(ino);
         st.touched.insert(ino);
         let op = if is_dir {
             WriteOp::Rmdir {
@@ -500,8 +623,10 @@ impl Delegations {
         if let Some(v) = victim {
             st.remove_name(new_parent, new_name);
             st.made.remove(&v.ino);
+            st.forget(v.ino);
             st.touched.insert(v.ino);
         }
+        st.forget(src.ino);
         st.remove_name(parent, name);
         st.add_name(new_parent, new_name, src.ino, src.kind);
         for d in [parent, new_parent] {
@@ -633,6 +758,7 @@ impl Delegations {
     /// held, to name in a `ReturnDelegations` sent behind the queue.
     pub fn give_up(&self, dirs: &[InodeId]) -> Vec<InodeId> {
         let mut st = self.lock();
+        st.forget_known();
         dirs.iter()
             .filter(|d| st.remove_dir(**d).is_some())
             .copied()
@@ -644,6 +770,7 @@ impl Delegations {
     pub fn give_up_all(&self) -> Vec<InodeId> {
         let mut st = self.lock();
         st.made.clear();
+        st.forget_known();
         st.names = 0;
         st.dirs.drain().map(|(d, _)| d).collect()
     }
@@ -663,8 +790,10 @@ impl Delegations {
             // The meta knows these once the batch lands; anything asked
             // about them from now on waits for it and asks the meta.
             for op in &ops {
-                if let Some(ino) = op.ino {
-                    st.made.remove(&ino);
+                if let Some(a) = op.ino.and_then(|ino| st.made.remove(&ino)) {
+                    if a.kind != FileKind::Dir {
+                        st.landing.push((a.ino, a));
+                    }
                 }
             }
             return Before::Carry(ops);
@@ -672,10 +801,21 @@ impl Delegations {
         Before::Clear
     }
 
-    /// A batch from `before_remote` landed or failed.
-    pub fn sent(&self) {
+    /// A batch from `before_remote` landed (the meta applied it) or failed.
+    pub fn sent(&self, landed: bool) {
         let mut st = self.lock();
         st.in_flight = false;
+        let landing = std::mem::take(&mut st.landing);
+        if landed {
+            // The meta made them as predicted; nothing this client sent
+            // since changed them (`changing` takes them out of `landing`),
+            // and one removed or renamed meanwhile is touched.
+            for (ino, a) in landing {
+                if !st.touched.contains(&ino) && !st.touched_in_flight.contains(&ino) {
+                    st.keep_known(a);
+                }
+            }
+        }
         st.touched_in_flight.clear();
         drop(st);
         self.landed.notify_waiters();
@@ -820,12 +960,12 @@ mod tests {
             Local::Answer(Ok(_))
         ));
         assert!(matches!(d.before_remote(), Before::Wait));
-        d.sent();
+        d.sent(true);
         assert!(matches!(d.before_remote(), Before::Carry(ops) if ops.len() == 1));
-        d.sent();
+        d.sent(true);
         assert!(matches!(d.before_remote(), Before::Clear));
-        // Sent: a name made here is now the meta's to describe.
-        assert!(matches!(d.lookup(s.ino, b"in"), Lookup::Ask(_)));
+        // Landed as predicted: still answered here, now from what is known.
+        assert!(matches!(d.lookup(s.ino, b"in"), Lookup::Answer(Ok(_))));
     }
 
     #[test]
@@ -950,6 +1090,78 @@ mod tests {
     }
 
     #[test]
+    fn attributes_of_files_here_are_kept_until_this_client_changes_them() {
+        let d = ready();
+        let me = user(1000);
+        let dir = InodeId(10);
+        make_files(&d, &me, dir, &["new", "old"]);
+        let Before::Carry(_) = d.before_remote() else {
+            panic!("queued");
+        };
+        // A commit of "new" rides with the batch: its predicted attributes
+        // are not kept when the batch lands; "old"'s are.
+        let commit = |ino| WriteOp::CommitSlices {
+            ino,
+            slices: vec![],
+            size_at_least: 0,
+        };
+        d.changing(&commit(InodeId(100)));
+        d.sent(true);
+        assert!(matches!(d.lookup(dir, b"new"), Lookup::Ask(_)));
+        let Lookup::Answer(Ok(old)) = d.lookup(dir, b"old") else {
+            panic!("landed as predicted");
+        };
+        assert_eq!(d.getattr(old.ino), Some(old.clone()));
+
+        // What the meta says of "new" is kept, unless something changed
+        // meanwhile, or the file can be reached otherwise.
+        let mut new = old.clone();
+        new.ino = InodeId(100);
+        new.size = 5;
+        let before = d.epoch();
+        d.changing(&commit(InodeId(100)));
+        d.learned(dir, b"new", &new, before);
+        assert!(
+            matches!(d.lookup(dir, b"new"), Lookup::Ask(_)),
+            "raced a change"
+        );
+        let mut linked = new.clone();
+        linked.nlink = 2;
+        d.learned(dir, b"new", &linked, d.epoch());
+        assert!(matches!(d.lookup(dir, b"new"), Lookup::Ask(_)), "two names");
+        d.learned(dir, b"old", &new, d.epoch());
+        assert!(
+            matches!(d.lookup(dir, b"old"), Lookup::Answer(Ok(a)) if a == old),
+            "not its name"
+        );
+        d.learned(dir, b"new", &new, d.epoch());
+        assert!(matches!(d.lookup(dir, b"new"), Lookup::Answer(Ok(a)) if a == new));
+
+        // This client's changes drop it: a chmod, a removal, a give-back.
+        d.changing(&WriteOp::SetAttr {
+            ino: new.ino,
+            set: SetAttr::default(),
+        });
+        assert!(matches!(d.lookup(dir, b"new"), Lookup::Ask(_)));
+        d.learned(dir, b"new", &new, d.epoch());
+        assert!(matches!(
+            d.remove(&me, dir, b"new", false),
+            Local::Answer(Ok(_))
+        ));
+        assert!(d.getattr(new.ino).is_none());
+        d.give_up(&[dir]);
+        assert!(d.getattr(old.ino).is_none());
+        // A batch that failed keeps nothing.
+        let d = ready();
+        make_files(&d, &me, dir, &["x"]);
+        let Before::Carry(_) = d.before_remote() else {
+            panic!("queued");
+        };
+        d.sent(false);
+        assert!(d.getattr(InodeId(100)).is_none());
+    }
+
+    #[test]
     fn others_and_strangers_go_to_the_meta() {
         let d = ready();
         let parent = InodeId(10);
@@ -1001,7 +1213,7 @@ mod tests {
                 Local::Answer(Err(e)) => panic!("{e}"),
             }
             if let Before::Carry(_) = d.before_remote() {
-                d.sent();
+                d.sent(true);
             }
             assert!(made <= NAMES_MAX, "no bound");
         }

@@ -261,8 +261,18 @@ impl MetaClient {
     }
 
     async fn write_plain(&self, caller: Caller, op: WriteOp) -> Result<NsReply> {
+        // Attributes known of files this may change go before it is sent,
+        // and again once it is answered (an answer to a read that overlapped
+        // it is not kept either: `Delegations::learned`).
+        if let Some(d) = &self.deleg {
+            d.changing(&op);
+        }
         let id = self.next_id();
-        let r = self.call_leader(&Request::Write { caller, id, op }).await;
+        let request = Request::Write { caller, id, op };
+        let r = self.call_leader(&request).await;
+        if let (Some(d), Request::Write { op, .. }) = (&self.deleg, &request) {
+            d.changing(op);
+        }
         self.done(id);
         match r? {
             Reply::Ns(r) => Ok(r),
@@ -315,7 +325,7 @@ impl MetaClient {
                         dirs.len()
                     );
                 }
-                d.sent();
+                d.sent(lost.is_empty());
             }
         }
         let mut guard = InFlight {

@@ -423,9 +423,15 @@ impl fuser::Filesystem for SpareFs {
             }
         }
         meta_op!(self, async move {
-            if let Some(ino) = known {
+            if let (Some(ino), Some(d)) = (known, meta.delegations()) {
+                let epoch = d.epoch();
                 let r = meta.read_unordered(c, ReadOp::GetAttr { ino }).await;
-                return Self::reply_entry(&handles, reply, r.and_then(attr_of));
+                let r = r.and_then(attr_of);
+                if let Ok(a) = &r {
+                    // Kept: the next LOOKUP or GETATTR of it is answered here.
+                    d.learned(InodeId(parent.0), &n, a, epoch);
+                }
+                return Self::reply_entry(&handles, reply, r);
             }
             let r = meta
                 .read_as(

@@ -7,6 +7,7 @@ use sparefs_tests::{fs_cluster, is_mounted, poll};
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -810,6 +811,70 @@ async fn a_delegated_directory_is_listed_by_its_holder_with_the_metas_cookies() 
     want.extend([".".into(), "..".into(), "late".into()]);
     want.sort();
     assert_eq!(names, want, "each name once; the meta's view past the page");
+}
+
+/// The holder answers LOOKUP and GETATTR of files in its directories from
+/// attributes it keeps (client/src/deleg.rs `known`); each change it makes
+/// to a file must drop them. After every change the kernel's entry and
+/// attribute timeouts (1 s) run out, so the stat below asks the mount again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn attributes_kept_by_the_holder_follow_every_change() {
+    let (_c, mounts) = fs_cluster(3, 2).await.expect("cluster");
+    let (a, b) = (mounts[0].clone(), mounts[1].clone());
+    let k = a.join("k");
+    std::fs::create_dir(&k).expect("mkdir");
+    let f = k.join("f");
+    std::fs::write(&f, b"").expect("create");
+    let stat = |p: &Path| {
+        std::thread::sleep(Duration::from_millis(1100));
+        std::fs::symlink_metadata(p).expect("stat")
+    };
+    assert_eq!(stat(&f).len(), 0);
+    std::fs::write(&f, vec![7u8; 100]).expect("write");
+    assert_eq!(stat(&f).len(), 100, "a write");
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert_eq!(stat(&f).mode() & 0o7777, 0o600, "a chmod");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .and_then(|h| h.set_len(10))
+        .expect("truncate");
+    assert_eq!(stat(&f).len(), 10, "a truncate");
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(12345);
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .and_then(|h| h.set_modified(t))
+        .expect("utimens");
+    assert_eq!(stat(&f).mtime(), 12345, "new times");
+    std::fs::hard_link(&f, k.join("g")).expect("link");
+    assert_eq!(stat(&f).nlink(), 2, "a second name");
+    std::fs::rename(k.join("g"), k.join("h")).expect("rename");
+    assert_eq!(stat(&k.join("h")).nlink(), 2);
+    std::fs::remove_file(k.join("h")).expect("unlink");
+    assert_eq!(stat(&f).nlink(), 1, "the second name gone");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .and_then(|mut h| h.write_all(b"12345"))
+        .expect("append");
+    assert_eq!(stat(&f).len(), 15, "an append");
+    // Kept attributes never outlive the delegation: b changes the file (a
+    // gives the directory back first), a sees it.
+    let on_b = b.join("k/f");
+    assert_eq!(stat(&on_b).len(), 15);
+    std::fs::set_permissions(&on_b, std::fs::Permissions::from_mode(0o640)).expect("chmod on b");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&on_b)
+        .and_then(|mut h| h.write_all(b"b"))
+        .expect("append on b");
+    let seen = stat(&f);
+    assert_eq!(
+        (seen.len(), seen.mode() & 0o7777),
+        (16, 0o640),
+        "b's changes"
+    );
 }
 
 /// A mount keeps answering in its delegated directories while the meta
