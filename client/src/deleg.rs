@@ -135,7 +135,14 @@ struct State {
     /// Counts what `changing` dropped: attributes asked for before a drop
     /// are not kept (they may predate the change).
     epoch: u64,
+    /// Files this client gave a second name (`Link`): another client may
+    /// have opened one through it, even after that name is gone, so their
+    /// attributes are never kept. Past `LINKED_MAX`, none are.
+    linked: std::collections::HashSet<InodeId>,
 }
+
+/// Hard-linked files remembered (see `State::linked`).
+const LINKED_MAX: usize = 1 << 16;
 
 impl State {
     fn add_name(&mut self, parent: InodeId, name: &[u8], ino: InodeId, kind: FileKind) {
@@ -359,6 +366,8 @@ impl Delegations {
             && st.named(parent, name) == Some(a.ino)
             && a.kind != FileKind::Dir
             && a.nlink == 1
+            && st.linked.len() < LINKED_MAX
+            && !st.linked.contains(&a.ino)
             && !st.touched.contains(&a.ino)
             && !st.touched_in_flight.contains(&a.ino);
         if keep {
@@ -379,8 +388,15 @@ impl Delegations {
             | WriteOp::SetPolicy { ino, .. }
             | WriteOp::CommitSlices { ino, .. }
             | WriteOp::CommitSlicesThenSetAttrs { ino, .. }
-            | WriteOp::ReplaceSlices { ino, .. }
-            | WriteOp::Link { ino, .. } => st.forget(*ino),
+            | WriteOp::ReplaceSlices { ino, .. } => st.forget(*ino),
+            WriteOp::Link { ino, .. } => {
+                if st.linked.len() < LINKED_MAX {
+                    st.linked.insert(*ino);
+                } else {
+                    st.forget_known();
+                }
+                st.forget(*ino);
+            }
             WriteOp::Unlink { parent, name }
             | WriteOp::Rmdir { parent, name }
             | WriteOp::MkNod { parent, name, .. } => {
@@ -1143,7 +1159,18 @@ mod tests {
             set: SetAttr::default(),
         });
         assert!(matches!(d.lookup(dir, b"new"), Lookup::Ask(_)));
+        // Once given a second name, never kept again, even with one name
+        // left (another client may have it open through the other).
+        d.changing(&WriteOp::Link {
+            ino: new.ino,
+            new_parent: InodeId(1),
+            new_name: b"elsewhere".to_vec(),
+        });
         d.learned(dir, b"new", &new, d.epoch());
+        assert!(
+            matches!(d.lookup(dir, b"new"), Lookup::Ask(_)),
+            "was linked"
+        );
         assert!(matches!(
             d.remove(&me, dir, b"new", false),
             Local::Answer(Ok(_))
