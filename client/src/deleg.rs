@@ -139,6 +139,10 @@ struct State {
     /// have opened one through it, even after that name is gone, so their
     /// attributes are never kept. Past `LINKED_MAX`, none are.
     linked: std::collections::HashSet<InodeId>,
+    /// Files kept or landing when their commit was sent: the commit's
+    /// answer is kept in their place, unless something else touched them
+    /// meanwhile (`forget` takes them out).
+    refill: std::collections::HashSet<InodeId>,
 }
 
 /// Hard-linked files remembered (see `State::linked`).
@@ -190,7 +194,13 @@ impl State {
     fn forget(&mut self, ino: InodeId) {
         self.known.remove(&ino);
         self.landing.retain(|(i, _)| *i != ino);
+        self.refill.remove(&ino);
         self.epoch += 1;
+    }
+
+    /// Whether attributes of `ino` are kept or landing.
+    fn holds_attr(&self, ino: InodeId) -> bool {
+        self.known.contains_key(&ino) || self.landing.iter().any(|(i, _)| *i == ino)
     }
 
     /// The inode `name` in `parent` names, if `parent` is held.
@@ -375,9 +385,58 @@ impl Delegations {
         }
     }
 
-    /// This client is about to send `op` (and again once it is answered):
-    /// what is known of the files it may change goes.
+    /// This client is about to send `op`: what is known of the files it
+    /// may change goes.
     pub fn changing(&self, op: &WriteOp) {
+        if let WriteOp::CommitSlices { ino, .. } | WriteOp::CommitSlicesThenSetAttrs { ino, .. } =
+            op
+        {
+            let mut st = self.lock();
+            let refill = st.holds_attr(*ino);
+            st.forget(*ino);
+            if refill {
+                st.refill.insert(*ino);
+            }
+            return;
+        }
+        self.drop_changed(op);
+    }
+
+    /// `op` was answered with `reply` (`None`: no answer, or an error):
+    /// what it may have changed goes again, and a commit's answer is kept
+    /// for a file that was kept before it, if nothing else touched it.
+    pub fn changed(&self, op: &WriteOp, reply: Option<&NsReply>) {
+        match op {
+            WriteOp::CommitSlices { ino, .. } | WriteOp::CommitSlicesThenSetAttrs { ino, .. } => {
+                let mut st = self.lock();
+                let refill = st.refill.remove(ino);
+                st.forget(*ino);
+                if let (true, Some(NsReply::Attr(a))) = (refill, reply) {
+                    let keep = a.ino == *ino
+                        && a.kind == FileKind::File
+                        && a.nlink == 1
+                        && !st.linked.contains(ino)
+                        && !st.touched.contains(ino)
+                        && !st.touched_in_flight.contains(ino);
+                    if keep {
+                        st.keep_known(a.clone());
+                    }
+                }
+            }
+            WriteOp::Delegated {
+                then: Some(then), ..
+            } => {
+                let answer = match reply {
+                    Some(NsReply::DelegatedThen(Some(Ok(r)))) => Some(&**r),
+                    _ => None,
+                };
+                self.changed(then, answer);
+            }
+            _ => self.drop_changed(op),
+        }
+    }
+
+    fn drop_changed(&self, op: &WriteOp) {
         // Even with nothing known: the epoch must move, or a read racing
         // this change could keep what the change is replacing.
         let mut st = self.lock();
@@ -1152,6 +1211,35 @@ mod tests {
         );
         d.learned(dir, b"new", &new, d.epoch());
         assert!(matches!(d.lookup(dir, b"new"), Lookup::Answer(Ok(a)) if a == new));
+
+        // A commit's answer takes the place of what it changed, unless
+        // another change overlapped it; a commit with no answer keeps nothing.
+        let mut written = new.clone();
+        written.size = 4096;
+        d.changing(&commit(new.ino));
+        assert!(
+            matches!(d.lookup(dir, b"new"), Lookup::Ask(_)),
+            "on its way"
+        );
+        d.changed(&commit(new.ino), Some(&NsReply::Attr(written.clone())));
+        assert!(matches!(d.lookup(dir, b"new"), Lookup::Answer(Ok(a)) if a == written));
+        let chmod = WriteOp::SetAttr {
+            ino: new.ino,
+            set: SetAttr::default(),
+        };
+        d.changing(&commit(new.ino));
+        d.changing(&chmod);
+        d.changed(&commit(new.ino), Some(&NsReply::Attr(written.clone())));
+        assert!(
+            matches!(d.lookup(dir, b"new"), Lookup::Ask(_)),
+            "overlapped"
+        );
+        d.changed(&chmod, None);
+        d.learned(dir, b"new", &new, d.epoch());
+        d.changing(&commit(new.ino));
+        d.changed(&commit(new.ino), None);
+        assert!(matches!(d.lookup(dir, b"new"), Lookup::Ask(_)), "no answer");
+        d.learned(dir, b"new", &new, d.epoch());
 
         // This client's changes drop it: a chmod, a removal, a give-back.
         d.changing(&WriteOp::SetAttr {

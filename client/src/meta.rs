@@ -271,7 +271,11 @@ impl MetaClient {
         let request = Request::Write { caller, id, op };
         let r = self.call_leader(&request).await;
         if let (Some(d), Request::Write { op, .. }) = (&self.deleg, &request) {
-            d.changing(op);
+            let answer = match &r {
+                Ok(Reply::Ns(reply)) => Some(reply),
+                _ => None,
+            };
+            d.changed(op, answer);
         }
         self.done(id);
         match r? {
