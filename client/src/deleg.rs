@@ -187,6 +187,8 @@ impl State {
     fn forget_known(&mut self) {
         self.known.clear();
         self.landing.clear();
+        // A commit on its way must not refill what a give-back dropped.
+        self.refill.clear();
         self.epoch += 1;
     }
 
@@ -1239,6 +1241,12 @@ mod tests {
         d.changing(&commit(new.ino));
         d.changed(&commit(new.ino), None);
         assert!(matches!(d.lookup(dir, b"new"), Lookup::Ask(_)), "no answer");
+        // Nor after a give-back while the commit was on its way.
+        d.learned(dir, b"new", &new, d.epoch());
+        d.changing(&commit(new.ino));
+        d.give_up(&[InodeId(999)]);
+        d.changed(&commit(new.ino), Some(&NsReply::Attr(written.clone())));
+        assert!(d.getattr(new.ino).is_none(), "given back meanwhile");
         d.learned(dir, b"new", &new, d.epoch());
 
         // This client's changes drop it: a chmod, a removal, a give-back.
