@@ -53,6 +53,14 @@ pub struct Listed {
     pub end: bool,
 }
 
+/// Where a change this client sends is (`Delegations::account`).
+#[derive(Clone, Copy)]
+enum Phase<'a> {
+    Sending,
+    /// Answered with this (`None`: no answer, or an error).
+    Answered(Option<&'a NsReply>),
+}
+
 /// A LOOKUP in a delegated directory.
 #[derive(Debug)]
 pub enum Lookup {
@@ -390,65 +398,51 @@ impl Delegations {
     /// This client is about to send `op`: what is known of the files it
     /// may change goes.
     pub fn changing(&self, op: &WriteOp) {
-        if let WriteOp::CommitSlices { ino, .. } | WriteOp::CommitSlicesThenSetAttrs { ino, .. } =
-            op
-        {
-            let mut st = self.lock();
-            let refill = st.holds_attr(*ino);
-            st.forget(*ino);
-            if refill {
-                st.refill.insert(*ino);
-            }
-            return;
-        }
-        self.drop_changed(op);
+        self.account(op, Phase::Sending);
     }
 
     /// `op` was answered with `reply` (`None`: no answer, or an error):
     /// what it may have changed goes again, and a commit's answer is kept
     /// for a file that was kept before it, if nothing else touched it.
     pub fn changed(&self, op: &WriteOp, reply: Option<&NsReply>) {
-        match op {
-            WriteOp::CommitSlices { ino, .. } | WriteOp::CommitSlicesThenSetAttrs { ino, .. } => {
-                let mut st = self.lock();
-                let refill = st.refill.remove(ino);
-                st.forget(*ino);
-                if let (true, Some(NsReply::Attr(a))) = (refill, reply) {
-                    let keep = a.ino == *ino
-                        && a.kind == FileKind::File
-                        && a.nlink == 1
-                        && !st.linked.contains(ino)
-                        && !st.touched.contains(ino)
-                        && !st.touched_in_flight.contains(ino);
-                    if keep {
-                        st.keep_known(a.clone());
-                    }
-                }
-            }
-            WriteOp::Delegated {
-                then: Some(then), ..
-            } => {
-                let answer = match reply {
-                    Some(NsReply::DelegatedThen(Some(Ok(r)))) => Some(&**r),
-                    _ => None,
-                };
-                self.changed(then, answer);
-            }
-            _ => self.drop_changed(op),
-        }
+        self.account(op, Phase::Answered(reply));
     }
 
-    fn drop_changed(&self, op: &WriteOp) {
+    fn account(&self, op: &WriteOp, phase: Phase<'_>) {
         // Even with nothing known: the epoch must move, or a read racing
         // this change could keep what the change is replacing.
         let mut st = self.lock();
         match op {
+            WriteOp::CommitSlices { ino, .. } | WriteOp::CommitSlicesThenSetAttrs { ino, .. } => {
+                match phase {
+                    Phase::Sending => {
+                        let refill = st.holds_attr(*ino);
+                        st.forget(*ino);
+                        if refill {
+                            st.refill.insert(*ino);
+                        }
+                    }
+                    Phase::Answered(reply) => {
+                        let refill = st.refill.remove(ino);
+                        st.forget(*ino);
+                        if let (true, Some(NsReply::Attr(a))) = (refill, reply) {
+                            let keep = a.ino == *ino
+                                && a.kind == FileKind::File
+                                && a.nlink == 1
+                                && !st.linked.contains(ino)
+                                && !st.touched.contains(ino)
+                                && !st.touched_in_flight.contains(ino);
+                            if keep {
+                                st.keep_known(a.clone());
+                            }
+                        }
+                    }
+                }
+            }
             WriteOp::SetAttr { ino, .. }
             | WriteOp::SetXattr { ino, .. }
             | WriteOp::RemoveXattr { ino, .. }
             | WriteOp::SetPolicy { ino, .. }
-            | WriteOp::CommitSlices { ino, .. }
-            | WriteOp::CommitSlicesThenSetAttrs { ino, .. }
             | WriteOp::ReplaceSlices { ino, .. } => st.forget(*ino),
             WriteOp::Link { ino, .. } => {
                 if st.linked.len() < LINKED_MAX {
@@ -479,11 +473,19 @@ impl Delegations {
                     st.forget(ino);
                 }
             }
-            // Its changes were accounted for as they were answered here.
+            // Its own changes were accounted for as they were answered here;
+            // `then` is accounted for with its own answer.
             WriteOp::Delegated { then, .. } => {
                 if let Some(then) = then {
                     drop(st);
-                    self.changing(then);
+                    let phase = match phase {
+                        Phase::Sending => Phase::Sending,
+                        Phase::Answered(Some(NsReply::DelegatedThen(Some(Ok(r))))) => {
+                            Phase::Answered(Some(&**r))
+                        }
+                        Phase::Answered(_) => Phase::Answered(None),
+                    };
+                    self.account(then, phase);
                 }
             }
             // New names, and what changes no file's attributes.
