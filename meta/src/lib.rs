@@ -11,6 +11,7 @@ pub mod kv;
 pub mod node;
 pub mod ns;
 pub mod placement;
+pub mod raft_guard;
 pub mod raftlog;
 pub mod repair;
 pub mod server;

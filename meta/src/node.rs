@@ -461,7 +461,22 @@ impl Driver {
 
     fn handle(&mut self, input: Input) {
         match input {
-            Input::Raft(msg) => {
+            Input::Raft(mut msg) => {
+                let log = &self.raw.raft.raft_log;
+                let prs = self.raw.raft.prs();
+                let term = |i: u64| log.term(i).ok();
+                let is_member = |id: u64| prs.get(id).is_some();
+                let view = crate::raft_guard::LogView {
+                    last_index: log.last_index(),
+                    committed: log.committed,
+                    term: &term,
+                    is_member: &is_member,
+                    configured: prs.iter().next().is_some(),
+                };
+                if let Err(e) = crate::raft_guard::admit_to_log(&mut msg, &view) {
+                    tracing::warn!(from = msg.from, "dropped a raft message: {e}");
+                    return;
+                }
                 if let Err(e) = self.raw.step(*msg) {
                     tracing::debug!("raft step: {e}");
                 }
@@ -487,6 +502,12 @@ impl Driver {
                     ..
                 } = &mut op
                 {
+                    // The policy came from the network: placement does
+                    // arithmetic on it (ec:255+255 would wrap).
+                    if let Err(e) = policy.validate() {
+                        let _ = reply.send(Err(RpcError::BadRequest(e)));
+                        return;
+                    }
                     match self.place(*policy, exclude) {
                         Ok((p, chosen)) => {
                             if p != *policy {
@@ -1057,10 +1078,22 @@ impl Driver {
             }
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
-                    if !e.data.is_empty() {
-                        let cmds: Vec<Command> = decode(Cf::Sys, &e.data).map_err(|err| {
-                            anyhow::anyhow!("committed entry {} does not decode: {err}", e.index)
-                        })?;
+                    // An entry this group's leaders did not encode (one
+                    // forged onto the log) is skipped, the same way on every
+                    // replica: failing on it would stop each of them again
+                    // at every restart.
+                    let cmds: Vec<Command> = match decode(Cf::Sys, &e.data) {
+                        Ok(cmds) => cmds,
+                        Err(_) if e.data.is_empty() => Vec::new(),
+                        Err(err) => {
+                            tracing::error!(
+                                "skipped committed entry {}: it does not decode: {err}",
+                                e.index
+                            );
+                            Vec::new()
+                        }
+                    };
+                    {
                         for cmd in cmds {
                             let key = (cmd.id.client.0, cmd.id.seq);
                             // Another client's delegated directory: nothing
@@ -1078,8 +1111,17 @@ impl Driver {
                 }
                 EntryType::EntryConfChange => {
                     let mut cc = ConfChange::default();
-                    cc.merge_from_bytes(&e.data)?;
-                    let (id, address): (RequestId, String) = decode(Cf::Sys, &e.context)?;
+                    let context = decode::<(RequestId, String)>(Cf::Sys, &e.context);
+                    let (Ok(()), Ok((id, address))) = (cc.merge_from_bytes(&e.data), context)
+                    else {
+                        // As for normal entries: never a reason to stop.
+                        tracing::error!(
+                            "skipped committed configuration change {}: it does not decode",
+                            e.index
+                        );
+                        self.applied = e.index;
+                        continue;
+                    };
                     let outcome = match self.raw.apply_conf_change(&cc) {
                         Ok(cs) => {
                             self.raw.mut_store().set_conf_state(batch, cs)?;
@@ -1103,7 +1145,11 @@ impl Driver {
                     }
                 }
                 EntryType::EntryConfChangeV2 => {
-                    anyhow::bail!("entry {}: joint consensus changes are not used", e.index)
+                    // Never proposed here (joint consensus is not used).
+                    tracing::error!(
+                        "skipped committed entry {}: joint consensus changes are not used",
+                        e.index
+                    );
                 }
             }
             self.applied = e.index;

@@ -62,7 +62,7 @@ pub fn degraded(wanted: Policy, hosts: usize, min_hosts: usize) -> Option<Policy
             parity: (hosts - data as usize) as u8,
         },
         Policy::Ec { parity, .. } => Policy::Rep {
-            copies: (hosts as u8).min(parity + 1),
+            copies: (hosts as u8).min(parity.saturating_add(1)),
         },
         Policy::Rep { .. } => Policy::Rep {
             copies: hosts as u8,

@@ -284,14 +284,18 @@ impl Service for Server {
         matches!(req, Request::Raft { .. })
     }
 
-    fn one_way(&self, req: Request) -> Result<(), String> {
+    fn one_way(&self, peer: std::net::SocketAddr, req: Request) -> Result<(), String> {
         let Request::Raft { from, msg } = req else {
             return Err("not a raft message".into());
         };
         let mut m = Message::default();
         if m.merge_from_bytes(&msg).is_err() || m.from != from.0 {
-            tracing::warn!("malformed raft message, closing the connection");
+            tracing::warn!(%peer, "malformed raft message, closing the connection");
             return Err("malformed raft message".into());
+        }
+        if let Err(e) = crate::raft_guard::admit_from_network(&m, self.shared.id.0) {
+            tracing::warn!(%peer, "refused a raft message, closing the connection: {e}");
+            return Err(e.to_string());
         }
         self.raft_message(m);
         Ok(())

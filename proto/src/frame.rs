@@ -4,7 +4,9 @@
 
 use crate::limits::FRAME_BYTES_MAX;
 use serde::{de::DeserializeOwned, Serialize};
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -50,6 +52,21 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
 ) -> Result<(), FrameError> {
+    read_frame_budgeted(r, buf, None).await.map(|_| ())
+}
+
+/// Reads one frame's body into `buf`, growing it only as bytes arrive: a
+/// peer that announces 16 MiB and sends five bytes costs five bytes plus one
+/// step, not 16 MiB. With a `budget` (permits are KiB), each step first takes
+/// its share from it, so all connections together never hold more than the
+/// budget in frames; the permit returned covers the whole body and is meant
+/// to be held until the request it carries is done.
+/// After a frame over `BUF_KEEP_BYTES`, `buf` gives its memory back.
+pub async fn read_frame_budgeted<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    budget: Option<&Arc<Semaphore>>,
+) -> Result<Option<OwnedSemaphorePermit>, FrameError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -63,11 +80,44 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             max: FRAME_BYTES_MAX,
         });
     }
+    if buf.capacity() > BUF_KEEP_BYTES {
+        *buf = Vec::new();
+    }
     buf.clear();
-    buf.resize(len, 0);
-    r.read_exact(buf).await?;
-    Ok(())
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    while buf.len() < len {
+        let step = (len - buf.len()).min(READ_STEP_BYTES);
+        if let Some(budget) = budget {
+            let kib = u32::try_from(step.div_ceil(1024)).unwrap_or(u32::MAX);
+            let permit = budget
+                .clone()
+                .acquire_many_owned(kib)
+                .await
+                .map_err(|_| FrameError::Closed)?;
+            match held.as_mut() {
+                Some(h) => h.merge(permit),
+                None => held = Some(permit),
+            }
+        }
+        let start = buf.len();
+        buf.resize(start + step, 0);
+        let mut filled = start;
+        while filled < start + step {
+            let n = r.read(&mut buf[filled..start + step]).await?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+            filled += n;
+        }
+    }
+    Ok(held)
 }
+
+/// How much of a frame is allocated (and taken from a budget) at a time.
+pub const READ_STEP_BYTES: usize = 256 * 1024;
+/// A frame buffer larger than this is freed before the next frame, so one
+/// large frame does not pin its memory for the life of the connection.
+const BUF_KEEP_BYTES: usize = 1024 * 1024;
 
 pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
     w: &mut W,
@@ -101,5 +151,67 @@ mod tests {
             Err(FrameError::Closed)
         ));
         assert!(decode::<(u64, String)>(&[0xff, 0xff, 0xff]).is_err());
+    }
+
+    /// Any bytes from the network: reading frames from them and decoding
+    /// those frames as requests or answers never panics, and a frame's
+    /// buffer never holds much more than the bytes that arrived.
+    mod any_bytes {
+        use super::*;
+        use crate::msg::{RequestFrame, ResponseFrame};
+        use proptest::prelude::*;
+
+        fn check(bytes: Vec<u8>) -> Result<(), TestCaseError> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut cur = std::io::Cursor::new(bytes.clone());
+            let mut buf = Vec::new();
+            rt.block_on(async {
+                while read_frame(&mut cur, &mut buf).await.is_ok() {
+                    let _ = decode::<RequestFrame>(&buf);
+                    let _ = decode::<ResponseFrame>(&buf);
+                }
+            });
+            prop_assert!(
+                buf.capacity() <= 2 * bytes.len() + READ_STEP_BYTES,
+                "{} bytes in, a buffer of {}",
+                bytes.len(),
+                buf.capacity()
+            );
+            let _ = decode::<RequestFrame>(&bytes);
+            let _ = decode::<ResponseFrame>(&bytes);
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+                check(bytes)?;
+            }
+
+            /// A plausible length, then fewer bytes than it announces.
+            #[test]
+            fn truncated_frames(len in 0u32..(FRAME_BYTES_MAX as u32 + 16), body in proptest::collection::vec(any::<u8>(), 0..4096)) {
+                let mut bytes = len.to_be_bytes().to_vec();
+                bytes.extend_from_slice(&body);
+                check(bytes)?;
+            }
+
+            /// A well-formed frame of a request with some of its bytes changed.
+            #[test]
+            fn mutated_requests(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+                let req = RequestFrame {
+                    call: 9,
+                    body: crate::msg::Request::Raft { from: crate::ReplicaId(2), msg: vec![7; 40] },
+                };
+                let mut bytes = encode(&req).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                for (at, v) in flips {
+                    let n = bytes.len();
+                    bytes[at % n] = v;
+                }
+                check(bytes)?;
+            }
+        }
     }
 }

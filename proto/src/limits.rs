@@ -18,6 +18,23 @@ pub const READDIR_ENTRIES_MAX: u32 = 1024;
 pub const READDIRPLUS_ENTRIES_MAX: u32 = 128;
 /// Requests one connection may have in flight before the server stops reading it.
 pub const INFLIGHT_REQUESTS_PER_CONNECTION_MAX: usize = 256;
+/// Most connections one daemon serves at once (fewer if its open-file limit
+/// is lower: `service::connections_max`). Past it, new connections are
+/// closed at once rather than left to exhaust descriptors the daemon needs
+/// for its own files.
+pub const CONNECTIONS_MAX: usize = 16_384;
+/// Descriptors a daemon keeps for itself (RocksDB, fragment files, peers)
+/// out of its open-file limit.
+pub const DESCRIPTORS_RESERVED: usize = 1_024;
+/// Most bytes of request frames one daemon holds at once, across all its
+/// connections: frames being received and requests being served.
+pub const REQUEST_BYTES_IN_FLIGHT_MAX: usize = 512 * 1024 * 1024;
+const _: () = assert!(REQUEST_BYTES_IN_FLIGHT_MAX >= 4 * FRAME_BYTES_MAX);
+/// A new connection must deliver its first whole frame within this; a
+/// connection that never speaks is closed.
+pub const FIRST_FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Once a frame's first byte has arrived, the rest must arrive within this.
+pub const FRAME_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// A chunk is a fixed 64 MiB range of a file; a block is at most 4 MiB.
 pub const CHUNK_BYTES: u64 = 64 * 1024 * 1024;
 pub const BLOCK_BYTES_MAX: u64 = 4 * 1024 * 1024;

@@ -3,16 +3,33 @@
 //! `INFLIGHT_REQUESTS_PER_CONNECTION_MAX` per connection), write answers in
 //! completion order. A malformed or oversized frame closes that connection
 //! only. One-way messages (Raft) are handed over inline, in arrival order.
+//!
+//! Everything here faces the network, so everything is bounded (the issue
+//! that added these bounds showed each one stopping or bloating a daemon):
+//! - connections: at most `connections_max()`; past it a new one is closed
+//!   at once, and a failing `accept` (EMFILE and the like) is waited out,
+//!   never a reason to stop serving;
+//! - time: a connection must send its first frame within
+//!   `FIRST_FRAME_TIMEOUT`, and a frame once begun must finish within
+//!   `FRAME_READ_TIMEOUT`; idle time between frames is free;
+//! - memory: a silent connection holds no buffers; frames grow as their
+//!   bytes arrive, and all frames being received or served share one budget
+//!   of `REQUEST_BYTES_IN_FLIGHT_MAX`.
 
 use crate::frame::{self, FrameError};
-use crate::limits::INFLIGHT_REQUESTS_PER_CONNECTION_MAX;
+use crate::limits::{
+    CONNECTIONS_MAX, DESCRIPTORS_RESERVED, FIRST_FRAME_TIMEOUT, FRAME_READ_TIMEOUT,
+    INFLIGHT_REQUESTS_PER_CONNECTION_MAX, REQUEST_BYTES_IN_FLIGHT_MAX,
+};
 use crate::msg::{Reply, Request, RequestFrame, ResponseFrame, RpcError};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::io::{AsyncWriteExt, BufWriter};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 pub type CallFuture = Pin<Box<dyn Future<Output = Result<Reply, RpcError>> + Send>>;
 
@@ -21,38 +38,163 @@ pub trait Service: Send + Sync + 'static {
     fn is_one_way(&self, _req: &Request) -> bool {
         false
     }
-    /// Handles a one-way message; an error closes the connection.
-    fn one_way(&self, _req: Request) -> Result<(), String> {
+    /// Handles a one-way message that arrived from `peer`; an error closes
+    /// the connection.
+    fn one_way(&self, _peer: SocketAddr, _req: Request) -> Result<(), String> {
         Err("no one-way messages here".into())
     }
     fn call(self: Arc<Self>, req: Request) -> CallFuture;
 }
 
+/// Read buffer of a connection once it has spoken (bodies larger than this
+/// are read around it).
+const SERVER_READ_BUFFER_BYTES: usize = 16 * 1024;
+/// How long the accept loop rests after `accept` fails for want of
+/// descriptors or memory, so it does not spin while they are short.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one warning per this interval about refused connections.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// The most connections this process serves at once: `CONNECTIONS_MAX`, or
+/// fewer when the open-file limit leaves less room next to the descriptors
+/// the daemon needs for itself.
+pub fn connections_max() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let room = usize::try_from(soft)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(DESCRIPTORS_RESERVED);
+    room.clamp(16, CONNECTIONS_MAX)
+}
+
+/// Raises this process's open-file limit to its hard limit (daemons call it
+/// at start: the default soft limit of 1024 would cap their connections).
+pub fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("raise the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+    }
+}
+
+/// Serves `listener` until the process ends; never returns on its own.
 pub async fn serve<S: Service>(listener: TcpListener, service: Arc<S>) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(connections_max()));
+    let budget_kib = u32::try_from(REQUEST_BYTES_IN_FLIGHT_MAX / 1024).unwrap_or(u32::MAX);
+    let budget = Arc::new(Semaphore::new(budget_kib as usize));
+    let mut warned: Option<Instant> = None;
+    let mut warn = |what: &dyn std::fmt::Display| {
+        if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+            tracing::warn!("{what}");
+            warned = Some(Instant::now());
+        }
+    };
     loop {
-        let (stream, peer) = listener.accept().await?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM: wait for some to be
+                // freed. Anything else concerns one connection only.
+                warn(&format_args!("accept: {e}; still serving"));
+                if is_shortage(&e) {
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            warn(&format_args!(
+                "connection limit reached ({}); closing new connections",
+                connections_max()
+            ));
+            drop(stream);
+            continue;
+        };
         let service = service.clone();
+        let budget = budget.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, service).await {
+            if let Err(e) = connection(stream, peer, service, budget).await {
                 tracing::debug!(%peer, "connection closed: {e}");
             }
+            drop(slot);
         });
     }
 }
 
-async fn connection<S: Service>(stream: TcpStream, service: Arc<S>) -> Result<(), FrameError> {
+fn is_shortage(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM)
+    )
+}
+
+/// The few errno numbers `is_shortage` needs (Linux values).
+mod libc_errno {
+    pub const EMFILE: i32 = 24;
+    pub const ENFILE: i32 = 23;
+    pub const ENOBUFS: i32 = 105;
+    pub const ENOMEM: i32 = 12;
+}
+
+fn timed_out(what: &str) -> FrameError {
+    FrameError::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        what.to_string(),
+    ))
+}
+
+async fn connection<S: Service>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: Arc<S>,
+    budget: Arc<Semaphore>,
+) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
+    let first_deadline = tokio::time::Instant::now() + FIRST_FRAME_TIMEOUT;
+    // Until the peer speaks it holds nothing but this small task and its
+    // socket: the rest of the connection's state is boxed only then.
+    // (`peek`, not `readable`: a fresh socket may be reported readable
+    // before it holds a byte.)
+    let first = tokio::time::timeout_at(first_deadline, stream.peek(&mut [0u8; 1]))
+        .await
+        .map_err(|_| timed_out("no frame within the first-frame timeout"))??;
+    if first == 0 {
+        return Ok(());
+    }
+    Box::pin(spoken_connection(
+        stream,
+        peer,
+        service,
+        budget,
+        first_deadline,
+    ))
+    .await
+}
+
+/// A connection that has begun to send: reads frames until it closes.
+async fn spoken_connection<S: Service>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: Arc<S>,
+    budget: Arc<Semaphore>,
+    first_deadline: tokio::time::Instant,
+) -> Result<(), FrameError> {
     let (rd, wr) = stream.into_split();
-    let mut rd = frame::buffered(rd);
-    let (resp_tx, mut resp_rx) =
-        mpsc::channel::<ResponseFrame>(INFLIGHT_REQUESTS_PER_CONNECTION_MAX);
+    let mut rd = BufReader::with_capacity(SERVER_READ_BUFFER_BYTES, rd);
+    let (resp_tx, mut resp_rx) = mpsc::channel::<(ResponseFrame, Option<OwnedSemaphorePermit>)>(
+        INFLIGHT_REQUESTS_PER_CONNECTION_MAX,
+    );
     let writer = tokio::spawn(async move {
         let mut w = BufWriter::new(wr);
-        while let Some(resp) = resp_rx.recv().await {
+        while let Some((resp, _held)) = resp_rx.recv().await {
             if frame::write_frame(&mut w, &resp).await.is_err() {
                 return;
             }
-            while let Ok(more) = resp_rx.try_recv() {
+            while let Ok((more, _held)) = resp_rx.try_recv() {
                 if frame::write_frame(&mut w, &more).await.is_err() {
                     return;
                 }
@@ -64,19 +206,35 @@ async fn connection<S: Service>(stream: TcpStream, service: Arc<S>) -> Result<()
     });
     let limit = Arc::new(Semaphore::new(INFLIGHT_REQUESTS_PER_CONNECTION_MAX));
     let mut buf = Vec::new();
+    let mut spoken = false;
     let result = loop {
-        if let Err(e) = frame::read_frame(&mut rd, &mut buf).await {
-            break Err(e);
-        }
+        let deadline = if spoken {
+            // Idle time between frames is free; a frame once begun is not.
+            match rd.fill_buf().await {
+                Ok([]) => break Err(FrameError::Closed),
+                Ok(_) => {}
+                Err(e) => break Err(e.into()),
+            }
+            tokio::time::Instant::now() + FRAME_READ_TIMEOUT
+        } else {
+            first_deadline
+        };
+        let read = frame::read_frame_budgeted(&mut rd, &mut buf, Some(&budget));
+        let held = match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(held)) => held,
+            Ok(Err(e)) => break Err(e),
+            Err(_) => break Err(timed_out("frame not received within the frame timeout")),
+        };
         let req: RequestFrame = match frame::decode(&buf) {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!("malformed request frame, closing the connection: {e}");
+                tracing::warn!(%peer, "malformed request frame, closing the connection: {e}");
                 break Err(e);
             }
         };
+        spoken = true;
         if service.is_one_way(&req.body) {
-            if let Err(e) = service.one_way(req.body) {
+            if let Err(e) = service.one_way(peer, req.body) {
                 break Err(FrameError::Io(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     e,
@@ -91,11 +249,16 @@ async fn connection<S: Service>(stream: TcpStream, service: Arc<S>) -> Result<()
         let resp_tx = resp_tx.clone();
         tokio::spawn(async move {
             let body = service.call(req.body).await;
+            // The request's bytes stay counted until its answer is written
+            // (an answer is at most as large as what a request may ask for).
             let _ = resp_tx
-                .send(ResponseFrame {
-                    call: req.call,
-                    body,
-                })
+                .send((
+                    ResponseFrame {
+                        call: req.call,
+                        body,
+                    },
+                    held,
+                ))
                 .await;
             drop(permit);
         });

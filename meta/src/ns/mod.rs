@@ -18,7 +18,7 @@ mod write;
 pub use locks::lock_holders;
 pub use read::{chunkservers, read, ChunkserverLiveness};
 pub use records::{cluster_key, ChunkserverRec, DentryRec, InodeRec};
-pub use write::{apply_command, bootstrap, Command};
+pub use write::{apply_command, bootstrap, Command, PARENT_WALK_MAX};
 
 use crate::kv::StoreError;
 use sparefs_proto::Errno;

@@ -838,10 +838,14 @@ fn remove<R: ReadKv>(
     Ok(NsReply::Attr(dir.attr(parent)))
 }
 
+/// Most parents a rename walks up to learn whether a directory would move
+/// below itself; a rename into a deeper directory is refused with ELOOP.
+pub const PARENT_WALK_MAX: usize = 100_000;
+
 /// True if directory `ino` is `ancestor` or lies below it.
 fn is_within<R: ReadKv>(kv: &R, mut ino: InodeId, ancestor: InodeId) -> NsResult<bool> {
     // Bounded walk: a corrupt parent chain must not loop forever.
-    for _ in 0..100_000 {
+    for _ in 0..PARENT_WALK_MAX {
         if ino == ancestor {
             return Ok(true);
         }
@@ -850,7 +854,10 @@ fn is_within<R: ReadKv>(kv: &R, mut ino: InodeId, ancestor: InodeId) -> NsResult
         }
         ino = load(kv, ino)?.parent;
     }
-    Err(StoreError::Invalid(format!("parent chain of {ino} does not reach the root")).into())
+    // Deeper than the walk goes (or a chain that never reaches the root):
+    // the same answer on every replica, so an errno for the caller, not a
+    // storage error that would stop every replica applying this entry.
+    Err(Errno::ELOOP.into())
 }
 
 #[allow(clippy::too_many_arguments)]

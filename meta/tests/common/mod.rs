@@ -55,6 +55,20 @@ impl Machine {
     }
 
     pub fn apply_reply(&mut self, op: WriteOp) -> Result<NsReply, Errno> {
+        match self.apply_command(op, true) {
+            Ok(r) => r,
+            Err(e) => panic!("storage: {e}"),
+        }
+    }
+
+    /// Applies `op` as the driver does and returns what `apply_command`
+    /// said, a storage error included (the driver stops the replica on one).
+    /// `synced: false` skips the fsync, for tests that apply thousands.
+    pub fn apply_command(
+        &mut self,
+        op: WriteOp,
+        synced: bool,
+    ) -> Result<Result<NsReply, Errno>, sparefs_meta::kv::StoreError> {
         self.seq += 1;
         let cmd = Command {
             id: RequestId {
@@ -72,12 +86,16 @@ impl Machine {
         let mut batch = rocksdb::WriteBatch::default();
         let r = {
             let mut tx = Tx::new(&self.store);
-            let r = ns::apply_command(&mut tx, &cmd).expect("storage");
+            let r = ns::apply_command(&mut tx, &cmd)?;
             self.store.put_writes(&mut batch, tx.into_writes());
             r
         };
-        self.store.write_synced(batch).expect("write");
-        r
+        if synced {
+            self.store.write_synced(batch).expect("write");
+        } else {
+            self.store.write_unsynced(batch).expect("write");
+        }
+        Ok(r)
     }
 
     /// Applies `op` again under the previous request id, as a client retry.

@@ -1,0 +1,343 @@
+//! Hostile clients against every daemon of a running cluster while a mount
+//! keeps working: random bytes, oversized and truncated frames, forged Raft
+//! messages (each one reaching a raft-rs abort or a log the replicas could
+//! not apply before the guards), silent connections by the thousand. After
+//! each barrage every daemon must still be alive, its memory must not have
+//! grown by what the frames announced, and the mount must write and read.
+
+use protobuf::Message as _;
+use raft::prelude::{Entry, Message, MessageType};
+use rand::{Rng, SeedableRng};
+use sparefs_proto::limits::FIRST_FRAME_TIMEOUT;
+use sparefs_proto::msg::{Request, RequestFrame};
+use sparefs_proto::ReplicaId;
+use sparefs_tests::{fs_cluster, MetaCluster};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Every daemon: (name, address, pid).
+fn daemons(c: &MetaCluster) -> Vec<(String, String, u32)> {
+    let mut out = Vec::new();
+    for (id, child) in &c.procs {
+        out.push((format!("meta {id}"), c.address(*id), child.id()));
+    }
+    for (n, child) in &c.chunkservers {
+        out.push((
+            format!("chunkserver {n}"),
+            c.chunkserver_address(*n),
+            child.id(),
+        ));
+    }
+    out
+}
+
+fn all_alive(c: &mut MetaCluster) {
+    for (id, child) in c.procs.iter_mut() {
+        assert!(
+            matches!(child.try_wait(), Ok(None)),
+            "meta {id} stopped: {}",
+            c.dir.path().display()
+        );
+    }
+    for (n, child) in c.chunkservers.iter_mut() {
+        assert!(
+            matches!(child.try_wait(), Ok(None)),
+            "chunkserver {n} stopped"
+        );
+    }
+}
+
+/// Writes a file through the mount, syncs it, reads it back.
+fn mount_works(dir: &Path, tag: &str) {
+    let path = dir.join(format!("alive-{tag}"));
+    let data: Vec<u8> = (0..300_000u32)
+        .map(|i| (i % 251) as u8 ^ tag.len() as u8)
+        .collect();
+    let mut f = std::fs::File::create(&path).unwrap_or_else(|e| panic!("{tag}: create: {e}"));
+    f.write_all(&data)
+        .unwrap_or_else(|e| panic!("{tag}: write: {e}"));
+    f.sync_all().unwrap_or_else(|e| panic!("{tag}: fsync: {e}"));
+    drop(f);
+    let back = std::fs::read(&path).unwrap_or_else(|e| panic!("{tag}: read: {e}"));
+    assert!(back == data, "{tag}: read back other bytes");
+}
+
+fn connect(addr: &str) -> std::io::Result<TcpStream> {
+    let addr: std::net::SocketAddr = addr.parse().expect("address");
+    TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+}
+
+/// Opens a connection and sends `bytes` on it.
+fn send(addr: &str, bytes: &[u8]) -> TcpStream {
+    let mut s = connect(addr).expect("connect");
+    let _ = s.write_all(bytes);
+    s
+}
+
+/// Whether the server closes `s` before `deadline` (answers before the
+/// close are read and ignored).
+fn closed_by(mut s: TcpStream, deadline: Instant) -> bool {
+    let mut buf = [0u8; 64];
+    loop {
+        // Past the deadline, one short look still tells an early close.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        if s.set_read_timeout(Some(left)).is_err() {
+            return false;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn frame(body: &RequestFrame) -> Vec<u8> {
+    sparefs_proto::frame::encode(body).expect("encode")
+}
+
+fn raft_frame(from: u64, m: &Message) -> Vec<u8> {
+    frame(&RequestFrame {
+        call: 0,
+        body: Request::Raft {
+            from: ReplicaId(from),
+            msg: m.write_to_bytes().expect("encode raft"),
+        },
+    })
+}
+
+/// Messages that each reached a raft-rs abort, or put bytes into the log
+/// that no replica can apply, before the guards.
+fn forged_raft(to: u64, from: u64, term: u64) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut hb = Message::default();
+    hb.set_msg_type(MessageType::MsgHeartbeat);
+    hb.to = to;
+    hb.from = from;
+    hb.term = term;
+    hb.commit = u64::MAX;
+    out.push(raft_frame(from, &hb));
+    let mut propose = Message::default();
+    propose.set_msg_type(MessageType::MsgPropose);
+    propose.to = to;
+    propose.from = from;
+    propose.term = term;
+    let mut e = Entry::default();
+    e.data = b"not a command".to_vec().into();
+    propose.entries = vec![e].into();
+    out.push(raft_frame(from, &propose));
+    let mut append = Message::default();
+    append.set_msg_type(MessageType::MsgAppend);
+    append.to = to;
+    append.from = from;
+    append.term = term;
+    append.index = 1;
+    append.log_term = 1;
+    append.commit = u64::MAX;
+    let mut e = Entry::default();
+    e.index = 2;
+    e.term = term;
+    e.data = b"rewrites a committed entry".to_vec().into();
+    append.entries = vec![e].into();
+    out.push(raft_frame(from, &append));
+    let mut ack = Message::default();
+    ack.set_msg_type(MessageType::MsgAppendResponse);
+    ack.to = to;
+    ack.from = from;
+    ack.term = term;
+    ack.index = u64::MAX - 1;
+    out.push(raft_frame(from, &ack));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_stop_no_daemon_and_the_mount_keeps_working() {
+    sparefs_proto::service::raise_descriptor_limit();
+    let (mut c, dirs) = fs_cluster(3, 1).await.expect("cluster");
+    let mnt = dirs[0].clone();
+    mount_works(&mnt, "before");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+
+    // At every daemon at once: random bytes, frames over the length limit,
+    // and frames that announce 16 MiB and send five bytes.
+    let mut open = Vec::new();
+    for (name, addr, pid) in daemons(&c) {
+        let before = rss(pid);
+        let mut junk = Vec::new();
+        for i in 0..20 {
+            let len = rng.gen_range(1..2048);
+            let bytes: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            junk.push(send(&addr, &bytes));
+            if i % 5 == 0 {
+                junk.push(send(&addr, &u32::MAX.to_be_bytes()));
+            }
+        }
+        for _ in 0..40 {
+            let mut bytes = (16u32 * 1024 * 1024).to_be_bytes().to_vec();
+            bytes.extend_from_slice(b"hello");
+            junk.push(send(&addr, &bytes));
+        }
+        open.push((name, pid, before, junk));
+    }
+    let sent = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    for (name, pid, before, _) in &open {
+        // The memory the truncated frames announced is never taken.
+        let grown = rss(*pid).saturating_sub(*before);
+        assert!(
+            grown < 64 << 20,
+            "{name}: junk and 40 truncated 16 MiB frames grew the daemon by {} MiB",
+            grown >> 20
+        );
+    }
+    all_alive(&mut c);
+    mount_works(&mnt, "with-junk");
+    // Each is closed: at once for bytes that cannot be a frame, within the
+    // first-frame timeout for half-sent ones.
+    let deadline = sent + FIRST_FRAME_TIMEOUT + Duration::from_secs(5);
+    for (name, _, _, junk) in open {
+        for (i, s) in junk.into_iter().enumerate() {
+            assert!(
+                closed_by(s, deadline),
+                "{name}: junk connection {i} was kept open"
+            );
+        }
+    }
+    all_alive(&mut c);
+    mount_works(&mnt, "after-junk");
+
+    // Forged Raft messages at every replica, naming every other replica.
+    let ids: Vec<u64> = c.procs.keys().copied().collect();
+    for &to in &ids {
+        for &from in ids.iter().filter(|&&f| f != to) {
+            for bytes in forged_raft(to, from, 1_000_000) {
+                let _ = send(&c.address(to), &bytes);
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    all_alive(&mut c);
+    c.wait_leader(Duration::from_secs(30))
+        .await
+        .expect("a leader after forged messages");
+    mount_works(&mnt, "after-forged-raft");
+
+    // Thousands of silent connections at each daemon in turn: the daemon
+    // keeps serving new and old clients, and closes the silent ones itself.
+    let hard = open_file_limit();
+    let idle = 10_000.min(hard.saturating_sub(2_000) as usize);
+    eprintln!("{idle} silent connections per daemon (open-file limit {hard})");
+    for (name, addr, pid) in daemons(&c) {
+        let before = rss(pid);
+        let sockets_before = sockets(pid);
+        let started = Instant::now();
+        let silent = open_silent(&addr, idle)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        eprintln!(
+            "{name}: {idle} opened in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        mount_works(&mnt, &format!("with-silent-{name}"));
+        let fresh = c.client();
+        fresh
+            .getattr(sparefs_proto::InodeId::ROOT)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: a new client with {idle} silent connections: {e}"));
+        let grown = rss(pid).saturating_sub(before);
+        assert!(
+            grown < 64 << 20,
+            "{name}: {idle} silent connections grew the daemon by {} MiB",
+            grown >> 20
+        );
+        all_alive(&mut c);
+        // The daemon closes them once they have been silent for the
+        // first-frame timeout (checked at one daemon of each kind: the
+        // service loop is the same code). Counted on the daemon's side:
+        // past loopback's accept queue, SYN cookies leave the client some
+        // connections the daemon never saw.
+        if name == "meta 1" || name == "chunkserver 1" {
+            let last = silent.last().map_or_else(Instant::now, |(_, at)| *at);
+            std::thread::sleep(
+                (last + FIRST_FRAME_TIMEOUT + Duration::from_secs(3))
+                    .saturating_duration_since(Instant::now()),
+            );
+            let left = sockets(pid);
+            assert!(
+                left < sockets_before + 100,
+                "{name}: {left} sockets open after the first-frame timeout ({sockets_before} before)"
+            );
+        }
+        drop(silent);
+    }
+    mount_works(&mnt, "after");
+}
+
+fn open_file_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024)
+}
+
+/// Opens `n` connections to `addr`, many at a time (one by one, loopback's
+/// accept queue makes it take a minute), and says when each was open.
+async fn open_silent(addr: &str, n: usize) -> Result<Vec<(TcpStream, Instant)>, String> {
+    let addr: std::net::SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(512));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let gate = gate.clone();
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
+            let s = tokio::time::timeout(
+                Duration::from_secs(20),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| format!("connect: {e}"))?;
+            let s = s.into_std().map_err(|e| e.to_string())?;
+            s.set_nonblocking(false).map_err(|e| e.to_string())?;
+            Ok::<_, String>((s, Instant::now()))
+        });
+    }
+    let mut out = Vec::with_capacity(n);
+    while let Some(r) = tasks.join_next().await {
+        out.push(r.map_err(|e| e.to_string())??);
+    }
+    out.sort_by_key(|(_, at)| *at);
+    Ok(out)
+}
+
+/// How many sockets a process has open.
+fn sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
