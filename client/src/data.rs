@@ -535,9 +535,11 @@ impl DataClient {
         policy: Policy,
         extents: &[(u64, Vec<u8>)],
         then: &[(Caller, SetAttr)],
+        writer: Option<&Caller>,
     ) -> Result<Attr> {
         let (slices, size_at_least) = self.store_extents(policy, extents).await?;
-        self.commit_then(ino, slices, size_at_least, then).await
+        self.commit_then(ino, slices, size_at_least, then, writer)
+            .await
     }
 
     /// Stores the extents' blocks (durable on their chunkservers when this
@@ -640,8 +642,10 @@ impl DataClient {
         ino: InodeId,
         slices: Vec<(u64, Slice)>,
         size_at_least: u64,
+        writer: Option<&Caller>,
     ) -> Result<Attr> {
-        self.commit_then(ino, slices, size_at_least, &[]).await
+        self.commit_then(ino, slices, size_at_least, &[], writer)
+            .await
     }
 
     /// Makes stored slices visible, then applies `then` (each change as its
@@ -652,6 +656,7 @@ impl DataClient {
         slices: Vec<(u64, Slice)>,
         size_at_least: u64,
         then: &[(Caller, SetAttr)],
+        writer: Option<&Caller>,
     ) -> Result<Attr> {
         // The chunks whose cached maps the commit makes stale (the slices
         // themselves, inline bytes and all, go into the request uncopied).
@@ -670,7 +675,14 @@ impl DataClient {
                 then: then.to_vec(),
             }
         };
-        let attr = match self.meta.write(op).await? {
+        // As the writer, when one without CAP_FSETID wrote: the meta clears
+        // the file's set-id bits then (commits need no permission: access
+        // was granted at open).
+        let answer = match writer {
+            Some(w) => self.meta.write_as(w.clone(), op).await?,
+            None => self.meta.write(op).await?,
+        };
+        let attr = match answer {
             NsReply::Attr(a) => a,
             other => return Err(ClientError::Protocol(format!("commit reply {other:?}"))),
         };
@@ -692,6 +704,7 @@ impl DataClient {
         ino: InodeId,
         extents: &[(u64, Vec<u8>)],
         then: &[(Caller, SetAttr)],
+        writer: Option<&Caller>,
     ) -> Result<Attr> {
         let (pieces, size_at_least) = cut_at_chunks(extents);
         let slices = pieces
@@ -704,7 +717,8 @@ impl DataClient {
                 (index, slice)
             })
             .collect();
-        self.commit_then(ino, slices, size_at_least, then).await
+        self.commit_then(ino, slices, size_at_least, then, writer)
+            .await
     }
 
     /// Makes `[offset, offset + len)` read as zeros (a hole slice per
@@ -719,7 +733,7 @@ impl DataClient {
             slices.push((index, Slice::empty(within, take as u32)));
             pos += take;
         }
-        self.commit(ino, slices, 0).await
+        self.commit(ino, slices, 0, None).await
     }
 
     pub async fn policy_of(&self, ino: InodeId) -> Result<Policy> {

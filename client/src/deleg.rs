@@ -440,6 +440,7 @@ impl Delegations {
                 }
             }
             WriteOp::SetAttr { ino, .. }
+            | WriteOp::Truncate { ino, .. }
             | WriteOp::SetXattr { ino, .. }
             | WriteOp::RemoveXattr { ino, .. }
             | WriteOp::SetPolicy { ino, .. }

@@ -35,6 +35,10 @@ pub struct OpenFile {
     known: std::sync::Mutex<Attr>,
     /// What the held changes will make of them (`hold_setattr`).
     predicted: std::sync::Mutex<Option<Attr>>,
+    /// The first caller without CAP_FSETID (not root) who wrote since the
+    /// last commit: the next commit goes as them, so the meta clears the
+    /// file's set-id bits.
+    writer: std::sync::Mutex<Option<Caller>>,
 }
 
 /// Background flushes in flight per file: while the next 16 MiB gathers,
@@ -148,7 +152,22 @@ impl OpenFile {
             first_chunk: std::sync::Mutex::new(None),
             known: std::sync::Mutex::new(attr.clone()),
             predicted: std::sync::Mutex::new(None),
+            writer: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Notes who writes next (before `write` or `write_buffered_now`).
+    pub fn note_writer(&self, c: &Caller) {
+        if c.uid == 0 {
+            return;
+        }
+        if let Ok(mut w) = self.writer.lock() {
+            w.get_or_insert_with(|| c.clone());
+        }
+    }
+
+    fn take_writer(&self) -> Option<Caller> {
+        self.writer.lock().ok().and_then(|mut w| w.take())
     }
 
     pub async fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {
@@ -215,13 +234,14 @@ impl OpenFile {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let prev = st.last_commit.replace(rx);
         let (data, ino, ext) = (self.data.clone(), self.ino, extents.clone());
+        let writer = self.take_writer();
         let done = tokio::spawn(async move {
             let stored = data.store_extents(policy, &ext).await;
             if let Some(prev) = prev {
                 let _ = prev.await;
             }
             let r = match stored {
-                Ok((slices, size)) => data.commit(ino, slices, size).await,
+                Ok((slices, size)) => data.commit(ino, slices, size, writer.as_ref()).await,
                 Err(e) => Err(e),
             };
             let _ = tx.send(());
@@ -368,14 +388,16 @@ impl OpenFile {
         let extents: Vec<(u64, Vec<u8>)> =
             st.extents.iter().map(|(o, d)| (*o, d.clone())).collect();
         let held = std::mem::take(&mut st.held);
-        let (attr, refused) = match self.commit_extents(&extents, &held).await {
+        let writer = self.take_writer();
+        let writer = writer.as_ref();
+        let (attr, refused) = match self.commit_extents(&extents, &held, writer).await {
             Ok(a) => (a, None),
             Err(ClientError::Errno(_)) if !held.is_empty() => {
                 // Something refused: the data alone, then each held change
                 // on its own, so the permitted ones land and the first
                 // refusal is reported (the file changed elsewhere since
                 // this mount predicted the changes).
-                let a = match self.commit_extents(&extents, &[]).await {
+                let a = match self.commit_extents(&extents, &[], writer).await {
                     Ok(a) => a,
                     Err(e) => {
                         st.held = held;
@@ -420,10 +442,15 @@ impl OpenFile {
         &self,
         extents: &[(u64, Vec<u8>)],
         then: &[(Caller, SetAttr)],
+        writer: Option<&Caller>,
     ) -> Result<Attr> {
         let total: usize = extents.iter().map(|(_, d)| d.len()).sum();
         if total <= INLINE_SLICE_BYTES_MAX {
-            match self.data.write_inline(self.ino, extents, then).await {
+            match self
+                .data
+                .write_inline(self.ino, extents, then, writer)
+                .await
+            {
                 Err(ClientError::Errno(Errno::EFBIG)) => {}
                 other => return other,
             }
@@ -433,7 +460,7 @@ impl OpenFile {
             .get_or_try_init(|| self.data.policy_of(self.ino))
             .await?;
         self.data
-            .write_extents(self.ino, policy, extents, then)
+            .write_extents(self.ino, policy, extents, then, writer)
             .await
     }
 

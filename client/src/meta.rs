@@ -677,6 +677,7 @@ fn carries_delegated(op: &WriteOp) -> bool {
             | WriteOp::Rename { .. }
             | WriteOp::Link { .. }
             | WriteOp::SetAttr { .. }
+            | WriteOp::Truncate { .. }
             | WriteOp::SetXattr { .. }
             | WriteOp::RemoveXattr { .. }
             | WriteOp::SetPolicy { .. }

@@ -68,6 +68,9 @@ pub fn mount(
     };
     cfg.n_threads = Some(FUSER_THREADS);
     cfg.clone_fd = true;
-    fuser::spawn_mount(fs, mountpoint, &cfg)
-        .with_context(|| format!("mount sparefs on {}", mountpoint.display()))
+    let notifier = fs.notifier.clone();
+    let session = fuser::spawn_mount(fs, mountpoint, &cfg)
+        .with_context(|| format!("mount sparefs on {}", mountpoint.display()))?;
+    let _ = notifier.set(session.notifier());
+    Ok(session)
 }

@@ -14,7 +14,7 @@ use sparefs_client::{ClientError, DataClient, MetaClient, OpenFile};
 use sparefs_proto::limits::READDIRPLUS_ENTRIES_MAX;
 use sparefs_proto::namespace::*;
 use sparefs_proto::{Errno as PErrno, InodeId};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -37,6 +37,9 @@ struct Handles {
     by_fh: HashMap<u64, Arc<OpenFile>>,
     /// inode -> (open file, open handle count).
     by_ino: HashMap<InodeId, (Arc<OpenFile>, usize)>,
+    /// Handles opened for writing: a size change through one carries the
+    /// access granted at open (`WriteOp::Truncate`).
+    writable: HashSet<u64>,
 }
 
 pub struct SpareFs {
@@ -52,6 +55,8 @@ pub struct SpareFs {
     dirs: Arc<crate::dirs::OpenDirs>,
     xattrs: Arc<crate::xattrs::XattrCache>,
     fresh: Arc<crate::fresh_attrs::FreshAttrs>,
+    /// Tells the kernel to drop cached attributes (set once mounted).
+    pub notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 type R<T> = Result<T, ClientError>;
@@ -154,6 +159,7 @@ impl SpareFs {
             rt,
             handles: Arc::new(Mutex::new(Handles {
                 by_fh: HashMap::new(),
+                writable: HashSet::new(),
                 by_ino: HashMap::new(),
             })),
             next_fh: AtomicU64::new(1),
@@ -161,6 +167,7 @@ impl SpareFs {
             dirs: Arc::new(crate::dirs::OpenDirs::default()),
             xattrs: Arc::new(crate::xattrs::XattrCache::default()),
             fresh: Arc::new(crate::fresh_attrs::FreshAttrs::default()),
+            notifier: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
@@ -314,6 +321,7 @@ impl SpareFs {
         handles: Arc<Mutex<Handles>>,
         fh: u64,
         attr: &Attr,
+        flags: i32,
     ) -> R<Arc<OpenFile>> {
         let existing = handles
             .lock()
@@ -340,6 +348,9 @@ impl SpareFs {
             }
         };
         h.by_fh.insert(fh, file.clone());
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            h.writable.insert(fh);
+        }
         Ok(file)
     }
 }
@@ -355,6 +366,10 @@ impl fuser::Filesystem for SpareFs {
         // meta applies default ACLs and the umask at create (DONT_MASK).
         let _ = config
             .add_capabilities(fuser::InitFlags::FUSE_POSIX_ACL | fuser::InitFlags::FUSE_DONT_MASK);
+        // The meta clears set-user-ID and set-group-ID on writes, truncates
+        // and chowns (`kill_suid`): without this the kernel sends a chmod as
+        // the writing user, which the meta refuses to a non-owner (EPERM).
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV);
         // Locks go to the meta, so every mount of the cluster sees them.
         let _ = config.add_capabilities(
             fuser::InitFlags::FUSE_POSIX_LOCKS | fuser::InitFlags::FUSE_FLOCK_LOCKS,
@@ -483,7 +498,7 @@ impl fuser::Filesystem for SpareFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -547,21 +562,37 @@ impl fuser::Filesystem for SpareFs {
         let flush_first = file
             .as_ref()
             .is_some_and(|f| size.is_some() || mtime.is_some() || f.predicted_attr().is_some());
+        // ftruncate: through a descriptor open for writing, the access
+        // granted at open.
+        let through_writable = fh.is_some_and(|fh| {
+            self.handles
+                .lock()
+                .is_ok_and(|h| h.writable.contains(&fh.0))
+        });
+        let op = match (size, through_writable) {
+            (Some(size), true)
+                if set
+                    == SetAttr {
+                        size: Some(size),
+                        ..SetAttr::default()
+                    } =>
+            {
+                WriteOp::Truncate {
+                    ino: InodeId(ino.0),
+                    size,
+                }
+            }
+            _ => WriteOp::SetAttr {
+                ino: InodeId(ino.0),
+                set,
+            },
+        };
         let work = async move {
             let r = async {
                 if let (Some(f), true) = (&file, flush_first) {
                     f.flush().await?;
                 }
-                let a = attr_of(
-                    meta.write_as(
-                        c,
-                        WriteOp::SetAttr {
-                            ino: InodeId(ino.0),
-                            set,
-                        },
-                    )
-                    .await?,
-                )?;
+                let a = attr_of(meta.write_as(c, op).await?)?;
                 if size.is_some() {
                     // The meta changed the layout (dropped chunks, hole slice):
                     // cached chunk maps of this file are stale now.
@@ -854,7 +885,7 @@ impl fuser::Filesystem for SpareFs {
                     NsReply::Opened { attr, chunk } => (attr, chunk),
                     other => return Err(ClientError::Protocol(format!("{other:?}"))),
                 };
-                let file = Self::register(data, handles, fh, &a).await?;
+                let file = Self::register(data, handles, fh, &a, flags.0).await?;
                 if let Some((slices, caps)) = chunk {
                     // register() revalidated a file already open here (one
                     // change); a new one has seen none.
@@ -938,7 +969,7 @@ impl fuser::Filesystem for SpareFs {
                 // A new file has no capability: the kernel asks before the
                 // first write, and need not ask the meta.
                 xattrs.put(a.ino.0, b"security.capability", None);
-                Self::register(data, handles.clone(), fh, &a).await?;
+                Self::register(data, handles.clone(), fh, &a, flags).await?;
                 Ok::<_, ClientError>(a)
             }
             .await;
@@ -984,8 +1015,8 @@ impl fuser::Filesystem for SpareFs {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -997,16 +1028,33 @@ impl fuser::Filesystem for SpareFs {
         let Some(file) = self.handle(fh) else {
             return reply.error(Errno::EBADF);
         };
-        let sync = flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0;
+        let c = caller(req);
+        file.note_writer(&c);
+        // A write by a caller without CAP_FSETID to a set-id file clears the
+        // bits before it is answered (FUSE_HANDLE_KILLPRIV leaves that to
+        // us): committed at once as the writer, and the kernel's cached mode
+        // dropped, so nothing can run the new bytes set-id.
+        let kills = file
+            .known_attr()
+            .is_some_and(|a| set_id_bits_a_write_clears(&a, &c) != 0);
+        let sync = kills || flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0;
         if !sync && file.write_buffered_now(offset, data) {
             return reply.written(data.len() as u32);
         }
         let data = data.to_vec();
+        let (notifier, fresh) = (self.notifier.clone(), self.fresh.clone());
         spawn!(self, async move {
             let r = async {
                 file.write(offset, &data).await?;
                 if sync {
                     file.flush().await?;
+                }
+                if kills {
+                    // (The commit itself refreshed what delegations keep.)
+                    fresh.forget(ino.0);
+                    if let Some(n) = notifier.get() {
+                        let _ = n.inval_inode(ino, -1, 0);
+                    }
                 }
                 Ok::<_, ClientError>(())
             }
@@ -1122,7 +1170,10 @@ impl fuser::Filesystem for SpareFs {
             });
         }
         let handles = self.handles.clone();
-        let file = handles.lock().ok().and_then(|mut h| h.by_fh.remove(&fh.0));
+        let file = handles.lock().ok().and_then(|mut h| {
+            h.writable.remove(&fh.0);
+            h.by_fh.remove(&fh.0)
+        });
         let Some(file) = file else { return reply.ok() };
         if file.is_clean() {
             Self::forget_handle(&handles, &file);
@@ -1163,14 +1214,13 @@ impl fuser::Filesystem for SpareFs {
                         let a = meta.getattr(InodeId(ino.0)).await?;
                         if mode == 0 && end > a.size.max(file.known_size()) {
                             file.flush().await?;
+                            // The kernel let only a descriptor open for
+                            // writing get here.
                             meta.write_as(
                                 c,
-                                WriteOp::SetAttr {
+                                WriteOp::Truncate {
                                     ino: InodeId(ino.0),
-                                    set: SetAttr {
-                                        size: Some(end),
-                                        ..Default::default()
-                                    },
+                                    size: end,
                                 },
                             )
                             .await?;
@@ -1598,4 +1648,19 @@ fn xattr_reply(reply: ReplyXattr, value: &[u8], size: u32) {
     } else {
         reply.data(value);
     }
+}
+
+/// The set-id bits a write by `c` clears from a file with attributes `a`
+/// (Linux: S_ISUID always, S_ISGID with group execute or when the writer
+/// is not in the file's group; none for root). The meta applies the same
+/// rule when it commits the write as `c`.
+fn set_id_bits_a_write_clears(a: &Attr, c: &Caller) -> u32 {
+    if c.uid == 0 || a.kind != FileKind::File {
+        return 0;
+    }
+    let mut bits = a.perm & 0o4000;
+    if a.perm & 0o2000 != 0 && (a.perm & 0o010 != 0 || !c.in_group(a.gid)) {
+        bits |= 0o2000;
+    }
+    bits
 }

@@ -212,3 +212,76 @@ fn retried_request_applies_once() {
     let again = m.apply_same_seq(op).expect("retry");
     assert_eq!(first, again, "a retry returns the first answer, not EEXIST");
 }
+
+fn mknod(m: &mut Machine, name: &str, perm: u32, gid: u32) -> InodeId {
+    let ino = attr(m.apply_reply(WriteOp::MkNod {
+        parent: InodeId::ROOT,
+        name: name.into(),
+        kind: FileKind::File,
+        perm,
+        umask: 0,
+        rdev: 0,
+        exclusive: true,
+    }))
+    .ino;
+    attr(m.apply_reply(WriteOp::SetAttr {
+        ino,
+        set: SetAttr {
+            gid: Some(gid),
+            perm: Some(perm),
+            ..SetAttr::default()
+        },
+    }));
+    ino
+}
+
+#[test]
+fn a_write_clears_set_id_bits_as_linux_does() {
+    let mut m = Machine::new(Caller::ROOT);
+    let commit = |ino| WriteOp::CommitSlices {
+        ino,
+        slices: Vec::new(),
+        size_at_least: 0,
+    };
+    let exec = mknod(&mut m, "exec", 0o6777, 0);
+    let plain_other = mknod(&mut m, "plain-other", 0o6666, 0);
+    let plain_member = mknod(&mut m, "plain-member", 0o6666, 1000);
+    let rooted = mknod(&mut m, "rooted", 0o6777, 0);
+    m.caller = user(1000, 1000);
+    assert_eq!(attr(m.apply_reply(commit(exec))).perm, 0o0777);
+    assert_eq!(attr(m.apply_reply(commit(plain_other))).perm, 0o0666);
+    assert_eq!(attr(m.apply_reply(commit(plain_member))).perm, 0o2666);
+    m.caller = Caller::ROOT;
+    assert_eq!(attr(m.apply_reply(commit(rooted))).perm, 0o6777);
+}
+
+#[test]
+fn a_descriptor_truncates_with_the_access_granted_at_open() {
+    let mut m = Machine::new(Caller::ROOT);
+    let f = mknod(&mut m, "mode0", 0, 0);
+    m.caller = user(1000, 1000);
+    let truncate = SetAttr {
+        size: Some(10),
+        ..SetAttr::default()
+    };
+    assert_eq!(
+        m.apply_reply(WriteOp::SetAttr { ino: f, set: truncate }),
+        Err(Errno::EACCES),
+        "truncate(2) by path is checked"
+    );
+    assert_eq!(
+        attr(m.apply_reply(WriteOp::Truncate { ino: f, size: 10 })).size,
+        10,
+        "ftruncate(2) through a descriptor is not"
+    );
+    assert_eq!(
+        attr(m.apply_reply(WriteOp::CommitSlices {
+            ino: f,
+            slices: Vec::new(),
+            size_at_least: 20,
+        }))
+        .size,
+        20,
+        "nor a write through one"
+    );
+}

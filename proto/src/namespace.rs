@@ -434,6 +434,14 @@ pub enum WriteOp {
         ops: Vec<DelegatedOp>,
         then: Option<Box<WriteOp>>,
     },
+    /// A size change through a descriptor open for writing (ftruncate,
+    /// fallocate): as `SetAttr { size }`, but with the access granted when
+    /// the descriptor was opened, not checked again (a file created with
+    /// mode 0 can be truncated through the descriptor that created it).
+    Truncate {
+        ino: InodeId,
+        size: u64,
+    },
 }
 
 /// A change a mount answered in a directory delegated to it: made by

@@ -542,6 +542,142 @@ def readdir_while_the_directory_changes():
             raise AssertionError("e%03d skipped" % i)
 
 
+# ---- set-id bits, open descriptors, unlinked files --------------------------
+
+def _as_other(fn):
+    """fn() as U1 in a child: its result, or the errno it failed with."""
+    def run():
+        try:
+            return fn()
+        except OSError as e:
+            return "errno %s" % errno.errorcode.get(e.errno, e.errno)
+    return as_user(U1, G1, run)
+
+
+@check
+def writes_by_another_user_clear_set_id_bits():
+    # Linux: a write, truncate or O_TRUNC open by a caller without
+    # CAP_FSETID succeeds and clears S_ISUID, and S_ISGID when group
+    # execute is set or the caller is not in the file's group; root's
+    # writes keep them.
+    def write(f):
+        fd = os.open(f, os.O_WRONLY)
+        os.write(fd, b"y")
+        os.close(fd)
+        return 0
+
+    def append(f):
+        fd = os.open(f, os.O_WRONLY | os.O_APPEND)
+        os.write(fd, b"y")
+        os.close(fd)
+        return 0
+
+    def trunc_open(f):
+        os.close(os.open(f, os.O_WRONLY | os.O_TRUNC))
+        return 0
+
+    def truncate(f):
+        os.truncate(f, 10)
+        return 0
+
+    def ftruncate(f):
+        fd = os.open(f, os.O_WRONLY)
+        os.ftruncate(fd, 10)
+        os.close(fd)
+        return 0
+
+    for how in (write, append, trunc_open, truncate, ftruncate):
+        for start, gid, want in ((0o6777, 0, 0o0777), (0o6666, 0, 0o0666), (0o6666, G1, 0o2666)):
+            f = p("setid-%s-%o-%d" % (how.__name__, start, gid))
+            with open(f, "wb") as fh:
+                fh.write(b"x" * 100)
+            os.chown(f, 0, gid)
+            os.chmod(f, start)
+            eq(_as_other(lambda: how(f)), 0, "%s of a %o file by another user" % (how.__name__, start))
+            eq(mode(f), want, "%s of a %o file by another user: mode after" % (how.__name__, start))
+            time.sleep(1.1)  # past the kernel's attribute cache
+            eq(mode(f), want, "%s of a %o file by another user: mode a second later" % (how.__name__, start))
+    f = p("setid-root")
+    with open(f, "wb") as fh:
+        fh.write(b"x")
+    os.chmod(f, 0o6777)
+    append(f)
+    truncate(f)
+    eq(mode(f), 0o6777, "root's writes keep the set-id bits")
+
+
+@check
+def a_descriptor_keeps_the_access_granted_at_open():
+    os.mkdir(p("dk"))
+    os.chmod(p("dk"), 0o777)
+    f = p("dk", "f")
+
+    def run():
+        fd = os.open(f, os.O_CREAT | os.O_RDWR, 0)
+        os.write(fd, b"abc")
+        os.ftruncate(fd, 100)
+        os.posix_fallocate(fd, 0, 200)
+        os.fsync(fd)
+        size = os.fstat(fd).st_size
+        os.close(fd)
+        return size
+
+    eq(_as_other(run), 200, "write, ftruncate and fallocate through a mode-0 file's descriptor")
+    eq(mode(f), 0, "the file keeps mode 0")
+    eq(_as_other(lambda: os.open(f, os.O_RDWR)), "errno EACCES", "a new open is checked")
+
+
+@check
+def an_unlinked_file_lives_until_its_last_close():
+    f = p("unlinked")
+    fd = os.open(f, os.O_CREAT | os.O_RDWR, 0o644)
+    os.write(fd, b"hello")
+    other = os.open(f, os.O_RDONLY)
+    os.unlink(f)
+    eq(os.path.exists(f), False, "the name is gone")
+    os.write(fd, b" world")
+    os.fsync(fd)
+    eq(os.fstat(fd).st_nlink, 0, "fstat of an unlinked open file")
+    eq(os.pread(fd, 100, 0), b"hello world", "read through the writer")
+    eq(os.pread(other, 100, 0), b"hello world", "read through another descriptor")
+    os.ftruncate(fd, 5)
+    eq(os.fstat(other).st_size, 5, "ftruncate of an unlinked open file")
+    os.close(fd)
+    time.sleep(1.1)
+    eq(os.pread(other, 100, 0), b"hello", "read after the writer closed")
+    os.close(other)
+    # Replaced by a rename, the old file lives on too.
+    g = p("renamed-over")
+    with open(g, "wb") as fh:
+        fh.write(b"old")
+    fd = os.open(g, os.O_RDONLY)
+    with open(p("renamed-new"), "wb") as fh:
+        fh.write(b"new")
+    os.rename(p("renamed-new"), g)
+    eq(os.pread(fd, 10, 0), b"old", "a file renamed over stays readable while open")
+    os.close(fd)
+
+
+@check
+def attributes_changed_through_another_path_are_seen_through_every_name():
+    os.mkdir(p("cm"))
+    os.symlink("cm", p("cm-link"))
+    mode(p("cm"))  # cached by name
+    os.chmod(p("cm-link"), 0o700)
+    eq(mode(p("cm")), 0o700, "chmod through a symlink, at once")
+    os.chown(p("cm-link"), U2, G2)
+    time.sleep(1.1)
+    eq(mode(p("cm")), 0o700, "chmod through a symlink, a second later")
+    eq((os.stat(p("cm")).st_uid, os.stat(p("cm")).st_gid), (U2, G2), "chown through a symlink")
+    with open(p("cm-file"), "wb") as fh:
+        fh.write(b"x")
+    os.link(p("cm-file"), p("cm-file2"))
+    os.chmod(p("cm-file2"), 0o600)
+    time.sleep(1.1)
+    eq(mode(p("cm-file")), 0o600, "chmod through a second hard link")
+
+
+
 def main():
     if os.geteuid() != 0:
         print("conformance.py must run as root")

@@ -87,6 +87,7 @@ fn write_dirs<K: ReadKv>(kv: &K, op: &WriteOp) -> NsResult<Vec<InodeId>> {
         }
         WriteOp::Link { new_parent, .. } => vec![*new_parent],
         WriteOp::SetAttr { ino, .. }
+        | WriteOp::Truncate { ino, .. }
         | WriteOp::SetXattr { ino, .. }
         | WriteOp::RemoveXattr { ino, .. }
         | WriteOp::SetPolicy { ino, .. }

@@ -189,7 +189,14 @@ fn apply_op_at<R: ReadKv>(
             new_parent,
             new_name,
         } => link(tx, c, now, *ino, *new_parent, new_name),
-        WriteOp::SetAttr { ino, set } => setattr(tx, c, now, *ino, set),
+        WriteOp::SetAttr { ino, set } => setattr(tx, c, now, *ino, set, Access::Check),
+        WriteOp::Truncate { ino, size } => {
+            let set = SetAttr {
+                size: Some(*size),
+                ..SetAttr::default()
+            };
+            setattr(tx, c, now, *ino, &set, Access::GrantedAtOpen)
+        }
         WriteOp::SetXattr {
             ino,
             name,
@@ -248,7 +255,7 @@ fn apply_op_at<R: ReadKv>(
                     // A truncate is never held back behind writes.
                     return Err(Errno::EINVAL.into());
                 }
-                reply = setattr(tx, caller, now, *ino, set)?;
+                reply = setattr(tx, caller, now, *ino, set, Access::Check)?;
             }
             Ok(reply)
         }
@@ -1094,12 +1101,23 @@ fn link<R: ReadKv>(
     })
 }
 
+/// Whether a change made through a descriptor is checked against the
+/// file's permissions again: no, since POSIX grants a descriptor's access
+/// once, when it is opened (the kernel checks it then, and `sparefs fs put`
+/// truncates through `SetAttr`, which checks).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Check,
+    GrantedAtOpen,
+}
+
 fn setattr<R: ReadKv>(
     tx: &mut Tx<R>,
     c: &Caller,
     now: Time,
     ino: InodeId,
     set: &SetAttr,
+    access: Access,
 ) -> NsResult<NsReply> {
     let mut inode = load(tx, ino)?;
     let owner = perm::is_owner_or_root(&inode, c);
@@ -1114,7 +1132,9 @@ fn setattr<R: ReadKv>(
         if size > FILE_BYTES_MAX {
             return Err(Errno::EFBIG.into());
         }
-        perm::check(&inode, c, W)?;
+        if access == Access::Check {
+            perm::check(&inode, c, W)?;
+        }
         if size < inode.size {
             truncate_layout(tx, ino, size, inode.size, now)?;
         }
@@ -1122,9 +1142,7 @@ fn setattr<R: ReadKv>(
             inode.mtime = now;
         }
         inode.size = size;
-        if c.uid != 0 {
-            kill_suid(&mut inode);
-        }
+        kill_suid(&mut inode, c);
         changed = true;
     }
     if set.uid.is_some() || set.gid.is_some() {
@@ -1197,9 +1215,17 @@ fn setattr<R: ReadKv>(
     Ok(NsReply::Attr(inode.attr(ino)))
 }
 
-fn kill_suid(inode: &mut InodeRec) {
+/// What a write or truncate by `c` does to the set-id bits, as Linux does
+/// it (`should_remove_suid`, `setattr_should_drop_sgid`): a caller without
+/// CAP_FSETID (here: not root) clears S_ISUID, and S_ISGID when group
+/// execute is set or the caller is not in the file's group. The mount
+/// negotiates FUSE_HANDLE_KILLPRIV, so this is the only place it happens.
+fn kill_suid(inode: &mut InodeRec, c: &Caller) {
+    if c.uid == 0 {
+        return;
+    }
     inode.perm &= !S_ISUID;
-    if inode.perm & 0o010 != 0 {
+    if inode.perm & 0o010 != 0 || !c.in_group(inode.gid) {
         inode.perm &= !S_ISGID;
     }
 }
@@ -1262,7 +1288,9 @@ fn commit_slices<R: ReadKv>(
     if inode.kind != FileKind::File {
         return Err(Errno::EINVAL.into());
     }
-    perm::check(&inode, c, W)?;
+    // Writes come through a descriptor, whose access was granted at open
+    // (`Access`): a file created with mode 0 is written through the
+    // descriptor that created it. The caller still decides the set-id bits.
     if size_at_least > FILE_BYTES_MAX {
         return Err(Errno::EFBIG.into());
     }
@@ -1300,9 +1328,7 @@ fn commit_slices<R: ReadKv>(
     if size_at_least > inode.size {
         inode.size = size_at_least;
     }
-    if c.uid != 0 {
-        kill_suid(&mut inode);
-    }
+    kill_suid(&mut inode, c);
     inode.mtime = now;
     inode.ctime = now;
     store(tx, ino, &inode);
