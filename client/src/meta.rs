@@ -467,11 +467,16 @@ impl MetaClient {
         self.id
     }
 
-    /// Renews this client's lock lease.
-    pub async fn keepalive(&self) -> Result<()> {
-        self.call_leader(&Request::KeepAlive { client: self.id })
-            .await
-            .map(|_| ())
+    /// Renews this client's lock lease and reports the files it has open
+    /// (cut to `KEEPALIVE_OPEN_MAX`).
+    pub async fn keepalive(&self, mut open: Vec<InodeId>) -> Result<()> {
+        open.truncate(sparefs_proto::limits::KEEPALIVE_OPEN_MAX);
+        self.call_leader(&Request::KeepAlive {
+            client: self.id,
+            open,
+        })
+        .await
+        .map(|_| ())
     }
 
     /// A chunkserver's heartbeat with capacity and usage only (no repair

@@ -40,6 +40,23 @@ struct Handles {
     /// Handles opened for writing: a size change through one carries the
     /// access granted at open (`WriteOp::Truncate`).
     writable: HashSet<u64>,
+    /// Inodes being opened (asked of the meta, not yet registered), with
+    /// how many opens of each are on their way: reported open already.
+    opening: HashMap<InodeId, usize>,
+}
+
+impl Handles {
+    fn opening(&mut self, ino: InodeId, starts: bool) {
+        let n = self.opening.entry(ino).or_default();
+        if starts {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.opening.remove(&ino);
+            }
+        }
+    }
 }
 
 pub struct SpareFs {
@@ -160,6 +177,7 @@ impl SpareFs {
             handles: Arc::new(Mutex::new(Handles {
                 by_fh: HashMap::new(),
                 writable: HashSet::new(),
+                opening: HashMap::new(),
                 by_ino: HashMap::new(),
             })),
             next_fh: AtomicU64::new(1),
@@ -380,11 +398,17 @@ impl fuser::Filesystem for SpareFs {
         let _ = config.add_capabilities(
             fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
         );
-        let meta = self.meta.clone();
+        let (meta, handles) = (self.meta.clone(), self.handles.clone());
         self.rt.spawn(async move {
             loop {
                 let sent = std::time::Instant::now();
-                match meta.keepalive().await {
+                // The files open here (and being opened): the meta keeps
+                // one unlinked meanwhile until they are closed.
+                let open = handles
+                    .lock()
+                    .map(|h| h.by_ino.keys().chain(h.opening.keys()).copied().collect())
+                    .unwrap_or_default();
+                match meta.keepalive(open).await {
                     Ok(()) => {
                         if let Some(d) = meta.delegations() {
                             d.renewed(sent);
@@ -874,7 +898,11 @@ impl fuser::Filesystem for SpareFs {
         let before = self
             .open_file(InodeId(ino.0))
             .map(|f| (f.clone(), f.clean_changes()));
+        if let Ok(mut h) = handles.lock() {
+            h.opening(InodeId(ino.0), true);
+        }
         meta_op!(self, async move {
+            let opened = handles.clone();
             let r = async {
                 let (a, chunk) = match meta
                     .read(ReadOp::Open {
@@ -901,6 +929,9 @@ impl fuser::Filesystem for SpareFs {
                 Ok::<_, ClientError>(file)
             }
             .await;
+            if let Ok(mut h) = opened.lock() {
+                h.opening(InodeId(ino.0), false);
+            }
             let direct = flags.0 & libc::O_DIRECT != 0;
             match r {
                 Ok(_) => reply.opened(

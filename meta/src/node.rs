@@ -67,6 +67,18 @@ pub const LOCK_LEASE: Duration = Duration::from_secs(10);
 pub const FULL_MARGIN: u64 = sparefs_proto::limits::BLOCK_BYTES_MAX + (1 << 20);
 /// How often the leader looks for deleted files and abandoned blocks.
 pub const GC_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// A file unlinked while open is freed no sooner than this after its
+/// unlink (mounts report their open files every 2 s).
+pub const ORPHAN_QUIET: Duration = Duration::from_secs(6);
+/// A mount's report of its open files counts for an unlink only if the
+/// leader received it this long after the unlink.
+pub const ORPHAN_REPORT_MARGIN: Duration = Duration::from_secs(1);
+
+/// The files a mount said it has open, and when the leader heard it.
+struct OpenReport {
+    at: Time,
+    open: std::collections::HashSet<InodeId>,
+}
 const STATE_WIPE_END: [u8; 512] = [0xff; 512];
 
 pub type Reply<T> = oneshot::Sender<Result<T, RpcError>>;
@@ -98,6 +110,7 @@ pub enum Input {
     },
     KeepAlive {
         client: sparefs_proto::ClientId,
+        open: Vec<InodeId>,
         reply: Reply<()>,
     },
     SnapshotSent {
@@ -278,6 +291,8 @@ pub struct Driver {
     pending_member_reload: bool,
     /// Lock leases: when each client was last heard from (leader only).
     lease_seen: HashMap<sparefs_proto::ClientId, Instant>,
+    /// Leader: the files each mount last said it has open, and when.
+    open_reports: HashMap<sparefs_proto::ClientId, OpenReport>,
     internal_seq: u64,
     config: DriverConfig,
     /// Last time the leader looked for deleted files and abandoned blocks.
@@ -395,6 +410,7 @@ impl Driver {
             next_read_ctx: 1,
             pending_member_reload: false,
             lease_seen: HashMap::new(),
+            open_reports: HashMap::new(),
             internal_seq: 0,
             config,
             last_gc_check: Instant::now(),
@@ -566,12 +582,23 @@ impl Driver {
                     }
                 }
             }
-            Input::KeepAlive { client, reply } => {
+            Input::KeepAlive {
+                client,
+                open,
+                reply,
+            } => {
                 if !self.is_leader() {
                     let _ = reply.send(Err(self.not_leader()));
                     return;
                 }
                 self.lease_seen.insert(client, Instant::now());
+                self.open_reports.insert(
+                    client,
+                    OpenReport {
+                        at: Time::now(),
+                        open: open.into_iter().collect(),
+                    },
+                );
                 let _ = reply.send(Ok(()));
             }
             Input::TransferLeader { replica, reply } => {
@@ -723,6 +750,7 @@ impl Driver {
         if !self.store.scan(Cf::Deleted, &[], &[], 1)?.is_empty() {
             self.propose_internal(WriteOp::PurgeDeleted);
         }
+        self.reap_orphans()?;
         let grace = self.shared.tuning.gc_grace;
         let now = Time::now();
         let before = Time {
@@ -734,6 +762,51 @@ impl Driver {
             if at < before {
                 self.propose_internal(WriteOp::AbandonBlocks { before });
             }
+        }
+        Ok(())
+    }
+
+    /// Proposes to free files unlinked while open (`ns::orphans`) once no
+    /// live mount can hold them: unlinked at least `ORPHAN_QUIET` ago, and
+    /// every mount whose lease lives has reported its open files since
+    /// (`ORPHAN_REPORT_MARGIN` after the unlink, for an open that was on its
+    /// way then) without this one. A new leader first waits `ORPHAN_QUIET`
+    /// to hear from every mount.
+    fn reap_orphans(&mut self) -> anyhow::Result<()> {
+        let leading_for = self
+            .shared
+            .leader_since
+            .read()
+            .ok()
+            .and_then(|t| *t)
+            .map_or(Duration::ZERO, |t| t.elapsed());
+        if leading_for < ORPHAN_QUIET {
+            return Ok(());
+        }
+        let orphans = ns::orphans::list(&*self.store, ns::REAP_ORPHANS_MAX)?;
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        let now = Time::now();
+        let live: Vec<Option<&OpenReport>> = self
+            .lease_seen
+            .iter()
+            .filter(|(_, t)| t.elapsed() <= LOCK_LEASE)
+            .map(|(c, _)| self.open_reports.get(c))
+            .collect();
+        let reap: Vec<InodeId> = orphans
+            .into_iter()
+            .filter(|(ino, at)| {
+                let settled = at.plus(ORPHAN_REPORT_MARGIN);
+                at.plus(ORPHAN_QUIET) <= now
+                    && live
+                        .iter()
+                        .all(|r| r.is_some_and(|r| r.at >= settled && !r.open.contains(ino)))
+            })
+            .map(|(ino, _)| ino)
+            .collect();
+        if !reap.is_empty() {
+            self.propose_internal(WriteOp::ReapOrphans { inos: reap });
         }
         Ok(())
     }
@@ -751,6 +824,7 @@ impl Driver {
             .collect();
         for client in expired {
             self.lease_seen.remove(&client);
+            self.open_reports.remove(&client);
             tracing::info!(client = %client, "lock lease expired; releasing its locks");
             self.propose_internal(WriteOp::ExpireClient { client });
         }
@@ -941,8 +1015,10 @@ impl Driver {
                 self.fail_waiters();
             } else {
                 self.ensure_cluster_key()?;
-                // A new leader starts every lock holder's lease afresh.
+                // A new leader starts every lock holder's lease afresh, and
+                // hears again which files mounts have open.
                 self.lease_seen.clear();
+                self.open_reports.clear();
                 for c in ns::lock_holders(&*self.store)? {
                     self.lease_seen.insert(c, Instant::now());
                 }

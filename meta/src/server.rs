@@ -146,8 +146,16 @@ impl Server {
                 .await?;
                 Ok(Reply::Ok)
             }
-            Request::KeepAlive { client } => {
-                self.ask(|reply| Input::KeepAlive { client, reply }).await?;
+            Request::KeepAlive { client, open } => {
+                if open.len() > sparefs_proto::limits::KEEPALIVE_OPEN_MAX {
+                    return Err(RpcError::BadRequest("too many open files reported".into()));
+                }
+                self.ask(|reply| Input::KeepAlive {
+                    client,
+                    open,
+                    reply,
+                })
+                .await?;
                 Ok(Reply::Ok)
             }
             Request::TransferLeader { replica } => {

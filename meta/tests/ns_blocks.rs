@@ -118,6 +118,19 @@ fn deleted_files_are_purged_and_stale_commits_refused() {
         name: b"f".to_vec(),
     })
     .expect("unlink");
+    // Nameless but kept while a descriptor may hold it open (an orphan):
+    // readable, and purging leaves it alone.
+    let orphan = m.read(ReadOp::GetAttr { ino }).expect("orphan getattr");
+    assert!(
+        matches!(orphan, NsReply::Attr(ref a) if a.nlink == 0),
+        "{orphan:?}"
+    );
+    m.apply(WriteOp::PurgeDeleted).expect("purge");
+    assert_eq!(refs(&m, ids[0]), Some(1), "an orphan keeps its blocks");
+    // Reaped (no mount has it open), then purged.
+    m.apply(WriteOp::ReapOrphans { inos: vec![ino] })
+        .expect("reap");
+    assert_eq!(m.read(ReadOp::GetAttr { ino }), Err(Errno::ENOENT));
     assert_eq!(refs(&m, ids[0]), Some(1), "kept until purged");
     m.apply(WriteOp::PurgeDeleted).expect("purge");
     assert_eq!(refs(&m, ids[0]), None);

@@ -265,7 +265,10 @@ fn a_descriptor_truncates_with_the_access_granted_at_open() {
         ..SetAttr::default()
     };
     assert_eq!(
-        m.apply_reply(WriteOp::SetAttr { ino: f, set: truncate }),
+        m.apply_reply(WriteOp::SetAttr {
+            ino: f,
+            set: truncate
+        }),
         Err(Errno::EACCES),
         "truncate(2) by path is checked"
     );

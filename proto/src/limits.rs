@@ -35,6 +35,9 @@ const _: () = assert!(REQUEST_BYTES_IN_FLIGHT_MAX >= 4 * FRAME_BYTES_MAX);
 pub const FIRST_FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Once a frame's first byte has arrived, the rest must arrive within this.
 pub const FRAME_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most open files one keepalive reports (past it, a mount's other open
+/// files are not kept alive after an unlink).
+pub const KEEPALIVE_OPEN_MAX: usize = 262_144;
 /// A chunk is a fixed 64 MiB range of a file; a block is at most 4 MiB.
 pub const CHUNK_BYTES: u64 = 64 * 1024 * 1024;
 pub const BLOCK_BYTES_MAX: u64 = 4 * 1024 * 1024;

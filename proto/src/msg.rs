@@ -60,9 +60,12 @@ pub enum Request {
         id: RequestId,
         replica: ReplicaId,
     },
-    /// A mount is alive: renews the lease on its locks (leader memory).
+    /// A mount is alive: renews the lease on its locks (leader memory), and
+    /// says which files it has open (at most `KEEPALIVE_OPEN_MAX`): a file
+    /// unlinked while open is freed only once no live mount reports it.
     KeepAlive {
         client: crate::ClientId,
+        open: Vec<crate::InodeId>,
     },
     /// A mount waits (up to `RECALL_WAIT`) for the leader to ask for
     /// delegated directories back: answered with `Reply::Recall`.

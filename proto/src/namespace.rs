@@ -22,6 +22,18 @@ impl Time {
             nanos: d.subsec_nanos(),
         }
     }
+
+    /// This time plus `d` (saturating).
+    pub fn plus(self, d: std::time::Duration) -> Time {
+        let nanos = self.nanos as u64 + d.subsec_nanos() as u64;
+        Time {
+            secs: self
+                .secs
+                .saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+                .saturating_add((nanos / 1_000_000_000) as i64),
+            nanos: (nanos % 1_000_000_000) as u32,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -441,6 +453,11 @@ pub enum WriteOp {
     Truncate {
         ino: InodeId,
         size: u64,
+    },
+    /// Frees files unlinked while open that no mount holds open any more
+    /// (proposed by the leader; root only).
+    ReapOrphans {
+        inos: Vec<InodeId>,
     },
 }
 

@@ -10,6 +10,7 @@ pub mod acl;
 pub mod blocks;
 pub mod deleg;
 mod locks;
+pub mod orphans;
 mod perm;
 mod read;
 mod records;
@@ -18,7 +19,7 @@ mod write;
 pub use locks::lock_holders;
 pub use read::{chunkservers, read, ChunkserverLiveness};
 pub use records::{cluster_key, ChunkserverRec, DentryRec, InodeRec};
-pub use write::{apply_command, bootstrap, Command, PARENT_WALK_MAX};
+pub use write::{apply_command, bootstrap, Command, PARENT_WALK_MAX, REAP_ORPHANS_MAX};
 
 use crate::kv::StoreError;
 use sparefs_proto::Errno;

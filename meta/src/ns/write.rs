@@ -7,6 +7,7 @@
 use super::acl;
 use super::blocks;
 use super::deleg;
+use super::orphans;
 use super::perm::{self, R, S_ISGID, S_ISUID, S_ISVTX, W, X};
 use super::records::*;
 use super::{NsError, NsResult};
@@ -316,6 +317,11 @@ fn apply_op_at<R: ReadKv>(
                 return Err(Errno::EBUSY.into());
             }
             tx.delete(Cf::Chunkservers, key);
+            Ok(NsReply::Done)
+        }
+        WriteOp::ReapOrphans { inos } => {
+            root_only(c)?;
+            reap_orphans(tx, now, inos)?;
             Ok(NsReply::Done)
         }
         WriteOp::PurgeDeleted => {
@@ -780,24 +786,62 @@ fn drop_link<R: ReadKv>(
         inode.nlink = inode.nlink.saturating_sub(1);
         inode.nlink == 0
     };
-    if gone {
+    if gone && inode.kind == FileKind::File {
+        // A descriptor may still have it open: nameless until reaped.
+        inode.ctime = now;
+        store(tx, ino, inode);
+        orphans::adopt(tx, ino, now);
+    } else if gone {
         if inode.is_dir() {
             deleg::forget_dir(tx, ino)?;
         }
-        tx.delete(Cf::Inodes, inode_key(ino));
-        for (k, _) in tx.scan(Cf::Xattrs, &be(ino.0), &be(ino.0), usize::MAX)? {
-            tx.delete(Cf::Xattrs, k);
-        }
-        if inode.kind == FileKind::File {
-            tx.put_rec(Cf::Deleted, inode_key(ino), &now);
-        }
-        add_files(tx, -1)?;
+        free_inode(tx, now, ino, inode)?;
     } else {
         inode.ctime = now;
         store(tx, ino, inode);
     }
     Ok(())
 }
+
+/// Frees an inode with no name left: its record and xattrs go, a file's
+/// chunks go on the deleted list (`PurgeDeleted` drops them).
+fn free_inode<R: ReadKv>(
+    tx: &mut Tx<R>,
+    now: Time,
+    ino: InodeId,
+    inode: &InodeRec,
+) -> NsResult<()> {
+    tx.delete(Cf::Inodes, inode_key(ino));
+    for (k, _) in tx.scan(Cf::Xattrs, &be(ino.0), &be(ino.0), usize::MAX)? {
+        tx.delete(Cf::Xattrs, k);
+    }
+    if inode.kind == FileKind::File {
+        tx.put_rec(Cf::Deleted, inode_key(ino), &now);
+    }
+    add_files(tx, -1)
+}
+
+/// Frees the orphans among `inos` that are still nameless (the leader
+/// found no mount holding them open).
+fn reap_orphans<R: ReadKv>(tx: &mut Tx<R>, now: Time, inos: &[InodeId]) -> NsResult<()> {
+    if inos.len() > REAP_ORPHANS_MAX {
+        return Err(Errno::EINVAL.into());
+    }
+    for &ino in inos {
+        if !orphans::is_orphan(tx, ino)? {
+            continue;
+        }
+        orphans::forget(tx, ino);
+        match tx.get_rec::<InodeRec>(Cf::Inodes, &inode_key(ino))? {
+            Some(inode) if inode.nlink == 0 => free_inode(tx, now, ino, &inode)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Most inodes one `ReapOrphans` frees (bounds the entry and its apply).
+pub const REAP_ORPHANS_MAX: usize = 1024;
 
 fn remove<R: ReadKv>(
     tx: &mut Tx<R>,
@@ -1074,6 +1118,10 @@ fn link<R: ReadKv>(
 ) -> NsResult<NsReply> {
     valid_name(new_name)?;
     let mut inode = load(tx, ino)?;
+    if inode.nlink == 0 {
+        // Unlinked, kept only for open descriptors: gone for names.
+        return Err(Errno::ENOENT.into());
+    }
     let mut dir = load_dir(tx, new_parent)?;
     if inode.is_dir() {
         return Err(Errno::EPERM.into());
@@ -1082,9 +1130,6 @@ fn link<R: ReadKv>(
         return Err(Errno::EEXIST.into());
     }
     perm::check(&dir, c, W | X)?;
-    if inode.nlink == 0 {
-        return Err(Errno::ENOENT.into());
-    }
     if inode.nlink >= 65_000 {
         return Err(Errno::EMLINK.into());
     }
