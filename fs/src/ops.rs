@@ -69,6 +69,11 @@ pub struct SpareFs {
     /// kernel does not unlock remote locks on close, so flush and release
     /// must, and only these need a meta round trip.
     lockers: Arc<Mutex<std::collections::HashSet<(u64, u64)>>>,
+    /// The lock owners that locked through each open handle. The kernel
+    /// never unlocks OFD locks of a file whose locks the filesystem keeps
+    /// (its own lock list is empty), and names no owner at release but a
+    /// flock's: release unlocks every owner that locked through the handle.
+    lock_owners_by_fh: Arc<Mutex<HashMap<u64, HashSet<u64>>>>,
     dirs: Arc<crate::dirs::OpenDirs>,
     xattrs: Arc<crate::xattrs::XattrCache>,
     fresh: Arc<crate::fresh_attrs::FreshAttrs>,
@@ -182,6 +187,7 @@ impl SpareFs {
             })),
             next_fh: AtomicU64::new(1),
             lockers: Arc::new(Mutex::new(std::collections::HashSet::new())),
+            lock_owners_by_fh: Arc::new(Mutex::new(HashMap::new())),
             dirs: Arc::new(crate::dirs::OpenDirs::default()),
             xattrs: Arc::new(crate::xattrs::XattrCache::default()),
             fresh: Arc::new(crate::fresh_attrs::FreshAttrs::default()),
@@ -1192,13 +1198,24 @@ impl fuser::Filesystem for SpareFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        // With FUSE_RELEASE_FLOCK_UNLOCK the kernel names the flock owner.
-        if let Some(unlock) = lock_owner.and_then(|o| self.unlock_all(ino, o)) {
-            self.rt.spawn(async move {
-                if let Err(e) = unlock.await {
-                    tracing::warn!("release flock: {e}");
-                }
-            });
+        // With FUSE_RELEASE_FLOCK_UNLOCK the kernel names the flock owner;
+        // OFD locks (and any other owner that locked through this handle)
+        // go too: the open file description they belong to is closing.
+        let mut owners: HashSet<u64> = self
+            .lock_owners_by_fh
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&fh.0))
+            .unwrap_or_default();
+        owners.extend(lock_owner.map(|o| o.0));
+        for owner in owners {
+            if let Some(unlock) = self.unlock_all(ino, LockOwner(owner)) {
+                self.rt.spawn(async move {
+                    if let Err(e) = unlock.await {
+                        tracing::warn!("release the locks of a closed file: {e}");
+                    }
+                });
+            }
         }
         let handles = self.handles.clone();
         let file = handles.lock().ok().and_then(|mut h| {
@@ -1319,9 +1336,9 @@ impl fuser::Filesystem for SpareFs {
 
     fn setlk(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
         end: u64,
@@ -1342,9 +1359,16 @@ impl fuser::Filesystem for SpareFs {
             kind,
             pid,
         };
-        if let Ok(mut l) = self.lockers.lock() {
+        let lockers = self.lockers.clone();
+        if let Ok(mut l) = lockers.lock() {
             l.insert((ino.0, lock_owner.0));
         }
+        if let Ok(mut m) = self.lock_owners_by_fh.lock() {
+            m.entry(fh.0).or_default().insert(lock_owner.0);
+        }
+        // The thread waiting in F_SETLKW (the lock's own pid is 0 for OFD
+        // locks, and names the holder in other cases).
+        let waiter = req.pid();
         spawn!(self, async move {
             loop {
                 match meta
@@ -1354,11 +1378,21 @@ impl fuser::Filesystem for SpareFs {
                     })
                     .await
                 {
-                    Ok(_) => return reply.ok(),
+                    Ok(_) => {
+                        // A close by another thread of the owner may have
+                        // released its locks meanwhile: this one is new.
+                        if let Ok(mut l) = lockers.lock() {
+                            l.insert((ino.0, lock_owner.0));
+                        }
+                        return reply.ok();
+                    }
                     Err(ClientError::Errno(PErrno::EAGAIN)) if sleep => {
-                        // FUSE interrupts are not handled: stop waiting for a
-                        // process that is gone.
-                        if pid != 0 && !Path::new(&format!("/proc/{pid}")).exists() {
+                        // fuser answers the kernel's INTERRUPT with ENOSYS, after
+                        // which the kernel waits for this answer even for a
+                        // killed process: end the wait as an interrupt would
+                        // once the waiter has a signal to take (^C, SIGKILL)
+                        // or is gone.
+                        if signal_pending(waiter) {
                             return reply.error(Errno::EINTR);
                         }
                         tokio::time::sleep(LOCK_RETRY).await
@@ -1694,4 +1728,22 @@ fn set_id_bits_a_write_clears(a: &Attr, c: &Caller) -> u32 {
         bits |= 0o2000;
     }
     bits
+}
+
+/// Whether thread `tid` has a signal pending that it does not block (or no
+/// longer exists): a blocked F_SETLKW must then end with EINTR, as it does
+/// on a local filesystem. From /proc/TID/status: SigPnd (the thread's),
+/// ShdPnd (the process's), SigBlk.
+fn signal_pending(tid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return true;
+    };
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    (mask("SigPnd:") | mask("ShdPnd:")) & !mask("SigBlk:") != 0
 }
