@@ -12,8 +12,17 @@ use std::sync::Arc;
 
 #[derive(Subcommand)]
 pub enum FsCmd {
-    /// List directories.
-    Ls { paths: Vec<String> },
+    /// List directories. Names are quoted as `ls` quotes them on a
+    /// terminal; `--json` and `-0` keep their bytes.
+    Ls {
+        /// One JSON object per entry, on a line each.
+        #[arg(long, conflicts_with = "null")]
+        json: bool,
+        /// Names only, each followed by a NUL byte (for xargs -0).
+        #[arg(short = '0', long = "null")]
+        null: bool,
+        paths: Vec<String>,
+    },
     /// Show attributes.
     Stat { paths: Vec<String> },
     /// Make directories.
@@ -98,23 +107,48 @@ async fn copy_out(
 
 async fn one(client: &Arc<MetaClient>, cmd: &FsCmd, path: &str) -> Result<(), ClientError> {
     match cmd {
-        FsCmd::Ls { .. } => {
+        FsCmd::Ls { json, null, .. } => {
+            use std::io::Write;
             let a = client.resolve(path).await?;
-            if a.kind != FileKind::Dir {
-                println!("{path}");
-                return Ok(());
-            }
-            for e in client.readdir(a.ino).await? {
-                let attr = client.getattr(e.ino).await?;
-                println!(
-                    "{} {:>3} {:>5} {:>5} {:>12} {}",
-                    mode_string(&attr),
-                    attr.nlink,
-                    attr.uid,
-                    attr.gid,
-                    attr.size,
-                    String::from_utf8_lossy(&e.name)
-                );
+            let entries = if a.kind == FileKind::Dir {
+                let mut out = Vec::new();
+                for e in client.readdir(a.ino).await? {
+                    out.push((e.name.clone(), client.getattr(e.ino).await?));
+                }
+                out
+            } else {
+                vec![(path.as_bytes().to_vec(), a)]
+            };
+            let mut stdout = std::io::stdout().lock();
+            let wrote = |r: std::io::Result<()>| {
+                r.map_err(|e| ClientError::Rejected(format!("write output: {e}")))
+            };
+            for (name, attr) in entries {
+                if *null {
+                    wrote(stdout.write_all(&name))?;
+                    wrote(stdout.write_all(b"\0"))?;
+                } else if *json {
+                    let mut v = crate::names::json(&name);
+                    v["ino"] = attr.ino.0.into();
+                    v["mode"] = format!("{:o}", attr.perm).into();
+                    v["kind"] = format!("{:?}", attr.kind).into();
+                    v["nlink"] = attr.nlink.into();
+                    v["uid"] = attr.uid.into();
+                    v["gid"] = attr.gid.into();
+                    v["size"] = attr.size.into();
+                    wrote(writeln!(stdout, "{v}"))?;
+                } else {
+                    wrote(writeln!(
+                        stdout,
+                        "{} {:>3} {:>5} {:>5} {:>12} {}",
+                        mode_string(&attr),
+                        attr.nlink,
+                        attr.uid,
+                        attr.gid,
+                        attr.size,
+                        crate::names::shell_escape(&name)
+                    ))?;
+                }
             }
         }
         FsCmd::Stat { .. } => {
@@ -222,8 +256,8 @@ async fn one(client: &Arc<MetaClient>, cmd: &FsCmd, path: &str) -> Result<(), Cl
 pub async fn run(meta: &str, cmd: FsCmd) -> anyhow::Result<i32> {
     let client = Arc::new(MetaClient::new(split_addresses(meta), current_caller()));
     let paths: Vec<String> = match &cmd {
-        FsCmd::Ls { paths } if paths.is_empty() => vec!["/".into()],
-        FsCmd::Ls { paths }
+        FsCmd::Ls { paths, .. } if paths.is_empty() => vec!["/".into()],
+        FsCmd::Ls { paths, .. }
         | FsCmd::Stat { paths }
         | FsCmd::Rmdir { paths }
         | FsCmd::Touch { paths }
@@ -257,6 +291,17 @@ pub async fn policy(meta: &str, cmd: PolicyCmd) -> anyhow::Result<i32> {
             }
             PolicyCmd::Set { dir, policy } => {
                 let p: Policy = policy.parse().map_err(ClientError::Rejected)?;
+                // Each fragment goes to its own host: a policy wider than the
+                // cluster would only ever be written lowered.
+                if let NsReply::Chunkservers(list) = client.read(ReadOp::ListChunkservers).await? {
+                    if p.width() > list.len() {
+                        return Err(ClientError::Rejected(format!(
+                            "policy {p} needs {} chunkservers (one fragment each); this cluster has {}",
+                            p.width(),
+                            list.len()
+                        )));
+                    }
+                }
                 let a = client.resolve(&dir).await?;
                 client.set_policy(a.ino, p).await
             }

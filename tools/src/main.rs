@@ -5,6 +5,7 @@
 mod chaos_cmd;
 mod fs_cmd;
 mod mount_cmd;
+mod names;
 mod node_cmd;
 mod status_cmd;
 mod up_cmd;

@@ -23,6 +23,49 @@ pub struct MountArgs {
     /// the meta as it happens (see docs/delegation.md).
     #[arg(long, env = "SPAREFS_NO_DELEGATIONS")]
     pub no_delegations: bool,
+    /// Mount over a directory that is not empty (its contents are hidden
+    /// while mounted).
+    #[arg(long)]
+    pub nonempty: bool,
+}
+
+/// Refuses, with the reason, a mount that could not work or would hide
+/// files: a mountpoint that is not a directory, a directory with contents
+/// (unless `--nonempty`), a directory already mounted, or a cluster no meta
+/// replica of which answers within `timeout`.
+pub async fn check_before_mounting(args: &MountArgs) -> anyhow::Result<()> {
+    let at = &args.mountpoint;
+    let meta = std::fs::metadata(at).with_context(|| format!("mountpoint {}", at.display()))?;
+    anyhow::ensure!(
+        meta.is_dir(),
+        "mountpoint {} is not a directory",
+        at.display()
+    );
+    anyhow::ensure!(
+        !is_mounted(at),
+        "{} is already a sparefs mount",
+        at.display()
+    );
+    let mut entries = std::fs::read_dir(at).with_context(|| format!("read {}", at.display()))?;
+    anyhow::ensure!(
+        args.nonempty || entries.next().is_none(),
+        "mountpoint {} is not empty (mounting would hide its files; --nonempty to mount anyway)",
+        at.display()
+    );
+    let client = sparefs_client::MetaClient::new(
+        crate::split_addresses(&args.meta),
+        sparefs_proto::namespace::Caller::ROOT,
+    );
+    let wait = Duration::from_secs(args.timeout.clamp(1, 30));
+    match tokio::time::timeout(wait, client.getattr(sparefs_proto::InodeId::ROOT)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => anyhow::bail!("no sparefs meta answers at {}: {e}", args.meta),
+        Err(_) => anyhow::bail!(
+            "no sparefs meta answered at {} within {} s",
+            args.meta,
+            wait.as_secs()
+        ),
+    }
 }
 
 /// Whether `mountpoint` is a sparefs mount now.
@@ -42,6 +85,7 @@ pub fn is_mounted(mountpoint: &Path) -> bool {
 }
 
 pub async fn run(args: MountArgs) -> anyhow::Result<i32> {
+    check_before_mounting(&args).await?;
     if args.daemon {
         return detach(args).await;
     }
@@ -110,6 +154,7 @@ async fn detach(args: MountArgs) -> anyhow::Result<i32> {
     ])
     .arg(&args.mountpoint)
     .args(args.no_delegations.then_some("--no-delegations"))
+    .args(args.nonempty.then_some("--nonempty"))
     .stdin(std::process::Stdio::null())
     .stdout(log.try_clone()?)
     .stderr(log);
@@ -145,6 +190,7 @@ pub fn helper_args(argv: &[String]) -> anyhow::Result<MountArgs> {
     let mut timeout = 30;
     let mut log = None;
     let mut no_delegations = false;
+    let mut nonempty = false;
     let mut it = argv.iter().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -157,6 +203,8 @@ pub fn helper_args(argv: &[String]) -> anyhow::Result<MountArgs> {
                         log = Some(PathBuf::from(v));
                     } else if o == "nodelegations" {
                         no_delegations = true;
+                    } else if o == "nonempty" {
+                        nonempty = true;
                     }
                 }
             }
@@ -176,5 +224,6 @@ pub fn helper_args(argv: &[String]) -> anyhow::Result<MountArgs> {
         timeout,
         log,
         no_delegations,
+        nonempty,
     })
 }

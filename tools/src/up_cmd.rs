@@ -228,6 +228,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         policy.width(),
         args.chunkservers
     );
+    anyhow::ensure!(
+        !args.data.exists() || args.data.is_dir(),
+        "--data {} is not a directory",
+        args.data.display()
+    );
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("create {}", args.data.display()))?;
     let mountpoint = args.mount.clone().unwrap_or_else(|| args.data.join("mnt"));

@@ -1,0 +1,143 @@
+//! The `sparefs` command refuses, with the reason, what cannot work or
+//! cannot be honoured: a mount on a file, on a non-empty directory, or with
+//! no meta to talk to; sizes and policies it cannot honour; a `--data` that
+//! is a file. `fs ls` prints names so that none can split the listing or
+//! reach the terminal, and keeps their bytes in `-0` and `--json`.
+
+use sparefs_tests::{fs_cluster, sparefs_bin};
+use std::process::{Command, Output};
+
+fn sparefs(args: &[&str]) -> Output {
+    Command::new(sparefs_bin())
+        .args(args)
+        .output()
+        .expect("run sparefs")
+}
+
+fn refused(out: &Output, because: &str, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{what}: accepted ({err})");
+    assert!(
+        err.contains(because),
+        "{what}: refused without saying {because:?}: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_refuses_what_cannot_work_and_says_why() {
+    let (c, mounts) = fs_cluster(1, 1).await.expect("cluster");
+    let meta = c.meta_list();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let file = scratch.path().join("a-file");
+    std::fs::write(&file, b"x").expect("write");
+    let full = scratch.path().join("full");
+    std::fs::create_dir(&full).expect("mkdir");
+    std::fs::write(full.join("precious"), b"x").expect("write");
+    let empty = scratch.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    let (f, d, e) = (
+        file.to_str().expect("utf-8"),
+        full.to_str().expect("utf-8"),
+        empty.to_str().expect("utf-8"),
+    );
+
+    refused(
+        &sparefs(&["mount", "--meta", &meta, f]),
+        "not a directory",
+        "mount on a file",
+    );
+    refused(
+        &sparefs(&["mount", "--meta", &meta, d]),
+        "not empty",
+        "mount on a full directory",
+    );
+    refused(
+        &sparefs(&["mount", "--meta", "127.0.0.1:1", "--timeout", "2", e]),
+        "no sparefs meta",
+        "mount with no meta",
+    );
+    assert!(!sparefs_tests::is_mounted(&empty) && !sparefs_tests::is_mounted(&full));
+    let ok = sparefs(&["mount", "--daemon", "--nonempty", "--meta", &meta, d]);
+    assert!(
+        ok.status.success(),
+        "--nonempty: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(sparefs_tests::is_mounted(&full));
+    let _ = Command::new("umount").arg(&full).status();
+    assert!(full.join("precious").exists(), "the hidden file is back");
+
+    for bad in ["-1G", "nan", "inf", "1e30"] {
+        let limit = format!("--limit={bad}");
+        refused(
+            &sparefs(&[
+                "chunkserver",
+                "--dir",
+                e,
+                &limit,
+                "--meta",
+                &meta,
+                "--listen",
+                "127.0.0.1:1",
+            ]),
+            "size",
+            &format!("--limit {bad}"),
+        );
+    }
+    for wide in ["ec:16+16", "rep:32", "ec:2+2"] {
+        refused(
+            &sparefs(&["policy", "--meta", &meta, "set", "/", wide]),
+            "needs",
+            &format!("policy {wide} on 3 chunkservers"),
+        );
+    }
+    refused(
+        &sparefs(&["policy", "--meta", &meta, "set", "/", "ec:255+255"]),
+        "out of range",
+        "ec:255+255",
+    );
+    refused(
+        &sparefs(&["up", "--data", f]),
+        "is not a directory",
+        "up --data FILE",
+    );
+
+    // Names with a newline, a terminal escape and invalid UTF-8.
+    let mnt = &mounts[0];
+    let names: [&[u8]; 4] = [b"two\nlines", b"\x1b[2Jcleared", b"bad\xff", b"plain"];
+    for n in names {
+        use std::os::unix::ffi::OsStrExt;
+        std::fs::write(mnt.join(std::ffi::OsStr::from_bytes(n)), b"x").expect("create");
+    }
+    let ls = sparefs(&["fs", "--meta", &meta, "ls", "/"]);
+    assert!(ls.status.success());
+    assert_eq!(
+        ls.stdout.iter().filter(|&&b| b == b'\n').count(),
+        names.len(),
+        "one line per name"
+    );
+    assert!(
+        !ls.stdout.contains(&0x1b),
+        "an escape sequence reached the terminal"
+    );
+    let raw = sparefs(&["fs", "--meta", &meta, "ls", "-0", "/"]);
+    let mut got: Vec<&[u8]> = raw
+        .stdout
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .collect();
+    got.sort();
+    let mut want = names.to_vec();
+    want.sort();
+    assert_eq!(got, want, "-0 keeps the bytes");
+    let json = sparefs(&["fs", "--meta", &meta, "ls", "--json", "/"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&json.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), names.len());
+    assert!(lines.iter().any(|v| v["name"] == "two\nlines"));
+    assert!(lines
+        .iter()
+        .any(|v| v["name_bytes"] == serde_json::json!([98, 97, 100, 255])));
+}
