@@ -14,3 +14,9 @@ if [ -n "$need" ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y $need >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y $need >/dev/null; }
 fi
+# fsx-rs, the file exerciser the fsx_rs cluster test runs (a Rust binary
+# from crates.io, pinned).
+if ! command -v fsx >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/fsx" ]; then
+    echo "installing: fsx 0.3.2 (cargo install)" >&2
+    cargo install fsx --version 0.3.2 --locked >/dev/null 2>&1 || cargo install fsx --version 0.3.2 >/dev/null
+fi

@@ -255,6 +255,8 @@ impl OpenFile {
     /// Reads through the meta's size unless this handle wrote past it.
     pub async fn read(&self, offset: u64, len: usize, meta_size: u64) -> Result<Vec<u8>> {
         let mut st = self.state.lock().await;
+        // Changes from here on drop what this read would read ahead.
+        let began = self.ahead.lock().map(|ra| ra.epoch()).unwrap_or(u64::MAX);
         if st.overlaps(offset, len as u64) || st.overlaps_inflight(offset, len as u64) {
             self.flush_locked(&mut st).await?;
         }
@@ -271,7 +273,7 @@ impl OpenFile {
             self.drop_window();
             return self.data.read(self.ino, size, offset, len).await;
         }
-        if let Some(hit) = self.from_window(offset, len, size).await {
+        if let Some(hit) = self.from_window(offset, len, size, began).await {
             return Ok(hit);
         }
         let first = self.first_chunk.lock().ok().and_then(|mut h| h.take());
@@ -279,26 +281,26 @@ impl OpenFile {
             .data
             .read_with_first_chunk(self.ino, size, offset, len, first)
             .await?;
-        self.maybe_read_ahead(offset, offset + out.len() as u64, size);
+        self.maybe_read_ahead(offset, offset + out.len() as u64, size, began);
         Ok(out)
     }
 
     /// Serves a read from the read-ahead windows if they cover it.
-    async fn from_window(&self, offset: u64, len: usize, size: u64) -> Option<Vec<u8>> {
+    async fn from_window(&self, offset: u64, len: usize, size: u64, began: u64) -> Option<Vec<u8>> {
         let end = (offset + len as u64).min(size);
         if offset >= end {
             return None;
         }
         let out = crate::readahead::serve(&self.ahead, offset, end).await?;
-        self.maybe_read_ahead(offset, end, size);
+        self.maybe_read_ahead(offset, end, size, began);
         Some(out)
     }
 
     /// After a read of `[start, next)`: keep windows in flight ahead of a
     /// sequential reader.
-    fn maybe_read_ahead(&self, start: u64, next: u64, size: u64) {
+    fn maybe_read_ahead(&self, start: u64, next: u64, size: u64, began: u64) {
         if let Ok(mut ra) = self.ahead.lock() {
-            ra.advance(start, next, size, &self.data, self.ino);
+            ra.advance((start, next, size), began, &self.data, self.ino);
         }
     }
 
@@ -531,8 +533,11 @@ impl OpenFile {
         self.drop_window();
         let mut st = self.state.lock().await;
         self.flush_locked(&mut st).await?;
-        self.data.punch_hole(self.ino, offset, len).await?;
-        Ok(())
+        let r = self.data.punch_hole(self.ino, offset, len).await;
+        // Again once the hole is in the layout: windows a read started
+        // while it was being committed hold the old bytes.
+        self.drop_window();
+        r.map(|_| ())
     }
 
     /// Forgets size knowledge after a truncate done elsewhere (setattr).

@@ -40,6 +40,12 @@ pub struct ReadAhead {
     next: u64,
     /// Windows in file order, contiguous.
     windows: VecDeque<Window>,
+    /// Bumped by every `clear`: a read that began before a change of the
+    /// file must not start windows after it (`advance` checks), since their
+    /// fetches may use the layout from before the change. (Issue 12: a read
+    /// overlapping a hole punch left windows of the old bytes, which the
+    /// next read of the punched range was served from.)
+    epoch: u64,
 }
 
 impl ReadAhead {
@@ -47,9 +53,15 @@ impl ReadAhead {
     /// reader went elsewhere). Windows the reader has passed are popped
     /// without stopping theirs: a read still being served may need them.
     pub fn clear(&mut self) {
+        self.epoch += 1;
         for w in self.windows.drain(..) {
             w.fetch.abort();
         }
+    }
+
+    /// What a read notes when it begins, for `advance` when it ends.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// The windows that together cover `[offset, end)`, if they do.
@@ -73,14 +85,15 @@ impl ReadAhead {
         None
     }
 
-    /// After a read of `[start, next)` of a file of `size` bytes: forgets
-    /// windows behind the reader and, if reads are sequential, starts
-    /// fetching windows until `AHEAD_BYTES` past `next` are in flight.
+    /// After a read of `[start, next)` of a file of `size` bytes that
+    /// began at `began` (`epoch()`): forgets windows behind the reader and,
+    /// if reads are sequential and nothing changed the file since the read
+    /// began, starts fetching windows until `AHEAD_BYTES` past `next` are
+    /// in flight.
     pub fn advance(
         &mut self,
-        start: u64,
-        next: u64,
-        size: u64,
+        (start, next, size): (u64, u64, u64),
+        began: u64,
         data: &Arc<DataClient>,
         ino: InodeId,
     ) {
@@ -91,7 +104,7 @@ impl ReadAhead {
         while self.windows.front().is_some_and(|w| w.end() <= start) {
             self.windows.pop_front();
         }
-        if !sequential {
+        if !sequential || began != self.epoch {
             return;
         }
         if self.windows.back().is_some_and(|w| w.end() < next) {
@@ -140,4 +153,36 @@ pub async fn serve(ra: &std::sync::Mutex<ReadAhead>, offset: u64, end: u64) -> O
         out.extend_from_slice(&bytes[from..to]);
     }
     (out.len() as u64 == end - offset).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::MetaClient;
+    use sparefs_proto::namespace::Caller;
+
+    #[tokio::test]
+    async fn a_read_that_began_before_a_change_starts_no_window_after_it() {
+        // Nothing listens there: the fetches fail, which does not matter;
+        // what matters is which windows are started.
+        let meta = Arc::new(MetaClient::new(vec!["127.0.0.1:1".into()], Caller::ROOT));
+        let data = Arc::new(DataClient::new(meta));
+        let size = 64 << 20;
+        let mut ra = ReadAhead::default();
+        let began = ra.epoch();
+        ra.advance((0, 65536, size), began, &data, InodeId(9));
+        assert!(!ra.windows.is_empty(), "a sequential reader reads ahead");
+        // A read begins; the file changes (a hole punch clears the windows)
+        // before the read ends: the read must not start windows of the
+        // layout from before the change.
+        let began = ra.epoch();
+        ra.clear();
+        ra.advance((65536, 131072, size), began, &data, InodeId(9));
+        assert!(ra.windows.is_empty(), "windows started across a change");
+        // The next read, begun after the change, reads ahead again.
+        let began = ra.epoch();
+        ra.advance((131072, 196608, size), began, &data, InodeId(9));
+        assert!(!ra.windows.is_empty());
+        ra.clear();
+    }
 }

@@ -1,0 +1,52 @@
+#!/bin/sh
+# Long fsx-rs runs with every operation (tests/fsx/all-ops.toml) through a
+# mounted sparefs, several seeds at once, while background programs write,
+# read, copy and delete other files on the same mount.
+#   bench/fsx-long.sh MOUNTDIR [OPS] [SEEDS...]
+# Defaults: 1,000,000 operations, seeds 1 2 3. Prints one line per seed and
+# exits non-zero if any failed; artifacts (the failing op log) go to
+# MOUNTDIR/../fsx-artifacts. Start a cluster first, e.g. `sparefs up`.
+set -u
+mnt=${1:?usage: bench/fsx-long.sh MOUNTDIR [OPS] [SEEDS...]}
+ops=${2:-1000000}
+shift 2 2>/dev/null || shift $#
+seeds=${*:-1 2 3}
+here=$(cd "$(dirname "$0")/.." && pwd)
+fsx=${FSX:-fsx}
+work="$mnt/fsx-long.$$"
+art="$(dirname "$mnt")/fsx-artifacts"
+mkdir -p "$work/load" "$art"
+# Background load: 4 MiB written and synced, read back, copied and deleted,
+# and a tree copied in and removed, in a loop.
+(
+    while [ ! -e "$work/stop" ]; do
+        dd if=/dev/urandom of="$work/load/big" bs=1M count=4 conv=fsync status=none
+        cat "$work/load/big" >/dev/null
+        cp "$work/load/big" "$work/load/big.copy" && rm -f "$work/load/big.copy"
+        cp -r /usr/share/doc/apt "$work/load/tree" 2>/dev/null; rm -rf "$work/load/tree"
+        sleep 0.2
+    done
+) &
+load=$!
+start=$(date +%s)
+pids=""
+for s in $seeds; do
+    ( "$fsx" -f "$here/tests/fsx/all-ops.toml" -N "$ops" -S "$s" -P "$art" "$work/f$s" \
+        >"$art/seed-$s.log" 2>&1; echo $? >"$art/seed-$s.rc" ) &
+    pids="$pids $!"
+done
+wait $pids
+touch "$work/stop"
+wait $load
+fail=0
+for s in $seeds; do
+    rc=$(cat "$art/seed-$s.rc")
+    if [ "$rc" = 0 ] && grep -q "A-OK" "$art/seed-$s.log"; then
+        echo "seed $s: $ops operations, A-OK"
+    else
+        echo "seed $s: FAILED (rc $rc), last lines:"; tail -5 "$art/seed-$s.log"; fail=1
+    fi
+done
+echo "fsx-long: seeds [$seeds] x $ops operations in $(( $(date +%s) - start )) s under load"
+rm -rf "$work"
+exit $fail
