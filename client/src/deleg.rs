@@ -331,10 +331,14 @@ impl Delegations {
         };
         match dir.names.get(name).map(|n| n.ino) {
             None => Lookup::Answer(Err(Errno::ENOENT)),
+            // A held directory's own attributes first: they follow its
+            // changes answered here (a chmod right after its mkdir, before
+            // the batch leaves, left the mkdir's attributes in `made`).
             Some(ino) => match st
-                .made
+                .dirs
                 .get(&ino)
-                .or(st.dirs.get(&ino).map(|d| &d.attr))
+                .map(|d| &d.attr)
+                .or(st.made.get(&ino))
                 .or(st.known.get(&ino))
             {
                 Some(a) => Lookup::Answer(Ok(a.clone())),
@@ -757,6 +761,9 @@ impl Delegations {
         if let Some(d) = st.dirs.get_mut(&ino) {
             d.attr = after.clone();
         }
+        if let Some(m) = st.made.get_mut(&ino) {
+            *m = after.clone();
+        }
         let op = WriteOp::SetAttr {
             ino,
             set: set.clone(),
@@ -1099,6 +1106,31 @@ mod tests {
         private.granted(InodeId(1), b"p", dir_attr(12, 0o700, 1000), FIRST_COOKIE);
         assert!(private.list(&user(2000), InodeId(12), 2, 10).is_none());
         assert!(d.list(&me, InodeId(11), 2, 10).is_none());
+    }
+
+    #[test]
+    fn a_held_directorys_own_change_is_what_its_parent_answers() {
+        let d = ready();
+        let me = user(1000);
+        let dir = InodeId(10);
+        let Local::Answer(Ok((sub, _))) = d.make(&me, dir, b"sub", FileKind::Dir, (0o755, 0), true)
+        else {
+            panic!("mkdir answered here");
+        };
+        // chmod through another name (a symlink), before the mkdir is sent.
+        let chmod = SetAttr {
+            perm: Some(0o700),
+            ..SetAttr::default()
+        };
+        assert!(matches!(
+            d.setattr(&me, sub.ino, &chmod),
+            Local::Answer(Ok(_))
+        ));
+        let Lookup::Answer(Ok(a)) = d.lookup(dir, b"sub") else {
+            panic!("sub is known here");
+        };
+        assert_eq!(a.perm, 0o700, "the lookup through its name");
+        assert_eq!(d.getattr(sub.ino).map(|a| a.perm), Some(0o700));
     }
 
     #[test]
