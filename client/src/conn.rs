@@ -21,7 +21,17 @@ pub struct Conn {
     /// between threads costs more than the write on a small host).
     out: tokio::sync::Mutex<BufWriter<OwnedWriteHalf>>,
     broken: Arc<AtomicBool>,
+    /// When it was opened, and whether a call ever went out on it: servers
+    /// close a connection that sends nothing for `FIRST_FRAME_TIMEOUT`, so
+    /// the pool does not hand out one that stayed unused for half of that
+    /// (it could close under the first call).
+    opened: std::time::Instant,
+    used: AtomicBool,
 }
+
+/// An unused pooled connection older than this is replaced, not used.
+const UNUSED_MAX: Duration =
+    Duration::from_secs(sparefs_proto::limits::FIRST_FRAME_TIMEOUT.as_secs() / 2);
 
 #[derive(Debug)]
 pub enum CallError {
@@ -70,6 +80,8 @@ impl Conn {
             pending,
             out,
             broken,
+            opened: std::time::Instant::now(),
+            used: AtomicBool::new(false),
         })
     }
 
@@ -78,6 +90,7 @@ impl Conn {
     }
 
     pub async fn call(&self, body: Request, timeout: Duration) -> Result<Reply, CallError> {
+        self.used.store(true, Ordering::Relaxed);
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending
@@ -162,7 +175,8 @@ impl ConnPool {
     /// A working connection to `address`, opened if needed.
     pub async fn get(&self, address: &str) -> Result<Arc<Conn>, String> {
         if let Some(c) = self.conns.lock().map_err(|e| e.to_string())?.get(address) {
-            if !c.is_broken() {
+            let stale = !c.used.load(Ordering::Relaxed) && c.opened.elapsed() >= UNUSED_MAX;
+            if !c.is_broken() && !stale {
                 return Ok(c.clone());
             }
         }

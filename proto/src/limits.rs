@@ -30,8 +30,9 @@ pub const DESCRIPTORS_RESERVED: usize = 1_024;
 /// connections: frames being received and requests being served.
 pub const REQUEST_BYTES_IN_FLIGHT_MAX: usize = 512 * 1024 * 1024;
 const _: () = assert!(REQUEST_BYTES_IN_FLIGHT_MAX >= 4 * FRAME_BYTES_MAX);
-/// A new connection must deliver its first whole frame within this; a
-/// connection that never speaks is closed.
+/// A new connection must begin its first frame within this; a connection
+/// that never speaks is closed (clients replace pooled connections left
+/// unused for half of it).
 pub const FIRST_FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Once a frame's first byte has arrived, the rest must arrive within this.
 pub const FRAME_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -9,7 +9,7 @@
 //! - connections: at most `connections_max()`; past it a new one is closed
 //!   at once, and a failing `accept` (EMFILE and the like) is waited out,
 //!   never a reason to stop serving;
-//! - time: a connection must send its first frame within
+//! - time: a connection must begin its first frame within
 //!   `FIRST_FRAME_TIMEOUT`, and a frame once begun must finish within
 //!   `FRAME_READ_TIMEOUT`; idle time between frames is free;
 //! - memory: a silent connection holds no buffers; frames grow as their
@@ -154,25 +154,17 @@ async fn connection<S: Service>(
     budget: Arc<Semaphore>,
 ) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
-    let first_deadline = tokio::time::Instant::now() + FIRST_FRAME_TIMEOUT;
     // Until the peer speaks it holds nothing but this small task and its
     // socket: the rest of the connection's state is boxed only then.
     // (`peek`, not `readable`: a fresh socket may be reported readable
     // before it holds a byte.)
-    let first = tokio::time::timeout_at(first_deadline, stream.peek(&mut [0u8; 1]))
+    let first = tokio::time::timeout(FIRST_FRAME_TIMEOUT, stream.peek(&mut [0u8; 1]))
         .await
         .map_err(|_| timed_out("no frame within the first-frame timeout"))??;
     if first == 0 {
         return Ok(());
     }
-    Box::pin(spoken_connection(
-        stream,
-        peer,
-        service,
-        budget,
-        first_deadline,
-    ))
-    .await
+    Box::pin(spoken_connection(stream, peer, service, budget)).await
 }
 
 /// A connection that has begun to send: reads frames until it closes.
@@ -181,7 +173,6 @@ async fn spoken_connection<S: Service>(
     peer: SocketAddr,
     service: Arc<S>,
     budget: Arc<Semaphore>,
-    first_deadline: tokio::time::Instant,
 ) -> Result<(), FrameError> {
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(SERVER_READ_BUFFER_BYTES, rd);
@@ -206,19 +197,14 @@ async fn spoken_connection<S: Service>(
     });
     let limit = Arc::new(Semaphore::new(INFLIGHT_REQUESTS_PER_CONNECTION_MAX));
     let mut buf = Vec::new();
-    let mut spoken = false;
     let result = loop {
-        let deadline = if spoken {
-            // Idle time between frames is free; a frame once begun is not.
-            match rd.fill_buf().await {
-                Ok([]) => break Err(FrameError::Closed),
-                Ok(_) => {}
-                Err(e) => break Err(e.into()),
-            }
-            tokio::time::Instant::now() + FRAME_READ_TIMEOUT
-        } else {
-            first_deadline
-        };
+        // Idle time between frames is free; a frame once begun is not.
+        match rd.fill_buf().await {
+            Ok([]) => break Err(FrameError::Closed),
+            Ok(_) => {}
+            Err(e) => break Err(e.into()),
+        }
+        let deadline = tokio::time::Instant::now() + FRAME_READ_TIMEOUT;
         let read = frame::read_frame_budgeted(&mut rd, &mut buf, Some(&budget));
         let held = match tokio::time::timeout_at(deadline, read).await {
             Ok(Ok(held)) => held,
@@ -232,7 +218,6 @@ async fn spoken_connection<S: Service>(
                 break Err(e);
             }
         };
-        spoken = true;
         if service.is_one_way(&req.body) {
             if let Err(e) = service.one_way(peer, req.body) {
                 break Err(FrameError::Io(std::io::Error::new(

@@ -8,7 +8,7 @@
 use protobuf::Message as _;
 use raft::prelude::{Entry, Message, MessageType};
 use rand::{Rng, SeedableRng};
-use sparefs_proto::limits::FIRST_FRAME_TIMEOUT;
+use sparefs_proto::limits::{FIRST_FRAME_TIMEOUT, FRAME_READ_TIMEOUT};
 use sparefs_proto::msg::{Request, RequestFrame};
 use sparefs_proto::ReplicaId;
 use sparefs_tests::{fs_cluster, MetaCluster};
@@ -208,8 +208,8 @@ async fn hostile_clients_stop_no_daemon_and_the_mount_keeps_working() {
     all_alive(&mut c);
     mount_works(&mnt, "with-junk");
     // Each is closed: at once for bytes that cannot be a frame, within the
-    // first-frame timeout for half-sent ones.
-    let deadline = sent + FIRST_FRAME_TIMEOUT + Duration::from_secs(5);
+    // frame timeout for half-sent ones.
+    let deadline = sent + FRAME_READ_TIMEOUT + Duration::from_secs(5);
     for (name, _, _, junk) in open {
         for (i, s) in junk.into_iter().enumerate() {
             assert!(
