@@ -121,48 +121,44 @@ fn raft_frame(from: u64, m: &Message) -> Vec<u8> {
     })
 }
 
+/// A Raft message of type `t` that claims to come from replica `from`.
+fn forged(t: MessageType, to: u64, from: u64, term: u64) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(t);
+    m.to = to;
+    m.from = from;
+    m.term = term;
+    m
+}
+
+fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+    let mut e = Entry::default();
+    e.index = index;
+    e.term = term;
+    e.data = data.to_vec().into();
+    e
+}
+
 /// Messages that each reached a raft-rs abort, or put bytes into the log
 /// that no replica can apply, before the guards.
 fn forged_raft(to: u64, from: u64, term: u64) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut hb = Message::default();
-    hb.set_msg_type(MessageType::MsgHeartbeat);
-    hb.to = to;
-    hb.from = from;
-    hb.term = term;
+    // A heartbeat committing past the log (raft-rs `commit_to` aborts).
+    let mut hb = forged(MessageType::MsgHeartbeat, to, from, term);
     hb.commit = u64::MAX;
-    out.push(raft_frame(from, &hb));
-    let mut propose = Message::default();
-    propose.set_msg_type(MessageType::MsgPropose);
-    propose.to = to;
-    propose.from = from;
-    propose.term = term;
-    let mut e = Entry::default();
-    e.data = b"not a command".to_vec().into();
-    propose.entries = vec![e].into();
-    out.push(raft_frame(from, &propose));
-    let mut append = Message::default();
-    append.set_msg_type(MessageType::MsgAppend);
-    append.to = to;
-    append.from = from;
-    append.term = term;
-    append.index = 1;
-    append.log_term = 1;
-    append.commit = u64::MAX;
-    let mut e = Entry::default();
-    e.index = 2;
-    e.term = term;
-    e.data = b"rewrites a committed entry".to_vec().into();
-    append.entries = vec![e].into();
-    out.push(raft_frame(from, &append));
-    let mut ack = Message::default();
-    ack.set_msg_type(MessageType::MsgAppendResponse);
-    ack.to = to;
-    ack.from = from;
-    ack.term = term;
+    // A proposal of bytes no replica can apply.
+    let mut propose = forged(MessageType::MsgPropose, to, from, term);
+    propose.entries = vec![entry(0, 0, b"not a command")].into();
+    // An append rewriting committed entry 2 (`find_conflict` aborts).
+    let mut append = forged(MessageType::MsgAppend, to, from, term);
+    (append.index, append.log_term, append.commit) = (1, 1, u64::MAX);
+    append.entries = vec![entry(2, term, b"rewrites a committed entry")].into();
+    // An acknowledgement of entries the leader never had.
+    let mut ack = forged(MessageType::MsgAppendResponse, to, from, term);
     ack.index = u64::MAX - 1;
-    out.push(raft_frame(from, &ack));
-    out
+    [hb, propose, append, ack]
+        .iter()
+        .map(|m| raft_frame(from, m))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
