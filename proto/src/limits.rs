@@ -24,7 +24,7 @@ pub const INFLIGHT_REQUESTS_PER_CONNECTION_MAX: usize = 256;
 /// for its own files.
 pub const CONNECTIONS_MAX: usize = 16_384;
 /// Descriptors a daemon keeps for itself (RocksDB, fragment files, peers)
-/// out of its open-file limit.
+/// out of its open-file limit (a quarter of a limit under 4 Ki).
 pub const DESCRIPTORS_RESERVED: usize = 1_024;
 /// Most bytes of request frames one daemon holds at once, across all its
 /// connections: frames being received and requests being served.

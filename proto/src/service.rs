@@ -62,9 +62,9 @@ pub fn connections_max() -> usize {
     let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map(|(soft, _)| soft)
         .unwrap_or(1024);
-    let room = usize::try_from(soft)
-        .unwrap_or(usize::MAX)
-        .saturating_sub(DESCRIPTORS_RESERVED);
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+    // A quarter of a small limit, at most DESCRIPTORS_RESERVED of a large one.
+    let room = soft.saturating_sub(DESCRIPTORS_RESERVED.min(soft / 4));
     room.clamp(16, CONNECTIONS_MAX)
 }
 
