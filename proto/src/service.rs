@@ -83,7 +83,8 @@ pub fn raise_descriptor_limit() {
 
 /// Serves `listener` until the process ends; never returns on its own.
 pub async fn serve<S: Service>(listener: TcpListener, service: Arc<S>) -> std::io::Result<()> {
-    let slots = Arc::new(Semaphore::new(connections_max()));
+    let cap = connections_max();
+    let slots = Arc::new(Semaphore::new(cap));
     let budget_kib = u32::try_from(REQUEST_BYTES_IN_FLIGHT_MAX / 1024).unwrap_or(u32::MAX);
     let budget = Arc::new(Semaphore::new(budget_kib as usize));
     let mut warned: Option<Instant> = None;
@@ -108,8 +109,7 @@ pub async fn serve<S: Service>(listener: TcpListener, service: Arc<S>) -> std::i
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             warn(&format_args!(
-                "connection limit reached ({}); closing new connections",
-                connections_max()
+                "connection limit reached ({cap}); closing new connections"
             ));
             drop(stream);
             continue;
@@ -126,18 +126,13 @@ pub async fn serve<S: Service>(listener: TcpListener, service: Arc<S>) -> std::i
 }
 
 fn is_shortage(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM)
-    )
-}
-
-/// The few errno numbers `is_shortage` needs (Linux values).
-mod libc_errno {
-    pub const EMFILE: i32 = 24;
-    pub const ENFILE: i32 = 23;
-    pub const ENOBUFS: i32 = 105;
-    pub const ENOMEM: i32 = 12;
+    use nix::errno::Errno;
+    let Some(code) = e.raw_os_error() else {
+        return false;
+    };
+    [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM]
+        .iter()
+        .any(|x| *x as i32 == code)
 }
 
 fn timed_out(what: &str) -> FrameError {
