@@ -20,3 +20,13 @@ if ! command -v fsx >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/fsx" ]; then
     echo "installing: fsx 0.3.2 (cargo install)" >&2
     cargo install fsx --version 0.3.2 --locked >/dev/null 2>&1 || cargo install fsx --version 0.3.2 >/dev/null
 fi
+# pjdfstest (the Rust rewrite of the POSIX file system suite, crates.io,
+# pinned), which the pjdfstest cluster test runs; its user-switching tests
+# need a second unprivileged user and group named `tests`.
+if ! command -v pjdfstest >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/pjdfstest" ]; then
+    echo "installing: pjdfstest 0.2.2 (cargo install)" >&2
+    cargo install pjdfstest --version 0.2.2 --locked >/dev/null 2>&1 || cargo install pjdfstest --version 0.2.2 >/dev/null
+fi
+if [ "$(id -u)" = 0 ] && ! id tests >/dev/null 2>&1; then
+    echo 'tests:x:::pjdfstest dummy user:/:/usr/sbin/nologin' | newusers
+fi
