@@ -17,7 +17,7 @@ mod writer;
 
 use anyhow::Context;
 use sparefs_client::MetaClient;
-use sparefs_proto::msg::{Reply, Request};
+use sparefs_proto::msg::{HeartbeatReport, Reply, Request};
 use sparefs_proto::namespace::{Caller, NsReply, WriteOp};
 use sparefs_proto::ChunkserverId;
 use std::path::PathBuf;
@@ -139,7 +139,7 @@ async fn heartbeats(
         }
         let done = repairer.take_done();
         let gone: Vec<_> = std::mem::take(&mut *lost.lock().unwrap_or_else(|p| p.into_inner()));
-        let req = Request::Heartbeat {
+        let req = Request::Heartbeat(HeartbeatReport {
             chunkserver: id,
             capacity_bytes: store.capacity_bytes(),
             used_bytes: store.used_bytes(),
@@ -148,7 +148,7 @@ async fn heartbeats(
             lost: gone.clone(),
             want_tasks: repairer.free(),
             want_compaction: compactor.idle(),
-        };
+        });
         match meta.call_leader(&req).await {
             Ok(Reply::Tasks {
                 repairs,

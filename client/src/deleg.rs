@@ -12,6 +12,7 @@
 use crate::packed_names::{NamesPage, PackedNames};
 use sparefs_proto::limits::NAME_BYTES_MAX;
 use sparefs_proto::namespace::*;
+use sparefs_proto::write_kind::CacheEffect;
 use sparefs_proto::{Errno, InodeId};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -416,71 +417,50 @@ impl Delegations {
         // Even with nothing known: the epoch must move, or a read racing
         // this change could keep what the change is replacing.
         let mut st = self.lock();
-        match op {
-            WriteOp::CommitSlices { ino, .. } | WriteOp::CommitSlicesThenSetAttrs { ino, .. } => {
-                match phase {
-                    Phase::Sending => {
-                        let refill = st.holds_attr(*ino);
-                        st.forget(*ino);
-                        if refill {
-                            st.refill.insert(*ino);
-                        }
+        match op.cache_effect() {
+            CacheEffect::Commit(ino) => match phase {
+                Phase::Sending => {
+                    let refill = st.holds_attr(ino);
+                    st.forget(ino);
+                    if refill {
+                        st.refill.insert(ino);
                     }
-                    Phase::Answered(reply) => {
-                        let refill = st.refill.remove(ino);
-                        st.forget(*ino);
-                        if let (true, Some(NsReply::Attr(a))) = (refill, reply) {
-                            let keep = a.ino == *ino
-                                && a.kind == FileKind::File
-                                && a.nlink == 1
-                                && !st.linked.contains(ino)
-                                && !st.touched.contains(ino)
-                                && !st.touched_in_flight.contains(ino);
-                            if keep {
-                                st.keep_known(a.clone());
-                            }
+                }
+                Phase::Answered(reply) => {
+                    let refill = st.refill.remove(&ino);
+                    st.forget(ino);
+                    if let (true, Some(NsReply::Attr(a))) = (refill, reply) {
+                        let keep = a.ino == ino
+                            && a.kind == FileKind::File
+                            && a.nlink == 1
+                            && !st.linked.contains(&ino)
+                            && !st.touched.contains(&ino)
+                            && !st.touched_in_flight.contains(&ino);
+                        if keep {
+                            st.keep_known(a.clone());
                         }
                     }
                 }
-            }
-            WriteOp::SetAttr { ino, .. }
-            | WriteOp::Truncate { ino, .. }
-            | WriteOp::SetXattr { ino, .. }
-            | WriteOp::RemoveXattr { ino, .. }
-            | WriteOp::SetPolicy { ino, .. }
-            | WriteOp::ReplaceSlices { ino, .. } => st.forget(*ino),
-            WriteOp::Link { ino, .. } => {
+            },
+            CacheEffect::Inode(ino) => st.forget(ino),
+            CacheEffect::Link(ino) => {
                 if st.linked.len() < LINKED_MAX {
-                    st.linked.insert(*ino);
+                    st.linked.insert(ino);
                 } else {
                     st.forget_known();
                 }
-                st.forget(*ino);
+                st.forget(ino);
             }
-            WriteOp::Unlink { parent, name }
-            | WriteOp::Rmdir { parent, name }
-            | WriteOp::MkNod { parent, name, .. } => {
-                if let Some(ino) = st.named(*parent, name) {
-                    st.forget(ino);
-                }
-            }
-            WriteOp::Rename {
-                parent,
-                name,
-                new_parent,
-                new_name,
-                ..
-            } => {
-                for ino in [st.named(*parent, name), st.named(*new_parent, new_name)]
-                    .into_iter()
-                    .flatten()
-                {
-                    st.forget(ino);
+            CacheEffect::Names(names) => {
+                for (parent, name) in names {
+                    if let Some(ino) = st.named(parent, name) {
+                        st.forget(ino);
+                    }
                 }
             }
             // Its own changes were accounted for as they were answered here;
             // `then` is accounted for with its own answer.
-            WriteOp::Delegated { then, .. } => {
+            CacheEffect::Delegated(then) => {
                 if let Some(then) = then {
                     drop(st);
                     let phase = match phase {
@@ -493,17 +473,8 @@ impl Delegations {
                     self.account(then, phase);
                 }
             }
-            // New names, and what changes no file's attributes.
-            WriteOp::Mkdir { .. }
-            | WriteOp::Symlink { .. }
-            | WriteOp::AllocateBlocks { .. }
-            | WriteOp::SetLock { .. }
-            | WriteOp::Sync
-            | WriteOp::Delegate { .. }
-            | WriteOp::ReturnDelegations { .. }
-            | WriteOp::ReserveInodes { .. } => {}
-            // Anything else: nothing is trusted.
-            _ => st.forget_known(),
+            CacheEffect::Nothing => {}
+            CacheEffect::Unknown => st.forget_known(),
         }
     }
 

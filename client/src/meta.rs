@@ -5,7 +5,7 @@
 use crate::conn::{CallError, Conn, ConnPool};
 use crate::deleg::{Before, Delegations};
 use sparefs_proto::layout::Policy;
-use sparefs_proto::msg::{ReplicaStatus, Reply, Request, RpcError};
+use sparefs_proto::msg::{HeartbeatReport, ReplicaStatus, Reply, Request, RpcError};
 use sparefs_proto::namespace::*;
 use sparefs_proto::{ClientId, Errno, InodeId, ReplicaId, RequestId};
 use std::collections::BTreeSet;
@@ -230,7 +230,7 @@ impl MetaClient {
         // Changes answered here land first, in the same request if it may
         // carry them.
         while let Some(ops) = self.settle_delegated().await {
-            if !carries_delegated(&op) {
+            if !op.may_follow_delegated() {
                 self.send_delegated(self.caller.clone(), ops, None).await?;
                 continue;
             }
@@ -244,7 +244,7 @@ impl MetaClient {
                 other => return Err(ClientError::Protocol(format!("{other:?}"))),
             }
         }
-        let named = dirs_named(&op);
+        let named = op.dirs_named();
         let r = self.write_plain(caller, op).await;
         if let (Err(e), Some(d)) = (&r, &self.deleg) {
             if !matches!(e, ClientError::Errno(_)) && !named.is_empty() {
@@ -488,16 +488,12 @@ impl MetaClient {
         used_bytes: u64,
         errors: u64,
     ) -> Result<()> {
-        self.call_leader(&Request::Heartbeat {
+        self.call_leader(&Request::Heartbeat(HeartbeatReport::usage(
             chunkserver,
             capacity_bytes,
             used_bytes,
             errors,
-            done: Vec::new(),
-            lost: Vec::new(),
-            want_tasks: 0,
-            want_compaction: false,
-        })
+        )))
         .await
         .map(|_| ())
     }
@@ -651,48 +647,6 @@ impl MetaClient {
         }
         Ok((self.resolve(dir).await?, name.as_bytes().to_vec()))
     }
-}
-
-/// The directories whose names a change adds or removes.
-fn dirs_named(op: &WriteOp) -> Vec<InodeId> {
-    match op {
-        WriteOp::MkNod { parent, .. }
-        | WriteOp::Mkdir { parent, .. }
-        | WriteOp::Symlink { parent, .. }
-        | WriteOp::Unlink { parent, .. }
-        | WriteOp::Rmdir { parent, .. } => vec![*parent],
-        WriteOp::Link { new_parent, .. } => vec![*new_parent],
-        WriteOp::Rename {
-            parent, new_parent, ..
-        } => vec![*parent, *new_parent],
-        _ => Vec::new(),
-    }
-}
-
-/// Whether a change may travel behind delegated ones in one request (the
-/// leader fills in or records something for the others as they arrive).
-fn carries_delegated(op: &WriteOp) -> bool {
-    matches!(
-        op,
-        WriteOp::MkNod { .. }
-            | WriteOp::Mkdir { .. }
-            | WriteOp::Symlink { .. }
-            | WriteOp::Unlink { .. }
-            | WriteOp::Rmdir { .. }
-            | WriteOp::Rename { .. }
-            | WriteOp::Link { .. }
-            | WriteOp::SetAttr { .. }
-            | WriteOp::Truncate { .. }
-            | WriteOp::SetXattr { .. }
-            | WriteOp::RemoveXattr { .. }
-            | WriteOp::SetPolicy { .. }
-            | WriteOp::CommitSlices { .. }
-            | WriteOp::CommitSlicesThenSetAttrs { .. }
-            | WriteOp::Sync
-            | WriteOp::Delegate { .. }
-            | WriteOp::ReturnDelegations { .. }
-            | WriteOp::ReserveInodes { .. }
-    )
 }
 
 fn attr(r: NsReply) -> Result<Attr> {

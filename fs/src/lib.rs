@@ -18,6 +18,7 @@ mod delegated;
 mod dirs;
 mod fresh_attrs;
 mod ops;
+mod reply;
 mod xattrs;
 
 pub use ops::SpareFs;

@@ -3,6 +3,7 @@
 //! runtime for data and locks), map the error, reply.
 
 use crate::convert::{self, errno, file_attr};
+use crate::reply::answer;
 use fuser::{
     AccessFlags, Errno, FileHandle, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
@@ -266,10 +267,9 @@ impl SpareFs {
     }
 
     fn reply_entry(handles: &Mutex<Handles>, reply: ReplyEntry, r: R<Attr>) {
-        match r {
-            Ok(a) => reply.entry(&TTL, &Self::seen(handles, &a), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        answer(reply, r, |reply, a| {
+            reply.entry(&TTL, &Self::seen(handles, &a), Generation(0))
+        })
     }
 
     /// unlink or rmdir: the answer carries the directory's new attributes,
@@ -289,18 +289,15 @@ impl SpareFs {
             }
         }
         meta_op!(self, async move {
-            match meta.write_as(c, op).await {
-                Ok(r) => {
-                    if let NsReply::Attr(dir) = r {
-                        if let Some(d) = meta.delegations() {
-                            d.note_removed(parent, &name, is_dir, &dir);
-                        }
-                        fresh.put(dir);
+            answer(reply, meta.write_as(c, op).await, |reply, r| {
+                if let NsReply::Attr(dir) = r {
+                    if let Some(d) = meta.delegations() {
+                        d.note_removed(parent, &name, is_dir, &dir);
                     }
-                    reply.ok()
+                    fresh.put(dir);
                 }
-                Err(e) => reply.error(errno(&e)),
-            }
+                reply.ok()
+            })
         });
     }
 
@@ -510,10 +507,9 @@ impl fuser::Filesystem for SpareFs {
         }
         let (meta, handles) = (self.meta.clone(), self.handles.clone());
         meta_op!(self, async move {
-            match meta.getattr(InodeId(ino.0)).await {
-                Ok(a) => reply.attr(&TTL, &Self::seen(&handles, &a)),
-                Err(e) => reply.error(errno(&e)),
-            }
+            answer(reply, meta.getattr(InodeId(ino.0)).await, |reply, a| {
+                reply.attr(&TTL, &Self::seen(&handles, &a))
+            })
         });
     }
 
@@ -636,10 +632,9 @@ impl fuser::Filesystem for SpareFs {
             .await;
             cache.forget(ino.0);
             fresh.forget(ino.0);
-            match r {
-                Ok(a) => reply.attr(&TTL, &Self::seen(&handles, &a)),
-                Err(e) => reply.error(errno(&e)),
-            }
+            answer(reply, r, |reply, a| {
+                reply.attr(&TTL, &Self::seen(&handles, &a))
+            })
         };
         // Flushing buffered writes first is data work.
         if flush_first {
@@ -858,10 +853,7 @@ impl fuser::Filesystem for SpareFs {
             let r = meta.write_as(c, op).await;
             fresh.forget(parent.0);
             fresh.forget(newparent.0);
-            match r {
-                Ok(_) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
+            answer(reply, r, |reply, _| reply.ok())
         });
     }
 
@@ -939,17 +931,16 @@ impl fuser::Filesystem for SpareFs {
                 h.opening(InodeId(ino.0), false);
             }
             let direct = flags.0 & libc::O_DIRECT != 0;
-            match r {
-                Ok(_) => reply.opened(
+            answer(reply, r, |reply, _| {
+                reply.opened(
                     FileHandle(fh),
                     if direct {
                         FopenFlags::FOPEN_DIRECT_IO
                     } else {
                         FopenFlags::empty()
                     },
-                ),
-                Err(e) => reply.error(errno(&e)),
-            }
+                )
+            })
         });
     }
 
@@ -1011,8 +1002,8 @@ impl fuser::Filesystem for SpareFs {
             }
             .await;
             let direct = flags & libc::O_DIRECT != 0;
-            match r {
-                Ok(a) => reply.created(
+            answer(reply, r, |reply, a| {
+                reply.created(
                     &TTL,
                     &Self::seen(&handles, &a),
                     Generation(0),
@@ -1022,9 +1013,8 @@ impl fuser::Filesystem for SpareFs {
                     } else {
                         FopenFlags::empty()
                     },
-                ),
-                Err(e) => reply.error(errno(&e)),
-            }
+                )
+            })
         });
     }
 
@@ -1043,10 +1033,11 @@ impl fuser::Filesystem for SpareFs {
             return reply.error(Errno::EBADF);
         };
         spawn!(self, async move {
-            match file.read(offset, size as usize, 0).await {
-                Ok(b) => reply.data(&b),
-                Err(e) => reply.error(errno(&e)),
-            }
+            answer(
+                reply,
+                file.read(offset, size as usize, 0).await,
+                |reply, b| reply.data(&b),
+            )
         });
     }
 
@@ -1098,10 +1089,7 @@ impl fuser::Filesystem for SpareFs {
                 Ok::<_, ClientError>(())
             }
             .await;
-            match r {
-                Ok(()) => reply.written(data.len() as u32),
-                Err(e) => reply.error(errno(&e)),
-            }
+            answer(reply, r, |reply, ()| reply.written(data.len() as u32))
         });
     }
 
@@ -1134,10 +1122,7 @@ impl fuser::Filesystem for SpareFs {
                 Ok::<_, ClientError>(())
             }
             .await;
-            match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
+            answer(reply, r, |reply, ()| reply.ok())
         };
         if small {
             meta_op!(self, work);
@@ -1166,10 +1151,7 @@ impl fuser::Filesystem for SpareFs {
                 Ok(None) => meta.sync().await,
                 Err(e) => Err(e),
             };
-            match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
+            answer(reply, r, |reply, ()| reply.ok())
         });
     }
 
@@ -1183,10 +1165,7 @@ impl fuser::Filesystem for SpareFs {
     ) {
         let meta = self.meta.clone();
         meta_op!(self, async move {
-            match meta.sync().await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
+            answer(reply, meta.sync().await, |reply, ()| reply.ok())
         });
     }
 
@@ -1232,10 +1211,7 @@ impl fuser::Filesystem for SpareFs {
         spawn!(self, async move {
             let r = file.flush().await;
             Self::forget_handle(&handles, &file);
-            match r {
-                Ok(_) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
+            answer(reply, r, |reply, _| reply.ok())
         });
     }
 
@@ -1283,10 +1259,7 @@ impl fuser::Filesystem for SpareFs {
                 }
             }
             .await;
-            match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
+            answer(reply, r, |reply, ()| reply.ok())
         });
     }
 
@@ -1429,7 +1402,7 @@ impl fuser::Filesystem for SpareFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
         let (meta, c, handles) = (self.meta.clone(), caller(req), self.handles.clone());
         let dirs = self.dirs.clone();
@@ -1447,34 +1420,30 @@ impl fuser::Filesystem for SpareFs {
                 Ok(other) => Err(ClientError::Protocol(format!("{other:?}"))),
                 Err(e) => Err(e),
             };
-            match r {
-                Ok(entries) => {
-                    // A full page: the kernel goes on with plain READDIRs
-                    // from its last entry; read those pages ahead now.
-                    let real = entries.iter().filter(|(e, _)| e.cookie > 2).count();
-                    if let (true, Some((last, _))) =
-                        (real >= READDIRPLUS_PAGE as usize, entries.last())
-                    {
-                        dirs.read_ahead(&meta, c, InodeId(ino.0), fh.0, last.cookie);
-                    }
-                    for (e, a) in entries {
-                        let shown = Self::seen(&handles, &a);
-                        let name = OsStr::from_bytes(&e.name);
-                        if reply.add(
-                            INodeNo(e.ino.0),
-                            e.cookie,
-                            name,
-                            &TTL,
-                            &shown,
-                            Generation(0),
-                        ) {
-                            break;
-                        }
-                    }
-                    reply.ok();
+            answer(reply, r, |mut reply, entries| {
+                // A full page: the kernel goes on with plain READDIRs
+                // from its last entry; read those pages ahead now.
+                let real = entries.iter().filter(|(e, _)| e.cookie > 2).count();
+                if let (true, Some((last, _))) = (real >= READDIRPLUS_PAGE as usize, entries.last())
+                {
+                    dirs.read_ahead(&meta, c, InodeId(ino.0), fh.0, last.cookie);
                 }
-                Err(e) => reply.error(errno(&e)),
-            }
+                for (e, a) in entries {
+                    let shown = Self::seen(&handles, &a);
+                    let name = OsStr::from_bytes(&e.name);
+                    if reply.add(
+                        INodeNo(e.ino.0),
+                        e.cookie,
+                        name,
+                        &TTL,
+                        &shown,
+                        Generation(0),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok();
+            })
         });
     }
 
@@ -1484,12 +1453,14 @@ impl fuser::Filesystem for SpareFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
         let (meta, dirs, c) = (self.meta.clone(), self.dirs.clone(), caller(req));
         meta_op!(self, async move {
-            match dirs.read(&meta, c, InodeId(ino.0), fh.0, offset).await {
-                Ok(listing) => {
+            answer(
+                reply,
+                dirs.read(&meta, c, InodeId(ino.0), fh.0, offset).await,
+                |mut reply, listing| {
                     if offset < 1 && reply.add(ino, 1, fuser::FileType::Directory, ".") {
                         return reply.ok();
                     }
@@ -1509,9 +1480,8 @@ impl fuser::Filesystem for SpareFs {
                         }
                     }
                     reply.ok();
-                }
-                Err(e) => reply.error(errno(&e)),
-            }
+                },
+            )
         });
     }
 
@@ -1576,10 +1546,7 @@ impl fuser::Filesystem for SpareFs {
                 .await;
             cache.forget(ino.0);
             fresh.forget(ino.0);
-            match r {
-                Ok(_) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
+            answer(reply, r, |reply, _| reply.ok())
         });
     }
 
@@ -1670,10 +1637,7 @@ impl fuser::Filesystem for SpareFs {
                 .await;
             cache.forget(ino.0);
             fresh.forget(ino.0);
-            match r {
-                Ok(_) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
+            answer(reply, r, |reply, _| reply.ok())
         });
     }
 

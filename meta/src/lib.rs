@@ -8,23 +8,27 @@
 //! Raft driver) knows nothing of inodes.
 
 pub mod kv;
+pub mod leader;
 pub mod node;
 pub mod ns;
 pub mod placement;
 pub mod raft_guard;
 pub mod raftlog;
+pub mod reads;
 pub mod repair;
 pub mod server;
+pub mod shared;
 pub mod snapshot;
 pub mod store;
 pub mod transport;
 
 use anyhow::Context;
 use kv::{Cf, Tx};
-use node::{Driver, DriverConfig, Shared};
+use node::{Driver, DriverConfig};
 use protobuf::Message as _;
 use raft::prelude::{ConfState, HardState};
 use rocksdb::WriteBatch;
+use shared::Shared;
 use sparefs_proto::ReplicaId;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -43,7 +47,7 @@ pub struct MetaConfig {
     pub join: bool,
     pub compact_after_entries: u64,
     pub compact_keep_entries: u64,
-    pub tuning: node::Tuning,
+    pub tuning: shared::Tuning,
 }
 
 /// Index and term of the bootstrap point every initial replica starts from.

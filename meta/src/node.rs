@@ -23,23 +23,21 @@
 //! failed write would let replicas diverge.
 
 use crate::kv::{decode, encode, Cf, ReadKv, Tx, STATE_CFS};
-use crate::ns::{self, ChunkserverLiveness, Command};
+use crate::leader::LeaderDuties;
+use crate::ns::{self, Applied, Command};
 use crate::raftlog::{RaftLog, SnapshotDescriptor};
-use crate::repair::RepairBook;
+use crate::shared::Shared;
 use crate::store::Store;
 use protobuf::Message as _;
 use raft::prelude::*;
 use raft::StateRole;
 use rocksdb::WriteBatch;
-use sparefs_proto::layout::{ChunkserverState, Policy, RepairDone, RepairTask};
-use sparefs_proto::msg::{ReplicaStatus, Role, RpcError};
+use sparefs_proto::msg::{HeartbeatReport, ReplicaStatus, Role, RpcError};
 use sparefs_proto::namespace::{Caller, NsReply, ReadOp, Time, WriteOp};
-use sparefs_proto::{BlockId, ChunkserverId, Errno, InodeId, ReplicaId, RequestId};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Read;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use sparefs_proto::{InodeId, ReplicaId, RequestId};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -59,26 +57,7 @@ fn needs_sync(e: &Entry) -> bool {
 }
 /// Most bytes of commands packed into one Raft entry.
 pub const ENTRY_BYTES_MAX: usize = 1024 * 1024;
-/// A chunkserver silent for this long is `down`.
-pub const CHUNKSERVER_DOWN_AFTER: Duration = Duration::from_secs(5);
-/// A mount silent this long loses its locks.
-pub const LOCK_LEASE: Duration = Duration::from_secs(10);
-/// A chunkserver with less free room than this is `full`.
-pub const FULL_MARGIN: u64 = sparefs_proto::limits::BLOCK_BYTES_MAX + (1 << 20);
-/// How often the leader looks for deleted files and abandoned blocks.
-pub const GC_CHECK_EVERY: Duration = Duration::from_secs(5);
-/// A file unlinked while open is freed no sooner than this after its
-/// unlink (mounts report their open files every 2 s).
-pub const ORPHAN_QUIET: Duration = Duration::from_secs(6);
-/// A mount's report of its open files counts for an unlink only if the
-/// leader received it this long after the unlink.
-pub const ORPHAN_REPORT_MARGIN: Duration = Duration::from_secs(1);
-
-/// The files a mount said it has open, and when the leader heard it.
-struct OpenReport {
-    at: Time,
-    open: std::collections::HashSet<InodeId>,
-}
+/// Past every key of the state column families (a snapshot wipes them).
 const STATE_WIPE_END: [u8; 512] = [0xff; 512];
 
 pub type Reply<T> = oneshot::Sender<Result<T, RpcError>>;
@@ -119,150 +98,11 @@ pub enum Input {
     },
     Unreachable(u64),
     Heartbeat {
-        chunkserver: ChunkserverId,
-        capacity_bytes: u64,
-        used_bytes: u64,
-        errors: u64,
-        done: Vec<RepairDone>,
-        lost: Vec<(BlockId, u8)>,
-        want_tasks: u32,
-        want_compaction: bool,
-        reply: Reply<(Vec<RepairTask>, Vec<(InodeId, u64)>)>,
+        report: HeartbeatReport,
+        reply: Reply<crate::leader::Work>,
     },
     /// A command the leader itself decided on (no one waits for it).
     Propose(WriteOp),
-}
-
-#[derive(Clone, Copy)]
-pub struct Heartbeat {
-    pub at: Instant,
-    pub capacity_bytes: u64,
-    pub used_bytes: u64,
-    pub errors: u64,
-}
-
-/// State shared by the driver, the server and the transport.
-pub struct Shared {
-    pub id: ReplicaId,
-    pub address: String,
-    pub members: RwLock<BTreeMap<u64, String>>,
-    /// Snapshot data fetched from a leader, by index, waiting to be installed.
-    pub staged_snapshots: Mutex<HashMap<u64, PathBuf>>,
-    pub heartbeats: RwLock<HashMap<ChunkserverId, Heartbeat>>,
-    pub tuning: Tuning,
-    /// When this replica last became leader (None while it is not).
-    pub leader_since: RwLock<Option<Instant>>,
-    /// Leader that has applied everything committed before its term: its
-    /// state is complete enough to judge garbage and plan repairs.
-    pub leader_ready: AtomicBool,
-    pub repair: Mutex<RepairBook>,
-    /// Delegated directories other clients are waiting for (leader only).
-    pub recalls: Recalls,
-}
-
-/// The directories a leader wants back from each client, and a wake-up for
-/// the clients waiting to hear it (`Request::WaitRecall`).
-#[derive(Default)]
-pub struct Recalls {
-    wanted: Mutex<HashMap<sparefs_proto::ClientId, BTreeSet<InodeId>>>,
-    pub changed: tokio::sync::Notify,
-}
-
-impl Recalls {
-    /// Asks `holder` for `dir` back.
-    pub fn want(&self, holder: sparefs_proto::ClientId, dir: InodeId) {
-        if let Ok(mut w) = self.wanted.lock() {
-            if w.entry(holder).or_default().insert(dir) {
-                self.changed.notify_waiters();
-            }
-        }
-    }
-
-    /// What `client` is asked to give back (taken: asked once per wait).
-    pub fn take(&self, client: sparefs_proto::ClientId) -> Vec<InodeId> {
-        match self.wanted.lock() {
-            Ok(mut w) => w
-                .remove(&client)
-                .map(|s| s.into_iter().collect())
-                .unwrap_or_default(),
-            Err(_) => Vec::new(),
-        }
-    }
-}
-
-/// Times and limits of failure handling, from the command line.
-#[derive(Clone, Debug)]
-pub struct Tuning {
-    /// A chunkserver silent this long is `out`: its fragments are rebuilt.
-    pub out_after: Duration,
-    /// Fragments younger than this are never collected, and blocks
-    /// allocated this long ago and never committed are forgotten.
-    pub gc_grace: Duration,
-    /// Fewest hosts a block may be written to while hosts are down (1
-    /// lets a lone host take writes that would not survive its loss).
-    pub min_hosts: usize,
-}
-
-impl Default for Tuning {
-    fn default() -> Tuning {
-        Tuning {
-            out_after: Duration::from_secs(300),
-            gc_grace: Duration::from_secs(600),
-            min_hosts: 2,
-        }
-    }
-}
-
-impl Shared {
-    pub fn new(
-        id: ReplicaId,
-        address: String,
-        members: BTreeMap<u64, String>,
-        tuning: Tuning,
-    ) -> Shared {
-        Shared {
-            id,
-            address,
-            members: RwLock::new(members),
-            staged_snapshots: Mutex::new(HashMap::new()),
-            heartbeats: RwLock::new(HashMap::new()),
-            tuning,
-            leader_since: RwLock::new(None),
-            leader_ready: AtomicBool::new(false),
-            repair: Mutex::new(RepairBook::default()),
-            recalls: Recalls::default(),
-        }
-    }
-
-    pub fn is_leader_ready(&self) -> bool {
-        self.leader_ready.load(Ordering::Acquire)
-    }
-}
-
-impl ChunkserverLiveness for Shared {
-    fn live(&self, id: ChunkserverId) -> Option<(ChunkserverState, u64, u64)> {
-        let hb = *self.heartbeats.read().ok()?.get(&id)?;
-        let state = if hb.at.elapsed() > self.tuning.out_after {
-            ChunkserverState::Out
-        } else if hb.at.elapsed() > CHUNKSERVER_DOWN_AFTER {
-            ChunkserverState::Down
-        } else if hb.used_bytes + FULL_MARGIN >= hb.capacity_bytes {
-            // Less room than one more fragment: full, so placement skips it.
-            ChunkserverState::Full
-        } else {
-            ChunkserverState::Up
-        };
-        Some((state, hb.capacity_bytes, hb.used_bytes))
-    }
-
-    fn silent_state(&self) -> ChunkserverState {
-        // Not heard from since this replica became leader (heartbeats live
-        // in the leader's memory): out once that is longer than out_after.
-        match self.leader_since.read().ok().and_then(|t| *t) {
-            Some(t) if t.elapsed() > self.tuning.out_after => ChunkserverState::Out,
-            _ => ChunkserverState::Down,
-        }
-    }
 }
 
 pub trait Outbox: Send {
@@ -289,14 +129,10 @@ pub struct Driver {
     ready_reads: Vec<(u64, Vec<PendingRead>)>,
     next_read_ctx: u64,
     pending_member_reload: bool,
-    /// Lock leases: when each client was last heard from (leader only).
-    lease_seen: HashMap<sparefs_proto::ClientId, Instant>,
-    /// Leader: the files each mount last said it has open, and when.
-    open_reports: HashMap<sparefs_proto::ClientId, OpenReport>,
+    /// Heartbeats, placement, repair, GC, leases (used while leader).
+    leader: LeaderDuties,
     internal_seq: u64,
     config: DriverConfig,
-    /// Last time the leader looked for deleted files and abandoned blocks.
-    last_gc_check: Instant,
 }
 
 pub fn member_key(id: u64) -> Vec<u8> {
@@ -394,6 +230,7 @@ impl Driver {
                 .write()
                 .map_err(|_| anyhow::anyhow!("members lock poisoned"))? = stored;
         }
+        let leader = LeaderDuties::new(store.clone(), shared.clone());
         Ok(Driver {
             raw,
             store,
@@ -409,11 +246,9 @@ impl Driver {
             ready_reads: Vec::new(),
             next_read_ctx: 1,
             pending_member_reload: false,
-            lease_seen: HashMap::new(),
-            open_reports: HashMap::new(),
+            leader,
             internal_seq: 0,
             config,
-            last_gc_check: Instant::now(),
         })
     }
 
@@ -449,9 +284,11 @@ impl Driver {
                     self.raw.tick();
                 }
                 next_tick = Instant::now() + tick;
-                self.expire_leases();
-                self.collect_garbage()?;
+                if self.is_leader() {
+                    self.leader.tick()?;
+                }
             }
+            self.propose_leader_decisions();
             self.flush_writes();
             self.flush_reads();
             self.on_ready().await?;
@@ -508,37 +345,11 @@ impl Driver {
                     return;
                 }
                 if let WriteOp::SetLock { lock, .. } = &op {
-                    self.lease_seen.insert(lock.client, Instant::now());
+                    self.leader.heard_from(lock.client);
                 }
-                if let WriteOp::AllocateBlocks {
-                    policy,
-                    placement,
-                    exclude,
-                    wanted,
-                    ..
-                } = &mut op
-                {
-                    // The policy came from the network: placement does
-                    // arithmetic on it (ec:255+255 would wrap).
-                    if let Err(e) = policy.validate() {
-                        let _ = reply.send(Err(RpcError::BadRequest(e)));
-                        return;
-                    }
-                    match self.place(*policy, exclude) {
-                        Ok((p, chosen)) => {
-                            if p != *policy {
-                                *wanted = Some(*policy);
-                                *policy = p;
-                            } else {
-                                *wanted = None;
-                            }
-                            *placement = chosen;
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                            return;
-                        }
-                    }
+                if let Err(e) = self.leader.place_allocation(&mut op) {
+                    let _ = reply.send(Err(e));
+                    return;
                 }
                 self.waiters.insert((id.client.0, id.seq), reply);
                 self.pending_writes.push(Command {
@@ -591,14 +402,7 @@ impl Driver {
                     let _ = reply.send(Err(self.not_leader()));
                     return;
                 }
-                self.lease_seen.insert(client, Instant::now());
-                self.open_reports.insert(
-                    client,
-                    OpenReport {
-                        at: Time::now(),
-                        open: open.into_iter().collect(),
-                    },
-                );
+                self.leader.keepalive(client, open);
                 let _ = reply.send(Ok(()));
             }
             Input::TransferLeader { replica, reply } => {
@@ -621,40 +425,12 @@ impl Driver {
                 self.raw.report_snapshot(to, status);
             }
             Input::Unreachable(to) => self.raw.report_unreachable(to),
-            Input::Heartbeat {
-                chunkserver,
-                capacity_bytes,
-                used_bytes,
-                errors,
-                done,
-                lost,
-                want_tasks,
-                want_compaction,
-                reply,
-            } => {
+            Input::Heartbeat { report, reply } => {
                 if !self.is_leader() {
                     let _ = reply.send(Err(self.not_leader()));
                     return;
                 }
-                if let Ok(mut hb) = self.shared.heartbeats.write() {
-                    hb.insert(
-                        chunkserver,
-                        Heartbeat {
-                            at: Instant::now(),
-                            capacity_bytes,
-                            used_bytes,
-                            errors,
-                        },
-                    );
-                }
-                let repairs = self.repair_turn(chunkserver, done, lost, want_tasks);
-                let compactions = match (want_compaction, self.shared.repair.lock()) {
-                    (true, Ok(mut book)) if self.shared.is_leader_ready() => {
-                        book.assign_compaction(chunkserver).into_iter().collect()
-                    }
-                    _ => Vec::new(),
-                };
-                let _ = reply.send(Ok((repairs, compactions)));
+                let _ = reply.send(Ok(self.leader.heartbeat(report)));
             }
             Input::Propose(op) => {
                 if self.is_leader() {
@@ -664,66 +440,11 @@ impl Driver {
         }
     }
 
-    /// Commits what a chunkserver finished and found lost, and hands it
-    /// new repair tasks.
-    fn repair_turn(
-        &mut self,
-        server: ChunkserverId,
-        done: Vec<RepairDone>,
-        lost: Vec<(BlockId, u8)>,
-        want: u32,
-    ) -> Vec<RepairTask> {
-        let mut commits = Vec::new();
-        let tasks = {
-            let Ok(mut book) = self.shared.repair.lock() else {
-                return Vec::new();
-            };
-            for d in done {
-                if book.finish(&d) {
-                    commits.push(WriteOp::RelocateFragments {
-                        block: d.block,
-                        from_base: d.from_base,
-                        policy: d.out_policy,
-                        base: d.out_base,
-                        written: d.written,
-                    });
-                }
-            }
-            let ready = self.shared.is_leader_ready();
-            match (ready, want, ns::cluster_key(&*self.store)) {
-                (true, 1.., Ok(Some(key))) => match ns::chunkservers(&*self.store, &*self.shared) {
-                    Ok(servers) => book.assign(
-                        server,
-                        want as usize,
-                        &servers,
-                        &key,
-                        Time::now().secs.max(0) as u64,
-                    ),
-                    Err(e) => {
-                        tracing::warn!("list chunkservers for repair: {e}");
-                        Vec::new()
-                    }
-                },
-                _ => Vec::new(),
-            }
-        };
-        for op in commits {
+    /// Queues what the leader's duties decided to change.
+    fn propose_leader_decisions(&mut self) {
+        for op in self.leader.take_proposals() {
             self.propose_internal(op);
         }
-        for (block, slot) in lost {
-            tracing::warn!(
-                block = block.0,
-                slot,
-                chunkserver = server.0,
-                "fragment reported lost"
-            );
-            self.propose_internal(WriteOp::LoseFragment {
-                block,
-                slot,
-                server,
-            });
-        }
-        tasks
     }
 
     fn propose_internal(&mut self, op: WriteOp) {
@@ -740,158 +461,10 @@ impl Driver {
         });
     }
 
-    /// Leader housekeeping every few seconds: drop chunks of deleted files,
-    /// forget blocks allocated long ago and never committed.
-    fn collect_garbage(&mut self) -> anyhow::Result<()> {
-        if !self.shared.is_leader_ready() || self.last_gc_check.elapsed() < GC_CHECK_EVERY {
-            return Ok(());
-        }
-        self.last_gc_check = Instant::now();
-        if !self.store.scan(Cf::Deleted, &[], &[], 1)?.is_empty() {
-            self.propose_internal(WriteOp::PurgeDeleted);
-        }
-        self.reap_orphans()?;
-        let grace = self.shared.tuning.gc_grace;
-        let now = Time::now();
-        let before = Time {
-            secs: now.secs - grace.as_secs() as i64,
-            nanos: now.nanos,
-        };
-        if let Some((_, v)) = self.store.scan(Cf::Pending, &[], &[], 1)?.first() {
-            let at: Time = decode(Cf::Pending, v)?;
-            if at < before {
-                self.propose_internal(WriteOp::AbandonBlocks { before });
-            }
-        }
-        Ok(())
-    }
-
-    /// Proposes to free files unlinked while open (`ns::orphans`) once no
-    /// live mount can hold them: unlinked at least `ORPHAN_QUIET` ago, and
-    /// every mount whose lease lives has reported its open files since
-    /// (`ORPHAN_REPORT_MARGIN` after the unlink, for an open that was on its
-    /// way then) without this one. A new leader first waits `ORPHAN_QUIET`
-    /// to hear from every mount.
-    fn reap_orphans(&mut self) -> anyhow::Result<()> {
-        let leading_for = self
-            .shared
-            .leader_since
-            .read()
-            .ok()
-            .and_then(|t| *t)
-            .map_or(Duration::ZERO, |t| t.elapsed());
-        if leading_for < ORPHAN_QUIET {
-            return Ok(());
-        }
-        let orphans = ns::orphans::list(&*self.store, ns::REAP_ORPHANS_MAX)?;
-        if orphans.is_empty() {
-            return Ok(());
-        }
-        let now = Time::now();
-        let live: Vec<Option<&OpenReport>> = self
-            .lease_seen
-            .iter()
-            .filter(|(_, t)| t.elapsed() <= LOCK_LEASE)
-            .map(|(c, _)| self.open_reports.get(c))
-            .collect();
-        let reap: Vec<InodeId> = orphans
-            .into_iter()
-            .filter(|(ino, at)| {
-                let settled = at.plus(ORPHAN_REPORT_MARGIN);
-                at.plus(ORPHAN_QUIET) <= now
-                    && live
-                        .iter()
-                        .all(|r| r.is_some_and(|r| r.at >= settled && !r.open.contains(ino)))
-            })
-            .map(|(ino, _)| ino)
-            .collect();
-        if !reap.is_empty() {
-            self.propose_internal(WriteOp::ReapOrphans { inos: reap });
-        }
-        Ok(())
-    }
-
-    /// Proposes to drop the locks of clients silent for `LOCK_LEASE`.
-    fn expire_leases(&mut self) {
-        if !self.is_leader() {
-            return;
-        }
-        let expired: Vec<sparefs_proto::ClientId> = self
-            .lease_seen
-            .iter()
-            .filter(|(_, t)| t.elapsed() > LOCK_LEASE)
-            .map(|(c, _)| *c)
-            .collect();
-        for client in expired {
-            self.lease_seen.remove(&client);
-            self.open_reports.remove(&client);
-            tracing::info!(client = %client, "lock lease expired; releasing its locks");
-            self.propose_internal(WriteOp::ExpireClient { client });
-        }
-    }
-
     fn next_internal_seq(&mut self) -> u64 {
         // Unique per leader term and proposal: term in the high bits.
         self.internal_seq += 1;
         (self.raw.raft.term << 32) | (self.internal_seq & 0xffff_ffff)
-    }
-
-    /// A new group has no cluster key yet: its first leader proposes one.
-    fn ensure_cluster_key(&mut self) -> anyhow::Result<()> {
-        if ns::cluster_key(&*self.store)?.is_some() {
-            return Ok(());
-        }
-        let key: [u8; 32] = rand::random();
-        self.propose_internal(WriteOp::SetClusterKey { key });
-        Ok(())
-    }
-
-    /// Chooses chunkservers for new blocks from the registry and this
-    /// leader's heartbeat view: only `up` servers not excluded, weighted by
-    /// free space. With fewer than the policy needs, a lowered policy that
-    /// still survives one more lost host (see `placement::degraded`).
-    fn place(
-        &self,
-        policy: Policy,
-        exclude: &[ChunkserverId],
-    ) -> Result<(Policy, Vec<ChunkserverId>), RpcError> {
-        let servers = ns::chunkservers(&*self.store, &*self.shared)
-            .map_err(|e| RpcError::Storage(e.to_string()))?;
-        let candidates: Vec<(ChunkserverId, u64)> = servers
-            .iter()
-            .filter(|s| s.state == ChunkserverState::Up && !s.draining && !exclude.contains(&s.id))
-            .map(|s| (s.id, s.capacity_bytes.saturating_sub(s.used_bytes)))
-            .filter(|(_, free)| *free > 0)
-            .collect();
-        let fresh_leader = self
-            .shared
-            .leader_since
-            .read()
-            .ok()
-            .and_then(|t| *t)
-            .is_some_and(|t| t.elapsed() < CHUNKSERVER_DOWN_AFTER);
-        let unheard = servers
-            .iter()
-            .any(|s| !exclude.contains(&s.id) && self.shared.live(s.id).is_none());
-        if fresh_leader && unheard && candidates.len() < policy.width() {
-            // A new leader has not heard every chunkserver's heartbeat yet:
-            // ask the client to retry rather than lower the policy or fail.
-            return Err(RpcError::Busy);
-        }
-        let Some(p) =
-            crate::placement::degraded(policy, candidates.len(), self.shared.tuning.min_hosts)
-        else {
-            tracing::warn!(
-                %policy,
-                hosts = candidates.len(),
-                min_hosts = self.shared.tuning.min_hosts,
-                "write refused: too few chunkservers up with free space"
-            );
-            return Err(RpcError::Errno(Errno::ENOSPC));
-        };
-        let chosen = crate::placement::choose(&candidates, p.width(), &mut rand::thread_rng())
-            .map_err(RpcError::Errno)?;
-        Ok((p, chosen))
     }
 
     pub fn status(&self) -> ReplicaStatus {
@@ -1000,32 +573,12 @@ impl Driver {
         }
         let mut ready = self.raw.ready();
         if let Some(ss) = ready.ss() {
-            if let Ok(mut b) = self.shared.repair.lock() {
-                b.reset();
-            }
-            if let Ok(mut t) = self.shared.leader_since.write() {
-                *t = (ss.raft_state == StateRole::Leader).then(Instant::now);
-            }
-            // Heartbeats from an earlier term would make every chunkserver
-            // look down or out: a new leader starts with none.
-            if let Ok(mut hb) = self.shared.heartbeats.write() {
-                hb.clear();
-            }
-            if ss.raft_state != StateRole::Leader {
+            let leader = ss.raft_state == StateRole::Leader;
+            self.leader.role_changed(leader)?;
+            if !leader {
                 self.fail_waiters();
-            } else {
-                self.ensure_cluster_key()?;
-                // A new leader starts every lock holder's lease afresh, and
-                // hears again which files mounts have open.
-                self.lease_seen.clear();
-                self.open_reports.clear();
-                for c in ns::lock_holders(&*self.store)? {
-                    self.lease_seen.insert(c, Instant::now());
-                }
-                for c in ns::deleg::holders(&*self.store)? {
-                    self.lease_seen.insert(c, Instant::now());
-                }
             }
+            self.propose_leader_decisions();
             tracing::info!(replica = self.shared.id.0, role = ?ss.raft_state, leader = ss.leader_id, "raft role");
         }
         let msgs = ready.take_messages();
@@ -1169,20 +722,9 @@ impl Driver {
                             Vec::new()
                         }
                     };
-                    {
-                        for cmd in cmds {
-                            let key = (cmd.id.client.0, cmd.id.seq);
-                            // Another client's delegated directory: nothing
-                            // is recorded, the client retries once it is back.
-                            if let Some((dir, holder)) =
-                                ns::deleg::write_conflict(&tx, cmd.id.client, &cmd.op)?
-                            {
-                                results.push((key, Applied::Recall { dir, holder }));
-                                continue;
-                            }
-                            let r = ns::apply_command(&mut tx, &cmd)?;
-                            results.push((key, Applied::Answer(r)));
-                        }
+                    for cmd in cmds {
+                        let key = (cmd.id.client.0, cmd.id.seq);
+                        results.push((key, ns::apply(&mut tx, &cmd)?));
                     }
                 }
                 EntryType::EntryConfChange => {
@@ -1283,7 +825,9 @@ impl Driver {
             let shared = self.shared.clone();
             self.runtime.spawn_blocking(move || {
                 for (client, caller, op, reply) in reads {
-                    let _ = reply.send(read_now(&store, &shared, client, &caller, &op));
+                    let _ = reply.send(crate::reads::read_now(
+                        &store, &shared, client, &caller, &op,
+                    ));
                 }
             });
         }
@@ -1326,7 +870,7 @@ impl Driver {
             batch.delete_range_cf(self.store.state_cf(cf), &[][..], &STATE_WIPE_END[..]);
         }
         let mut file = std::io::BufReader::new(std::fs::File::open(&path)?);
-        for (cf, k, v) in read_staged(&mut file)? {
+        for (cf, k, v) in crate::snapshot::read_staged(&mut file)? {
             batch.put_cf(self.store.state_cf(cf), k, v);
         }
         self.raw
@@ -1348,92 +892,9 @@ impl Driver {
     }
 }
 
-/// Staged snapshot records: `[cf u8][key len u32][key][value len u32][value]`.
-pub fn read_staged(r: &mut impl Read) -> anyhow::Result<Vec<(Cf, Vec<u8>, Vec<u8>)>> {
-    let mut out = Vec::new();
-    loop {
-        let mut cf = [0u8; 1];
-        match r.read_exact(&mut cf) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(out),
-            Err(e) => return Err(e.into()),
-        }
-        let cf = Cf::from_index(cf[0]).ok_or_else(|| {
-            anyhow::anyhow!("staged snapshot names unknown column family {}", cf[0])
-        })?;
-        let read_bytes = |r: &mut dyn Read| -> anyhow::Result<Vec<u8>> {
-            let mut len = [0u8; 4];
-            r.read_exact(&mut len)?;
-            let len = u32::from_be_bytes(len) as usize;
-            anyhow::ensure!(
-                len <= sparefs_proto::limits::FRAME_BYTES_MAX,
-                "staged record too long"
-            );
-            let mut buf = vec![0u8; len];
-            r.read_exact(&mut buf)?;
-            Ok(buf)
-        };
-        let k = read_bytes(r)?;
-        let v = read_bytes(r)?;
-        out.push((cf, k, v));
-    }
-}
-
-pub fn write_staged(
-    w: &mut impl std::io::Write,
-    cf: Cf,
-    k: &[u8],
-    v: &[u8],
-) -> std::io::Result<()> {
-    w.write_all(&[cf.index()])?;
-    w.write_all(&(k.len() as u32).to_be_bytes())?;
-    w.write_all(k)?;
-    w.write_all(&(v.len() as u32).to_be_bytes())?;
-    w.write_all(v)
-}
-
-/// Answers a read from this replica's applied state, as of now.
-pub fn read_now(
-    store: &Store,
-    shared: &Shared,
-    client: sparefs_proto::ClientId,
-    caller: &Caller,
-    op: &ReadOp,
-) -> Result<NsReply, RpcError> {
-    let storage = |e| match e {
-        ns::NsError::Errno(e) => RpcError::Errno(e),
-        ns::NsError::Store(e) => RpcError::Storage(e.to_string()),
-    };
-    // Another client alone knows a directory this read asks about, or its
-    // answer would show: ask for it back and have the reader come again.
-    let recall = |(dir, holder)| {
-        shared.recalls.want(holder, dir);
-        Err(RpcError::Busy)
-    };
-    if let Some(conflict) = ns::deleg::read_conflict(store, client, op).map_err(storage)? {
-        return recall(conflict);
-    }
-    let now = Time::now().secs.max(0) as u64;
-    let reply = ns::read(store, caller, op, shared, now).map_err(storage)?;
-    if let Some(conflict) = ns::deleg::reply_conflict(store, client, &reply).map_err(storage)? {
-        return recall(conflict);
-    }
-    Ok(reply)
-}
-
 /// A read waiting for its ReadIndex: who asks, as whom, what, and where
 /// the answer goes.
 type PendingRead = (sparefs_proto::ClientId, Caller, ReadOp, Reply<NsReply>);
-
-/// What applying one command came to.
-pub enum Applied {
-    Answer(Result<NsReply, Errno>),
-    /// It touches `dir`, which `holder` holds: not applied.
-    Recall {
-        dir: InodeId,
-        holder: sparefs_proto::ClientId,
-    },
-}
 
 pub type InputSender = tokio::sync::mpsc::Sender<Input>;
 pub type InputReceiver = tokio::sync::mpsc::Receiver<Input>;

@@ -2,13 +2,15 @@
 //! in order), snapshot pieces and status. Connections are handled by
 //! `proto::service`.
 
-use crate::node::{Input, InputSender, Shared};
+use crate::node::{Input, InputSender};
+use crate::shared::Shared;
 use crate::snapshot::SnapshotFetcher;
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeType, Message, MessageType};
 use sparefs_proto::msg::{Reply, Request, RpcError, RECALL_WAIT};
 use sparefs_proto::namespace::{Caller, Time, WriteOp};
 use sparefs_proto::service::{CallFuture, Service};
+use sparefs_proto::write_kind::Origin;
 use sparefs_proto::{BlockId, ChunkserverId};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -82,6 +84,11 @@ impl Server {
             }
             Request::Write { caller, id, op } => {
                 validate_caller(&caller)?;
+                if op.origin() != Origin::Client {
+                    return Err(RpcError::BadRequest(
+                        "that change is the leader's own housekeeping".into(),
+                    ));
+                }
                 Ok(Reply::Ns(
                     self.ask(|reply| Input::Write {
                         caller,
@@ -163,32 +170,12 @@ impl Server {
                     .await?;
                 Ok(Reply::Ok)
             }
-            Request::Heartbeat {
-                chunkserver,
-                capacity_bytes,
-                used_bytes,
-                errors,
-                done,
-                lost,
-                want_tasks,
-                want_compaction,
-            } => {
-                if done.len() > REPORT_MAX || lost.len() > REPORT_MAX {
+            Request::Heartbeat(report) => {
+                if report.done.len() > REPORT_MAX || report.lost.len() > REPORT_MAX {
                     return Err(RpcError::BadRequest("heartbeat report too long".into()));
                 }
-                let (repairs, compactions) = self
-                    .ask(|reply| Input::Heartbeat {
-                        chunkserver,
-                        capacity_bytes,
-                        used_bytes,
-                        errors,
-                        done,
-                        lost,
-                        want_tasks,
-                        want_compaction,
-                        reply,
-                    })
-                    .await?;
+                let (repairs, compactions) =
+                    self.ask(|reply| Input::Heartbeat { report, reply }).await?;
                 Ok(Reply::Tasks {
                     repairs,
                     compactions,
@@ -333,7 +320,7 @@ impl Server {
         let scans = matches!(op, ReadOp::Health | ReadOp::ListChunkservers);
         let store = self.store.clone();
         let shared = self.shared.clone();
-        let run = move || crate::node::read_now(&store, &shared, client, &caller, &op);
+        let run = move || crate::reads::read_now(&store, &shared, client, &caller, &op);
         if scans {
             tokio::task::spawn_blocking(run)
                 .await

@@ -5,15 +5,16 @@
 //! then hands the message to Raft, which installs it.
 
 use crate::kv::{Cf, STATE_CFS};
-use crate::node::{write_staged, Input, InputSender, Shared};
+use crate::node::{Input, InputSender};
 use crate::raftlog::SnapshotDescriptor;
+use crate::shared::Shared;
 use crate::store::scan_db;
 use raft::prelude::Message;
 use sparefs_proto::frame;
 use sparefs_proto::limits::SNAPSHOT_PIECE_BYTES_MAX;
 use sparefs_proto::msg::{Reply, Request, RequestFrame, ResponseFrame, RpcError};
 use std::collections::HashSet;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpStream;
@@ -160,4 +161,48 @@ impl SnapshotFetcher {
             }
         });
     }
+}
+
+/// Staged snapshot records: `[cf u8][key len u32][key][value len u32][value]`.
+pub fn read_staged(r: &mut impl Read) -> anyhow::Result<Vec<(Cf, Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    loop {
+        let mut cf = [0u8; 1];
+        match r.read_exact(&mut cf) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(out),
+            Err(e) => return Err(e.into()),
+        }
+        let cf = Cf::from_index(cf[0]).ok_or_else(|| {
+            anyhow::anyhow!("staged snapshot names unknown column family {}", cf[0])
+        })?;
+        let read_bytes = |r: &mut dyn Read| -> anyhow::Result<Vec<u8>> {
+            let mut len = [0u8; 4];
+            r.read_exact(&mut len)?;
+            let len = u32::from_be_bytes(len) as usize;
+            anyhow::ensure!(
+                len <= sparefs_proto::limits::FRAME_BYTES_MAX,
+                "staged record too long"
+            );
+            let mut buf = vec![0u8; len];
+            r.read_exact(&mut buf)?;
+            Ok(buf)
+        };
+        let k = read_bytes(r)?;
+        let v = read_bytes(r)?;
+        out.push((cf, k, v));
+    }
+}
+
+pub fn write_staged(
+    w: &mut impl std::io::Write,
+    cf: Cf,
+    k: &[u8],
+    v: &[u8],
+) -> std::io::Result<()> {
+    w.write_all(&[cf.index()])?;
+    w.write_all(&(k.len() as u32).to_be_bytes())?;
+    w.write_all(k)?;
+    w.write_all(&(v.len() as u32).to_be_bytes())?;
+    w.write_all(v)
 }

@@ -2,7 +2,8 @@
 //! peer, one TCP connection each, reconnecting with backoff. A full queue or a
 //! broken connection drops messages; Raft retransmits what matters.
 
-use crate::node::{Input, InputSender, Outbox, Shared};
+use crate::node::{Input, InputSender, Outbox};
+use crate::shared::Shared;
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use sparefs_proto::frame;

@@ -12,6 +12,7 @@ pub mod limits;
 pub mod msg;
 pub mod namespace;
 pub mod service;
+pub mod write_kind;
 
 pub use errno::Errno;
 pub use ids::*;

@@ -92,21 +92,9 @@ pub enum Request {
         offset: u32,
         len: u32,
     },
-    /// Capacity and usage (kept in the leader's memory, not in Raft), the
-    /// repair tasks finished since the last one, fragments found bad or
-    /// missing, and how many more tasks this server takes now. Answered
-    /// with `Reply::Tasks`.
-    Heartbeat {
-        chunkserver: ChunkserverId,
-        capacity_bytes: u64,
-        used_bytes: u64,
-        errors: u64,
-        done: Vec<RepairDone>,
-        lost: Vec<(BlockId, u8)>,
-        want_tasks: u32,
-        /// Whether it can take a chunk to compact now.
-        want_compaction: bool,
-    },
+    /// A chunkserver's report (see `HeartbeatReport`). Answered with
+    /// `Reply::Tasks`.
+    Heartbeat(HeartbeatReport),
     /// One page of what a chunkserver holds: (block, slot, age in seconds)
     /// sorted, covering the keys after `after` up to the last item, or to
     /// the end when `last_page`. Answered with `Reply::Delete`: fragments
@@ -119,6 +107,44 @@ pub enum Request {
     },
     /// Repair progress (leader memory).
     RepairStatus,
+}
+
+/// What a chunkserver tells the leader every few seconds: capacity and
+/// usage (kept in the leader's memory, not in Raft), the repair tasks
+/// finished since the last report, fragments found bad or missing, and how
+/// much more work it takes now.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeartbeatReport {
+    pub chunkserver: ChunkserverId,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub errors: u64,
+    pub done: Vec<RepairDone>,
+    pub lost: Vec<(BlockId, u8)>,
+    pub want_tasks: u32,
+    /// Whether it can take a chunk to compact now.
+    pub want_compaction: bool,
+}
+
+impl HeartbeatReport {
+    /// Usage alone: no repair reports, no work wanted.
+    pub fn usage(
+        chunkserver: ChunkserverId,
+        capacity_bytes: u64,
+        used_bytes: u64,
+        errors: u64,
+    ) -> HeartbeatReport {
+        HeartbeatReport {
+            chunkserver,
+            capacity_bytes,
+            used_bytes,
+            errors,
+            done: Vec::new(),
+            lost: Vec::new(),
+            want_tasks: 0,
+            want_compaction: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

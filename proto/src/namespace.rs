@@ -627,47 +627,6 @@ fn predict(a: &Attr, c: &Caller, set: &SetAttr, now: Time, clock_known: bool) ->
     Some(out)
 }
 
-impl WriteOp {
-    /// Whether the replicas must have this operation on disk (fsynced)
-    /// before it is acknowledged. Namespace changes an application makes by
-    /// the thousand (create, unlink, rename, chmod, ...) are acknowledged
-    /// once a majority has written them to its log without waiting for the
-    /// disk, like a local filesystem's metadata before fsync: they survive
-    /// any process crash and the loss of a minority of hosts, and reach the
-    /// disk within a few milliseconds (each replica syncs its log behind).
-    /// File data (slices, on fsync/close), `Sync`, and whatever lets garbage
-    /// collection delete fragments or changes membership, waits for the
-    /// disk; a synced entry also makes every earlier one durable.
-    pub fn must_be_durable(&self) -> bool {
-        if let WriteOp::Delegated { then, .. } = self {
-            return then.as_ref().is_some_and(|op| op.must_be_durable());
-        }
-        !matches!(
-            self,
-            WriteOp::MkNod { .. }
-                | WriteOp::Mkdir { .. }
-                | WriteOp::Unlink { .. }
-                | WriteOp::Rmdir { .. }
-                | WriteOp::Rename { .. }
-                | WriteOp::Link { .. }
-                | WriteOp::Symlink { .. }
-                | WriteOp::SetAttr {
-                    set: SetAttr { size: None, .. },
-                    ..
-                }
-                | WriteOp::SetXattr { .. }
-                | WriteOp::RemoveXattr { .. }
-                | WriteOp::AllocateBlocks { .. }
-                | WriteOp::SetLock { .. }
-                | WriteOp::ExpireClient { .. }
-                | WriteOp::LoseFragment { .. }
-                | WriteOp::Delegate { .. }
-                | WriteOp::ReturnDelegations { .. }
-                | WriteOp::ReserveInodes { .. }
-        )
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NsReply {
     Attr(Attr),

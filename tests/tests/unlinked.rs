@@ -44,7 +44,7 @@ async fn a_file_unlinked_while_open_lives_until_its_last_close() {
     assert!(!b.join("kept").exists(), "the name is gone");
     // Well past the time an orphan could be freed: still all there, and
     // writable.
-    tokio::time::sleep(sparefs_meta::node::ORPHAN_QUIET + Duration::from_secs(8)).await;
+    tokio::time::sleep(sparefs_meta::leader::ORPHAN_QUIET + Duration::from_secs(8)).await;
     let mut back = Vec::new();
     held.seek(SeekFrom::Start(0)).expect("seek");
     held.read_to_end(&mut back)

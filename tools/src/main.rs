@@ -271,7 +271,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 join,
                 compact_after_entries: compact_after,
                 compact_keep_entries: compact_keep,
-                tuning: sparefs_meta::node::Tuning {
+                tuning: sparefs_meta::shared::Tuning {
                     out_after: std::time::Duration::from_secs(out_after),
                     gc_grace: std::time::Duration::from_secs(gc_grace),
                     min_hosts,

@@ -60,41 +60,15 @@ fn subdir<K: ReadKv>(kv: &K, parent: InodeId, name: &[u8]) -> NsResult<Option<In
 }
 
 /// The directories a change reads or writes the entries or attributes of:
-/// those a delegation covers.
+/// those a delegation covers (`WriteOp::delegation_scope`), with the
+/// subdirectories it names looked up.
 fn write_dirs<K: ReadKv>(kv: &K, op: &WriteOp) -> NsResult<Vec<InodeId>> {
-    Ok(match op {
-        WriteOp::MkNod { parent, .. }
-        | WriteOp::Mkdir { parent, .. }
-        | WriteOp::Symlink { parent, .. }
-        | WriteOp::Unlink { parent, .. } => vec![*parent],
-        WriteOp::Rmdir { parent, name } => {
-            // The victim's emptiness is the holder's to know.
-            let mut v = vec![*parent];
-            v.extend(subdir(kv, *parent, name)?);
-            v
-        }
-        WriteOp::Rename {
-            parent,
-            name,
-            new_parent,
-            new_name,
-            ..
-        } => {
-            let mut v = vec![*parent, *new_parent];
-            v.extend(subdir(kv, *parent, name)?);
-            v.extend(subdir(kv, *new_parent, new_name)?);
-            v
-        }
-        WriteOp::Link { new_parent, .. } => vec![*new_parent],
-        WriteOp::SetAttr { ino, .. }
-        | WriteOp::Truncate { ino, .. }
-        | WriteOp::SetXattr { ino, .. }
-        | WriteOp::RemoveXattr { ino, .. }
-        | WriteOp::SetPolicy { ino, .. }
-        | WriteOp::SetLock { ino, .. } => vec![*ino],
-        // Checked inside: its own changes are the client's, `then` apart.
-        _ => Vec::new(),
-    })
+    let scope = op.delegation_scope();
+    let mut dirs = scope.dirs;
+    for (parent, name) in scope.subdirs {
+        dirs.extend(subdir(kv, parent, name)?);
+    }
+    Ok(dirs)
 }
 
 /// A change by `client` that must wait for another client's delegation:
@@ -156,7 +130,7 @@ pub fn delegate<R: ReadKv>(
     client: ClientId,
     dir: InodeId,
 ) -> NsResult<NsReply> {
-    let rec = super::write::load_dir(tx, dir)?;
+    let rec = load_dir(tx, dir)?;
     super::perm::check(&rec, c, super::perm::W | super::perm::X)?;
     if let Some(h) = holder(tx, dir)? {
         if h != client {

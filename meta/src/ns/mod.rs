@@ -7,22 +7,29 @@
 //! replica.
 
 pub mod acl;
+mod attrs;
 pub mod blocks;
+mod command;
 pub mod deleg;
+mod delegated;
+mod entries;
+mod layout;
 mod locks;
 pub mod orphans;
 mod perm;
 mod read;
 mod records;
-mod write;
+mod registry;
 
+pub use command::{apply_command, bootstrap, Command};
+pub use entries::{PARENT_WALK_MAX, REAP_ORPHANS_MAX};
 pub use locks::lock_holders;
 pub use read::{chunkservers, read, ChunkserverLiveness};
 pub use records::{cluster_key, ChunkserverRec, DentryRec, InodeRec};
-pub use write::{apply_command, bootstrap, Command, PARENT_WALK_MAX, REAP_ORPHANS_MAX};
 
-use crate::kv::StoreError;
-use sparefs_proto::Errno;
+use crate::kv::{ReadKv, StoreError, Tx};
+use sparefs_proto::namespace::NsReply;
+use sparefs_proto::{ClientId, Errno, InodeId};
 
 /// Why a command failed: a POSIX error goes back to the caller; a storage
 /// error stops the replica, since applying on must not diverge.
@@ -37,3 +44,27 @@ pub enum NsError {
 pub type NsResult<T> = Result<T, NsError>;
 
 pub use records::SYS_APPLIED as SYS_APPLIED_KEY;
+
+/// What applying one committed command came to.
+pub enum Applied {
+    Answer(Result<NsReply, Errno>),
+    /// It touches `dir`, which `holder` holds delegated: nothing was
+    /// recorded; the client retries once the holder gives it back.
+    Recall {
+        dir: InodeId,
+        holder: ClientId,
+    },
+}
+
+/// Applies one committed command, unless it touches a directory another
+/// client holds (see `deleg`). Only a storage error is an `Err`: anything
+/// the command itself gets wrong is its answer, the same on every replica.
+pub fn apply<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> Result<Applied, StoreError> {
+    match deleg::write_conflict(tx, cmd.id.client, &cmd.op) {
+        Ok(Some((dir, holder))) => return Ok(Applied::Recall { dir, holder }),
+        Ok(None) => {}
+        Err(NsError::Errno(e)) => return Ok(Applied::Answer(Err(e))),
+        Err(NsError::Store(e)) => return Err(e),
+    }
+    Ok(Applied::Answer(apply_command(tx, cmd)?))
+}

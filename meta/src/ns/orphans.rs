@@ -4,7 +4,7 @@
 //! unlink. Everything a descriptor does goes by inode number, so reads,
 //! writes, fstat and ftruncate through descriptors opened before go on.
 //! The leader proposes `ReapOrphans` for those no live mount reports open
-//! (`node::OpenReports`); reaping frees them as an unlink used to.
+//! (`leader::LeaderDuties`); reaping frees them as an unlink used to.
 //!
 //! Keys: `Cf::Sys`, `orphan/` + inode (big-endian) -> `Time` of the unlink.
 

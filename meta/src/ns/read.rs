@@ -1,9 +1,9 @@
 //! Queries of the namespace. They read the store after a ReadIndex round and
 //! never write.
 
+use super::attrs::check_xattr_access;
 use super::perm::{self, R, W, X};
 use super::records::*;
-use super::write::{check_xattr_access, load, load_dir, valid_name};
 use super::{NsError, NsResult};
 use crate::kv::{be, decode, read_be, Cf, ReadKv, StoreError};
 use sparefs_proto::layout::{Capability, ChunkserverInfo, ChunkserverState, Policy, Slice};
@@ -130,7 +130,7 @@ pub fn read<K: ReadKv>(
         ReadOp::GetXattr { ino, name } => {
             let mut inode = load(kv, *ino)?;
             check_xattr_access(&inode, c, name, R)?;
-            if let Some(acl) = super::write::acl_slot(&mut inode, name) {
+            if let Some(acl) = super::attrs::acl_slot(&mut inode, name) {
                 if acl.is_empty() {
                     return Err(Errno::ENODATA.into());
                 }

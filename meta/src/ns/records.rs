@@ -1,9 +1,12 @@
 //! Stored records and their keys.
 
-use crate::kv::{be, Cf, ReadKv, StoreError};
+use super::{NsError, NsResult};
+use crate::kv::{be, Cf, ReadKv, StoreError, Tx};
 use serde::{Deserialize, Serialize};
 use sparefs_proto::layout::Policy;
-use sparefs_proto::namespace::{Attr, FileKind, Time};
+use sparefs_proto::limits::NAME_BYTES_MAX;
+use sparefs_proto::namespace::{Attr, Caller, FileKind, Time};
+use sparefs_proto::Errno;
 use sparefs_proto::InodeId;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,8 +89,6 @@ pub struct ChunkserverRec {
     pub draining: bool,
 }
 
-pub use sparefs_proto::namespace::FIRST_COOKIE;
-
 pub fn inode_key(ino: InodeId) -> Vec<u8> {
     be(ino.0).to_vec()
 }
@@ -136,4 +137,66 @@ pub fn cluster_key(
 
 pub fn sys_u64(kv: &impl ReadKv, key: &[u8]) -> Result<u64, StoreError> {
     Ok(kv.get_rec::<u64>(Cf::Sys, key)?.unwrap_or(0))
+}
+
+// Helpers both reads and writes use.
+
+pub(super) fn root_only(c: &Caller) -> NsResult<()> {
+    if c.uid != 0 {
+        return Err(Errno::EPERM.into());
+    }
+    Ok(())
+}
+
+/// Checks a name component for creation or lookup.
+pub fn valid_name(name: &[u8]) -> Result<(), Errno> {
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return Err(Errno::EINVAL);
+    }
+    if name.len() > NAME_BYTES_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(())
+}
+
+pub(super) fn is_dot(name: &[u8]) -> bool {
+    name == b"." || name == b".."
+}
+
+pub fn load<R: ReadKv>(kv: &R, ino: InodeId) -> NsResult<InodeRec> {
+    kv.get_rec::<InodeRec>(Cf::Inodes, &inode_key(ino))?
+        .ok_or(NsError::Errno(Errno::ENOENT))
+}
+
+pub(super) fn store<R: ReadKv>(tx: &mut Tx<R>, ino: InodeId, rec: &InodeRec) {
+    tx.put_rec(Cf::Inodes, inode_key(ino), rec);
+}
+
+pub fn load_dir<R: ReadKv>(kv: &R, ino: InodeId) -> NsResult<InodeRec> {
+    let d = load(kv, ino)?;
+    if !d.is_dir() {
+        return Err(Errno::ENOTDIR.into());
+    }
+    Ok(d)
+}
+
+pub(super) fn dentry<R: ReadKv>(
+    kv: &R,
+    parent: InodeId,
+    name: &[u8],
+) -> NsResult<Option<DentryRec>> {
+    Ok(kv.get_rec(Cf::Dentries, &dentry_key(parent, name))?)
+}
+
+/// Returns the first of `count` fresh ids from the counter `key`.
+pub(super) fn next_id<R: ReadKv>(tx: &mut Tx<R>, key: &[u8], count: u64) -> NsResult<u64> {
+    let first = sys_u64(tx, key)?;
+    tx.put_rec(Cf::Sys, key.to_vec(), &(first + count));
+    Ok(first)
+}
+
+pub(super) fn add_files<R: ReadKv>(tx: &mut Tx<R>, delta: i64) -> NsResult<()> {
+    let n = sys_u64(tx, SYS_FILES)? as i64 + delta;
+    tx.put_rec(Cf::Sys, SYS_FILES.to_vec(), &(n.max(0) as u64));
+    Ok(())
 }
