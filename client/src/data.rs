@@ -60,9 +60,12 @@ fn chunk_of(offset: u64) -> (u64, u32) {
     (offset / CHUNK_BYTES, (offset % CHUNK_BYTES) as u32)
 }
 
-/// The extents cut at chunk boundaries: (chunk index, offset in the
-/// chunk, bytes), and the file size they imply.
-fn cut_at_chunks(extents: &[(u64, Vec<u8>)]) -> (Vec<(u64, u32, &[u8])>, u64) {
+/// Part of an extent inside one chunk: (chunk index, offset in the chunk,
+/// bytes).
+type ChunkPiece<'a> = (u64, u32, &'a [u8]);
+
+/// The extents cut at chunk boundaries, and the file size they imply.
+fn cut_at_chunks(extents: &[(u64, Vec<u8>)]) -> (Vec<ChunkPiece<'_>>, u64) {
     let mut pieces = Vec::new();
     let mut size_at_least = 0;
     for (offset, data) in extents {
@@ -366,8 +369,8 @@ impl DataClient {
                     ClientError::DataUnavailable(format!("block {}: {e}", block.id))
                 })?;
                 let mut out = Vec::with_capacity(len as usize);
-                for s in first..=last {
-                    let piece = frags[s].as_deref().ok_or_else(|| {
+                for (s, frag) in frags.iter().enumerate().take(last + 1).skip(first) {
+                    let piece = frag.as_deref().ok_or_else(|| {
                         ClientError::DataUnavailable("reconstruction left a gap".into())
                     })?;
                     let a = if s == first { boff % shard - lo } else { 0 };

@@ -273,7 +273,7 @@ impl OpenFile {
             self.drop_window();
             return self.data.read(self.ino, size, offset, len).await;
         }
-        if let Some(hit) = self.from_window(offset, len, size, began).await {
+        if let Some(hit) = self.read_from_windows(offset, len, size, began).await {
             return Ok(hit);
         }
         let first = self.first_chunk.lock().ok().and_then(|mut h| h.take());
@@ -286,7 +286,13 @@ impl OpenFile {
     }
 
     /// Serves a read from the read-ahead windows if they cover it.
-    async fn from_window(&self, offset: u64, len: usize, size: u64, began: u64) -> Option<Vec<u8>> {
+    async fn read_from_windows(
+        &self,
+        offset: u64,
+        len: usize,
+        size: u64,
+        began: u64,
+    ) -> Option<Vec<u8>> {
         let end = (offset + len as u64).min(size);
         if offset >= end {
             return None;

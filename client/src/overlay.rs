@@ -25,7 +25,8 @@ pub struct Piece<'a> {
 /// Pieces covering `[start, end)` of a chunk, in order, without gaps.
 pub fn resolve(slices: &[Slice], start: u32, end: u32) -> Vec<Piece<'_>> {
     // (start, end, slice index and offset of `start` inside that slice)
-    let mut runs: Vec<(u32, u32, Option<(usize, u32)>)> = vec![(start, end, None)];
+    type Run = (u32, u32, Option<(usize, u32)>);
+    let mut runs: Vec<Run> = vec![(start, end, None)];
     let mut order: Vec<usize> = (0..slices.len()).collect();
     order.sort_by_key(|i| slices[*i].seq);
     for i in order {

@@ -19,9 +19,12 @@ const INODES_MAX: usize = 16 * 1024;
 /// A value, or "no such attribute" (ENODATA).
 pub type Cached = Option<Vec<u8>>;
 
+/// One inode's cached xattrs: name -> (when fetched, value).
+type InodeXattrs = HashMap<Vec<u8>, (Instant, Cached)>;
+
 #[derive(Default)]
 pub struct XattrCache {
-    entries: Mutex<HashMap<u64, HashMap<Vec<u8>, (Instant, Cached)>>>,
+    entries: Mutex<HashMap<u64, InodeXattrs>>,
 }
 
 pub fn cacheable(name: &[u8]) -> bool {

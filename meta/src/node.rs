@@ -19,6 +19,7 @@
 //!   5. the light ready: commit index, messages, committed entries (another
 //!      batch, unsynced), `advance_apply`;
 //!   6. serve reads whose ReadIndex is now applied; compact the log.
+//!
 //! A storage error stops the driver (and the replica): applying on after a
 //! failed write would let replicas diverge.
 

@@ -264,8 +264,8 @@ impl RepairBook {
         self.compacting
             .retain(|_, at| now.duration_since(*at) < TASK_TIMEOUT);
         while let Some(c) = self.compactions.pop_front() {
-            if !self.compacting.contains_key(&c) {
-                self.compacting.insert(c, now);
+            if let std::collections::hash_map::Entry::Vacant(e) = self.compacting.entry(c) {
+                e.insert(now);
                 return Some(c);
             }
         }

@@ -163,8 +163,11 @@ impl SnapshotFetcher {
     }
 }
 
+/// One record of a state column family: (family, key, value).
+pub type StagedRecord = (Cf, Vec<u8>, Vec<u8>);
+
 /// Staged snapshot records: `[cf u8][key len u32][key][value len u32][value]`.
-pub fn read_staged(r: &mut impl Read) -> anyhow::Result<Vec<(Cf, Vec<u8>, Vec<u8>)>> {
+pub fn read_staged(r: &mut impl Read) -> anyhow::Result<Vec<StagedRecord>> {
     let mut out = Vec::new();
     loop {
         let mut cf = [0u8; 1];

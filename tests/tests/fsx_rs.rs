@@ -47,7 +47,7 @@ async fn fsx_rs_with_every_operation_under_load() {
     )
     .await
     .expect("cluster");
-    let mounts = vec![c.spawn_mount(1, 10).expect("mount")];
+    let mounts = [c.spawn_mount(1, 10).expect("mount")];
     let dir = mounts[0].join("fsx");
     std::fs::create_dir(&dir).expect("mkdir");
     let load_dir = mounts[0].join("load");
@@ -57,7 +57,8 @@ async fn fsx_rs_with_every_operation_under_load() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = background_load(&load_dir, stop.clone());
     let mut failures = Vec::new();
-    for seed in [90547] {
+    {
+        let seed = 90547;
         let out = Command::new(&fsx)
             .arg("-f")
             .arg(&config)

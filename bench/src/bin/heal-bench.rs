@@ -5,6 +5,7 @@
 //! - meta failover: leader SIGKILLed, time until a write succeeds again;
 //! - the longest stall a writer through the mount sees when a chunkserver
 //!   is SIGKILLed, next to its usual gap between writes.
+//!
 //! Prints a table and writes it to bench/results/.
 
 use clap::Parser;

@@ -36,7 +36,10 @@ pub type Acl = Vec<AclEntry>;
 /// Parses and validates the xattr form: the three base entries once each,
 /// named entries with distinct ids, and a mask whenever there are named ones.
 pub fn parse(bytes: &[u8]) -> Result<Acl, Errno> {
-    if bytes.len() < 4 || (bytes.len() - 4) % 8 != 0 || (bytes.len() - 4) / 8 > ENTRIES_MAX {
+    if bytes.len() < 4
+        || !(bytes.len() - 4).is_multiple_of(8)
+        || (bytes.len() - 4) / 8 > ENTRIES_MAX
+    {
         return Err(Errno::EINVAL);
     }
     let u32_at =

@@ -319,8 +319,8 @@ pub fn fill_layouts(kv: &impl ReadKv, slices: &mut [Slice]) -> Result<(), StoreE
     let mut cache: HashMap<BlockId, Option<BlockRec>> = HashMap::new();
     for s in slices.iter_mut() {
         for b in s.blocks.iter_mut() {
-            if !cache.contains_key(&b.id) {
-                cache.insert(b.id, load_block(kv, b.id)?);
+            if let std::collections::hash_map::Entry::Vacant(e) = cache.entry(b.id) {
+                e.insert(load_block(kv, b.id)?);
             }
             if let Some(Some(rec)) = cache.get(&b.id) {
                 b.policy = rec.policy;

@@ -83,6 +83,10 @@ pub(super) fn delete_entry<R: ReadKv>(
     tx.delete(Cf::DirIndex, dirindex_key(parent, entry.cookie));
 }
 
+/// Creates `name` in `parent`: a file, node, directory or symlink, with
+/// the mode, ownership and default ACL POSIX gives it; `reserved` is the
+/// inode number of a delegated create. (mknod(2)'s arguments and a few.)
+#[allow(clippy::too_many_arguments)]
 pub(super) fn make<R: ReadKv>(
     tx: &mut Tx<R>,
     c: &Caller,
