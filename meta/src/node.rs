@@ -313,6 +313,8 @@ impl Driver {
         }
     }
 
+    /// Takes one input. (Long: one arm per `Input` kind, each checking
+    /// leadership and handing the work on.)
     fn handle(&mut self, input: Input) {
         match input {
             Input::Raft(mut msg) => {
@@ -568,6 +570,9 @@ impl Driver {
         }
     }
 
+    /// Handles one `Ready` in the order the module doc lists. (Long on
+    /// purpose: the order of sends, writes and applies is the durability
+    /// argument, and it is checked best read top to bottom in one place.)
     async fn on_ready(&mut self) -> anyhow::Result<()> {
         if !self.raw.has_ready() {
             return Ok(());

@@ -50,6 +50,8 @@ impl Server {
         rx.await.map_err(|_| RpcError::Busy)?
     }
 
+    /// Answers one request. (Long: one short arm per `Request` kind, an
+    /// exhaustive dispatch that reads best in one place.)
     async fn handle(self: Arc<Self>, body: Request) -> Result<Reply, RpcError> {
         match body {
             Request::Read { client, caller, op } => {

@@ -105,6 +105,8 @@ async fn copy_out(
     Ok(())
 }
 
+/// Runs one `sparefs fs` subcommand on one path. (Long: one arm per
+/// subcommand, each a few lines.)
 async fn one(client: &Arc<MetaClient>, cmd: &FsCmd, path: &str) -> Result<(), ClientError> {
     match cmd {
         FsCmd::Ls { json, null, .. } => {

@@ -14,7 +14,7 @@ pub async fn run(
     data: Option<PathBuf>,
     json_out: bool,
 ) -> anyhow::Result<i32> {
-    let mut addresses = match (meta, &data) {
+    let addresses = match (meta, &data) {
         (Some(m), _) => split_addresses(&m),
         (None, Some(d)) => crate::up_cmd::read_cluster_file(d)?.meta_addresses(),
         (None, None) => anyhow::bail!("give --meta ADDRS or --data DIR"),
@@ -24,8 +24,32 @@ pub async fn run(
         .and_then(|d| crate::up_cmd::read_cluster_file(d).ok());
     let pids = cluster_file.as_ref().map(|c| c.pids()).unwrap_or_default();
     let client = MetaClient::new(addresses.clone(), current_caller());
-    // Replicas by id; members any replica reports are included even if the
-    // caller did not name them, so a dead one still shows.
+    let list = replica_rows(&client, addresses, &pids).await;
+    let (servers, health, repair) = data_rows(&client, &pids).await;
+    if json_out {
+        println!(
+            "{}",
+            json!({ "meta": list, "chunkservers": servers, "health": health, "repair": repair })
+        );
+    } else {
+        print_replicas(&list);
+        println!();
+        print_chunkservers(&servers);
+        println!();
+        print_health(&health, &repair);
+    }
+    let healthy = list.iter().any(|v| v["role"] == "leader");
+    Ok(if healthy { 0 } else { 2 })
+}
+
+/// One row per meta replica, by id: those named and every member any
+/// replica reports (so a dead one still shows), with ids of unreachable
+/// ones filled in from the others' member lists.
+async fn replica_rows(
+    client: &MetaClient,
+    mut addresses: Vec<String>,
+    pids: &BTreeMap<String, u32>,
+) -> Vec<Value> {
     let mut rows: BTreeMap<String, Value> = BTreeMap::new();
     let mut i = 0;
     while i < addresses.len() {
@@ -52,7 +76,6 @@ pub async fn run(
             }
         }
     }
-    // Fill ids of unreachable replicas from the others' member lists.
     let mut known_ids = BTreeMap::new();
     for address in &addresses {
         if let Ok(s) = client.status_of(address).await {
@@ -74,7 +97,14 @@ pub async fn run(
         })
         .collect();
     list.sort_by_key(|v| v["id"].as_u64().unwrap_or(u64::MAX));
-    // Chunkservers and data health, from the leader.
+    list
+}
+
+/// Chunkservers, block health and repair progress, from the leader.
+async fn data_rows(
+    client: &MetaClient,
+    pids: &BTreeMap<String, u32>,
+) -> (Vec<Value>, Value, Value) {
     let mut servers = Vec::new();
     let mut health =
         json!({ "protected": Value::Null, "degraded": Value::Null, "unreadable": Value::Null });
@@ -104,81 +134,75 @@ pub async fn run(
         }),
         _ => Value::Null,
     };
-    if json_out {
-        println!(
-            "{}",
-            json!({ "meta": list, "chunkservers": servers, "health": health, "repair": repair })
-        );
-    } else {
+    (servers, health, repair)
+}
+
+/// A number field of a row, or "-".
+fn number(v: &Value, k: &str) -> String {
+    v[k].as_u64()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_replicas(list: &[Value]) {
+    println!(
+        "{:<4} {:<22} {:<12} {:>6} {:>10} {:>10} {:>8}",
+        "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "PID"
+    );
+    for v in list {
         println!(
             "{:<4} {:<22} {:<12} {:>6} {:>10} {:>10} {:>8}",
-            "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "PID"
+            number(v, "id"),
+            v["address"].as_str().unwrap_or("-"),
+            v["role"].as_str().unwrap_or("-"),
+            number(v, "term"),
+            number(v, "commit"),
+            number(v, "applied"),
+            number(v, "pid")
         );
-        for v in &list {
-            let f = |k: &str| {
-                v[k].as_u64()
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| "-".into())
-            };
-            println!(
-                "{:<4} {:<22} {:<12} {:>6} {:>10} {:>10} {:>8}",
-                f("id"),
-                v["address"].as_str().unwrap_or("-"),
-                v["role"].as_str().unwrap_or("-"),
-                f("term"),
-                f("commit"),
-                f("applied"),
-                f("pid")
-            );
-        }
     }
-    if !json_out {
-        println!();
+}
+
+fn print_chunkservers(servers: &[Value]) {
+    println!(
+        "{:<4} {:<22} {:<6} {:>14} {:>14} {:>8}",
+        "CS", "ADDRESS", "STATE", "CAPACITY", "USED", "PID"
+    );
+    for s in servers {
+        let state = match (s["state"].as_str(), s["draining"].as_bool()) {
+            (Some(st), Some(true)) => format!("{st}*"),
+            (Some(st), _) => st.to_string(),
+            _ => "-".into(),
+        };
         println!(
             "{:<4} {:<22} {:<6} {:>14} {:>14} {:>8}",
-            "CS", "ADDRESS", "STATE", "CAPACITY", "USED", "PID"
+            number(s, "id"),
+            s["address"].as_str().unwrap_or("-"),
+            state,
+            number(s, "capacity_bytes"),
+            number(s, "used_bytes"),
+            number(s, "pid")
         );
-        for s in &servers {
-            let f = |k: &str| {
-                s[k].as_u64()
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| "-".into())
-            };
-            let state = match (s["state"].as_str(), s["draining"].as_bool()) {
-                (Some(st), Some(true)) => format!("{st}*"),
-                (Some(st), _) => st.to_string(),
-                _ => "-".into(),
-            };
-            println!(
-                "{:<4} {:<22} {:<6} {:>14} {:>14} {:>8}",
-                f("id"),
-                s["address"].as_str().unwrap_or("-"),
-                state,
-                f("capacity_bytes"),
-                f("used_bytes"),
-                f("pid")
-            );
-        }
-        println!();
-        println!(
-            "blocks: {} protected, {} degraded, {} unreadable",
-            health["protected"], health["degraded"], health["unreadable"]
-        );
-        if !repair.is_null() {
-            let eta = repair["eta_secs"]
-                .as_f64()
-                .map(|s| format!("{s:.0} s"))
-                .unwrap_or_else(|| "unknown".into());
-            println!(
-                "repair: {} blocks ({} MiB) to repair, {} in flight, {:.1} MiB/s, ETA {eta}; {} MiB to rebalance",
-                repair["blocks_to_repair"],
-                repair["bytes_to_repair"].as_u64().unwrap_or(0) >> 20,
-                repair["in_flight"],
-                repair["rate_bytes_per_sec"].as_f64().unwrap_or(0.0) / 1048576.0,
-                repair["bytes_to_balance"].as_u64().unwrap_or(0) >> 20,
-            );
-        }
     }
-    let healthy = list.iter().any(|v| v["role"] == "leader");
-    Ok(if healthy { 0 } else { 2 })
+}
+
+fn print_health(health: &Value, repair: &Value) {
+    println!(
+        "blocks: {} protected, {} degraded, {} unreadable",
+        health["protected"], health["degraded"], health["unreadable"]
+    );
+    if !repair.is_null() {
+        let eta = repair["eta_secs"]
+            .as_f64()
+            .map(|s| format!("{s:.0} s"))
+            .unwrap_or_else(|| "unknown".into());
+        println!(
+            "repair: {} blocks ({} MiB) to repair, {} in flight, {:.1} MiB/s, ETA {eta}; {} MiB to rebalance",
+            repair["blocks_to_repair"],
+            repair["bytes_to_repair"].as_u64().unwrap_or(0) >> 20,
+            repair["in_flight"],
+            repair["rate_bytes_per_sec"].as_f64().unwrap_or(0.0) / 1048576.0,
+            repair["bytes_to_balance"].as_u64().unwrap_or(0) >> 20,
+        );
+    }
 }

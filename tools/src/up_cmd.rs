@@ -216,6 +216,47 @@ async fn stop(daemons: &mut [Daemon]) {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
+    let policy = check_args(&args)?;
+    let mountpoint = prepare_dirs(&args)?;
+    let exe = std::env::current_exe().context("find the sparefs binary")?;
+    let start = Instant::now();
+    let mut daemons = Vec::new();
+    if let Err(e) = start_cluster(&exe, &args, policy, &mountpoint, &mut daemons).await {
+        stop(&mut daemons).await;
+        return Err(e);
+    }
+    write_cluster_file(&args.data, &daemons, &mountpoint)?;
+    println!(
+        "sparefs ready: {} mounted ({} meta replicas, {} chunkservers, policy {policy}) in {:.1}s; data in {}",
+        mountpoint.display(),
+        args.metas,
+        args.chunkservers,
+        start.elapsed().as_secs_f64(),
+        args.data.display()
+    );
+    println!("status: sparefs status --data {}", args.data.display());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let code = tokio::select! {
+        _ = tokio::signal::ctrl_c() => 0,
+        _ = term.recv() => 0,
+        (what, log, status) = supervise(&exe, &args, &mountpoint, &mut daemons) => {
+            eprintln!("sparefs: {what} exited ({status}) and keeps dying; see {}", log.display());
+            1
+        }
+    };
+    stop(&mut daemons).await;
+    if crate::mount_cmd::is_mounted(&mountpoint) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&mountpoint)
+            .status();
+    }
+    println!("sparefs: stopped");
+    Ok(code)
+}
+
+/// Refuses arguments that cannot make a cluster; the root policy.
+fn check_args(args: &UpArgs) -> anyhow::Result<sparefs_proto::layout::Policy> {
     anyhow::ensure!(matches!(args.metas, 1 | 3 | 5), "--metas must be 1, 3 or 5");
     anyhow::ensure!(
         (1..=200).contains(&args.chunkservers),
@@ -233,6 +274,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         "--data {} is not a directory",
         args.data.display()
     );
+    Ok(policy)
+}
+
+/// Creates the data directory and the mount point (not already mounted).
+fn prepare_dirs(args: &UpArgs) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("create {}", args.data.display()))?;
     let mountpoint = args.mount.clone().unwrap_or_else(|| args.data.join("mnt"));
@@ -244,18 +290,76 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
             mountpoint.display()
         );
     }
-    let exe = std::env::current_exe().context("find the sparefs binary")?;
+    Ok(mountpoint)
+}
+
+/// Starts the meta group, then the chunkservers once it has a leader, sets
+/// the root policy once they are up, then mounts. Every daemon started is
+/// in `daemons`, also when this fails.
+async fn start_cluster(
+    exe: &Path,
+    args: &UpArgs,
+    policy: sparefs_proto::layout::Policy,
+    mountpoint: &Path,
+    daemons: &mut Vec<Daemon>,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
     let peers: BTreeMap<u64, String> = (1..=args.metas as u64)
         .map(|i| (i, format!("127.0.0.{}:{}", 10 + i, args.port)))
         .collect();
+    let meta_list = peers.values().cloned().collect::<Vec<_>>().join(",");
+    start_metas(exe, args, &peers, daemons)?;
+    let addresses: Vec<String> = peers.values().cloned().collect();
+    let client =
+        MetaClient::new(addresses, current_caller()).with_deadline(Duration::from_secs(30));
+    client
+        .getattr(sparefs_proto::InodeId::ROOT)
+        .await
+        .context("wait for the meta group to elect a leader")?;
+    start_chunkservers(exe, args, &meta_list, daemons)?;
+    wait_for_chunkservers(&client, args.chunkservers as usize, start).await?;
+    client
+        .set_policy(sparefs_proto::InodeId::ROOT, policy)
+        .await
+        .context("set the root policy")?;
+    let a = vec![
+        "mount".into(),
+        "--meta".into(),
+        meta_list,
+        mountpoint.display().to_string(),
+    ];
+    let d = spawn(
+        exe,
+        (Role::Mount, 0, String::new()),
+        &a,
+        args.data.join("mount.log"),
+        "the mount".into(),
+    )?;
+    daemons.push(d);
+    while !crate::mount_cmd::is_mounted(mountpoint) {
+        anyhow::ensure!(
+            start.elapsed() <= Duration::from_secs(90),
+            "{} was not mounted; see {}",
+            mountpoint.display(),
+            args.data.join("mount.log").display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+fn start_metas(
+    exe: &Path,
+    args: &UpArgs,
+    peers: &BTreeMap<u64, String>,
+    daemons: &mut Vec<Daemon>,
+) -> anyhow::Result<()> {
     let peers_arg = peers
         .iter()
         .map(|(i, a)| format!("{i}={a}"))
         .collect::<Vec<_>>()
         .join(",");
-    let meta_list = peers.values().cloned().collect::<Vec<_>>().join(",");
-    let mut daemons = Vec::new();
-    for (id, address) in &peers {
+    for (id, address) in peers {
         let a = vec![
             "meta".into(),
             "--id".into(),
@@ -272,7 +376,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
             args.gc_grace.to_string(),
         ];
         let d = spawn(
-            &exe,
+            exe,
             (Role::Meta, *id, address.clone()),
             &a,
             args.data.join(format!("meta{id}.log")),
@@ -280,21 +384,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         )?;
         daemons.push(d);
     }
-    let addresses: Vec<String> = peers.values().cloned().collect();
-    let client =
-        MetaClient::new(addresses.clone(), current_caller()).with_deadline(Duration::from_secs(30));
-    let start = Instant::now();
-    let ready = async {
-        client
-            .getattr(sparefs_proto::InodeId::ROOT)
-            .await
-            .context("wait for the meta group to elect a leader")?;
-        Ok::<_, anyhow::Error>(())
-    };
-    if let Err(e) = ready.await {
-        stop(&mut daemons).await;
-        return Err(e);
-    }
+    Ok(())
+}
+
+fn start_chunkservers(
+    exe: &Path,
+    args: &UpArgs,
+    meta_list: &str,
+    daemons: &mut Vec<Daemon>,
+) -> anyhow::Result<()> {
     for n in 1..=args.chunkservers as u64 {
         let address = format!("127.0.0.{}:{}", 20 + n, args.port);
         let a = vec![
@@ -306,14 +404,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
             "--reserve".into(),
             args.reserve.clone(),
             "--meta".into(),
-            meta_list.clone(),
+            meta_list.to_string(),
             "--listen".into(),
             address.clone(),
             "--inventory-every".into(),
             args.inventory_every.to_string(),
         ];
         let d = spawn(
-            &exe,
+            exe,
             (Role::Chunkserver, n, address.clone()),
             &a,
             args.data.join(format!("cs{n}.log")),
@@ -321,126 +419,77 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         )?;
         daemons.push(d);
     }
-    let up = async {
-        // Chunkservers registered and heartbeating.
-        loop {
-            if let Ok(NsReply::Chunkservers(list)) = client.read(ReadOp::ListChunkservers).await {
-                if list
-                    .iter()
-                    .filter(|s| s.state == ChunkserverState::Up)
-                    .count()
-                    >= args.chunkservers as usize
-                {
-                    break;
-                }
+    Ok(())
+}
+
+/// Waits until `count` chunkservers have registered and are heartbeating.
+async fn wait_for_chunkservers(
+    client: &MetaClient,
+    count: usize,
+    start: Instant,
+) -> anyhow::Result<()> {
+    loop {
+        if let Ok(NsReply::Chunkservers(list)) = client.read(ReadOp::ListChunkservers).await {
+            let up = list
+                .iter()
+                .filter(|s| s.state == ChunkserverState::Up)
+                .count();
+            if up >= count {
+                return Ok(());
             }
-            anyhow::ensure!(
-                start.elapsed() < Duration::from_secs(60),
-                "chunkservers did not come up within 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        client
-            .set_policy(sparefs_proto::InodeId::ROOT, policy)
-            .await
-            .context("set the root policy")?;
-        Ok::<_, anyhow::Error>(())
-    };
-    if let Err(e) = up.await {
-        stop(&mut daemons).await;
-        return Err(e);
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(60),
+            "chunkservers did not come up within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let a = vec![
-        "mount".into(),
-        "--meta".into(),
-        meta_list.clone(),
-        mountpoint.display().to_string(),
-    ];
-    let d = spawn(
-        &exe,
-        (Role::Mount, 0, String::new()),
-        &a,
-        args.data.join("mount.log"),
-        "the mount".into(),
-    )?;
-    daemons.push(d);
-    while !crate::mount_cmd::is_mounted(&mountpoint) {
-        if start.elapsed() > Duration::from_secs(90) {
-            stop(&mut daemons).await;
-            anyhow::bail!(
-                "{} was not mounted; see {}",
-                mountpoint.display(),
-                args.data.join("mount.log").display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    write_cluster_file(&args.data, &daemons, &mountpoint)?;
-    println!(
-        "sparefs ready: {} mounted ({} meta replicas, {} chunkservers, policy {policy}) in {:.1}s; data in {}",
-        mountpoint.display(),
-        args.metas,
-        args.chunkservers,
-        start.elapsed().as_secs_f64(),
-        args.data.display()
-    );
-    println!("status: sparefs status --data {}", args.data.display());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let supervise = async {
-        loop {
-            let mut restarted = false;
-            for d in daemons.iter_mut() {
-                let Ok(Some(status)) = d.child.try_wait() else {
-                    continue;
-                };
-                d.restarts.retain(|t| t.elapsed() < RESTART_WINDOW);
-                if d.role == Role::Mount || d.restarts.len() >= RESTARTS_MAX {
+}
+
+/// Restarts a daemon that exits (a few times in `RESTART_WINDOW`); returns
+/// when the mount exits or a daemon keeps dying: what, its log, its status.
+async fn supervise(
+    exe: &Path,
+    args: &UpArgs,
+    mountpoint: &Path,
+    daemons: &mut [Daemon],
+) -> (String, PathBuf, std::process::ExitStatus) {
+    loop {
+        let mut restarted = false;
+        for d in daemons.iter_mut() {
+            let Ok(Some(status)) = d.child.try_wait() else {
+                continue;
+            };
+            d.restarts.retain(|t| t.elapsed() < RESTART_WINDOW);
+            if d.role == Role::Mount || d.restarts.len() >= RESTARTS_MAX {
+                return (d.what.clone(), d.log.clone(), status);
+            }
+            eprintln!("sparefs: {} exited ({status}); starting it again", d.what);
+            tokio::time::sleep(RESTART_PAUSE).await;
+            match spawn(
+                exe,
+                (d.role, d.id, d.address.clone()),
+                &d.args,
+                d.log.clone(),
+                d.what.clone(),
+            ) {
+                Ok(mut fresh) => {
+                    fresh.restarts = std::mem::take(&mut d.restarts);
+                    fresh.restarts.push(Instant::now());
+                    *d = fresh;
+                    restarted = true;
+                }
+                Err(e) => {
+                    eprintln!("sparefs: restart {}: {e:#}", d.what);
                     return (d.what.clone(), d.log.clone(), status);
                 }
-                eprintln!("sparefs: {} exited ({status}); starting it again", d.what);
-                tokio::time::sleep(RESTART_PAUSE).await;
-                match spawn(
-                    &exe,
-                    (d.role, d.id, d.address.clone()),
-                    &d.args,
-                    d.log.clone(),
-                    d.what.clone(),
-                ) {
-                    Ok(mut fresh) => {
-                        fresh.restarts = std::mem::take(&mut d.restarts);
-                        fresh.restarts.push(Instant::now());
-                        *d = fresh;
-                        restarted = true;
-                    }
-                    Err(e) => {
-                        eprintln!("sparefs: restart {}: {e:#}", d.what);
-                        return (d.what.clone(), d.log.clone(), status);
-                    }
-                }
             }
-            if restarted {
-                if let Err(e) = write_cluster_file(&args.data, &daemons, &mountpoint) {
-                    eprintln!("sparefs: update cluster.json: {e:#}");
-                }
+        }
+        if restarted {
+            if let Err(e) = write_cluster_file(&args.data, daemons, mountpoint) {
+                eprintln!("sparefs: update cluster.json: {e:#}");
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-    };
-    let code = tokio::select! {
-        _ = tokio::signal::ctrl_c() => 0,
-        _ = term.recv() => 0,
-        (what, log, status) = supervise => {
-            eprintln!("sparefs: {what} exited ({status}) and keeps dying; see {}", log.display());
-            1
-        }
-    };
-    stop(&mut daemons).await;
-    if crate::mount_cmd::is_mounted(&mountpoint) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&mountpoint)
-            .status();
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    println!("sparefs: stopped");
-    Ok(code)
 }

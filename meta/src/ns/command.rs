@@ -99,7 +99,7 @@ pub(super) fn apply_op<R: ReadKv>(tx: &mut Tx<R>, cmd: &Command) -> NsResult<NsR
 /// `apply_op`, a create or mkdir taking inode number `reserved` if given (a
 /// delegated create: the number the mount chose from its reservation).
 /// Every operation is named here, so a new one does not compile until it
-/// is given a place.
+/// is given a place. (Long for that reason: one short arm per operation.)
 pub(super) fn apply_op_at<R: ReadKv>(
     tx: &mut Tx<R>,
     cmd: &Command,

@@ -50,6 +50,8 @@ fn chunk_map<K: ReadKv>(
     Ok((slices, capabilities))
 }
 
+/// Answers one read from the applied state. (Long: one short arm per
+/// `ReadOp`, an exhaustive dispatch that reads best in one place.)
 pub fn read<K: ReadKv>(
     kv: &K,
     c: &Caller,
