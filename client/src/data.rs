@@ -687,7 +687,7 @@ impl DataClient {
         };
         let attr = match answer {
             NsReply::Attr(a) => a,
-            other => return Err(ClientError::Protocol(format!("commit reply {other:?}"))),
+            other => return Err(ClientError::unexpected("attributes of the commit", other)),
         };
         if let Ok(mut c) = self.chunks.lock() {
             self.chunks_epoch
@@ -742,7 +742,7 @@ impl DataClient {
     pub async fn policy_of(&self, ino: InodeId) -> Result<Policy> {
         match self.meta.read(ReadOp::GetPolicy { ino }).await? {
             NsReply::Policy(p) => Ok(p),
-            other => Err(ClientError::Protocol(format!("policy reply {other:?}"))),
+            other => Err(ClientError::unexpected("Policy", other)),
         }
     }
 }

@@ -25,6 +25,41 @@ pub enum ClientError {
     Rejected(String),
     #[error("unexpected reply from the server: {0}")]
     Protocol(String),
+    /// A reply of another kind than the request asks for, kept whole.
+    #[error("unexpected reply from the server: wanted {wanted}, got {got:?}")]
+    Unexpected {
+        wanted: &'static str,
+        got: Box<UnexpectedReply>,
+    },
+}
+
+/// The reply an `Unexpected` error keeps.
+#[derive(Clone, Debug)]
+pub enum UnexpectedReply {
+    Rpc(Reply),
+    Ns(NsReply),
+}
+
+impl From<Reply> for UnexpectedReply {
+    fn from(r: Reply) -> UnexpectedReply {
+        UnexpectedReply::Rpc(r)
+    }
+}
+
+impl From<NsReply> for UnexpectedReply {
+    fn from(r: NsReply) -> UnexpectedReply {
+        UnexpectedReply::Ns(r)
+    }
+}
+
+impl ClientError {
+    /// The error for a reply of another kind than `wanted`.
+    pub fn unexpected(wanted: &'static str, got: impl Into<UnexpectedReply>) -> ClientError {
+        ClientError::Unexpected {
+            wanted,
+            got: Box::new(got.into()),
+        }
+    }
 }
 
 impl ClientError {
@@ -33,7 +68,7 @@ impl ClientError {
             ClientError::Errno(e) => *e,
             ClientError::Unavailable(_) | ClientError::DataUnavailable(_) => Errno::EIO,
             ClientError::Rejected(_) => Errno::EINVAL,
-            ClientError::Protocol(_) => Errno::EIO,
+            ClientError::Protocol(_) | ClientError::Unexpected { .. } => Errno::EIO,
         }
     }
 }
@@ -195,7 +230,7 @@ impl MetaClient {
             .await?
         {
             Reply::Ns(r) => Ok(r),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
+            other => Err(ClientError::unexpected("a namespace answer", other)),
         }
     }
 
@@ -241,7 +276,7 @@ impl MetaClient {
                 }
                 // Waits for another client's directory: sent alone below.
                 NsReply::DelegatedThen(None) => break,
-                other => return Err(ClientError::Protocol(format!("{other:?}"))),
+                other => return Err(ClientError::unexpected("DelegatedThen", other)),
             }
         }
         let named = op.dirs_named();
@@ -280,7 +315,7 @@ impl MetaClient {
         self.done(id);
         match r? {
             Reply::Ns(r) => Ok(r),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
+            other => Err(ClientError::unexpected("a namespace answer", other)),
         }
     }
 
@@ -419,7 +454,7 @@ impl MetaClient {
             .await?
         {
             Reply::Recall(dirs) => Ok(dirs),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
+            other => Err(ClientError::unexpected("Recall", other)),
         }
     }
 
@@ -428,7 +463,7 @@ impl MetaClient {
         let c = self.conn(address).await.map_err(ClientError::Unavailable)?;
         match c.call(Request::Status, Duration::from_secs(2)).await {
             Ok(Reply::Status(s)) => Ok(s),
-            Ok(other) => Err(ClientError::Protocol(format!("{other:?}"))),
+            Ok(other) => Err(ClientError::unexpected("Status", other)),
             Err(CallError::Transport(e)) => Err(ClientError::Unavailable(e)),
             Err(CallError::Rpc(e)) => Err(ClientError::Rejected(e.to_string())),
         }
@@ -610,7 +645,7 @@ impl MetaClient {
                 .await?
             {
                 NsReply::Dir(d) => d,
-                other => return Err(ClientError::Protocol(format!("{other:?}"))),
+                other => return Err(ClientError::unexpected("Dir", other)),
             };
             let Some(last) = page.last() else {
                 return Ok(out);
@@ -649,11 +684,10 @@ impl MetaClient {
     }
 }
 
-fn attr(r: NsReply) -> Result<Attr> {
+/// The attributes an answer carries (`Attr`, or a create's `Made`).
+pub fn attr(r: NsReply) -> Result<Attr> {
     match r {
         NsReply::Attr(a) | NsReply::Made { attr: a, .. } => Ok(a),
-        other => Err(ClientError::Protocol(format!(
-            "expected attributes, got {other:?}"
-        ))),
+        other => Err(ClientError::unexpected("attributes", other)),
     }
 }

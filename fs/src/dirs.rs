@@ -289,7 +289,7 @@ impl OpenDirs {
                 .await?;
             page.parent = match r {
                 NsReply::Attr(a) => Some(a.ino),
-                other => return Err(ClientError::Protocol(format!("{other:?}"))),
+                other => return Err(ClientError::unexpected("attributes", other)),
             };
         }
         // The rest of the page: the reply takes what fits the kernel's
@@ -322,6 +322,6 @@ async fn fetch(
         .await?
     {
         NsReply::Dir(d) => Ok(d),
-        other => Err(ClientError::Protocol(format!("{other:?}"))),
+        other => Err(ClientError::unexpected("Dir", other)),
     }
 }

@@ -110,16 +110,7 @@ fn made(
             d.note_made(dir, name, attr, parent);
         }
     }
-    attr_of(r)
-}
-
-fn attr_of(r: NsReply) -> R<Attr> {
-    match r {
-        NsReply::Attr(a) | NsReply::Made { attr: a, .. } => Ok(a),
-        other => Err(ClientError::Protocol(format!(
-            "expected attributes, got {other:?}"
-        ))),
-    }
+    sparefs_client::meta::attr(r)
 }
 
 /// Entries asked of the meta per READDIRPLUS (each costs the meta an inode
@@ -468,7 +459,7 @@ impl fuser::Filesystem for SpareFs {
             if let (Some(ino), Some(d)) = (known, meta.delegations()) {
                 let epoch = d.epoch();
                 let r = meta.read_unordered(c, ReadOp::GetAttr { ino }).await;
-                let r = r.and_then(attr_of);
+                let r = r.and_then(sparefs_client::meta::attr);
                 if let Ok(a) = &r {
                     // Kept: the next LOOKUP or GETATTR of it is answered here.
                     d.learned(InodeId(parent.0), &n, a, epoch);
@@ -484,7 +475,7 @@ impl fuser::Filesystem for SpareFs {
                     },
                 )
                 .await
-                .and_then(attr_of);
+                .and_then(sparefs_client::meta::attr);
             Self::reply_entry(&handles, reply, r);
         });
     }
@@ -618,7 +609,7 @@ impl fuser::Filesystem for SpareFs {
                 if let (Some(f), true) = (&file, flush_first) {
                     f.flush().await?;
                 }
-                let a = attr_of(meta.write_as(c, op).await?)?;
+                let a = sparefs_client::meta::attr(meta.write_as(c, op).await?)?;
                 if size.is_some() {
                     // The meta changed the layout (dropped chunks, hole slice):
                     // cached chunk maps of this file are stale now.
@@ -909,7 +900,7 @@ impl fuser::Filesystem for SpareFs {
                     .await?
                 {
                     NsReply::Opened { attr, chunk } => (attr, chunk),
-                    other => return Err(ClientError::Protocol(format!("{other:?}"))),
+                    other => return Err(ClientError::unexpected("Opened", other)),
                 };
                 let file = Self::register(data, handles, fh, &a, flags.0).await?;
                 if let Some((slices, caps)) = chunk {
@@ -1417,7 +1408,7 @@ impl fuser::Filesystem for SpareFs {
             };
             let r = match meta.read_as(c.clone(), op).await {
                 Ok(NsReply::DirPlus(entries)) => Ok(entries),
-                Ok(other) => Err(ClientError::Protocol(format!("{other:?}"))),
+                Ok(other) => Err(ClientError::unexpected("DirPlus", other)),
                 Err(e) => Err(e),
             };
             answer(reply, r, |mut reply, entries| {
