@@ -12,6 +12,7 @@
 use crate::packed_names::{NamesPage, PackedNames};
 use sparefs_proto::limits::NAME_BYTES_MAX;
 use sparefs_proto::namespace::*;
+use sparefs_proto::posix_rules::*;
 use sparefs_proto::write_kind::CacheEffect;
 use sparefs_proto::{Errno, InodeId};
 use std::collections::HashMap;

@@ -7,6 +7,7 @@ mod common;
 use common::{new_file, Machine};
 use sparefs_meta::ns::deleg;
 use sparefs_proto::namespace::*;
+use sparefs_proto::posix_rules::*;
 use sparefs_proto::{ClientId, Errno, InodeId};
 
 const A: ClientId = ClientId(7);

@@ -10,6 +10,7 @@ use common::{new_file, Machine};
 use proptest::prelude::*;
 use sparefs_proto::layout::Slice;
 use sparefs_proto::namespace::*;
+use sparefs_proto::posix_rules::*;
 use sparefs_proto::{Errno, InodeId};
 
 fn attr(r: Result<NsReply, Errno>) -> Attr {

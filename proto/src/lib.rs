@@ -11,6 +11,7 @@ pub mod layout;
 pub mod limits;
 pub mod msg;
 pub mod namespace;
+pub mod posix_rules;
 pub mod service;
 pub mod write_kind;
 

@@ -2,7 +2,8 @@
 //! Linux apply them (owner/group/other, ACLs, root, sticky directories).
 
 use super::records::InodeRec;
-use sparefs_proto::namespace::{mode_bits_allow, Caller};
+use sparefs_proto::namespace::Caller;
+use sparefs_proto::posix_rules::mode_bits_allow;
 use sparefs_proto::Errno;
 
 pub const R: u32 = 4;
