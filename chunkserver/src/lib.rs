@@ -116,7 +116,7 @@ pub async fn run(config: ChunkserverConfig) -> anyhow::Result<()> {
         lost,
     ));
     tokio::spawn(inventories(meta, store, id, config.inventory_every));
-    sparefs_proto::service::serve(listener, svc).await?;
+    sparefs_wire::service::serve(listener, svc).await?;
     Ok(())
 }
 

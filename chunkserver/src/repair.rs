@@ -3,9 +3,9 @@
 //! where the task says. A few at a time and under a byte rate, so repair
 //! never starves client I/O.
 
-use sparefs_client::conn::{CallError, ConnPool};
 use sparefs_proto::layout::{RepairDone, RepairTask};
 use sparefs_proto::msg::{Reply, Request};
+use sparefs_wire::conn::{CallError, ConnPool};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;

@@ -7,8 +7,8 @@ use sparefs_proto::layout::{Capability, ClusterKey};
 use sparefs_proto::limits::BLOCK_BYTES_MAX;
 use sparefs_proto::msg::{Reply, Request, RpcError};
 use sparefs_proto::namespace::Time;
-use sparefs_proto::service::{CallFuture, Service};
 use sparefs_proto::BlockId;
+use sparefs_wire::service::{CallFuture, Service};
 use std::sync::{Arc, RwLock};
 use tokio::sync::oneshot;
 

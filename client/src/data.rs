@@ -10,7 +10,6 @@
 //! data fragments' byte ranges in parallel; if any is missing, slow or
 //! corrupt, read the same range of every fragment and decode from parity.
 
-use crate::conn::{CallError, Conn, ConnPool};
 use crate::meta::{ClientError, MetaClient, Result};
 use crate::overlay::{resolve, Piece, Source};
 use futures::future::join_all;
@@ -19,6 +18,7 @@ use sparefs_proto::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES};
 use sparefs_proto::msg::{Reply, Request, RpcError};
 use sparefs_proto::namespace::{Attr, Caller, NsReply, ReadOp, SetAttr, WriteOp};
 use sparefs_proto::{BlockId, ChunkserverId, Errno, InodeId};
+use sparefs_wire::conn::{CallError, Conn, ConnPool};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

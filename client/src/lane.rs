@@ -10,10 +10,10 @@
 //! Only threads that asked for lanes use them: a tokio worker must never
 //! block.
 
-use crate::conn::CONNECT_TIMEOUT;
-use sparefs_proto::frame;
 use sparefs_proto::limits::FRAME_BYTES_MAX;
 use sparefs_proto::msg::{Reply, Request, RequestFrame, ResponseFrame, RpcError};
+use sparefs_wire::conn::CONNECT_TIMEOUT;
+use sparefs_wire::frame;
 use std::cell::{Cell, RefCell};
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};

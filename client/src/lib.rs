@@ -4,11 +4,11 @@
 //! (`overlay`), read-ahead (`readahead`), per-file write buffering (`file`) and chunk compaction
 //! (`compact`).
 //!
-//! Owns: connections to meta replicas, request ids. Must not touch: RocksDB,
-//! Raft, the FUSE kernel interface.
+//! Owns: which replica leads, request ids, the data path's use of
+//! connections (`sparefs-wire` owns the connections). Must not touch:
+//! RocksDB, Raft, the FUSE kernel interface.
 
 pub mod compact;
-pub mod conn;
 pub mod data;
 pub mod deleg;
 pub mod file;

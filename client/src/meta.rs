@@ -2,12 +2,12 @@
 //! leader changes and lost connections until its deadline, and gives every
 //! mutation a `(client, seq)` id so a retry is applied once.
 
-use crate::conn::{CallError, Conn, ConnPool};
 use crate::deleg::{Before, Delegations};
 use sparefs_proto::layout::Policy;
 use sparefs_proto::msg::{HeartbeatReport, ReplicaStatus, Reply, Request, RpcError};
 use sparefs_proto::namespace::*;
 use sparefs_proto::{ClientId, Errno, InodeId, ReplicaId, RequestId};
+use sparefs_wire::conn::{CallError, Conn, ConnPool};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

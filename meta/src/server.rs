@@ -9,9 +9,9 @@ use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeType, Message, MessageType};
 use sparefs_proto::msg::{Reply, Request, RpcError, RECALL_WAIT};
 use sparefs_proto::namespace::{Caller, Time, WriteOp};
-use sparefs_proto::service::{CallFuture, Service};
 use sparefs_proto::write_kind::Origin;
 use sparefs_proto::{BlockId, ChunkserverId};
+use sparefs_wire::service::{CallFuture, Service};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -27,7 +27,7 @@ pub struct Server {
 
 impl Server {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> anyhow::Result<()> {
-        sparefs_proto::service::serve(listener, self).await?;
+        sparefs_wire::service::serve(listener, self).await?;
         Ok(())
     }
 

@@ -108,7 +108,7 @@ fn closed_by(mut s: TcpStream, deadline: Instant) -> bool {
 }
 
 fn frame(body: &RequestFrame) -> Vec<u8> {
-    sparefs_proto::frame::encode(body).expect("encode")
+    sparefs_wire::frame::encode(body).expect("encode")
 }
 
 fn raft_frame(from: u64, m: &Message) -> Vec<u8> {
@@ -163,7 +163,7 @@ fn forged_raft(to: u64, from: u64, term: u64) -> Vec<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_stop_no_daemon_and_the_mount_keeps_working() {
-    sparefs_proto::service::raise_descriptor_limit();
+    sparefs_wire::service::raise_descriptor_limit();
     let (mut c, dirs) = fs_cluster(3, 1).await.expect("cluster");
     let mnt = dirs[0].clone();
     mount_works(&mnt, "before");

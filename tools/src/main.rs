@@ -220,7 +220,7 @@ fn main() {
         .init();
     // Daemons serve many connections; the default soft limit of 1024
     // descriptors would cap them (the service loop sizes itself from it).
-    sparefs_proto::service::raise_descriptor_limit();
+    sparefs_wire::service::raise_descriptor_limit();
     // A meta replica runs on one thread: its Raft driver and connections
     // hand messages to each other many times per request, and on a small
     // host each hand-over between threads cost more than the work itself.

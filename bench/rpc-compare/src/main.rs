@@ -2,9 +2,9 @@
 //! callers, each with its own connection and one call in flight, carrying a
 //! 128-byte body (about a metadata request).
 
-use sparefs_proto::frame;
+use sparefs_wire::frame;
 use sparefs_proto::msg::{Reply, Request, RequestFrame, ResponseFrame, RpcError};
-use sparefs_proto::service::{CallFuture, Service};
+use sparefs_wire::service::{CallFuture, Service};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,7 +89,7 @@ async fn grpc_run(addr: String, clients: usize) -> f64 {
 async fn main() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let framed_addr = l.local_addr().expect("addr").to_string();
-    tokio::spawn(sparefs_proto::service::serve(l, Arc::new(Framed)));
+    tokio::spawn(sparefs_wire::service::serve(l, Arc::new(Framed)));
     let g = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let grpc_addr = g.local_addr().expect("addr").to_string();
     drop(g);

@@ -1,7 +1,7 @@
 //! One multiplexed connection to one replica: calls are numbered, answers
 //! are matched by number, so many calls share one TCP stream.
 
-use sparefs_proto::frame;
+use crate::frame;
 use sparefs_proto::msg::{Reply, Request, RequestFrame, ResponseFrame, RpcError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

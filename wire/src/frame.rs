@@ -2,8 +2,8 @@
 //! A frame over `FRAME_BYTES_MAX` or one that does not decode is an error for
 //! that connection only; the caller closes it.
 
-use crate::limits::FRAME_BYTES_MAX;
 use serde::{de::DeserializeOwned, Serialize};
+use sparefs_proto::limits::FRAME_BYTES_MAX;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -158,8 +158,8 @@ mod tests {
     /// buffer never holds much more than the bytes that arrived.
     mod any_bytes {
         use super::*;
-        use crate::msg::{RequestFrame, ResponseFrame};
         use proptest::prelude::*;
+        use sparefs_proto::msg::{RequestFrame, ResponseFrame};
 
         fn check(bytes: Vec<u8>) -> Result<(), TestCaseError> {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -203,7 +203,7 @@ mod tests {
             fn mutated_requests(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
                 let req = RequestFrame {
                     call: 9,
-                    body: crate::msg::Request::Raft { from: crate::ReplicaId(2), msg: vec![7; 40] },
+                    body: sparefs_proto::msg::Request::Raft { from: sparefs_proto::ReplicaId(2), msg: vec![7; 40] },
                 };
                 let mut bytes = encode(&req).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 for (at, v) in flips {

@@ -17,11 +17,11 @@
 //!   of `REQUEST_BYTES_IN_FLIGHT_MAX`.
 
 use crate::frame::{self, FrameError};
-use crate::limits::{
+use sparefs_proto::limits::{
     CONNECTIONS_MAX, DESCRIPTORS_RESERVED, FIRST_FRAME_TIMEOUT, FRAME_READ_TIMEOUT,
     INFLIGHT_REQUESTS_PER_CONNECTION_MAX, REQUEST_BYTES_IN_FLIGHT_MAX,
 };
-use crate::msg::{Reply, Request, RequestFrame, ResponseFrame, RpcError};
+use sparefs_proto::msg::{Reply, Request, RequestFrame, ResponseFrame, RpcError};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -1,0 +1,12 @@
+//! The wire between sparefs daemons and clients: frames (a u32 length and
+//! a postcard body, allocated as their bytes arrive), the framed RPC server
+//! loop every daemon runs with its bounds, and the multiplexed client
+//! connection (numbered calls answered out of order, pooled per address).
+//!
+//! Owns: sockets, framing, timeouts, connection and byte budgets. Must not
+//! touch: what a request means (the daemons' services decide), file data
+//! or metadata.
+
+pub mod conn;
+pub mod frame;
+pub mod service;
