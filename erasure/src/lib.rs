@@ -49,7 +49,7 @@ pub fn encode(policy: Policy, block: &[u8]) -> Result<Vec<Vec<u8>>, CodeError> {
         Policy::Rep { copies } => Ok(vec![block.to_vec(); copies as usize]),
         Policy::Ec { data, parity } => {
             let len = fragment_len(policy, block.len()).max(1);
-            let mut shards: Vec<Vec<u8>> = (0..data as usize + parity as usize)
+            let mut shards: Vec<Vec<u8>> = (0..policy.width())
                 .map(|i| {
                     let start = (i * len).min(block.len());
                     let end = ((i + 1) * len).min(block.len());

@@ -35,7 +35,7 @@ use raft::StateRole;
 use rocksdb::WriteBatch;
 use sparefs_proto::msg::{HeartbeatReport, ReplicaStatus, Role, RpcError};
 use sparefs_proto::namespace::{Caller, NsReply, ReadOp, Time, WriteOp};
-use sparefs_proto::{InodeId, ReplicaId, RequestId};
+use sparefs_proto::{InodeId, ReplicaId, RequestId, RequestKey};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -123,8 +123,8 @@ pub struct Driver {
     runtime: tokio::runtime::Handle,
     applied: u64,
     pending_writes: Vec<Command>,
-    waiters: HashMap<(u128, u64), Reply<NsReply>>,
-    conf_waiters: HashMap<(u128, u64), Reply<()>>,
+    waiters: HashMap<RequestKey, Reply<NsReply>>,
+    conf_waiters: HashMap<RequestKey, Reply<()>>,
     pending_reads: Vec<PendingRead>,
     awaiting_reads: HashMap<u64, Vec<PendingRead>>,
     ready_reads: Vec<(u64, Vec<PendingRead>)>,
@@ -354,7 +354,7 @@ impl Driver {
                     let _ = reply.send(Err(e));
                     return;
                 }
-                self.waiters.insert((id.client.0, id.seq), reply);
+                self.waiters.insert(id.key(), reply);
                 self.pending_writes.push(Command {
                     id,
                     caller,
@@ -387,7 +387,7 @@ impl Driver {
                 let context = encode(&(id, address));
                 match self.raw.propose_conf_change(context, cc) {
                     Ok(()) => {
-                        self.conf_waiters.insert((id.client.0, id.seq), reply);
+                        self.conf_waiters.insert(id.key(), reply);
                     }
                     Err(e) => {
                         let _ = reply.send(Err(RpcError::BadRequest(format!(
@@ -530,7 +530,7 @@ impl Driver {
                 tracing::debug!("proposal dropped: {e}");
                 let err = self.not_leader();
                 for cmd in &cmds {
-                    if let Some(w) = self.waiters.remove(&(cmd.id.client.0, cmd.id.seq)) {
+                    if let Some(w) = self.waiters.remove(&cmd.id.key()) {
                         let _ = w.send(Err(err.clone()));
                     }
                 }
@@ -699,7 +699,7 @@ impl Driver {
         &mut self,
         batch: &mut WriteBatch,
         entries: Vec<Entry>,
-    ) -> anyhow::Result<Vec<((u128, u64), Applied)>> {
+    ) -> anyhow::Result<Vec<(RequestKey, Applied)>> {
         let mut results = Vec::new();
         if entries.is_empty() {
             return Ok(results);
@@ -729,7 +729,7 @@ impl Driver {
                         }
                     };
                     for cmd in cmds {
-                        let key = (cmd.id.client.0, cmd.id.seq);
+                        let key = cmd.id.key();
                         results.push((key, ns::apply(&mut tx, &cmd)?));
                     }
                 }
@@ -764,7 +764,7 @@ impl Driver {
                             "configuration change failed: {err}"
                         ))),
                     };
-                    if let Some(w) = self.conf_waiters.remove(&(id.client.0, id.seq)) {
+                    if let Some(w) = self.conf_waiters.remove(&id.key()) {
                         let _ = w.send(outcome);
                     }
                 }
@@ -790,7 +790,7 @@ impl Driver {
         Ok(results)
     }
 
-    fn deliver(&mut self, results: Vec<((u128, u64), Applied)>) {
+    fn deliver(&mut self, results: Vec<(RequestKey, Applied)>) {
         if self.pending_member_reload {
             self.pending_member_reload = false;
             match load_members(&self.store) {

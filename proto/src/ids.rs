@@ -41,3 +41,20 @@ pub struct RequestId {
     pub seq: u64,
     pub ack_below: u64,
 }
+
+/// What identifies a request across its retries (`ack_below` may differ
+/// between them): the key its waiter and its stored answer are found by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestKey {
+    pub client: ClientId,
+    pub seq: u64,
+}
+
+impl RequestId {
+    pub fn key(&self) -> RequestKey {
+        RequestKey {
+            client: self.client,
+            seq: self.seq,
+        }
+    }
+}

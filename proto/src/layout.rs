@@ -34,8 +34,7 @@ impl Policy {
             Policy::Ec { data, parity } => {
                 data >= 1
                     && parity >= 1
-                    && (data as usize + parity as usize)
-                        <= crate::limits::POLICY_FRAGMENTS_MAX as usize
+                    && self.width() <= crate::limits::POLICY_FRAGMENTS_MAX as usize
             }
         };
         if ok {
