@@ -17,16 +17,15 @@ fn setup() -> (Machine, InodeId) {
     let mut m = Machine::new(Caller::ROOT);
     m.apply(WriteOp::SetClusterKey { key: [1; 32] })
         .expect("key");
-    let NsReply::Made { attr: a, .. } =
-        m.apply_reply(new_file(InodeId::ROOT, "f")).expect("create")
-    else {
-        panic!("reply")
+    let reply = m.apply_reply(new_file(InodeId::ROOT, "f")).expect("create");
+    let NsReply::Made { attr: a, .. } = reply else {
+        panic!("unexpected reply: {reply:?}")
     };
     (m, a.ino)
 }
 
 fn allocate(m: &mut Machine, count: u32) -> Vec<BlockId> {
-    let NsReply::Allocated { ids, .. } = m
+    let reply = m
         .apply_reply(WriteOp::AllocateBlocks {
             count,
             policy: EC21,
@@ -34,9 +33,9 @@ fn allocate(m: &mut Machine, count: u32) -> Vec<BlockId> {
             exclude: vec![],
             wanted: None,
         })
-        .expect("allocate")
-    else {
-        panic!("reply")
+        .expect("allocate");
+    let NsReply::Allocated { ids, .. } = reply else {
+        panic!("unexpected reply: {reply:?}")
     };
     ids
 }
@@ -237,11 +236,11 @@ fn inventory_verdicts_and_relocation() {
     assert_eq!(rec.slot_base, 3);
     assert_eq!(rec.fragments, vec![ChunkserverId(1), ChunkserverId(5)]);
     // Readers see the table's layout.
-    let NsReply::Chunk { slices, .. } = m
+    let reply = m
         .read(ReadOp::ReadChunk { ino, index: 0 })
-        .expect("read chunk")
-    else {
-        panic!("reply")
+        .expect("read chunk");
+    let NsReply::Chunk { slices, .. } = reply else {
+        panic!("unexpected reply: {reply:?}")
     };
     assert_eq!(slices[0].blocks[0].slot_base, 3);
     assert_eq!(slices[0].blocks[0].fragments, rec.fragments);

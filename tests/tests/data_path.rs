@@ -153,13 +153,13 @@ async fn reserve_keeps_host_space_free() {
         .await
         .expect_err("a write into reserved space");
     assert_eq!(e.errno(), Errno::ENOSPC, "{e}");
-    let NsReply::Chunkservers(list) = data
+    let reply = data
         .meta
         .read(ReadOp::ListChunkservers)
         .await
-        .expect("list")
-    else {
-        panic!("reply")
+        .expect("list");
+    let NsReply::Chunkservers(list) = reply else {
+        panic!("unexpected reply: {reply:?}")
     };
     assert!(
         list.iter()

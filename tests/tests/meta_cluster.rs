@@ -392,14 +392,14 @@ async fn registry_heartbeats_and_placement() {
             capacity_bytes: 1 << 30,
             token: [i; 16],
         };
-        let NsReply::Registered { id, .. } = client.write(op.clone()).await.expect("register")
-        else {
-            panic!("reply")
+        let reply = client.write(op.clone()).await.expect("register");
+        let NsReply::Registered { id, .. } = reply else {
+            panic!("unexpected reply: {reply:?}")
         };
         // Registering again with the same token keeps the id.
-        let NsReply::Registered { id: again, .. } = client.write(op).await.expect("register again")
-        else {
-            panic!("reply")
+        let reply = client.write(op).await.expect("register again");
+        let NsReply::Registered { id: again, .. } = reply else {
+            panic!("unexpected reply: {reply:?}")
         };
         assert_eq!(id, again);
         ids.push(id);
@@ -427,9 +427,9 @@ async fn registry_heartbeats_and_placement() {
         }
     };
     beat().await;
-    let NsReply::Chunkservers(list) = client.read(ReadOp::ListChunkservers).await.expect("list")
-    else {
-        panic!("reply")
+    let reply = client.read(ReadOp::ListChunkservers).await.expect("list");
+    let NsReply::Chunkservers(list) = reply else {
+        panic!("unexpected reply: {reply:?}")
     };
     let states: BTreeMap<u64, ChunkserverState> = list.iter().map(|s| (s.id.0, s.state)).collect();
     assert_eq!(
@@ -449,29 +449,30 @@ async fn registry_heartbeats_and_placement() {
         wanted: None,
     };
     beat().await;
+    let reply = client
+        .write(alloc(Policy::Ec { data: 2, parity: 1 }, vec![]))
+        .await
+        .expect("allocate");
     let NsReply::Allocated {
         ids: blocks,
         placement,
         capabilities,
         ..
-    } = client
-        .write(alloc(Policy::Ec { data: 2, parity: 1 }, vec![]))
-        .await
-        .expect("allocate")
+    } = reply
     else {
-        panic!("reply")
+        panic!("unexpected reply: {reply:?}")
     };
     assert_eq!(blocks.len(), 2);
-    let NsReply::Registered { key, .. } = client
+    let reply = client
         .write(WriteOp::RegisterChunkserver {
             address: "127.0.0.100:9000".into(),
             capacity_bytes: 1 << 30,
             token: [0; 16],
         })
         .await
-        .expect("re-register")
-    else {
-        panic!("reply")
+        .expect("re-register");
+    let NsReply::Registered { key, .. } = reply else {
+        panic!("unexpected reply: {reply:?}")
     };
     let now = sparefs_proto::namespace::Time::now().secs as u64;
     for (b, cap) in blocks.iter().zip(&capabilities) {
@@ -493,26 +494,28 @@ async fn registry_heartbeats_and_placement() {
     // Too few servers up for the policy: a lower one that still survives
     // one more lost host.
     beat().await;
-    let NsReply::Allocated {
-        policy, placement, ..
-    } = client
+    let reply = client
         .write(alloc(Policy::Ec { data: 2, parity: 2 }, vec![]))
         .await
-        .expect("4 fragments wanted, 3 servers up")
+        .expect("4 fragments wanted, 3 servers up");
+    let NsReply::Allocated {
+        policy, placement, ..
+    } = reply
     else {
-        panic!("reply")
+        panic!("unexpected reply: {reply:?}")
     };
     assert_eq!(policy, Policy::Ec { data: 2, parity: 1 });
     assert_eq!(placement.len(), 3);
     beat().await;
-    let NsReply::Allocated {
-        policy, placement, ..
-    } = client
+    let reply = client
         .write(alloc(Policy::Ec { data: 2, parity: 1 }, vec![ids[0]]))
         .await
-        .expect("one server excluded")
+        .expect("one server excluded");
+    let NsReply::Allocated {
+        policy, placement, ..
+    } = reply
     else {
-        panic!("reply")
+        panic!("unexpected reply: {reply:?}")
     };
     assert_eq!(policy, Policy::Rep { copies: 2 });
     assert!(!placement.contains(&ids[0]), "{placement:?}");
@@ -525,8 +528,9 @@ async fn registry_heartbeats_and_placement() {
         .await
         .expect_err("one host left: refused by default");
     assert_eq!(e.errno(), Errno::ENOSPC);
-    let NsReply::StatFs(st) = client.read(ReadOp::StatFs).await.expect("statfs") else {
-        panic!("reply")
+    let reply = client.read(ReadOp::StatFs).await.expect("statfs");
+    let NsReply::StatFs(st) = reply else {
+        panic!("unexpected reply: {reply:?}")
     };
     assert_eq!(st.capacity_bytes, 4 << 30);
     beating.abort();
