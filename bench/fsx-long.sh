@@ -15,9 +15,10 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 fsx=${FSX:-fsx}
 work="$mnt/fsx-long.$$"
 # fsx-rs 0.3.2 never unmaps what a MAPREAD mapped: each one keeps a mapping
-# until the process ends, and past vm.max_map_count (65,530 by default, about
-# 800,000 operations of all-ops.toml) mmap fails with ENOMEM on any file
-# system. Leave room for every operation to be a MAPREAD.
+# until the process ends, and past vm.max_map_count (65,530 by default: about
+# 330,000 operations of all-ops.toml, where one in five is a MAPREAD) mmap
+# fails with ENOMEM on any file system. Leave room for every operation to be
+# a MAPREAD.
 if [ "$(sysctl -n vm.max_map_count)" -lt $((ops + 65536)) ]; then
     sysctl -qw vm.max_map_count=$((ops + 65536)) ||
         echo "fsx-long: vm.max_map_count is too low for $ops operations (fsx-rs leaks MAPREAD mappings)" >&2
