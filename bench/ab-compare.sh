@@ -16,24 +16,12 @@ PEERS=${PEERS:-../shared/peers}
 OUT=${OUT:-bench/results/ab-$(date +%F)}
 mkdir -p "$OUT"
 
-run_one() { # BIN LABEL
-    data=$(mktemp -d /var/tmp/sparefs-ab.XXXXXX)
-    "$1" up --data "$data" --port 7960 > "$OUT/$2.up.log" 2>&1 &
-    up=$!
-    i=0
-    until grep -q ready "$OUT/$2.up.log"; do
-        i=$((i + 1)); [ $i -lt 600 ] || { echo "sparefs up ($2) did not get ready" >&2; kill $up; exit 1; }
-        sleep 0.1
-    done
-    "$PEERS/fsbench.sh" "$data/mnt" "$2" > "$OUT/$2.txt" || true
-    kill -TERM $up; wait $up || true
-    rm -rf "$data"
-}
+. bench/fsbench-sparefs.sh
 
 r=1
 while [ $r -le "$rounds" ]; do
-    echo "# round $r: old" >&2; run_one "$old" "old-$r"
-    echo "# round $r: new" >&2; run_one "$new" "new-$r"
+    echo "# round $r: old" >&2; fsbench_sparefs "$old" "old-$r" 7960
+    echo "# round $r: new" >&2; fsbench_sparefs "$new" "new-$r" 7960
     r=$((r + 1))
 done
 

@@ -25,17 +25,8 @@ fi
 "$PEERS/moosefs-down.sh" --purge || true
 
 echo "# sparefs (sparefs up: 3 metas, 3 chunkservers, ec:2+1)" >&2
-data=$(mktemp -d /var/tmp/sparefs-bench.XXXXXX)
-"$bin" up --data "$data" --port 7950 > "$OUT/sparefs-up.log" 2>&1 &
-up=$!
-i=0
-until grep -q ready "$OUT/sparefs-up.log"; do
-    i=$((i + 1)); [ $i -lt 600 ] || { echo "sparefs up did not get ready" >&2; kill $up; exit 1; }
-    sleep 0.1
-done
-"$PEERS/fsbench.sh" "$data/mnt" sparefs > "$OUT/sparefs.txt" || true
-kill -TERM $up; wait $up || true
-rm -rf "$data"
+. bench/fsbench-sparefs.sh
+fsbench_sparefs "$bin" sparefs 7950
 
 python3 - "$OUT" <<'PY'
 import sys, os
