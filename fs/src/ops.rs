@@ -84,6 +84,10 @@ pub struct SpareFs {
 
 type R<T> = Result<T, ClientError>;
 
+/// What a callback that names an entry hands its task: the meta client, the
+/// caller, the name's bytes and the handle table.
+type EntryCall = (Arc<MetaClient>, Caller, Vec<u8>, Arc<Mutex<Handles>>);
+
 fn caller(req: &Request) -> Caller {
     convert::caller(req.uid(), req.gid(), req.pid())
 }
@@ -255,6 +259,16 @@ impl SpareFs {
             (shown.atime, shown.mtime, shown.ctime) = (p.atime, p.mtime, p.ctime);
         }
         file_attr(&shown, shown.size.max(f.known_size()))
+    }
+
+    /// See `EntryCall`.
+    fn entry_call(&self, req: &Request, n: &OsStr) -> EntryCall {
+        (
+            self.meta.clone(),
+            caller(req),
+            name(n),
+            self.handles.clone(),
+        )
     }
 
     fn reply_entry(handles: &Mutex<Handles>, reply: ReplyEntry, r: R<Attr>) {
@@ -439,12 +453,7 @@ impl fuser::Filesystem for SpareFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
-        let (meta, c, n, handles) = (
-            self.meta.clone(),
-            caller(req),
-            name(n),
-            self.handles.clone(),
-        );
+        let (meta, c, n, handles) = self.entry_call(req, n);
         let mut known = None;
         if let Some(d) = meta.delegations() {
             match d.lookup(InodeId(parent.0), &n) {
@@ -661,12 +670,7 @@ impl fuser::Filesystem for SpareFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let (meta, c, n, handles) = (
-            self.meta.clone(),
-            caller(req),
-            name(n),
-            self.handles.clone(),
-        );
+        let (meta, c, n, handles) = self.entry_call(req, n);
         let Some(kind) = convert::kind_of_mode(mode) else {
             return reply.error(Errno::EINVAL);
         };
@@ -699,12 +703,7 @@ impl fuser::Filesystem for SpareFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let (meta, c, n, handles) = (
-            self.meta.clone(),
-            caller(req),
-            name(n),
-            self.handles.clone(),
-        );
+        let (meta, c, n, handles) = self.entry_call(req, n);
         let fresh = self.fresh.clone();
         let dir = InodeId(parent.0);
         if let Some(d) = meta.delegations() {
@@ -764,12 +763,7 @@ impl fuser::Filesystem for SpareFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let (meta, c, n, handles) = (
-            self.meta.clone(),
-            caller(req),
-            name(link_name),
-            self.handles.clone(),
-        );
+        let (meta, c, n, handles) = self.entry_call(req, link_name);
         let target = target.as_os_str().as_bytes().to_vec();
         let fresh = self.fresh.clone();
         meta_op!(self, async move {
@@ -856,12 +850,7 @@ impl fuser::Filesystem for SpareFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let (meta, c, n, handles) = (
-            self.meta.clone(),
-            caller(req),
-            name(newname),
-            self.handles.clone(),
-        );
+        let (meta, c, n, handles) = self.entry_call(req, newname);
         let fresh = self.fresh.clone();
         meta_op!(self, async move {
             let dir = InodeId(newparent.0);
@@ -945,13 +934,8 @@ impl fuser::Filesystem for SpareFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let (meta, data, c, n, handles) = (
-            self.meta.clone(),
-            self.data.clone(),
-            caller(req),
-            name(n),
-            self.handles.clone(),
-        );
+        let (meta, c, n, handles) = self.entry_call(req, n);
+        let data = self.data.clone();
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let (fresh, xattrs) = (self.fresh.clone(), self.xattrs.clone());
         let dir = InodeId(parent.0);

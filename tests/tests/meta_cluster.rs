@@ -1,9 +1,10 @@
 //! Cluster tests of the metadata service: real `sparefs meta` processes over
 //! TCP on loopback, killed with SIGKILL and stopped with SIGSTOP.
 
+use sparefs_client::ClientError;
 use sparefs_proto::msg::Role;
-use sparefs_proto::namespace::FileKind;
-use sparefs_proto::{Errno, InodeId, ReplicaId};
+use sparefs_proto::namespace::{FileKind, WriteOp};
+use sparefs_proto::{ClientId, Errno, InodeId, ReplicaId};
 use sparefs_tests::MetaCluster;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -378,7 +379,7 @@ fn missing_or_corrupt_state_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_heartbeats_and_placement() {
     use sparefs_proto::layout::{ChunkserverState, Policy};
-    use sparefs_proto::namespace::{NsReply, ReadOp, WriteOp};
+    use sparefs_proto::namespace::{NsReply, ReadOp};
     let cluster = MetaCluster::start(3).expect("start");
     cluster
         .wait_leader(Duration::from_secs(15))
@@ -534,4 +535,39 @@ async fn registry_heartbeats_and_placement() {
     };
     assert_eq!(st.capacity_bytes, 4 << 30);
     beating.abort();
+}
+
+/// Changes only the leader makes (garbage collection, repair commits, lease
+/// expiry, the cluster key, orphan reaping) are refused when a client sends
+/// them, whatever caller it claims; the same client's own changes still go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_only_changes_are_refused_from_the_network() {
+    let cluster = MetaCluster::start(1).expect("start cluster");
+    cluster
+        .wait_leader(Duration::from_secs(15))
+        .await
+        .expect("leader");
+    let client = cluster.client();
+    let other = ClientId(42);
+    for op in [
+        WriteOp::PurgeDeleted,
+        WriteOp::SetClusterKey { key: [7; 32] },
+        WriteOp::ExpireClient { client: other },
+        WriteOp::ReapOrphans {
+            inos: vec![InodeId(2)],
+        },
+    ] {
+        let e = client
+            .write(op.clone())
+            .await
+            .expect_err("a leader-only change from a client");
+        assert!(
+            matches!(e, ClientError::Rejected(_)),
+            "{op:?} answered {e:?}, not a refusal"
+        );
+    }
+    client
+        .mkdir(InodeId::ROOT, b"still-works", 0o755)
+        .await
+        .expect("an ordinary change");
 }
