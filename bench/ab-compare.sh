@@ -15,6 +15,7 @@ rounds=${3:-2}
 PEERS=${PEERS:-../shared/peers}
 OUT=${OUT:-bench/results/ab-$(date +%F)}
 mkdir -p "$OUT"
+apt-get install -y fio >/dev/null 2>&1 || true
 
 . bench/fsbench-sparefs.sh
 
