@@ -51,6 +51,9 @@ impl WriteOp {
     /// Who may ask for it.
     pub fn origin(&self) -> Origin {
         match self {
+            // Its own changes are limited to a mount's (checked as they are
+            // applied); what follows them is whatever `then` is.
+            WriteOp::Delegated { then, .. } => then.as_ref().map_or(Origin::Client, |t| t.origin()),
             WriteOp::PurgeDeleted
             | WriteOp::AbandonBlocks { .. }
             | WriteOp::RelocateFragments { .. }
@@ -81,7 +84,6 @@ impl WriteOp {
             | WriteOp::Delegate { .. }
             | WriteOp::ReturnDelegations { .. }
             | WriteOp::ReserveInodes { .. }
-            | WriteOp::Delegated { .. }
             | WriteOp::Truncate { .. } => Origin::Client,
         }
     }
@@ -364,5 +366,15 @@ mod tests {
             policy: Policy::Rep { copies: 3 },
         };
         assert_eq!(policy.origin(), Origin::Client);
+        let behind = |then: WriteOp| WriteOp::Delegated {
+            ops: Vec::new(),
+            then: Some(Box::new(then)),
+        };
+        assert_eq!(
+            behind(WriteOp::PurgeDeleted).origin(),
+            Origin::Leader,
+            "a leader-only change may not ride behind delegated ones"
+        );
+        assert_eq!(behind(WriteOp::Sync).origin(), Origin::Client);
     }
 }

@@ -556,6 +556,11 @@ async fn leader_only_changes_are_refused_from_the_network() {
         WriteOp::ReapOrphans {
             inos: vec![InodeId(2)],
         },
+        // Behind (no) delegated changes, as their `then`.
+        WriteOp::Delegated {
+            ops: Vec::new(),
+            then: Some(Box::new(WriteOp::PurgeDeleted)),
+        },
     ] {
         let e = client
             .write(op.clone())
