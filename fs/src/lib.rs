@@ -5,9 +5,10 @@
 //! never ties up fuser's threads), maps the error once (`errno`), and
 //! replies.
 //!
-//! Owns: FUSE handles (one shared `OpenFile` per inode per mount), open
-//! directories' pages (`dirs`), short-lived caches of what the kernel asks
-//! for again and again (`xattrs`, `fresh_attrs`), conversion of attributes,
+//! Owns: FUSE handle numbers (the open files behind them, and which
+//! attributes answer a GETATTR, are the client's `OpenFiles` and `Attrs`),
+//! open directories' pages (`dirs`), the xattr answers the kernel asks for
+//! again and again (`xattrs`), conversion of attributes,
 //! the caller's groups (read from /proc, since FUSE requests carry only uid,
 //! gid and pid). Must not touch: the meta's rules (permissions are enforced
 //! by the kernel with `default_permissions` and again by the meta),
@@ -16,7 +17,6 @@
 mod convert;
 mod delegated;
 mod dirs;
-mod fresh_attrs;
 mod ops;
 mod reply;
 mod xattrs;

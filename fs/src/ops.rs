@@ -11,7 +11,7 @@ use fuser::{
     WriteFlags,
 };
 use sparefs_client::deleg::{Local, Lookup};
-use sparefs_client::{ClientError, DataClient, MetaClient, OpenFile};
+use sparefs_client::{Attrs, ClientError, DataClient, MetaClient, OpenFile, OpenFiles};
 use sparefs_proto::limits::READDIRPLUS_ENTRIES_MAX;
 use sparefs_proto::namespace::*;
 use sparefs_proto::{Errno as PErrno, InodeId};
@@ -33,31 +33,15 @@ const LOCK_RETRY: Duration = Duration::from_millis(50);
 /// Longest an unmount waits to hand delegated directories back.
 const UNMOUNT_GIVE_BACK: Duration = Duration::from_secs(3);
 
+/// The kernel's file handles (the open files behind them are the client's
+/// `OpenFiles`).
+#[derive(Default)]
 struct Handles {
     /// fh -> the inode's shared open file.
     by_fh: HashMap<u64, Arc<OpenFile>>,
-    /// inode -> (open file, open handle count).
-    by_ino: HashMap<InodeId, (Arc<OpenFile>, usize)>,
     /// Handles opened for writing: a size change through one carries the
     /// access granted at open (`WriteOp::Truncate`).
     writable: HashSet<u64>,
-    /// Inodes being opened (asked of the meta, not yet registered), with
-    /// how many opens of each are on their way: reported open already.
-    opening: HashMap<InodeId, usize>,
-}
-
-impl Handles {
-    fn opening(&mut self, ino: InodeId, starts: bool) {
-        let n = self.opening.entry(ino).or_default();
-        if starts {
-            *n += 1;
-        } else {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.opening.remove(&ino);
-            }
-        }
-    }
 }
 
 pub struct SpareFs {
@@ -65,6 +49,9 @@ pub struct SpareFs {
     data: Arc<DataClient>,
     rt: tokio::runtime::Handle,
     handles: Arc<Mutex<Handles>>,
+    open: Arc<OpenFiles>,
+    /// Which attributes answer a GETATTR (`sparefs_client::attrs`).
+    attrs: Arc<Attrs>,
     next_fh: AtomicU64,
     /// (inode, lock owner) pairs that took a lock through this mount: the
     /// kernel does not unlock remote locks on close, so flush and release
@@ -77,7 +64,6 @@ pub struct SpareFs {
     lock_owners_by_fh: Arc<Mutex<HashMap<u64, HashSet<u64>>>>,
     dirs: Arc<crate::dirs::OpenDirs>,
     xattrs: Arc<crate::xattrs::XattrCache>,
-    fresh: Arc<crate::fresh_attrs::FreshAttrs>,
     /// Tells the kernel to drop cached attributes (set once mounted).
     pub notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
@@ -85,8 +71,8 @@ pub struct SpareFs {
 type R<T> = Result<T, ClientError>;
 
 /// What a callback that names an entry hands its task: the meta client, the
-/// caller, the name's bytes and the handle table.
-type EntryCall = (Arc<MetaClient>, Caller, Vec<u8>, Arc<Mutex<Handles>>);
+/// caller, the name's bytes and the mount's attribute answers.
+type EntryCall = (Arc<MetaClient>, Caller, Vec<u8>, Arc<Attrs>);
 
 fn caller(req: &Request) -> Caller {
     convert::caller(req.uid(), req.gid(), req.pid())
@@ -101,15 +87,9 @@ fn name(n: &OsStr) -> Vec<u8> {
 /// A name made through the meta in `dir`: the directory's new attributes
 /// are kept for the kernel's next GETATTR, and a directory delegated here
 /// learns the name.
-fn made(
-    fresh: &crate::fresh_attrs::FreshAttrs,
-    meta: &MetaClient,
-    dir: InodeId,
-    name: &[u8],
-    r: NsReply,
-) -> R<Attr> {
+fn made(attrs: &Attrs, meta: &MetaClient, dir: InodeId, name: &[u8], r: NsReply) -> R<Attr> {
     if let NsReply::Made { attr, parent } = &r {
-        fresh.put(parent.clone());
+        attrs.changed(parent.clone());
         if let Some(d) = meta.delegations() {
             d.note_made(dir, name, attr, parent);
         }
@@ -171,22 +151,19 @@ impl SpareFs {
         }
         let meta = Arc::new(meta);
         let data = Arc::new(DataClient::new(meta.clone()));
+        let open = Arc::new(OpenFiles::default());
         SpareFs {
+            attrs: Arc::new(Attrs::new(meta.clone(), open.clone())),
+            open,
             meta,
             data,
             rt,
-            handles: Arc::new(Mutex::new(Handles {
-                by_fh: HashMap::new(),
-                writable: HashSet::new(),
-                opening: HashMap::new(),
-                by_ino: HashMap::new(),
-            })),
+            handles: Arc::default(),
             next_fh: AtomicU64::new(1),
             lockers: Arc::new(Mutex::new(std::collections::HashSet::new())),
             lock_owners_by_fh: Arc::new(Mutex::new(HashMap::new())),
             dirs: Arc::new(crate::dirs::OpenDirs::default()),
             xattrs: Arc::new(crate::xattrs::XattrCache::default()),
-            fresh: Arc::new(crate::fresh_attrs::FreshAttrs::default()),
             notifier: Arc::new(std::sync::OnceLock::new()),
         }
     }
@@ -220,67 +197,39 @@ impl SpareFs {
         })
     }
 
-    fn open_file(&self, ino: InodeId) -> Option<Arc<OpenFile>> {
-        self.handles
-            .lock()
-            .ok()?
-            .by_ino
-            .get(&ino)
-            .map(|(f, _)| f.clone())
-    }
-
     /// The open file of `ino` if it holds attribute changes back: an
     /// xattr operation commits them first (a mode change rewrites the
     /// access ACL, which the kernel may read next).
     fn holding(&self, ino: INodeNo) -> Option<Arc<OpenFile>> {
-        self.open_file(InodeId(ino.0))
-            .filter(|f| f.predicted_attr().is_some())
+        self.open.holding(InodeId(ino.0))
     }
 
     fn handle(&self, fh: FileHandle) -> Option<Arc<OpenFile>> {
         self.handles.lock().ok()?.by_fh.get(&fh.0).cloned()
     }
 
-    /// A file's attributes as this mount shows them: the meta's (`a`),
-    /// with the size grown by buffered writes and the changes held behind
-    /// them (`OpenFile::hold_setattr`).
-    fn seen(handles: &Mutex<Handles>, a: &Attr) -> fuser::FileAttr {
-        let f = handles
-            .lock()
-            .ok()
-            .and_then(|h| h.by_ino.get(&a.ino).map(|(f, _)| f.clone()));
-        let Some(f) = f else {
-            return file_attr(a, a.size);
-        };
-        f.note_attr(a);
-        let mut shown = a.clone();
-        if let Some(p) = f.predicted_attr() {
-            (shown.perm, shown.uid, shown.gid) = (p.perm, p.uid, p.gid);
-            (shown.atime, shown.mtime, shown.ctime) = (p.atime, p.mtime, p.ctime);
-        }
-        file_attr(&shown, shown.size.max(f.known_size()))
+    /// The meta's word on a file (`a`) as the kernel gets it from this
+    /// mount (`Attrs::shown`).
+    fn seen(attrs: &Attrs, a: &Attr) -> fuser::FileAttr {
+        let shown = attrs.shown(a);
+        file_attr(&shown, shown.size)
     }
 
     /// See `EntryCall`.
     fn entry_call(&self, req: &Request, n: &OsStr) -> EntryCall {
-        (
-            self.meta.clone(),
-            caller(req),
-            name(n),
-            self.handles.clone(),
-        )
+        (self.meta.clone(), caller(req), name(n), self.attrs.clone())
     }
 
-    fn reply_entry(handles: &Mutex<Handles>, reply: ReplyEntry, r: R<Attr>) {
+    fn reply_entry(attrs: &Attrs, reply: ReplyEntry, r: R<Attr>) {
         answer(reply, r, |reply, a| {
-            reply.entry(&TTL, &Self::seen(handles, &a), Generation(0))
+            reply.entry(&TTL, &Self::seen(attrs, &a), Generation(0))
         })
     }
 
     /// unlink or rmdir: the answer carries the directory's new attributes,
     /// kept for the kernel's next GETATTR of it.
     fn remove(&self, req: &Request, op: WriteOp, reply: ReplyEmpty) {
-        let (meta, c, fresh) = (self.meta.clone(), caller(req), self.fresh.clone());
+        let (meta, c, attrs) = (self.meta.clone(), caller(req), self.attrs.clone());
         let (parent, name, is_dir) = match &op {
             WriteOp::Unlink { parent, name } => (*parent, name.clone(), false),
             WriteOp::Rmdir { parent, name } => (*parent, name.clone(), true),
@@ -299,7 +248,7 @@ impl SpareFs {
                     if let Some(d) = meta.delegations() {
                         d.note_removed(parent, &name, is_dir, &dir);
                     }
-                    fresh.put(dir);
+                    attrs.changed(dir);
                 }
                 reply.ok()
             })
@@ -325,52 +274,20 @@ impl SpareFs {
         });
     }
 
-    /// A handle of `file` closed: the inode's open file goes with its last.
-    fn forget_handle(handles: &Mutex<Handles>, file: &OpenFile) {
-        if let Ok(mut h) = handles.lock() {
-            let gone = match h.by_ino.get_mut(&file.ino) {
-                Some((_, n)) => {
-                    *n -= 1;
-                    *n == 0
-                }
-                None => false,
-            };
-            if gone {
-                h.by_ino.remove(&file.ino);
-            }
-        }
-    }
-
-    /// Registers a new handle for `attr`'s inode, sharing its open file.
+    /// Registers handle `fh` of `attr`'s inode, sharing its open file.
     async fn register(
-        meta_data: Arc<DataClient>,
-        handles: Arc<Mutex<Handles>>,
+        (open, handles): (&OpenFiles, &Mutex<Handles>),
+        data: Arc<DataClient>,
         fh: u64,
         attr: &Attr,
         flags: i32,
     ) -> R<Arc<OpenFile>> {
-        let existing = handles
-            .lock()
-            .ok()
-            .and_then(|h| h.by_ino.get(&attr.ino).map(|(f, _)| f.clone()));
-        let file = match existing {
-            Some(f) => {
-                f.revalidate(attr).await;
-                f
-            }
-            None => Arc::new(OpenFile::open(meta_data, attr).await?),
-        };
-        let mut h = handles
-            .lock()
-            .map_err(|_| ClientError::Protocol("handle table poisoned".into()))?;
-        let file = match h.by_ino.get_mut(&attr.ino) {
-            Some((f, n)) => {
-                *n += 1;
-                f.clone()
-            }
-            None => {
-                h.by_ino.insert(attr.ino, (file.clone(), 1));
-                file
+        let file = open.open(data, attr).await?;
+        let mut h = match handles.lock() {
+            Ok(h) => h,
+            Err(_) => {
+                open.close(&file);
+                return Err(ClientError::Protocol("handle table poisoned".into()));
             }
         };
         h.by_fh.insert(fh, file.clone());
@@ -406,17 +323,12 @@ impl fuser::Filesystem for SpareFs {
         let _ = config.add_capabilities(
             fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
         );
-        let (meta, handles) = (self.meta.clone(), self.handles.clone());
+        let (meta, open) = (self.meta.clone(), self.open.clone());
         self.rt.spawn(async move {
             loop {
                 let sent = std::time::Instant::now();
-                // The files open here (and being opened): the meta keeps
-                // one unlinked meanwhile until they are closed.
-                let open = handles
-                    .lock()
-                    .map(|h| h.by_ino.keys().chain(h.opening.keys()).copied().collect())
-                    .unwrap_or_default();
-                match meta.keepalive(open).await {
+                // The meta keeps a file unlinked meanwhile until it is closed.
+                match meta.keepalive(open.inodes()).await {
                     Ok(()) => {
                         if let Some(d) = meta.delegations() {
                             d.renewed(sent);
@@ -453,12 +365,12 @@ impl fuser::Filesystem for SpareFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
-        let (meta, c, n, handles) = self.entry_call(req, n);
+        let (meta, c, n, attrs) = self.entry_call(req, n);
         let mut known = None;
         if let Some(d) = meta.delegations() {
             match d.lookup(InodeId(parent.0), &n) {
                 Lookup::Answer(r) => {
-                    return Self::reply_entry(&handles, reply, r.map_err(ClientError::Errno))
+                    return Self::reply_entry(&attrs, reply, r.map_err(ClientError::Errno))
                 }
                 Lookup::Ask(ino) => known = Some(ino),
                 Lookup::Remote => {}
@@ -473,7 +385,7 @@ impl fuser::Filesystem for SpareFs {
                     // Kept: the next LOOKUP or GETATTR of it is answered here.
                     d.learned(InodeId(parent.0), &n, a, epoch);
                 }
-                return Self::reply_entry(&handles, reply, r);
+                return Self::reply_entry(&attrs, reply, r);
             }
             let r = meta
                 .read_as(
@@ -485,30 +397,19 @@ impl fuser::Filesystem for SpareFs {
                 )
                 .await
                 .and_then(sparefs_client::meta::attr);
-            Self::reply_entry(&handles, reply, r);
+            Self::reply_entry(&attrs, reply, r);
         });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        // A file holding changes back shows what they make of it, until its
-        // close commits them (the kernel asks before every chown).
-        if let Some(a) = self.holding(ino).and_then(|f| f.known_attr()) {
-            return reply.attr(&TTL, &Self::seen(&self.handles, &a));
+        // Answered here when the mount knows (no hand-over to the runtime).
+        if let Some(a) = self.attrs.known(InodeId(ino.0)) {
+            return reply.attr(&TTL, &file_attr(&a, a.size));
         }
-        if let Some(a) = self.fresh.take(ino.0) {
-            return reply.attr(&TTL, &Self::seen(&self.handles, &a));
-        }
-        if let Some(a) = self
-            .meta
-            .delegations()
-            .and_then(|d| d.getattr(InodeId(ino.0)))
-        {
-            return reply.attr(&TTL, &Self::seen(&self.handles, &a));
-        }
-        let (meta, handles) = (self.meta.clone(), self.handles.clone());
+        let attrs = self.attrs.clone();
         meta_op!(self, async move {
-            answer(reply, meta.getattr(InodeId(ino.0)).await, |reply, a| {
-                reply.attr(&TTL, &Self::seen(&handles, &a))
+            answer(reply, attrs.get(InodeId(ino.0)).await, |reply, a| {
+                reply.attr(&TTL, &file_attr(&a, a.size))
             })
         });
     }
@@ -531,13 +432,8 @@ impl fuser::Filesystem for SpareFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let (meta, data, c, handles) = (
-            self.meta.clone(),
-            self.data.clone(),
-            caller(req),
-            self.handles.clone(),
-        );
-        let file = self.open_file(InodeId(ino.0));
+        let (meta, data, c) = (self.meta.clone(), self.data.clone(), caller(req));
+        let file = self.open.get(InodeId(ino.0));
         let set = SetAttr {
             perm: mode.map(|m| m & 0o7777),
             uid,
@@ -549,7 +445,7 @@ impl fuser::Filesystem for SpareFs {
         // A mode change rewrites the access ACL; chown drops capabilities.
         // The kernel takes the new attributes from this answer, so none
         // kept from an earlier change may follow.
-        let (cache, fresh) = (self.xattrs.clone(), self.fresh.clone());
+        let (cache, attrs) = (self.xattrs.clone(), self.attrs.clone());
         // A directory delegated here: answered here if certain, else the
         // meta decides (and the directory goes back to it first).
         if let Some(d) = meta.delegations() {
@@ -558,7 +454,7 @@ impl fuser::Filesystem for SpareFs {
                     if set.perm.is_some() {
                         cache.forget_acls(ino.0);
                     }
-                    fresh.forget(ino.0);
+                    attrs.forget(InodeId(ino.0));
                     return reply.attr(&TTL, &file_attr(&a, a.size));
                 }
                 Local::Answer(Err(e)) => return reply.error(errno(&ClientError::Errno(e))),
@@ -577,7 +473,7 @@ impl fuser::Filesystem for SpareFs {
             if set.perm.is_some() {
                 cache.forget_acls(ino.0);
             }
-            fresh.forget(ino.0);
+            attrs.forget(InodeId(ino.0));
             // Not `seen`: that would note the prediction as the meta's word.
             return reply.attr(&TTL, &file_attr(&a, a.size.max(size_here)));
         }
@@ -631,9 +527,9 @@ impl fuser::Filesystem for SpareFs {
             }
             .await;
             cache.forget(ino.0);
-            fresh.forget(ino.0);
+            attrs.forget(InodeId(ino.0));
             answer(reply, r, |reply, a| {
-                reply.attr(&TTL, &Self::seen(&handles, &a))
+                reply.attr(&TTL, &Self::seen(&attrs, &a))
             })
         };
         // Flushing buffered writes first is data work.
@@ -670,11 +566,10 @@ impl fuser::Filesystem for SpareFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let (meta, c, n, handles) = self.entry_call(req, n);
+        let (meta, c, n, attrs) = self.entry_call(req, n);
         let Some(kind) = convert::kind_of_mode(mode) else {
             return reply.error(Errno::EINVAL);
         };
-        let fresh = self.fresh.clone();
         meta_op!(self, async move {
             let dir = InodeId(parent.0);
             let op = WriteOp::MkNod {
@@ -689,8 +584,8 @@ impl fuser::Filesystem for SpareFs {
             let r = meta
                 .write_as(c, op)
                 .await
-                .and_then(|r| made(&fresh, &meta, dir, &n, r));
-            Self::reply_entry(&handles, reply, r);
+                .and_then(|r| made(&attrs, &meta, dir, &n, r));
+            Self::reply_entry(&attrs, reply, r);
         });
     }
 
@@ -703,14 +598,13 @@ impl fuser::Filesystem for SpareFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let (meta, c, n, handles) = self.entry_call(req, n);
-        let fresh = self.fresh.clone();
+        let (meta, c, n, attrs) = self.entry_call(req, n);
         let dir = InodeId(parent.0);
         if let Some(d) = meta.delegations() {
             match d.make(&c, dir, &n, FileKind::Dir, (mode & 0o7777, umask), true) {
                 Local::Answer(r) => {
                     let r = r.map(|(a, _)| a).map_err(ClientError::Errno);
-                    return Self::reply_entry(&handles, reply, r);
+                    return Self::reply_entry(&attrs, reply, r);
                 }
                 Local::Remote => {}
             }
@@ -725,7 +619,7 @@ impl fuser::Filesystem for SpareFs {
             let r = meta
                 .write_as(c, op)
                 .await
-                .and_then(|r| made(&fresh, &meta, dir, &n, r));
+                .and_then(|r| made(&attrs, &meta, dir, &n, r));
             if let (Ok(a), Some(d)) = (&r, meta.delegations()) {
                 // Made here and empty: ask for it before the kernel hears
                 // of it, so nothing can land in it that this mount misses.
@@ -735,7 +629,7 @@ impl fuser::Filesystem for SpareFs {
                     }
                 }
             }
-            Self::reply_entry(&handles, reply, r);
+            Self::reply_entry(&attrs, reply, r);
         });
     }
 
@@ -763,9 +657,8 @@ impl fuser::Filesystem for SpareFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let (meta, c, n, handles) = self.entry_call(req, link_name);
+        let (meta, c, n, attrs) = self.entry_call(req, link_name);
         let target = target.as_os_str().as_bytes().to_vec();
-        let fresh = self.fresh.clone();
         meta_op!(self, async move {
             let dir = InodeId(parent.0);
             let r = meta
@@ -778,8 +671,8 @@ impl fuser::Filesystem for SpareFs {
                     },
                 )
                 .await
-                .and_then(|r| made(&fresh, &meta, dir, &n, r));
-            Self::reply_entry(&handles, reply, r);
+                .and_then(|r| made(&attrs, &meta, dir, &n, r));
+            Self::reply_entry(&attrs, reply, r);
         });
     }
 
@@ -810,8 +703,8 @@ impl fuser::Filesystem for SpareFs {
             let no_replace = mode == RenameMode::NoReplace;
             match d.rename(&caller(req), (p, &n), (np, &nn), no_replace) {
                 Local::Answer(Ok(())) => {
-                    self.fresh.forget(parent.0);
-                    self.fresh.forget(newparent.0);
+                    self.attrs.forget(p);
+                    self.attrs.forget(np);
                     return reply.ok();
                 }
                 Local::Answer(Err(e)) => return reply.error(errno(&ClientError::Errno(e))),
@@ -826,7 +719,7 @@ impl fuser::Filesystem for SpareFs {
             dirs.extend(d.held_at(np, &nn));
         }
         self.give_back(&dirs);
-        let fresh = self.fresh.clone();
+        let attrs = self.attrs.clone();
         meta_op!(self, async move {
             let op = WriteOp::Rename {
                 parent: InodeId(parent.0),
@@ -836,8 +729,8 @@ impl fuser::Filesystem for SpareFs {
                 mode,
             };
             let r = meta.write_as(c, op).await;
-            fresh.forget(parent.0);
-            fresh.forget(newparent.0);
+            attrs.forget(InodeId(parent.0));
+            attrs.forget(InodeId(newparent.0));
             answer(reply, r, |reply, _| reply.ok())
         });
     }
@@ -850,8 +743,7 @@ impl fuser::Filesystem for SpareFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let (meta, c, n, handles) = self.entry_call(req, newname);
-        let fresh = self.fresh.clone();
+        let (meta, c, n, attrs) = self.entry_call(req, newname);
         meta_op!(self, async move {
             let dir = InodeId(newparent.0);
             let op = WriteOp::Link {
@@ -862,25 +754,24 @@ impl fuser::Filesystem for SpareFs {
             let r = meta
                 .write_as(c, op)
                 .await
-                .and_then(|r| made(&fresh, &meta, dir, &n, r));
-            Self::reply_entry(&handles, reply, r);
+                .and_then(|r| made(&attrs, &meta, dir, &n, r));
+            Self::reply_entry(&attrs, reply, r);
         });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let (meta, data, handles) = (self.meta.clone(), self.data.clone(), self.handles.clone());
+        let (meta, data) = (self.meta.clone(), self.data.clone());
+        let (open, handles) = (self.open.clone(), self.handles.clone());
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         // What this mount's open file (if any) had seen before the fetch:
         // a map fetched with the attributes is offered to the first read
         // only if nothing changed the file here meanwhile.
         let before = self
-            .open_file(InodeId(ino.0))
+            .open
+            .get(InodeId(ino.0))
             .map(|f| (f.clone(), f.clean_changes()));
-        if let Ok(mut h) = handles.lock() {
-            h.opening(InodeId(ino.0), true);
-        }
+        let opening = open.opening(InodeId(ino.0));
         meta_op!(self, async move {
-            let opened = handles.clone();
             let r = async {
                 let (a, chunk) = match meta
                     .read(ReadOp::Open {
@@ -891,7 +782,7 @@ impl fuser::Filesystem for SpareFs {
                     NsReply::Opened { attr, chunk } => (attr, chunk),
                     other => return Err(ClientError::unexpected("Opened", other)),
                 };
-                let file = Self::register(data, handles, fh, &a, flags.0).await?;
+                let file = Self::register((&open, &handles), data, fh, &a, flags.0).await?;
                 if let Some((slices, caps)) = chunk {
                     // register() revalidated a file already open here (one
                     // change); a new one has seen none.
@@ -907,9 +798,7 @@ impl fuser::Filesystem for SpareFs {
                 Ok::<_, ClientError>(file)
             }
             .await;
-            if let Ok(mut h) = opened.lock() {
-                h.opening(InodeId(ino.0), false);
-            }
+            drop(opening);
             let direct = flags.0 & libc::O_DIRECT != 0;
             answer(reply, r, |reply, _| {
                 reply.opened(
@@ -934,10 +823,10 @@ impl fuser::Filesystem for SpareFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let (meta, c, n, handles) = self.entry_call(req, n);
-        let data = self.data.clone();
+        let (meta, c, n, attrs) = self.entry_call(req, n);
+        let (data, xattrs) = (self.data.clone(), self.xattrs.clone());
+        let (open, handles) = (self.open.clone(), self.handles.clone());
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let (fresh, xattrs) = (self.fresh.clone(), self.xattrs.clone());
         let dir = InodeId(parent.0);
         let exclusive = flags & libc::O_EXCL != 0;
         // In a directory delegated here, answered here.
@@ -966,13 +855,13 @@ impl fuser::Filesystem for SpareFs {
                             rdev: 0,
                             exclusive,
                         };
-                        made(&fresh, &meta, dir, &n, meta.write_as(c, op).await?)?
+                        made(&attrs, &meta, dir, &n, meta.write_as(c, op).await?)?
                     }
                 };
                 // A new file has no capability: the kernel asks before the
                 // first write, and need not ask the meta.
                 xattrs.put(a.ino.0, b"security.capability", None);
-                Self::register(data, handles.clone(), fh, &a, flags).await?;
+                Self::register((&open, &handles), data, fh, &a, flags).await?;
                 Ok::<_, ClientError>(a)
             }
             .await;
@@ -980,7 +869,7 @@ impl fuser::Filesystem for SpareFs {
             answer(reply, r, |reply, a| {
                 reply.created(
                     &TTL,
-                    &Self::seen(&handles, &a),
+                    &Self::seen(&attrs, &a),
                     Generation(0),
                     FileHandle(fh),
                     if direct {
@@ -1047,7 +936,7 @@ impl fuser::Filesystem for SpareFs {
             return reply.written(data.len() as u32);
         }
         let data = data.to_vec();
-        let (notifier, fresh) = (self.notifier.clone(), self.fresh.clone());
+        let (notifier, attrs) = (self.notifier.clone(), self.attrs.clone());
         spawn!(self, async move {
             let r = async {
                 file.write(offset, &data).await?;
@@ -1056,7 +945,7 @@ impl fuser::Filesystem for SpareFs {
                 }
                 if kills {
                     // (The commit itself refreshed what delegations keep.)
-                    fresh.forget(ino.0);
+                    attrs.forget(InodeId(ino.0));
                     if let Some(n) = notifier.get() {
                         let _ = n.inval_inode(ino, -1, 0);
                     }
@@ -1173,19 +1062,19 @@ impl fuser::Filesystem for SpareFs {
                 });
             }
         }
-        let handles = self.handles.clone();
-        let file = handles.lock().ok().and_then(|mut h| {
+        let file = self.handles.lock().ok().and_then(|mut h| {
             h.writable.remove(&fh.0);
             h.by_fh.remove(&fh.0)
         });
         let Some(file) = file else { return reply.ok() };
         if file.is_clean() {
-            Self::forget_handle(&handles, &file);
+            self.open.close(&file);
             return reply.ok();
         }
+        let open = self.open.clone();
         spawn!(self, async move {
             let r = file.flush().await;
-            Self::forget_handle(&handles, &file);
+            open.close(&file);
             answer(reply, r, |reply, _| reply.ok())
         });
     }
@@ -1379,7 +1268,7 @@ impl fuser::Filesystem for SpareFs {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        let (meta, c, handles) = (self.meta.clone(), caller(req), self.handles.clone());
+        let (meta, c, attrs) = (self.meta.clone(), caller(req), self.attrs.clone());
         let dirs = self.dirs.clone();
         meta_op!(self, async move {
             // The page from the start begins with "." and "..": the kernel
@@ -1404,7 +1293,7 @@ impl fuser::Filesystem for SpareFs {
                     dirs.read_ahead(&meta, c, InodeId(ino.0), fh.0, last.cookie);
                 }
                 for (e, a) in entries {
-                    let shown = Self::seen(&handles, &a);
+                    let shown = Self::seen(&attrs, &a);
                     let name = OsStr::from_bytes(&e.name);
                     if reply.add(
                         INodeNo(e.ino.0),
@@ -1502,7 +1391,7 @@ impl fuser::Filesystem for SpareFs {
             libc::XATTR_REPLACE => XattrMode::Replace,
             _ => return reply.error(Errno::EINVAL),
         };
-        let (cache, fresh, held) = (self.xattrs.clone(), self.fresh.clone(), self.holding(ino));
+        let (cache, attrs, held) = (self.xattrs.clone(), self.attrs.clone(), self.holding(ino));
         let holds = held.is_some();
         meta_op_after!(self, holds, async move {
             if let Some(f) = held {
@@ -1520,7 +1409,7 @@ impl fuser::Filesystem for SpareFs {
                 )
                 .await;
             cache.forget(ino.0);
-            fresh.forget(ino.0);
+            attrs.forget(InodeId(ino.0));
             answer(reply, r, |reply, _| reply.ok())
         });
     }
@@ -1595,7 +1484,7 @@ impl fuser::Filesystem for SpareFs {
     fn removexattr(&self, req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         self.give_back(&[InodeId(ino.0)]);
         let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
-        let (cache, fresh, held) = (self.xattrs.clone(), self.fresh.clone(), self.holding(ino));
+        let (cache, attrs, held) = (self.xattrs.clone(), self.attrs.clone(), self.holding(ino));
         let holds = held.is_some();
         meta_op_after!(self, holds, async move {
             if let Some(f) = held {
@@ -1611,7 +1500,7 @@ impl fuser::Filesystem for SpareFs {
                 )
                 .await;
             cache.forget(ino.0);
-            fresh.forget(ino.0);
+            attrs.forget(InodeId(ino.0));
             answer(reply, r, |reply, _| reply.ok())
         });
     }
