@@ -15,7 +15,8 @@ use crate::kv::{decode, read_be, Cf, ReadKv};
 use crate::ns::blocks::BlockRec;
 use crate::placement;
 use sparefs_proto::layout::{
-    Capability, ChunkserverInfo, ChunkserverState, ClusterKey, RepairDone, RepairTask, NO_SERVER,
+    Capability, ChunkserverInfo, ChunkserverState, ClusterKey, Policy, RepairDone, RepairTask,
+    NO_SERVER,
 };
 use sparefs_proto::msg::RepairProgress;
 use sparefs_proto::{BlockId, ChunkserverId, InodeId};
@@ -103,6 +104,137 @@ fn usage(s: &ChunkserverInfo) -> f64 {
     s.used_bytes as f64 / s.capacity_bytes.max(1) as f64
 }
 
+/// What a repair task writes: its policy, its first slot, and (fragment
+/// index, server, address) of each fragment it writes.
+type Outputs = (Policy, u8, Vec<(u8, ChunkserverId, String)>);
+
+/// One scan of the block table: what it needs to know of the servers, and
+/// the work it found, ranked (rank, spare fragments).
+struct Scan<'a> {
+    info: HashMap<ChunkserverId, &'a ChunkserverInfo>,
+    /// Servers that take new fragments (up, not draining).
+    takers: usize,
+    /// Servers below the mean usage: balance moves go there.
+    receivers: Vec<ChunkserverId>,
+    /// Bytes each server above the mean still gives away.
+    give: HashMap<ChunkserverId, u64>,
+    needs: Vec<((u8, usize), Need)>,
+    /// Blocks and bytes to repair, bytes to move for balance.
+    blocks: u64,
+    bytes: u64,
+    balance: u64,
+}
+
+impl<'a> Scan<'a> {
+    /// `servers` with their usage as the block table places it. Servers
+    /// above the mean usage give, those below take, by the bytes that
+    /// would bring them to the mean.
+    fn new(servers: &'a [ChunkserverInfo]) -> Scan<'a> {
+        let info: HashMap<ChunkserverId, &ChunkserverInfo> =
+            servers.iter().map(|s| (s.id, s)).collect();
+        let takers: Vec<&ChunkserverInfo> = servers
+            .iter()
+            .filter(|s| s.state == ChunkserverState::Up && !s.draining)
+            .collect();
+        let live: Vec<&ChunkserverInfo> = servers
+            .iter()
+            .filter(|s| {
+                matches!(s.state, ChunkserverState::Up | ChunkserverState::Full) && !s.draining
+            })
+            .collect();
+        let mean = if live.is_empty() {
+            0.0
+        } else {
+            live.iter().map(|s| s.used_bytes as f64).sum::<f64>()
+                / live
+                    .iter()
+                    .map(|s| s.capacity_bytes.max(1) as f64)
+                    .sum::<f64>()
+        };
+        let give = live
+            .iter()
+            .map(|s| {
+                let excess = ((usage(s) - mean) * s.capacity_bytes as f64).max(0.0) as u64;
+                (s.id, excess)
+            })
+            .filter(|(id, excess)| {
+                let cap = info.get(id).map(|s| s.capacity_bytes).unwrap_or(0);
+                *excess as f64 > (BALANCE_SLACK * cap as f64).max(BALANCE_MIN_BYTES as f64)
+            })
+            .collect();
+        let receivers = takers
+            .iter()
+            .filter(|s| usage(s) < mean)
+            .map(|s| s.id)
+            .collect();
+        Scan {
+            info,
+            takers: takers.len(),
+            receivers,
+            give,
+            needs: Vec::new(),
+            blocks: 0,
+            bytes: 0,
+            balance: 0,
+        }
+    }
+
+    /// Ranks the work block `id` needs, if any: repair (rebuild before
+    /// re-encode), else a balance move off a server that still gives.
+    fn block(&mut self, id: BlockId, rec: BlockRec) {
+        let lost = to_rebuild(&rec, &self.info);
+        let below = rec.policy != rec.wanted;
+        let alive = rec
+            .fragments
+            .iter()
+            .filter(|s| readable(self.info.get(s).copied()))
+            .count();
+        let spare = alive.saturating_sub(rec.policy.needed());
+        if !lost.is_empty() || below {
+            self.blocks += 1;
+            self.bytes += rec.bytes as u64;
+            let work = if !lost.is_empty() {
+                (0, Work::Rebuild)
+            } else if self.takers >= rec.wanted.width() {
+                (1, Work::Reencode)
+            } else {
+                return;
+            };
+            if self.needs.len() < QUEUE_MAX {
+                let need = Need {
+                    block: id,
+                    rec,
+                    work: work.1,
+                };
+                self.needs.push(((work.0, spare), need));
+            }
+            return;
+        }
+        // Only blocks some receiver holds nothing of can move there.
+        let can_receive = self.receivers.iter().any(|r| !rec.fragments.contains(r));
+        if !can_receive || self.needs.len() >= QUEUE_MAX {
+            return;
+        }
+        let frag = fragment_bytes(&rec);
+        let giver = rec
+            .fragments
+            .iter()
+            .position(|s| self.give.get(s).is_some_and(|left| *left >= frag));
+        if let Some(index) = giver {
+            if let Some(left) = self.give.get_mut(&rec.fragments[index]) {
+                *left -= frag;
+            }
+            self.balance += frag;
+            let need = Need {
+                block: id,
+                rec,
+                work: Work::Move { index },
+            };
+            self.needs.push(((2, spare), need));
+        }
+    }
+}
+
 impl RepairBook {
     /// Rebuilds the queue from a scan of the block table: lost fragments
     /// first (least protected first), then re-encoding, then balance moves.
@@ -119,50 +251,7 @@ impl RepairBook {
                 ..s.clone()
             })
             .collect();
-        let servers = &servers[..];
-        let info: HashMap<ChunkserverId, &ChunkserverInfo> =
-            servers.iter().map(|s| (s.id, s)).collect();
-        let takers: Vec<&ChunkserverInfo> = servers
-            .iter()
-            .filter(|s| s.state == ChunkserverState::Up && !s.draining)
-            .collect();
-        // Balance: servers above the mean usage give, those below take, by
-        // the bytes that would bring them to the mean.
-        let live: Vec<&ChunkserverInfo> = servers
-            .iter()
-            .filter(|s| {
-                matches!(s.state, ChunkserverState::Up | ChunkserverState::Full) && !s.draining
-            })
-            .collect();
-        let mean = if live.is_empty() {
-            0.0
-        } else {
-            live.iter().map(|s| s.used_bytes as f64).sum::<f64>()
-                / live
-                    .iter()
-                    .map(|s| s.capacity_bytes.max(1) as f64)
-                    .sum::<f64>()
-        };
-        let mut give: HashMap<ChunkserverId, u64> = live
-            .iter()
-            .map(|s| {
-                (
-                    s.id,
-                    ((usage(s) - mean) * s.capacity_bytes as f64).max(0.0) as u64,
-                )
-            })
-            .filter(|(id, excess)| {
-                let cap = info.get(id).map(|s| s.capacity_bytes).unwrap_or(0);
-                *excess as f64 > (BALANCE_SLACK * cap as f64).max(BALANCE_MIN_BYTES as f64)
-            })
-            .collect();
-        let receivers: Vec<ChunkserverId> = takers
-            .iter()
-            .filter(|s| usage(s) < mean)
-            .map(|s| s.id)
-            .collect();
-        let mut needs: Vec<((u8, usize), Need)> = Vec::new();
-        let (mut blocks, mut bytes, mut balance) = (0u64, 0u64, 0u64);
+        let mut scan = Scan::new(&servers);
         let mut from = Vec::new();
         loop {
             let page = kv.scan(Cf::Blocks, &[], &from, 1024)?;
@@ -171,75 +260,20 @@ impl RepairBook {
                 from = k.clone();
                 from.push(0);
                 let rec: BlockRec = decode(Cf::Blocks, v)?;
-                if rec.refs == 0 {
-                    continue;
-                }
-                let id = BlockId(read_be(k).unwrap_or(0));
-                let lost = to_rebuild(&rec, &info);
-                let below = rec.policy != rec.wanted;
-                let alive = rec
-                    .fragments
-                    .iter()
-                    .filter(|s| readable(info.get(s).copied()))
-                    .count();
-                let spare = alive.saturating_sub(rec.policy.needed());
-                if !lost.is_empty() || below {
-                    blocks += 1;
-                    bytes += rec.bytes as u64;
-                    let work = if !lost.is_empty() {
-                        (0, Work::Rebuild)
-                    } else if takers.len() >= rec.wanted.width() {
-                        (1, Work::Reencode)
-                    } else {
-                        continue;
-                    };
-                    if needs.len() < QUEUE_MAX {
-                        needs.push((
-                            (work.0, spare),
-                            Need {
-                                block: id,
-                                rec,
-                                work: work.1,
-                            },
-                        ));
-                    }
-                    continue;
-                }
-                // Only blocks some receiver holds nothing of can move there.
-                let can_receive = receivers.iter().any(|r| !rec.fragments.contains(r));
-                if !can_receive || needs.len() >= QUEUE_MAX {
-                    continue;
-                }
-                let frag = fragment_bytes(&rec);
-                let giver = rec
-                    .fragments
-                    .iter()
-                    .position(|s| give.get(s).is_some_and(|left| *left >= frag));
-                if let Some(index) = giver {
-                    if let Some(left) = give.get_mut(&rec.fragments[index]) {
-                        *left -= frag;
-                    }
-                    balance += frag;
-                    needs.push((
-                        (2, spare),
-                        Need {
-                            block: id,
-                            rec,
-                            work: Work::Move { index },
-                        },
-                    ));
+                if rec.refs > 0 {
+                    scan.block(BlockId(read_be(k).unwrap_or(0)), rec);
                 }
             }
             if exhausted {
                 break;
             }
         }
-        needs.sort_by_key(|(rank, n)| (*rank, n.block));
-        self.queue = needs.into_iter().map(|(_, n)| n).collect();
-        self.receivers = receivers;
-        self.blocks_to_repair = blocks;
-        self.bytes_to_repair = bytes;
-        self.bytes_to_balance = balance;
+        scan.needs.sort_by_key(|(rank, n)| (*rank, n.block));
+        self.queue = scan.needs.into_iter().map(|(_, n)| n).collect();
+        self.receivers = scan.receivers;
+        self.blocks_to_repair = scan.blocks;
+        self.bytes_to_repair = scan.bytes;
+        self.bytes_to_balance = scan.balance;
         self.scanned_at = Some(started);
         Ok(())
     }
@@ -339,53 +373,10 @@ impl RepairBook {
             if sources.len() < rec.policy.needed() {
                 continue;
             }
-            let single = |i: usize| {
-                (
-                    rec.policy,
-                    rec.slot_base,
-                    vec![(i as u8, server, me.address.clone())],
-                )
-            };
-            let (out_policy, out_base, outputs) = match &need.work {
-                Work::Rebuild => {
-                    let lost = to_rebuild(rec, &info);
-                    let Some(i) = lost.first() else {
-                        continue;
-                    };
-                    if rec.fragments.contains(&server) {
-                        continue;
-                    }
-                    single(*i)
-                }
-                Work::Move { index } => {
-                    if rec.fragments.contains(&server) || !self.receivers.contains(&server) {
-                        continue;
-                    }
-                    single(*index)
-                }
-                Work::Reencode => {
-                    // Re-encode to the wanted policy under fresh slots.
-                    let candidates: Vec<(ChunkserverId, u64)> = servers
-                        .iter()
-                        .filter(|s| s.state == ChunkserverState::Up && !s.draining)
-                        .map(|s| (s.id, s.capacity_bytes.saturating_sub(s.used_bytes).max(1)))
-                        .collect();
-                    let Ok(chosen) =
-                        placement::choose(&candidates, rec.wanted.width(), &mut rand::thread_rng())
-                    else {
-                        continue;
-                    };
-                    let outputs = chosen
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, s)| Some((i as u8, *s, info.get(s)?.address.clone())))
-                        .collect();
-                    (
-                        rec.wanted,
-                        rec.slot_base.wrapping_add(rec.fragments.len() as u8),
-                        outputs,
-                    )
-                }
+            let Some((out_policy, out_base, outputs)) =
+                self.outputs(need, (server, &me.address), servers, &info)
+            else {
+                continue;
             };
             tasks.push(RepairTask {
                 block: need.block,
@@ -410,6 +401,56 @@ impl RepairBook {
             self.queue.remove(pos);
         }
         tasks
+    }
+
+    /// Where `server` would write what `need` produces: (policy, first
+    /// slot, (fragment index, server, address) of each output), or None if
+    /// it cannot take this task (it holds a fragment of the block, is no
+    /// receiver of balance moves, or no placement is possible).
+    fn outputs(
+        &self,
+        need: &Need,
+        (server, address): (ChunkserverId, &String),
+        servers: &[ChunkserverInfo],
+        info: &HashMap<ChunkserverId, &ChunkserverInfo>,
+    ) -> Option<Outputs> {
+        let rec = &need.rec;
+        let single = |i: usize| {
+            (
+                rec.policy,
+                rec.slot_base,
+                vec![(i as u8, server, address.clone())],
+            )
+        };
+        match &need.work {
+            Work::Rebuild => {
+                let lost = to_rebuild(rec, info);
+                let i = lost.first()?;
+                (!rec.fragments.contains(&server)).then(|| single(*i))
+            }
+            Work::Move { index } => {
+                let takes = !rec.fragments.contains(&server) && self.receivers.contains(&server);
+                takes.then(|| single(*index))
+            }
+            Work::Reencode => {
+                // Re-encode to the wanted policy under fresh slots.
+                let candidates: Vec<(ChunkserverId, u64)> = servers
+                    .iter()
+                    .filter(|s| s.state == ChunkserverState::Up && !s.draining)
+                    .map(|s| (s.id, s.capacity_bytes.saturating_sub(s.used_bytes).max(1)))
+                    .collect();
+                let chosen =
+                    placement::choose(&candidates, rec.wanted.width(), &mut rand::thread_rng())
+                        .ok()?;
+                let outputs = chosen
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| Some((i as u8, *s, info.get(s)?.address.clone())))
+                    .collect();
+                let base = rec.slot_base.wrapping_add(rec.fragments.len() as u8);
+                Some((rec.wanted, base, outputs))
+            }
+        }
     }
 
     /// Records a finished task; true when it produced fragments to commit.
