@@ -215,6 +215,70 @@ impl SpareFs {
         file_attr(&shown, shown.size)
     }
 
+    /// A setattr this mount answers without the meta: in a directory
+    /// delegated here, or behind an open file's buffered writes (tar:
+    /// write, futimens, fchown, fchmod, close), committed with them. None:
+    /// the meta decides (a delegated directory it could not decide went
+    /// back to the meta first).
+    fn setattr_here(
+        &self,
+        c: &Caller,
+        ino: InodeId,
+        set: &SetAttr,
+        file: Option<&Arc<OpenFile>>,
+    ) -> Option<R<fuser::FileAttr>> {
+        // A mode change rewrites the access ACL. Times and owners leave
+        // xattrs as they are (the meta keeps security.capability across
+        // chown), so the kernel's next capability check before a write
+        // finds its answer cached. The kernel takes the new attributes
+        // from this answer, so none kept from an earlier change may follow.
+        let forget = || {
+            if set.perm.is_some() {
+                self.xattrs.forget_acls(ino.0);
+            }
+            self.attrs.forget(ino);
+        };
+        if let Some(d) = self.meta.delegations() {
+            match d.setattr(c, ino, set) {
+                Local::Answer(Ok(a)) => {
+                    forget();
+                    return Some(Ok(file_attr(&a, a.size)));
+                }
+                Local::Answer(Err(e)) => return Some(Err(ClientError::Errno(e))),
+                Local::Remote => self.give_back(&[ino]),
+            }
+        }
+        let f = file?;
+        let a = f.hold_setattr(c, set)?;
+        forget();
+        // Not `seen`: that would note the prediction as the meta's word.
+        Some(Ok(file_attr(&a, a.size.max(f.known_size()))))
+    }
+
+    /// The write a setattr sends the meta: a size change alone through a
+    /// descriptor open for writing is an ftruncate, which carries the
+    /// access granted at open.
+    fn setattr_op(&self, ino: InodeId, set: SetAttr, fh: Option<FileHandle>) -> WriteOp {
+        let through_writable = fh.is_some_and(|fh| {
+            self.handles
+                .lock()
+                .is_ok_and(|h| h.writable.contains(&fh.0))
+        });
+        match set.size {
+            Some(size)
+                if through_writable
+                    && set
+                        == (SetAttr {
+                            size: Some(size),
+                            ..SetAttr::default()
+                        }) =>
+            {
+                WriteOp::Truncate { ino, size }
+            }
+            _ => WriteOp::SetAttr { ino, set },
+        }
+    }
+
     /// See `EntryCall`.
     fn entry_call(&self, req: &Request, n: &OsStr) -> EntryCall {
         (self.meta.clone(), caller(req), name(n), self.attrs.clone())
@@ -442,40 +506,8 @@ impl fuser::Filesystem for SpareFs {
             atime: atime.map(convert::time_set),
             mtime: mtime.map(convert::time_set),
         };
-        // A mode change rewrites the access ACL; chown drops capabilities.
-        // The kernel takes the new attributes from this answer, so none
-        // kept from an earlier change may follow.
-        let (cache, attrs) = (self.xattrs.clone(), self.attrs.clone());
-        // A directory delegated here: answered here if certain, else the
-        // meta decides (and the directory goes back to it first).
-        if let Some(d) = meta.delegations() {
-            match d.setattr(&c, InodeId(ino.0), &set) {
-                Local::Answer(Ok(a)) => {
-                    if set.perm.is_some() {
-                        cache.forget_acls(ino.0);
-                    }
-                    attrs.forget(InodeId(ino.0));
-                    return reply.attr(&TTL, &file_attr(&a, a.size));
-                }
-                Local::Answer(Err(e)) => return reply.error(errno(&ClientError::Errno(e))),
-                Local::Remote => self.give_back(&[InodeId(ino.0)]),
-            }
-        }
-        // Behind buffered writes (tar: write, futimens, fchown, fchmod,
-        // close) a certain change is answered here and committed with them.
-        let held = file
-            .as_ref()
-            .and_then(|f| f.hold_setattr(&c, &set).map(|a| (a, f.known_size())));
-        if let Some((a, size_here)) = held {
-            // Times and owners leave xattrs as they are (the meta keeps
-            // security.capability across chown), so the kernel's next
-            // capability check before a write finds its answer cached.
-            if set.perm.is_some() {
-                cache.forget_acls(ino.0);
-            }
-            attrs.forget(InodeId(ino.0));
-            // Not `seen`: that would note the prediction as the meta's word.
-            return reply.attr(&TTL, &file_attr(&a, a.size.max(size_here)));
+        if let Some(r) = self.setattr_here(&c, InodeId(ino.0), &set, file.as_ref()) {
+            return answer(reply, r, |reply, a| reply.attr(&TTL, &a));
         }
         // Otherwise buffered writes and held changes land first: a truncate
         // must cut the writes too, an explicit mtime (tar, cp -p, touch -d)
@@ -484,31 +516,8 @@ impl fuser::Filesystem for SpareFs {
         let flush_first = file
             .as_ref()
             .is_some_and(|f| size.is_some() || mtime.is_some() || f.predicted_attr().is_some());
-        // ftruncate: through a descriptor open for writing, the access
-        // granted at open.
-        let through_writable = fh.is_some_and(|fh| {
-            self.handles
-                .lock()
-                .is_ok_and(|h| h.writable.contains(&fh.0))
-        });
-        let op = match (size, through_writable) {
-            (Some(size), true)
-                if set
-                    == SetAttr {
-                        size: Some(size),
-                        ..SetAttr::default()
-                    } =>
-            {
-                WriteOp::Truncate {
-                    ino: InodeId(ino.0),
-                    size,
-                }
-            }
-            _ => WriteOp::SetAttr {
-                ino: InodeId(ino.0),
-                set,
-            },
-        };
+        let op = self.setattr_op(InodeId(ino.0), set, fh);
+        let (cache, attrs) = (self.xattrs.clone(), self.attrs.clone());
         let work = async move {
             let r = async {
                 if let (Some(f), true) = (&file, flush_first) {
