@@ -21,6 +21,8 @@ pub(super) enum Access {
     GrantedAtOpen,
 }
 
+/// Applies `set` to `ino`, each part checked in the order Linux checks
+/// them (size, owner, mode, times); ctime moves if anything changed.
 pub(super) fn setattr<R: ReadKv>(
     tx: &mut Tx<R>,
     c: &Caller,
@@ -30,55 +32,15 @@ pub(super) fn setattr<R: ReadKv>(
     access: Access,
 ) -> NsResult<NsReply> {
     let mut inode = load(tx, ino)?;
+    // Whether the caller owns the file as it was before this change.
     let owner = perm::is_owner_or_root(&inode, c);
     let mut changed = false;
     if let Some(size) = set.size {
-        if inode.is_dir() {
-            return Err(Errno::EISDIR.into());
-        }
-        if inode.kind != FileKind::File {
-            return Err(Errno::EINVAL.into());
-        }
-        if size > FILE_BYTES_MAX {
-            return Err(Errno::EFBIG.into());
-        }
-        if access == Access::Check {
-            perm::check(&inode, c, W)?;
-        }
-        if size < inode.size {
-            truncate_layout(tx, ino, size, inode.size, now)?;
-        }
-        if size != inode.size {
-            inode.mtime = now;
-        }
-        inode.size = size;
-        kill_suid(&mut inode, c);
+        set_size(tx, c, now, (ino, &mut inode), size, access)?;
         changed = true;
     }
     if set.uid.is_some() || set.gid.is_some() {
-        let new_uid = set.uid.unwrap_or(inode.uid);
-        let new_gid = set.gid.unwrap_or(inode.gid);
-        if c.uid != 0 {
-            // Only root gives a file away; an owner may move it to one of
-            // their own groups.
-            if new_uid != inode.uid
-                || c.uid != inode.uid
-                || (new_gid != inode.gid && !c.in_group(new_gid))
-            {
-                return Err(Errno::EPERM.into());
-            }
-        }
-        if inode.kind != FileKind::Dir && (set.uid.is_some() || set.gid.is_some()) {
-            // chown clears set-uid, and set-gid when it means "set group id"
-            // (group execute set), as Linux does.
-            if inode.perm & 0o010 != 0 {
-                inode.perm &= !(S_ISUID | S_ISGID);
-            } else {
-                inode.perm &= !S_ISUID;
-            }
-        }
-        inode.uid = new_uid;
-        inode.gid = new_gid;
+        set_owner(c, &mut inode, set.uid, set.gid)?;
         changed = true;
     }
     if let Some(mode) = set.perm {
@@ -93,23 +55,97 @@ pub(super) fn setattr<R: ReadKv>(
         acl::apply_mode(&mut inode.acl, mode);
         changed = true;
     }
-    for (which, value) in [(0, set.atime), (1, set.mtime)] {
+    changed |= set_times(c, now, &mut inode, owner, (set.atime, set.mtime))?;
+    if changed {
+        inode.ctime = now;
+        store(tx, ino, &inode);
+    }
+    Ok(NsReply::Attr(inode.attr(ino)))
+}
+
+/// truncate: a regular file's size, its layout cut if it shrinks.
+fn set_size<R: ReadKv>(
+    tx: &mut Tx<R>,
+    c: &Caller,
+    now: Time,
+    (ino, inode): (InodeId, &mut InodeRec),
+    size: u64,
+    access: Access,
+) -> NsResult<()> {
+    if inode.is_dir() {
+        return Err(Errno::EISDIR.into());
+    }
+    if inode.kind != FileKind::File {
+        return Err(Errno::EINVAL.into());
+    }
+    if size > FILE_BYTES_MAX {
+        return Err(Errno::EFBIG.into());
+    }
+    if access == Access::Check {
+        perm::check(inode, c, W)?;
+    }
+    if size < inode.size {
+        truncate_layout(tx, ino, size, inode.size, now)?;
+    }
+    if size != inode.size {
+        inode.mtime = now;
+    }
+    inode.size = size;
+    kill_suid(inode, c);
+    Ok(())
+}
+
+/// chown: only root gives a file away; an owner may move it to one of
+/// their own groups.
+fn set_owner(c: &Caller, inode: &mut InodeRec, uid: Option<u32>, gid: Option<u32>) -> NsResult<()> {
+    let new_uid = uid.unwrap_or(inode.uid);
+    let new_gid = gid.unwrap_or(inode.gid);
+    if c.uid != 0
+        && (new_uid != inode.uid
+            || c.uid != inode.uid
+            || (new_gid != inode.gid && !c.in_group(new_gid)))
+    {
+        return Err(Errno::EPERM.into());
+    }
+    if inode.kind != FileKind::Dir {
+        // chown clears set-uid, and set-gid when it means "set group id"
+        // (group execute set), as Linux does.
+        if inode.perm & 0o010 != 0 {
+            inode.perm &= !(S_ISUID | S_ISGID);
+        } else {
+            inode.perm &= !S_ISUID;
+        }
+    }
+    inode.uid = new_uid;
+    inode.gid = new_gid;
+    Ok(())
+}
+
+/// utimensat: "now" needs ownership or write access, an explicit time
+/// ownership. True if a time was set.
+fn set_times(
+    c: &Caller,
+    now: Time,
+    inode: &mut InodeRec,
+    owner: bool,
+    (atime, mtime): (Option<TimeSet>, Option<TimeSet>),
+) -> NsResult<bool> {
+    let mut changed = false;
+    for (which, value) in [(0, atime), (1, mtime)] {
         let Some(value) = value else { continue };
-        match value {
+        let t = match value {
             TimeSet::Now => {
-                if !owner && !perm::allowed(&inode, c, W) {
+                if !owner && !perm::allowed(inode, c, W) {
                     return Err(Errno::EACCES.into());
                 }
+                now
             }
-            TimeSet::At(_) => {
+            TimeSet::At(t) => {
                 if !owner {
                     return Err(Errno::EPERM.into());
                 }
+                t
             }
-        }
-        let t = match value {
-            TimeSet::Now => now,
-            TimeSet::At(t) => t,
         };
         if which == 0 {
             inode.atime = t
@@ -118,11 +154,7 @@ pub(super) fn setattr<R: ReadKv>(
         }
         changed = true;
     }
-    if changed {
-        inode.ctime = now;
-        store(tx, ino, &inode);
-    }
-    Ok(NsReply::Attr(inode.attr(ino)))
+    Ok(changed)
 }
 
 /// What a write or truncate by `c` does to the set-id bits, as Linux does

@@ -383,9 +383,23 @@ pub(super) fn rename<R: ReadKv>(
             _ => {}
         }
     }
-    // Remove the target first, then move the entry. Directory records are
-    // re-read after each step so that same-directory renames see one record.
-    if let (Some(d), Some(mut di)) = (dst, dst_inode) {
+    let replaced = dst.zip(dst_inode);
+    let from = (parent, name, src, src_inode.is_dir());
+    move_entry(tx, now, from, (new_parent, new_name), replaced)?;
+    Ok(NsReply::Done)
+}
+
+/// The checked rename's changes: the target (if any) loses its name and a
+/// link, and the entry moves. Directory records are re-read after each step
+/// so that same-directory renames see one record.
+fn move_entry<R: ReadKv>(
+    tx: &mut Tx<R>,
+    now: Time,
+    (parent, name, src, is_dir): (InodeId, &[u8], DentryRec, bool),
+    (new_parent, new_name): (InodeId, &[u8]),
+    replaced: Option<(DentryRec, InodeRec)>,
+) -> NsResult<()> {
+    if let Some((d, mut di)) = replaced {
         let mut ddir = load(tx, new_parent)?;
         delete_entry(tx, new_parent, &mut ddir, new_name, &d);
         if di.is_dir() {
@@ -396,7 +410,7 @@ pub(super) fn rename<R: ReadKv>(
     }
     let mut sdir = load(tx, parent)?;
     delete_entry(tx, parent, &mut sdir, name, &src);
-    if src_inode.is_dir() {
+    if is_dir {
         sdir.nlink = sdir.nlink.saturating_sub(1);
     }
     sdir.mtime = now;
@@ -404,7 +418,7 @@ pub(super) fn rename<R: ReadKv>(
     store(tx, parent, &sdir);
     let mut ddir = load(tx, new_parent)?;
     insert_entry(tx, new_parent, &mut ddir, new_name, src.ino, src.kind);
-    if src_inode.is_dir() {
+    if is_dir {
         ddir.nlink += 1;
     }
     ddir.mtime = now;
@@ -416,7 +430,7 @@ pub(super) fn rename<R: ReadKv>(
     }
     moved.ctime = now;
     store(tx, src.ino, &moved);
-    Ok(NsReply::Done)
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
