@@ -158,31 +158,11 @@ async fn wait_restarted(data: &Path, address: &str, old: u32) -> bool {
     false
 }
 
-pub async fn run(args: ChaosArgs) -> anyhow::Result<i32> {
-    let cluster = crate::up_cmd::read_cluster_file(&args.data)
-        .context("chaos runs against a cluster that `sparefs up` started")?;
-    let mount = cluster
-        .mount
-        .clone()
-        .context("cluster.json names no mount")?;
-    let seed = args.seed.unwrap_or_else(rand::random);
-    let dir = mount.join(format!(".chaos-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    println!(
-        "chaos: seed {seed}, a fault every {} s for {} s, workload in {}",
-        args.every,
-        args.duration,
-        dir.display()
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    let worker = {
-        let (dir, stop, tally) = (dir.clone(), stop.clone(), tally.clone());
-        std::thread::spawn(move || workload(&dir, seed, &stop, &tally))
-    };
+/// Every `args.every` seconds for `args.duration`, kills (or stops) the
+/// meta leader or a chunkserver, chosen by `seed`. Returns the faults made.
+async fn inject_faults(args: &ChaosArgs, metas: &[String], seed: u64) -> anyhow::Result<u32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed.rotate_left(17));
     let start = Instant::now();
-    let metas = cluster.meta_addresses();
     let mut faults = 0;
     while start.elapsed() < Duration::from_secs(args.duration) {
         tokio::time::sleep(Duration::from_secs(args.every)).await;
@@ -196,7 +176,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<i32> {
             _ => rng.gen_bool(0.3),
         };
         let target = if hit_meta {
-            meta_leader(&metas, &args.data)
+            meta_leader(metas, &args.data)
                 .await
                 .map(|(a, p)| (format!("meta leader {a}"), a, p))
         } else {
@@ -235,24 +215,14 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<i32> {
             }
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let files = worker
-        .join()
-        .map_err(|_| anyhow::anyhow!("workload thread panicked"))?;
-    // Every file written and fsynced must read back whole.
-    for (n, len) in &files {
-        match check_file(&dir.join(format!("f{n}")), &file_bytes(seed, *n, *len)) {
-            Ok(()) => {
-                tally.verified.fetch_add(*len as u64, Ordering::Relaxed);
-            }
-            Err(e) => tally.error(e),
-        }
-    }
-    let ran = start.elapsed();
-    // Time until every block is fully protected again.
-    let client = MetaClient::new(metas.clone(), current_caller());
+    Ok(faults)
+}
+
+/// How long until the meta reports every block fully protected, if within
+/// 600 s.
+async fn protected_again(metas: &[String]) -> Option<Duration> {
+    let client = MetaClient::new(metas.to_vec(), current_caller());
     let healed = Instant::now();
-    let mut protected_after = None;
     while healed.elapsed() < Duration::from_secs(600) {
         if let Ok(NsReply::Health {
             degraded,
@@ -261,22 +231,29 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<i32> {
         }) = client.read(ReadOp::Health).await
         {
             if degraded == 0 && unreadable == 0 {
-                protected_after = Some(healed.elapsed());
-                break;
+                return Some(healed.elapsed());
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    if !args.keep {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
+    None
+}
+
+/// Prints the run's summary; returns the errors the application saw.
+fn report(
+    faults: u32,
+    ran: Duration,
+    tally: &Tally,
+    files: usize,
+    protected_after: Option<Duration>,
+) -> u64 {
     let errors = tally.errors.load(Ordering::Relaxed);
     println!("chaos: {faults} faults in {:.0} s", ran.as_secs_f64());
     println!(
         "chaos: {} MiB written (fsynced), {} MiB verified, {} files",
         tally.written.load(Ordering::Relaxed) >> 20,
         tally.verified.load(Ordering::Relaxed) >> 20,
-        files.len()
+        files
     );
     println!("chaos: {errors} errors seen by the application");
     for e in tally
@@ -294,6 +271,54 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<i32> {
         ),
         None => println!("chaos: NOT fully protected 600 s after the last fault"),
     }
+    errors
+}
+
+pub async fn run(args: ChaosArgs) -> anyhow::Result<i32> {
+    let cluster = crate::up_cmd::read_cluster_file(&args.data)
+        .context("chaos runs against a cluster that `sparefs up` started")?;
+    let mount = cluster
+        .mount
+        .clone()
+        .context("cluster.json names no mount")?;
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let dir = mount.join(format!(".chaos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    println!(
+        "chaos: seed {seed}, a fault every {} s for {} s, workload in {}",
+        args.every,
+        args.duration,
+        dir.display()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let worker = {
+        let (dir, stop, tally) = (dir.clone(), stop.clone(), tally.clone());
+        std::thread::spawn(move || workload(&dir, seed, &stop, &tally))
+    };
+    let start = Instant::now();
+    let metas = cluster.meta_addresses();
+    let faults = inject_faults(&args, &metas, seed).await?;
+    stop.store(true, Ordering::Relaxed);
+    let files = worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("workload thread panicked"))?;
+    // Every file written and fsynced must read back whole.
+    for (n, len) in &files {
+        match check_file(&dir.join(format!("f{n}")), &file_bytes(seed, *n, *len)) {
+            Ok(()) => {
+                tally.verified.fetch_add(*len as u64, Ordering::Relaxed);
+            }
+            Err(e) => tally.error(e),
+        }
+    }
+    let ran = start.elapsed();
+    // Time until every block is fully protected again.
+    let protected_after = protected_again(&metas).await;
+    if !args.keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let errors = report(faults, ran, &tally, files.len(), protected_after);
     Ok(if errors == 0 && protected_after.is_some() {
         0
     } else {
