@@ -1173,6 +1173,8 @@ mod tests {
         assert_eq!(renames, 2);
     }
 
+    /// (Long: one scenario, each step checking what the one before it
+    /// left, reads best top to bottom.)
     #[test]
     fn attributes_of_files_here_are_kept_until_this_client_changes_them() {
         let d = ready();

@@ -79,6 +79,21 @@ fn punch(f: &File, offset: u64, len: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `buf`, read at `off`, holds what the model says is there.
+fn same_as_model(buf: &[u8], model: &[u8], off: u64) -> Result<(), String> {
+    let want = &model[off as usize..off as usize + buf.len()];
+    match buf.iter().zip(want).position(|(a, b)| a != b) {
+        None => Ok(()),
+        Some(at) => Err(format!(
+            "read {off}+{} differs at byte {} (got {}, want {})",
+            buf.len(),
+            off as usize + at,
+            buf[at],
+            want[at]
+        )),
+    }
+}
+
 /// Runs `ops` operations on `path` (created empty) with files up to `max_len`.
 pub fn run(path: &Path, ops: usize, seed: u64, max_len: u64) -> Result<FsxStats, String> {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -114,22 +129,7 @@ pub fn run(path: &Path, ops: usize, seed: u64, max_len: u64) -> Result<FsxStats,
                 let mut buf = vec![0u8; len];
                 f.read_exact_at(&mut buf, off)
                     .map_err(|e| fail(i, format!("read {off}+{len}: {e}")))?;
-                if buf[..] != model[off as usize..off as usize + len] {
-                    let at = buf
-                        .iter()
-                        .zip(&model[off as usize..])
-                        .position(|(a, b)| a != b)
-                        .unwrap_or(0);
-                    return Err(fail(
-                        i,
-                        format!(
-                            "read {off}+{len} differs at byte {} (got {}, want {})",
-                            off as usize + at,
-                            buf[at],
-                            model[off as usize + at]
-                        ),
-                    ));
-                }
+                same_as_model(&buf, &model, off).map_err(|e| fail(i, e))?;
                 st.reads += 1;
                 st.bytes_checked += len as u64;
             }
