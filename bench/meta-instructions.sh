@@ -29,13 +29,13 @@ for bin in "$@"; do
     # Election and the first request under valgrind: wait for an answer.
     "$load" --meta "$addr" --ops 1 --dir warmup >/dev/null
     # Idle: what ticks cost per second, to take out of the loaded count.
-    callgrind_control -z "$vg" >/dev/null
+    callgrind_control -z "$vg" >/dev/null 2>&1
     sleep 10
-    callgrind_control -d idle "$vg" >/dev/null
+    callgrind_control -d idle "$vg" >/dev/null 2>&1
     t0=$(date +%s.%N)
-    callgrind_control -z "$vg" >/dev/null
+    callgrind_control -z "$vg" >/dev/null 2>&1
     "$load" --meta "$addr" --ops "$ops" >/dev/null
-    callgrind_control -d load "$vg" >/dev/null
+    callgrind_control -d load "$vg" >/dev/null 2>&1
     t1=$(date +%s.%N)
     kill "$vg"; wait "$vg" 2>/dev/null || true
     idle=$(ir "$(ls "$work"/cg.*.1 | head -1)")
