@@ -14,10 +14,8 @@ if [ "${1:-}" = "--ops" ]; then ops=$2; shift 2; fi
 [ $# -ge 1 ] || { echo "usage: $0 [--ops N] SPAREFS_BIN..." >&2; exit 2; }
 here=$(cd "$(dirname "$0")/.." && pwd)
 load=${META_OPS:-$here/target/release/meta-ops}
-command -v valgrind >/dev/null || apt-get install -y -q valgrind >/dev/null
+. "$here/bench/callgrind-count.sh"
 port=7690
-# Total Ir of a callgrind dump.
-ir() { awk '/^(summary|totals):/ { print $2; exit }' "$1"; }
 for bin in "$@"; do
     work=$(mktemp -d /tmp/meta-instr.XXXXXX)
     port=$((port + 1))
@@ -28,21 +26,8 @@ for bin in "$@"; do
     vg=$!
     # Election and the first request under valgrind: wait for an answer.
     "$load" --meta "$addr" --ops 1 --dir warmup >/dev/null
-    # Idle: what ticks cost per second, to take out of the loaded count.
-    callgrind_control -z "$vg" >/dev/null 2>&1
-    sleep 10
-    callgrind_control -d idle "$vg" >/dev/null 2>&1
-    t0=$(date +%s.%N)
-    callgrind_control -z "$vg" >/dev/null 2>&1
-    "$load" --meta "$addr" --ops "$ops" >/dev/null
-    callgrind_control -d load "$vg" >/dev/null 2>&1
-    t1=$(date +%s.%N)
+    count_workload "$vg" "$work/cg" $((3 * ops + 1)) request "$bin" \
+        quiet "$load" --meta "$addr" --ops "$ops"
     kill "$vg"; wait "$vg" 2>/dev/null || true
-    idle=$(ir "$(ls "$work"/cg.*.1 | head -1)")
-    loaded=$(ir "$(ls "$work"/cg.*.2 | head -1)")
-    awk -v b="$bin" -v i="$idle" -v l="$loaded" -v t0="$t0" -v t1="$t1" -v n=$((3 * ops + 1)) 'BEGIN {
-        secs = t1 - t0; ticks = i / 10 * secs;
-        printf "%s: %.0f instructions/request (%d requests in %.0f s; idle %.0f instructions/s taken out)\n",
-            b, (l - ticks) / n, n, secs, i / 10 }'
     rm -rf "$work"
 done

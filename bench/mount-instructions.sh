@@ -14,7 +14,7 @@ set -eu
 files=500
 if [ "${1:-}" = "--files" ]; then files=$2; shift 2; fi
 [ $# -ge 1 ] || { echo "usage: $0 [--files N] SPAREFS_BIN..." >&2; exit 2; }
-command -v valgrind >/dev/null || apt-get install -y -q valgrind >/dev/null
+. "$(cd "$(dirname "$0")" && pwd)/callgrind-count.sh"
 work=$(mktemp -d /tmp/mount-instr.XXXXXX)
 port=7680
 "$1" up --data "$work/cluster" --port $port --metas 1 >"$work/up.log" 2>&1 &
@@ -24,7 +24,6 @@ for _ in $(seq 120); do grep -q "sparefs ready" "$work/up.log" && break; sleep 0
 grep -q "sparefs ready" "$work/up.log" || { cat "$work/up.log"; exit 1; }
 meta=$(sed -n 's/.*sparefs:\([^ ]*\) on .*/\1/p' /proc/mounts | head -1)
 [ -n "$meta" ] || meta=127.0.0.11:$port
-ir() { awk '/^(summary|totals):/ { print $2; exit }' "$1"; }
 workload() {
     python3 - "$1" "$files" <<'EOF'
 import os, sys
@@ -63,20 +62,7 @@ for bin in "$@"; do
     vg=$!
     for _ in $(seq 240); do grep -q " $mnt fuse" /proc/mounts && break; sleep 0.5; done
     stat "$mnt" >/dev/null
-    callgrind_control -z "$vg" >/dev/null 2>&1
-    sleep 10
-    callgrind_control -d idle "$vg" >/dev/null 2>&1
-    t0=$(date +%s.%N)
-    callgrind_control -z "$vg" >/dev/null 2>&1
-    workload "$mnt/w$k"
-    callgrind_control -d load "$vg" >/dev/null 2>&1
-    t1=$(date +%s.%N)
+    count_workload "$vg" "$work/cg$k" $((4 * files + 2)) operation "$bin" workload "$mnt/w$k"
     umount "$mnt"
     wait "$vg" 2>/dev/null || true
-    idle=$(ir "$(ls "$work"/cg$k.*.1 | head -1)")
-    loaded=$(ir "$(ls "$work"/cg$k.*.2 | head -1)")
-    awk -v b="$bin" -v i="$idle" -v l="$loaded" -v t0="$t0" -v t1="$t1" -v n=$((4 * files + 2)) 'BEGIN {
-        secs = t1 - t0; ticks = i / 10 * secs;
-        printf "%s: %.0f instructions/operation (%d operations in %.0f s; idle %.0f instructions/s taken out)\n",
-            b, (l - ticks) / n, n, secs, i / 10 }'
 done
