@@ -56,8 +56,19 @@ fn token(dir: &std::path::Path) -> anyhow::Result<[u8; 16]> {
     }
     let t: [u8; 16] = rand::random();
     let tmp = dir.join("TOKEN.tmp");
-    std::fs::write(&tmp, t)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Whoever reads the token can register as this chunkserver.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&t)?;
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, &path)?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(t)
@@ -66,6 +77,13 @@ fn token(dir: &std::path::Path) -> anyhow::Result<[u8; 16]> {
 pub async fn run(config: ChunkserverConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.dir)
         .with_context(|| format!("create {}", config.dir.display()))?;
+    // Fragments are file contents, the token an identity: only this
+    // daemon's user enters the directory (also one made with looser modes).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("make {} private", config.dir.display()))?;
+    }
     let store = Arc::new(FragmentStore::open(
         &config.dir,
         config.limit_bytes,

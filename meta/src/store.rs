@@ -160,6 +160,16 @@ impl Store {
     }
 
     fn open_db(dir: &Path, create: bool) -> Result<Store, OpenError> {
+        // The database holds inline file contents and the cluster key: only
+        // this daemon's user enters the directory (one made by an older
+        // version with looser modes is closed too).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(
+            |source| OpenError::Io {
+                dir: dir.to_path_buf(),
+                source,
+            },
+        )?;
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES).ok();
         let opts = db_options(create, &cache);
         let cfs = cf_names()

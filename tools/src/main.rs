@@ -189,6 +189,15 @@ pub fn current_caller() -> Caller {
     }
 }
 
+/// A daemon's files hold file contents (fragments, inline data in the
+/// meta's database), the cluster key and tokens: whatever umask it was
+/// started with, nothing it creates is readable by other users.
+#[allow(unsafe_code)]
+pub(crate) fn private_files() {
+    // SAFETY: umask cannot fail and touches no memory.
+    unsafe { libc::umask(0o077) };
+}
+
 #[allow(unsafe_code)]
 fn nix_uid() -> (u32, u32) {
     // SAFETY: getuid/getgid cannot fail and touch no memory.
@@ -221,6 +230,11 @@ fn main() {
     // Daemons serve many connections; the default soft limit of 1024
     // descriptors would cap them (the service loop sizes itself from it).
     sparefs_wire::service::raise_descriptor_limit();
+    // (`up` goes private once it has made the data directory and mount
+    // point, which every user must be able to reach.)
+    if matches!(cli.cmd, Cmd::Meta { .. } | Cmd::Chunkserver { .. }) {
+        private_files();
+    }
     // A meta replica runs on one thread: its Raft driver and connections
     // hand messages to each other many times per request, and on a small
     // host each hand-over between threads cost more than the work itself.

@@ -218,6 +218,8 @@ async fn stop(daemons: &mut [Daemon]) {
 pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
     let policy = check_args(&args)?;
     let mountpoint = prepare_dirs(&args)?;
+    // The logs and cluster.json, and the daemons' directories, are private.
+    crate::private_files();
     let exe = std::env::current_exe().context("find the sparefs binary")?;
     let start = Instant::now();
     let mut daemons = Vec::new();
