@@ -3,7 +3,9 @@
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
 use sparefs_client::ClientError;
-use sparefs_proto::namespace::{Attr, Caller, FileKind, Time, TimeSet};
+use sparefs_proto::namespace::{
+    Attr, Caller, FileKind, Time, TimeSet, OPEN_EXEC, OPEN_READ, OPEN_WRITE,
+};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub fn errno(e: &ClientError) -> Errno {
@@ -89,6 +91,22 @@ pub fn file_attr(a: &Attr, size: u64) -> FileAttr {
         rdev: a.rdev,
         blksize: 128 * 1024,
         flags: 0,
+    }
+}
+
+/// What an open(2) with `flags` asks of the file's permissions
+/// (`ReadOp::Open`), as the kernel checked it before asking.
+pub fn open_access(flags: i32) -> u32 {
+    // The kernel opens a program for exec(2) read-only with __FMODE_EXEC:
+    // that needs execute permission, not read.
+    const FMODE_EXEC: i32 = 0x20;
+    if flags & FMODE_EXEC != 0 {
+        return OPEN_EXEC;
+    }
+    match flags & libc::O_ACCMODE {
+        libc::O_RDONLY => OPEN_READ,
+        libc::O_WRONLY => OPEN_WRITE,
+        _ => OPEN_READ | OPEN_WRITE,
     }
 }
 

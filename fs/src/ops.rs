@@ -768,8 +768,8 @@ impl fuser::Filesystem for SpareFs {
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let (meta, data) = (self.meta.clone(), self.data.clone());
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let (meta, data, c) = (self.meta.clone(), self.data.clone(), caller(req));
         let (open, handles) = (self.open.clone(), self.handles.clone());
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         // What this mount's open file (if any) had seen before the fetch:
@@ -782,12 +782,11 @@ impl fuser::Filesystem for SpareFs {
         let opening = open.opening(InodeId(ino.0));
         meta_op!(self, async move {
             let r = async {
-                let (a, chunk) = match meta
-                    .read(ReadOp::Open {
-                        ino: InodeId(ino.0),
-                    })
-                    .await?
-                {
+                let op = ReadOp::Open {
+                    ino: InodeId(ino.0),
+                    access: convert::open_access(flags.0),
+                };
+                let (a, chunk) = match meta.read_as(c, op).await? {
                     NsReply::Opened { attr, chunk } => (attr, chunk),
                     other => return Err(ClientError::unexpected("Opened", other)),
                 };

@@ -288,3 +288,47 @@ fn a_descriptor_truncates_with_the_access_granted_at_open() {
         "nor a write through one"
     );
 }
+
+/// open(2) is checked as the kernel checks it, and chunk maps (whose
+/// capabilities read the bytes) need read permission: `sparefs fs cat` of
+/// another user's private file must not work.
+#[test]
+fn open_and_chunk_maps_need_the_files_permissions() {
+    let mut m = Machine::new(Caller::ROOT);
+    let dir = mkdir(&mut m, InodeId::ROOT, "d", 0o755);
+    let file = |m: &mut Machine, name: &str, perm: u32| {
+        attr(m.apply_reply(WriteOp::MkNod {
+            parent: dir,
+            name: name.into(),
+            kind: FileKind::File,
+            perm,
+            umask: 0,
+            rdev: 0,
+            exclusive: true,
+        }))
+        .ino
+    };
+    let private = file(&mut m, "private", 0o600);
+    let readable = file(&mut m, "readable", 0o644);
+    let program = file(&mut m, "program", 0o711);
+    let open = |ino, access| ReadOp::Open { ino, access };
+    let chunk = |ino| ReadOp::ReadChunk { ino, index: 0 };
+    m.caller = user(1000, 1000);
+    assert_eq!(m.read(open(private, OPEN_READ)), Err(Errno::EACCES));
+    assert_eq!(m.read(chunk(private)), Err(Errno::EACCES));
+    assert!(m.read(open(readable, OPEN_READ)).is_ok());
+    assert_eq!(
+        m.read(open(readable, OPEN_READ | OPEN_WRITE)),
+        Err(Errno::EACCES)
+    );
+    assert!(m.read(chunk(readable)).is_ok());
+    // Executable, not readable: exec opens it (and its mount reads the
+    // pages for the kernel), but no caller reads its bytes.
+    assert!(m.read(open(program, OPEN_EXEC)).is_ok());
+    assert_eq!(m.read(open(program, OPEN_READ)), Err(Errno::EACCES));
+    assert_eq!(m.read(chunk(program)), Err(Errno::EACCES));
+    assert_eq!(m.read(open(readable, 0o10)), Err(Errno::EINVAL));
+    m.caller = Caller::ROOT;
+    assert!(m.read(open(private, OPEN_READ | OPEN_WRITE)).is_ok());
+    assert!(m.read(chunk(private)).is_ok());
+}

@@ -181,6 +181,13 @@ pub struct LockSpec {
     pub pid: u32,
 }
 
+/// What an open asks to do with the file (`ReadOp::Open`): the access
+/// bits of access(2), checked by the meta as open(2) checks them.
+pub const OPEN_READ: u32 = 4;
+pub const OPEN_WRITE: u32 = 2;
+/// An open for exec(2): execute permission, not read.
+pub const OPEN_EXEC: u32 = 1;
+
 /// Operations that read the namespace. Served after a ReadIndex round, so
 /// they see every write acknowledged before they were sent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,6 +225,8 @@ pub enum ReadOp {
     GetPolicy {
         ino: InodeId,
     },
+    /// A chunk's map and the capabilities to read its fragments: for a
+    /// caller allowed to read or execute the file.
     ReadChunk {
         ino: InodeId,
         index: u64,
@@ -233,9 +242,12 @@ pub enum ReadOp {
     Health,
     /// open(2): the attributes (close-to-open: fresh at every open) and, for
     /// a file of at most `limits::OPEN_CHUNK_BYTES_MAX`, its first chunk's
-    /// map too, so reading a small file needs no second round trip.
+    /// map too, so reading a small file needs no second round trip. The
+    /// caller must be allowed `access` (`OPEN_READ`, `OPEN_WRITE`,
+    /// `OPEN_EXEC`, or'ed) on the file.
     Open {
         ino: InodeId,
+        access: u32,
     },
     /// A page of entries with each one's attributes (the kernel's
     /// READDIRPLUS: entries it can use without a LOOKUP each), at most

@@ -141,3 +141,48 @@ async fn the_command_refuses_what_cannot_work_and_says_why() {
         .iter()
         .any(|v| v["name_bytes"] == serde_json::json!([98, 97, 100, 255])));
 }
+
+/// `sparefs fs cat` acts as the user who runs it: the meta refuses the
+/// chunk map (and so the bytes) of a file that user may not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_reads_only_what_its_user_may() {
+    use std::os::unix::process::CommandExt;
+    let (c, mounts) = fs_cluster(1, 1).await.expect("cluster");
+    let meta = c.meta_list();
+    let secret = b"not for nobody";
+    std::fs::write(mounts[0].join("private"), secret).expect("write");
+    std::fs::write(mounts[0].join("public"), b"for everyone").expect("write");
+    let mode = |p: &str, m: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(mounts[0].join(p), std::fs::Permissions::from_mode(m))
+            .expect("chmod");
+    };
+    mode("private", 0o600);
+    mode("public", 0o644);
+    let cat_as_nobody = |path: &str| {
+        Command::new(sparefs_bin())
+            .args(["fs", "--meta", &meta, "cat", path])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("run sparefs as nobody")
+    };
+    let public = cat_as_nobody("/public");
+    assert!(
+        public.status.success(),
+        "{}",
+        String::from_utf8_lossy(&public.stderr)
+    );
+    assert_eq!(public.stdout, b"for everyone");
+    let private = cat_as_nobody("/private");
+    assert!(
+        !private.status.success() && private.stdout.is_empty(),
+        "nobody read a 0600 file of root's: {:?}",
+        String::from_utf8_lossy(&private.stdout)
+    );
+    let err = String::from_utf8_lossy(&private.stderr).to_lowercase();
+    assert!(
+        err.contains("permission denied") || err.contains("eacces"),
+        "refused without saying why: {err}"
+    );
+}

@@ -203,14 +203,22 @@ pub fn read<K: ReadKv>(
             if inode.kind != FileKind::File {
                 return Err(Errno::EINVAL.into());
             }
+            // The map's capabilities read the file's bytes: for callers who
+            // may read it. (A mount reads for the handles the kernel let it
+            // open, an exec's among them, as root.)
+            perm::check(&inode, c, R)?;
             let (slices, capabilities) = chunk_map(kv, *ino, *index, now)?;
             Ok(NsReply::Chunk {
                 slices,
                 capabilities,
             })
         }
-        ReadOp::Open { ino } => {
+        ReadOp::Open { ino, access } => {
             let inode = load(kv, *ino)?;
+            if access & !(R | W | X) != 0 {
+                return Err(Errno::EINVAL.into());
+            }
+            perm::check(&inode, c, *access)?;
             let chunk = if inode.kind == FileKind::File && inode.size <= OPEN_CHUNK_BYTES_MAX {
                 Some(chunk_map(kv, *ino, 0, now)?)
             } else {
