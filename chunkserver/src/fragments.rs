@@ -46,6 +46,22 @@ fn parse_name(name: &str) -> Option<(BlockId, u8)> {
     Some((BlockId(u64::from_str_radix(b, 16).ok()?), s.parse().ok()?))
 }
 
+/// The header of fragment `index` of `block` holding `data`.
+fn header(block: BlockId, index: u8, data: &[u8]) -> Vec<u8> {
+    let sums = checksums(data);
+    let mut header = Vec::with_capacity(header_len(data.len()));
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&block.0.to_be_bytes());
+    header.push(index);
+    header.extend_from_slice(&[0; 3]);
+    header.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    header.extend_from_slice(&(sums.len() as u32).to_be_bytes());
+    for s in &sums {
+        header.extend_from_slice(s);
+    }
+    header
+}
+
 fn header_len(data_len: usize) -> usize {
     FIXED_HEADER + 32 * data_len.div_ceil(CHECKSUM_SPAN)
 }
@@ -144,21 +160,37 @@ impl FragmentStore {
             std::fs::create_dir_all(dir)?;
         }
         let tmp = path.with_extension(format!("{index}.tmp"));
-        let sums = checksums(data);
-        let mut header = Vec::with_capacity(header_len(data.len()));
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&block.0.to_be_bytes());
-        header.push(index);
-        header.extend_from_slice(&[0; 3]);
-        header.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        header.extend_from_slice(&(sums.len() as u32).to_be_bytes());
-        for s in &sums {
-            header.extend_from_slice(s);
-        }
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&header)?;
+        f.write_all(&header(block, index, data))?;
         f.write_all(data)?;
         Ok(tmp)
+    }
+
+    /// Whether fragment `index` of `block` is stored already: `None` if
+    /// not, `Some(true)` if with exactly `data` (its header, which holds the
+    /// blake3 of every span, is the one `data` would get), `Some(false)` if
+    /// with other bytes.
+    pub fn stored_as(
+        &self,
+        block: BlockId,
+        index: u8,
+        data: &[u8],
+    ) -> std::io::Result<Option<bool>> {
+        if !self.lock_index().contains_key(&(block, index)) {
+            return Ok(None);
+        }
+        let mut f = match std::fs::File::open(self.path(block, index)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let want = header(block, index, data);
+        let mut got = vec![0u8; want.len()];
+        match f.read_exact(&mut got) {
+            Ok(()) => Ok(Some(got == want)),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(Some(false)),
+            Err(e) => Err(e),
+        }
     }
 
     /// Makes a synced `.tmp` file visible; the caller syncs the directory.

@@ -8,6 +8,7 @@ use crate::fragments::FragmentStore;
 use crate::space::syncfs;
 use sparefs_proto::msg::RpcError;
 use sparefs_proto::BlockId;
+use std::collections::HashSet;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -58,17 +59,21 @@ fn run(store: Arc<FragmentStore>, rx: Receiver<WriteJob>) {
             }
         }
         let mut written = Vec::with_capacity(batch.len());
+        let mut in_batch = std::collections::HashSet::new();
         for job in batch {
             let size = FragmentStore::stored_len(job.data.len());
-            match store.write_tmp(job.block, job.index, &job.data) {
-                Ok(tmp) => written.push((job, tmp, size)),
-                Err(e) => {
-                    store.release_room(size);
-                    let _ = job
-                        .reply
-                        .send(Err(RpcError::Storage(format!("write fragment: {e}"))));
-                }
-            }
+            let r = match answer_without_writing(&store, &mut in_batch, &job) {
+                Some(r) => r,
+                None => match store.write_tmp(job.block, job.index, &job.data) {
+                    Ok(tmp) => {
+                        written.push((job, tmp, size));
+                        continue;
+                    }
+                    Err(e) => Err(RpcError::Storage(format!("write fragment: {e}"))),
+                },
+            };
+            store.release_room(size);
+            let _ = job.reply.send(r);
         }
         // One flush for the data of every file in the batch, then the renames,
         // then one more flush so the new names are durable too.
@@ -89,5 +94,81 @@ fn run(store: Arc<FragmentStore>, rx: Receiver<WriteJob>) {
             };
             let _ = job.reply.send(r);
         }
+    }
+}
+
+/// The answer to a write that must not be written: a fragment already
+/// stored is never overwritten (a committed block's bytes cannot change
+/// under its readers, whoever holds a write capability for it), and a
+/// retry of a write that landed is answered as done. A second write of
+/// the same fragment in one batch waits for the next (Busy: the client
+/// tries again, and then finds the first one stored).
+fn answer_without_writing(
+    store: &FragmentStore,
+    in_batch: &mut HashSet<(BlockId, u8)>,
+    job: &WriteJob,
+) -> Option<Result<(), RpcError>> {
+    if !in_batch.insert((job.block, job.index)) {
+        return Some(Err(RpcError::Busy));
+    }
+    match store.stored_as(job.block, job.index, &job.data) {
+        Ok(None) => None,
+        Ok(Some(true)) => Some(Ok(())),
+        Ok(Some(false)) => Some(Err(RpcError::BadRequest(format!(
+            "fragment {} of block {} is stored with other bytes; a stored fragment is never overwritten",
+            job.index, job.block
+        )))),
+        Err(e) => Some(Err(RpcError::Storage(format!(
+            "read fragment {} of block {}: {e}",
+            job.index, job.block
+        )))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(store: &Arc<FragmentStore>, writer: &Writer, data: &[u8]) -> Result<(), RpcError> {
+        store
+            .reserve_room(FragmentStore::stored_len(data.len()))
+            .expect("room");
+        let (reply, answer) = oneshot::channel();
+        let job = WriteJob {
+            block: BlockId(7),
+            index: 2,
+            data: data.to_vec(),
+            reply,
+        };
+        writer.send(job).expect("writer running");
+        answer.blocking_recv().expect("answered")
+    }
+
+    /// Whoever holds a write capability for a block cannot change a
+    /// fragment of it once stored; the same bytes again are a retry.
+    #[test]
+    fn a_stored_fragment_is_never_overwritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(FragmentStore::open(dir.path(), 1 << 30, 0).expect("open"));
+        let writer = start(store.clone());
+        let first = vec![1u8; 100_000];
+        put(&store, &writer, &first).expect("first write");
+        put(&store, &writer, &first).expect("a retry with the same bytes is done");
+        let mut other = first.clone();
+        other[99_999] = 2;
+        assert!(matches!(
+            put(&store, &writer, &other),
+            Err(RpcError::BadRequest(_))
+        ));
+        assert!(matches!(
+            put(&store, &writer, &first[..50_000]),
+            Err(RpcError::BadRequest(_))
+        ));
+        assert_eq!(
+            store.read(BlockId(7), 2, 0, 100_000).expect("read"),
+            first,
+            "the stored bytes are the first write's"
+        );
+        assert_eq!(store.used_bytes(), FragmentStore::stored_len(first.len()));
     }
 }
