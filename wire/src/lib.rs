@@ -1,7 +1,10 @@
 //! The wire between sparefs daemons and clients: frames (a u32 length and
 //! a postcard body, allocated as their bytes arrive), the framed RPC server
 //! loop every daemon runs with its bounds, and the multiplexed client
-//! connection (numbered calls answered out of order, pooled per address).
+//! connection (numbered calls answered out of order, pooled per address),
+//! and mutual TLS (`tls`: the cluster CA, certificates naming a role and id,
+//! the verified peer; not yet wired into `service` and `conn`, see
+//! docs/security.md).
 //!
 //! Owns: sockets, framing, timeouts, connection and byte budgets. Must not
 //! touch: what a request means (the daemons' services decide), file data
@@ -10,3 +13,4 @@
 pub mod conn;
 pub mod frame;
 pub mod service;
+pub mod tls;
