@@ -295,22 +295,9 @@ fn a_descriptor_truncates_with_the_access_granted_at_open() {
 #[test]
 fn open_and_chunk_maps_need_the_files_permissions() {
     let mut m = Machine::new(Caller::ROOT);
-    let dir = mkdir(&mut m, InodeId::ROOT, "d", 0o755);
-    let file = |m: &mut Machine, name: &str, perm: u32| {
-        attr(m.apply_reply(WriteOp::MkNod {
-            parent: dir,
-            name: name.into(),
-            kind: FileKind::File,
-            perm,
-            umask: 0,
-            rdev: 0,
-            exclusive: true,
-        }))
-        .ino
-    };
-    let private = file(&mut m, "private", 0o600);
-    let readable = file(&mut m, "readable", 0o644);
-    let program = file(&mut m, "program", 0o711);
+    let private = mknod(&mut m, "private", 0o600, 0);
+    let readable = mknod(&mut m, "readable", 0o644, 0);
+    let program = mknod(&mut m, "program", 0o711, 0);
     let open = |ino, access| ReadOp::Open { ino, access };
     let chunk = |ino| ReadOp::ReadChunk { ino, index: 0 };
     m.caller = user(1000, 1000);

@@ -312,16 +312,8 @@ impl Tls {
     /// certificate of this cluster's CA, naming `Identity`.
     pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<(ServerStream, Identity)> {
         let stream = self.acceptor.accept(tcp).await?;
-        let peer = stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|c| Identity::of_certificate(c));
-        match peer {
-            Some(who) => Ok((stream, who)),
-            None => Err(unnamed()),
-        }
+        let who = named_peer(stream.get_ref().1)?;
+        Ok((stream, who))
     }
 
     /// Completes the client side of a handshake with a server of this
@@ -330,24 +322,23 @@ impl Tls {
         let name = ServerName::try_from(CLUSTER_NAME)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let stream = self.connector.connect(name, tcp).await?;
-        let peer = stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|c| Identity::of_certificate(c));
-        match peer {
-            Some(who) => Ok((stream, who)),
-            None => Err(unnamed()),
-        }
+        let who = named_peer(stream.get_ref().1)?;
+        Ok((stream, who))
     }
 }
 
-fn unnamed() -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::PermissionDenied,
-        "the peer's certificate names no sparefs role and id",
-    )
+/// Whom the peer's (verified) certificate names.
+fn named_peer(session: &rustls::CommonState) -> std::io::Result<Identity> {
+    session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| Identity::of_certificate(c))
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the peer's certificate names no sparefs role and id",
+            )
+        })
 }
 
 #[cfg(test)]
