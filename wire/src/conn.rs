@@ -110,6 +110,10 @@ impl Conn {
         let deadline = tokio::time::Instant::now() + timeout;
         let send = async {
             let mut w = self.out.lock().await;
+            // Behind half a frame nothing may go out (see BreakUnlessDone).
+            if self.is_broken() {
+                return false;
+            }
             // A send dropped mid-frame (this timeout, or one around the
             // call) leaves half a frame on the stream: the guard retires the
             // connection.
@@ -126,7 +130,12 @@ impl Conn {
         };
         let outcome = match tokio::time::timeout_at(deadline, send).await {
             Ok(true) => tokio::time::timeout_at(deadline, rx).await,
-            Ok(false) => return Err(CallError::Transport("connection closed".into())),
+            Ok(false) => {
+                if let Ok(mut p) = self.pending.lock() {
+                    p.remove(&call);
+                }
+                return Err(CallError::Transport("connection closed".into()));
+            }
             Err(elapsed) => Err(elapsed),
         };
         match outcome {
@@ -143,8 +152,13 @@ impl Conn {
     }
 }
 
-/// Marks the connection broken (and fails the calls waiting on it) when
-/// dropped before `done` is set.
+/// Retires the connection when dropped before `done` is set: half a frame
+/// went out, so nothing may follow it on this stream (the pool opens a new
+/// connection for the next call). Calls already sent whole keep waiting:
+/// the server answers them before it gives up on the torn frame, and the
+/// reader fails whoever still waits when the stream ends. (Failing them
+/// here made one abandoned fragment write fail every other write waiting
+/// on that chunkserver.)
 struct BreakUnlessDone<'a> {
     conn: &'a Conn,
     done: bool,
@@ -154,9 +168,6 @@ impl Drop for BreakUnlessDone<'_> {
     fn drop(&mut self) {
         if !self.done {
             self.conn.broken.store(true, Ordering::SeqCst);
-            if let Ok(mut p) = self.conn.pending.lock() {
-                p.clear();
-            }
         }
     }
 }
@@ -197,5 +208,62 @@ impl ConnPool {
         if let Ok(mut c) = self.conns.lock() {
             c.remove(address);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::{serve, CallFuture, Service};
+    use sparefs_proto::layout::Capability;
+    use sparefs_proto::BlockId;
+
+    /// Answers `Status` after a pause, anything else at once.
+    struct Slow;
+
+    impl Service for Slow {
+        fn call(self: Arc<Self>, req: Request) -> CallFuture {
+            Box::pin(async move {
+                if matches!(req, Request::Status) {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Ok(Reply::Ok)
+            })
+        }
+    }
+
+    /// A call given up on halfway through sending its frame retires the
+    /// connection, but a call sent whole before it still gets its answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_torn_send_fails_no_other_call() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(serve(listener, Arc::new(Slow)));
+        let conn = Arc::new(
+            Conn::open(&addr, Duration::from_secs(2))
+                .await
+                .expect("open"),
+        );
+        let waiting = {
+            let conn = conn.clone();
+            tokio::spawn(async move { conn.call(Request::Status, Duration::from_secs(10)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let big = Request::PutFragment {
+            cap: Capability::issue(&[0; 32], BlockId(1), true, 0),
+            block: BlockId(1),
+            index: 0,
+            data: vec![7; 4 << 20],
+        };
+        // Polled once: it writes what the socket takes, then times out.
+        let torn = conn.call(big, Duration::from_nanos(1)).await;
+        assert!(matches!(torn, Err(CallError::Transport(_))), "{torn:?}");
+        assert!(conn.is_broken(), "a torn connection is not used again");
+        let answer = waiting.await.expect("task");
+        assert!(matches!(answer, Ok(Reply::Ok)), "{answer:?}");
+        let after = conn.call(Request::Status, Duration::from_secs(1)).await;
+        assert!(matches!(after, Err(CallError::Transport(_))), "{after:?}");
     }
 }
