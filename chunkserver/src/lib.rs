@@ -134,7 +134,8 @@ pub async fn run(config: ChunkserverConfig) -> anyhow::Result<()> {
         lost,
     ));
     tokio::spawn(inventories(meta, store, id, config.inventory_every));
-    sparefs_wire::service::serve(listener, svc).await?;
+    // Plaintext until the daemons carry certificates (docs/security.md).
+    sparefs_wire::service::serve(listener, svc, None).await?;
     Ok(())
 }
 

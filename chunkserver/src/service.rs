@@ -8,7 +8,7 @@ use sparefs_proto::limits::BLOCK_BYTES_MAX;
 use sparefs_proto::msg::{Reply, Request, RpcError};
 use sparefs_proto::namespace::Time;
 use sparefs_proto::BlockId;
-use sparefs_wire::service::{CallFuture, Service};
+use sparefs_wire::service::{CallFuture, Peer, Service};
 use std::sync::{Arc, RwLock};
 use tokio::sync::oneshot;
 
@@ -117,7 +117,7 @@ impl FragmentService {
 const INLINE_READ_BYTES_MAX: usize = 64 * 1024;
 
 impl Service for FragmentService {
-    fn call(self: Arc<Self>, req: Request) -> CallFuture {
+    fn call(self: Arc<Self>, _peer: Peer, req: Request) -> CallFuture {
         Box::pin(self.handle(req))
     }
 }

@@ -11,7 +11,7 @@ use sparefs_proto::msg::{Reply, Request, RpcError, RECALL_WAIT};
 use sparefs_proto::namespace::{Caller, Time, WriteOp};
 use sparefs_proto::write_kind::Origin;
 use sparefs_proto::{BlockId, ChunkserverId};
-use sparefs_wire::service::{CallFuture, Service};
+use sparefs_wire::service::{CallFuture, Peer, Service};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -27,7 +27,8 @@ pub struct Server {
 
 impl Server {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> anyhow::Result<()> {
-        sparefs_wire::service::serve(listener, self).await?;
+        // Plaintext until the daemons carry certificates (docs/security.md).
+        sparefs_wire::service::serve(listener, self, None).await?;
         Ok(())
     }
 
@@ -281,7 +282,8 @@ impl Service for Server {
         matches!(req, Request::Raft { .. })
     }
 
-    fn one_way(&self, peer: std::net::SocketAddr, req: Request) -> Result<(), String> {
+    fn one_way(&self, peer: &Peer, req: Request) -> Result<(), String> {
+        let peer = peer.addr;
         let Request::Raft { from, msg } = req else {
             return Err("not a raft message".into());
         };
@@ -298,7 +300,7 @@ impl Service for Server {
         Ok(())
     }
 
-    fn call(self: Arc<Self>, req: Request) -> CallFuture {
+    fn call(self: Arc<Self>, _peer: Peer, req: Request) -> CallFuture {
         Box::pin(self.handle(req))
     }
 }

@@ -2,13 +2,13 @@
 //! are matched by number, so many calls share one TCP stream.
 
 use crate::frame;
+use crate::tls::{Identity, Tls};
 use sparefs_proto::msg::{Reply, Request, RequestFrame, ResponseFrame, RpcError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -19,7 +19,7 @@ pub struct Conn {
     pending: Pending,
     /// Callers write their own frames (no writer task to wake: a hand-over
     /// between threads costs more than the write on a small host).
-    out: tokio::sync::Mutex<BufWriter<OwnedWriteHalf>>,
+    out: tokio::sync::Mutex<BufWriter<Box<dyn AsyncWrite + Send + Unpin>>>,
     broken: Arc<AtomicBool>,
     /// When it was opened, and whether a call ever went out on it: servers
     /// close a connection that sends nothing for `FIRST_FRAME_TIMEOUT`, so
@@ -27,6 +27,8 @@ pub struct Conn {
     /// (it could close under the first call).
     opened: std::time::Instant,
     used: AtomicBool,
+    /// Whom the server's certificate names (TLS connections).
+    peer: Option<Identity>,
 }
 
 /// An unused pooled connection older than this is replaced, not used.
@@ -40,18 +42,54 @@ pub enum CallError {
     Rpc(RpcError),
 }
 
+/// How long a TLS handshake may take once connected.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn timed_out(what: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what)
+}
+
 impl Conn {
+    /// A plaintext connection to `address`.
     pub async fn open(address: &str, connect_timeout: Duration) -> std::io::Result<Conn> {
+        Self::open_with(address, connect_timeout, None).await
+    }
+
+    /// A connection to `address`; with `tls`, mutually authenticated (the
+    /// server's certificate must be of the cluster CA: `peer` says whom it
+    /// names).
+    pub async fn open_with(
+        address: &str,
+        connect_timeout: Duration,
+        tls: Option<&Tls>,
+    ) -> std::io::Result<Conn> {
         let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(address))
             .await
-            .map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("connect to {address} timed out"),
-                )
-            })??;
+            .map_err(|_| timed_out(format!("connect to {address} timed out")))??;
         stream.set_nodelay(true)?;
-        let (rd, wr) = stream.into_split();
+        let Some(tls) = tls else {
+            let (rd, wr) = stream.into_split();
+            return Ok(Self::over(rd, Box::new(wr), None));
+        };
+        let (stream, who) = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connect(stream))
+            .await
+            .map_err(|_| timed_out(format!("TLS handshake with {address} timed out")))??;
+        let (rd, wr) = tokio::io::split(stream);
+        Ok(Self::over(rd, Box::new(wr), Some(who)))
+    }
+
+    /// Whom the server's certificate names, on a TLS connection.
+    pub fn peer(&self) -> Option<Identity> {
+        self.peer
+    }
+
+    /// A connection over an open stream's halves: a task reads answers and
+    /// hands each to its caller.
+    fn over<R: AsyncRead + Unpin + Send + 'static>(
+        rd: R,
+        wr: Box<dyn AsyncWrite + Send + Unpin>,
+        peer: Option<Identity>,
+    ) -> Conn {
         let mut rd = frame::buffered(rd);
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let broken = Arc::new(AtomicBool::new(false));
@@ -75,14 +113,15 @@ impl Conn {
                 p.clear();
             }
         });
-        Ok(Conn {
+        Conn {
             next_call: AtomicU64::new(1),
             pending,
             out,
             broken,
             opened: std::time::Instant::now(),
             used: AtomicBool::new(false),
-        })
+            peer,
+        }
     }
 
     pub fn is_broken(&self) -> bool {
@@ -177,12 +216,22 @@ impl Drop for BreakUnlessDone<'_> {
 #[derive(Default)]
 pub struct ConnPool {
     conns: Mutex<HashMap<String, Arc<Conn>>>,
+    /// Set: every connection is mutual TLS with these credentials.
+    tls: Option<Arc<Tls>>,
 }
 
 /// How long opening a connection may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl ConnPool {
+    /// A pool whose connections are mutual TLS with `tls`.
+    pub fn with_tls(tls: Arc<Tls>) -> ConnPool {
+        ConnPool {
+            conns: Mutex::default(),
+            tls: Some(tls),
+        }
+    }
+
     /// A working connection to `address`, opened if needed.
     pub async fn get(&self, address: &str) -> Result<Arc<Conn>, String> {
         if let Some(c) = self.conns.lock().map_err(|e| e.to_string())?.get(address) {
@@ -192,7 +241,7 @@ impl ConnPool {
             }
         }
         let c = Arc::new(
-            Conn::open(address, CONNECT_TIMEOUT)
+            Conn::open_with(address, CONNECT_TIMEOUT, self.tls.as_deref())
                 .await
                 .map_err(|e| format!("{address}: {e}"))?,
         );
@@ -214,7 +263,7 @@ impl ConnPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::{serve, CallFuture, Service};
+    use crate::service::{serve, CallFuture, Peer, Service};
     use sparefs_proto::layout::Capability;
     use sparefs_proto::BlockId;
 
@@ -222,7 +271,7 @@ mod tests {
     struct Slow;
 
     impl Service for Slow {
-        fn call(self: Arc<Self>, req: Request) -> CallFuture {
+        fn call(self: Arc<Self>, _peer: Peer, req: Request) -> CallFuture {
             Box::pin(async move {
                 if matches!(req, Request::Status) {
                     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -240,7 +289,7 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
-        tokio::spawn(serve(listener, Arc::new(Slow)));
+        tokio::spawn(serve(listener, Arc::new(Slow), None));
         let conn = Arc::new(
             Conn::open(&addr, Duration::from_secs(2))
                 .await
@@ -265,5 +314,80 @@ mod tests {
         assert!(matches!(answer, Ok(Reply::Ok)), "{answer:?}");
         let after = conn.call(Request::Status, Duration::from_secs(1)).await;
         assert!(matches!(after, Err(CallError::Transport(_))), "{after:?}");
+    }
+
+    /// Answers with whom its certificate says the caller is.
+    struct WhoAsks;
+
+    impl Service for WhoAsks {
+        fn call(self: Arc<Self>, peer: Peer, _req: Request) -> CallFuture {
+            let who = peer.who.map(|w| w.to_string()).unwrap_or_default();
+            Box::pin(async move { Ok(Reply::Bytes(who.into_bytes())) })
+        }
+    }
+
+    async fn listen(service: Arc<WhoAsks>, tls: Option<Arc<crate::tls::Tls>>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(serve(listener, service, tls));
+        addr
+    }
+
+    /// A call that must not be answered: refused at the handshake or after.
+    async fn refused(addr: &str, tls: Option<&crate::tls::Tls>) -> bool {
+        match Conn::open_with(addr, Duration::from_secs(2), tls).await {
+            Err(_) => true,
+            Ok(c) => c
+                .call(Request::Status, Duration::from_secs(2))
+                .await
+                .is_err(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_tls_a_service_knows_who_asks_and_answers_no_stranger() {
+        use crate::tls::{ClusterCa, Identity, Role, Tls};
+        let ca = ClusterCa::create().expect("ca");
+        let meta = Identity {
+            role: Role::Meta,
+            id: 1,
+        };
+        let mount = Identity {
+            role: Role::Mount,
+            id: 7,
+        };
+        let server = Arc::new(Tls::new(&ca.issue(meta).expect("cert")).expect("tls"));
+        let addr = listen(Arc::new(WhoAsks), Some(server)).await;
+        let ours = Tls::new(&ca.issue(mount).expect("cert")).expect("tls");
+        let conn = Conn::open_with(&addr, Duration::from_secs(2), Some(&ours))
+            .await
+            .expect("a mount of the cluster connects");
+        assert_eq!(conn.peer(), Some(meta));
+        let answer = conn.call(Request::Status, Duration::from_secs(2)).await;
+        assert!(
+            matches!(&answer, Ok(Reply::Bytes(b)) if b == b"mount 7"),
+            "{answer:?}"
+        );
+        assert!(
+            refused(&addr, None).await,
+            "a plaintext client was answered"
+        );
+        let other = ClusterCa::create().expect("ca");
+        let admin = Identity {
+            role: Role::Admin,
+            id: 1,
+        };
+        let stranger = Tls::new(&other.issue(admin).expect("cert")).expect("tls");
+        assert!(
+            refused(&addr, Some(&stranger)).await,
+            "another CA's certificate was answered"
+        );
+        let plain = listen(Arc::new(WhoAsks), None).await;
+        assert!(
+            refused(&plain, Some(&ours)).await,
+            "a TLS client took a plaintext server for the cluster"
+        );
     }
 }

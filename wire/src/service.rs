@@ -17,6 +17,7 @@
 //!   of `REQUEST_BYTES_IN_FLIGHT_MAX`.
 
 use crate::frame::{self, FrameError};
+use crate::tls::{Identity, Tls};
 use sparefs_proto::limits::{
     CONNECTIONS_MAX, DESCRIPTORS_RESERVED, FIRST_FRAME_TIMEOUT, FRAME_READ_TIMEOUT,
     INFLIGHT_REQUESTS_PER_CONNECTION_MAX, REQUEST_BYTES_IN_FLIGHT_MAX,
@@ -27,11 +28,19 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 pub type CallFuture = Pin<Box<dyn Future<Output = Result<Reply, RpcError>> + Send>>;
+
+/// Who sent a request: its address, and on a TLS listener the identity its
+/// certificate (verified against the cluster CA) names.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub who: Option<Identity>,
+}
 
 pub trait Service: Send + Sync + 'static {
     /// Whether `req` is one-way: handled inline by `one_way`, never answered.
@@ -40,10 +49,10 @@ pub trait Service: Send + Sync + 'static {
     }
     /// Handles a one-way message that arrived from `peer`; an error closes
     /// the connection.
-    fn one_way(&self, _peer: SocketAddr, _req: Request) -> Result<(), String> {
+    fn one_way(&self, _peer: &Peer, _req: Request) -> Result<(), String> {
         Err("no one-way messages here".into())
     }
-    fn call(self: Arc<Self>, req: Request) -> CallFuture;
+    fn call(self: Arc<Self>, peer: Peer, req: Request) -> CallFuture;
 }
 
 /// Read buffer of a connection once it has spoken (bodies larger than this
@@ -82,7 +91,14 @@ pub fn raise_descriptor_limit() {
 }
 
 /// Serves `listener` until the process ends; never returns on its own.
-pub async fn serve<S: Service>(listener: TcpListener, service: Arc<S>) -> std::io::Result<()> {
+/// With `tls`, a connection must complete a mutual TLS handshake (a
+/// certificate of the cluster CA naming a role and id) within
+/// `FIRST_FRAME_TIMEOUT`, before any of its bytes are read as a request.
+pub async fn serve<S: Service>(
+    listener: TcpListener,
+    service: Arc<S>,
+    tls: Option<Arc<Tls>>,
+) -> std::io::Result<()> {
     let cap = connections_max();
     let slots = Arc::new(Semaphore::new(cap));
     let budget_kib = u32::try_from(REQUEST_BYTES_IN_FLIGHT_MAX / 1024).unwrap_or(u32::MAX);
@@ -116,8 +132,13 @@ pub async fn serve<S: Service>(listener: TcpListener, service: Arc<S>) -> std::i
         };
         let service = service.clone();
         let budget = budget.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, peer, service, budget).await {
+            let served = match tls {
+                Some(tls) => tls_connection(stream, peer, &tls, service, budget).await,
+                None => connection(stream, peer, service, budget).await,
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, "connection closed: {e}");
             }
             drop(slot);
@@ -159,17 +180,50 @@ async fn connection<S: Service>(
     if first == 0 {
         return Ok(());
     }
-    Box::pin(spoken_connection(stream, peer, service, budget)).await
+    let peer = Peer {
+        addr: peer,
+        who: None,
+    };
+    let (rd, wr) = stream.into_split();
+    Box::pin(spoken_connection(rd, wr, peer, service, budget)).await
 }
 
-/// A connection that has begun to send: reads frames until it closes.
-async fn spoken_connection<S: Service>(
+/// A connection on a TLS listener: the handshake (the client's certificate
+/// verified, its identity taken) within the first-frame timeout, then
+/// frames as on any connection.
+async fn tls_connection<S: Service>(
     stream: TcpStream,
     peer: SocketAddr,
+    tls: &Tls,
     service: Arc<S>,
     budget: Arc<Semaphore>,
 ) -> Result<(), FrameError> {
-    let (rd, wr) = stream.into_split();
+    stream.set_nodelay(true)?;
+    let (stream, who) = tokio::time::timeout(FIRST_FRAME_TIMEOUT, tls.accept(stream))
+        .await
+        .map_err(|_| timed_out("no TLS handshake within the first-frame timeout"))??;
+    let peer = Peer {
+        addr: peer,
+        who: Some(who),
+    };
+    let (rd, wr) = tokio::io::split(stream);
+    Box::pin(spoken_connection(rd, wr, peer, service, budget)).await
+}
+
+/// A connection that has begun to send: reads frames until it closes.
+async fn spoken_connection<S, R, W>(
+    rd: R,
+    wr: W,
+    peer: Peer,
+    service: Arc<S>,
+    budget: Arc<Semaphore>,
+) -> Result<(), FrameError>
+where
+    S: Service,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let addr = peer.addr;
     let mut rd = BufReader::with_capacity(SERVER_READ_BUFFER_BYTES, rd);
     let (resp_tx, mut resp_rx) = mpsc::channel::<(ResponseFrame, Option<OwnedSemaphorePermit>)>(
         INFLIGHT_REQUESTS_PER_CONNECTION_MAX,
@@ -209,12 +263,12 @@ async fn spoken_connection<S: Service>(
         let req: RequestFrame = match frame::decode(&buf) {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(%peer, "malformed request frame, closing the connection: {e}");
+                tracing::warn!(%addr, "malformed request frame, closing the connection: {e}");
                 break Err(e);
             }
         };
         if service.is_one_way(&req.body) {
-            if let Err(e) = service.one_way(peer, req.body) {
+            if let Err(e) = service.one_way(&peer, req.body) {
                 break Err(FrameError::Io(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     e,
@@ -228,7 +282,7 @@ async fn spoken_connection<S: Service>(
         let service = service.clone();
         let resp_tx = resp_tx.clone();
         tokio::spawn(async move {
-            let body = service.call(req.body).await;
+            let body = service.call(peer, req.body).await;
             // The request's bytes stay counted until its answer is written
             // (an answer is at most as large as what a request may ask for).
             let _ = resp_tx

@@ -4,7 +4,7 @@
 
 use sparefs_wire::frame;
 use sparefs_proto::msg::{Reply, Request, RequestFrame, ResponseFrame, RpcError};
-use sparefs_wire::service::{CallFuture, Service};
+use sparefs_wire::service::{CallFuture, Peer, Service};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ pub mod echo {
 
 struct Framed;
 impl Service for Framed {
-    fn call(self: Arc<Self>, req: Request) -> CallFuture {
+    fn call(self: Arc<Self>, _peer: Peer, req: Request) -> CallFuture {
         Box::pin(async move {
             match req {
                 Request::PutFragment { data, .. } => Ok(Reply::Bytes(data)),
@@ -89,7 +89,7 @@ async fn grpc_run(addr: String, clients: usize) -> f64 {
 async fn main() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let framed_addr = l.local_addr().expect("addr").to_string();
-    tokio::spawn(sparefs_wire::service::serve(l, Arc::new(Framed)));
+    tokio::spawn(sparefs_wire::service::serve(l, Arc::new(Framed), None));
     let g = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let grpc_addr = g.local_addr().expect("addr").to_string();
     drop(g);
