@@ -3,8 +3,8 @@
 //! loop every daemon runs with its bounds, and the multiplexed client
 //! connection (numbered calls answered out of order, pooled per address),
 //! and mutual TLS (`tls`: the cluster CA, certificates naming a role and id,
-//! the verified peer; not yet wired into `service` and `conn`, see
-//! docs/security.md).
+//! the verified peer, which `service` hands every call and `conn` reports;
+//! the daemons do not turn it on yet, see docs/security.md).
 //!
 //! Owns: sockets, framing, timeouts, connection and byte budgets. Must not
 //! touch: what a request means (the daemons' services decide), file data
