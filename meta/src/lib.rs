@@ -48,6 +48,9 @@ pub struct MetaConfig {
     pub compact_after_entries: u64,
     pub compact_keep_entries: u64,
     pub tuning: shared::Tuning,
+    /// Mutual TLS for every connection in and out (docs/security.md);
+    /// None: plaintext.
+    pub tls: Option<Arc<sparefs_wire::tls::Tls>>,
 }
 
 /// Index and term of the bootstrap point every initial replica starts from.
@@ -109,6 +112,7 @@ pub async fn run(config: MetaConfig) -> anyhow::Result<()> {
         config.listen.clone(),
         config.peers.clone(),
         config.tuning.clone(),
+        config.tls.clone(),
     ));
     let (tx, rx) = tokio::sync::mpsc::channel(node::INPUT_QUEUE_MAX);
     let runtime = tokio::runtime::Handle::current();

@@ -27,8 +27,8 @@ pub struct Server {
 
 impl Server {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> anyhow::Result<()> {
-        // Plaintext until the daemons carry certificates (docs/security.md).
-        sparefs_wire::service::serve(listener, self, None).await?;
+        let tls = self.shared.tls.clone();
+        sparefs_wire::service::serve(listener, self, tls).await?;
         Ok(())
     }
 

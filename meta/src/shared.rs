@@ -39,6 +39,8 @@ pub struct Shared {
     pub staged_snapshots: Mutex<HashMap<u64, PathBuf>>,
     pub heartbeats: RwLock<HashMap<ChunkserverId, LastHeartbeat>>,
     pub tuning: Tuning,
+    /// Mutual TLS for connections in and out; None: plaintext.
+    pub tls: Option<std::sync::Arc<sparefs_wire::tls::Tls>>,
     /// When this replica last became leader (None while it is not).
     pub leader_since: RwLock<Option<Instant>>,
     /// Leader that has applied everything committed before its term: its
@@ -108,6 +110,7 @@ impl Shared {
         address: String,
         members: BTreeMap<u64, String>,
         tuning: Tuning,
+        tls: Option<std::sync::Arc<sparefs_wire::tls::Tls>>,
     ) -> Shared {
         Shared {
             id,
@@ -116,6 +119,7 @@ impl Shared {
             staged_snapshots: Mutex::new(HashMap::new()),
             heartbeats: RwLock::new(HashMap::new()),
             tuning,
+            tls,
             leader_since: RwLock::new(None),
             leader_ready: AtomicBool::new(false),
             repair: Mutex::new(RepairBook::default()),

@@ -11,13 +11,14 @@ use crate::shared::Shared;
 use crate::store::scan_db;
 use raft::prelude::Message;
 use sparefs_proto::limits::SNAPSHOT_PIECE_BYTES_MAX;
-use sparefs_proto::msg::{Reply, Request, RequestFrame, ResponseFrame, RpcError};
-use sparefs_wire::frame;
+use sparefs_proto::msg::{Reply, Request, RpcError};
+use sparefs_wire::conn::{CallError, Conn, CONNECT_TIMEOUT};
+use sparefs_wire::tls::{Identity, Role, Tls};
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use tokio::net::TcpStream;
+use std::time::Duration;
 
 /// One piece of a checkpoint's column family, after key `after`.
 pub fn serve_piece(
@@ -68,29 +69,38 @@ pub fn serve_piece(
     }
 }
 
-async fn call(conn: &mut TcpStream, body: Request) -> anyhow::Result<Reply> {
-    frame::write_frame(conn, &RequestFrame { call: 1, body }).await?;
-    let mut buf = Vec::new();
-    frame::read_frame(conn, &mut buf).await?;
-    let resp: ResponseFrame = frame::decode(&buf)?;
-    Ok(resp.body?)
-}
+/// Longest wait for one piece of a snapshot.
+const PIECE_TIMEOUT: Duration = Duration::from_secs(60);
 
-async fn fetch(address: &str, index: u64, staging: &Path) -> anyhow::Result<()> {
-    let mut conn = TcpStream::connect(address).await?;
+/// Copies snapshot `index` from replica `from` at `address` into `staging`.
+async fn fetch(
+    (from, address): (u64, &str),
+    index: u64,
+    staging: &Path,
+    tls: Option<&Tls>,
+) -> anyhow::Result<()> {
+    let conn = Conn::open_with(address, CONNECT_TIMEOUT, tls).await?;
+    let leader = Identity {
+        role: Role::Meta,
+        id: from,
+    };
+    if let Some(who) = conn.peer().filter(|who| *who != leader) {
+        anyhow::bail!("expected {leader} at {address}, its certificate names {who}");
+    }
     let mut file = std::io::BufWriter::new(std::fs::File::create(staging)?);
     for cf in STATE_CFS {
         let mut after = None;
         loop {
-            let reply = call(
-                &mut conn,
-                Request::SnapshotPiece {
-                    index,
-                    cf: cf.index(),
-                    after: after.clone(),
-                },
-            )
-            .await?;
+            let piece = Request::SnapshotPiece {
+                index,
+                cf: cf.index(),
+                after: after.clone(),
+            };
+            let reply = match conn.call(piece, PIECE_TIMEOUT).await {
+                Ok(r) => r,
+                Err(CallError::Rpc(e)) => return Err(e.into()),
+                Err(CallError::Transport(e)) => anyhow::bail!("{address}: {e}"),
+            };
             let Reply::SnapshotPiece { items, done } = reply else {
                 anyhow::bail!("unexpected reply to a snapshot piece")
             };
@@ -129,7 +139,7 @@ impl SnapshotFetcher {
             return;
         };
         let index = desc.index;
-        let address = desc.address.clone();
+        let (from, address) = (msg.from, desc.address.clone());
         let fresh = self
             .in_progress
             .lock()
@@ -142,7 +152,8 @@ impl SnapshotFetcher {
         tokio::spawn(async move {
             let staging = this.dir.join(format!("incoming-{index:020}"));
             let started = std::time::Instant::now();
-            match fetch(&address, index, &staging).await {
+            let tls = shared.tls.clone();
+            match fetch((from, &address), index, &staging, tls.as_deref()).await {
                 Ok(()) => {
                     tracing::info!(
                         index,

@@ -7,12 +7,13 @@ use crate::shared::Shared;
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use sparefs_proto::msg::{Request, RequestFrame};
+use sparefs_wire::dial::{dial, expect_peer, WriteHalf};
 use sparefs_wire::frame;
+use sparefs_wire::tls::{Identity, Role};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 pub const PEER_QUEUE_MAX: usize = 4096;
@@ -69,12 +70,16 @@ impl Outbox for Transport {
     }
 }
 
-async fn connect(address: &str) -> std::io::Result<TcpStream> {
-    let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    s.set_nodelay(true)?;
-    Ok(s)
+/// A stream to replica `to`: with TLS, only one whose certificate names
+/// that replica (Raft messages reach who they are for).
+async fn connect(to: u64, address: &str, shared: &Shared) -> std::io::Result<WriteHalf> {
+    let d = dial(address, CONNECT_TIMEOUT, shared.tls.as_deref()).await?;
+    let replica = Identity {
+        role: Role::Meta,
+        id: to,
+    };
+    expect_peer(&d, replica)?;
+    Ok(d.wr)
 }
 
 async fn peer_loop(
@@ -83,7 +88,7 @@ async fn peer_loop(
     shared: Arc<Shared>,
     driver: InputSender,
 ) {
-    let mut conn: Option<BufWriter<TcpStream>> = None;
+    let mut conn: Option<BufWriter<WriteHalf>> = None;
     let mut backoff_until = tokio::time::Instant::now();
     while let Some(msg) = rx.recv().await {
         let is_snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
@@ -100,7 +105,7 @@ async fn peer_loop(
 async fn send_one(
     to: u64,
     msg: &Message,
-    conn: &mut Option<BufWriter<TcpStream>>,
+    conn: &mut Option<BufWriter<WriteHalf>>,
     shared: &Shared,
     backoff_until: &mut tokio::time::Instant,
     rx: &mut mpsc::Receiver<Message>,
@@ -111,7 +116,7 @@ async fn send_one(
         }
         let address = shared.members.read().ok().and_then(|m| m.get(&to).cloned());
         let Some(address) = address else { return false };
-        match connect(&address).await {
+        match connect(to, &address, shared).await {
             Ok(s) => *conn = Some(BufWriter::new(s)),
             Err(e) => {
                 tracing::debug!(to, "connect to {address}: {e}");

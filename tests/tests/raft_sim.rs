@@ -34,6 +34,7 @@ fn new_node(dir: &std::path::Path, id: u64) -> SimNode {
         compact_after_entries: u64::MAX,
         compact_keep_entries: 0,
         tuning: Default::default(),
+        tls: None,
     };
     let store = Arc::new(sparefs_meta::initialise(&config).expect("initialise"));
     let log = RaftLog::load(store.clone()).expect("load");

@@ -290,6 +290,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     gc_grace: std::time::Duration::from_secs(gc_grace),
                     min_hosts,
                 },
+                tls: None,
             })
             .await?;
             Ok(0)

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, RpcError>>>>>;
@@ -42,13 +41,6 @@ pub enum CallError {
     Rpc(RpcError),
 }
 
-/// How long a TLS handshake may take once connected.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn timed_out(what: String) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::TimedOut, what)
-}
-
 impl Conn {
     /// A plaintext connection to `address`.
     pub async fn open(address: &str, connect_timeout: Duration) -> std::io::Result<Conn> {
@@ -63,19 +55,8 @@ impl Conn {
         connect_timeout: Duration,
         tls: Option<&Tls>,
     ) -> std::io::Result<Conn> {
-        let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(address))
-            .await
-            .map_err(|_| timed_out(format!("connect to {address} timed out")))??;
-        stream.set_nodelay(true)?;
-        let Some(tls) = tls else {
-            let (rd, wr) = stream.into_split();
-            return Ok(Self::over(rd, Box::new(wr), None));
-        };
-        let (stream, who) = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connect(stream))
-            .await
-            .map_err(|_| timed_out(format!("TLS handshake with {address} timed out")))??;
-        let (rd, wr) = tokio::io::split(stream);
-        Ok(Self::over(rd, Box::new(wr), Some(who)))
+        let d = crate::dial::dial(address, connect_timeout, tls).await?;
+        Ok(Self::over(d.rd, d.wr, d.peer))
     }
 
     /// Whom the server's certificate names, on a TLS connection.

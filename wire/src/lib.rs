@@ -11,6 +11,7 @@
 //! or metadata.
 
 pub mod conn;
+pub mod dial;
 pub mod frame;
 pub mod service;
 pub mod tls;
