@@ -14,8 +14,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sparefs_proto::namespace::Caller;
 use sparefs_proto::ReplicaId;
+use sparefs_wire::tls::{Credentials, Identity, Role, Tls};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +64,11 @@ enum Cmd {
         /// (1 lets a lone host accept writes that would not survive it).
         #[arg(long, default_value_t = 2)]
         min_hosts: usize,
+        /// Directory of this replica's TLS credentials (ca.pem, cert.pem
+        /// naming `meta ID`, key.pem): every connection in and out is then
+        /// mutual TLS (docs/security.md). Without it, plaintext.
+        #[arg(long)]
+        tls: Option<PathBuf>,
     },
     /// Run a chunkserver over a directory of spare space.
     Chunkserver {
@@ -154,6 +161,20 @@ enum AdminMetaCmd {
     Remove { id: u64 },
     /// Hand leadership to replica ID.
     Transfer { id: u64 },
+}
+
+/// This process's TLS ends from the credentials in `dir`, whose
+/// certificate must name `role` `id`.
+fn load_tls(dir: &std::path::Path, role: Role, id: u64) -> anyhow::Result<Tls> {
+    let creds = Credentials::load(dir)?;
+    let who = creds.identity()?;
+    let want = Identity { role, id };
+    anyhow::ensure!(
+        who == want,
+        "{}: the certificate names {who}, not {want}",
+        dir.display()
+    );
+    Ok(Tls::new(&creds)?)
 }
 
 pub fn parse_peers(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -275,8 +296,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             out_after,
             gc_grace,
             min_hosts,
+            tls,
         } => {
             let peers = parse_peers(&peers)?;
+            let tls = match tls {
+                Some(dir) => Some(Arc::new(load_tls(&dir, Role::Meta, id)?)),
+                None => None,
+            };
             sparefs_meta::run(sparefs_meta::MetaConfig {
                 id: ReplicaId(id),
                 listen,
@@ -290,7 +316,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     gc_grace: std::time::Duration::from_secs(gc_grace),
                     min_hosts,
                 },
-                tls: None,
+                tls,
             })
             .await?;
             Ok(0)
