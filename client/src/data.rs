@@ -181,7 +181,10 @@ impl DataClient {
         let NsReply::Chunk {
             slices,
             capabilities,
-        } = self.meta.read(ReadOp::ReadChunk { ino, index }).await?
+        } = self
+            .meta
+            .read_detached(self.meta.caller.clone(), ReadOp::ReadChunk { ino, index })
+            .await?
         else {
             return Err(ClientError::Protocol("chunk map".into()));
         };

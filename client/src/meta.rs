@@ -218,6 +218,23 @@ impl MetaClient {
         self.read_unordered(caller, op).await
     }
 
+    /// `read_as` that runs to its end even if its caller stops waiting, for
+    /// reads made by tasks that are aborted when no longer wanted
+    /// (read-ahead). A read may carry the changes answered in delegated
+    /// directories: dropped halfway, they would be neither known applied
+    /// nor sent again, and this mount would give up every delegation
+    /// ("abandoned"), losing whichever were never sent.
+    pub async fn read_detached(self: &Arc<Self>, caller: Caller, op: ReadOp) -> Result<NsReply> {
+        if self.deleg.is_none() {
+            return self.read_as(caller, op).await;
+        }
+        let me = self.clone();
+        match tokio::spawn(async move { me.read_as(caller, op).await }).await {
+            Ok(r) => r,
+            Err(e) => Err(ClientError::Protocol(format!("read task: {e}"))),
+        }
+    }
+
     /// A read that need not wait for changes answered in delegated
     /// directories (`deleg::Lookup::Ask`).
     pub async fn read_unordered(&self, caller: Caller, op: ReadOp) -> Result<NsReply> {

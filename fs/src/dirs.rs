@@ -304,14 +304,16 @@ impl OpenDirs {
 }
 
 async fn fetch(
-    meta: &MetaClient,
+    meta: &Arc<MetaClient>,
     caller: Caller,
     ino: InodeId,
     after: u64,
     limit: u32,
 ) -> Result<Vec<DirEntry>, ClientError> {
+    // Detached: the read-ahead task that calls this is aborted when its
+    // directory is closed.
     match meta
-        .read_as(
+        .read_detached(
             caller,
             ReadOp::ReadDir {
                 ino,
