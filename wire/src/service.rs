@@ -12,9 +12,10 @@
 //! - time: a connection must begin its first frame within
 //!   `FIRST_FRAME_TIMEOUT`, and a frame once begun must finish within
 //!   `FRAME_READ_TIMEOUT`; idle time between frames is free;
-//! - memory: a silent connection holds no buffers; frames grow as their
-//!   bytes arrive, and all frames being received or served share one budget
-//!   of `REQUEST_BYTES_IN_FLIGHT_MAX`.
+//! - memory: a silent connection holds no buffers (on a TLS listener, the
+//!   handshake's state until it completes or the first-frame timeout ends
+//!   it); frames grow as their bytes arrive, and all frames being received
+//!   or served share one budget of `REQUEST_BYTES_IN_FLIGHT_MAX`.
 
 use crate::frame::{self, FrameError};
 use crate::tls::{Identity, Tls};
