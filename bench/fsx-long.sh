@@ -6,6 +6,11 @@
 # Defaults: 1,000,000 operations, seeds 1 2 3. Prints one line per seed and
 # exits non-zero if any failed; artifacts (the failing op log) go to
 # MOUNTDIR/../fsx-artifacts. Start a cluster first, e.g. `sparefs up`.
+# Room: three seeds and the load leave ~13 GB of replaced fragments a
+# cluster may collect only after its --gc-grace (600 s by default); with
+# less free space than that above the chunkservers' --reserve, writes end
+# in ENOSPC (which fsx-rs answers with a panic). Start the cluster with
+# `--gc-grace 120`, or on a disk with room.
 set -u
 mnt=${1:?usage: bench/fsx-long.sh MOUNTDIR [OPS] [SEEDS...]}
 ops=${2:-1000000}
