@@ -54,6 +54,17 @@ async fn a_fresh_cluster_keeps_its_files_from_other_users() -> anyhow::Result<()
         std::fs::Permissions::from_mode(0o755),
     )?;
     cluster.spawn_chunkserver(1, "2G")?;
+    // The new process listens only once it has made its directory private
+    // (the meta may still count the old one up, so ask the socket).
+    let address = cluster.chunkserver_address(1);
+    let started = std::time::Instant::now();
+    while tokio::net::TcpStream::connect(&address).await.is_err() {
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the restarted chunkserver never listened"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     cluster
         .wait_chunkservers(3, std::time::Duration::from_secs(20))
         .await?;
