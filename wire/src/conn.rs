@@ -365,6 +365,16 @@ mod tests {
             refused(&addr, Some(&stranger)).await,
             "another CA's certificate was answered"
         );
+        // Junk at the handshake (a plaintext frame) and strangers stop
+        // nothing: the cluster's own still get answers.
+        let again = Conn::open_with(&addr, Duration::from_secs(2), Some(&ours))
+            .await
+            .expect("still serving after bad handshakes");
+        let answer = again.call(Request::Status, Duration::from_secs(2)).await;
+        assert!(
+            matches!(&answer, Ok(Reply::Bytes(b)) if b == b"mount 7"),
+            "{answer:?}"
+        );
         let plain = listen(Arc::new(WhoAsks), None).await;
         assert!(
             refused(&plain, Some(&ours)).await,
