@@ -248,29 +248,40 @@ mod tests {
     use sparefs_proto::layout::Capability;
     use sparefs_proto::BlockId;
 
-    /// Answers `Status` after a pause, anything else at once.
-    struct Slow;
-
-    impl Service for Slow {
-        fn call(self: Arc<Self>, _peer: Peer, req: Request) -> CallFuture {
-            Box::pin(async move {
-                if matches!(req, Request::Status) {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-                Ok(Reply::Ok)
-            })
-        }
-    }
-
     /// A call given up on halfway through sending its frame retires the
     /// connection, but a call sent whole before it still gets its answer.
+    /// The server is raw and stops reading after the first frame, so the
+    /// big frame cannot go out whole however fast the machine is.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_torn_send_fails_no_other_call() {
+        use tokio::io::AsyncWriteExt as _;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
-        tokio::spawn(serve(listener, Arc::new(Slow), None));
+        let (got_first, first_arrived) = oneshot::channel::<u64>();
+        let (answer_now, may_answer) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let (rd, mut wr) = stream.into_split();
+            let mut rd = frame::buffered(rd);
+            let mut buf = Vec::new();
+            frame::read_frame(&mut rd, &mut buf)
+                .await
+                .expect("first frame");
+            let first: RequestFrame = frame::decode(&buf).expect("decode");
+            let _ = got_first.send(first.call);
+            let _ = may_answer.await;
+            let answer = ResponseFrame {
+                call: first.call,
+                body: Ok(Reply::Ok),
+            };
+            let bytes = frame::encode(&answer).expect("encode");
+            wr.write_all(&bytes).await.expect("answer");
+            // Hold the stream open (unread) until the test is done.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop((rd, wr));
+        });
         let conn = Arc::new(
             Conn::open(&addr, Duration::from_secs(2))
                 .await
@@ -280,21 +291,27 @@ mod tests {
             let conn = conn.clone();
             tokio::spawn(async move { conn.call(Request::Status, Duration::from_secs(10)).await })
         };
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        first_arrived
+            .await
+            .expect("the first call reaches the server");
+        // Its sender may still hold the write side for an instant.
+        drop(conn.out.lock().await);
         let big = Request::PutFragment {
             cap: Capability::issue(&[0; 32], BlockId(1), true, 0),
             block: BlockId(1),
             index: 0,
-            data: vec![7; 4 << 20],
+            data: vec![7; 12 << 20],
         };
         // Polled once: it writes what the socket takes, then times out.
         let torn = conn.call(big, Duration::from_nanos(1)).await;
         assert!(matches!(torn, Err(CallError::Transport(_))), "{torn:?}");
         assert!(conn.is_broken(), "a torn connection is not used again");
+        let _ = answer_now.send(());
         let answer = waiting.await.expect("task");
         assert!(matches!(answer, Ok(Reply::Ok)), "{answer:?}");
         let after = conn.call(Request::Status, Duration::from_secs(1)).await;
         assert!(matches!(after, Err(CallError::Transport(_))), "{after:?}");
+        server.abort();
     }
 
     /// Answers with whom its certificate says the caller is.
