@@ -23,6 +23,9 @@ pub enum ClientError {
     DataUnavailable(String),
     #[error("server rejected the request: {0}")]
     Rejected(String),
+    /// This process's certificate may not ask that.
+    #[error("not allowed: {0}")]
+    Forbidden(String),
     #[error("unexpected reply from the server: {0}")]
     Protocol(String),
     /// A reply of another kind than the request asks for, kept whole.
@@ -68,6 +71,7 @@ impl ClientError {
             ClientError::Errno(e) => *e,
             ClientError::Unavailable(_) | ClientError::DataUnavailable(_) => Errno::EIO,
             ClientError::Rejected(_) => Errno::EINVAL,
+            ClientError::Forbidden(_) => Errno::EPERM,
             ClientError::Protocol(_) | ClientError::Unexpected { .. } => Errno::EIO,
         }
     }
@@ -192,6 +196,9 @@ impl MetaClient {
                 }
                 Err(CallError::Rpc(RpcError::Busy)) => last = format!("{address} is busy"),
                 Err(CallError::Rpc(RpcError::Errno(e))) => return Err(ClientError::Errno(e)),
+                Err(CallError::Rpc(RpcError::Forbidden(why))) => {
+                    return Err(ClientError::Forbidden(why))
+                }
                 Err(CallError::Rpc(e)) => return Err(ClientError::Rejected(e.to_string())),
                 Err(CallError::Transport(e)) => {
                     last = e;

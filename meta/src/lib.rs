@@ -7,6 +7,7 @@
 //! file data. `ns` (the state machine) knows nothing of Raft; `node` (the
 //! Raft driver) knows nothing of inodes.
 
+pub mod access;
 pub mod kv;
 pub mod leader;
 pub mod node;
@@ -138,6 +139,7 @@ pub async fn run(config: MetaConfig) -> anyhow::Result<()> {
         driver: tx,
         dir: config.data.clone(),
         fetcher: snapshot::SnapshotFetcher::new(config.data.clone()),
+        chunkserver_certs: Default::default(),
     });
     tracing::info!(replica = config.id.0, listen = %config.listen, "meta replica serving");
     tokio::select! {

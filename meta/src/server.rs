@@ -9,7 +9,6 @@ use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeType, Message, MessageType};
 use sparefs_proto::msg::{Reply, Request, RpcError, RECALL_WAIT};
 use sparefs_proto::namespace::{Caller, Time, WriteOp};
-use sparefs_proto::write_kind::Origin;
 use sparefs_proto::{BlockId, ChunkserverId};
 use sparefs_wire::service::{CallFuture, Peer, Service};
 use std::path::PathBuf;
@@ -23,6 +22,8 @@ pub struct Server {
     pub driver: InputSender,
     pub dir: PathBuf,
     pub fetcher: Arc<SnapshotFetcher>,
+    /// Which chunkserver each chunkserver certificate registered as.
+    pub chunkserver_certs: crate::access::ChunkserverCerts,
 }
 
 impl Server {
@@ -53,7 +54,8 @@ impl Server {
 
     /// Answers one request. (Long: one short arm per `Request` kind, an
     /// exhaustive dispatch that reads best in one place.)
-    async fn handle(self: Arc<Self>, body: Request) -> Result<Reply, RpcError> {
+    async fn handle(self: Arc<Self>, peer: Peer, body: Request) -> Result<Reply, RpcError> {
+        crate::access::admit(peer.who, &body)?;
         match body {
             Request::Read { client, caller, op } => {
                 validate_caller(&caller)?;
@@ -87,11 +89,7 @@ impl Server {
             }
             Request::Write { caller, id, op } => {
                 validate_caller(&caller)?;
-                if op.origin() != Origin::Client {
-                    return Err(RpcError::BadRequest(
-                        "that change is the leader's own housekeeping".into(),
-                    ));
-                }
+                let op = self.bind_registration(&peer, op);
                 Ok(Reply::Ns(
                     self.ask(|reply| Input::Write {
                         caller,
@@ -177,6 +175,8 @@ impl Server {
                 if report.done.len() > REPORT_MAX || report.lost.len() > REPORT_MAX {
                     return Err(RpcError::BadRequest("heartbeat report too long".into()));
                 }
+                self.chunkserver_certs
+                    .check_report(peer.who, report.chunkserver, &*self.store)?;
                 let (repairs, compactions) =
                     self.ask(|reply| Input::Heartbeat { report, reply }).await?;
                 Ok(Reply::Tasks {
@@ -189,7 +189,11 @@ impl Server {
                 after,
                 items,
                 last_page,
-            } => self.inventory(chunkserver, after, items, last_page).await,
+            } => {
+                self.chunkserver_certs
+                    .check_report(peer.who, chunkserver, &*self.store)?;
+                self.inventory(chunkserver, after, items, last_page).await
+            }
             Request::RepairStatus => {
                 if !self.shared.is_leader_ready() {
                     return Err(RpcError::NotLeader { leader: None });
@@ -202,6 +206,26 @@ impl Server {
                     .progress();
                 Ok(Reply::Repair(progress))
             }
+        }
+    }
+
+    /// A chunkserver with a certificate registers as the chunkserver its
+    /// certificate names, whatever token it sends (`access`).
+    fn bind_registration(&self, peer: &Peer, op: WriteOp) -> WriteOp {
+        match (op, peer.who) {
+            (
+                WriteOp::RegisterChunkserver {
+                    address,
+                    capacity_bytes,
+                    ..
+                },
+                Some(who),
+            ) => WriteOp::RegisterChunkserver {
+                address,
+                capacity_bytes,
+                token: crate::access::registration_token(who.id),
+            },
+            (op, _) => op,
         }
     }
 
@@ -283,10 +307,14 @@ impl Service for Server {
     }
 
     fn one_way(&self, peer: &Peer, req: Request) -> Result<(), String> {
-        let peer = peer.addr;
         let Request::Raft { from, msg } = req else {
             return Err("not a raft message".into());
         };
+        if let Err(e) = crate::access::admit_raft(peer.who, from.0) {
+            tracing::warn!(peer = %peer.addr, "refused a raft message, closing the connection: {e}");
+            return Err(e);
+        }
+        let peer = peer.addr;
         let mut m = Message::default();
         if m.merge_from_bytes(&msg).is_err() || m.from != from.0 {
             tracing::warn!(%peer, "malformed raft message, closing the connection");
@@ -300,8 +328,8 @@ impl Service for Server {
         Ok(())
     }
 
-    fn call(self: Arc<Self>, _peer: Peer, req: Request) -> CallFuture {
-        Box::pin(self.handle(req))
+    fn call(self: Arc<Self>, peer: Peer, req: Request) -> CallFuture {
+        Box::pin(self.handle(peer, req))
     }
 }
 

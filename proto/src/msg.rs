@@ -242,6 +242,9 @@ pub enum RpcError {
     NoFragment { block: BlockId, index: u8 },
     #[error("capability refused")]
     Denied,
+    /// The caller's certificate does not allow this request.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 impl From<crate::Errno> for RpcError {

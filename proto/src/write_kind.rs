@@ -6,11 +6,21 @@
 use crate::namespace::WriteOp;
 use crate::InodeId;
 
-/// Who may ask for a change.
+/// Who may ask for a change. The meta maps each to the certificate roles
+/// it admits (`meta::access`); without TLS every origin but `Leader` is
+/// admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
-    /// Clients (mounts, tools, chunkservers) over the network.
-    Client,
+    /// A user's change through a mount, a tool or the iSCSI target: the
+    /// caller's uid and groups are then checked by the namespace.
+    User,
+    /// Placing and replacing file data: users, and chunkservers compacting
+    /// a chunk.
+    DataMover,
+    /// Cluster administration (draining and removing chunkservers).
+    Admin,
+    /// A chunkserver registering itself (it gets the cluster key).
+    Chunkserver,
     /// Only the leader itself, from its own housekeeping: refused when it
     /// arrives over the network.
     Leader,
@@ -51,9 +61,13 @@ impl WriteOp {
     /// Who may ask for it.
     pub fn origin(&self) -> Origin {
         match self {
-            // Its own changes are limited to a mount's (checked as they are
-            // applied); what follows them is whatever `then` is.
-            WriteOp::Delegated { then, .. } => then.as_ref().map_or(Origin::Client, |t| t.origin()),
+            // Its own changes are a mount's (checked as they are applied);
+            // what follows them must be something a user may send too.
+            WriteOp::Delegated { then, .. } => match then.as_ref().map(|t| t.origin()) {
+                None | Some(Origin::User | Origin::DataMover) => Origin::User,
+                Some(Origin::Admin) => Origin::Admin,
+                Some(Origin::Chunkserver | Origin::Leader) => Origin::Leader,
+            },
             WriteOp::PurgeDeleted
             | WriteOp::AbandonBlocks { .. }
             | WriteOp::RelocateFragments { .. }
@@ -73,18 +87,16 @@ impl WriteOp {
             | WriteOp::RemoveXattr { .. }
             | WriteOp::SetPolicy { .. }
             | WriteOp::CommitSlices { .. }
-            | WriteOp::AllocateBlocks { .. }
-            | WriteOp::ReplaceSlices { .. }
-            | WriteOp::DrainChunkserver { .. }
-            | WriteOp::RemoveChunkserver { .. }
-            | WriteOp::RegisterChunkserver { .. }
             | WriteOp::SetLock { .. }
             | WriteOp::Sync
             | WriteOp::CommitSlicesThenSetAttrs { .. }
             | WriteOp::Delegate { .. }
             | WriteOp::ReturnDelegations { .. }
             | WriteOp::ReserveInodes { .. }
-            | WriteOp::Truncate { .. } => Origin::Client,
+            | WriteOp::Truncate { .. } => Origin::User,
+            WriteOp::AllocateBlocks { .. } | WriteOp::ReplaceSlices { .. } => Origin::DataMover,
+            WriteOp::DrainChunkserver { .. } | WriteOp::RemoveChunkserver { .. } => Origin::Admin,
+            WriteOp::RegisterChunkserver { .. } => Origin::Chunkserver,
         }
     }
 
@@ -365,7 +377,7 @@ mod tests {
             ino: InodeId(1),
             policy: Policy::Rep { copies: 3 },
         };
-        assert_eq!(policy.origin(), Origin::Client);
+        assert_eq!(policy.origin(), Origin::User);
         let behind = |then: WriteOp| WriteOp::Delegated {
             ops: Vec::new(),
             then: Some(Box::new(then)),
@@ -375,6 +387,22 @@ mod tests {
             Origin::Leader,
             "a leader-only change may not ride behind delegated ones"
         );
-        assert_eq!(behind(WriteOp::Sync).origin(), Origin::Client);
+        assert_eq!(behind(WriteOp::Sync).origin(), Origin::User);
+        let register = WriteOp::RegisterChunkserver {
+            address: "127.0.0.1:1".into(),
+            capacity_bytes: 1,
+            token: [0; 16],
+        };
+        assert_eq!(register.origin(), Origin::Chunkserver);
+        assert_eq!(
+            behind(register).origin(),
+            Origin::Leader,
+            "nobody is both a user and a chunkserver"
+        );
+        let drain = WriteOp::DrainChunkserver {
+            chunkserver: crate::ChunkserverId(1),
+            drain: true,
+        };
+        assert_eq!(behind(drain).origin(), Origin::Admin);
     }
 }

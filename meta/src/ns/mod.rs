@@ -19,7 +19,7 @@ pub mod orphans;
 mod perm;
 mod read;
 mod records;
-mod registry;
+pub mod registry;
 
 pub use command::{apply_command, bootstrap, Command};
 pub use entries::{PARENT_WALK_MAX, REAP_ORPHANS_MAX};

@@ -51,6 +51,23 @@ pub(super) fn register_chunkserver<R: ReadKv>(
     })
 }
 
+/// The chunkserver registered with `token`, if any (a scan: the registry
+/// is small, and callers keep what they find).
+pub fn chunkserver_with_token<R: ReadKv>(
+    kv: &R,
+    token: &[u8; 16],
+) -> Result<Option<ChunkserverId>, StoreError> {
+    for (k, v) in kv.scan(Cf::Chunkservers, &[], &[], usize::MAX)? {
+        let rec: ChunkserverRec = crate::kv::decode(Cf::Chunkservers, &v)?;
+        if &rec.token == token {
+            let id =
+                read_be(&k).ok_or_else(|| StoreError::Invalid("short chunkserver key".into()))?;
+            return Ok(Some(ChunkserverId(id)));
+        }
+    }
+    Ok(None)
+}
+
 /// Marks a chunkserver draining (no new blocks; repair moves its
 /// fragments away) or not.
 pub(super) fn drain_chunkserver<R: ReadKv>(
