@@ -43,6 +43,10 @@ pub struct ChunkserverConfig {
     pub repair_rate: u64,
     /// How often the whole inventory goes to the meta (garbage collection).
     pub inventory_every: Duration,
+    /// Mutual TLS for every connection in and out, with a certificate of
+    /// the chunkserver role (which is then its identity: the meta ties its
+    /// registration to the certificate, not to the token file).
+    pub tls: Option<Arc<sparefs_wire::tls::Tls>>,
 }
 
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -93,9 +97,12 @@ pub async fn run(config: ChunkserverConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
-    let meta = Arc::new(
-        MetaClient::new(config.meta.clone(), Caller::ROOT).with_deadline(Duration::from_secs(10)),
-    );
+    let mut meta =
+        MetaClient::new(config.meta.clone(), Caller::ROOT).with_deadline(Duration::from_secs(10));
+    if let Some(tls) = &config.tls {
+        meta = meta.with_tls(tls.clone());
+    }
+    let meta = Arc::new(meta);
     let writer = writer::start(store.clone());
     let svc = Arc::new(service::FragmentService::new(store.clone(), writer));
     // Register (retrying until a meta leader answers), then heartbeat.
@@ -123,7 +130,7 @@ pub async fn run(config: ChunkserverConfig) -> anyhow::Result<()> {
         config.scrub_every,
         lost.clone(),
     );
-    let repairer = repair::Repairer::new(config.repair_rate);
+    let repairer = repair::Repairer::new(config.repair_rate, config.tls.clone());
     let compactor = Arc::new(compact::Compactor::new(meta.clone()));
     tokio::spawn(heartbeats(
         meta.clone(),
@@ -134,8 +141,7 @@ pub async fn run(config: ChunkserverConfig) -> anyhow::Result<()> {
         lost,
     ));
     tokio::spawn(inventories(meta, store, id, config.inventory_every));
-    // Plaintext until the daemons carry certificates (docs/security.md).
-    sparefs_wire::service::serve(listener, svc, None).await?;
+    sparefs_wire::service::serve(listener, svc, config.tls).await?;
     Ok(())
 }
 

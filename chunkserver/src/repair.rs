@@ -6,6 +6,7 @@
 use sparefs_proto::layout::{RepairDone, RepairTask};
 use sparefs_proto::msg::{Reply, Request};
 use sparefs_wire::conn::{CallError, ConnPool};
+use sparefs_wire::tls::{Role, Tls};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -28,11 +29,17 @@ pub struct Repairer {
 }
 
 impl Repairer {
-    pub fn new(rate_bytes_per_sec: u64) -> Arc<Repairer> {
+    /// With `tls`, fragments are read from and written to chunkservers'
+    /// certificates only.
+    pub fn new(rate_bytes_per_sec: u64, tls: Option<Arc<Tls>>) -> Arc<Repairer> {
+        let conns = match tls {
+            Some(tls) => ConnPool::with_tls(tls).expecting(Role::Chunkserver),
+            None => ConnPool::default(),
+        };
         Arc::new(Repairer {
             slots: Arc::new(Semaphore::new(CONCURRENT_TASKS)),
             done: Mutex::new(Vec::new()),
-            conns: ConnPool::default(),
+            conns,
             rate: rate_bytes_per_sec.max(1 << 20),
             next_start: tokio::sync::Mutex::new(Instant::now()),
             finished: tokio::sync::Notify::new(),

@@ -91,10 +91,17 @@ pub fn block_policy(policy: Policy, len: usize) -> Policy {
 
 impl DataClient {
     pub fn new(meta: Arc<MetaClient>) -> DataClient {
+        // Fragments go only to chunkservers' certificates.
+        let conns = match meta.tls() {
+            Some(tls) => {
+                ConnPool::with_tls(tls.clone()).expecting(sparefs_wire::tls::Role::Chunkserver)
+            }
+            None => ConnPool::default(),
+        };
         DataClient {
             meta,
             servers: Mutex::new(HashMap::new()),
-            conns: ConnPool::default(),
+            conns,
             chunks: Mutex::new(HashMap::new()),
             chunks_epoch: std::sync::atomic::AtomicU64::new(0),
             bad_fragments: std::sync::atomic::AtomicU64::new(0),

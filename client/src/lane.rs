@@ -14,6 +14,7 @@ use sparefs_proto::limits::FRAME_BYTES_MAX;
 use sparefs_proto::msg::{Reply, Request, RequestFrame, ResponseFrame, RpcError};
 use sparefs_wire::conn::CONNECT_TIMEOUT;
 use sparefs_wire::frame;
+use sparefs_wire::tls::{Role, Tls};
 use std::cell::{Cell, RefCell};
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -29,9 +30,15 @@ pub fn enable_for_this_thread() {
     ENABLED.with(|e| e.set(true));
 }
 
-/// Calls `address` on this thread's lane. `None`: lanes are off on this
-/// thread, or the lane failed (and is retired): use a shared connection.
-pub fn call(address: &str, body: &Request, timeout: Duration) -> Option<Result<Reply, RpcError>> {
+/// Calls `address` (a meta replica) on this thread's lane, over TLS with
+/// `tls`. `None`: lanes are off on this thread, or the lane failed (and is
+/// retired): use a shared connection.
+pub fn call(
+    address: &str,
+    tls: Option<&Tls>,
+    body: &Request,
+    timeout: Duration,
+) -> Option<Result<Reply, RpcError>> {
     if !ENABLED.with(|e| e.get()) {
         return None;
     }
@@ -41,7 +48,13 @@ pub fn call(address: &str, body: &Request, timeout: Duration) -> Option<Result<R
             *slot = None;
         }
         if slot.is_none() {
-            *slot = Lane::open(address).ok();
+            *slot = match Lane::open(address, tls) {
+                Ok(lane) => Some(lane),
+                Err(e) => {
+                    tracing::debug!("lane to {address}: {e}");
+                    None
+                }
+            };
         }
         let lane = slot.as_mut()?;
         match lane.call(body, timeout) {
@@ -55,10 +68,15 @@ pub fn call(address: &str, body: &Request, timeout: Duration) -> Option<Result<R
     })
 }
 
+/// A lane's byte stream: the socket itself, or TLS over it.
+trait Stream: Read + Write {}
+impl<S: Read + Write> Stream for S {}
+
 struct Lane {
     address: String,
-    out: TcpStream,
-    input: BufReader<TcpStream>,
+    /// The socket, to set its timeouts (TLS holds it too).
+    socket: TcpStream,
+    io: BufReader<Box<dyn Stream>>,
     next_call: u64,
     buf: Vec<u8>,
     /// The socket timeouts set (each change is a system call).
@@ -66,18 +84,32 @@ struct Lane {
 }
 
 impl Lane {
-    fn open(address: &str) -> std::io::Result<Lane> {
+    fn open(address: &str, tls: Option<&Tls>) -> std::io::Result<Lane> {
         let addr = address
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
-        let out = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
-        out.set_nodelay(true)?;
-        let input = BufReader::with_capacity(64 * 1024, out.try_clone()?);
+        let socket = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+        socket.set_nodelay(true)?;
+        let stream: Box<dyn Stream> = match tls {
+            None => Box::new(socket.try_clone()?),
+            Some(tls) => {
+                socket.set_read_timeout(Some(sparefs_wire::dial::HANDSHAKE_TIMEOUT))?;
+                socket.set_write_timeout(Some(sparefs_wire::dial::HANDSHAKE_TIMEOUT))?;
+                let (stream, who) = tls.connect_blocking(socket.try_clone()?)?;
+                if who.role != Role::Meta {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        format!("{address} presents {who}, not a meta replica"),
+                    ));
+                }
+                Box::new(stream)
+            }
+        };
         Ok(Lane {
             address: address.to_string(),
-            out,
-            input,
+            socket,
+            io: BufReader::with_capacity(64 * 1024, stream),
             next_call: 1,
             buf: Vec::new(),
             timeout: None,
@@ -98,19 +130,21 @@ impl Lane {
         })
         .map_err(io)?;
         if self.timeout != Some(timeout) {
-            self.out.set_write_timeout(Some(timeout))?;
-            self.input.get_ref().set_read_timeout(Some(timeout))?;
+            self.socket.set_write_timeout(Some(timeout))?;
+            self.socket.set_read_timeout(Some(timeout))?;
             self.timeout = Some(timeout);
         }
-        self.out.write_all(&bytes)?;
+        let out = self.io.get_mut();
+        out.write_all(&bytes)?;
+        out.flush()?;
         let mut len = [0u8; 4];
-        self.input.read_exact(&mut len)?;
+        self.io.read_exact(&mut len)?;
         let len = u32::from_be_bytes(len) as usize;
         if len > FRAME_BYTES_MAX {
             return Err(std::io::Error::other(format!("frame of {len} bytes")));
         }
         self.buf.resize(len, 0);
-        self.input.read_exact(&mut self.buf)?;
+        self.io.read_exact(&mut self.buf)?;
         let resp: ResponseFrame = frame::decode(&self.buf).map_err(io)?;
         if resp.call != call {
             return Err(std::io::Error::other(format!(

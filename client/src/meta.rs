@@ -8,6 +8,7 @@ use sparefs_proto::msg::{HeartbeatReport, ReplicaStatus, Reply, Request, RpcErro
 use sparefs_proto::namespace::*;
 use sparefs_proto::{ClientId, Errno, InodeId, ReplicaId, RequestId};
 use sparefs_wire::conn::{CallError, Conn, ConnPool};
+use sparefs_wire::tls::{Role, Tls};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -112,6 +113,18 @@ impl MetaClient {
         }
     }
 
+    /// Talks to the meta over mutual TLS with `tls`, to replicas whose
+    /// certificates name the meta role only.
+    pub fn with_tls(mut self, tls: Arc<Tls>) -> Self {
+        self.conns = ConnPool::with_tls(tls).expecting(Role::Meta);
+        self
+    }
+
+    /// The credentials this client connects with, if TLS.
+    pub fn tls(&self) -> Option<&Arc<Tls>> {
+        self.conns.tls()
+    }
+
     pub fn with_deadline(mut self, d: Duration) -> Self {
         self.deadline = d;
         self
@@ -162,13 +175,15 @@ impl MetaClient {
                 return Err(ClientError::Unavailable("no meta addresses".into()));
             };
             let left = self.deadline.saturating_sub(start.elapsed());
-            let outcome = match crate::lane::call(&address, body, self.attempt_timeout.min(left)) {
-                Some(answer) => answer.map_err(CallError::Rpc),
-                None => match self.conn(&address).await {
-                    Ok(c) => c.call(body.clone(), self.attempt_timeout).await,
-                    Err(e) => Err(CallError::Transport(e)),
-                },
-            };
+            let tls = self.conns.tls().map(|t| &**t);
+            let outcome =
+                match crate::lane::call(&address, tls, body, self.attempt_timeout.min(left)) {
+                    Some(answer) => answer.map_err(CallError::Rpc),
+                    None => match self.conn(&address).await {
+                        Ok(c) => c.call(body.clone(), self.attempt_timeout).await,
+                        Err(e) => Err(CallError::Transport(e)),
+                    },
+                };
             match outcome {
                 Ok(reply) => {
                     if let Ok(mut l) = self.leader.lock() {

@@ -38,6 +38,8 @@ pub struct MountConfig {
     pub allow_other: bool,
     /// Let the meta delegate directories made here (docs/delegation.md).
     pub delegations: bool,
+    /// Mutual TLS with a certificate of the mount role.
+    pub tls: Option<std::sync::Arc<sparefs_wire::tls::Tls>>,
 }
 
 /// Mounts and serves until unmounted (by `fusermount -u`/`umount`) or until
@@ -51,6 +53,7 @@ pub fn mount(
         config.meta.clone(),
         config.timeout,
         config.delegations,
+        config.tls.clone(),
         runtime,
     );
     let mut options = vec![

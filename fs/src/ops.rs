@@ -143,9 +143,13 @@ impl SpareFs {
         meta: Vec<String>,
         timeout: Duration,
         delegations: bool,
+        tls: Option<Arc<sparefs_wire::tls::Tls>>,
         rt: tokio::runtime::Handle,
     ) -> SpareFs {
         let mut meta = MetaClient::new(meta, Caller::ROOT).with_deadline(timeout);
+        if let Some(tls) = tls {
+            meta = meta.with_tls(tls);
+        }
         if delegations {
             meta = meta.with_delegations();
         }

@@ -10,6 +10,7 @@ use anyhow::Context;
 use sparefs_client::MetaClient;
 use sparefs_proto::msg::{ReplicaStatus, Role};
 use sparefs_proto::namespace::Caller;
+pub use sparefs_wire::tls::Role as TlsRole;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -71,9 +72,28 @@ pub fn is_mounted(dir: &std::path::Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Whom a certificate names.
+pub fn who(role: TlsRole, id: u64) -> sparefs_wire::tls::Identity {
+    sparefs_wire::tls::Identity { role, id }
+}
+
 /// A cluster with `metas` replicas, three chunkservers and `mounts` mounts.
 pub async fn fs_cluster(metas: u64, mounts: u64) -> anyhow::Result<(MetaCluster, Vec<PathBuf>)> {
-    let mut c = MetaCluster::start(metas)?;
+    fs_cluster_of(MetaCluster::start(metas)?, mounts).await
+}
+
+/// `fs_cluster` over mutual TLS.
+pub async fn fs_cluster_tls(
+    metas: u64,
+    mounts: u64,
+) -> anyhow::Result<(MetaCluster, Vec<PathBuf>)> {
+    fs_cluster_of(MetaCluster::start_tls(metas)?, mounts).await
+}
+
+async fn fs_cluster_of(
+    mut c: MetaCluster,
+    mounts: u64,
+) -> anyhow::Result<(MetaCluster, Vec<PathBuf>)> {
     c.wait_leader(Duration::from_secs(20)).await?;
     for n in 1..=3 {
         c.spawn_chunkserver(n, "2G")?;
@@ -120,6 +140,9 @@ pub struct MetaCluster {
     /// Replicas 1..=initial form the group at start; higher ids join later.
     initial: u64,
     host_base: u8,
+    /// Set: every daemon, mount and client of this cluster talks mutual
+    /// TLS with certificates of this CA, kept under DIR/tls/NAME.
+    pub ca: Option<sparefs_wire::tls::ClusterCa>,
 }
 
 impl MetaCluster {
@@ -143,12 +166,34 @@ impl MetaCluster {
         compact_keep: u64,
         meta_args: &[&str],
     ) -> anyhow::Result<MetaCluster> {
+        Self::start_inner(n, compact_after, compact_keep, meta_args, false)
+    }
+
+    /// `start` with mutual TLS everywhere: a CA of its own, a certificate
+    /// per daemon, mount and client (`tls_dir`).
+    pub fn start_tls(n: u64) -> anyhow::Result<MetaCluster> {
+        Self::start_inner(n, 20_000, 2_000, &[], true)
+    }
+
+    fn start_inner(
+        n: u64,
+        compact_after: u64,
+        compact_keep: u64,
+        meta_args: &[&str],
+        tls: bool,
+    ) -> anyhow::Result<MetaCluster> {
         let port = free_port();
         let host_base = 20 + (rand::random::<u8>() % 200);
         let addrs: BTreeMap<u64, String> = (1..=n)
             .map(|i| (i, format!("127.0.{host_base}.{i}:{port}")))
             .collect();
+        let ca = if tls {
+            Some(sparefs_wire::tls::ClusterCa::create()?)
+        } else {
+            None
+        };
         let mut c = MetaCluster {
+            ca,
             dir: tempfile::tempdir()?,
             addrs,
             procs: BTreeMap::new(),
@@ -176,6 +221,55 @@ impl MetaCluster {
                 .and_then(|a| a.rsplit(':').next())
                 .unwrap_or("0");
             format!("127.0.{}.{id}:{port}", self.host_base)
+        })
+    }
+
+    /// The credentials of `who` (issued on first use) under DIR/tls/NAME,
+    /// as `--tls DIR` arguments; none for a plaintext cluster.
+    pub fn tls_args(&self, who: sparefs_wire::tls::Identity) -> anyhow::Result<Vec<String>> {
+        let Some(d) = self.tls_dir(who)? else {
+            return Ok(Vec::new());
+        };
+        Ok(vec!["--tls".into(), d.display().to_string()])
+    }
+
+    /// Where `who`'s credentials are (issued on first use), if TLS.
+    pub fn tls_dir(&self, who: sparefs_wire::tls::Identity) -> anyhow::Result<Option<PathBuf>> {
+        let Some(ca) = &self.ca else {
+            return Ok(None);
+        };
+        let d = self
+            .dir
+            .path()
+            .join("tls")
+            .join(format!("{}{}", who.role.name(), who.id));
+        if !d.join("key.pem").exists() {
+            std::fs::create_dir_all(&d)?;
+            ca.issue(who)?.save(&d)?;
+        }
+        Ok(Some(d))
+    }
+
+    /// TLS ends for a test's own connections as `who`, if TLS.
+    pub fn tls_as(
+        &self,
+        who: sparefs_wire::tls::Identity,
+    ) -> anyhow::Result<Option<std::sync::Arc<sparefs_wire::tls::Tls>>> {
+        let Some(d) = self.tls_dir(who)? else {
+            return Ok(None);
+        };
+        let creds = sparefs_wire::tls::Credentials::load(&d)?;
+        Ok(Some(std::sync::Arc::new(sparefs_wire::tls::Tls::new(
+            &creds,
+        )?)))
+    }
+
+    /// A client with `who`'s certificate (plaintext without TLS).
+    pub fn client_as(&self, who: sparefs_wire::tls::Identity) -> anyhow::Result<MetaClient> {
+        let c = MetaClient::new(self.addrs.values().cloned().collect(), Caller::ROOT);
+        Ok(match self.tls_as(who)? {
+            Some(tls) => c.with_tls(tls),
+            None => c,
         })
     }
 
@@ -223,6 +317,7 @@ impl MetaCluster {
         .stdin(Stdio::null());
         cmd.args(["--peers", &peers]);
         cmd.args(&self.meta_args);
+        cmd.args(self.tls_args(who(TlsRole::Meta, id))?);
         if join {
             cmd.arg("--join");
         }
@@ -259,12 +354,21 @@ impl MetaCluster {
         self.addrs.values().cloned().collect::<Vec<_>>().join(",")
     }
 
+    /// A client of this cluster (with the admin certificate over TLS).
     pub fn client(&self) -> MetaClient {
-        MetaClient::new(self.addrs.values().cloned().collect(), Caller::ROOT)
+        let c = MetaClient::new(self.addrs.values().cloned().collect(), Caller::ROOT);
+        match self.tls_as(who(TlsRole::Admin, 0)) {
+            Ok(Some(tls)) => c.with_tls(tls),
+            _ => c,
+        }
     }
 
     pub async fn status(&self, id: u64) -> Option<ReplicaStatus> {
         let c = MetaClient::new(vec![], Caller::ROOT);
+        let c = match self.tls_as(who(TlsRole::Admin, 0)) {
+            Ok(Some(tls)) => c.with_tls(tls),
+            _ => c,
+        };
         c.status_of(&self.address(id)).await.ok()
     }
 
@@ -353,6 +457,7 @@ impl MetaCluster {
                 &self.chunkserver_address(n),
             ])
             .args(&self.chunkserver_args)
+            .args(self.tls_args(who(TlsRole::Chunkserver, n))?)
             .stdout(log.try_clone()?)
             .stderr(log)
             .stdin(Stdio::null())
@@ -379,6 +484,7 @@ impl MetaCluster {
                 &timeout_s.to_string(),
             ])
             .arg(&dir)
+            .args(self.tls_args(who(TlsRole::Mount, n))?)
             .stdout(log.try_clone()?)
             .stderr(log)
             .stdin(Stdio::null())

@@ -9,7 +9,6 @@
 use crate::current_caller;
 use anyhow::Context;
 use rand::{Rng, SeedableRng};
-use sparefs_client::MetaClient;
 use sparefs_proto::msg::Role;
 use sparefs_proto::namespace::{NsReply, ReadOp};
 use std::io::{Read, Write};
@@ -22,7 +21,7 @@ use std::time::{Duration, Instant};
 pub struct ChaosArgs {
     /// The directory `sparefs up` runs in.
     #[arg(long, default_value = "/var/lib/sparefs")]
-    data: PathBuf,
+    pub(crate) data: PathBuf,
     /// Seconds between faults.
     #[arg(long, default_value_t = 10)]
     every: u64,
@@ -128,7 +127,7 @@ fn signal(pid: u32, sig: i32) -> bool {
 
 /// The address and pid of the meta leader, by asking each replica.
 async fn meta_leader(addresses: &[String], data: &Path) -> Option<(String, u32)> {
-    let client = MetaClient::new(addresses.to_vec(), current_caller());
+    let client = crate::meta_client(addresses.to_vec(), current_caller());
     for a in addresses {
         if let Ok(s) = client.status_of(a).await {
             if s.role == Role::Leader {
@@ -221,7 +220,7 @@ async fn inject_faults(args: &ChaosArgs, metas: &[String], seed: u64) -> anyhow:
 /// How long until the meta reports every block fully protected, if within
 /// 600 s.
 async fn protected_again(metas: &[String]) -> Option<Duration> {
-    let client = MetaClient::new(metas.to_vec(), current_caller());
+    let client = crate::meta_client(metas.to_vec(), current_caller());
     let healed = Instant::now();
     while healed.elapsed() < Duration::from_secs(600) {
         if let Ok(NsReply::Health {

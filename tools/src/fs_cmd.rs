@@ -256,7 +256,7 @@ async fn one(client: &Arc<MetaClient>, cmd: &FsCmd, path: &str) -> Result<(), Cl
 }
 
 pub async fn run(meta: &str, cmd: FsCmd) -> anyhow::Result<i32> {
-    let client = Arc::new(MetaClient::new(split_addresses(meta), current_caller()));
+    let client = Arc::new(crate::meta_client(split_addresses(meta), current_caller()));
     let paths: Vec<String> = match &cmd {
         FsCmd::Ls { paths, .. } if paths.is_empty() => vec!["/".into()],
         FsCmd::Ls { paths, .. }
@@ -281,7 +281,7 @@ pub async fn run(meta: &str, cmd: FsCmd) -> anyhow::Result<i32> {
 }
 
 pub async fn policy(meta: &str, cmd: PolicyCmd) -> anyhow::Result<i32> {
-    let client = MetaClient::new(split_addresses(meta), current_caller());
+    let client = crate::meta_client(split_addresses(meta), current_caller());
     let result = async {
         match cmd {
             PolicyCmd::Get { dir } => {

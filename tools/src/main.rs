@@ -9,6 +9,7 @@ mod names;
 mod node_cmd;
 mod status_cmd;
 mod up_cmd;
+mod up_tls;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -26,6 +27,12 @@ use std::sync::Arc;
     about = "A fault-tolerant filesystem made from spare disk space"
 )]
 struct Cli {
+    /// Directory of this process's TLS credentials (ca.pem, cert.pem,
+    /// key.pem; `sparefs up` makes them under DATA/tls): every connection
+    /// is then mutual TLS, and the certificate's role decides what it may
+    /// do (docs/security.md). Without it, plaintext.
+    #[arg(long, global = true, env = "SPAREFS_TLS")]
+    tls: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -64,11 +71,6 @@ enum Cmd {
         /// (1 lets a lone host accept writes that would not survive it).
         #[arg(long, default_value_t = 2)]
         min_hosts: usize,
-        /// Directory of this replica's TLS credentials (ca.pem, cert.pem
-        /// naming `meta ID`, key.pem): every connection in and out is then
-        /// mutual TLS (docs/security.md). Without it, plaintext.
-        #[arg(long)]
-        tls: Option<PathBuf>,
     },
     /// Run a chunkserver over a directory of spare space.
     Chunkserver {
@@ -164,17 +166,55 @@ enum AdminMetaCmd {
 }
 
 /// This process's TLS ends from the credentials in `dir`, whose
-/// certificate must name `role` `id`.
-fn load_tls(dir: &std::path::Path, role: Role, id: u64) -> anyhow::Result<Tls> {
-    let creds = Credentials::load(dir)?;
+/// certificate must be of `role` (and, given, name `id`).
+pub(crate) fn load_tls(
+    dir: &std::path::Path,
+    role: Role,
+    id: Option<u64>,
+) -> anyhow::Result<Arc<Tls>> {
+    let creds =
+        Credentials::load(dir).with_context(|| format!("TLS credentials in {}", dir.display()))?;
     let who = creds.identity()?;
-    let want = Identity { role, id };
+    let wanted = match id {
+        Some(id) => who == Identity { role, id },
+        None => who.role == role,
+    };
     anyhow::ensure!(
-        who == want,
-        "{}: the certificate names {who}, not {want}",
-        dir.display()
+        wanted,
+        "{}: the certificate names {who}, not a {}{}",
+        dir.display(),
+        role.name(),
+        id.map(|i| format!(" {i}")).unwrap_or_default()
     );
-    Ok(Tls::new(&creds)?)
+    Ok(Arc::new(Tls::new(&creds)?))
+}
+
+/// The credentials client commands connect with (`--tls`), set once at
+/// start: every command module makes its clients through `meta_client`.
+static CLIENT_TLS: std::sync::OnceLock<Arc<Tls>> = std::sync::OnceLock::new();
+
+/// A meta client for this command, over TLS when `--tls` was given.
+pub fn meta_client(addresses: Vec<String>, caller: Caller) -> sparefs_client::MetaClient {
+    let client = sparefs_client::MetaClient::new(addresses, caller);
+    match CLIENT_TLS.get() {
+        Some(tls) => client.with_tls(tls.clone()),
+        None => client,
+    }
+}
+
+/// The credentials a command connects with: `--tls DIR`, or for commands
+/// given a `sparefs up` directory, the admin certificate `up` made there.
+fn client_tls(tls: Option<PathBuf>, data: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let dir = tls.or_else(|| {
+        data.map(|d| up_tls::dir(d, "admin"))
+            .filter(|d| d.join("cert.pem").exists())
+    });
+    if let Some(dir) = dir {
+        let creds = Credentials::load(&dir)
+            .with_context(|| format!("TLS credentials in {}", dir.display()))?;
+        let _ = CLIENT_TLS.set(Arc::new(Tls::new(&creds)?));
+    }
+    Ok(())
 }
 
 pub fn parse_peers(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -231,6 +271,7 @@ fn main() {
     let cli = if as_helper {
         match mount_cmd::helper_args(&argv) {
             Ok(args) => Cli {
+                tls: None,
                 cmd: Cmd::Mount(args),
             },
             Err(e) => {
@@ -284,6 +325,13 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let tls = cli.tls;
+    match &cli.cmd {
+        Cmd::Meta { .. } | Cmd::Chunkserver { .. } | Cmd::Mount(_) | Cmd::Up(_) => {}
+        Cmd::Status { data, .. } => client_tls(tls.clone(), data.as_deref())?,
+        Cmd::Chaos(args) => client_tls(tls.clone(), Some(&args.data))?,
+        _ => client_tls(tls.clone(), None)?,
+    }
     match cli.cmd {
         Cmd::Meta {
             id,
@@ -296,11 +344,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             out_after,
             gc_grace,
             min_hosts,
-            tls,
         } => {
             let peers = parse_peers(&peers)?;
             let tls = match tls {
-                Some(dir) => Some(Arc::new(load_tls(&dir, Role::Meta, id)?)),
+                Some(dir) => Some(load_tls(&dir, Role::Meta, Some(id))?),
                 None => None,
             };
             sparefs_meta::run(sparefs_meta::MetaConfig {
@@ -332,6 +379,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             repair_rate,
             inventory_every,
         } => {
+            let tls = match tls {
+                Some(dir) => Some(load_tls(&dir, Role::Chunkserver, None)?),
+                None => None,
+            };
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
             let (fs_bytes, _) = sparefs_chunkserver::fs_space(&dir)
                 .with_context(|| format!("statvfs {}", dir.display()))?;
@@ -351,11 +402,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 repair_rate: sparefs_chunkserver::parse_size(&repair_rate, 0)
                     .map_err(anyhow::Error::msg)?,
                 inventory_every: std::time::Duration::from_secs(inventory_every.max(1)),
+                tls,
             })
             .await?;
             Ok(0)
         }
-        Cmd::Mount(args) => mount_cmd::run(args).await,
+        Cmd::Mount(mut args) => {
+            if args.tls.is_none() {
+                args.tls = tls;
+            }
+            mount_cmd::run(args).await
+        }
         Cmd::Fs { meta, cmd } => fs_cmd::run(&meta, cmd).await,
         Cmd::Policy { meta, cmd } => fs_cmd::policy(&meta, cmd).await,
         Cmd::Status { meta, data, json } => status_cmd::run(meta, data, json).await,
@@ -363,7 +420,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             meta,
             cmd: AdminCmd::Meta { cmd },
         } => {
-            let client = sparefs_client::MetaClient::new(split_addresses(&meta), current_caller());
+            let client = meta_client(split_addresses(&meta), current_caller());
             match cmd {
                 AdminMetaCmd::Add { id, address } => {
                     client.add_replica(ReplicaId(id), address).await?

@@ -2,7 +2,9 @@
 //! `mount.sparefs` helper that mount(8) runs for `-t sparefs` and fstab.
 
 use anyhow::Context;
+use sparefs_wire::tls::{Role, Tls};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Clone)]
@@ -27,13 +29,17 @@ pub struct MountArgs {
     /// while mounted).
     #[arg(long)]
     pub nonempty: bool,
+    /// TLS credentials of the mount role (the global `--tls`, or the
+    /// helper's `tls=DIR` option).
+    #[arg(skip)]
+    pub tls: Option<PathBuf>,
 }
 
 /// Refuses, with the reason, a mount that could not work or would hide
 /// files: a mountpoint that is not a directory, a directory with contents
 /// (unless `--nonempty`), a directory already mounted, or a cluster no meta
 /// replica of which answers within `timeout`.
-pub async fn check_before_mounting(args: &MountArgs) -> anyhow::Result<()> {
+pub async fn check_before_mounting(args: &MountArgs, tls: Option<&Arc<Tls>>) -> anyhow::Result<()> {
     let at = &args.mountpoint;
     let meta = std::fs::metadata(at).with_context(|| format!("mountpoint {}", at.display()))?;
     anyhow::ensure!(
@@ -52,10 +58,13 @@ pub async fn check_before_mounting(args: &MountArgs) -> anyhow::Result<()> {
         "mountpoint {} is not empty (mounting would hide its files; --nonempty to mount anyway)",
         at.display()
     );
-    let client = sparefs_client::MetaClient::new(
+    let mut client = sparefs_client::MetaClient::new(
         crate::split_addresses(&args.meta),
         sparefs_proto::namespace::Caller::ROOT,
     );
+    if let Some(tls) = tls {
+        client = client.with_tls(tls.clone());
+    }
     let wait = Duration::from_secs(args.timeout.clamp(1, 30));
     match tokio::time::timeout(wait, client.getattr(sparefs_proto::InodeId::ROOT)).await {
         Ok(Ok(_)) => Ok(()),
@@ -85,7 +94,11 @@ pub fn is_mounted(mountpoint: &Path) -> bool {
 }
 
 pub async fn run(args: MountArgs) -> anyhow::Result<i32> {
-    check_before_mounting(&args).await?;
+    let tls = match &args.tls {
+        Some(dir) => Some(crate::load_tls(dir, Role::Mount, None)?),
+        None => None,
+    };
+    check_before_mounting(&args, tls.as_ref()).await?;
     if args.daemon {
         return detach(args).await;
     }
@@ -96,6 +109,7 @@ pub async fn run(args: MountArgs) -> anyhow::Result<i32> {
             timeout: Duration::from_secs(args.timeout),
             allow_other: nix_is_root(),
             delegations: !args.no_delegations,
+            tls,
         },
         &args.mountpoint,
         tokio::runtime::Handle::current(),
@@ -155,6 +169,11 @@ async fn detach(args: MountArgs) -> anyhow::Result<i32> {
     .arg(&args.mountpoint)
     .args(args.no_delegations.then_some("--no-delegations"))
     .args(args.nonempty.then_some("--nonempty"))
+    .args(
+        args.tls
+            .iter()
+            .flat_map(|d| [std::ffi::OsStr::new("--tls"), d.as_os_str()]),
+    )
     .stdin(std::process::Stdio::null())
     .stdout(log.try_clone()?)
     .stderr(log);
@@ -183,7 +202,7 @@ async fn detach(args: MountArgs) -> anyhow::Result<i32> {
 
 /// `mount.sparefs SPEC DIR [-o OPTIONS] [-s] [-f] [-n] [-v]`, as mount(8)
 /// calls it: SPEC is the meta address list; options `timeout=N`,
-/// `log=PATH` and `nodelegations` are understood, the generic ones (rw,
+/// `log=PATH`, `tls=DIR` and `nodelegations` are understood, the generic ones (rw,
 /// defaults, _netdev...) are accepted and ignored.
 pub fn helper_args(argv: &[String]) -> anyhow::Result<MountArgs> {
     let mut positional = Vec::new();
@@ -191,6 +210,7 @@ pub fn helper_args(argv: &[String]) -> anyhow::Result<MountArgs> {
     let mut log = None;
     let mut no_delegations = false;
     let mut nonempty = false;
+    let mut tls = None;
     let mut it = argv.iter().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -205,6 +225,8 @@ pub fn helper_args(argv: &[String]) -> anyhow::Result<MountArgs> {
                         no_delegations = true;
                     } else if o == "nonempty" {
                         nonempty = true;
+                    } else if let Some(v) = o.strip_prefix("tls=") {
+                        tls = Some(PathBuf::from(v));
                     }
                 }
             }
@@ -225,5 +247,6 @@ pub fn helper_args(argv: &[String]) -> anyhow::Result<MountArgs> {
         log,
         no_delegations,
         nonempty,
+        tls,
     })
 }

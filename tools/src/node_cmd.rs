@@ -3,7 +3,6 @@
 //! host once nothing lives on it, `undrain` takes it back into service.
 
 use crate::{current_caller, split_addresses};
-use sparefs_client::MetaClient;
 use sparefs_proto::namespace::{NsReply, ReadOp, WriteOp};
 use sparefs_proto::{ChunkserverId, Errno};
 use std::time::{Duration, Instant};
@@ -25,7 +24,7 @@ pub enum NodeCmd {
 }
 
 pub async fn run(meta: &str, cmd: NodeCmd) -> anyhow::Result<i32> {
-    let client = MetaClient::new(split_addresses(meta), current_caller());
+    let client = crate::meta_client(split_addresses(meta), current_caller());
     match cmd {
         NodeCmd::List => {
             let NsReply::Chunkservers(list) = client.read(ReadOp::ListChunkservers).await? else {

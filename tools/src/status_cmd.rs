@@ -23,7 +23,7 @@ pub async fn run(
         .as_ref()
         .and_then(|d| crate::up_cmd::read_cluster_file(d).ok());
     let pids = cluster_file.as_ref().map(|c| c.pids()).unwrap_or_default();
-    let client = MetaClient::new(addresses.clone(), current_caller());
+    let client = crate::meta_client(addresses.clone(), current_caller());
     let list = replica_rows(&client, addresses, &pids).await;
     let (servers, health, repair) = data_rows(&client, &pids).await;
     if json_out {

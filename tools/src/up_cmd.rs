@@ -55,6 +55,25 @@ pub struct UpArgs {
     /// Seconds between chunkserver inventory reports (garbage collection).
     #[arg(long, default_value_t = 60)]
     inventory_every: u64,
+    /// Make a new cluster without TLS (anyone who reaches its ports is
+    /// trusted; for measuring what TLS costs). By default every connection
+    /// is mutual TLS with certificates under DATA/tls (docs/security.md).
+    #[arg(long)]
+    no_tls: bool,
+    /// Set by `run`: whether this cluster runs over TLS.
+    #[arg(skip)]
+    tls: bool,
+}
+
+impl UpArgs {
+    /// `--tls DIR` for the daemon named `name` (see `up_tls`), if TLS.
+    fn tls_args(&self, name: &str) -> Vec<String> {
+        if !self.tls {
+            return Vec::new();
+        }
+        let d = crate::up_tls::dir(&self.data, name);
+        vec!["--tls".into(), d.display().to_string()]
+    }
 }
 
 pub struct ClusterFile {
@@ -215,11 +234,16 @@ async fn stop(daemons: &mut [Daemon]) {
     }
 }
 
-pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
+pub async fn run(mut args: UpArgs) -> anyhow::Result<i32> {
     let policy = check_args(&args)?;
     let mountpoint = prepare_dirs(&args)?;
     // The logs and cluster.json, and the daemons' directories, are private.
     crate::private_files();
+    args.tls = crate::up_tls::enabled(&args.data, args.no_tls)?;
+    if args.tls {
+        crate::up_tls::prepare(&args.data, args.metas, args.chunkservers)
+            .context("make the cluster's TLS credentials")?;
+    }
     let exe = std::env::current_exe().context("find the sparefs binary")?;
     let start = Instant::now();
     let mut daemons = Vec::new();
@@ -312,8 +336,16 @@ async fn start_cluster(
     let meta_list = peers.values().cloned().collect::<Vec<_>>().join(",");
     start_metas(exe, args, &peers, daemons)?;
     let addresses: Vec<String> = peers.values().cloned().collect();
-    let client =
+    let mut client =
         MetaClient::new(addresses, current_caller()).with_deadline(Duration::from_secs(30));
+    if args.tls {
+        let admin = crate::up_tls::dir(&args.data, "admin");
+        client = client.with_tls(crate::load_tls(
+            &admin,
+            sparefs_wire::tls::Role::Admin,
+            None,
+        )?);
+    }
     client
         .getattr(sparefs_proto::InodeId::ROOT)
         .await
@@ -324,12 +356,13 @@ async fn start_cluster(
         .set_policy(sparefs_proto::InodeId::ROOT, policy)
         .await
         .context("set the root policy")?;
-    let a = vec![
+    let mut a = vec![
         "mount".into(),
         "--meta".into(),
         meta_list,
         mountpoint.display().to_string(),
     ];
+    a.extend(args.tls_args("mount"));
     let d = spawn(
         exe,
         (Role::Mount, 0, String::new()),
@@ -362,7 +395,7 @@ fn start_metas(
         .collect::<Vec<_>>()
         .join(",");
     for (id, address) in peers {
-        let a = vec![
+        let mut a = vec![
             "meta".into(),
             "--id".into(),
             id.to_string(),
@@ -377,6 +410,7 @@ fn start_metas(
             "--gc-grace".into(),
             args.gc_grace.to_string(),
         ];
+        a.extend(args.tls_args(&format!("meta{id}")));
         let d = spawn(
             exe,
             (Role::Meta, *id, address.clone()),
@@ -397,7 +431,7 @@ fn start_chunkservers(
 ) -> anyhow::Result<()> {
     for n in 1..=args.chunkservers as u64 {
         let address = format!("127.0.0.{}:{}", 20 + n, args.port);
-        let a = vec![
+        let mut a = vec![
             "chunkserver".into(),
             "--dir".into(),
             args.data.join(format!("cs{n}")).display().to_string(),
@@ -412,6 +446,7 @@ fn start_chunkservers(
             "--inventory-every".into(),
             args.inventory_every.to_string(),
         ];
+        a.extend(args.tls_args(&format!("cs{n}")));
         let d = spawn(
             exe,
             (Role::Chunkserver, n, address.clone()),

@@ -2,7 +2,7 @@
 //! are matched by number, so many calls share one TCP stream.
 
 use crate::frame;
-use crate::tls::{Identity, Tls};
+use crate::tls::{Identity, Role, Tls};
 use sparefs_proto::msg::{Reply, Request, RequestFrame, ResponseFrame, RpcError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -199,6 +199,9 @@ pub struct ConnPool {
     conns: Mutex<HashMap<String, Arc<Conn>>>,
     /// Set: every connection is mutual TLS with these credentials.
     tls: Option<Arc<Tls>>,
+    /// Set (with TLS): the role every server must have (a pool of meta
+    /// connections talks only to meta certificates).
+    role: Option<Role>,
 }
 
 /// How long opening a connection may take.
@@ -210,7 +213,19 @@ impl ConnPool {
         ConnPool {
             conns: Mutex::default(),
             tls: Some(tls),
+            role: None,
         }
+    }
+
+    /// A pool whose servers, over TLS, must all be of `role`.
+    pub fn expecting(mut self, role: Role) -> ConnPool {
+        self.role = Some(role);
+        self
+    }
+
+    /// The credentials connections are opened with, if TLS.
+    pub fn tls(&self) -> Option<&Arc<Tls>> {
+        self.tls.as_ref()
     }
 
     /// A working connection to `address`, opened if needed.
@@ -226,6 +241,14 @@ impl ConnPool {
                 .await
                 .map_err(|e| format!("{address}: {e}"))?,
         );
+        if let (Some(role), Some(who)) = (self.role, c.peer()) {
+            if who.role != role {
+                return Err(format!(
+                    "{address}: the server's certificate names {who}, not a {}",
+                    role.name()
+                ));
+            }
+        }
         self.conns
             .lock()
             .map_err(|e| e.to_string())?

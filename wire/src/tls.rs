@@ -258,11 +258,14 @@ impl ClusterCa {
 pub struct Tls {
     acceptor: tokio_rustls::TlsAcceptor,
     connector: tokio_rustls::TlsConnector,
+    client: Arc<ClientConfig>,
     me: Identity,
 }
 
 pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
 pub type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+/// A client connection on a blocking socket.
+pub type BlockingClientStream = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
 
 /// ring's provider: AES-GCM with AES-NI, built in a minute with no C
 /// toolchain beyond cc. (rustls deprecates it for lacking post-quantum key
@@ -296,9 +299,11 @@ impl Tls {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)?;
+        let client = Arc::new(client);
         Ok(Tls {
             acceptor: Arc::new(server).into(),
-            connector: Arc::new(client).into(),
+            connector: client.clone().into(),
+            client,
             me: creds.identity()?,
         })
     }
@@ -324,6 +329,26 @@ impl Tls {
         let stream = self.connector.connect(name, tcp).await?;
         let who = named_peer(stream.get_ref().1)?;
         Ok((stream, who))
+    }
+}
+
+impl Tls {
+    /// `connect` on a blocking socket, for threads that must not wait on a
+    /// runtime (the mount's lanes); the socket's timeouts bound the
+    /// handshake.
+    pub fn connect_blocking(
+        &self,
+        mut tcp: std::net::TcpStream,
+    ) -> std::io::Result<(BlockingClientStream, Identity)> {
+        let name = ServerName::try_from(CLUSTER_NAME)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let mut conn = rustls::ClientConnection::new(self.client.clone(), name)
+            .map_err(std::io::Error::other)?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp)?;
+        }
+        let who = named_peer(&conn)?;
+        Ok((rustls::StreamOwned::new(conn, tcp), who))
     }
 }
 
