@@ -179,12 +179,14 @@ pub(crate) fn load_tls(
         Some(id) => who == Identity { role, id },
         None => who.role == role,
     };
+    let expected = match id {
+        Some(id) => Identity { role, id }.to_string(),
+        None => format!("a {}", role.name()),
+    };
     anyhow::ensure!(
         wanted,
-        "{}: the certificate names {who}, not a {}{}",
-        dir.display(),
-        role.name(),
-        id.map(|i| format!(" {i}")).unwrap_or_default()
+        "{}: the certificate names {who}, not {expected}",
+        dir.display()
     );
     Ok(Arc::new(Tls::new(&creds)?))
 }
