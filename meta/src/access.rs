@@ -5,14 +5,20 @@
 //! Without TLS (a cluster started plaintext) it admits everything but the
 //! leader's own housekeeping: whoever reaches the port is trusted.
 //!
-//! Owns: the role policy. Must not touch: the namespace's permission
-//! checks on a caller's uid and groups (`ns::perm`), Raft.
+//! A mount's certificate may also limit which callers (uids) it speaks for
+//! (`Callers`): `speak_for` maps the others to the anonymous user before
+//! the namespace sees them, as an NFS server squashes a client's root.
+//!
+//! Owns: the role policy, the caller limits. Must not touch: the
+//! namespace's permission checks on a caller's uid and groups
+//! (`ns::perm`), Raft.
 
 use crate::kv::ReadKv;
 use sparefs_proto::msg::{Request, RpcError};
+use sparefs_proto::namespace::Caller;
 use sparefs_proto::write_kind::Origin;
 use sparefs_proto::ChunkserverId;
-use sparefs_wire::tls::{Identity, Role};
+use sparefs_wire::tls::{Callers, Identity, Role};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -68,6 +74,69 @@ pub fn admit(who: Option<Identity>, req: &Request) -> Result<(), RpcError> {
         "{who} may not send that (it needs a certificate of: {})",
         names.join(", ")
     )))
+}
+
+/// The user and group a caller a certificate may not speak for becomes
+/// (Debian's `nobody` and `nogroup`).
+pub const ANONYMOUS: u32 = 65534;
+
+/// `caller` as the meta believes it from a peer limited to `callers`.
+fn squash(callers: Callers, caller: &mut Caller) {
+    let anonymous = || Caller {
+        uid: ANONYMOUS,
+        gid: ANONYMOUS,
+        groups: Vec::new(),
+    };
+    match callers {
+        Callers::Any => {}
+        Callers::SquashRoot => {
+            if caller.uid == 0 {
+                caller.uid = ANONYMOUS;
+            }
+            if caller.gid == 0 {
+                caller.gid = ANONYMOUS;
+            }
+            for g in caller.groups.iter_mut().filter(|g| **g == 0) {
+                *g = ANONYMOUS;
+            }
+        }
+        Callers::Uids { first, last } => {
+            if !(first..=last).contains(&caller.uid) {
+                *caller = anonymous();
+            }
+        }
+    }
+}
+
+/// Maps every caller `req` names (the request's own and those of changes
+/// it carries) by what the peer's certificate lets it speak for.
+pub fn speak_for(callers: Callers, req: &mut Request) {
+    if callers == Callers::Any {
+        return;
+    }
+    match req {
+        Request::Read { caller, .. } => squash(callers, caller),
+        Request::Write { caller, op, .. } => {
+            squash(callers, caller);
+            for c in op.inner_callers_mut() {
+                squash(callers, c);
+            }
+        }
+        // No caller: the role decides (`admit`).
+        Request::WaitRecall { .. }
+        | Request::KeepAlive { .. }
+        | Request::Raft { .. }
+        | Request::SnapshotPiece { .. }
+        | Request::AddReplica { .. }
+        | Request::RemoveReplica { .. }
+        | Request::TransferLeader { .. }
+        | Request::Heartbeat(_)
+        | Request::Inventory { .. }
+        | Request::Status
+        | Request::RepairStatus
+        | Request::PutFragment { .. }
+        | Request::GetFragment { .. } => {}
+    }
 }
 
 /// A Raft message names its sender; over TLS that must be the replica the
@@ -199,6 +268,76 @@ mod tests {
         assert!(admit_raft(as_role(Role::Meta), 2).is_err(), "meta 1 as 2");
         assert!(admit_raft(as_role(Role::Meta), 1).is_ok());
         assert!(admit_raft(as_role(Role::Admin), 1).is_err());
+    }
+
+    #[test]
+    fn a_limited_certificate_speaks_only_for_its_callers() {
+        use sparefs_proto::namespace::{DelegatedOp, SetAttr, Time};
+        let user = |uid: u32, gid: u32| Caller {
+            uid,
+            gid,
+            groups: vec![0, 7],
+        };
+        let delegated = |uid| WriteOp::Delegated {
+            ops: vec![DelegatedOp {
+                caller: user(uid, uid),
+                now: Time::default(),
+                ino: None,
+                op: WriteOp::Sync,
+            }],
+            then: Some(Box::new(WriteOp::CommitSlicesThenSetAttrs {
+                ino: sparefs_proto::InodeId(5),
+                slices: Vec::new(),
+                size_at_least: 0,
+                then: vec![(user(uid, uid), SetAttr::default())],
+            })),
+        };
+        let callers_of = |req: &Request| -> Vec<Caller> {
+            let mut req = req.clone();
+            let Request::Write { caller, op, .. } = &mut req else {
+                panic!("a write");
+            };
+            let mut all = vec![caller.clone()];
+            all.extend(op.inner_callers_mut().into_iter().map(|c| c.clone()));
+            all
+        };
+        let nobody = Caller {
+            uid: ANONYMOUS,
+            gid: ANONYMOUS,
+            groups: Vec::new(),
+        };
+        let mut root = write(delegated(0));
+        if let Request::Write { caller, .. } = &mut root {
+            *caller = user(0, 0);
+        }
+        let mut squashed = root.clone();
+        speak_for(Callers::SquashRoot, &mut squashed);
+        for c in callers_of(&squashed) {
+            assert_eq!(c.uid, ANONYMOUS);
+            assert_eq!(c.gid, ANONYMOUS);
+            assert_eq!(c.groups, vec![ANONYMOUS, 7]);
+        }
+        let mut unchanged = root.clone();
+        speak_for(Callers::Any, &mut unchanged);
+        assert_eq!(callers_of(&unchanged), callers_of(&root));
+        let range = Callers::Uids {
+            first: 1000,
+            last: 1999,
+        };
+        let mut inside = write(delegated(1500));
+        if let Request::Write { caller, .. } = &mut inside {
+            *caller = user(1500, 1500);
+        }
+        let before = callers_of(&inside);
+        speak_for(range, &mut inside);
+        assert_eq!(
+            callers_of(&inside),
+            before,
+            "a uid in the range is believed"
+        );
+        let mut outside = root;
+        speak_for(range, &mut outside);
+        assert!(callers_of(&outside).iter().all(|c| *c == nobody));
     }
 
     #[test]

@@ -54,8 +54,9 @@ impl Server {
 
     /// Answers one request. (Long: one short arm per `Request` kind, an
     /// exhaustive dispatch that reads best in one place.)
-    async fn handle(self: Arc<Self>, peer: Peer, body: Request) -> Result<Reply, RpcError> {
+    async fn handle(self: Arc<Self>, peer: Peer, mut body: Request) -> Result<Reply, RpcError> {
         crate::access::admit(peer.who, &body)?;
+        crate::access::speak_for(peer.callers, &mut body);
         match body {
             Request::Read { client, caller, op } => {
                 validate_caller(&caller)?;

@@ -3,7 +3,7 @@
 //! match (no `_` arm), so a new operation does not compile until every
 //! decision has been made for it.
 
-use crate::namespace::WriteOp;
+use crate::namespace::{Caller, WriteOp};
 use crate::InodeId;
 
 /// Who may ask for a change. The meta maps each to the certificate roles
@@ -58,6 +58,58 @@ pub struct DelegationScope<'a> {
 }
 
 impl WriteOp {
+    /// The callers a change carries besides its request's own (changes
+    /// made earlier as other callers): a meta that limits whom a mount may
+    /// speak for maps these as well.
+    pub fn inner_callers_mut(&mut self) -> Vec<&mut Caller> {
+        match self {
+            WriteOp::CommitSlicesThenSetAttrs { then, .. } => {
+                then.iter_mut().map(|(c, _)| c).collect()
+            }
+            WriteOp::Delegated { ops, then } => {
+                let mut all = Vec::new();
+                for d in ops.iter_mut() {
+                    all.push(&mut d.caller);
+                    all.extend(d.op.inner_callers_mut());
+                }
+                if let Some(t) = then {
+                    all.extend(t.inner_callers_mut());
+                }
+                all
+            }
+            WriteOp::PurgeDeleted
+            | WriteOp::AbandonBlocks { .. }
+            | WriteOp::RelocateFragments { .. }
+            | WriteOp::LoseFragment { .. }
+            | WriteOp::ExpireClient { .. }
+            | WriteOp::SetClusterKey { .. }
+            | WriteOp::ReapOrphans { .. }
+            | WriteOp::MkNod { .. }
+            | WriteOp::Mkdir { .. }
+            | WriteOp::Unlink { .. }
+            | WriteOp::Rmdir { .. }
+            | WriteOp::Rename { .. }
+            | WriteOp::Link { .. }
+            | WriteOp::Symlink { .. }
+            | WriteOp::SetAttr { .. }
+            | WriteOp::SetXattr { .. }
+            | WriteOp::RemoveXattr { .. }
+            | WriteOp::SetPolicy { .. }
+            | WriteOp::CommitSlices { .. }
+            | WriteOp::SetLock { .. }
+            | WriteOp::Sync
+            | WriteOp::Delegate { .. }
+            | WriteOp::ReturnDelegations { .. }
+            | WriteOp::ReserveInodes { .. }
+            | WriteOp::Truncate { .. }
+            | WriteOp::AllocateBlocks { .. }
+            | WriteOp::ReplaceSlices { .. }
+            | WriteOp::DrainChunkserver { .. }
+            | WriteOp::RemoveChunkserver { .. }
+            | WriteOp::RegisterChunkserver { .. } => Vec::new(),
+        }
+    }
+
     /// Who may ask for it.
     pub fn origin(&self) -> Origin {
         match self {

@@ -2,6 +2,7 @@
 //! Owns: argument parsing, process setup, printing. Must not hold service
 //! logic of its own.
 
+mod cert_cmd;
 mod chaos_cmd;
 mod fs_cmd;
 mod mount_cmd;
@@ -137,6 +138,11 @@ enum Cmd {
     Up(up_cmd::UpArgs),
     /// Pull the power on daemons of a `sparefs up` cluster under a workload.
     Chaos(chaos_cmd::ChaosArgs),
+    /// Certificates: a cluster CA, credentials per process, trust lists.
+    Cert {
+        #[command(subcommand)]
+        cmd: cert_cmd::CertCmd,
+    },
     /// Chunkserver administration: list, drain, undrain, remove.
     Node {
         #[arg(long, env = "SPAREFS_META")]
@@ -188,7 +194,34 @@ pub(crate) fn load_tls(
         "{}: the certificate names {who}, not {expected}",
         dir.display()
     );
-    Ok(Arc::new(Tls::new(&creds)?))
+    let tls = Arc::new(Tls::new(&creds)?);
+    reload_on_hangup(dir.to_path_buf(), tls.clone());
+    Ok(tls)
+}
+
+/// On SIGHUP, reads the credentials in `dir` again and uses them for every
+/// new connection (a rotated certificate or trust list: docs/security.md);
+/// connections already open keep theirs.
+fn reload_on_hangup(dir: PathBuf, tls: Arc<Tls>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("no reloading of TLS credentials on SIGHUP: {e}");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match Credentials::load(&dir).and_then(|c| tls.reload(&c)) {
+                Ok(()) => tracing::info!("reloaded the TLS credentials in {}", dir.display()),
+                Err(e) => tracing::warn!(
+                    "kept the TLS credentials in use: those in {} do not load: {e}",
+                    dir.display()
+                ),
+            }
+        }
+    });
 }
 
 /// The credentials client commands connect with (`--tls`), set once at
@@ -329,7 +362,11 @@ fn main() {
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let tls = cli.tls;
     match &cli.cmd {
-        Cmd::Meta { .. } | Cmd::Chunkserver { .. } | Cmd::Mount(_) | Cmd::Up(_) => {}
+        Cmd::Meta { .. }
+        | Cmd::Chunkserver { .. }
+        | Cmd::Mount(_)
+        | Cmd::Up(_)
+        | Cmd::Cert { .. } => {}
         Cmd::Status { data, .. } => client_tls(tls.clone(), data.as_deref())?,
         Cmd::Chaos(args) => client_tls(tls.clone(), Some(&args.data))?,
         _ => client_tls(tls.clone(), None)?,
@@ -416,6 +453,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             mount_cmd::run(args).await
         }
         Cmd::Fs { meta, cmd } => fs_cmd::run(&meta, cmd).await,
+        Cmd::Cert { cmd } => cert_cmd::run(cmd),
         Cmd::Policy { meta, cmd } => fs_cmd::policy(&meta, cmd).await,
         Cmd::Status { meta, data, json } => status_cmd::run(meta, data, json).await,
         Cmd::Admin {

@@ -18,7 +18,7 @@
 //!   or served share one budget of `REQUEST_BYTES_IN_FLIGHT_MAX`.
 
 use crate::frame::{self, FrameError};
-use crate::tls::{Identity, Tls};
+use crate::tls::{Callers, Identity, Tls};
 use sparefs_proto::limits::{
     CONNECTIONS_MAX, DESCRIPTORS_RESERVED, FIRST_FRAME_TIMEOUT, FRAME_READ_TIMEOUT,
     INFLIGHT_REQUESTS_PER_CONNECTION_MAX, REQUEST_BYTES_IN_FLIGHT_MAX,
@@ -41,6 +41,9 @@ pub type CallFuture = Pin<Box<dyn Future<Output = Result<Reply, RpcError>> + Sen
 pub struct Peer {
     pub addr: SocketAddr,
     pub who: Option<Identity>,
+    /// Whom its certificate lets it speak for (`Any` on a plaintext
+    /// cluster).
+    pub callers: Callers,
 }
 
 pub trait Service: Send + Sync + 'static {
@@ -184,6 +187,7 @@ async fn connection<S: Service>(
     let peer = Peer {
         addr: peer,
         who: None,
+        callers: Callers::Any,
     };
     let (rd, wr) = stream.into_split();
     Box::pin(spoken_connection(rd, wr, peer, service, budget)).await
@@ -200,12 +204,13 @@ async fn tls_connection<S: Service>(
     budget: Arc<Semaphore>,
 ) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
-    let (stream, who) = tokio::time::timeout(FIRST_FRAME_TIMEOUT, tls.accept(stream))
+    let (stream, who, callers) = tokio::time::timeout(FIRST_FRAME_TIMEOUT, tls.accept(stream))
         .await
         .map_err(|_| timed_out("no TLS handshake within the first-frame timeout"))??;
     let peer = Peer {
         addr: peer,
         who: Some(who),
+        callers,
     };
     let (rd, wr) = tokio::io::split(stream);
     Box::pin(spoken_connection(rd, wr, peer, service, budget)).await

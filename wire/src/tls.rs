@@ -49,6 +49,12 @@ impl Role {
         Role::Iscsi,
     ];
 
+    /// The role `name` names (`meta`, `chunkserver`, `mount`, `admin`,
+    /// `iscsi`).
+    pub fn parse(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Role::Meta => "meta",
@@ -70,6 +76,87 @@ pub struct Identity {
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.role.name(), self.id)
+    }
+}
+
+/// Which callers a certificate's holder may speak for: a mount (or an
+/// iSCSI target) sends each request as a uid, and the meta believes only
+/// the uids its certificate allows (as an NFS server trusts a client host,
+/// or squashes it). Named in the certificate as a second URI,
+/// `sparefs-callers:squash-root` or `sparefs-callers:uids:FIRST-LAST`;
+/// without one, any caller.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Callers {
+    #[default]
+    Any,
+    /// Root (uid 0, gid 0) becomes the anonymous user; others are believed.
+    SquashRoot,
+    /// Only uids in `first..=last` are believed; any other caller, root
+    /// included, becomes the anonymous user.
+    Uids { first: u32, last: u32 },
+}
+
+const CALLERS_SCHEME: &str = "sparefs-callers:";
+
+impl Callers {
+    /// As written on a command line: `any`, `squash-root`, `uids:1000-1999`.
+    pub fn parse(s: &str) -> Result<Callers, String> {
+        let bad = || format!("callers {s:?} are none of any, squash-root, uids:FIRST-LAST");
+        match s {
+            "any" => Ok(Callers::Any),
+            "squash-root" => Ok(Callers::SquashRoot),
+            _ => {
+                let (a, b) = s
+                    .strip_prefix("uids:")
+                    .and_then(|r| r.split_once('-'))
+                    .ok_or_else(bad)?;
+                let first: u32 = a.parse().map_err(|_| bad())?;
+                let last: u32 = b.parse().map_err(|_| bad())?;
+                if first > last {
+                    return Err(format!("callers {s:?}: the range is empty"));
+                }
+                Ok(Callers::Uids { first, last })
+            }
+        }
+    }
+
+    fn uri(self) -> Option<String> {
+        (self != Callers::Any).then(|| format!("{CALLERS_SCHEME}{self}"))
+    }
+
+    /// The limit a verified certificate names: `Any` if it names none,
+    /// an error if it names more than one or one this version cannot read
+    /// (refusing is safer than believing every caller).
+    pub fn of_certificate(der: &[u8]) -> Result<Callers, String> {
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| format!("certificate: {e}"))?;
+        let Some(san) = cert
+            .subject_alternative_name()
+            .map_err(|e| format!("certificate: {e}"))?
+        else {
+            return Ok(Callers::Any);
+        };
+        let mut found = san.value.general_names.iter().filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => u.strip_prefix(CALLERS_SCHEME),
+            _ => None,
+        });
+        let Some(one) = found.next() else {
+            return Ok(Callers::Any);
+        };
+        if found.next().is_some() {
+            return Err("the certificate names its callers twice".into());
+        }
+        Callers::parse(one)
+    }
+}
+
+impl fmt::Display for Callers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Callers::Any => f.write_str("any"),
+            Callers::SquashRoot => f.write_str("squash-root"),
+            Callers::Uids { first, last } => write!(f, "uids:{first}-{last}"),
+        }
     }
 }
 
@@ -176,13 +263,100 @@ impl Credentials {
         write_private(dir, "key.pem", &self.key_pem)
     }
 
+    fn cert_der(&self) -> Result<CertificateDer<'static>, TlsError> {
+        CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .map_err(|e| TlsError::Pem(format!("cert.pem: {e}")))
+    }
+
+    /// Adds the CAs in `pem` to the trust list (those not in it yet): the
+    /// first step of rotating to a new CA.
+    pub fn trust(&mut self, pem: &str) -> Result<usize, TlsError> {
+        let have = ders(&self.ca_pem)?;
+        let mut added = 0;
+        for block in pem_blocks(pem) {
+            let der = one_der(block)?;
+            if !have.contains(&der) {
+                self.ca_pem.push_str(block);
+                self.ca_pem.push('\n');
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
+    /// Removes the CAs in `pem` from the trust list: the last step of
+    /// rotating away from an old CA. The list never becomes empty.
+    pub fn distrust(&mut self, pem: &str) -> Result<usize, TlsError> {
+        let gone = ders(pem)?;
+        let mut kept = String::new();
+        let mut removed = 0;
+        for block in pem_blocks(&self.ca_pem) {
+            if gone.contains(&one_der(block)?) {
+                removed += 1;
+            } else {
+                kept.push_str(block);
+                kept.push('\n');
+            }
+        }
+        if kept.is_empty() {
+            return Err(TlsError::Pem(
+                "that would leave no CA to trust: trust the new one first".into(),
+            ));
+        }
+        self.ca_pem = kept;
+        Ok(removed)
+    }
+
+    /// How many CAs the trust list holds.
+    pub fn trusted_cas(&self) -> Result<usize, TlsError> {
+        Ok(ders(&self.ca_pem)?.len())
+    }
+
     /// Whom this certificate names.
     pub fn identity(&self) -> Result<Identity, TlsError> {
-        let der = CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
-            .map_err(|e| TlsError::Pem(format!("cert.pem: {e}")))?;
-        Identity::of_certificate(&der)
+        Identity::of_certificate(&self.cert_der()?)
             .ok_or_else(|| TlsError::Pem("cert.pem names no sparefs role and id".into()))
     }
+
+    /// Which callers this certificate may speak for.
+    pub fn callers(&self) -> Result<Callers, TlsError> {
+        Callers::of_certificate(&self.cert_der()?)
+            .map_err(|e| TlsError::Pem(format!("cert.pem: {e}")))
+    }
+
+    /// When this certificate stops being valid, as seconds since the epoch.
+    pub fn not_after(&self) -> Result<i64, TlsError> {
+        let der = self.cert_der()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| TlsError::Pem(format!("cert.pem: {e}")))?;
+        Ok(cert.validity().not_after.timestamp())
+    }
+}
+
+/// The PEM certificate blocks of `text`, each from BEGIN to END.
+fn pem_blocks(text: &str) -> Vec<&str> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(b) = rest.find(BEGIN) {
+        let Some(e) = rest[b..].find(END) else {
+            break;
+        };
+        out.push(&rest[b..b + e + END.len()]);
+        rest = &rest[b + e + END.len()..];
+    }
+    out
+}
+
+fn one_der(block: &str) -> Result<Vec<u8>, TlsError> {
+    CertificateDer::from_pem_slice(block.as_bytes())
+        .map(|d| d.to_vec())
+        .map_err(|e| TlsError::Pem(format!("a CA certificate: {e}")))
+}
+
+fn ders(text: &str) -> Result<Vec<Vec<u8>>, TlsError> {
+    pem_blocks(text).into_iter().map(one_der).collect()
 }
 
 /// A cluster's certificate authority: signs every process's certificate.
@@ -227,12 +401,20 @@ impl ClusterCa {
 
     /// A certificate and key for `who`, trusting this CA.
     pub fn issue(&self, who: Identity) -> Result<Credentials, TlsError> {
+        self.issue_for(who, Callers::Any)
+    }
+
+    /// A certificate and key for `who` that may speak only for `callers`.
+    pub fn issue_for(&self, who: Identity, callers: Callers) -> Result<Credentials, TlsError> {
         let issuer = CertificateParams::from_ca_cert_pem(&self.cert_pem)?.self_signed(&self.key)?;
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(vec![CLUSTER_NAME.to_string()])?;
         params
             .subject_alt_names
             .push(SanType::URI(who.uri().try_into()?));
+        if let Some(uri) = callers.uri() {
+            params.subject_alt_names.push(SanType::URI(uri.try_into()?));
+        }
         params
             .distinguished_name
             .push(DnType::CommonName, who.to_string());
@@ -254,12 +436,17 @@ impl ClusterCa {
 }
 
 /// The TLS ends of one process: accepts and opens connections that both
-/// sides authenticate, and says who the peer is.
+/// sides authenticate, and says who the peer is. Its credentials can be
+/// replaced while it runs (`reload`: a rotated certificate or trust list);
+/// connections already open keep the credentials they were made with.
 pub struct Tls {
-    acceptor: tokio_rustls::TlsAcceptor,
-    connector: tokio_rustls::TlsConnector,
-    client: Arc<ClientConfig>,
+    configs: std::sync::RwLock<Arc<Configs>>,
     me: Identity,
+}
+
+struct Configs {
+    server: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
 }
 
 pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
@@ -276,8 +463,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-impl Tls {
-    pub fn new(creds: &Credentials) -> Result<Tls, TlsError> {
+impl Configs {
+    fn new(creds: &Credentials) -> Result<Configs, TlsError> {
         let mut roots = RootCertStore::empty();
         for ca in CertificateDer::pem_slice_iter(creds.ca_pem.as_bytes()) {
             let ca = ca.map_err(|e| TlsError::Pem(format!("ca.pem: {e}")))?;
@@ -299,13 +486,44 @@ impl Tls {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)?;
-        let client = Arc::new(client);
+        Ok(Configs {
+            server: Arc::new(server),
+            client: Arc::new(client),
+        })
+    }
+}
+
+impl Tls {
+    pub fn new(creds: &Credentials) -> Result<Tls, TlsError> {
         Ok(Tls {
-            acceptor: Arc::new(server).into(),
-            connector: client.clone().into(),
-            client,
+            configs: std::sync::RwLock::new(Arc::new(Configs::new(creds)?)),
             me: creds.identity()?,
         })
+    }
+
+    /// Uses `creds` for every connection from now on. They must name the
+    /// same role and id (a process does not change who it is).
+    pub fn reload(&self, creds: &Credentials) -> Result<(), TlsError> {
+        let who = creds.identity()?;
+        if who != self.me {
+            return Err(TlsError::Pem(format!(
+                "the new certificate names {who}, this process is {}",
+                self.me
+            )));
+        }
+        let configs = Arc::new(Configs::new(creds)?);
+        match self.configs.write() {
+            Ok(mut c) => *c = configs,
+            Err(poisoned) => *poisoned.into_inner() = configs,
+        }
+        Ok(())
+    }
+
+    fn configs(&self) -> Arc<Configs> {
+        match self.configs.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// Whom this process's certificate names.
@@ -314,11 +532,23 @@ impl Tls {
     }
 
     /// Completes the server side of a handshake: the client presented a
-    /// certificate of this cluster's CA, naming `Identity`.
-    pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<(ServerStream, Identity)> {
-        let stream = self.acceptor.accept(tcp).await?;
-        let who = named_peer(stream.get_ref().1)?;
-        Ok((stream, who))
+    /// certificate of this cluster's CA, naming `Identity` and the callers
+    /// it may speak for.
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+    ) -> std::io::Result<(ServerStream, Identity, Callers)> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.configs().server.clone());
+        let stream = acceptor.accept(tcp).await?;
+        let session = stream.get_ref().1;
+        let who = named_peer(session)?;
+        let callers = session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| Callers::of_certificate(c))
+            .unwrap_or(Ok(Callers::Any))
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
+        Ok((stream, who, callers))
     }
 
     /// Completes the client side of a handshake with a server of this
@@ -326,7 +556,8 @@ impl Tls {
     pub async fn connect(&self, tcp: TcpStream) -> std::io::Result<(ClientStream, Identity)> {
         let name = ServerName::try_from(CLUSTER_NAME)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let stream = self.connector.connect(name, tcp).await?;
+        let connector = tokio_rustls::TlsConnector::from(self.configs().client.clone());
+        let stream = connector.connect(name, tcp).await?;
         let who = named_peer(stream.get_ref().1)?;
         Ok((stream, who))
     }
@@ -342,7 +573,7 @@ impl Tls {
     ) -> std::io::Result<(BlockingClientStream, Identity)> {
         let name = ServerName::try_from(CLUSTER_NAME)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let mut conn = rustls::ClientConnection::new(self.client.clone(), name)
+        let mut conn = rustls::ClientConnection::new(self.configs().client.clone(), name)
             .map_err(std::io::Error::other)?;
         while conn.is_handshaking() {
             conn.complete_io(&mut tcp)?;
@@ -405,7 +636,7 @@ mod tests {
         let c = Tls::new(client).expect("client tls");
         let accepting = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await?;
-            let (mut stream, peer) = s.accept(tcp).await?;
+            let (mut stream, peer, _) = s.accept(tcp).await?;
             let mut b = [0u8; 5];
             stream.read_exact(&mut b).await?;
             stream.write_all(&b).await?;
@@ -467,6 +698,109 @@ mod tests {
         let (server_saw, client_saw) = handshake(&meta, &mount_both).await;
         assert_eq!(server_saw.expect("accepted"), who(Role::Mount, 3));
         assert_eq!(client_saw.expect("connected"), who(Role::Meta, 1));
+    }
+
+    /// Rotation: trust both, move to the new CA, drop the old one; a
+    /// process that reloads refuses the old CA's certificates from then on.
+    #[tokio::test]
+    async fn a_ca_is_rotated_by_reloading() {
+        let old = ClusterCa::create().expect("ca");
+        let new = ClusterCa::create().expect("ca");
+        let mut meta = old.issue(who(Role::Meta, 1)).expect("cert");
+        let server = Tls::new(&meta).expect("tls");
+        assert_eq!(meta.trust(new.cert_pem()).expect("trust"), 1);
+        assert_eq!(meta.trust(new.cert_pem()).expect("again"), 0, "listed once");
+        server.reload(&meta).expect("reload");
+        let old_mount = old.issue(who(Role::Mount, 2)).expect("cert");
+        let mut new_mount = new.issue(who(Role::Mount, 2)).expect("cert");
+        new_mount.trust(old.cert_pem()).expect("trust");
+        assert!(
+            accepts(&server, &old_mount).await,
+            "old, while both are trusted"
+        );
+        assert!(
+            accepts(&server, &new_mount).await,
+            "new, while both are trusted"
+        );
+        let mut rotated = new.issue(who(Role::Meta, 1)).expect("cert");
+        assert!(rotated.distrust(new.cert_pem()).is_err(), "no CA left");
+        rotated.trust(old.cert_pem()).expect("trust");
+        assert_eq!(rotated.distrust(old.cert_pem()).expect("distrust"), 1);
+        server.reload(&rotated).expect("reload");
+        assert!(!accepts(&server, &old_mount).await, "the old CA is gone");
+        assert!(accepts(&server, &new_mount).await);
+        let stranger = new.issue(who(Role::Meta, 9)).expect("cert");
+        assert!(server.reload(&stranger).is_err(), "another identity");
+    }
+
+    /// Whether `server` completes a handshake with a client holding `creds`.
+    async fn accepts(server: &Tls, creds: &Credentials) -> bool {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = Tls::new(creds).expect("tls");
+        let connecting = async move {
+            let tcp = TcpStream::connect(addr).await?;
+            let (mut s, _) = client.connect(tcp).await?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await?;
+            Ok::<_, std::io::Error>(())
+        };
+        let accepting = async {
+            let (tcp, _) = listener.accept().await?;
+            let (mut s, _, _) = server.accept(tcp).await?;
+            s.write_all(b"x").await?;
+            s.flush().await?;
+            Ok::<_, std::io::Error>(())
+        };
+        let (a, c) = tokio::join!(accepting, connecting);
+        a.is_ok() && c.is_ok()
+    }
+
+    #[test]
+    fn a_certificate_names_the_callers_it_may_speak_for() {
+        let ca = ClusterCa::create().expect("ca");
+        for callers in [
+            Callers::Any,
+            Callers::SquashRoot,
+            Callers::Uids {
+                first: 1000,
+                last: 1999,
+            },
+        ] {
+            let creds = ca.issue_for(who(Role::Mount, 4), callers).expect("cert");
+            assert_eq!(creds.identity().expect("identity"), who(Role::Mount, 4));
+            assert_eq!(creds.callers().expect("callers"), callers);
+            assert_eq!(Callers::parse(&callers.to_string()), Ok(callers));
+        }
+        for bad in ["", "root", "uids:5", "uids:9-1", "uids:-1-5", "uids:1-x"] {
+            assert!(Callers::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_server_learns_the_callers_of_a_client() {
+        let ca = ClusterCa::create().expect("ca");
+        let meta = Tls::new(&ca.issue(who(Role::Meta, 1)).expect("cert")).expect("tls");
+        let mount = ca
+            .issue_for(who(Role::Mount, 2), Callers::SquashRoot)
+            .expect("cert");
+        let mount = Tls::new(&mount).expect("tls");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepting = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await?;
+            let (mut stream, who, callers) = meta.accept(tcp).await?;
+            stream.write_all(b"x").await?;
+            stream.flush().await?;
+            Ok::<_, std::io::Error>((who, callers))
+        });
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let (mut stream, _) = mount.connect(tcp).await.expect("handshake");
+        let mut b = [0u8; 1];
+        stream.read_exact(&mut b).await.expect("read");
+        let (seen, callers) = accepting.await.expect("task").expect("accepted");
+        assert_eq!(seen, who(Role::Mount, 2));
+        assert_eq!(callers, Callers::SquashRoot);
     }
 
     #[test]
