@@ -56,7 +56,9 @@ async fn a_mount_speaks_only_for_the_callers_its_certificate_names() -> anyhow::
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))?;
 
     // Mount 2 squashes root, mount 3 believes uids 1000-1999 only.
-    let ca = c.ca.as_ref().ok_or_else(|| anyhow::anyhow!("a TLS cluster"))?;
+    let ca =
+        c.ca.as_ref()
+            .ok_or_else(|| anyhow::anyhow!("a TLS cluster"))?;
     for (n, callers) in [
         (2, Callers::SquashRoot),
         (
@@ -88,21 +90,37 @@ async fn a_mount_speaks_only_for_the_callers_its_certificate_names() -> anyhow::
     std::fs::write(&made, &bytes)?;
     std::fs::File::open(&made)?.sync_all()?;
     let seen = std::fs::metadata(full.join("public/by-root"))?;
-    assert_eq!((seen.uid(), seen.gid()), (NOBODY, NOBODY), "owned by nobody");
+    assert_eq!(
+        (seen.uid(), seen.gid()),
+        (NOBODY, NOBODY),
+        "owned by nobody"
+    );
     assert_eq!(std::fs::read(full.join("public/by-root"))?, bytes);
     // Other users are believed.
-    assert!(as_user(1000, &format!("cat {} >/dev/null", quoted(&squashed.join("secret")))));
+    assert!(as_user(
+        1000,
+        &format!("cat {} >/dev/null", quoted(&squashed.join("secret")))
+    ));
 
     // Through the ranged mount: root is nobody, 1000 is 1000, 2000 nobody.
     denied(
         "root reads through a uids:1000-1999 mount",
         std::fs::read(ranged.join("secret")),
     );
-    assert!(as_user(1000, &format!("cat {} >/dev/null", quoted(&ranged.join("secret")))));
-    assert!(as_user(2000, &format!("echo x > {}", quoted(&ranged.join("public/by-2000")))));
+    assert!(as_user(
+        1000,
+        &format!("cat {} >/dev/null", quoted(&ranged.join("secret")))
+    ));
+    assert!(as_user(
+        2000,
+        &format!("echo x > {}", quoted(&ranged.join("public/by-2000")))
+    ));
     let seen = std::fs::metadata(full.join("public/by-2000"))?;
     assert_eq!(seen.uid(), NOBODY, "uid 2000 is outside the range");
-    assert!(as_user(1500, &format!("echo x > {}", quoted(&ranged.join("public/by-1500")))));
+    assert!(as_user(
+        1500,
+        &format!("echo x > {}", quoted(&ranged.join("public/by-1500")))
+    ));
     let seen = std::fs::metadata(full.join("public/by-1500"))?;
     assert_eq!(seen.uid(), 1500, "uid 1500 is inside the range");
 
