@@ -115,7 +115,10 @@ impl MetaClient {
 
     /// Talks to the meta over mutual TLS with `tls`, to replicas whose
     /// certificates name the meta role only.
+    /// Its client id is then one of its certificate's (the meta refuses
+    /// others over TLS).
     pub fn with_tls(mut self, tls: Arc<Tls>) -> Self {
+        self.id = ClientId(tls.me().client_id(rand::random()));
         self.conns = ConnPool::with_tls(tls).expecting(Role::Meta);
         self
     }

@@ -17,7 +17,7 @@ use crate::kv::ReadKv;
 use sparefs_proto::msg::{Request, RpcError};
 use sparefs_proto::namespace::Caller;
 use sparefs_proto::write_kind::Origin;
-use sparefs_proto::ChunkserverId;
+use sparefs_proto::{ChunkserverId, ClientId};
 use sparefs_wire::tls::{Callers, Identity, Role};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -53,6 +53,28 @@ fn roles_for_request(req: &Request) -> Option<&'static [Role]> {
     }
 }
 
+/// The client a request acts as (its session, locks, leases and
+/// delegations), if it names one.
+fn client_of(req: &Request) -> Option<ClientId> {
+    match req {
+        Request::Read { client, .. }
+        | Request::WaitRecall { client }
+        | Request::KeepAlive { client, .. } => Some(*client),
+        Request::Write { id, .. }
+        | Request::AddReplica { id, .. }
+        | Request::RemoveReplica { id, .. } => Some(id.client),
+        Request::Raft { .. }
+        | Request::SnapshotPiece { .. }
+        | Request::TransferLeader { .. }
+        | Request::Heartbeat(_)
+        | Request::Inventory { .. }
+        | Request::Status
+        | Request::RepairStatus
+        | Request::PutFragment { .. }
+        | Request::GetFragment { .. } => None,
+    }
+}
+
 /// Whether `who` (the peer's certificate; `None` on a plaintext cluster)
 /// may send `req` at all. Refusals say which role would be needed.
 pub fn admit(who: Option<Identity>, req: &Request) -> Result<(), RpcError> {
@@ -63,7 +85,18 @@ pub fn admit(who: Option<Identity>, req: &Request) -> Result<(), RpcError> {
             ));
         }
     }
-    let (Some(who), Some(roles)) = (who, roles_for_request(req)) else {
+    let Some(who) = who else {
+        return Ok(());
+    };
+    if let Some(client) = client_of(req) {
+        if !who.owns_client_id(client.0) {
+            return Err(RpcError::Forbidden(format!(
+                "{who} may not act as client {:x}: a certificate's client ids are its own",
+                client.0
+            )));
+        }
+    }
+    let Some(roles) = roles_for_request(req) else {
         return Ok(());
     };
     if roles.contains(&who.role) {
@@ -229,6 +262,46 @@ mod tests {
         Some(Identity { role, id: 1 })
     }
 
+    /// Whether `role` (id 1) may send `req` as one of its own clients.
+    fn admits(role: Role, req: &Request) -> bool {
+        let who = Identity { role, id: 1 };
+        let mut req = req.clone();
+        if let Request::Write { id, .. } = &mut req {
+            id.client = ClientId(who.client_id(7));
+        }
+        admit(Some(who), &req).is_ok()
+    }
+
+    #[test]
+    fn a_certificate_acts_only_as_its_own_clients() {
+        let mine = Identity {
+            role: Role::Mount,
+            id: 1,
+        };
+        let theirs = Identity {
+            role: Role::Mount,
+            id: 2,
+        };
+        let keepalive = |client| Request::KeepAlive {
+            client: ClientId(client),
+            open: Vec::new(),
+        };
+        assert!(admit(Some(mine), &keepalive(mine.client_id(3))).is_ok());
+        assert!(matches!(
+            admit(Some(mine), &keepalive(theirs.client_id(3))),
+            Err(RpcError::Forbidden(_))
+        ));
+        let mut sync = write(WriteOp::Sync);
+        if let Request::Write { id, .. } = &mut sync {
+            id.client = ClientId(theirs.client_id(9));
+        }
+        assert!(admit(Some(mine), &sync).is_err(), "a write as their client");
+        assert!(
+            admit(None, &sync).is_ok(),
+            "plaintext: no certificate to bind"
+        );
+    }
+
     #[test]
     fn each_role_does_only_its_job() {
         let drain = write(WriteOp::DrainChunkserver {
@@ -244,27 +317,24 @@ mod tests {
             replica: sparefs_proto::ReplicaId(1),
         };
         for role in [Role::Mount, Role::Iscsi, Role::Chunkserver, Role::Meta] {
-            assert!(admit(as_role(role), &drain).is_err(), "{role:?} drains");
-            assert!(admit(as_role(role), &transfer).is_err(), "{role:?} moves");
+            assert!(!admits(role, &drain), "{role:?} drains");
+            assert!(!admits(role, &transfer), "{role:?} moves");
         }
-        assert!(admit(as_role(Role::Admin), &drain).is_ok());
-        assert!(admit(as_role(Role::Admin), &transfer).is_ok());
+        assert!(admits(Role::Admin, &drain));
+        assert!(admits(Role::Admin, &transfer));
         for role in [Role::Mount, Role::Iscsi, Role::Admin, Role::Meta] {
-            assert!(
-                admit(as_role(role), &register).is_err(),
-                "{role:?} gets the cluster key"
-            );
+            assert!(!admits(role, &register), "{role:?} gets the cluster key");
         }
-        assert!(admit(as_role(Role::Chunkserver), &register).is_ok());
+        assert!(admits(Role::Chunkserver, &register));
         let mkdir = write(WriteOp::Sync);
-        assert!(admit(as_role(Role::Chunkserver), &mkdir).is_err());
-        assert!(admit(as_role(Role::Mount), &mkdir).is_ok());
+        assert!(!admits(Role::Chunkserver, &mkdir));
+        assert!(admits(Role::Mount, &mkdir));
         let raft = Request::Raft {
             from: sparefs_proto::ReplicaId(1),
             msg: Vec::new(),
         };
-        assert!(admit(as_role(Role::Mount), &raft).is_err());
-        assert!(admit(as_role(Role::Meta), &raft).is_ok());
+        assert!(!admits(Role::Mount, &raft));
+        assert!(admits(Role::Meta, &raft));
         assert!(admit_raft(as_role(Role::Meta), 2).is_err(), "meta 1 as 2");
         assert!(admit_raft(as_role(Role::Meta), 1).is_ok());
         assert!(admit_raft(as_role(Role::Admin), 1).is_err());

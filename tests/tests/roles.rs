@@ -4,7 +4,8 @@
 //! register as a chunkserver (which hands out the cluster key); a
 //! chunkserver's cannot report for another chunkserver (the forged "lost
 //! fragments" heartbeat that made a block unreadable) nor change the
-//! namespace; a replica's cannot speak Raft as another replica. The file
+//! namespace; a replica's cannot speak Raft as another replica; a mount's
+//! cannot act as another mount's client (its client ids are its own). The file
 //! written before reads back the same after every attempt.
 
 use protobuf::Message as _;
@@ -114,6 +115,34 @@ async fn each_certificate_does_only_its_job() -> anyhow::Result<()> {
             .as_ref()
             .is_some_and(|s| s.term == term && s.role == sparefs_proto::msg::Role::Leader),
         "replica {impostor}'s certificate deposed leader {leader} as replica {other}: {after:?}"
+    );
+
+    // A mount's certificate acting as another mount's client (its lock
+    // lease, its delegations): refused, whichever id it guesses.
+    let tls = c
+        .tls_as(who(TlsRole::Mount, 9))?
+        .ok_or_else(|| anyhow::anyhow!("no TLS"))?;
+    let conn =
+        sparefs_wire::conn::Conn::open_with(&c.address(leader), Duration::from_secs(2), Some(&tls))
+            .await?;
+    let victim = sparefs_proto::ClientId(who(TlsRole::Mount, 1).client_id(12345));
+    let r = conn
+        .call(
+            Request::KeepAlive {
+                client: victim,
+                open: Vec::new(),
+            },
+            Duration::from_secs(2),
+        )
+        .await;
+    assert!(
+        matches!(
+            r,
+            Err(sparefs_wire::conn::CallError::Rpc(
+                sparefs_proto::msg::RpcError::Forbidden(_)
+            ))
+        ),
+        "mount 9 renewed mount 1's lease: {r:?}"
     );
 
     // Nothing of that changed the data (read again from the cluster, not

@@ -161,6 +161,30 @@ impl fmt::Display for Callers {
 }
 
 impl Identity {
+    /// The upper 64 bits of every client id a holder of this certificate
+    /// may use (the lower 64 are its own random choice): a client's
+    /// sessions, locks, leases and delegations then belong to one
+    /// certificate, and another certificate cannot act for them.
+    pub fn client_prefix(self) -> u64 {
+        let mut h = blake3::Hasher::new();
+        h.update(b"sparefs client id");
+        h.update(self.role.name().as_bytes());
+        h.update(&self.id.to_be_bytes());
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&h.finalize().as_bytes()[..8]);
+        u64::from_be_bytes(prefix)
+    }
+
+    /// A client id of this certificate's, `low` its own random part.
+    pub fn client_id(self, low: u64) -> u128 {
+        ((self.client_prefix() as u128) << 64) | low as u128
+    }
+
+    /// Whether `client` is one of this certificate's client ids.
+    pub fn owns_client_id(self, client: u128) -> bool {
+        (client >> 64) as u64 == self.client_prefix()
+    }
+
     fn uri(self) -> String {
         format!("sparefs:{}:{}", self.role.name(), self.id)
     }
@@ -754,6 +778,17 @@ mod tests {
         };
         let (a, c) = tokio::join!(accepting, connecting);
         a.is_ok() && c.is_ok()
+    }
+
+    #[test]
+    fn client_ids_belong_to_one_certificate() {
+        let a = who(Role::Mount, 1);
+        let b = who(Role::Mount, 2);
+        let id = a.client_id(0xdead_beef);
+        assert!(a.owns_client_id(id));
+        assert!(!b.owns_client_id(id));
+        assert!(!who(Role::Admin, 1).owns_client_id(id), "role counts");
+        assert!(!a.owns_client_id(0xdead_beef), "a bare random id");
     }
 
     #[test]
