@@ -129,11 +129,32 @@ async fn a_meta_group_over_tls_serves_its_cluster_only() {
     assert!(leaders[0].is_some());
 
     for a in &addrs {
+        let started = Instant::now();
+        let r = status(a, None).await;
         assert!(
-            status(a, None).await.is_err(),
-            "{a} answered a plaintext client"
+            matches!(&r, Err(e) if e.contains("mutual TLS only")),
+            "{a} answered a plaintext client, or did not say why not: {r:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "refused at once"
         );
     }
+    // The command a user would run without --tls says why, at once.
+    let started = Instant::now();
+    let out = std::process::Command::new(sparefs_tests::sparefs_bin())
+        .args(["status", "--meta", &addrs.join(",")])
+        .env_remove("SPAREFS_TLS")
+        .output()
+        .expect("run sparefs status");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "status answered without TLS");
+    assert!(said.contains("--tls DIR"), "no reason given: {said}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
     let other = ClusterCa::create().expect("other ca");
     let stranger = Tls::new(&other.issue(meta(1)).expect("cert")).expect("tls");
     for a in &addrs {

@@ -25,6 +25,20 @@ pub async fn run(
     let pids = cluster_file.as_ref().map(|c| c.pids()).unwrap_or_default();
     let client = crate::meta_client(addresses.clone(), current_caller());
     let list = replica_rows(&client, addresses, &pids).await;
+    if list.iter().all(|v| v["role"] == "unreachable") {
+        // Nothing more to ask anyone: say why each replica did not answer.
+        if json_out {
+            println!("{}", json!({ "meta": list }));
+        }
+        for v in &list {
+            eprintln!(
+                "sparefs: {}: {}",
+                v["address"].as_str().unwrap_or("?"),
+                v["error"].as_str().unwrap_or("no answer")
+            );
+        }
+        return Ok(2);
+    }
     let (servers, health, repair) = data_rows(&client, &pids).await;
     if json_out {
         println!(

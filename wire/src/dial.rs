@@ -45,7 +45,17 @@ pub async fn dial(
     };
     let (stream, who) = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connect(stream))
         .await
-        .map_err(|_| timed_out(format!("TLS handshake with {address} timed out")))??;
+        .map_err(|_| timed_out(format!("TLS handshake with {address} timed out")))?
+        .map_err(|e| {
+            // A plaintext server closes on a handshake (it takes it for an
+            // oversized frame): say so rather than "unexpected EOF".
+            let hint = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                " (it closed the connection: does it run without --tls?)"
+            } else {
+                ""
+            };
+            std::io::Error::new(e.kind(), format!("TLS handshake with {address}: {e}{hint}"))
+        })?;
     let (rd, wr) = tokio::io::split(stream);
     Ok(Dialed {
         rd: Box::new(rd),

@@ -29,7 +29,9 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
@@ -204,6 +206,16 @@ async fn tls_connection<S: Service>(
     budget: Arc<Semaphore>,
 ) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
+    // A TLS handshake record starts with 22; a plaintext frame with the
+    // high byte of its length (0). Tell a plaintext client why it is not
+    // served instead of closing on it (it would retry until it timed out).
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(FIRST_FRAME_TIMEOUT, stream.peek(&mut first))
+        .await
+        .map_err(|_| timed_out("no TLS handshake within the first-frame timeout"))??;
+    if peeked == 1 && first[0] != TLS_HANDSHAKE_RECORD {
+        return refuse_plaintext(stream).await;
+    }
     let (stream, who, callers) = tokio::time::timeout(FIRST_FRAME_TIMEOUT, tls.accept(stream))
         .await
         .map_err(|_| timed_out("no TLS handshake within the first-frame timeout"))??;
@@ -214,6 +226,46 @@ async fn tls_connection<S: Service>(
     };
     let (rd, wr) = tokio::io::split(stream);
     Box::pin(spoken_connection(rd, wr, peer, service, budget)).await
+}
+
+/// The first byte of a TLS connection (a handshake record).
+const TLS_HANDSHAKE_RECORD: u8 = 22;
+
+/// What a plaintext client of a TLS service is told.
+pub const TLS_ONLY: &str =
+    "this cluster speaks mutual TLS only: connect with --tls DIR (a `sparefs up` cluster keeps DATA/tls/admin)";
+
+/// Answers the first request of a plaintext client on a TLS listener with
+/// `Forbidden` and why, then closes. Bounded like any first frame: a small
+/// frame, within the first-frame timeout.
+async fn refuse_plaintext(mut stream: TcpStream) -> Result<(), FrameError> {
+    const SMALL: usize = 64 * 1024;
+    let mut rd = frame::buffered(&mut stream);
+    let mut len = [0u8; 4];
+    let read = async {
+        rd.read_exact(&mut len).await?;
+        let n = u32::from_be_bytes(len) as usize;
+        if n > SMALL {
+            return Err(FrameError::TooLarge { len: n, max: SMALL });
+        }
+        let mut body = vec![0u8; n];
+        rd.read_exact(&mut body).await?;
+        Ok::<_, FrameError>(body)
+    };
+    let body = tokio::time::timeout(FIRST_FRAME_TIMEOUT, read)
+        .await
+        .map_err(|_| timed_out("no whole first frame within the first-frame timeout"))??;
+    let call = match frame::decode::<RequestFrame>(&body) {
+        Ok(f) => f.call,
+        Err(_) => return Ok(()),
+    };
+    let reply = ResponseFrame {
+        call,
+        body: Err(RpcError::Forbidden(TLS_ONLY.into())),
+    };
+    let _ =
+        tokio::time::timeout(FIRST_FRAME_TIMEOUT, frame::write_frame(&mut stream, &reply)).await;
+    Ok(())
 }
 
 /// A connection that has begun to send: reads frames until it closes.
