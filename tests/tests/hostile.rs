@@ -337,3 +337,139 @@ fn sockets(pid: u32) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// Over TLS: strangers (plaintext, another CA's certificate), half-sent
+/// handshakes, truncated frames inside a good session, a flood of full
+/// handshakes and thousands of connections that never start one, at every
+/// daemon; each is refused or closed in time, memory stays bounded, the
+/// group keeps its leader and the mount keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_strangers_and_slow_handshakes_stop_no_daemon() {
+    use sparefs_tests::{fs_cluster_tls, who, TlsRole};
+    use sparefs_wire::tls::{ClusterCa, Tls};
+    use tokio::io::AsyncWriteExt;
+    sparefs_wire::service::raise_descriptor_limit();
+    let (mut c, dirs) = fs_cluster_tls(3, 1).await.expect("cluster");
+    let mnt = dirs[0].clone();
+    mount_works(&mnt, "before");
+    let leader = c
+        .wait_leader(Duration::from_secs(20))
+        .await
+        .expect("leader");
+    let term = c.status(leader).await.expect("status").term;
+    let ours = std::sync::Arc::new(
+        c.tls_as(who(TlsRole::Mount, 77))
+            .expect("credentials")
+            .expect("TLS"),
+    );
+    let stranger = std::sync::Arc::new(
+        Tls::new(
+            &ClusterCa::create()
+                .expect("ca")
+                .issue(who(TlsRole::Admin, 0))
+                .expect("cert"),
+        )
+        .expect("tls"),
+    );
+
+    for (name, addr, pid) in daemons(&c) {
+        let before = rss(pid);
+        // Half a ClientHello: a handshake record announcing 16 KiB, five
+        // bytes of it sent.
+        let mut half = vec![22u8, 3, 1, 0x40, 0];
+        half.extend_from_slice(&[1, 0, 0x3f, 0xfc, 3]);
+        let halves: Vec<TcpStream> = (0..50).map(|_| send(&addr, &half)).collect();
+        let sent = Instant::now();
+        // Another CA's certificate: no session.
+        let tcp = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        assert!(
+            stranger.connect(tcp).await.is_err(),
+            "{name}: a certificate of another CA was accepted"
+        );
+        // Good sessions that announce 16 MiB frames and send five bytes.
+        let mut truncated = Vec::new();
+        for _ in 0..20 {
+            let tcp = tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect");
+            let (mut s, _) = ours.connect(tcp).await.expect("handshake");
+            let mut bytes = (16u32 * 1024 * 1024).to_be_bytes().to_vec();
+            bytes.extend_from_slice(b"hello");
+            s.write_all(&bytes).await.expect("write");
+            s.flush().await.expect("flush");
+            truncated.push(s);
+        }
+        // A flood of full handshakes, 32 at a time, each closed at once.
+        let started = Instant::now();
+        let mut flood = tokio::task::JoinSet::new();
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+        for _ in 0..1_000 {
+            let (gate, tls, addr) = (gate.clone(), ours.clone(), addr.clone());
+            flood.spawn(async move {
+                let _p = gate.acquire_owned().await.ok()?;
+                let tcp = tokio::net::TcpStream::connect(&addr).await.ok()?;
+                tls.connect(tcp).await.ok().map(|_| ())
+            });
+        }
+        let mut completed = 0;
+        while let Some(r) = flood.join_next().await {
+            completed += usize::from(matches!(r, Ok(Some(()))));
+        }
+        eprintln!(
+            "{name}: {completed} of 1000 handshakes in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        all_alive(&mut c);
+        mount_works(&mnt, &format!("tls-flood-{name}"));
+        let grown = rss(pid).saturating_sub(before);
+        assert!(
+            grown < 64 << 20,
+            "{name}: half handshakes, truncated frames and a handshake flood grew it by {} MiB",
+            grown >> 20
+        );
+        // The half handshakes are closed within the first-frame timeout.
+        let deadline = sent + FIRST_FRAME_TIMEOUT + Duration::from_secs(5);
+        for (i, s) in halves.into_iter().enumerate() {
+            assert!(
+                closed_by(s, deadline),
+                "{name}: half handshake {i} was kept open"
+            );
+        }
+        drop(truncated);
+    }
+    // No election was forced by any of it.
+    let after = c.status(leader).await.expect("status");
+    assert_eq!(
+        (after.term, after.role),
+        (term, sparefs_proto::msg::Role::Leader),
+        "the leader changed under the TLS barrage"
+    );
+
+    // Thousands of connections that never start a handshake, at one meta
+    // and one chunkserver: closed by the daemon, which keeps serving.
+    for (name, addr, pid) in daemons(&c)
+        .into_iter()
+        .filter(|(n, _, _)| n == "meta 1" || n == "chunkserver 1")
+    {
+        let sockets_before = sockets(pid);
+        let silent = open_silent(&addr, 3_000)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        mount_works(&mnt, &format!("tls-silent-{name}"));
+        let last = silent.last().map_or_else(Instant::now, |(_, at)| *at);
+        std::thread::sleep(
+            (last + FIRST_FRAME_TIMEOUT + Duration::from_secs(3))
+                .saturating_duration_since(Instant::now()),
+        );
+        let left = sockets(pid);
+        assert!(
+            left < sockets_before + 100,
+            "{name}: {left} sockets open after the first-frame timeout ({sockets_before} before)"
+        );
+        drop(silent);
+    }
+    all_alive(&mut c);
+    mount_works(&mnt, "tls-after");
+}
