@@ -268,16 +268,7 @@ async fn hostile_clients_stop_no_daemon_and_the_mount_keeps_working() {
         // past loopback's accept queue, SYN cookies leave the client some
         // connections the daemon never saw.
         if name == "meta 1" || name == "chunkserver 1" {
-            let last = silent.last().map_or_else(Instant::now, |(_, at)| *at);
-            std::thread::sleep(
-                (last + FIRST_FRAME_TIMEOUT + Duration::from_secs(3))
-                    .saturating_duration_since(Instant::now()),
-            );
-            let left = sockets(pid);
-            assert!(
-                left < sockets_before + 100,
-                "{name}: {left} sockets open after the first-frame timeout ({sockets_before} before)"
-            );
+            closes_silent(&name, pid, sockets_before, &silent);
         }
         drop(silent);
     }
@@ -322,6 +313,23 @@ async fn open_silent(addr: &str, n: usize) -> Result<Vec<(TcpStream, Instant)>, 
     }
     out.sort_by_key(|(_, at)| *at);
     Ok(out)
+}
+
+/// Waits out the first-frame timeout after the last of `silent` opened,
+/// then checks that daemon `pid` closed them (counted on its side: past
+/// loopback's accept queue, SYN cookies leave the client connections the
+/// daemon never saw).
+fn closes_silent(name: &str, pid: u32, sockets_before: usize, silent: &[(TcpStream, Instant)]) {
+    let last = silent.last().map_or_else(Instant::now, |(_, at)| *at);
+    std::thread::sleep(
+        (last + FIRST_FRAME_TIMEOUT + Duration::from_secs(3))
+            .saturating_duration_since(Instant::now()),
+    );
+    let left = sockets(pid);
+    assert!(
+        left < sockets_before + 100,
+        "{name}: {left} sockets open after the first-frame timeout ({sockets_before} before)"
+    );
 }
 
 /// How many sockets a process has open.
@@ -458,16 +466,7 @@ async fn over_tls_strangers_and_slow_handshakes_stop_no_daemon() {
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         mount_works(&mnt, &format!("tls-silent-{name}"));
-        let last = silent.last().map_or_else(Instant::now, |(_, at)| *at);
-        std::thread::sleep(
-            (last + FIRST_FRAME_TIMEOUT + Duration::from_secs(3))
-                .saturating_duration_since(Instant::now()),
-        );
-        let left = sockets(pid);
-        assert!(
-            left < sockets_before + 100,
-            "{name}: {left} sockets open after the first-frame timeout ({sockets_before} before)"
-        );
+        closes_silent(&name, pid, sockets_before, &silent);
         drop(silent);
     }
     all_alive(&mut c);
