@@ -253,10 +253,11 @@ pub async fn run(mut args: UpArgs) -> anyhow::Result<i32> {
     }
     write_cluster_file(&args.data, &daemons, &mountpoint)?;
     println!(
-        "sparefs ready: {} mounted ({} meta replicas, {} chunkservers, policy {policy}) in {:.1}s; data in {}",
+        "sparefs ready: {} mounted ({} meta replicas, {} chunkservers, policy {policy}, {}) in {:.1}s; data in {}",
         mountpoint.display(),
         args.metas,
         args.chunkservers,
+        if args.tls { "mutual TLS" } else { "plaintext" },
         start.elapsed().as_secs_f64(),
         args.data.display()
     );
