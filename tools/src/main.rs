@@ -194,7 +194,18 @@ pub(crate) fn load_tls(
         "{}: the certificate names {who}, not {expected}",
         dir.display()
     );
-    let tls = Arc::new(Tls::new(&creds)?);
+    Ok(Arc::new(Tls::new(&creds)?))
+}
+
+/// `load_tls` for a daemon or a mount: it also reloads its credentials on
+/// SIGHUP. (Not for commands, nor `up`, whose SIGHUP still means the
+/// terminal is gone: it stops and its daemons with it.)
+pub(crate) fn load_tls_reloading(
+    dir: &std::path::Path,
+    role: Role,
+    id: Option<u64>,
+) -> anyhow::Result<Arc<Tls>> {
+    let tls = load_tls(dir, role, id)?;
     reload_on_hangup(dir.to_path_buf(), tls.clone());
     Ok(tls)
 }
@@ -386,7 +397,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         } => {
             let peers = parse_peers(&peers)?;
             let tls = match tls {
-                Some(dir) => Some(load_tls(&dir, Role::Meta, Some(id))?),
+                Some(dir) => Some(load_tls_reloading(&dir, Role::Meta, Some(id))?),
                 None => None,
             };
             sparefs_meta::run(sparefs_meta::MetaConfig {
@@ -419,7 +430,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             inventory_every,
         } => {
             let tls = match tls {
-                Some(dir) => Some(load_tls(&dir, Role::Chunkserver, None)?),
+                Some(dir) => Some(load_tls_reloading(&dir, Role::Chunkserver, None)?),
                 None => None,
             };
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;

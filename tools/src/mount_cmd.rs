@@ -95,7 +95,7 @@ pub fn is_mounted(mountpoint: &Path) -> bool {
 
 pub async fn run(args: MountArgs) -> anyhow::Result<i32> {
     let tls = match &args.tls {
-        Some(dir) => Some(crate::load_tls(dir, Role::Mount, None)?),
+        Some(dir) => Some(crate::load_tls_reloading(dir, Role::Mount, None)?),
         None => None,
     };
     check_before_mounting(&args, tls.as_ref()).await?;
