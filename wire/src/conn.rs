@@ -395,6 +395,35 @@ mod tests {
             refused(&addr, None).await,
             "a plaintext client was answered"
         );
+        // It is told why, at once, whatever the size of its request (the
+        // rest of which the service reads away before closing).
+        for data in [Vec::new(), vec![7u8; 300_000]] {
+            let plain = Conn::open(&addr, Duration::from_secs(2))
+                .await
+                .expect("connect");
+            let started = std::time::Instant::now();
+            let why = plain
+                .call(
+                    Request::PutFragment {
+                        cap: Capability {
+                            block: BlockId(1),
+                            write: true,
+                            expires: 0,
+                            mac: [0; 32],
+                        },
+                        block: BlockId(1),
+                        index: 0,
+                        data,
+                    },
+                    Duration::from_secs(5),
+                )
+                .await;
+            assert!(
+                matches!(&why, Err(CallError::Rpc(RpcError::Forbidden(m))) if m.contains("mutual TLS only")),
+                "{why:?}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(2));
+        }
         let other = ClusterCa::create().expect("ca");
         let admin = Identity {
             role: Role::Admin,

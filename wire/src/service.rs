@@ -206,19 +206,22 @@ async fn tls_connection<S: Service>(
     budget: Arc<Semaphore>,
 ) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
+    // One deadline for the whole handshake, however it is sent.
+    let deadline = tokio::time::Instant::now() + FIRST_FRAME_TIMEOUT;
+    let late = || timed_out("no TLS handshake within the first-frame timeout");
     // A TLS handshake record starts with 22; a plaintext frame with the
     // high byte of its length (0). Tell a plaintext client why it is not
     // served instead of closing on it (it would retry until it timed out).
     let mut first = [0u8; 1];
-    let peeked = tokio::time::timeout(FIRST_FRAME_TIMEOUT, stream.peek(&mut first))
+    let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first))
         .await
-        .map_err(|_| timed_out("no TLS handshake within the first-frame timeout"))??;
+        .map_err(|_| late())??;
     if peeked == 1 && first[0] != TLS_HANDSHAKE_RECORD {
-        return refuse_plaintext(stream).await;
+        return refuse_plaintext(stream, deadline).await;
     }
-    let (stream, who, callers) = tokio::time::timeout(FIRST_FRAME_TIMEOUT, tls.accept(stream))
+    let (stream, who, callers) = tokio::time::timeout_at(deadline, tls.accept(stream))
         .await
-        .map_err(|_| timed_out("no TLS handshake within the first-frame timeout"))??;
+        .map_err(|_| late())??;
     let peer = Peer {
         addr: peer,
         who: Some(who),
@@ -236,35 +239,61 @@ pub const TLS_ONLY: &str =
     "this cluster speaks mutual TLS only: connect with --tls DIR (a `sparefs up` cluster keeps DATA/tls/admin)";
 
 /// Answers the first request of a plaintext client on a TLS listener with
-/// `Forbidden` and why, then closes. Bounded like any first frame: a small
-/// frame, within the first-frame timeout.
-async fn refuse_plaintext(mut stream: TcpStream) -> Result<(), FrameError> {
-    const SMALL: usize = 64 * 1024;
-    let mut rd = frame::buffered(&mut stream);
-    let mut len = [0u8; 4];
+/// `Forbidden` and why, then closes. Reads only the frame's length and the
+/// call number that starts its body (a varint: at most 10 bytes), so a
+/// flood of these holds no memory, within the handshake's deadline.
+async fn refuse_plaintext(
+    mut stream: TcpStream,
+    deadline: tokio::time::Instant,
+) -> Result<(), FrameError> {
+    let mut head = [0u8; 14];
     let read = async {
-        rd.read_exact(&mut len).await?;
-        let n = u32::from_be_bytes(len) as usize;
-        if n > SMALL {
-            return Err(FrameError::TooLarge { len: n, max: SMALL });
+        let mut got = 0;
+        while got < head.len() {
+            let n = stream.read(&mut head[got..]).await?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+            let len = (got >= 4).then(|| u32::from_be_bytes([head[0], head[1], head[2], head[3]]));
+            if let Some(len) = len {
+                if let Ok((call, _)) = postcard::take_from_bytes::<u64>(&head[4..got]) {
+                    return Ok(Some(call));
+                }
+                if got - 4 >= len as usize {
+                    break;
+                }
+            }
         }
-        let mut body = vec![0u8; n];
-        rd.read_exact(&mut body).await?;
-        Ok::<_, FrameError>(body)
+        Ok::<_, FrameError>(None)
     };
-    let body = tokio::time::timeout(FIRST_FRAME_TIMEOUT, read)
+    let call = tokio::time::timeout_at(deadline, read)
         .await
-        .map_err(|_| timed_out("no whole first frame within the first-frame timeout"))??;
-    let call = match frame::decode::<RequestFrame>(&body) {
-        Ok(f) => f.call,
-        Err(_) => return Ok(()),
+        .map_err(|_| timed_out("no first frame within the first-frame timeout"))??;
+    let Some(call) = call else {
+        return Ok(());
     };
     let reply = ResponseFrame {
         call,
         body: Err(RpcError::Forbidden(TLS_ONLY.into())),
     };
-    let _ =
-        tokio::time::timeout(FIRST_FRAME_TIMEOUT, frame::write_frame(&mut stream, &reply)).await;
+    let answer = async {
+        frame::write_frame(&mut stream, &reply).await?;
+        stream.shutdown().await?;
+        // Closing with the rest of its request unread would reset the
+        // connection, and the client could lose the answer: read it away
+        // (into a small buffer, a bounded amount) until it closes too.
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < 1 << 20 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        Ok::<_, FrameError>(())
+    };
+    let _ = tokio::time::timeout_at(deadline, answer).await;
     Ok(())
 }
 
