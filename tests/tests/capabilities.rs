@@ -75,6 +75,12 @@ async fn a_chunkserver_honours_only_the_capability_it_was_given() -> anyhow::Res
         len: 4096,
     };
     let t = Duration::from_secs(5);
+    let put_a = |cap: Capability| Request::PutFragment {
+        cap,
+        block: a.id,
+        index: a.slot(0),
+        data: vec![0xee; 4096],
+    };
 
     // The honest read.
     let honest = holder_of_a.call(get_a(cap_a.clone(), a.id), t).await;
@@ -86,17 +92,7 @@ async fn a_chunkserver_honours_only_the_capability_it_was_given() -> anyhow::Res
     // A read capability used to write over the fragment.
     denied(
         "a read capability writes",
-        holder_of_a
-            .call(
-                Request::PutFragment {
-                    cap: cap_a.clone(),
-                    block: a.id,
-                    index: a.slot(0),
-                    data: vec![0xee; 4096],
-                },
-                t,
-            )
-            .await,
+        holder_of_a.call(put_a(cap_a.clone()), t).await,
     );
     // Block b's capability for block a (on a's chunkserver).
     denied(
@@ -120,17 +116,7 @@ async fn a_chunkserver_honours_only_the_capability_it_was_given() -> anyhow::Res
     promoted.write = true;
     denied(
         "a read capability promoted to write",
-        holder_of_a
-            .call(
-                Request::PutFragment {
-                    cap: promoted,
-                    block: a.id,
-                    index: a.slot(0),
-                    data: vec![0xee; 4096],
-                },
-                t,
-            )
-            .await,
+        holder_of_a.call(put_a(promoted), t).await,
     );
 
     // A genuine write capability, for a block of its own, used on a
@@ -156,17 +142,7 @@ async fn a_chunkserver_honours_only_the_capability_it_was_given() -> anyhow::Res
         .ok_or_else(|| anyhow::anyhow!("no write capability"))?;
     denied(
         "a fresh block's write capability on a committed fragment",
-        holder_of_a
-            .call(
-                Request::PutFragment {
-                    cap: write_cap,
-                    block: a.id,
-                    index: a.slot(0),
-                    data: vec![0xee; 4096],
-                },
-                t,
-            )
-            .await,
+        holder_of_a.call(put_a(write_cap), t).await,
     );
 
     // Nothing changed.

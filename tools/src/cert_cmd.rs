@@ -57,7 +57,7 @@ pub fn run(cmd: CertCmd) -> anyhow::Result<i32> {
                 "{} already holds a CA",
                 dir.display()
             );
-            private_dir(&dir)?;
+            crate::up_tls::make_private_dir(&dir)?;
             ClusterCa::create()?
                 .save(&dir)
                 .with_context(|| format!("save the CA in {}", dir.display()))?;
@@ -89,7 +89,7 @@ pub fn run(cmd: CertCmd) -> anyhow::Result<i32> {
                 trust.trust(authority.cert_pem())?;
                 creds.ca_pem = trust.ca_pem;
             }
-            private_dir(&out)?;
+            crate::up_tls::make_private_dir(&out)?;
             creds
                 .save(&out)
                 .with_context(|| format!("save {who}'s credentials in {}", out.display()))?;
@@ -134,11 +134,4 @@ pub fn run(cmd: CertCmd) -> anyhow::Result<i32> {
 
 fn read(f: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))
-}
-
-fn private_dir(d: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
-    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("make {} private", d.display()))
 }

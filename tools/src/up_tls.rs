@@ -96,7 +96,7 @@ pub fn prepare(data: &Path, metas: u32, chunkservers: u32) -> anyhow::Result<()>
     Ok(())
 }
 
-fn make_private_dir(d: &Path) -> anyhow::Result<()> {
+pub(crate) fn make_private_dir(d: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
     std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
