@@ -212,22 +212,13 @@ async fn main() -> anyhow::Result<()> {
     );
     print!("{row}");
     mem.push_str(&row);
-    std::fs::create_dir_all(&args.out)?;
-    let path = format!("{}/meta-{}.md", args.out, chrono_date());
-    std::fs::write(
-        &path,
-        format!(
+    sparefs_bench::write_report(
+        &args.out,
+        "meta",
+        &format!(
             "# meta benchmark ({}s phases)\n\n{table}{mem}",
             args.seconds
         ),
     )?;
-    println!("written to {path}");
     Ok(())
-}
-
-fn chrono_date() -> String {
-    let out = std::process::Command::new("date").arg("+%Y-%m-%d").output();
-    out.ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "today".into())
 }

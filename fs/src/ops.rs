@@ -326,6 +326,45 @@ impl SpareFs {
     /// Gives back the directories among `dirs` delegated here before a
     /// change the mount does not predict (a rename, the attributes or
     /// xattrs of the directory itself) goes to the meta.
+    /// Sets or removes an extended attribute: after the file's buffered
+    /// writes (a held file settles first), and forgetting what this mount
+    /// cached of the file's attributes and xattrs.
+    fn xattr_change(&self, req: &Request, ino: INodeNo, op: WriteOp, reply: ReplyEmpty) {
+        self.give_back(&[InodeId(ino.0)]);
+        let (meta, c) = (self.meta.clone(), caller(req));
+        let (cache, attrs, held) = (self.xattrs.clone(), self.attrs.clone(), self.holding(ino));
+        let holds = held.is_some();
+        meta_op_after!(self, holds, async move {
+            if let Some(f) = held {
+                f.settle().await;
+            }
+            let r = meta.write_as(c, op).await;
+            cache.forget(ino.0);
+            attrs.forget(InodeId(ino.0));
+            answer(reply, r, |reply, _| reply.ok())
+        });
+    }
+
+    /// The lock a getlk/setlk names, held by this mount's client (`None`:
+    /// not a lock type).
+    fn lock_spec(
+        &self,
+        owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+    ) -> Option<LockSpec> {
+        Some(LockSpec {
+            client: self.meta.id(),
+            owner: owner.0,
+            start,
+            end,
+            kind: lock_kind(typ)?,
+            pid,
+        })
+    }
+
     fn give_back(&self, dirs: &[InodeId]) {
         let Some(d) = self.meta.delegations() else {
             return;
@@ -811,16 +850,8 @@ impl fuser::Filesystem for SpareFs {
             }
             .await;
             drop(opening);
-            let direct = flags.0 & libc::O_DIRECT != 0;
             answer(reply, r, |reply, _| {
-                reply.opened(
-                    FileHandle(fh),
-                    if direct {
-                        FopenFlags::FOPEN_DIRECT_IO
-                    } else {
-                        FopenFlags::empty()
-                    },
-                )
+                reply.opened(FileHandle(fh), open_flags(flags.0))
             })
         });
     }
@@ -877,18 +908,13 @@ impl fuser::Filesystem for SpareFs {
                 Ok::<_, ClientError>(a)
             }
             .await;
-            let direct = flags & libc::O_DIRECT != 0;
             answer(reply, r, |reply, a| {
                 reply.created(
                     &TTL,
                     &Self::seen(&attrs, &a),
                     Generation(0),
                     FileHandle(fh),
-                    if direct {
-                        FopenFlags::FOPEN_DIRECT_IO
-                    } else {
-                        FopenFlags::empty()
-                    },
+                    open_flags(flags),
                 )
             })
         });
@@ -1151,18 +1177,10 @@ impl fuser::Filesystem for SpareFs {
         pid: u32,
         reply: fuser::ReplyLock,
     ) {
-        let Some(kind) = lock_kind(typ) else {
+        let Some(lock) = self.lock_spec(lock_owner, start, end, typ, pid) else {
             return reply.error(Errno::EINVAL);
         };
         let meta = self.meta.clone();
-        let lock = LockSpec {
-            client: meta.id(),
-            owner: lock_owner.0,
-            start,
-            end,
-            kind,
-            pid,
-        };
         spawn!(self, async move {
             match meta
                 .read(ReadOp::GetLock {
@@ -1198,18 +1216,10 @@ impl fuser::Filesystem for SpareFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let Some(kind) = lock_kind(typ) else {
+        let Some(lock) = self.lock_spec(lock_owner, start, end, typ, pid) else {
             return reply.error(Errno::EINVAL);
         };
         let meta = self.meta.clone();
-        let lock = LockSpec {
-            client: meta.id(),
-            owner: lock_owner.0,
-            start,
-            end,
-            kind,
-            pid,
-        };
         let lockers = self.lockers.clone();
         if let Ok(mut l) = lockers.lock() {
             l.insert((ino.0, lock_owner.0));
@@ -1395,35 +1405,19 @@ impl fuser::Filesystem for SpareFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.give_back(&[InodeId(ino.0)]);
-        let (meta, c, n, value) = (self.meta.clone(), caller(req), name(n), value.to_vec());
         let mode = match flags {
             0 => XattrMode::Any,
             libc::XATTR_CREATE => XattrMode::Create,
             libc::XATTR_REPLACE => XattrMode::Replace,
             _ => return reply.error(Errno::EINVAL),
         };
-        let (cache, attrs, held) = (self.xattrs.clone(), self.attrs.clone(), self.holding(ino));
-        let holds = held.is_some();
-        meta_op_after!(self, holds, async move {
-            if let Some(f) = held {
-                f.settle().await;
-            }
-            let r = meta
-                .write_as(
-                    c,
-                    WriteOp::SetXattr {
-                        ino: InodeId(ino.0),
-                        name: n,
-                        value,
-                        mode,
-                    },
-                )
-                .await;
-            cache.forget(ino.0);
-            attrs.forget(InodeId(ino.0));
-            answer(reply, r, |reply, _| reply.ok())
-        });
+        let op = WriteOp::SetXattr {
+            ino: InodeId(ino.0),
+            name: name(n),
+            value: value.to_vec(),
+            mode,
+        };
+        self.xattr_change(req, ino, op, reply);
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
@@ -1494,27 +1488,11 @@ impl fuser::Filesystem for SpareFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
-        self.give_back(&[InodeId(ino.0)]);
-        let (meta, c, n) = (self.meta.clone(), caller(req), name(n));
-        let (cache, attrs, held) = (self.xattrs.clone(), self.attrs.clone(), self.holding(ino));
-        let holds = held.is_some();
-        meta_op_after!(self, holds, async move {
-            if let Some(f) = held {
-                f.settle().await;
-            }
-            let r = meta
-                .write_as(
-                    c,
-                    WriteOp::RemoveXattr {
-                        ino: InodeId(ino.0),
-                        name: n,
-                    },
-                )
-                .await;
-            cache.forget(ino.0);
-            attrs.forget(InodeId(ino.0));
-            answer(reply, r, |reply, _| reply.ok())
-        });
+        let op = WriteOp::RemoveXattr {
+            ino: InodeId(ino.0),
+            name: name(n),
+        };
+        self.xattr_change(req, ino, op, reply);
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -1534,6 +1512,15 @@ impl fuser::Filesystem for SpareFs {
                 Err(e) => reply.error(errno(&e)),
             }
         });
+    }
+}
+
+/// O_DIRECT opens bypass the kernel's page cache; the rest use it.
+fn open_flags(flags: i32) -> FopenFlags {
+    if flags & libc::O_DIRECT != 0 {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
     }
 }
 

@@ -274,14 +274,8 @@ mod tests {
 
     #[test]
     fn a_certificate_acts_only_as_its_own_clients() {
-        let mine = Identity {
-            role: Role::Mount,
-            id: 1,
-        };
-        let theirs = Identity {
-            role: Role::Mount,
-            id: 2,
-        };
+        let mine = Identity::new(Role::Mount, 1);
+        let theirs = Identity::new(Role::Mount, 2);
         let keepalive = |client| Request::KeepAlive {
             client: ClientId(client),
             open: Vec::new(),

@@ -80,10 +80,7 @@ async fn fetch(
     tls: Option<&Tls>,
 ) -> anyhow::Result<()> {
     let conn = Conn::open_with(address, CONNECT_TIMEOUT, tls).await?;
-    let leader = Identity {
-        role: Role::Meta,
-        id: from,
-    };
+    let leader = Identity::new(Role::Meta, from);
     if let Some(who) = conn.peer().filter(|who| *who != leader) {
         anyhow::bail!("expected {leader} at {address}, its certificate names {who}");
     }

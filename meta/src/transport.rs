@@ -74,10 +74,7 @@ impl Outbox for Transport {
 /// that replica (Raft messages reach who they are for).
 async fn connect(to: u64, address: &str, shared: &Shared) -> std::io::Result<WriteHalf> {
     let d = dial(address, CONNECT_TIMEOUT, shared.tls.as_deref()).await?;
-    let replica = Identity {
-        role: Role::Meta,
-        id: to,
-    };
+    let replica = Identity::new(Role::Meta, to);
     expect_peer(&d, replica)?;
     Ok(d.wr)
 }

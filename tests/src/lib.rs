@@ -48,6 +48,22 @@ pub fn sparefs_bin() -> PathBuf {
     dir.join("sparefs")
 }
 
+/// Runs `cmd` to its end and returns its standard output; a failure
+/// fails the test with `what` and both outputs.
+pub fn run_ok(cmd: &mut std::process::Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A free port (probed on 127.0.0.1; every 127.0.0.x host uses it).
 fn free_port() -> u16 {
     for _ in 0..100 {

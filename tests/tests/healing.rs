@@ -433,23 +433,18 @@ async fn new_host_is_filled_and_drained_host_removed() {
     );
     // Drain host 1 and remove it; everything still survives one more loss.
     let id1 = c.chunkserver_id(1).await.expect("id");
-    let out = std::process::Command::new(sparefs_tests::sparefs_bin())
-        .args([
+    let out = sparefs_tests::run_ok(
+        std::process::Command::new(sparefs_tests::sparefs_bin()).args([
             "node",
             "--meta",
             &c.meta_list(),
             "drain",
             &id1.0.to_string(),
             "--wait",
-        ])
-        .output()
-        .expect("sparefs node drain");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ]),
+        "sparefs node drain",
     );
-    println!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    println!("{}", out.trim());
     c.kill_chunkserver(1);
     c.wait_protected(Duration::from_secs(30))
         .await

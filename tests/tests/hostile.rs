@@ -14,7 +14,7 @@ use sparefs_proto::ReplicaId;
 use sparefs_tests::{fs_cluster, MetaCluster};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Resident memory of a process, in bytes.
@@ -60,6 +60,21 @@ fn all_alive(c: &mut MetaCluster) {
 }
 
 /// Writes a file through the mount, syncs it, reads it back.
+/// Three meta replicas, chunkservers and one mount that works, with room
+/// for thousands of connections.
+async fn working_cluster(tls: bool) -> (MetaCluster, PathBuf) {
+    sparefs_wire::service::raise_descriptor_limit();
+    let (c, dirs) = if tls {
+        sparefs_tests::fs_cluster_tls(3, 1).await
+    } else {
+        fs_cluster(3, 1).await
+    }
+    .expect("cluster");
+    let mnt = dirs[0].clone();
+    mount_works(&mnt, "before");
+    (c, mnt)
+}
+
 fn mount_works(dir: &Path, tag: &str) {
     let path = dir.join(format!("alive-{tag}"));
     let data: Vec<u8> = (0..300_000u32)
@@ -163,10 +178,7 @@ fn forged_raft(to: u64, from: u64, term: u64) -> Vec<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_stop_no_daemon_and_the_mount_keeps_working() {
-    sparefs_wire::service::raise_descriptor_limit();
-    let (mut c, dirs) = fs_cluster(3, 1).await.expect("cluster");
-    let mnt = dirs[0].clone();
-    mount_works(&mnt, "before");
+    let (mut c, mnt) = working_cluster(false).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
 
     // At every daemon at once: random bytes, frames over the length limit,
@@ -353,13 +365,10 @@ fn sockets(pid: u32) -> usize {
 /// group keeps its leader and the mount keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_tls_strangers_and_slow_handshakes_stop_no_daemon() {
-    use sparefs_tests::{fs_cluster_tls, who, TlsRole};
+    use sparefs_tests::{who, TlsRole};
     use sparefs_wire::tls::{ClusterCa, Tls};
     use tokio::io::AsyncWriteExt;
-    sparefs_wire::service::raise_descriptor_limit();
-    let (mut c, dirs) = fs_cluster_tls(3, 1).await.expect("cluster");
-    let mnt = dirs[0].clone();
-    mount_works(&mnt, "before");
+    let (mut c, mnt) = working_cluster(true).await;
     let leader = c
         .wait_leader(Duration::from_secs(20))
         .await

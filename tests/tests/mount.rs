@@ -13,20 +13,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn sh(dir: &Path, script: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .output()
-        .expect("run sh");
-    assert!(
-        out.status.success(),
-        "`{script}` failed in {}:\n{}{}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    sparefs_tests::run_ok(
+        Command::new("sh").arg("-c").arg(script).current_dir(dir),
+        &format!("`{script}` in {}", dir.display()),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -98,14 +98,7 @@ async fn a_meta_group_over_tls_serves_its_cluster_only() {
             &creds,
         ));
     }
-    let admin = Tls::new(
-        &ca.issue(Identity {
-            role: Role::Admin,
-            id: 1,
-        })
-        .expect("cert"),
-    )
-    .expect("tls");
+    let admin = Tls::new(&ca.issue(Identity::new(Role::Admin, 1)).expect("cert")).expect("tls");
 
     // Every replica answers over TLS and names the same leader.
     let start = Instant::now();

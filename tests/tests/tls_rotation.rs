@@ -17,15 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn cert(args: &[&str]) {
-    let out = std::process::Command::new(sparefs_bin())
-        .arg("cert")
-        .args(args)
-        .output()
-        .expect("run sparefs cert");
-    assert!(
-        out.status.success(),
-        "sparefs cert {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    sparefs_tests::run_ok(
+        std::process::Command::new(sparefs_bin())
+            .arg("cert")
+            .args(args),
+        &format!("sparefs cert {args:?}"),
     );
 }
 

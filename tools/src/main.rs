@@ -4,6 +4,7 @@
 
 mod cert_cmd;
 mod chaos_cmd;
+mod daemon_cmd;
 mod fs_cmd;
 mod mount_cmd;
 mod names;
@@ -41,66 +42,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run one replica of the metadata Raft group.
-    Meta {
-        #[arg(long)]
-        id: u64,
-        #[arg(long)]
-        listen: String,
-        /// The initial group: ID=ADDR,... (this replica included); with
-        /// --join, replicas of the running group.
-        #[arg(long, default_value = "")]
-        peers: String,
-        #[arg(long)]
-        data: PathBuf,
-        /// Start empty and wait to be added with `sparefs admin meta add`.
-        #[arg(long)]
-        join: bool,
-        /// Compact the Raft log once this many applied entries are in it.
-        #[arg(long, default_value_t = 20_000)]
-        compact_after: u64,
-        #[arg(long, default_value_t = 2_000)]
-        compact_keep: u64,
-        /// Seconds without a heartbeat before a chunkserver is `out` and
-        /// its fragments are rebuilt elsewhere (it is `down` after 5).
-        #[arg(long, default_value_t = 300)]
-        out_after: u64,
-        /// Seconds a fragment is safe from garbage collection after it is
-        /// written, and an uncommitted block is kept for its writer.
-        #[arg(long, default_value_t = 600)]
-        gc_grace: u64,
-        /// Fewest hosts new blocks may be written to while hosts are down
-        /// (1 lets a lone host accept writes that would not survive it).
-        #[arg(long, default_value_t = 2)]
-        min_hosts: usize,
-    },
+    Meta(daemon_cmd::MetaArgs),
     /// Run a chunkserver over a directory of spare space.
-    Chunkserver {
-        #[arg(long)]
-        dir: PathBuf,
-        /// Most space to use: bytes, K/M/G/T, or a percentage of the filesystem.
-        #[arg(long, default_value = "100%")]
-        limit: String,
-        /// Space to leave free on the host filesystem (same units).
-        #[arg(long, default_value = "5%")]
-        reserve: String,
-        #[arg(long, env = "SPAREFS_META")]
-        meta: String,
-        #[arg(long)]
-        listen: String,
-        /// Background scrub rate (bytes per second, K/M/G; 0 turns it off).
-        #[arg(long, default_value = "16M")]
-        scrub_rate: String,
-        /// Seconds from the start of one scrub pass to the next (a pass
-        /// that takes longer is followed by the next at once).
-        #[arg(long, default_value_t = 86_400)]
-        scrub_every: u64,
-        /// Most bytes per second read by repair tasks on this server.
-        #[arg(long, default_value = "64M")]
-        repair_rate: String,
-        /// Seconds between inventory reports to the meta (garbage collection).
-        #[arg(long, default_value_t = 60)]
-        inventory_every: u64,
-    },
+    Chunkserver(daemon_cmd::ChunkserverArgs),
     /// Mount the filesystem (FUSE).
     Mount(mount_cmd::MountArgs),
     /// Namespace commands that need no mount.
@@ -340,13 +284,13 @@ fn main() {
     sparefs_wire::service::raise_descriptor_limit();
     // (`up` goes private once it has made the data directory and mount
     // point, which every user must be able to reach.)
-    if matches!(cli.cmd, Cmd::Meta { .. } | Cmd::Chunkserver { .. }) {
+    if matches!(cli.cmd, Cmd::Meta(_) | Cmd::Chunkserver(_)) {
         private_files();
     }
     // A meta replica runs on one thread: its Raft driver and connections
     // hand messages to each other many times per request, and on a small
     // host each hand-over between threads cost more than the work itself.
-    let mut builder = if matches!(cli.cmd, Cmd::Meta { .. }) {
+    let mut builder = if matches!(cli.cmd, Cmd::Meta(_)) {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()
@@ -373,90 +317,14 @@ fn main() {
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let tls = cli.tls;
     match &cli.cmd {
-        Cmd::Meta { .. }
-        | Cmd::Chunkserver { .. }
-        | Cmd::Mount(_)
-        | Cmd::Up(_)
-        | Cmd::Cert { .. } => {}
+        Cmd::Meta(_) | Cmd::Chunkserver(_) | Cmd::Mount(_) | Cmd::Up(_) | Cmd::Cert { .. } => {}
         Cmd::Status { data, .. } => client_tls(tls.clone(), data.as_deref())?,
         Cmd::Chaos(args) => client_tls(tls.clone(), Some(&args.data))?,
         _ => client_tls(tls.clone(), None)?,
     }
     match cli.cmd {
-        Cmd::Meta {
-            id,
-            listen,
-            peers,
-            data,
-            join,
-            compact_after,
-            compact_keep,
-            out_after,
-            gc_grace,
-            min_hosts,
-        } => {
-            let peers = parse_peers(&peers)?;
-            let tls = match tls {
-                Some(dir) => Some(load_tls_reloading(&dir, Role::Meta, Some(id))?),
-                None => None,
-            };
-            sparefs_meta::run(sparefs_meta::MetaConfig {
-                id: ReplicaId(id),
-                listen,
-                peers,
-                data,
-                join,
-                compact_after_entries: compact_after,
-                compact_keep_entries: compact_keep,
-                tuning: sparefs_meta::shared::Tuning {
-                    out_after: std::time::Duration::from_secs(out_after),
-                    gc_grace: std::time::Duration::from_secs(gc_grace),
-                    min_hosts,
-                },
-                tls,
-            })
-            .await?;
-            Ok(0)
-        }
-        Cmd::Chunkserver {
-            dir,
-            limit,
-            reserve,
-            meta,
-            listen,
-            scrub_rate,
-            scrub_every,
-            repair_rate,
-            inventory_every,
-        } => {
-            let tls = match tls {
-                Some(dir) => Some(load_tls_reloading(&dir, Role::Chunkserver, None)?),
-                None => None,
-            };
-            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-            let (fs_bytes, _) = sparefs_chunkserver::fs_space(&dir)
-                .with_context(|| format!("statvfs {}", dir.display()))?;
-            let limit_bytes =
-                sparefs_chunkserver::parse_size(&limit, fs_bytes).map_err(anyhow::Error::msg)?;
-            let reserve_bytes =
-                sparefs_chunkserver::parse_size(&reserve, fs_bytes).map_err(anyhow::Error::msg)?;
-            sparefs_chunkserver::run(sparefs_chunkserver::ChunkserverConfig {
-                dir,
-                limit_bytes,
-                reserve_bytes,
-                meta: split_addresses(&meta),
-                listen,
-                scrub_rate: sparefs_chunkserver::parse_size(&scrub_rate, 0)
-                    .map_err(anyhow::Error::msg)?,
-                scrub_every: std::time::Duration::from_secs(scrub_every.max(1)),
-                repair_rate: sparefs_chunkserver::parse_size(&repair_rate, 0)
-                    .map_err(anyhow::Error::msg)?,
-                inventory_every: std::time::Duration::from_secs(inventory_every.max(1)),
-                tls,
-            })
-            .await?;
-            Ok(0)
-        }
+        Cmd::Meta(args) => daemon_cmd::run_meta(args, tls).await,
+        Cmd::Chunkserver(args) => daemon_cmd::run_chunkserver(args, tls).await,
         Cmd::Mount(mut args) => {
             if args.tls.is_none() {
                 args.tls = tls;

@@ -46,20 +46,8 @@ pub fn prepare(data: &Path, metas: u32, chunkservers: u32) -> anyhow::Result<()>
         ca
     };
     let mut wanted = vec![
-        (
-            "mount".to_string(),
-            Identity {
-                role: Role::Mount,
-                id: 1,
-            },
-        ),
-        (
-            "admin".to_string(),
-            Identity {
-                role: Role::Admin,
-                id: 0,
-            },
-        ),
+        ("mount".to_string(), Identity::new(Role::Mount, 1)),
+        ("admin".to_string(), Identity::new(Role::Admin, 0)),
     ];
     for id in 1..=metas as u64 {
         wanted.push((

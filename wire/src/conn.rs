@@ -371,14 +371,8 @@ mod tests {
     async fn over_tls_a_service_knows_who_asks_and_answers_no_stranger() {
         use crate::tls::{ClusterCa, Identity, Role, Tls};
         let ca = ClusterCa::create().expect("ca");
-        let meta = Identity {
-            role: Role::Meta,
-            id: 1,
-        };
-        let mount = Identity {
-            role: Role::Mount,
-            id: 7,
-        };
+        let meta = Identity::new(Role::Meta, 1);
+        let mount = Identity::new(Role::Mount, 7);
         let server = Arc::new(Tls::new(&ca.issue(meta).expect("cert")).expect("tls"));
         let addr = listen(Arc::new(WhoAsks), Some(server)).await;
         let ours = Tls::new(&ca.issue(mount).expect("cert")).expect("tls");
@@ -425,10 +419,7 @@ mod tests {
             assert!(started.elapsed() < Duration::from_secs(2));
         }
         let other = ClusterCa::create().expect("ca");
-        let admin = Identity {
-            role: Role::Admin,
-            id: 1,
-        };
+        let admin = Identity::new(Role::Admin, 1);
         let stranger = Tls::new(&other.issue(admin).expect("cert")).expect("tls");
         assert!(
             refused(&addr, Some(&stranger)).await,

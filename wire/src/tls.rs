@@ -161,6 +161,10 @@ impl fmt::Display for Callers {
 }
 
 impl Identity {
+    pub const fn new(role: Role, id: u64) -> Identity {
+        Identity { role, id }
+    }
+
     /// The upper 64 bits of every client id a holder of this certificate
     /// may use (the lower 64 are its own random choice): a client's
     /// sessions, locks, leases and delegations then belong to one

@@ -35,13 +35,26 @@ impl echo::echo_server::Echo for Grpc {
 
 const SECS: u64 = 5;
 
-async fn framed_run(addr: String, clients: usize) -> f64 {
+/// Calls per second of `clients` callers, each running `caller` (which
+/// counts its calls in the counter until the deadline) at once.
+async fn calls_per_second<F, Fut>(clients: usize, caller: F) -> f64
+where
+    F: Fn(Instant, Arc<AtomicU64>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let n = Arc::new(AtomicU64::new(0));
     let stop = Instant::now() + Duration::from_secs(SECS);
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (addr, n) = (addr.clone(), n.clone());
-        tasks.push(tokio::spawn(async move {
+    let tasks: Vec<_> = (0..clients).map(|_| tokio::spawn(caller(stop, n.clone()))).collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    n.load(Ordering::Relaxed) as f64 / SECS as f64
+}
+
+async fn framed_run(addr: String, clients: usize) -> f64 {
+    calls_per_second(clients, |stop, n| {
+        let addr = addr.clone();
+        async move {
             let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
             s.set_nodelay(true).expect("nodelay");
             let cap = sparefs_proto::layout::Capability { block: sparefs_proto::BlockId(1), write: true, expires: 0, mac: [0; 32] };
@@ -55,21 +68,15 @@ async fn framed_run(addr: String, clients: usize) -> f64 {
                 let _: ResponseFrame = frame::decode(&buf).expect("decode");
                 n.fetch_add(1, Ordering::Relaxed);
             }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("task");
-    }
-    n.load(Ordering::Relaxed) as f64 / SECS as f64
+        }
+    })
+    .await
 }
 
 async fn grpc_run(addr: String, clients: usize) -> f64 {
-    let n = Arc::new(AtomicU64::new(0));
-    let stop = Instant::now() + Duration::from_secs(SECS);
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (addr, n) = (addr.clone(), n.clone());
-        tasks.push(tokio::spawn(async move {
+    calls_per_second(clients, |stop, n| {
+        let addr = addr.clone();
+        async move {
             let mut c = echo::echo_client::EchoClient::connect(format!("http://{addr}")).await.expect("connect");
             let mut id = 0;
             while Instant::now() < stop {
@@ -77,12 +84,9 @@ async fn grpc_run(addr: String, clients: usize) -> f64 {
                 c.call(echo::Msg { id, body: vec![7; 128] }).await.expect("call");
                 n.fetch_add(1, Ordering::Relaxed);
             }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("task");
-    }
-    n.load(Ordering::Relaxed) as f64 / SECS as f64
+        }
+    })
+    .await
 }
 
 #[tokio::main]

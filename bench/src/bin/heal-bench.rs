@@ -259,16 +259,6 @@ async fn main() -> anyhow::Result<()> {
         table.push_str(&format!("| {m} | {v} | {a} |\n"));
     }
     println!("{table}");
-    std::fs::create_dir_all(&args.out)?;
-    let path = format!("{}/heal-{}.md", args.out, today());
-    std::fs::write(&path, &table)?;
-    println!("written to {path}");
+    sparefs_bench::write_report(&args.out, "heal", &table)?;
     Ok(())
-}
-
-fn today() -> String {
-    let out = std::process::Command::new("date").arg("+%F").output();
-    out.ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "undated".into())
 }

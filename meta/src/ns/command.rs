@@ -181,13 +181,13 @@ pub(super) fn apply_op_at<R: ReadKv>(
             ino,
             slices,
             size_at_least,
-        } => commit_slices(tx, c, now, *ino, slices, *size_at_least),
+        } => commit_slices(tx, c, now, *ino, slices, *size_at_least, &[]),
         WriteOp::CommitSlicesThenSetAttrs {
             ino,
             slices,
             size_at_least,
             then,
-        } => commit_slices_then_setattrs(tx, c, now, *ino, slices, *size_at_least, then),
+        } => commit_slices(tx, c, now, *ino, slices, *size_at_least, then),
         WriteOp::AllocateBlocks {
             count,
             policy,

@@ -57,6 +57,9 @@ pub(super) fn truncate_layout<R: ReadKv>(
     Ok(())
 }
 
+/// Commits slices, then the attribute changes that were held back behind
+/// them (`then`: chmod, chown, utimes, never a truncate), each as its own
+/// caller.
 pub(super) fn commit_slices<R: ReadKv>(
     tx: &mut Tx<R>,
     c: &Caller,
@@ -64,6 +67,7 @@ pub(super) fn commit_slices<R: ReadKv>(
     ino: InodeId,
     slices: &[(u64, Slice)],
     size_at_least: u64,
+    then: &[(Caller, SetAttr)],
 ) -> NsResult<NsReply> {
     let mut inode = load(tx, ino)?;
     if inode.kind != FileKind::File {
@@ -113,7 +117,15 @@ pub(super) fn commit_slices<R: ReadKv>(
     inode.mtime = now;
     inode.ctime = now;
     store(tx, ino, &inode);
-    Ok(NsReply::Attr(inode.attr(ino)))
+    let mut reply = NsReply::Attr(inode.attr(ino));
+    for (caller, set) in then {
+        if set.size.is_some() {
+            // A truncate is never held back behind writes.
+            return Err(Errno::EINVAL.into());
+        }
+        reply = setattr(tx, caller, now, ino, set, Access::Check)?;
+    }
+    Ok(reply)
 }
 
 /// A slice a client asks to commit: inside its chunk, not empty, and its
@@ -228,28 +240,6 @@ pub(super) fn valid_block(b: &BlockRef) -> bool {
     hosts.sort();
     hosts.dedup();
     width_ok && hosts.len() == b.fragments.len() && b.bytes as u64 <= BLOCK_BYTES_MAX && b.bytes > 0
-}
-
-/// Commits slices, then the attribute changes that were held back behind
-/// them (chmod, chown, utimes: never a truncate), each as its own caller.
-pub(super) fn commit_slices_then_setattrs<R: ReadKv>(
-    tx: &mut Tx<R>,
-    c: &Caller,
-    now: Time,
-    ino: InodeId,
-    slices: &[(u64, Slice)],
-    size_at_least: u64,
-    then: &[(Caller, SetAttr)],
-) -> NsResult<NsReply> {
-    let mut reply = commit_slices(tx, c, now, ino, slices, size_at_least)?;
-    for (caller, set) in then {
-        if set.size.is_some() {
-            // A truncate is never held back behind writes.
-            return Err(Errno::EINVAL.into());
-        }
-        reply = setattr(tx, caller, now, ino, set, Access::Check)?;
-    }
-    Ok(reply)
 }
 
 /// New block ids for `count` blocks placed on `placement` (chosen by the
