@@ -6,6 +6,8 @@
 //! byte range taken at the same offset from each shard), and blake3
 //! checksums per 64 KiB of a fragment. Must not touch: files, sockets.
 
+pub mod block_table;
+
 use reed_solomon_erasure::galois_8::ReedSolomon;
 use sparefs_proto::layout::Policy;
 

@@ -1,0 +1,159 @@
+//! A block's end-to-end check: the blake3 hash of its bytes (the
+//! `checksum` the meta keeps), and the table that lets a reader check any
+//! 16 KiB group of the block on its own against that hash.
+//!
+//! blake3 is itself a tree of 1 KiB chunks. The table holds the chaining
+//! value of every aligned 16 KiB subtree ("group") of a block; merging
+//! them up the tree gives exactly `blake3::hash(block)`. A reader that has
+//! checked the table against the hash once can then check each group it
+//! reads by hashing that group alone (at its offset), with no need to read
+//! the rest of the block. Blocks of one group or less have no table: their
+//! whole bytes are checked against the hash.
+
+use blake3::hazmat::{
+    left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt,
+    Mode,
+};
+
+/// Bytes per group: a power of two of blake3 chunks, so that every aligned
+/// group is one subtree of blake3's tree.
+pub const GROUP: usize = 16 * 1024;
+
+/// The chaining value of the group that starts at `offset` in its block
+/// and holds `bytes` (a whole group, or the block's last, shorter one),
+/// for a block longer than one group.
+pub fn group_cv(offset: usize, bytes: &[u8]) -> ChainingValue {
+    let mut h = blake3::Hasher::new();
+    h.set_input_offset(offset as u64);
+    h.update(bytes);
+    h.finalize_non_root()
+}
+
+/// The table of a block: the chaining value of each group, in order
+/// (empty for a block of one group or less).
+pub fn table_of(block: &[u8]) -> Vec<ChainingValue> {
+    if block.len() <= GROUP {
+        return Vec::new();
+    }
+    block
+        .chunks(GROUP)
+        .enumerate()
+        .map(|(i, g)| group_cv(i * GROUP, g))
+        .collect()
+}
+
+/// The blake3 hash of a block of `len` bytes whose table is `table`, or
+/// `None` if the table has the wrong number of groups for that length.
+pub fn root_of(table: &[ChainingValue], len: usize) -> Option<[u8; 32]> {
+    if len <= GROUP || table.len() != len.div_ceil(GROUP) {
+        return None;
+    }
+    let left = left_subtree_len(len as u64) as usize;
+    let l = subtree(table, 0, left);
+    let r = subtree(table, left, len - left);
+    Some(*merge_subtrees_root(&l, &r, Mode::Hash).as_bytes())
+}
+
+/// The chaining value of the subtree of `len` bytes at `offset` (a multiple
+/// of GROUP; `len` a power-of-two number of groups, or the block's tail).
+fn subtree(table: &[ChainingValue], offset: usize, len: usize) -> ChainingValue {
+    if len <= GROUP {
+        return table[offset / GROUP];
+    }
+    let left = left_subtree_len(len as u64) as usize;
+    let l = subtree(table, offset, left);
+    let r = subtree(table, offset + left, len - left);
+    merge_subtrees_non_root(&l, &r, Mode::Hash)
+}
+
+/// The table as stored and sent: 32 bytes per group.
+pub fn table_bytes(table: &[ChainingValue]) -> Vec<u8> {
+    table.iter().flatten().copied().collect()
+}
+
+/// A table read back from bytes (`None` if not a whole number of values).
+pub fn table_from_bytes(bytes: &[u8]) -> Option<Vec<ChainingValue>> {
+    if bytes.len() % 32 != 0 {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(32)
+            .map(|c| {
+                let mut cv = [0u8; 32];
+                cv.copy_from_slice(c);
+                cv
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn bytes(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[test]
+    fn the_root_is_blake3_of_the_block_at_every_edge() {
+        let k = blake3::CHUNK_LEN;
+        for len in [
+            GROUP + 1,
+            GROUP + k,
+            2 * GROUP,
+            2 * GROUP + 1,
+            3 * GROUP - 1,
+            5 * GROUP + 7,
+            64 * GROUP,
+            64 * GROUP + 1,
+            4 * 1024 * 1024,
+            2 * 1024 * 1024 + 3 * k + 5,
+        ] {
+            let b = bytes(len, 7);
+            let t = table_of(&b);
+            assert_eq!(
+                root_of(&t, len),
+                Some(*blake3::hash(&b).as_bytes()),
+                "len {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_changed_byte_changes_its_group_only_and_the_root() {
+        let mut b = bytes(9 * GROUP + 100, 1);
+        let t = table_of(&b);
+        b[4 * GROUP + 17] ^= 1;
+        let t2 = table_of(&b);
+        let differ: Vec<usize> = (0..t.len()).filter(|&i| t[i] != t2[i]).collect();
+        assert_eq!(differ, vec![4]);
+        assert_ne!(root_of(&t, b.len()), root_of(&t2, b.len()));
+    }
+
+    #[test]
+    fn a_table_of_the_wrong_size_or_a_small_block_has_no_root() {
+        let b = bytes(3 * GROUP, 2);
+        let t = table_of(&b);
+        assert_eq!(root_of(&t[..2], b.len()), None);
+        assert_eq!(root_of(&t, 4 * GROUP), None);
+        assert!(table_of(&b[..GROUP]).is_empty());
+        assert_eq!(
+            table_from_bytes(&table_bytes(&t)).as_deref(),
+            Some(&t[..])
+        );
+        assert_eq!(table_from_bytes(&[0; 33]), None);
+    }
+
+    proptest! {
+        #[test]
+        fn any_length_roots_to_blake3(len in (GROUP + 1)..(40 * GROUP), seed in any::<u8>()) {
+            let b = bytes(len, seed);
+            prop_assert_eq!(root_of(&table_of(&b), len), Some(*blake3::hash(&b).as_bytes()));
+        }
+    }
+}
