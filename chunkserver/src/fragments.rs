@@ -1,7 +1,9 @@
 //! Fragment files. One file per fragment:
 //! `DIR/fragments/<block % 256 as hex>/<block as 16 hex>.<index>`, holding
-//! a header (magic with version, block id, index, data length, blake3 of
-//! every 64 KiB span) followed by the data. Files are written as `.tmp`,
+//! a header (magic with version, block id, index, data length, the block's
+//! end-to-end table as the writer sent it, blake3 of every 64 KiB span of
+//! this fragment) followed by the data. Version 1 files (before the block
+//! table) have no table and are still read. Files are written as `.tmp`,
 //! flushed by the writer's shared syncfs, then renamed into place and
 //! flushed again, so a visible fragment file is always whole; a file that
 //! fails its checksums is reported corrupt and never served.
@@ -20,8 +22,21 @@ use std::time::SystemTime;
 /// What the store holds: (block, slot) -> (file bytes, when written).
 type Index = BTreeMap<(BlockId, u8), (u64, SystemTime)>;
 
-const MAGIC: &[u8; 8] = b"SPFRAG01";
-const FIXED_HEADER: usize = 8 + 8 + 1 + 3 + 4 + 4;
+const MAGIC_V1: &[u8; 8] = b"SPFRAG01";
+const MAGIC: &[u8; 8] = b"SPFRAG02";
+/// magic, block, index, padding, data length, span sums, table length
+/// (version 2 only: version 1's fixed header ends before it).
+const FIXED_HEADER: usize = 8 + 8 + 1 + 3 + 4 + 4 + 4;
+const FIXED_HEADER_V1: usize = FIXED_HEADER - 4;
+
+/// Where the parts of a fragment file are, from its fixed header.
+struct Layout {
+    data_len: usize,
+    table_at: usize,
+    table_len: usize,
+    sums_at: usize,
+    data_at: usize,
+}
 
 pub struct FragmentStore {
     root: PathBuf,
@@ -46,25 +61,69 @@ fn parse_name(name: &str) -> Option<(BlockId, u8)> {
     Some((BlockId(u64::from_str_radix(b, 16).ok()?), s.parse().ok()?))
 }
 
-/// The header of fragment `index` of `block` holding `data`.
-fn header(block: BlockId, index: u8, data: &[u8]) -> Vec<u8> {
+/// The header of fragment `index` of `block` holding `data`, with the
+/// block's table `table`.
+fn header(block: BlockId, index: u8, data: &[u8], table: &[u8]) -> Vec<u8> {
     let sums = checksums(data);
-    let mut header = Vec::with_capacity(header_len(data.len()));
+    let mut header = Vec::with_capacity(header_len(data.len(), table.len()));
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&block.0.to_be_bytes());
     header.push(index);
     header.extend_from_slice(&[0; 3]);
     header.extend_from_slice(&(data.len() as u32).to_be_bytes());
     header.extend_from_slice(&(sums.len() as u32).to_be_bytes());
+    header.extend_from_slice(&(table.len() as u32).to_be_bytes());
+    header.extend_from_slice(table);
     for s in &sums {
         header.extend_from_slice(s);
     }
     header
 }
 
-fn header_len(data_len: usize) -> usize {
-    FIXED_HEADER + 32 * data_len.div_ceil(CHECKSUM_SPAN)
+fn header_len(data_len: usize, table_len: usize) -> usize {
+    FIXED_HEADER + table_len + 32 * data_len.div_ceil(CHECKSUM_SPAN)
 }
+
+/// The layout of a version 1 or 2 fixed header (`fixed` holds at least
+/// FIXED_HEADER bytes, or FIXED_HEADER_V1 for a file that short), or why
+/// it is not one of `block`'s fragment `index`.
+fn layout(fixed: &[u8], block: BlockId, index: u8) -> Result<Layout, String> {
+    let v2 = fixed.len() >= FIXED_HEADER && &fixed[..8] == MAGIC;
+    if !v2 && !(fixed.len() >= FIXED_HEADER_V1 && &fixed[..8] == MAGIC_V1) {
+        return Err("not a fragment header".into());
+    }
+    if fixed[8..16] != block.0.to_be_bytes() || fixed[16] != index {
+        return Err("header does not match".into());
+    }
+    let field = |a: usize| {
+        u32::from_be_bytes([fixed[a], fixed[a + 1], fixed[a + 2], fixed[a + 3]]) as usize
+    };
+    let (data_len, n_sums) = (field(20), field(24));
+    if n_sums != data_len.div_ceil(CHECKSUM_SPAN) {
+        return Err("checksum count does not match the length".into());
+    }
+    let (table_at, table_len) = if v2 {
+        (FIXED_HEADER, field(28))
+    } else {
+        (FIXED_HEADER_V1, 0)
+    };
+    if table_len % 32 != 0 || table_len > TABLE_BYTES_MAX {
+        return Err(format!("a block table of {table_len} bytes"));
+    }
+    let sums_at = table_at + table_len;
+    Ok(Layout {
+        data_len,
+        table_at,
+        table_len,
+        sums_at,
+        data_at: sums_at + 32 * n_sums,
+    })
+}
+
+/// The largest block table: one value per group of the largest block.
+pub const TABLE_BYTES_MAX: usize = 32
+    * (sparefs_proto::limits::BLOCK_BYTES_MAX as usize)
+        .div_ceil(sparefs_erasure::block_table::GROUP);
 
 impl FragmentStore {
     pub fn open(dir: &Path, limit: u64, reserve: u64) -> anyhow::Result<FragmentStore> {
@@ -143,8 +202,8 @@ impl FragmentStore {
         self.pending.fetch_sub(bytes, Ordering::SeqCst);
     }
 
-    pub fn stored_len(data_len: usize) -> u64 {
-        (header_len(data_len) + data_len) as u64
+    pub fn stored_len(data_len: usize, table_len: usize) -> u64 {
+        (header_len(data_len, table_len) + data_len) as u64
     }
 
     fn path(&self, block: BlockId, index: u8) -> PathBuf {
@@ -154,27 +213,34 @@ impl FragmentStore {
     }
 
     /// Writes the `.tmp` file of a fragment (not yet durable nor visible).
-    pub fn write_tmp(&self, block: BlockId, index: u8, data: &[u8]) -> std::io::Result<PathBuf> {
+    pub fn write_tmp(
+        &self,
+        block: BlockId,
+        index: u8,
+        data: &[u8],
+        table: &[u8],
+    ) -> std::io::Result<PathBuf> {
         let path = self.path(block, index);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
         let tmp = path.with_extension(format!("{index}.tmp"));
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&header(block, index, data))?;
+        f.write_all(&header(block, index, data, table))?;
         f.write_all(data)?;
         Ok(tmp)
     }
 
     /// Whether fragment `index` of `block` is stored already: `None` if
-    /// not, `Some(true)` if with exactly `data` (its header, which holds the
-    /// blake3 of every span, is the one `data` would get), `Some(false)` if
-    /// with other bytes.
+    /// not, `Some(true)` if with exactly `data` and `table` (its header,
+    /// which holds the table and the blake3 of every span, is the one they
+    /// would get), `Some(false)` if with other bytes.
     pub fn stored_as(
         &self,
         block: BlockId,
         index: u8,
         data: &[u8],
+        table: &[u8],
     ) -> std::io::Result<Option<bool>> {
         if !self.lock_index().contains_key(&(block, index)) {
             return Ok(None);
@@ -184,7 +250,7 @@ impl FragmentStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let want = header(block, index, data);
+        let want = header(block, index, data, table);
         let mut got = vec![0u8; want.len()];
         match f.read_exact(&mut got) {
             Ok(()) => Ok(Some(got == want)),
@@ -280,14 +346,10 @@ impl FragmentStore {
             Err(e) => return Err(RpcError::Storage(format!("stat {}: {e}", path.display()))),
         };
         // The data length is in the header; read() checks every span.
-        let mut fixed = [0u8; FIXED_HEADER];
         let mut f = std::fs::File::open(&path)
             .map_err(|e| RpcError::Storage(format!("open {}: {e}", path.display())))?;
-        if f.read_exact(&mut fixed).is_err() {
-            return Err(self.corrupt(block, index, "short header".into()));
-        }
-        let data_len = u32::from_be_bytes([fixed[20], fixed[21], fixed[22], fixed[23]]);
-        self.read(block, index, 0, data_len)?;
+        let at = self.layout_of(&mut f, block, index)?;
+        self.read(block, index, 0, at.data_len as u32)?;
         Ok(len)
     }
 
@@ -327,25 +389,8 @@ impl FragmentStore {
             Err(e) => return Err(RpcError::Storage(format!("open {}: {e}", path.display()))),
         };
         let io = |e: std::io::Error| RpcError::Storage(format!("read {}: {e}", path.display()));
-        let mut fixed = [0u8; FIXED_HEADER];
-        if f.read_exact(&mut fixed).is_err() {
-            return Err(self.corrupt(block, index, "short header".into()));
-        }
-        let field = |a: usize| {
-            u32::from_be_bytes([fixed[a], fixed[a + 1], fixed[a + 2], fixed[a + 3]]) as usize
-        };
-        if &fixed[..8] != MAGIC || fixed[8..16] != block.0.to_be_bytes() || fixed[16] != index {
-            return Err(self.corrupt(block, index, "header does not match".into()));
-        }
-        let data_len = field(20);
-        let n_sums = field(24);
-        if n_sums != data_len.div_ceil(CHECKSUM_SPAN) {
-            return Err(self.corrupt(
-                block,
-                index,
-                "checksum count does not match the length".into(),
-            ));
-        }
+        let at = self.layout_of(&mut f, block, index)?;
+        let data_len = at.data_len;
         let (offset, len) = (offset as usize, len as usize);
         if offset + len > data_len {
             return Err(RpcError::BadRequest(format!(
@@ -358,14 +403,14 @@ impl FragmentStore {
         let first = offset / CHECKSUM_SPAN;
         let last = (offset + len - 1) / CHECKSUM_SPAN;
         let mut sums = vec![0u8; 32 * (last - first + 1)];
-        f.seek(SeekFrom::Start((FIXED_HEADER + 32 * first) as u64))
+        f.seek(SeekFrom::Start((at.sums_at + 32 * first) as u64))
             .map_err(io)?;
         f.read_exact(&mut sums)
             .map_err(|_| self.corrupt(block, index, "short checksum table".into()))?;
         let span_start = first * CHECKSUM_SPAN;
         let span_end = ((last + 1) * CHECKSUM_SPAN).min(data_len);
         let mut data = vec![0u8; span_end - span_start];
-        f.seek(SeekFrom::Start((header_len(data_len) + span_start) as u64))
+        f.seek(SeekFrom::Start((at.data_at + span_start) as u64))
             .map_err(io)?;
         f.read_exact(&mut data)
             .map_err(|_| self.corrupt(block, index, "short data".into()))?;
@@ -379,6 +424,47 @@ impl FragmentStore {
             }
         }
         Ok(data[offset - span_start..offset - span_start + len].to_vec())
+    }
+
+    /// The layout of an open fragment file, from its fixed header.
+    fn layout_of(
+        &self,
+        f: &mut std::fs::File,
+        block: BlockId,
+        index: u8,
+    ) -> Result<Layout, RpcError> {
+        let mut fixed = [0u8; FIXED_HEADER];
+        let mut got = 0;
+        while got < FIXED_HEADER {
+            match f.read(&mut fixed[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(RpcError::Storage(format!("read header: {e}"))),
+            }
+        }
+        layout(&fixed[..got], block, index).map_err(|e| self.corrupt(block, index, e))
+    }
+
+    /// The block's table stored with a fragment (empty: written before
+    /// tables, or a block of one group). The reader checks it against the
+    /// block's checksum: this server only keeps it.
+    pub fn read_table(&self, block: BlockId, index: u8) -> Result<Vec<u8>, RpcError> {
+        let path = self.path(block, index);
+        let mut f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(RpcError::NoFragment { block, index })
+            }
+            Err(e) => return Err(RpcError::Storage(format!("open {}: {e}", path.display()))),
+        };
+        let at = self.layout_of(&mut f, block, index)?;
+        let mut table = vec![0u8; at.table_len];
+        f.seek(SeekFrom::Start(at.table_at as u64))
+            .map_err(|e| RpcError::Storage(format!("seek {}: {e}", path.display())))?;
+        f.read_exact(&mut table)
+            .map_err(|_| self.corrupt(block, index, "short block table".into()))?;
+        Ok(table)
     }
 
     /// Deletes a garbage fragment unless it was written after `decided`
@@ -432,10 +518,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = FragmentStore::open(dir.path(), 1 << 30, 0).expect("open");
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        let tmp = store.write_tmp(BlockId(42), 1, &data).expect("write");
+        let table = vec![9u8; 64];
+        let tmp = store
+            .write_tmp(BlockId(42), 1, &data, &table)
+            .expect("write");
         store
-            .publish(BlockId(42), 1, &tmp, FragmentStore::stored_len(data.len()))
+            .publish(
+                BlockId(42),
+                1,
+                &tmp,
+                FragmentStore::stored_len(data.len(), 64),
+            )
             .expect("publish");
+        assert_eq!(store.read_table(BlockId(42), 1).expect("table"), table);
         assert_eq!(
             store.read(BlockId(42), 1, 70_000, 1000).expect("read"),
             data[70_000..71_000].to_vec()
@@ -451,7 +546,7 @@ mod tests {
         // Flip one byte in the second span: reads touching it fail, others do not.
         let path = store.fragment_path(BlockId(42), 1);
         let mut bytes = std::fs::read(&path).expect("read file");
-        let at = header_len(data.len()) + CHECKSUM_SPAN + 5;
+        let at = header_len(data.len(), 64) + CHECKSUM_SPAN + 5;
         bytes[at] ^= 0xff;
         std::fs::write(&path, bytes).expect("write file");
         assert!(matches!(
@@ -460,6 +555,38 @@ mod tests {
         ));
         assert!(store.read(BlockId(42), 1, 0, 100).is_ok());
         assert_eq!(store.errors(), 1);
+    }
+
+    /// Files written before block tables (version 1) are still read,
+    /// verified, and have an empty table.
+    #[test]
+    fn version_1_fragments_are_still_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FragmentStore::open(dir.path(), 1 << 30, 0).expect("open");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 13) as u8).collect();
+        let tmp = store.write_tmp(BlockId(7), 0, &data, &[]).expect("write");
+        store
+            .publish(
+                BlockId(7),
+                0,
+                &tmp,
+                FragmentStore::stored_len(data.len(), 0),
+            )
+            .expect("publish");
+        // Rewrite it as version 1: no table length field, old magic.
+        let path = store.fragment_path(BlockId(7), 0);
+        let v2 = std::fs::read(&path).expect("read file");
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(MAGIC_V1);
+        v1.extend_from_slice(&v2[8..FIXED_HEADER_V1]);
+        v1.extend_from_slice(&v2[FIXED_HEADER..]);
+        std::fs::write(&path, v1).expect("write file");
+        assert_eq!(
+            store.read(BlockId(7), 0, 70_000, 30_000).expect("read"),
+            data[70_000..]
+        );
+        assert!(store.read_table(BlockId(7), 0).expect("table").is_empty());
+        store.verify(BlockId(7), 0).expect("verify");
     }
 
     #[test]

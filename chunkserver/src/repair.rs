@@ -156,8 +156,14 @@ impl Repairer {
         let block = sparefs_erasure::decode(t.policy, t.bytes as usize, fragments)
             .map_err(|e| e.to_string())?;
         let out = sparefs_erasure::encode(t.out_policy, &block).map_err(|e| e.to_string())?;
+        // The rebuilt fragments keep the block's table, made again from the
+        // decoded bytes (readers check it against the block's checksum).
+        let table = sparefs_erasure::block_table::table_bytes(
+            &sparefs_erasure::block_table::table_of(&block),
+        );
         let puts = t.outputs.iter().map(|(i, server, address)| {
             let data = out.get(*i as usize).cloned();
+            let table = table.clone();
             async move {
                 let data = data.ok_or_else(|| format!("no fragment {i} in {}", t.out_policy))?;
                 let req = Request::PutFragment {
@@ -165,6 +171,7 @@ impl Repairer {
                     block: t.block,
                     index: t.out_base.wrapping_add(*i),
                     data,
+                    table,
                 };
                 match self.call(address, req).await? {
                     Reply::Ok => Ok((*i, *server)),

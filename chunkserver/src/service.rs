@@ -1,7 +1,7 @@
 //! Fragment requests: capability check, then the store (reads) or the
 //! group-commit writer (writes).
 
-use crate::fragments::FragmentStore;
+use crate::fragments::{FragmentStore, TABLE_BYTES_MAX};
 use crate::writer::{WriteJob, Writer};
 use sparefs_proto::layout::{Capability, ClusterKey};
 use sparefs_proto::limits::BLOCK_BYTES_MAX;
@@ -54,6 +54,7 @@ impl FragmentService {
                 block,
                 index,
                 data,
+                table,
             } => {
                 self.check(&cap, block, true)?;
                 if data.is_empty() || data.len() as u64 > BLOCK_BYTES_MAX {
@@ -62,7 +63,13 @@ impl FragmentService {
                         data.len()
                     )));
                 }
-                let size = FragmentStore::stored_len(data.len());
+                if table.len() % 32 != 0 || table.len() > TABLE_BYTES_MAX {
+                    return Err(RpcError::BadRequest(format!(
+                        "a block table of {} bytes",
+                        table.len()
+                    )));
+                }
+                let size = FragmentStore::stored_len(data.len(), table.len());
                 self.store.reserve_room(size)?;
                 let (tx, rx) = oneshot::channel();
                 if self
@@ -71,6 +78,7 @@ impl FragmentService {
                         block,
                         index,
                         data,
+                        table,
                         reply: tx,
                     })
                     .is_err()
@@ -105,6 +113,11 @@ impl FragmentService {
                     .await
                     .map_err(|e| RpcError::Storage(e.to_string()))?
                     .map(Reply::Bytes)
+            }
+            Request::GetBlockTable { cap, block, index } => {
+                self.check(&cap, block, false)?;
+                // A few KiB at the start of the file: served like a small read.
+                self.store.read_table(block, index).map(Reply::Bytes)
             }
             _ => Err(RpcError::BadRequest(
                 "a chunkserver answers fragment requests only".into(),

@@ -22,6 +22,8 @@ pub struct WriteJob {
     pub block: BlockId,
     pub index: u8,
     pub data: Vec<u8>,
+    /// The block's end-to-end table, kept in the fragment's header.
+    pub table: Vec<u8>,
     pub reply: oneshot::Sender<Result<(), RpcError>>,
 }
 
@@ -61,10 +63,10 @@ fn run(store: Arc<FragmentStore>, rx: Receiver<WriteJob>) {
         let mut written = Vec::with_capacity(batch.len());
         let mut in_batch = std::collections::HashSet::new();
         for job in batch {
-            let size = FragmentStore::stored_len(job.data.len());
+            let size = FragmentStore::stored_len(job.data.len(), job.table.len());
             let r = match answer_without_writing(&store, &mut in_batch, &job) {
                 Some(r) => r,
-                None => match store.write_tmp(job.block, job.index, &job.data) {
+                None => match store.write_tmp(job.block, job.index, &job.data, &job.table) {
                     Ok(tmp) => {
                         written.push((job, tmp, size));
                         continue;
@@ -111,7 +113,7 @@ fn answer_without_writing(
     if !in_batch.insert((job.block, job.index)) {
         return Some(Err(RpcError::Busy));
     }
-    match store.stored_as(job.block, job.index, &job.data) {
+    match store.stored_as(job.block, job.index, &job.data, &job.table) {
         Ok(None) => None,
         Ok(Some(true)) => Some(Ok(())),
         Ok(Some(false)) => Some(Err(RpcError::BadRequest(format!(
@@ -129,15 +131,27 @@ fn answer_without_writing(
 mod tests {
     use super::*;
 
+    const TABLE: [u8; 64] = [5; 64];
+
     fn put(store: &Arc<FragmentStore>, writer: &Writer, data: &[u8]) -> Result<(), RpcError> {
+        put_with(store, writer, data, &TABLE)
+    }
+
+    fn put_with(
+        store: &Arc<FragmentStore>,
+        writer: &Writer,
+        data: &[u8],
+        table: &[u8],
+    ) -> Result<(), RpcError> {
         store
-            .reserve_room(FragmentStore::stored_len(data.len()))
+            .reserve_room(FragmentStore::stored_len(data.len(), table.len()))
             .expect("room");
         let (reply, answer) = oneshot::channel();
         let job = WriteJob {
             block: BlockId(7),
             index: 2,
             data: data.to_vec(),
+            table: table.to_vec(),
             reply,
         };
         writer.send(job).expect("writer running");
@@ -164,11 +178,22 @@ mod tests {
             put(&store, &writer, &first[..50_000]),
             Err(RpcError::BadRequest(_))
         ));
+        assert!(
+            matches!(
+                put_with(&store, &writer, &first, &[6; 64]),
+                Err(RpcError::BadRequest(_))
+            ),
+            "the block table is kept as first written too"
+        );
         assert_eq!(
             store.read(BlockId(7), 2, 0, 100_000).expect("read"),
             first,
             "the stored bytes are the first write's"
         );
-        assert_eq!(store.used_bytes(), FragmentStore::stored_len(first.len()));
+        assert_eq!(store.read_table(BlockId(7), 2).expect("table"), TABLE);
+        assert_eq!(
+            store.used_bytes(),
+            FragmentStore::stored_len(first.len(), TABLE.len())
+        );
     }
 }

@@ -13,6 +13,7 @@
 use crate::meta::{ClientError, MetaClient, Result};
 use crate::overlay::{resolve, Piece, Source};
 use futures::future::join_all;
+use sparefs_erasure::block_table;
 use sparefs_proto::layout::{BlockRef, Capability, ChunkserverInfo, Policy, Slice, NO_SERVER};
 use sparefs_proto::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES};
 use sparefs_proto::msg::{Reply, Request, RpcError};
@@ -408,6 +409,12 @@ impl DataClient {
     ) -> std::result::Result<BlockRef, (ClientError, Vec<ChunkserverId>)> {
         let frags = sparefs_erasure::encode(policy, data)
             .map_err(|e| (ClientError::Rejected(e.to_string()), Vec::new()))?;
+        // One pass over the bytes gives both the table every fragment keeps
+        // and the block's checksum (the table's root is blake3 of the block).
+        let table = block_table::table_of(data);
+        let checksum = block_table::root_of(&table, data.len())
+            .unwrap_or_else(|| *blake3::hash(data).as_bytes());
+        let table = block_table::table_bytes(&table);
         if frags.len() != placement.len() {
             return Err((
                 ClientError::Protocol("placement does not match the policy".into()),
@@ -421,6 +428,7 @@ impl DataClient {
                 block,
                 index: i as u8,
                 data: frag,
+                table: table.clone(),
             };
             async move {
                 self.fragment_call(server, req, FRAGMENT_WRITE_TIMEOUT)
@@ -456,7 +464,7 @@ impl DataClient {
             policy,
             bytes: data.len() as u32,
             fragments: placement.to_vec(),
-            checksum: *blake3::hash(data).as_bytes(),
+            checksum,
             slot_base: 0,
         })
     }

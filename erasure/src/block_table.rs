@@ -11,8 +11,7 @@
 //! whole bytes are checked against the hash.
 
 use blake3::hazmat::{
-    left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt,
-    Mode,
+    left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode,
 };
 
 /// Bytes per group: a power of two of blake3 chunks, so that every aligned
@@ -142,10 +141,7 @@ mod tests {
         assert_eq!(root_of(&t[..2], b.len()), None);
         assert_eq!(root_of(&t, 4 * GROUP), None);
         assert!(table_of(&b[..GROUP]).is_empty());
-        assert_eq!(
-            table_from_bytes(&table_bytes(&t)).as_deref(),
-            Some(&t[..])
-        );
+        assert_eq!(table_from_bytes(&table_bytes(&t)).as_deref(), Some(&t[..]));
         assert_eq!(table_from_bytes(&[0; 33]), None);
     }
 

@@ -49,7 +49,9 @@ fn roles_for_request(req: &Request) -> Option<&'static [Role]> {
         | Request::TransferLeader { .. } => Some(&[Role::Admin]),
         Request::Heartbeat(_) | Request::Inventory { .. } => Some(&[Role::Chunkserver]),
         // Answered with an error anyway.
-        Request::PutFragment { .. } | Request::GetFragment { .. } => None,
+        Request::PutFragment { .. }
+        | Request::GetFragment { .. }
+        | Request::GetBlockTable { .. } => None,
     }
 }
 
@@ -71,7 +73,8 @@ fn client_of(req: &Request) -> Option<ClientId> {
         | Request::Status
         | Request::RepairStatus
         | Request::PutFragment { .. }
-        | Request::GetFragment { .. } => None,
+        | Request::GetFragment { .. }
+        | Request::GetBlockTable { .. } => None,
     }
 }
 
@@ -168,7 +171,8 @@ pub fn speak_for(callers: Callers, req: &mut Request) {
         | Request::Status
         | Request::RepairStatus
         | Request::PutFragment { .. }
-        | Request::GetFragment { .. } => {}
+        | Request::GetFragment { .. }
+        | Request::GetBlockTable { .. } => {}
     }
 }
 

@@ -102,7 +102,9 @@ impl Server {
                 ))
             }
             Request::Raft { .. } => Err(RpcError::BadRequest("raft messages are one-way".into())),
-            Request::PutFragment { .. } | Request::GetFragment { .. } => Err(RpcError::BadRequest(
+            Request::PutFragment { .. }
+            | Request::GetFragment { .. }
+            | Request::GetBlockTable { .. } => Err(RpcError::BadRequest(
                 "fragment requests go to chunkservers, not the meta".into(),
             )),
             Request::SnapshotPiece { index, cf, after } => {

@@ -77,12 +77,24 @@ pub enum Request {
         replica: ReplicaId,
     },
     /// Store one fragment of a block (chunkserver); durable when answered.
+    /// `table`: the block's end-to-end table (`erasure::block_table`), kept
+    /// beside the fragment for readers, who check it against the block's
+    /// checksum (empty for a block of one group).
     PutFragment {
         cap: Capability,
         block: BlockId,
         index: u8,
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        table: Vec<u8>,
+    },
+    /// The block table kept with a fragment (chunkserver): `Reply::Bytes`,
+    /// empty if it has none.
+    GetBlockTable {
+        cap: Capability,
+        block: BlockId,
+        index: u8,
     },
     /// Read `len` bytes at `offset` of a fragment (chunkserver), verified.
     GetFragment {

@@ -80,6 +80,7 @@ async fn a_chunkserver_honours_only_the_capability_it_was_given() -> anyhow::Res
         block: a.id,
         index: a.slot(0),
         data: vec![0xee; 4096],
+        table: Vec::new(),
     };
 
     // The honest read.

@@ -324,6 +324,7 @@ mod tests {
             block: BlockId(1),
             index: 0,
             data: vec![7; 12 << 20],
+            table: Vec::new(),
         };
         // Polled once: it writes what the socket takes, then times out.
         let torn = conn.call(big, Duration::from_nanos(1)).await;
@@ -408,6 +409,7 @@ mod tests {
                         block: BlockId(1),
                         index: 0,
                         data,
+                        table: Vec::new(),
                     },
                     Duration::from_secs(5),
                 )

@@ -62,7 +62,7 @@ async fn framed_run(addr: String, clients: usize) -> f64 {
             let mut call = 0;
             while Instant::now() < stop {
                 call += 1;
-                let body = Request::PutFragment { cap: cap.clone(), block: sparefs_proto::BlockId(1), index: 0, data: vec![7; 128] };
+                let body = Request::PutFragment { cap: cap.clone(), block: sparefs_proto::BlockId(1), index: 0, data: vec![7; 128], table: Vec::new() };
                 frame::write_frame(&mut s, &RequestFrame { call, body }).await.expect("write");
                 frame::read_frame(&mut s, &mut buf).await.expect("read");
                 let _: ResponseFrame = frame::decode(&buf).expect("decode");
