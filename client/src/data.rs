@@ -12,6 +12,7 @@
 
 use crate::meta::{ClientError, MetaClient, Result};
 use crate::overlay::{resolve, Piece, Source};
+use crate::verify::{self, Check};
 use futures::future::join_all;
 use sparefs_erasure::block_table;
 use sparefs_proto::layout::{BlockRef, Capability, ChunkserverInfo, Policy, Slice, NO_SERVER};
@@ -53,8 +54,11 @@ pub struct DataClient {
     /// Bumped by every invalidation: a chunk map fetched across one is not
     /// cached (it may predate the change that invalidated the cache).
     chunks_epoch: std::sync::atomic::AtomicU64,
-    /// Count of fragments found bad (reported by chunkservers) on reads.
+    /// Count of fragments found bad on reads: reported by chunkservers,
+    /// or bytes that failed the end-to-end check.
     pub bad_fragments: std::sync::atomic::AtomicU64,
+    /// Verified block tables (end-to-end checks of partial reads).
+    tables: verify::Tables,
 }
 
 fn chunk_of(offset: u64) -> (u64, u32) {
@@ -82,6 +86,26 @@ fn cut_at_chunks(extents: &[(u64, Vec<u8>)]) -> (Vec<ChunkPiece<'_>>, u64) {
     (pieces, size_at_least)
 }
 
+/// The sets of fragment indexes (of `n`) to leave out of a decode, fewest
+/// first, up to `most` at a time; codes wider than 16 try leaving out
+/// one at a time only.
+fn leave_out_sets(n: usize, most: usize) -> Vec<Vec<usize>> {
+    let most = if n > 16 { most.min(1) } else { most };
+    let mut sets = vec![Vec::new()];
+    for size in 1..=most.min(n) {
+        if n > 16 {
+            sets.extend((0..n).map(|i| vec![i]));
+            break;
+        }
+        for mask in 0u32..(1 << n) {
+            if mask.count_ones() as usize == size {
+                sets.push((0..n).filter(|i| mask & (1 << i) != 0).collect());
+            }
+        }
+    }
+    sets
+}
+
 /// The policy a block of `len` bytes is actually stored under.
 pub fn block_policy(policy: Policy, len: usize) -> Policy {
     match policy {
@@ -106,6 +130,7 @@ impl DataClient {
             chunks: Mutex::new(HashMap::new()),
             chunks_epoch: std::sync::atomic::AtomicU64::new(0),
             bad_fragments: std::sync::atomic::AtomicU64::new(0),
+            tables: verify::Tables::default(),
         }
     }
 
@@ -321,7 +346,10 @@ impl DataClient {
         }
     }
 
-    /// Bytes `[boff, boff + len)` of a block.
+    /// Bytes `[boff, boff + len)` of a block, checked end to end
+    /// (verify.rs): read from the fragments that hold them or, if those
+    /// fail or do not pass the check, from every fragment, decoding around
+    /// the ones that disagree. Bytes that fail the check are never returned.
     pub(crate) async fn read_block_range(
         &self,
         block: &BlockRef,
@@ -329,72 +357,178 @@ impl DataClient {
         boff: u32,
         len: u32,
     ) -> Result<Vec<u8>> {
-        let policy = block.policy;
-        match policy {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let table = match verify::has_table(block) {
+            true => self.table(block, cap).await,
+            false => None,
+        };
+        let check = Check::of(block, boff, len, table);
+        let mut bytes = match self.read_direct(block, cap, &check).await {
+            Some(b) if check.passes(&b) => b,
+            direct => {
+                if direct.is_some() {
+                    self.found_bad(block, "the fragments read first (which: unknown yet)");
+                }
+                self.read_around_bad(block, cap, &check).await?
+            }
+        };
+        let at = (boff - check.start) as usize;
+        bytes.truncate(at + len as usize);
+        bytes.drain(..at);
+        Ok(bytes)
+    }
+
+    /// The block's table, checked against its checksum (from the cache, or
+    /// from the first fragment whose table passes); `None` if no fragment
+    /// has one (written before tables): the block is then checked whole.
+    async fn table(&self, block: &BlockRef, cap: &Capability) -> Option<verify::Table> {
+        if let Some(t) = self.tables.get(block.id) {
+            return Some(t);
+        }
+        for (i, server) in block.fragments.iter().enumerate() {
+            if *server == NO_SERVER {
+                continue;
+            }
+            let req = Request::GetBlockTable {
+                cap: cap.clone(),
+                block: block.id,
+                index: block.slot(i),
+            };
+            match self.fragment_call(*server, req, FRAGMENT_TIMEOUT).await {
+                Ok(Reply::Bytes(b)) if b.is_empty() => {}
+                Ok(Reply::Bytes(b)) => match self.tables.admit(block, &b) {
+                    Some(t) => return Some(t),
+                    None => self.found_bad(block, &format!("the table of fragment {i}")),
+                },
+                _ => {}
+            }
+        }
+        None
+    }
+
+    fn found_bad(&self, block: &BlockRef, what: &str) {
+        self.bad_fragments
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            block = block.id.0,
+            "end-to-end check failed: {what} of block {} do not match its checksum",
+            block.id
+        );
+    }
+
+    /// The checked range from the fragments that hold it (one copy; the
+    /// data shards of a code), unchecked; `None` if a read failed.
+    async fn read_direct(
+        &self,
+        block: &BlockRef,
+        cap: &Capability,
+        check: &Check,
+    ) -> Option<Vec<u8>> {
+        let (start, len) = (check.start, check.end - check.start);
+        match block.policy {
             Policy::Rep { .. } => {
-                let mut last = String::new();
                 for i in 0..block.fragments.len() {
-                    match self.get_fragment(block, cap, i, boff, len).await {
-                        Ok(b) => return Ok(b),
-                        Err(e) => last = e,
+                    if let Ok(b) = self.get_fragment(block, cap, i, start, len).await {
+                        return Some(b);
                     }
                 }
-                Err(ClientError::DataUnavailable(format!(
-                    "no copy of block {} readable: {last}",
-                    block.id
-                )))
+                None
             }
             Policy::Ec { .. } => {
-                let shard = sparefs_erasure::fragment_len(policy, block.bytes as usize) as u32;
-                // The data shards the range touches, and the range in each.
-                let first = (boff / shard) as usize;
-                let last = ((boff + len - 1) / shard) as usize;
-                let fast = (first..=last).map(|s| {
-                    let a = if s == first { boff % shard } else { 0 };
+                let shard =
+                    sparefs_erasure::fragment_len(block.policy, block.bytes as usize) as u32;
+                let (first, last) = (
+                    (start / shard) as usize,
+                    ((start + len - 1) / shard) as usize,
+                );
+                let reads = (first..=last).map(|s| {
+                    let a = if s == first { start % shard } else { 0 };
                     let b = if s == last {
-                        (boff + len - 1) % shard + 1
+                        (start + len - 1) % shard + 1
                     } else {
                         shard
                     };
                     async move { self.get_fragment(block, cap, s, a, b - a).await }
                 });
-                let parts = join_all(fast).await;
-                if parts.iter().all(|p| p.is_ok()) {
-                    let mut out = Vec::with_capacity(len as usize);
-                    for p in parts.into_iter().flatten() {
-                        out.extend_from_slice(&p);
-                    }
-                    return Ok(out);
-                }
-                // Degraded: the same shard range from every fragment, decode.
-                let (lo, hi) = if first == last {
-                    (boff % shard, (boff + len - 1) % shard + 1)
-                } else {
-                    (0, shard)
-                };
-                let all = (0..block.fragments.len()).map(|i| async move {
-                    self.get_fragment(block, cap, i, lo, hi - lo).await.ok()
-                });
-                let mut frags: Vec<Option<Vec<u8>>> = join_all(all).await;
-                sparefs_erasure::reconstruct(policy, &mut frags).map_err(|e| {
-                    ClientError::DataUnavailable(format!("block {}: {e}", block.id))
-                })?;
                 let mut out = Vec::with_capacity(len as usize);
-                for (s, frag) in frags.iter().enumerate().take(last + 1).skip(first) {
-                    let piece = frag.as_deref().ok_or_else(|| {
-                        ClientError::DataUnavailable("reconstruction left a gap".into())
-                    })?;
-                    let a = if s == first { boff % shard - lo } else { 0 };
-                    let b = if s == last {
-                        (boff + len - 1) % shard + 1 - lo
-                    } else {
-                        hi - lo
-                    };
-                    out.extend_from_slice(&piece[a as usize..b as usize]);
+                for part in join_all(reads).await {
+                    out.extend_from_slice(&part.ok()?);
                 }
-                Ok(out)
+                Some(out)
             }
         }
+    }
+
+    /// The checked range when the direct read failed or did not pass:
+    /// each copy in turn, or the same range of every fragment of a code,
+    /// decoded leaving out each set of fragments (at most as many as the
+    /// code has parity) until the result passes the check.
+    async fn read_around_bad(
+        &self,
+        block: &BlockRef,
+        cap: &Capability,
+        check: &Check,
+    ) -> Result<Vec<u8>> {
+        let (start, len) = (check.start, check.end - check.start);
+        let policy = block.policy;
+        let unavailable =
+            |why: String| ClientError::DataUnavailable(format!("block {}: {why}", block.id));
+        let Policy::Ec { parity, .. } = policy else {
+            for i in 0..block.fragments.len() {
+                if let Ok(b) = self.get_fragment(block, cap, i, start, len).await {
+                    if check.passes(&b) {
+                        return Ok(b);
+                    }
+                    self.found_bad(block, &format!("copy {i}"));
+                }
+            }
+            return Err(unavailable("no copy readable and whole".into()));
+        };
+        let shard = sparefs_erasure::fragment_len(policy, block.bytes as usize) as u32;
+        let (first, last) = (
+            (start / shard) as usize,
+            ((start + len - 1) / shard) as usize,
+        );
+        // The same shard range from every fragment.
+        let (lo, hi) = if first == last {
+            (start % shard, (start + len - 1) % shard + 1)
+        } else {
+            (0, shard)
+        };
+        let all = (0..block.fragments.len())
+            .map(|i| async move { self.get_fragment(block, cap, i, lo, hi - lo).await.ok() });
+        let frags: Vec<Option<Vec<u8>>> = join_all(all).await;
+        for left_out in leave_out_sets(frags.len(), parity as usize) {
+            let mut attempt = frags.clone();
+            for &i in &left_out {
+                attempt[i] = None;
+            }
+            if sparefs_erasure::reconstruct(policy, &mut attempt).is_err() {
+                continue;
+            }
+            let mut out = Vec::with_capacity(len as usize);
+            for (s, frag) in attempt.iter().enumerate().take(last + 1).skip(first) {
+                let Some(piece) = frag.as_deref() else { break };
+                let a = if s == first { start % shard - lo } else { 0 };
+                let b = if s == last {
+                    (start + len - 1) % shard + 1 - lo
+                } else {
+                    hi - lo
+                };
+                out.extend_from_slice(&piece[a as usize..b as usize]);
+            }
+            if check.passes(&out) {
+                for i in left_out.iter().filter(|&&i| frags[i].is_some()) {
+                    self.found_bad(block, &format!("fragment {i}"));
+                }
+                return Ok(out);
+            }
+        }
+        Err(unavailable(
+            "no set of its fragments decodes to bytes that pass the check".into(),
+        ))
     }
 
     /// Writes every fragment of a new block; on failure, the error and the

@@ -105,6 +105,109 @@ async fn degraded_reads_survive_a_killed_chunkserver_and_flipped_bytes() {
     );
 }
 
+/// Rewrites bytes of a fragment file's data the way a lying or broken
+/// chunkserver would serve them: with its own span checksums made to
+/// match, so that only the end-to-end check can notice. With `table`, also
+/// changes the block table kept in the header. Returns whether it did.
+fn forge(path: &std::path::Path, table: bool) -> bool {
+    let mut f = std::fs::read(path).expect("read fragment");
+    if f.len() < 32 || &f[..8] != b"SPFRAG02" {
+        return false;
+    }
+    let field =
+        |f: &[u8], a: usize| u32::from_be_bytes([f[a], f[a + 1], f[a + 2], f[a + 3]]) as usize;
+    let (data_len, n_sums, table_len) = (field(&f, 20), field(&f, 24), field(&f, 28));
+    let sums_at = 32 + table_len;
+    let data_at = sums_at + 32 * n_sums;
+    const SPAN: usize = 64 * 1024;
+    for pos in [10, data_len / 2, data_len - 1] {
+        f[data_at + pos] ^= 0x5a;
+        let span = pos / SPAN;
+        let end = ((span + 1) * SPAN).min(data_len);
+        let sum = *blake3::hash(&f[data_at + span * SPAN..data_at + end]).as_bytes();
+        f[sums_at + 32 * span..sums_at + 32 * span + 32].copy_from_slice(&sum);
+    }
+    if table && table_len > 0 {
+        f[32] ^= 1;
+    }
+    std::fs::write(path, f).expect("write fragment");
+    true
+}
+
+/// Bytes that a chunkserver serves as good but that are not the block's
+/// (its own checksums agree with them) are caught by the client's
+/// end-to-end check and never returned: the client decodes around them,
+/// in whole reads and in ranges, and also when a fragment's block table
+/// is forged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bytes_served_wrong_with_good_chunkserver_checksums_are_never_returned() {
+    let (c, data) = cluster("1G").await;
+    let big = pattern(9 * 1024 * 1024 + 12345, 3);
+    let ino_big = put(&data, "big", &big).await.expect("put big");
+    // Small flushes: inline in the meta until the chunk holds 1 MiB of
+    // them, then blocks of 60,000 bytes, stored as copies.
+    let small = pattern(30 * 60_000, 4);
+    let attr = data
+        .meta
+        .create(InodeId::ROOT, b"small", 0o644, true)
+        .await
+        .expect("create");
+    let f = OpenFile::open(data.clone(), &attr).await.expect("open");
+    for (i, piece) in small.chunks(60_000).enumerate() {
+        f.write(i as u64 * 60_000, piece).await.expect("write");
+        f.flush().await.expect("flush");
+    }
+    let ino_small = attr.ino;
+    // Fragment 0 of every block (a data shard, or the first copy) made
+    // wrong; of some, the table too.
+    let files: Vec<_> = (1..=3)
+        .flat_map(|n| walk(&c.chunkserver_dir(n).join("fragments")))
+        .filter(|p| p.extension().is_some_and(|e| e == "0"))
+        .collect();
+    let forged = files
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| forge(p, i % 2 == 0))
+        .count();
+    assert!(forged >= 6, "forged {forged} fragments");
+    println!("forged {forged} fragments");
+    let fresh = Arc::new(DataClient::new(data.meta.clone()));
+    for client in [&data, &fresh] {
+        for (off, len) in [
+            (0usize, 10usize),
+            (5, 4096),
+            (1024 * 1024 - 3, 100_000),
+            (2 * 1024 * 1024 - 1, 3),
+            (4 * 1024 * 1024 - 5, 10),
+            (9 * 1024 * 1024, 12345),
+        ] {
+            let got = client
+                .read(ino_big, big.len() as u64, off as u64, len)
+                .await
+                .expect("range");
+            assert!(got == big[off..off + len], "range {off}+{len}: other bytes");
+        }
+        assert!(get(client, ino_big).await == big, "whole file: other bytes");
+        let end = small.len() - 100;
+        let got = client
+            .read(ino_small, small.len() as u64, end as u64 - 20_000, 20_000)
+            .await
+            .expect("small range");
+        assert!(
+            got == small[end - 20_000..end],
+            "small file range: other bytes"
+        );
+        assert!(get(client, ino_small).await == small);
+        assert!(
+            client
+                .bad_fragments
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0,
+            "the bad bytes were reported"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writing_past_capacity_is_enospc_and_damages_nothing() {
     let (_c, data) = cluster("24M").await;
