@@ -89,7 +89,8 @@ fn header_len(data_len: usize, table_len: usize) -> usize {
 /// it is not one of `block`'s fragment `index`.
 fn layout(fixed: &[u8], block: BlockId, index: u8) -> Result<Layout, String> {
     let v2 = fixed.len() >= FIXED_HEADER && &fixed[..8] == MAGIC;
-    if !v2 && !(fixed.len() >= FIXED_HEADER_V1 && &fixed[..8] == MAGIC_V1) {
+    let v1 = fixed.len() >= FIXED_HEADER_V1 && &fixed[..8] == MAGIC_V1;
+    if !(v1 || v2) {
         return Err("not a fragment header".into());
     }
     if fixed[8..16] != block.0.to_be_bytes() || fixed[16] != index {
@@ -107,7 +108,7 @@ fn layout(fixed: &[u8], block: BlockId, index: u8) -> Result<Layout, String> {
     } else {
         (FIXED_HEADER_V1, 0)
     };
-    if table_len % 32 != 0 || table_len > TABLE_BYTES_MAX {
+    if !table_len.is_multiple_of(32) || table_len > TABLE_BYTES_MAX {
         return Err(format!("a block table of {table_len} bytes"));
     }
     let sums_at = table_at + table_len;

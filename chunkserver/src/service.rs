@@ -63,7 +63,7 @@ impl FragmentService {
                         data.len()
                     )));
                 }
-                if table.len() % 32 != 0 || table.len() > TABLE_BYTES_MAX {
+                if !table.len().is_multiple_of(32) || table.len() > TABLE_BYTES_MAX {
                     return Err(RpcError::BadRequest(format!(
                         "a block table of {} bytes",
                         table.len()

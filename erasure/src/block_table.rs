@@ -72,7 +72,7 @@ pub fn table_bytes(table: &[ChainingValue]) -> Vec<u8> {
 
 /// A table read back from bytes (`None` if not a whole number of values).
 pub fn table_from_bytes(bytes: &[u8]) -> Option<Vec<ChainingValue>> {
-    if bytes.len() % 32 != 0 {
+    if !bytes.len().is_multiple_of(32) {
         return None;
     }
     Some(
