@@ -372,6 +372,42 @@ impl FragmentStore {
         }
     }
 
+    /// Reads `len` bytes at `offset` of a fragment: verified (`read`), or
+    /// the range alone for a reader that checks it end to end.
+    pub fn read_as(
+        &self,
+        block: BlockId,
+        index: u8,
+        offset: u32,
+        len: u32,
+        verify: bool,
+    ) -> Result<Vec<u8>, RpcError> {
+        if verify {
+            return self.read(block, index, offset, len);
+        }
+        let path = self.path(block, index);
+        let mut f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(RpcError::NoFragment { block, index })
+            }
+            Err(e) => return Err(RpcError::Storage(format!("open {}: {e}", path.display()))),
+        };
+        let at = self.layout_of(&mut f, block, index)?;
+        let (offset, len) = (offset as usize, len as usize);
+        if offset + len > at.data_len {
+            return Err(RpcError::BadRequest(format!(
+                "range {offset}+{len} past the fragment's {} bytes",
+                at.data_len
+            )));
+        }
+        let mut data = vec![0u8; len];
+        use std::os::unix::fs::FileExt;
+        f.read_exact_at(&mut data, (at.data_at + offset) as u64)
+            .map_err(|_| self.corrupt(block, index, "short data".into()))?;
+        Ok(data)
+    }
+
     /// Reads `len` bytes at `offset` of a fragment, verifying every 64 KiB
     /// span it touches.
     pub fn read(
@@ -556,6 +592,11 @@ mod tests {
         ));
         assert!(store.read(BlockId(42), 1, 0, 100).is_ok());
         assert_eq!(store.errors(), 1);
+        // Unverified, the same range is served as it is on disk.
+        let raw = store
+            .read_as(BlockId(42), 1, CHECKSUM_SPAN as u32, 10, false)
+            .expect("unverified read");
+        assert_eq!(raw[5], data[CHECKSUM_SPAN + 5] ^ 0xff);
     }
 
     /// Files written before block tables (version 1) are still read,

@@ -129,6 +129,7 @@ impl Repairer {
                 index: t.slot_base.wrapping_add(*i),
                 offset: 0,
                 len: frag_len,
+                verify: true,
             };
             (*i, self.call(address, req).await)
         });

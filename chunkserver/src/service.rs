@@ -96,6 +96,7 @@ impl FragmentService {
                 index,
                 offset,
                 len,
+                verify,
             } => {
                 self.check(&cap, block, false)?;
                 if len as u64 > BLOCK_BYTES_MAX {
@@ -106,13 +107,18 @@ impl FragmentService {
                     // handing it to the blocking pool and back (two thread
                     // wake-ups). A read that does go to disk holds this
                     // worker alone; the others keep serving.
-                    return self.store.read(block, index, offset, len).map(Reply::Bytes);
+                    return self
+                        .store
+                        .read_as(block, index, offset, len, verify)
+                        .map(Reply::Bytes);
                 }
                 let store = self.store.clone();
-                tokio::task::spawn_blocking(move || store.read(block, index, offset, len))
-                    .await
-                    .map_err(|e| RpcError::Storage(e.to_string()))?
-                    .map(Reply::Bytes)
+                tokio::task::spawn_blocking(move || {
+                    store.read_as(block, index, offset, len, verify)
+                })
+                .await
+                .map_err(|e| RpcError::Storage(e.to_string()))?
+                .map(Reply::Bytes)
             }
             Request::GetBlockTable { cap, block, index } => {
                 self.check(&cap, block, false)?;

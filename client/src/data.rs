@@ -325,6 +325,7 @@ impl DataClient {
         index: usize,
         offset: u32,
         len: u32,
+        verify: bool,
     ) -> std::result::Result<Vec<u8>, String> {
         let server = *block
             .fragments
@@ -339,6 +340,7 @@ impl DataClient {
             index: block.slot(index),
             offset,
             len,
+            verify,
         };
         match self.fragment_call(server, req, FRAGMENT_TIMEOUT).await? {
             Reply::Bytes(b) if b.len() == len as usize => Ok(b),
@@ -419,7 +421,10 @@ impl DataClient {
     }
 
     /// The checked range from the fragments that hold it (one copy; the
-    /// data shards of a code), unchecked; `None` if a read failed.
+    /// data shards of a code), unchecked; `None` if a read failed. The
+    /// chunkservers skip their own span checks: these bytes are checked
+    /// end to end, and a failure reads again with theirs (so a server
+    /// whose disk went bad finds out and reports it).
     async fn read_direct(
         &self,
         block: &BlockRef,
@@ -430,7 +435,7 @@ impl DataClient {
         match block.policy {
             Policy::Rep { .. } => {
                 for i in 0..block.fragments.len() {
-                    if let Ok(b) = self.get_fragment(block, cap, i, start, len).await {
+                    if let Ok(b) = self.get_fragment(block, cap, i, start, len, false).await {
                         return Some(b);
                     }
                 }
@@ -450,7 +455,7 @@ impl DataClient {
                     } else {
                         shard
                     };
-                    async move { self.get_fragment(block, cap, s, a, b - a).await }
+                    async move { self.get_fragment(block, cap, s, a, b - a, false).await }
                 });
                 let mut out = Vec::with_capacity(len as usize);
                 for part in join_all(reads).await {
@@ -461,8 +466,9 @@ impl DataClient {
         }
     }
 
-    /// The checked range when the direct read failed or did not pass:
-    /// each copy in turn, or the same range of every fragment of a code,
+    /// The checked range when the direct read failed or did not pass,
+    /// read with the chunkservers' own checks: each copy in turn, or the
+    /// same range of every fragment of a code,
     /// decoded leaving out each set of fragments (at most as many as the
     /// code has parity) until the result passes the check.
     async fn read_around_bad(
@@ -477,7 +483,7 @@ impl DataClient {
             |why: String| ClientError::DataUnavailable(format!("block {}: {why}", block.id));
         let Policy::Ec { parity, .. } = policy else {
             for i in 0..block.fragments.len() {
-                if let Ok(b) = self.get_fragment(block, cap, i, start, len).await {
+                if let Ok(b) = self.get_fragment(block, cap, i, start, len, true).await {
                     if check.passes(&b) {
                         return Ok(b);
                     }
@@ -497,8 +503,11 @@ impl DataClient {
         } else {
             (0, shard)
         };
-        let all = (0..block.fragments.len())
-            .map(|i| async move { self.get_fragment(block, cap, i, lo, hi - lo).await.ok() });
+        let all = (0..block.fragments.len()).map(|i| async move {
+            self.get_fragment(block, cap, i, lo, hi - lo, true)
+                .await
+                .ok()
+        });
         let frags: Vec<Option<Vec<u8>>> = join_all(all).await;
         for left_out in leave_out_sets(frags.len(), parity as usize) {
             let mut attempt = frags.clone();

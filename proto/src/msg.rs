@@ -96,13 +96,19 @@ pub enum Request {
         block: BlockId,
         index: u8,
     },
-    /// Read `len` bytes at `offset` of a fragment (chunkserver), verified.
+    /// Read `len` bytes at `offset` of a fragment (chunkserver). With
+    /// `verify`, the chunkserver checks every 64 KiB span the range touches
+    /// against its own checksums (and reports a mismatch as a lost
+    /// fragment); without, it reads the range alone: for a reader that
+    /// checks the bytes end to end itself and asks again with `verify`
+    /// when they fail.
     GetFragment {
         cap: Capability,
         block: BlockId,
         index: u8,
         offset: u32,
         len: u32,
+        verify: bool,
     },
     /// A chunkserver's report (see `HeartbeatReport`). Answered with
     /// `Reply::Tasks`.

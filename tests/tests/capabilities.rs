@@ -73,6 +73,7 @@ async fn a_chunkserver_honours_only_the_capability_it_was_given() -> anyhow::Res
         index: a.slot(0),
         offset: 0,
         len: 4096,
+        verify: true,
     };
     let t = Duration::from_secs(5);
     let put_a = |cap: Capability| Request::PutFragment {
