@@ -121,7 +121,7 @@ pub async fn run(config: ChunkserverConfig) -> anyhow::Result<()> {
             }
         }
     };
-    svc.set_key(key);
+    svc.set_key(id, key);
     tracing::info!(chunkserver = id.0, listen = %config.listen, dir = %config.dir.display(), "chunkserver serving");
     let lost: scrub::LostList = Default::default();
     scrub::start(

@@ -3,11 +3,11 @@
 
 use crate::fragments::{FragmentStore, TABLE_BYTES_MAX};
 use crate::writer::{WriteJob, Writer};
-use sparefs_proto::layout::{Capability, ClusterKey};
+use sparefs_proto::layout::{Capability, ServerKey};
 use sparefs_proto::limits::BLOCK_BYTES_MAX;
 use sparefs_proto::msg::{Reply, Request, RpcError};
 use sparefs_proto::namespace::Time;
-use sparefs_proto::BlockId;
+use sparefs_proto::{BlockId, ChunkserverId};
 use sparefs_wire::service::{CallFuture, Peer, Service};
 use std::sync::{Arc, RwLock};
 use tokio::sync::oneshot;
@@ -15,7 +15,8 @@ use tokio::sync::oneshot;
 pub struct FragmentService {
     store: Arc<FragmentStore>,
     writer: Writer,
-    key: RwLock<Option<ClusterKey>>,
+    /// This server's id and its own capability key, once registered.
+    key: RwLock<Option<(ChunkserverId, ServerKey)>>,
 }
 
 impl FragmentService {
@@ -27,20 +28,20 @@ impl FragmentService {
         }
     }
 
-    pub fn set_key(&self, key: ClusterKey) {
+    pub fn set_key(&self, me: ChunkserverId, key: ServerKey) {
         if let Ok(mut k) = self.key.write() {
-            *k = Some(key);
+            *k = Some((me, key));
         }
     }
 
     fn check(&self, cap: &Capability, block: BlockId, write: bool) -> Result<(), RpcError> {
-        let key = self
+        let (me, key) = self
             .key
             .read()
             .map_err(|_| RpcError::Busy)?
             .ok_or(RpcError::Busy)?;
         let now = Time::now().secs.max(0) as u64;
-        if cap.allows(&key, block, write, now) {
+        if cap.allows(&key, me, block, write, now) {
             Ok(())
         } else {
             Err(RpcError::Denied)

@@ -378,6 +378,13 @@ impl RepairBook {
             else {
                 continue;
             };
+            // Good at the sources it reads and the servers it writes.
+            let holders: Vec<ChunkserverId> = rec
+                .fragments
+                .iter()
+                .copied()
+                .chain(outputs.iter().map(|(_, s, _)| *s))
+                .collect();
             tasks.push(RepairTask {
                 block: need.block,
                 policy: rec.policy,
@@ -387,7 +394,8 @@ impl RepairBook {
                 out_policy,
                 out_base,
                 outputs,
-                cap: Capability::issue(key, need.block, true, now_secs + 600),
+                // A task may wait for its pace before it starts.
+                cap: Capability::issue(key, need.block, true, now_secs + 600, &holders),
             });
             taken.push(pos);
         }

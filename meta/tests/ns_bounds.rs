@@ -67,3 +67,35 @@ fn a_rename_into_a_chain_deeper_than_the_walk_answers_eloop() {
     assert!(matches!(r, Ok(Ok(_))), "{r:?}");
     let _ = moved;
 }
+
+/// An answer recorded in a format this release cannot read (written by an
+/// earlier one) answers the retry EIO: not a storage error that would stop
+/// every replica, and not the change applied a second time.
+#[test]
+fn a_retry_whose_recorded_answer_cannot_be_read_is_eio_and_not_applied_again() {
+    let mut m = Machine::new(Caller::ROOT);
+    let op = || WriteOp::Mkdir {
+        parent: InodeId::ROOT,
+        name: "once".into(),
+        perm: 0o755,
+        umask: 0,
+    };
+    m.apply_reply(op()).expect("mkdir");
+    let seq = m.seq();
+    let mut batch = rocksdb::WriteBatch::default();
+    let mut tx = sparefs_meta::kv::Tx::new(m.store());
+    tx.put(
+        sparefs_meta::kv::Cf::Sessions,
+        sparefs_meta::ns::session_key(m.client.0, seq),
+        vec![sparefs_meta::kv::RECORD_VERSION, 0, 0xff, 0xff, 0xff],
+    );
+    m.store().put_writes(&mut batch, tx.into_writes());
+    m.store().write_synced(batch).expect("write");
+    assert_eq!(m.apply_same_seq(op()), Err(Errno::EIO));
+    let names: Vec<_> = m
+        .tree()
+        .into_iter()
+        .filter(|(n, _, _)| n.contains("once"))
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}

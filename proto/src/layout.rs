@@ -196,21 +196,37 @@ pub struct ChunkserverInfo {
     pub draining: bool,
 }
 
-/// Permission, signed by the meta with the cluster key, to read or write
-/// the fragments of one block until `expires` (Unix seconds). Chunkservers
-/// check it on every fragment request.
+/// Permission, signed by the meta, to read or write the fragments of one
+/// block on the chunkservers it names until `expires` (Unix seconds of the
+/// meta leader's clock: hosts' clocks must agree to well within
+/// `CAPABILITY_SECS`). Each named chunkserver has its own MAC, under its
+/// own key (`server_key`), which is all it learns of the cluster key: a
+/// chunkserver can check capabilities meant for it and can make none that
+/// another chunkserver accepts. Chunkservers check it on every fragment
+/// request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capability {
     pub block: BlockId,
     pub write: bool,
     pub expires: u64,
-    pub mac: [u8; 32],
+    pub macs: Vec<(ChunkserverId, [u8; 32])>,
 }
 
 pub type ClusterKey = [u8; 32];
 
+/// A chunkserver's own capability key, derived from the cluster key.
+pub type ServerKey = [u8; 32];
+
 impl Capability {
-    fn mac_of(key: &ClusterKey, block: BlockId, write: bool, expires: u64) -> [u8; 32] {
+    /// The key chunkserver `server` checks its capabilities with.
+    pub fn server_key(cluster: &ClusterKey, server: ChunkserverId) -> ServerKey {
+        let mut msg = Vec::with_capacity(40);
+        msg.extend_from_slice(b"sparefs chunkserver key\0");
+        msg.extend_from_slice(&server.0.to_be_bytes());
+        *blake3::keyed_hash(cluster, &msg).as_bytes()
+    }
+
+    fn mac_of(key: &ServerKey, block: BlockId, write: bool, expires: u64) -> [u8; 32] {
         let mut msg = [0u8; 17];
         msg[..8].copy_from_slice(&block.0.to_be_bytes());
         msg[8] = write as u8;
@@ -218,22 +234,47 @@ impl Capability {
         *blake3::keyed_hash(key, &msg).as_bytes()
     }
 
-    pub fn issue(key: &ClusterKey, block: BlockId, write: bool, expires: u64) -> Capability {
+    /// A capability for `block` good at each of `servers` (each once).
+    pub fn issue(
+        cluster: &ClusterKey,
+        block: BlockId,
+        write: bool,
+        expires: u64,
+        servers: &[ChunkserverId],
+    ) -> Capability {
+        let mut macs: Vec<(ChunkserverId, [u8; 32])> = Vec::with_capacity(servers.len());
+        for &s in servers {
+            if s != NO_SERVER && !macs.iter().any(|(t, _)| *t == s) {
+                let key = Self::server_key(cluster, s);
+                macs.push((s, Self::mac_of(&key, block, write, expires)));
+            }
+        }
         Capability {
             block,
             write,
             expires,
-            mac: Self::mac_of(key, block, write, expires),
+            macs,
         }
     }
 
-    /// Whether this capability allows `write` (or a read) of `block` at `now`.
-    pub fn allows(&self, key: &ClusterKey, block: BlockId, write: bool, now: u64) -> bool {
+    /// Whether this capability allows chunkserver `me`, whose key is `key`,
+    /// a `write` (or a read) of `block` at `now`.
+    pub fn allows(
+        &self,
+        key: &ServerKey,
+        me: ChunkserverId,
+        block: BlockId,
+        write: bool,
+        now: u64,
+    ) -> bool {
         let right = self.write || !write;
+        let Some((_, mac)) = self.macs.iter().find(|(s, _)| *s == me) else {
+            return false;
+        };
         right
             && self.block == block
             && now <= self.expires
-            && Self::mac_of(key, self.block, self.write, self.expires) == self.mac
+            && Self::mac_of(key, self.block, self.write, self.expires) == *mac
     }
 }
 
@@ -275,28 +316,52 @@ mod tests {
     }
 
     #[test]
-    fn capability_checks_block_right_expiry_and_key() {
-        let key = [7u8; 32];
-        let c = Capability::issue(&key, BlockId(9), false, 100);
-        assert!(c.allows(&key, BlockId(9), false, 100));
+    fn capability_checks_server_block_right_expiry_and_key() {
+        let cluster = [7u8; 32];
+        let (one, two, three) = (ChunkserverId(1), ChunkserverId(2), ChunkserverId(3));
+        let key = |s| Capability::server_key(&cluster, s);
+        let c = Capability::issue(&cluster, BlockId(9), false, 100, &[one, two, NO_SERVER]);
+        assert_eq!(c.macs.len(), 2, "one MAC per named server");
+        assert!(c.allows(&key(one), one, BlockId(9), false, 100));
+        assert!(c.allows(&key(two), two, BlockId(9), false, 100));
         assert!(
-            !c.allows(&key, BlockId(9), true, 50),
+            !c.allows(&key(three), three, BlockId(9), false, 50),
+            "a server it does not name"
+        );
+        assert!(
+            !c.allows(&key(one), two, BlockId(9), false, 50),
+            "one server's key does not check another's MAC"
+        );
+        assert!(
+            !c.allows(&key(one), one, BlockId(9), true, 50),
             "a read capability does not allow writes"
         );
-        assert!(!c.allows(&key, BlockId(8), false, 50), "another block");
-        assert!(!c.allows(&key, BlockId(9), false, 101), "expired");
         assert!(
-            !c.allows(&[8u8; 32], BlockId(9), false, 50),
-            "another cluster's key"
+            !c.allows(&key(one), one, BlockId(8), false, 50),
+            "another block"
         );
+        assert!(!c.allows(&key(one), one, BlockId(9), false, 101), "expired");
+        assert!(
+            !c.allows(&cluster, one, BlockId(9), false, 50),
+            "the cluster key is not a server's key"
+        );
+        // A server's key makes no capability another server accepts.
+        let minted = Capability::issue(&key(one), BlockId(9), true, 100, &[two]);
+        assert!(!minted.allows(&key(two), two, BlockId(9), true, 50));
         let mut forged = c.clone();
         forged.write = true;
         assert!(
-            !forged.allows(&key, BlockId(9), true, 50),
+            !forged.allows(&key(one), one, BlockId(9), true, 50),
             "rights cannot be raised"
         );
         assert!(
-            Capability::issue(&key, BlockId(9), true, 100).allows(&key, BlockId(9), false, 10),
+            Capability::issue(&cluster, BlockId(9), true, 100, &[one]).allows(
+                &key(one),
+                one,
+                BlockId(9),
+                false,
+                10
+            ),
             "write implies read"
         );
     }

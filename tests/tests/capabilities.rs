@@ -1,7 +1,8 @@
 //! Capability misuse at a chunkserver, over TLS with a mount's own
 //! certificate (so only the capability stands between it and the data): a
 //! read capability used to write, a capability of one block used for
-//! another, a capability with its expiry pushed out or its MAC forged, and
+//! another, a capability with its expiry pushed out or its MAC forged, one
+//! without this chunkserver's own MAC or with another's in its place, and
 //! a fresh block's write capability used to overwrite a committed fragment.
 //! Each is refused (`Denied`), the honest read is answered, and the file
 //! reads back the same afterwards.
@@ -109,10 +110,28 @@ async fn a_chunkserver_honours_only_the_capability_it_was_given() -> anyhow::Res
         holder_of_a.call(get_a(later, a.id), t).await,
     );
     let mut forged = cap_a.clone();
-    forged.mac = [7; 32];
+    for (_, mac) in &mut forged.macs {
+        *mac = [7; 32];
+    }
     denied(
         "a forged MAC",
         holder_of_a.call(get_a(forged, a.id), t).await,
+    );
+    // Scoped to each chunkserver: without the holder's own MAC, or with
+    // another server's MAC under the holder's name, it is refused.
+    let holder = a.fragments[0];
+    let mut elsewhere = cap_a.clone();
+    elsewhere.macs.retain(|(s, _)| *s != holder);
+    anyhow::ensure!(!elsewhere.macs.is_empty(), "one MAC per holder");
+    denied(
+        "a capability for the other chunkservers only",
+        holder_of_a.call(get_a(elsewhere.clone(), a.id), t).await,
+    );
+    let mut relabelled = elsewhere;
+    relabelled.macs[0].0 = holder;
+    denied(
+        "another chunkserver's MAC under this one's name",
+        holder_of_a.call(get_a(relabelled, a.id), t).await,
     );
     let mut promoted = cap_a.clone();
     promoted.write = true;

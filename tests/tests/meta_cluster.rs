@@ -4,7 +4,7 @@
 use sparefs_client::ClientError;
 use sparefs_proto::msg::Role;
 use sparefs_proto::namespace::{FileKind, WriteOp};
-use sparefs_proto::{ClientId, Errno, InodeId, ReplicaId};
+use sparefs_proto::{ChunkserverId, ClientId, Errno, InodeId, ReplicaId};
 use sparefs_tests::MetaCluster;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -472,14 +472,20 @@ async fn registry_heartbeats_and_placement() {
         })
         .await
         .expect("re-register");
-    let NsReply::Registered { key, .. } = reply else {
+    let NsReply::Registered { id, key } = reply else {
         panic!("unexpected reply: {reply:?}")
     };
     let now = sparefs_proto::namespace::Time::now().secs as u64;
     for (b, cap) in blocks.iter().zip(&capabilities) {
+        assert_eq!(
+            cap.allows(&key, id, *b, true, now),
+            placement.contains(&id),
+            "write capability for {b} verifies with chunkserver {id}'s key exactly when \
+             it is placed there ({placement:?})"
+        );
         assert!(
-            cap.allows(&key, *b, true, now),
-            "write capability for {b} does not verify with the cluster key"
+            !cap.allows(&key, ChunkserverId(id.0 + 100), *b, true, now),
+            "nor at a server it does not name"
         );
     }
     let distinct: BTreeSet<_> = placement.iter().collect();

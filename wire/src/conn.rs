@@ -320,7 +320,7 @@ mod tests {
         // Its sender may still hold the write side for an instant.
         drop(conn.out.lock().await);
         let big = Request::PutFragment {
-            cap: Capability::issue(&[0; 32], BlockId(1), true, 0),
+            cap: Capability::issue(&[0; 32], BlockId(1), true, 0, &[]),
             block: BlockId(1),
             index: 0,
             data: vec![7; 12 << 20],
@@ -404,7 +404,7 @@ mod tests {
                             block: BlockId(1),
                             write: true,
                             expires: 0,
-                            mac: [0; 32],
+                            macs: Vec::new(),
                         },
                         block: BlockId(1),
                         index: 0,

@@ -57,7 +57,7 @@ async fn framed_run(addr: String, clients: usize) -> f64 {
         async move {
             let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
             s.set_nodelay(true).expect("nodelay");
-            let cap = sparefs_proto::layout::Capability { block: sparefs_proto::BlockId(1), write: true, expires: 0, mac: [0; 32] };
+            let cap = sparefs_proto::layout::Capability { block: sparefs_proto::BlockId(1), write: true, expires: 0, macs: Vec::new() };
             let mut buf = Vec::new();
             let mut call = 0;
             while Instant::now() < stop {

@@ -54,8 +54,16 @@ pub fn apply_command<R: ReadKv>(
     cmd: &Command,
 ) -> Result<Result<NsReply, Errno>, StoreError> {
     let skey = session_key(cmd.id.client.0, cmd.id.seq);
-    if let Some(prev) = tx.get_rec::<Result<NsReply, Errno>>(Cf::Sessions, &skey)? {
-        return Ok(prev);
+    match tx.get_rec::<Result<NsReply, Errno>>(Cf::Sessions, &skey) {
+        Ok(Some(prev)) => return Ok(prev),
+        Ok(None) => {}
+        // An answer recorded by an earlier release in a format that has
+        // changed since (capabilities gained one MAC per chunkserver): the
+        // change was applied then, so its retry is told it cannot have
+        // the answer, and is not applied again. Every replica decides the
+        // same from the same bytes.
+        Err(StoreError::Corrupt { .. }) => return Ok(Err(Errno::EIO)),
+        Err(e) => return Err(e),
     }
     let reply = if let WriteOp::Delegated { ops, then } = &cmd.op {
         apply_delegated(tx, cmd, ops, then.as_deref())?

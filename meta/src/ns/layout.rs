@@ -263,7 +263,7 @@ pub(super) fn allocate_blocks<R: ReadKv>(
     let expires = now.secs.max(0) as u64 + CAPABILITY_SECS;
     let capabilities = ids
         .iter()
-        .map(|b| Capability::issue(&key, *b, true, expires))
+        .map(|b| Capability::issue(&key, *b, true, expires, placement))
         .collect();
     Ok(NsReply::Allocated {
         ids,

@@ -25,7 +25,7 @@ pub use command::{apply_command, bootstrap, Command};
 pub use entries::{PARENT_WALK_MAX, REAP_ORPHANS_MAX};
 pub use locks::lock_holders;
 pub use read::{chunkservers, read, ChunkserverLiveness};
-pub use records::{cluster_key, ChunkserverRec, DentryRec, InodeRec};
+pub use records::{cluster_key, session_key, ChunkserverRec, DentryRec, InodeRec};
 
 use crate::kv::{ReadKv, StoreError, Tx};
 use sparefs_proto::namespace::NsReply;

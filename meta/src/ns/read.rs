@@ -44,7 +44,8 @@ fn chunk_map<K: ReadKv>(
     if slices.iter().any(|s| !s.blocks.is_empty()) {
         let key = cluster_key(kv)?.ok_or(NsError::Errno(Errno::EAGAIN))?;
         for b in slices.iter().flat_map(|s| s.blocks.iter()) {
-            capabilities.push(Capability::issue(&key, b.id, false, now + CAPABILITY_SECS));
+            let expires = now + CAPABILITY_SECS;
+            capabilities.push(Capability::issue(&key, b.id, false, expires, &b.fragments));
         }
     }
     Ok((slices, capabilities))

@@ -126,8 +126,10 @@ pub const SYS_NEXT_SLICE: &[u8] = b"next_slice";
 pub const SYS_FILES: &[u8] = b"files";
 pub const SYS_APPLIED: &[u8] = b"applied";
 pub const SYS_CLUSTER_KEY: &[u8] = b"cluster_key";
-/// How long a capability handed out with a layout stays valid.
-pub const CAPABILITY_SECS: u64 = 600;
+/// How long a capability handed out with a layout stays valid: long
+/// enough for a slow write of a block, short enough that one taken from a
+/// reader is soon useless (readers fetch chunk maps again within a second).
+pub const CAPABILITY_SECS: u64 = 120;
 
 pub fn cluster_key(
     kv: &impl ReadKv,

@@ -5,12 +5,13 @@ use super::blocks;
 use super::records::*;
 use super::{NsError, NsResult};
 use crate::kv::{be, read_be, Cf, ReadKv, StoreError, Tx};
-use sparefs_proto::layout::ClusterKey;
+use sparefs_proto::layout::{Capability, ClusterKey};
 use sparefs_proto::namespace::*;
 use sparefs_proto::{ChunkserverId, Errno};
 
 /// Registers a chunkserver, or updates one that registers again with its
-/// token; answers its id and the key capabilities are checked with.
+/// token; answers its id and its own key to check capabilities with
+/// (derived from the cluster key, which it never learns).
 pub(super) fn register_chunkserver<R: ReadKv>(
     tx: &mut Tx<R>,
     now: Time,
@@ -32,7 +33,7 @@ pub(super) fn register_chunkserver<R: ReadKv>(
             tx.put_rec(Cf::Chunkservers, k, &rec);
             return Ok(NsReply::Registered {
                 id: ChunkserverId(id),
-                key,
+                key: Capability::server_key(&key, ChunkserverId(id)),
             });
         }
     }
@@ -47,7 +48,7 @@ pub(super) fn register_chunkserver<R: ReadKv>(
     tx.put_rec(Cf::Chunkservers, be(id).to_vec(), &rec);
     Ok(NsReply::Registered {
         id: ChunkserverId(id),
-        key,
+        key: Capability::server_key(&key, ChunkserverId(id)),
     })
 }
 

@@ -104,6 +104,11 @@ impl Machine {
         self.apply_reply(op)
     }
 
+    /// The sequence number of the last command applied.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
