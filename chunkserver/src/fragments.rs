@@ -401,10 +401,17 @@ impl FragmentStore {
                 at.data_len
             )));
         }
-        let mut data = vec![0u8; len];
-        use std::os::unix::fs::FileExt;
-        f.read_exact_at(&mut data, (at.data_at + offset) as u64)
-            .map_err(|_| self.corrupt(block, index, "short data".into()))?;
+        // Read into a buffer of the right capacity, not zeroed first.
+        let mut data = Vec::with_capacity(len);
+        f.seek(SeekFrom::Start((at.data_at + offset) as u64))
+            .map_err(|e| RpcError::Storage(format!("seek {}: {e}", path.display())))?;
+        (&mut f)
+            .take(len as u64)
+            .read_to_end(&mut data)
+            .map_err(|e| RpcError::Storage(format!("read {}: {e}", path.display())))?;
+        if data.len() != len {
+            return Err(self.corrupt(block, index, "short data".into()));
+        }
         Ok(data)
     }
 

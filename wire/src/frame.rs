@@ -2,6 +2,7 @@
 //! A frame over `FRAME_BYTES_MAX` or one that does not decode is an error for
 //! that connection only; the caller closes it.
 
+use bytes::BufMut;
 use serde::{de::DeserializeOwned, Serialize};
 use sparefs_proto::limits::FRAME_BYTES_MAX;
 use std::sync::Arc;
@@ -20,18 +21,19 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
+/// A frame: the body's length, then the body, serialized straight into
+/// one buffer of the right size (a fragment's bytes are copied once).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
-    let body = postcard::to_stdvec(msg)?;
-    if body.len() > FRAME_BYTES_MAX {
+    let len = postcard::experimental::serialized_size(msg)?;
+    if len > FRAME_BYTES_MAX {
         return Err(FrameError::TooLarge {
-            len: body.len(),
+            len,
             max: FRAME_BYTES_MAX,
         });
     }
-    let mut out = Vec::with_capacity(4 + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    Ok(out)
+    let mut out = Vec::with_capacity(4 + len);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    Ok(postcard::to_extend(msg, out)?)
 }
 
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
@@ -99,15 +101,20 @@ pub async fn read_frame_budgeted<R: AsyncRead + Unpin>(
                 None => held = Some(permit),
             }
         }
-        let start = buf.len();
-        buf.resize(start + step, 0);
-        let mut filled = start;
-        while filled < start + step {
-            let n = r.read(&mut buf[filled..start + step]).await?;
+        if buf.len() == READ_STEP_BYTES {
+            // The peer is really sending: room for the rest at once (one
+            // move of what arrived, not one per doubling).
+            buf.reserve_exact(len - buf.len());
+        }
+        let end = buf.len() + step;
+        buf.reserve(step);
+        while buf.len() < end {
+            // Into the spare capacity, without zeroing it first.
+            let want = end - buf.len();
+            let n = r.read_buf(&mut (&mut *buf).limit(want)).await?;
             if n == 0 {
                 return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
             }
-            filled += n;
         }
     }
     Ok(held)
