@@ -385,15 +385,7 @@ impl FragmentStore {
         if verify {
             return self.read(block, index, offset, len);
         }
-        let path = self.path(block, index);
-        let mut f = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(RpcError::NoFragment { block, index })
-            }
-            Err(e) => return Err(RpcError::Storage(format!("open {}: {e}", path.display()))),
-        };
-        let at = self.layout_of(&mut f, block, index)?;
+        let (path, mut f, at) = self.open_fragment(block, index)?;
         let (offset, len) = (offset as usize, len as usize);
         if offset + len > at.data_len {
             return Err(RpcError::BadRequest(format!(
@@ -424,16 +416,8 @@ impl FragmentStore {
         offset: u32,
         len: u32,
     ) -> Result<Vec<u8>, RpcError> {
-        let path = self.path(block, index);
-        let mut f = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(RpcError::NoFragment { block, index })
-            }
-            Err(e) => return Err(RpcError::Storage(format!("open {}: {e}", path.display()))),
-        };
+        let (path, mut f, at) = self.open_fragment(block, index)?;
         let io = |e: std::io::Error| RpcError::Storage(format!("read {}: {e}", path.display()));
-        let at = self.layout_of(&mut f, block, index)?;
         let data_len = at.data_len;
         let (offset, len) = (offset as usize, len as usize);
         if offset + len > data_len {
@@ -470,6 +454,24 @@ impl FragmentStore {
         Ok(data[offset - span_start..offset - span_start + len].to_vec())
     }
 
+    /// A fragment file opened, with its path and layout.
+    fn open_fragment(
+        &self,
+        block: BlockId,
+        index: u8,
+    ) -> Result<(PathBuf, std::fs::File, Layout), RpcError> {
+        let path = self.path(block, index);
+        let mut f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(RpcError::NoFragment { block, index })
+            }
+            Err(e) => return Err(RpcError::Storage(format!("open {}: {e}", path.display()))),
+        };
+        let at = self.layout_of(&mut f, block, index)?;
+        Ok((path, f, at))
+    }
+
     /// The layout of an open fragment file, from its fixed header.
     fn layout_of(
         &self,
@@ -494,15 +496,7 @@ impl FragmentStore {
     /// tables, or a block of one group). The reader checks it against the
     /// block's checksum: this server only keeps it.
     pub fn read_table(&self, block: BlockId, index: u8) -> Result<Vec<u8>, RpcError> {
-        let path = self.path(block, index);
-        let mut f = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(RpcError::NoFragment { block, index })
-            }
-            Err(e) => return Err(RpcError::Storage(format!("open {}: {e}", path.display()))),
-        };
-        let at = self.layout_of(&mut f, block, index)?;
+        let (path, mut f, at) = self.open_fragment(block, index)?;
         let mut table = vec![0u8; at.table_len];
         f.seek(SeekFrom::Start(at.table_at as u64))
             .map_err(|e| RpcError::Storage(format!("seek {}: {e}", path.display())))?;
