@@ -86,6 +86,24 @@ fn cut_at_chunks(extents: &[(u64, Vec<u8>)]) -> (Vec<ChunkPiece<'_>>, u64) {
     (pieces, size_at_least)
 }
 
+/// Where block bytes `[start, start + len)` (len > 0) lie in the data
+/// shards of a code whose shards hold `shard` bytes: (shard, from, to)
+/// within each shard it touches.
+fn shard_pieces(start: u32, len: u32, shard: u32) -> Vec<(usize, u32, u32)> {
+    let (first, last) = (start / shard, (start + len - 1) / shard);
+    (first..=last)
+        .map(|s| {
+            let a = if s == first { start % shard } else { 0 };
+            let b = if s == last {
+                (start + len - 1) % shard + 1
+            } else {
+                shard
+            };
+            (s as usize, a, b)
+        })
+        .collect()
+}
+
 /// The sets of fragment indexes (of `n`) to leave out of a decode, fewest
 /// first, up to `most` at a time; codes wider than 16 try leaving out
 /// one at a time only.
@@ -444,19 +462,12 @@ impl DataClient {
             Policy::Ec { .. } => {
                 let shard =
                     sparefs_erasure::fragment_len(block.policy, block.bytes as usize) as u32;
-                let (first, last) = (
-                    (start / shard) as usize,
-                    ((start + len - 1) / shard) as usize,
-                );
-                let reads = (first..=last).map(|s| {
-                    let a = if s == first { start % shard } else { 0 };
-                    let b = if s == last {
-                        (start + len - 1) % shard + 1
-                    } else {
-                        shard
-                    };
-                    async move { self.get_fragment(block, cap, s, a, b - a, false).await }
-                });
+                let reads =
+                    shard_pieces(start, len, shard)
+                        .into_iter()
+                        .map(|(s, a, b)| async move {
+                            self.get_fragment(block, cap, s, a, b - a, false).await
+                        });
                 let mut out = Vec::with_capacity(len as usize);
                 for part in join_all(reads).await {
                     out.extend_from_slice(&part.ok()?);
@@ -493,15 +504,11 @@ impl DataClient {
             return Err(unavailable("no copy readable and whole".into()));
         };
         let shard = sparefs_erasure::fragment_len(policy, block.bytes as usize) as u32;
-        let (first, last) = (
-            (start / shard) as usize,
-            ((start + len - 1) / shard) as usize,
-        );
+        let pieces = shard_pieces(start, len, shard);
         // The same shard range from every fragment.
-        let (lo, hi) = if first == last {
-            (start % shard, (start + len - 1) % shard + 1)
-        } else {
-            (0, shard)
+        let (lo, hi) = match pieces[..] {
+            [(_, a, b)] => (a, b),
+            _ => (0, shard),
         };
         let all = (0..block.fragments.len()).map(|i| async move {
             self.get_fragment(block, cap, i, lo, hi - lo, true)
@@ -518,15 +525,11 @@ impl DataClient {
                 continue;
             }
             let mut out = Vec::with_capacity(len as usize);
-            for (s, frag) in attempt.iter().enumerate().take(last + 1).skip(first) {
-                let Some(piece) = frag.as_deref() else { break };
-                let a = if s == first { start % shard - lo } else { 0 };
-                let b = if s == last {
-                    (start + len - 1) % shard + 1 - lo
-                } else {
-                    hi - lo
+            for &(s, a, b) in &pieces {
+                let Some(piece) = attempt.get(s).and_then(|f| f.as_deref()) else {
+                    break;
                 };
-                out.extend_from_slice(&piece[a as usize..b as usize]);
+                out.extend_from_slice(&piece[(a - lo) as usize..(b - lo) as usize]);
             }
             if check.passes(&out) {
                 for i in left_out.iter().filter(|&&i| frags[i].is_some()) {
@@ -905,5 +908,33 @@ impl DataClient {
             NsReply::Policy(p) => Ok(p),
             other => Err(ClientError::unexpected("Policy", other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_is_cut_at_shard_edges() {
+        assert_eq!(shard_pieces(10, 5, 100), vec![(0, 10, 15)]);
+        assert_eq!(shard_pieces(95, 10, 100), vec![(0, 95, 100), (1, 0, 5)]);
+        assert_eq!(
+            shard_pieces(50, 200, 100),
+            vec![(0, 50, 100), (1, 0, 100), (2, 0, 50)]
+        );
+        assert_eq!(shard_pieces(100, 100, 100), vec![(1, 0, 100)]);
+    }
+
+    #[test]
+    fn decodes_leave_out_fewest_fragments_first() {
+        let sets = leave_out_sets(3, 1);
+        assert_eq!(sets, vec![vec![], vec![0], vec![1], vec![2]]);
+        assert_eq!(leave_out_sets(4, 2).len(), 1 + 4 + 6);
+        assert_eq!(
+            leave_out_sets(20, 3).len(),
+            1 + 20,
+            "wide codes: one at a time"
+        );
     }
 }
