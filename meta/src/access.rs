@@ -34,12 +34,18 @@ fn roles_for(origin: Origin) -> &'static [Role] {
         Origin::Admin => &[Role::Admin],
         Origin::Chunkserver => &[Role::Chunkserver],
         Origin::Leader => &[],
+        Origin::Iscsi => &[Role::Iscsi, Role::Admin],
     }
 }
 
 /// The roles that may send this request. `None`: every role.
 fn roles_for_request(req: &Request) -> Option<&'static [Role]> {
     match req {
+        // Configuration holds CHAP secrets: for the services that use it.
+        Request::Read {
+            op: sparefs_proto::namespace::ReadOp::ListConfig { .. },
+            ..
+        } => Some(&[Role::Admin, Role::Iscsi]),
         Request::Read { .. } | Request::Status | Request::RepairStatus => None,
         Request::Write { op, .. } => Some(roles_for(op.origin())),
         Request::WaitRecall { .. } | Request::KeepAlive { .. } => Some(USERS),

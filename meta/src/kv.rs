@@ -27,9 +27,11 @@ pub enum Cf {
     Blocks,
     Pending,
     Compact,
+    /// Cluster configuration records (`ns::config`).
+    Config,
 }
 
-pub const STATE_CFS: [Cf; 14] = [
+pub const STATE_CFS: [Cf; 15] = [
     Cf::Inodes,
     Cf::Dentries,
     Cf::DirIndex,
@@ -44,6 +46,7 @@ pub const STATE_CFS: [Cf; 14] = [
     Cf::Blocks,
     Cf::Pending,
     Cf::Compact,
+    Cf::Config,
 ];
 
 impl Cf {
@@ -63,6 +66,7 @@ impl Cf {
             Cf::Blocks => "blocks",
             Cf::Pending => "pending",
             Cf::Compact => "compact",
+            Cf::Config => "config",
         }
     }
 

@@ -52,3 +52,8 @@ pub const OPEN_CHUNK_BYTES_MAX: u64 = 1024 * 1024;
 pub const POLICY_FRAGMENTS_MAX: u8 = 32;
 /// Largest file size the namespace accepts (2^63 - 1, as off_t).
 pub const FILE_BYTES_MAX: u64 = i64::MAX as u64;
+/// A cluster configuration record's key and value (`WriteOp::PutConfig`).
+pub const CONFIG_KEY_BYTES_MAX: usize = 512;
+pub const CONFIG_VALUE_BYTES_MAX: usize = 256 * 1024;
+/// Records one `ReadOp::ListConfig` answers (the rest by paging).
+pub const CONFIG_LIST_MAX: usize = 256;

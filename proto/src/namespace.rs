@@ -259,6 +259,16 @@ pub enum ReadOp {
         after_cookie: u64,
         limit: u32,
     },
+    /// Cluster configuration records whose keys start with `prefix`
+    /// (`WriteOp::PutConfig`), at most `limits::CONFIG_LIST_MAX`, keys from
+    /// `after` (exclusive) on. Only the admin and iSCSI roles may read them
+    /// (they hold CHAP secrets).
+    ListConfig {
+        #[serde(with = "serde_bytes")]
+        prefix: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        after: Vec<u8>,
+    },
 }
 
 /// Operations that change state. Each goes through Raft and is applied once.
@@ -471,6 +481,39 @@ pub enum WriteOp {
     ReapOrphans {
         inos: Vec<InodeId>,
     },
+    /// Sets (`value` Some) or removes (None) a cluster configuration
+    /// record: iSCSI exports, reservations, target heartbeats. With
+    /// `expect`, only if the record's version is that (0: absent), else
+    /// ESTALE: a compare-and-set, so two writers never lose each other's
+    /// change. Answered with `NsReply::ConfigVersion` (the new version, 0
+    /// once removed). Keys under `config::ISCSI_STATE` are the iSCSI
+    /// targets'; all others only an admin's.
+    PutConfig {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        expect: Option<u64>,
+        value: Option<serde_bytes::ByteBuf>,
+    },
+}
+
+/// One cluster configuration record (`WriteOp::PutConfig`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigEntry {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// Grows by one at every change; never 0 for a record that exists.
+    pub version: u64,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
+/// Prefixes of configuration keys.
+pub mod config {
+    /// Records iSCSI target processes change themselves (persistent
+    /// reservations, target heartbeats and sessions).
+    pub const ISCSI_STATE: &[u8] = b"iscsi/state/";
+    /// Exports (admin only).
+    pub const ISCSI_EXPORT: &[u8] = b"iscsi/export/";
 }
 
 /// A change a mount answered in a directory delegated to it: made by
@@ -551,6 +594,14 @@ pub enum NsReply {
         attr: Attr,
         next_cookie: u64,
     },
+    /// `ReadOp::ListConfig`: records in key order; `more` if the list was
+    /// cut at the limit.
+    Config {
+        entries: Vec<ConfigEntry>,
+        more: bool,
+    },
+    /// `WriteOp::PutConfig`: the record's version now (0: removed).
+    ConfigVersion(u64),
 }
 
 #[cfg(test)]

@@ -24,6 +24,9 @@ pub enum Origin {
     /// Only the leader itself, from its own housekeeping: refused when it
     /// arrives over the network.
     Leader,
+    /// The state iSCSI targets keep in the meta (reservations, heartbeats):
+    /// targets and admins.
+    Iscsi,
 }
 
 /// What a change does to the attributes and names a mount keeps (see the
@@ -106,7 +109,8 @@ impl WriteOp {
             | WriteOp::ReplaceSlices { .. }
             | WriteOp::DrainChunkserver { .. }
             | WriteOp::RemoveChunkserver { .. }
-            | WriteOp::RegisterChunkserver { .. } => Vec::new(),
+            | WriteOp::RegisterChunkserver { .. }
+            | WriteOp::PutConfig { .. } => Vec::new(),
         }
     }
 
@@ -118,6 +122,7 @@ impl WriteOp {
             WriteOp::Delegated { then, .. } => match then.as_ref().map(|t| t.origin()) {
                 None | Some(Origin::User | Origin::DataMover) => Origin::User,
                 Some(Origin::Admin) => Origin::Admin,
+                Some(Origin::Iscsi) => Origin::Leader,
                 Some(Origin::Chunkserver | Origin::Leader) => Origin::Leader,
             },
             WriteOp::PurgeDeleted
@@ -149,6 +154,13 @@ impl WriteOp {
             WriteOp::AllocateBlocks { .. } | WriteOp::ReplaceSlices { .. } => Origin::DataMover,
             WriteOp::DrainChunkserver { .. } | WriteOp::RemoveChunkserver { .. } => Origin::Admin,
             WriteOp::RegisterChunkserver { .. } => Origin::Chunkserver,
+            WriteOp::PutConfig { key, .. } => {
+                if key.starts_with(crate::namespace::config::ISCSI_STATE) {
+                    Origin::Iscsi
+                } else {
+                    Origin::Admin
+                }
+            }
         }
     }
 
@@ -192,6 +204,7 @@ impl WriteOp {
             | WriteOp::RemoveChunkserver { .. }
             | WriteOp::RegisterChunkserver { .. }
             | WriteOp::SetClusterKey { .. }
+            | WriteOp::PutConfig { .. }
             | WriteOp::Sync
             | WriteOp::CommitSlicesThenSetAttrs { .. }
             | WriteOp::Truncate { .. }
@@ -234,6 +247,7 @@ impl WriteOp {
             | WriteOp::SetLock { .. }
             | WriteOp::ExpireClient { .. }
             | WriteOp::SetClusterKey { .. }
+            | WriteOp::PutConfig { .. }
             | WriteOp::Delegated { .. }
             | WriteOp::ReapOrphans { .. } => false,
         }
@@ -270,6 +284,7 @@ impl WriteOp {
             | WriteOp::SetLock { .. }
             | WriteOp::ExpireClient { .. }
             | WriteOp::SetClusterKey { .. }
+            | WriteOp::PutConfig { .. }
             | WriteOp::Sync
             | WriteOp::CommitSlicesThenSetAttrs { .. }
             | WriteOp::Delegate { .. }
@@ -330,6 +345,7 @@ impl WriteOp {
             | WriteOp::RegisterChunkserver { .. }
             | WriteOp::ExpireClient { .. }
             | WriteOp::SetClusterKey { .. }
+            | WriteOp::PutConfig { .. }
             | WriteOp::Sync
             | WriteOp::Delegate { .. }
             | WriteOp::ReturnDelegations { .. }
@@ -380,6 +396,7 @@ impl WriteOp {
             | WriteOp::RegisterChunkserver { .. }
             | WriteOp::ExpireClient { .. }
             | WriteOp::SetClusterKey { .. }
+            | WriteOp::PutConfig { .. }
             | WriteOp::ReapOrphans { .. } => CacheEffect::Unknown,
         }
     }

@@ -6,6 +6,7 @@ mod cert_cmd;
 mod chaos_cmd;
 mod daemon_cmd;
 mod fs_cmd;
+mod iscsi_cmd;
 mod mount_cmd;
 mod names;
 mod node_cmd;
@@ -86,6 +87,18 @@ enum Cmd {
     Cert {
         #[command(subcommand)]
         cmd: cert_cmd::CertCmd,
+    },
+    /// Disk image files for iSCSI export.
+    Image {
+        #[arg(long, env = "SPAREFS_META")]
+        meta: String,
+        #[command(subcommand)]
+        cmd: iscsi_cmd::ImageCmd,
+    },
+    /// The iSCSI target: serve, export, unexport, list.
+    Iscsi {
+        #[command(subcommand)]
+        cmd: iscsi_cmd::IscsiCmd,
     },
     /// Chunkserver administration: list, drain, undrain, remove.
     Node {
@@ -318,6 +331,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let tls = cli.tls;
     match &cli.cmd {
         Cmd::Meta(_) | Cmd::Chunkserver(_) | Cmd::Mount(_) | Cmd::Up(_) | Cmd::Cert { .. } => {}
+        Cmd::Iscsi {
+            cmd: iscsi_cmd::IscsiCmd::Serve { .. },
+        } => {}
         Cmd::Status { data, .. } => client_tls(tls.clone(), data.as_deref())?,
         Cmd::Chaos(args) => client_tls(tls.clone(), Some(&args.data))?,
         _ => client_tls(tls.clone(), None)?,
@@ -352,5 +368,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Up(args) => up_cmd::run(args).await,
         Cmd::Node { meta, cmd } => node_cmd::run(&meta, cmd).await,
         Cmd::Chaos(args) => chaos_cmd::run(args).await,
+        Cmd::Image { meta, cmd } => iscsi_cmd::image(&meta, cmd).await,
+        Cmd::Iscsi { cmd } => iscsi_cmd::iscsi(cmd, tls).await,
     }
 }

@@ -226,6 +226,9 @@ pub(super) fn apply_op_at<R: ReadKv>(
             capacity_bytes,
             token,
         } => register_chunkserver(tx, now, address, *capacity_bytes, *token),
+        WriteOp::PutConfig { key, expect, value } => {
+            super::config::put_config(tx, c, key, *expect, value.as_deref().map(|v| &v[..]))
+        }
         WriteOp::SetClusterKey { key } => {
             root_only(c)?;
             set_cluster_key(tx, key)

@@ -10,6 +10,7 @@ pub mod acl;
 mod attrs;
 pub mod blocks;
 mod command;
+mod config;
 pub mod deleg;
 mod delegated;
 mod entries;

@@ -230,6 +230,7 @@ pub fn read<K: ReadKv>(
                 chunk,
             })
         }
+        ReadOp::ListConfig { prefix, after } => super::config::list_config(kv, prefix, after),
         ReadOp::ListChunkservers => Ok(NsReply::Chunkservers(chunkservers(kv, live)?)),
         ReadOp::GetLock { ino, lock } => {
             load(kv, *ino)?;

@@ -1,0 +1,279 @@
+//! The SCSI device model (SPC-4, SBC-3) of one logical unit: CDB decoding,
+//! the command set, unit attentions and reservations. It knows nothing of
+//! iSCSI: a task arrives with its CDB, the I_T nexus that sent it and the
+//! data the initiator sent, and leaves with a status, sense data and the
+//! data to return.
+
+pub mod block;
+pub mod info;
+pub mod pr;
+pub mod sense;
+
+use crate::backend::{Backend, BackendError};
+use crate::exports::LunRec;
+use sense::{asc, key};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+pub const BLOCK_BYTES: u32 = 512;
+
+/// The initiator port and target port a command came through (SPC-4
+/// I_T nexus), as a string: reservations and unit attentions key on it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Nexus {
+    /// `<initiator name>,i,0x<ISID>`
+    pub initiator_port: String,
+    /// `<target name>,t,0x<TPGT>`
+    pub target_port: String,
+}
+
+impl Nexus {
+    pub fn new(initiator: &str, isid: [u8; 6], target: &str, tpgt: u16) -> Nexus {
+        let isid: String = isid.iter().map(|b| format!("{b:02x}")).collect();
+        Nexus {
+            initiator_port: format!("{initiator},i,0x{isid}"),
+            target_port: format!("{target},t,0x{tpgt:04x}"),
+        }
+    }
+    pub fn key(&self) -> String {
+        format!("{}|{}", self.initiator_port, self.target_port)
+    }
+}
+
+/// One command for the device.
+pub struct Task<'a> {
+    pub cdb: &'a [u8],
+    pub nexus: &'a Nexus,
+    /// The bytes the initiator sent (at most its expected transfer length).
+    pub data_out: Vec<u8>,
+    /// How much the initiator will accept back.
+    pub expected_in: u32,
+    /// Every LUN of the target (REPORT LUNS).
+    pub luns: &'a [u64],
+}
+
+/// A command's outcome.
+#[derive(Debug, Default)]
+pub struct Done {
+    pub status: u8,
+    pub sense: Vec<u8>,
+    pub data_in: Vec<u8>,
+    /// The bytes the CDB asked the initiator to send (for the residual).
+    pub wanted_out: u32,
+}
+
+impl Done {
+    pub fn good() -> Done {
+        Done::default()
+    }
+    pub fn data(data: Vec<u8>) -> Done {
+        Done {
+            data_in: data,
+            ..Done::default()
+        }
+    }
+    pub fn check(k: u8, code: asc::Code) -> Done {
+        Done {
+            status: sense::CHECK_CONDITION,
+            sense: sense::fixed(k, code),
+            ..Done::default()
+        }
+    }
+    pub fn illegal(code: asc::Code) -> Done {
+        Done::check(key::ILLEGAL_REQUEST, code)
+    }
+    pub fn invalid_cdb() -> Done {
+        Done::illegal(asc::INVALID_FIELD_IN_CDB)
+    }
+    pub fn conflict() -> Done {
+        Done {
+            status: sense::RESERVATION_CONFLICT,
+            ..Done::default()
+        }
+    }
+    pub fn from_backend(e: BackendError, writing: bool) -> Done {
+        tracing::warn!("backend: {e}");
+        match e {
+            BackendError::NoSpace => Done::check(key::DATA_PROTECT, asc::SPACE_ALLOCATION_FAILED),
+            BackendError::Unavailable(_) => Done::check(key::NOT_READY, asc::COMMUNICATION_TIMEOUT),
+            BackendError::Io(_) if writing => Done::check(key::MEDIUM_ERROR, asc::WRITE_ERROR),
+            BackendError::Io(_) => Done::check(key::MEDIUM_ERROR, asc::UNRECOVERED_READ_ERROR),
+        }
+    }
+}
+
+/// One logical unit: its image, identity and the state SCSI keeps for it.
+pub struct Lun {
+    pub id: u64,
+    pub rec: LunRec,
+    pub backend: Arc<dyn Backend>,
+    /// Held shared by writes, exclusively by COMPARE AND WRITE (atomic
+    /// with respect to every other write of the LUN).
+    pub atomic: tokio::sync::RwLock<()>,
+    pub reservations: pr::Reservations,
+    attentions: Mutex<HashMap<String, VecDeque<asc::Code>>>,
+    /// SPC-2 RESERVE(6) holder (kept by this process; lost with it).
+    pub legacy_holder: Mutex<Option<String>>,
+    /// Write cache enable as MODE SELECT left it (reported; writes are
+    /// buffered either way and SYNCHRONIZE CACHE makes them durable).
+    pub wce: std::sync::atomic::AtomicBool,
+}
+
+impl Lun {
+    pub fn new(
+        id: u64,
+        rec: LunRec,
+        backend: Arc<dyn Backend>,
+        reservations: pr::Reservations,
+    ) -> Lun {
+        Lun {
+            id,
+            rec,
+            backend,
+            atomic: tokio::sync::RwLock::new(()),
+            reservations,
+            attentions: Mutex::new(HashMap::new()),
+            legacy_holder: Mutex::new(None),
+            wce: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    pub fn blocks(&self) -> u64 {
+        self.backend.size() / BLOCK_BYTES as u64
+    }
+
+    /// A nexus that appeared (a login): it first hears of the reset.
+    pub fn nexus_arrived(&self, n: &Nexus) {
+        if let Ok(mut ua) = self.attentions.lock() {
+            ua.insert(n.key(), VecDeque::from([asc::POWER_ON_RESET]));
+        }
+    }
+
+    /// A nexus that went away: its SPC-2 reservation goes with it.
+    pub fn nexus_gone(&self, n: &Nexus) {
+        if let Ok(mut ua) = self.attentions.lock() {
+            ua.remove(&n.key());
+        }
+        if let Ok(mut h) = self.legacy_holder.lock() {
+            if h.as_deref() == Some(&n.key()) {
+                *h = None;
+            }
+        }
+    }
+
+    /// Queues a unit attention for every nexus but `except`.
+    pub fn attention_others(&self, except: Option<&Nexus>, code: asc::Code) {
+        let skip = except.map(|n| n.key());
+        if let Ok(mut ua) = self.attentions.lock() {
+            for (k, q) in ua.iter_mut() {
+                if Some(k) != skip.as_ref() && q.len() < 16 && !q.contains(&code) {
+                    q.push_back(code);
+                }
+            }
+        }
+    }
+
+    pub fn attention_for(&self, nexus_key: &str, code: asc::Code) {
+        if let Ok(mut ua) = self.attentions.lock() {
+            if let Some(q) = ua.get_mut(nexus_key) {
+                if q.len() < 16 && !q.contains(&code) {
+                    q.push_back(code);
+                }
+            }
+        }
+    }
+
+    fn take_attention(&self, n: &Nexus) -> Option<asc::Code> {
+        self.attentions.lock().ok()?.get_mut(&n.key())?.pop_front()
+    }
+
+    /// LUN RESET (by `by`): the SPC-2 reservation is cleared and every
+    /// other nexus is told (SAM-5 §5.6).
+    pub fn reset(&self, by: &Nexus) {
+        if let Ok(mut h) = self.legacy_holder.lock() {
+            *h = None;
+        }
+        self.attention_others(Some(by), asc::BUS_DEVICE_RESET);
+    }
+
+    /// Runs one command.
+    pub async fn execute(&self, t: Task<'_>) -> Done {
+        let op = t.cdb[0];
+        // Unit attentions are reported by the first command of the nexus
+        // that is not one of these (SPC-4 §5.14).
+        if !matches!(op, 0x12 | 0xa0 | 0x03) {
+            if let Some(code) = self.take_attention(t.nexus) {
+                return Done::check(key::UNIT_ATTENTION, code);
+            }
+        }
+        if let Some(d) = self.reservation_check(&t) {
+            return d;
+        }
+        match op {
+            0x00 => Done::good(),
+            0x03 => info::request_sense(&t),
+            0x12 => info::inquiry(self, &t),
+            0x15 | 0x55 => info::mode_select(self, &t),
+            0x1a | 0x5a => info::mode_sense(self, &t),
+            0x16 => pr::reserve6(self, &t),
+            0x17 => pr::release6(self, &t),
+            0x1b => info::start_stop(&t),
+            0x1e => info::prevent_allow(&t),
+            0x25 => info::read_capacity10(self, &t),
+            0x9e if t.cdb.len() >= 16 && t.cdb[1] & 0x1f == 0x10 => info::read_capacity16(self, &t),
+            0x9e if t.cdb.len() >= 16 && t.cdb[1] & 0x1f == 0x12 => {
+                block::get_lba_status(self, &t).await
+            }
+            0xa0 => info::report_luns(&t, t.luns),
+            0xa3 if t.cdb[1] & 0x1f == 0x0c => info::report_opcodes(&t),
+            0xa3 if t.cdb[1] & 0x1f == 0x0a => info::report_target_port_groups(&t),
+            0x37 | 0xb7 => info::read_defect_data(&t),
+            0x5e => pr::persistent_reserve_in(self, &t).await,
+            0x5f => pr::persistent_reserve_out(self, &t).await,
+            0x08 | 0x28 | 0xa8 | 0x88 => block::read(self, &t).await,
+            0x0a | 0x2a | 0xaa | 0x8a => block::write(self, t).await,
+            0x2e | 0xae | 0x8e => block::write(self, t).await,
+            0x2f | 0xaf | 0x8f => block::verify(self, &t).await,
+            0x89 => block::compare_and_write(self, t).await,
+            0x8b => block::orwrite(self, t).await,
+            0x34 | 0x90 => block::prefetch(self, &t),
+            0x35 | 0x91 => block::synchronize_cache(self, &t).await,
+            0x41 | 0x93 => block::write_same(self, t).await,
+            0x42 => block::unmap(self, t).await,
+            _ => Done::illegal(asc::INVALID_OPCODE),
+        }
+    }
+}
+
+/// Big-endian field readers over a CDB whose length the caller checked.
+pub fn be16(b: &[u8], at: usize) -> u32 {
+    u16::from_be_bytes([b[at], b[at + 1]]) as u32
+}
+pub fn be24(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([0, b[at], b[at + 1], b[at + 2]])
+}
+pub fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+pub fn be64(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(x)
+}
+
+/// The length a CDB of this opcode has (SAM-5 group codes).
+pub fn cdb_len(opcode: u8) -> usize {
+    match opcode >> 5 {
+        0 => 6,
+        1 | 2 => 10,
+        4 => 16,
+        5 => 12,
+        _ => 16,
+    }
+}
+
+/// Data an answer may return: at most the CDB's allocation length.
+pub fn clip(mut data: Vec<u8>, alloc: u32) -> Vec<u8> {
+    data.truncate(alloc as usize);
+    data
+}

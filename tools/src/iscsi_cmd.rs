@@ -1,0 +1,508 @@
+//! `sparefs image` (image files: create, resize, list, rm) and `sparefs
+//! iscsi` (serve, export, unexport, list). Exports live in the meta as
+//! configuration records (`sparefs_iscsi::exports`), changed here by
+//! compare-and-set.
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use sparefs_client::{ClientError, MetaClient};
+use sparefs_iscsi::exports::{self, Credentials, LunRec, TargetRec, DEFAULT_IQN};
+use sparefs_proto::namespace::{FileKind, SetAttr};
+use sparefs_proto::Errno;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Subcommand)]
+pub enum ImageCmd {
+    /// A new sparse image file of SIZE (e.g. 20G); parent directories are made.
+    Create {
+        path: String,
+        #[arg(long)]
+        size: String,
+    },
+    /// Grow (or, with --force, shrink) an image; targets report the new capacity.
+    Resize {
+        path: String,
+        #[arg(long)]
+        size: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Image files in DIR (default /images) and the LUNs exporting them.
+    List {
+        #[arg(default_value = "/images")]
+        dir: String,
+    },
+    /// Remove an image (refused while it is exported).
+    Rm { path: String },
+}
+
+#[derive(Subcommand)]
+pub enum IscsiCmd {
+    /// Run an iSCSI target process serving the cluster's exports.
+    Serve {
+        /// Meta replicas (not with --file).
+        #[arg(long, env = "SPAREFS_META")]
+        meta: Option<String>,
+        #[arg(long, default_value = "0.0.0.0:3260")]
+        listen: String,
+        /// Serve one local file as LUN 1 of --iqn instead (testing the
+        /// target alone, or comparing it with a plain disk).
+        #[arg(long, conflicts_with = "meta")]
+        file: Option<PathBuf>,
+        /// Size of --file (made sparse if it is new).
+        #[arg(long, default_value = "1G")]
+        size: String,
+        #[arg(long, default_value = DEFAULT_IQN)]
+        iqn: String,
+    },
+    /// Export an image file as a LUN.
+    Export {
+        #[arg(long, env = "SPAREFS_META")]
+        meta: String,
+        path: String,
+        /// LUN number (default: the lowest free from 1).
+        #[arg(long)]
+        lun: Option<u64>,
+        #[arg(long, default_value = DEFAULT_IQN)]
+        iqn: String,
+        /// One-way CHAP for the whole target: USER:SECRET (12+ bytes).
+        #[arg(long)]
+        chap: Option<String>,
+        /// Mutual CHAP: what the target answers with, USER:SECRET.
+        #[arg(long, requires = "chap")]
+        mutual: Option<String>,
+        /// Initiator IQNs allowed to log in to the target (comma separated).
+        #[arg(long, value_delimiter = ',')]
+        initiators: Vec<String>,
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Stop exporting a LUN (PATH, or --lun of --iqn).
+    Unexport {
+        #[arg(long, env = "SPAREFS_META")]
+        meta: String,
+        path: Option<String>,
+        #[arg(long)]
+        lun: Option<u64>,
+        #[arg(long, default_value = DEFAULT_IQN)]
+        iqn: String,
+    },
+    /// Exports, target processes and their sessions.
+    List {
+        #[arg(long, env = "SPAREFS_META")]
+        meta: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn client(meta: &str) -> Arc<MetaClient> {
+    Arc::new(crate::meta_client(
+        crate::split_addresses(meta),
+        sparefs_proto::namespace::Caller::ROOT,
+    ))
+}
+
+fn size_of(text: &str) -> anyhow::Result<u64> {
+    let n = sparefs_chunkserver::parse_size(text, 0).map_err(anyhow::Error::msg)?;
+    if n == 0 || n % 512 != 0 {
+        bail!("image size {text} must be a positive multiple of 512 bytes");
+    }
+    Ok(n)
+}
+
+async fn mkdir_p(c: &MetaClient, dir: &str) -> Result<(), ClientError> {
+    let mut cur = c.resolve("/").await?;
+    for part in dir.split('/').filter(|p| !p.is_empty()) {
+        cur = match c.lookup(cur.ino, part.as_bytes()).await {
+            Ok(a) => a,
+            Err(ClientError::Errno(Errno::ENOENT)) => {
+                c.mkdir(cur.ino, part.as_bytes(), 0o755).await?
+            }
+            Err(e) => return Err(e),
+        };
+    }
+    Ok(())
+}
+
+pub async fn image(meta: &str, cmd: ImageCmd) -> anyhow::Result<i32> {
+    let c = client(meta);
+    match cmd {
+        ImageCmd::Create { path, size } => {
+            let bytes = size_of(&size)?;
+            if let Some((dir, _)) = path.rsplit_once('/') {
+                mkdir_p(&c, dir)
+                    .await
+                    .with_context(|| format!("making {dir}"))?;
+            }
+            let (dir, name) = c
+                .resolve_parent(&path)
+                .await
+                .with_context(|| path.clone())?;
+            let a = c
+                .create(dir.ino, &name, 0o600, true)
+                .await
+                .with_context(|| format!("creating {path}"))?;
+            c.setattr(
+                a.ino,
+                SetAttr {
+                    size: Some(bytes),
+                    ..Default::default()
+                },
+            )
+            .await
+            .with_context(|| format!("sizing {path}"))?;
+            println!("{path}: {bytes} bytes");
+        }
+        ImageCmd::Resize { path, size, force } => {
+            let bytes = size_of(&size)?;
+            let a = c.resolve(&path).await.with_context(|| path.clone())?;
+            if bytes < a.size && !force {
+                bail!(
+                    "{path}: shrinking from {} to {bytes} bytes loses data; add --force",
+                    a.size
+                );
+            }
+            c.setattr(
+                a.ino,
+                SetAttr {
+                    size: Some(bytes),
+                    ..Default::default()
+                },
+            )
+            .await
+            .with_context(|| format!("resizing {path}"))?;
+            println!("{path}: {bytes} bytes");
+        }
+        ImageCmd::List { dir } => {
+            let targets = exports::load_all(&c).await.map_err(anyhow::Error::msg)?;
+            let d = c.resolve(&dir).await.with_context(|| dir.clone())?;
+            for e in c.readdir(d.ino).await? {
+                let name = String::from_utf8_lossy(&e.name).to_string();
+                if name == "." || name == ".." {
+                    continue;
+                }
+                let a = c.getattr(e.ino).await?;
+                if a.kind != FileKind::File {
+                    continue;
+                }
+                let used: Vec<String> = targets
+                    .iter()
+                    .flat_map(|(t, _)| {
+                        t.luns
+                            .iter()
+                            .filter(|(_, l)| l.ino == a.ino.0)
+                            .map(|(n, _)| format!("{}/{n}", t.iqn))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                let path = format!("{}/{name}", dir.trim_end_matches('/'));
+                println!(
+                    "{path}\t{}\t{}",
+                    a.size,
+                    if used.is_empty() {
+                        "-".into()
+                    } else {
+                        used.join(",")
+                    }
+                );
+            }
+        }
+        ImageCmd::Rm { path } => {
+            let a = c.resolve(&path).await.with_context(|| path.clone())?;
+            let targets = exports::load_all(&c).await.map_err(anyhow::Error::msg)?;
+            if targets
+                .iter()
+                .any(|(t, _)| t.luns.values().any(|l| l.ino == a.ino.0))
+            {
+                bail!("{path} is exported; `sparefs iscsi unexport` it first");
+            }
+            let (dir, name) = c.resolve_parent(&path).await?;
+            c.unlink(dir.ino, &name)
+                .await
+                .with_context(|| format!("removing {path}"))?;
+        }
+    }
+    Ok(0)
+}
+
+/// Changes one target record by compare-and-set, again on a conflict.
+async fn change_target(
+    c: &MetaClient,
+    iqn: &str,
+    mut f: impl FnMut(&mut TargetRec) -> anyhow::Result<()>,
+) -> anyhow::Result<TargetRec> {
+    let key = exports::key_of(iqn);
+    for _ in 0..16 {
+        let cur = sparefs_iscsi::state::get(c, &key)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let (mut rec, version) = match cur {
+            Some(e) => (
+                serde_json::from_slice::<TargetRec>(&e.value).context("export record")?,
+                e.version,
+            ),
+            None => (
+                TargetRec {
+                    iqn: iqn.to_string(),
+                    ..Default::default()
+                },
+                0,
+            ),
+        };
+        f(&mut rec)?;
+        let value = if rec.luns.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_vec(&rec)?)
+        };
+        match sparefs_iscsi::state::put(c, &key, Some(version), value).await {
+            Ok(_) => return Ok(rec),
+            Err(sparefs_iscsi::state::PutError::Stale) => continue,
+            Err(e) => bail!("{e}"),
+        }
+    }
+    bail!("{iqn}: changed by others too often; try again")
+}
+
+pub async fn iscsi(cmd: IscsiCmd, tls: Option<PathBuf>) -> anyhow::Result<i32> {
+    match cmd {
+        IscsiCmd::Serve {
+            meta,
+            listen,
+            file,
+            size,
+            iqn,
+        } => serve(meta, listen, file, size, iqn, tls).await,
+        IscsiCmd::Export {
+            meta,
+            path,
+            lun,
+            iqn,
+            chap,
+            mutual,
+            initiators,
+            read_only,
+        } => {
+            if !exports::valid_iqn(&iqn) {
+                bail!(
+                    "{iqn:?} is not an iSCSI name (iqn.YYYY-MM.reversed.domain[:id], lower case)"
+                );
+            }
+            let chap: Option<Credentials> = chap
+                .map(|s| s.parse())
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let mutual: Option<Credentials> = mutual
+                .map(|s| s.parse())
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let c = client(&meta);
+            let a = c.resolve(&path).await.with_context(|| path.clone())?;
+            if a.kind != FileKind::File {
+                bail!("{path} is not a regular file");
+            }
+            if a.size == 0 || a.size % 512 != 0 {
+                bail!("{path}: {} bytes is not a whole number of 512-byte blocks (`sparefs image resize`)", a.size);
+            }
+            let mut chosen = 0;
+            change_target(&c, &iqn, |t| {
+                if let Some((n, _)) = t.luns.iter().find(|(_, l)| l.ino == a.ino.0) {
+                    bail!("{path} is already LUN {n} of {iqn}");
+                }
+                let n = match lun {
+                    Some(n) if t.luns.contains_key(&n) => bail!("LUN {n} of {iqn} is taken"),
+                    Some(n) if n > 16383 => bail!("LUN {n}: at most 16383"),
+                    Some(n) => n,
+                    None => (1..16384).find(|n| !t.luns.contains_key(n)).unwrap_or(0),
+                };
+                chosen = n;
+                t.luns.insert(
+                    n,
+                    LunRec {
+                        path: path.clone(),
+                        ino: a.ino.0,
+                        read_only,
+                        naa: exports::new_naa(&iqn, n, a.ino.0),
+                    },
+                );
+                if chap.is_some() {
+                    t.chap = chap.clone();
+                    t.mutual = mutual.clone();
+                }
+                if !initiators.is_empty() {
+                    t.initiators = initiators.clone();
+                }
+                Ok(())
+            })
+            .await?;
+            println!("{path}: {iqn} LUN {chosen}");
+            Ok(0)
+        }
+        IscsiCmd::Unexport {
+            meta,
+            path,
+            lun,
+            iqn,
+        } => {
+            let c = client(&meta);
+            let ino = match &path {
+                Some(p) => Some(c.resolve(p).await.with_context(|| p.clone())?.ino.0),
+                None => None,
+            };
+            if ino.is_none() && lun.is_none() {
+                bail!("name the image PATH or --lun");
+            }
+            change_target(&c, &iqn, |t| {
+                let before = t.luns.len();
+                t.luns
+                    .retain(|n, l| !(Some(*n) == lun || Some(l.ino) == ino));
+                if t.luns.len() == before {
+                    bail!("no such export on {iqn}");
+                }
+                Ok(())
+            })
+            .await?;
+            Ok(0)
+        }
+        IscsiCmd::List { meta, json } => {
+            let c = client(&meta);
+            let targets = exports::load_all(&c).await.map_err(anyhow::Error::msg)?;
+            let beats = sparefs_iscsi::target::heartbeats(&c)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let now = sparefs_iscsi::target::unix_now();
+            if json {
+                let v = serde_json::json!({
+                    "exports": targets.iter().map(|(t, _)| serde_json::json!({
+                        "iqn": t.iqn,
+                        "chap": t.chap.is_some(),
+                        "mutual_chap": t.mutual.is_some(),
+                        "initiators": t.initiators,
+                        "luns": t.luns.iter().map(|(n, l)| serde_json::json!({
+                            "lun": n, "path": l.path, "read_only": l.read_only, "naa": format!("{:016x}", l.naa)
+                        })).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                    "targets": beats.iter().map(|b| serde_json::json!({
+                        "portal": b.portal, "host": b.host, "pid": b.pid,
+                        "up": now.saturating_sub(b.updated_unix) <= sparefs_iscsi::target::HEARTBEAT_STALE_SECS,
+                        "seconds_since_heartbeat": now.saturating_sub(b.updated_unix),
+                        "sessions": b.sessions,
+                    })).collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(0);
+            }
+            println!("exports:");
+            for (t, _) in &targets {
+                let auth = match (&t.chap, &t.mutual) {
+                    (None, _) => "no CHAP".to_string(),
+                    (Some(_), None) => "CHAP".to_string(),
+                    (Some(_), Some(_)) => "mutual CHAP".to_string(),
+                };
+                let who = if t.initiators.is_empty() {
+                    "any initiator".to_string()
+                } else {
+                    t.initiators.join(",")
+                };
+                println!("  {} ({auth}, {who})", t.iqn);
+                for (n, l) in &t.luns {
+                    println!(
+                        "    LUN {n}: {}{}",
+                        l.path,
+                        if l.read_only { " (read-only)" } else { "" }
+                    );
+                }
+            }
+            println!("targets:");
+            for b in &beats {
+                let age = now.saturating_sub(b.updated_unix);
+                let state = if age <= sparefs_iscsi::target::HEARTBEAT_STALE_SECS {
+                    "up"
+                } else {
+                    "gone"
+                };
+                println!(
+                    "  {} on {} (pid {}): {state}, {} sessions",
+                    b.portal,
+                    b.host,
+                    b.pid,
+                    b.sessions.len()
+                );
+                for s in &b.sessions {
+                    println!(
+                        "    {} isid {} -> {}",
+                        s.initiator,
+                        s.isid,
+                        if s.discovery { "discovery" } else { &s.target }
+                    );
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+async fn serve(
+    meta: Option<String>,
+    listen: String,
+    file: Option<PathBuf>,
+    size: String,
+    iqn: String,
+    tls: Option<PathBuf>,
+) -> anyhow::Result<i32> {
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let portal = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or(listen.clone());
+    let shared = match (meta, file) {
+        (Some(meta), None) => {
+            let mut c = sparefs_client::MetaClient::new(
+                crate::split_addresses(&meta),
+                sparefs_proto::namespace::Caller::ROOT,
+            );
+            if let Some(dir) = &tls {
+                c = c.with_tls(crate::load_tls_reloading(
+                    dir,
+                    sparefs_wire::tls::Role::Iscsi,
+                    None,
+                )?);
+            }
+            sparefs_iscsi::target::Shared::new(Some(Arc::new(c)), portal.clone())
+        }
+        (None, Some(file)) => {
+            let bytes = size_of(&size)?;
+            let backend = sparefs_iscsi::backend::FileBackend::create(&file, bytes)
+                .with_context(|| format!("opening {}", file.display()))?;
+            let shared = sparefs_iscsi::target::Shared::new(None, portal.clone());
+            let mut rec = TargetRec {
+                iqn: iqn.clone(),
+                ..Default::default()
+            };
+            rec.luns.insert(
+                1,
+                LunRec {
+                    path: file.display().to_string(),
+                    ino: 0,
+                    read_only: false,
+                    naa: exports::new_naa(&iqn, 1, 0),
+                },
+            );
+            let mut backends: std::collections::BTreeMap<
+                u64,
+                Arc<dyn sparefs_iscsi::backend::Backend>,
+            > = Default::default();
+            backends.insert(1, Arc::new(backend));
+            shared.set_local(rec, backends);
+            shared
+        }
+        _ => bail!("give --meta ADDRS (the cluster's exports) or --file PATH"),
+    };
+    println!("iscsi target on {portal}");
+    sparefs_iscsi::target::serve(shared, listener).await?;
+    Ok(0)
+}
