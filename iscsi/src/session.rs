@@ -532,8 +532,6 @@ async fn task_management(conn: &Arc<Conn>, pdu: Pdu) {
     let function = pdu.flags() & 0x7f;
     let lun_id = decode_lun(pdu.lun());
     let referenced = pdu.u32_at(20);
-    let ref_cmd_sn = pdu.u32_at(32);
-    let tmf_cmd_sn = pdu.u32_at(24);
     let lun = conn.lun(lun_id);
     let abort = |pick: &dyn Fn(&u32, &Running) -> bool| -> Vec<Arc<Notify>> {
         conn.running
@@ -554,13 +552,9 @@ async fn task_management(conn: &Arc<Conn>, pdu: Pdu) {
         1 => {
             let waits = abort(&|itt, t| *itt == referenced && t.lun == lun_id);
             if waits.is_empty() {
-                // Already answered, or never arrived (RFC 7143 §11.6.1).
-                if serial_lt(ref_cmd_sn, tmf_cmd_sn) || ref_cmd_sn == tmf_cmd_sn && pdu.immediate()
-                {
-                    0
-                } else {
-                    1
-                }
+                // Already answered (or never arrived): the initiator
+                // learns its answer went out before the abort.
+                1
             } else {
                 for w in waits {
                     let _ = tokio::time::timeout(Duration::from_secs(30), w.notified()).await;
@@ -706,7 +700,14 @@ async fn run_command(
         match receive_data(conn, &cmd, edtl, data_rx).await {
             Ok(d) => d,
             Err(why) => {
-                conn.die(&why);
+                // Error recovery level 0: the command fails; the session
+                // goes on (its stray Data-Out is dropped).
+                tracing::info!("{}: {why}", conn.nexus.initiator_port);
+                let d = Done::check(
+                    scsi::sense::key::ABORTED_COMMAND,
+                    scsi::sense::asc::DATA_PHASE_ERROR,
+                );
+                respond(conn, &cmd, d, edtl, aborted).await;
                 return;
             }
         }

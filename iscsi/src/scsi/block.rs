@@ -5,11 +5,11 @@ use super::sense::{asc, key};
 use super::{be16, be24, be32, be64, Done, Lun, Task, BLOCK_BYTES};
 
 /// Longest single transfer (blocks): also what VPD B0 advertises.
-pub const TRANSFER_BLOCKS_MAX: u32 = 32 * 1024;
+pub const TRANSFER_BLOCKS_MAX: u32 = 64 * 1024;
 /// WRITE SAME without UNMAP writes at most this many blocks per command.
 pub const WRITE_SAME_BLOCKS_MAX: u32 = 64 * 1024;
 pub const UNMAP_DESCRIPTORS_MAX: u32 = 256;
-pub const UNMAP_BLOCKS_MAX: u32 = 4 * 1024 * 1024;
+pub const UNMAP_BLOCKS_MAX: u32 = 1024 * 1024;
 
 struct Range {
     lba: u64,
@@ -211,10 +211,11 @@ pub async fn compare_and_write(lun: &Lun, t: Task<'_>) -> Done {
     let n = bytes(r.blocks);
     let mut done = if lun.rec.read_only {
         write_protected()
+    } else if t.data_out.len() != 2 * n {
+        // Exactly the blocks to compare and those to write.
+        Done::invalid_cdb()
     } else if r.blocks == 0 {
         Done::good()
-    } else if t.data_out.len() < 2 * n {
-        Done::invalid_cdb()
     } else {
         // Exclusive: no other write of the LUN between the compare and
         // the write.
@@ -310,13 +311,14 @@ async fn write_same_inner(
     anchor: bool,
     ndob: bool,
 ) -> Done {
-    if anchor && !unmap {
+    // ANCHOR: not supported (VPD B2 ANC_SUP 0), with or without UNMAP.
+    if anchor {
         return Done::invalid_cdb();
     }
     if lun.rec.read_only {
         return write_protected();
     }
-    if !ndob && t.data_out.len() < BLOCK_BYTES as usize {
+    if !ndob && t.data_out.len() != BLOCK_BYTES as usize {
         return Done::invalid_cdb();
     }
     let pattern: Vec<u8> = if ndob {

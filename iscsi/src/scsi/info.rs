@@ -145,7 +145,6 @@ pub fn read_capacity16(lun: &Lun, t: &Task<'_>) -> Done {
     let mut d = vec![0u8; 32];
     d[0..8].copy_from_slice(&lun.blocks().saturating_sub(1).to_be_bytes());
     d[8..12].copy_from_slice(&BLOCK_BYTES.to_be_bytes());
-    d[13] = 3; // 8 logical blocks per physical block (4 KiB)
     d[14] = 0xc0; // LBPME, LBPRZ: thin provisioned, unmapped reads zeros
     Done::data(clip(d, alloc))
 }

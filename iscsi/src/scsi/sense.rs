@@ -49,6 +49,7 @@ pub mod asc {
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: Code = (0x39, 0x00);
     pub const MEDIUM_REMOVAL_PREVENTED: Code = (0x53, 0x02);
     pub const INTERNAL_TARGET_FAILURE: Code = (0x44, 0x00);
+    pub const DATA_PHASE_ERROR: Code = (0x4b, 0x00);
     pub const INSUFFICIENT_REGISTRATION_RESOURCES: Code = (0x55, 0x04);
     pub const REPORTED_LUNS_CHANGED: Code = (0x3f, 0x0e);
 }
