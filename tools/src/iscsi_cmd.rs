@@ -368,78 +368,104 @@ pub async fn iscsi(cmd: IscsiCmd, tls: Option<PathBuf>) -> anyhow::Result<i32> {
         }
         IscsiCmd::List { meta, json } => {
             let c = client(&meta);
-            let targets = exports::load_all(&c).await.map_err(anyhow::Error::msg)?;
-            let beats = sparefs_iscsi::target::heartbeats(&c)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            let now = sparefs_iscsi::target::unix_now();
+            let v = summary(&c).await?;
             if json {
-                let v = serde_json::json!({
-                    "exports": targets.iter().map(|(t, _)| serde_json::json!({
-                        "iqn": t.iqn,
-                        "chap": t.chap.is_some(),
-                        "mutual_chap": t.mutual.is_some(),
-                        "initiators": t.initiators,
-                        "luns": t.luns.iter().map(|(n, l)| serde_json::json!({
-                            "lun": n, "path": l.path, "read_only": l.read_only, "naa": format!("{:016x}", l.naa)
-                        })).collect::<Vec<_>>(),
-                    })).collect::<Vec<_>>(),
-                    "targets": beats.iter().map(|b| serde_json::json!({
-                        "portal": b.portal, "host": b.host, "pid": b.pid,
-                        "up": now.saturating_sub(b.updated_unix) <= sparefs_iscsi::target::HEARTBEAT_STALE_SECS,
-                        "seconds_since_heartbeat": now.saturating_sub(b.updated_unix),
-                        "sessions": b.sessions,
-                    })).collect::<Vec<_>>(),
-                });
                 println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(0);
-            }
-            println!("exports:");
-            for (t, _) in &targets {
-                let auth = match (&t.chap, &t.mutual) {
-                    (None, _) => "no CHAP".to_string(),
-                    (Some(_), None) => "CHAP".to_string(),
-                    (Some(_), Some(_)) => "mutual CHAP".to_string(),
-                };
-                let who = if t.initiators.is_empty() {
-                    "any initiator".to_string()
-                } else {
-                    t.initiators.join(",")
-                };
-                println!("  {} ({auth}, {who})", t.iqn);
-                for (n, l) in &t.luns {
-                    println!(
-                        "    LUN {n}: {}{}",
-                        l.path,
-                        if l.read_only { " (read-only)" } else { "" }
-                    );
-                }
-            }
-            println!("targets:");
-            for b in &beats {
-                let age = now.saturating_sub(b.updated_unix);
-                let state = if age <= sparefs_iscsi::target::HEARTBEAT_STALE_SECS {
-                    "up"
-                } else {
-                    "gone"
-                };
-                println!(
-                    "  {} on {} (pid {}): {state}, {} sessions",
-                    b.portal,
-                    b.host,
-                    b.pid,
-                    b.sessions.len()
-                );
-                for s in &b.sessions {
-                    println!(
-                        "    {} isid {} -> {}",
-                        s.initiator,
-                        s.isid,
-                        if s.discovery { "discovery" } else { &s.target }
-                    );
-                }
+            } else {
+                print_summary(&v);
             }
             Ok(0)
+        }
+    }
+}
+
+/// Exports and target processes with their sessions, as `iscsi list
+/// --json` and `status --json` show them.
+pub async fn summary(c: &MetaClient) -> anyhow::Result<serde_json::Value> {
+    let targets = exports::load_all(c).await.map_err(anyhow::Error::msg)?;
+    let beats = sparefs_iscsi::target::heartbeats(c)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let now = sparefs_iscsi::target::unix_now();
+    Ok(serde_json::json!({
+        "exports": targets.iter().map(|(t, _)| serde_json::json!({
+            "iqn": t.iqn,
+            "chap": t.chap.is_some(),
+            "mutual_chap": t.mutual.is_some(),
+            "initiators": t.initiators,
+            "luns": t.luns.iter().map(|(n, l)| serde_json::json!({
+                "lun": n, "path": l.path, "read_only": l.read_only, "naa": format!("{:016x}", l.naa)
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "targets": beats.iter().map(|b| serde_json::json!({
+            "portal": b.portal, "host": b.host, "pid": b.pid,
+            "up": now.saturating_sub(b.updated_unix) <= sparefs_iscsi::target::HEARTBEAT_STALE_SECS,
+            "seconds_since_heartbeat": now.saturating_sub(b.updated_unix),
+            "sessions": b.sessions,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+pub fn print_summary(v: &serde_json::Value) {
+    let empty = Vec::new();
+    println!("iSCSI exports:");
+    for t in v["exports"].as_array().unwrap_or(&empty) {
+        let auth = match (t["chap"].as_bool(), t["mutual_chap"].as_bool()) {
+            (Some(true), Some(true)) => "mutual CHAP",
+            (Some(true), _) => "CHAP",
+            _ => "no CHAP",
+        };
+        let who: Vec<&str> = t["initiators"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .filter_map(|i| i.as_str())
+            .collect();
+        let who = if who.is_empty() {
+            "any initiator".to_string()
+        } else {
+            who.join(",")
+        };
+        println!("  {} ({auth}, {who})", t["iqn"].as_str().unwrap_or("?"));
+        for l in t["luns"].as_array().unwrap_or(&empty) {
+            let ro = if l["read_only"].as_bool() == Some(true) {
+                " (read-only)"
+            } else {
+                ""
+            };
+            println!(
+                "    LUN {}: {}{ro}",
+                l["lun"],
+                l["path"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    println!("iSCSI targets:");
+    for b in v["targets"].as_array().unwrap_or(&empty) {
+        let state = if b["up"].as_bool() == Some(true) {
+            "up"
+        } else {
+            "gone"
+        };
+        let sessions = b["sessions"].as_array().unwrap_or(&empty);
+        println!(
+            "  {} on {} (pid {}): {state}, {} sessions",
+            b["portal"].as_str().unwrap_or("?"),
+            b["host"].as_str().unwrap_or("?"),
+            b["pid"],
+            sessions.len()
+        );
+        for s in sessions {
+            let to = if s["discovery"].as_bool() == Some(true) {
+                "discovery"
+            } else {
+                s["target"].as_str().unwrap_or("?")
+            };
+            println!(
+                "    {} isid {} -> {to}",
+                s["initiator"].as_str().unwrap_or("?"),
+                s["isid"].as_str().unwrap_or("?")
+            );
         }
     }
 }

@@ -40,10 +40,14 @@ pub async fn run(
         return Ok(2);
     }
     let (servers, health, repair) = data_rows(&client, &pids).await;
+    // iSCSI exports and targets (null when this caller may not read them).
+    let iscsi = crate::iscsi_cmd::summary(&client)
+        .await
+        .unwrap_or(Value::Null);
     if json_out {
         println!(
             "{}",
-            json!({ "meta": list, "chunkservers": servers, "health": health, "repair": repair })
+            json!({ "meta": list, "chunkservers": servers, "health": health, "repair": repair, "iscsi": iscsi })
         );
     } else {
         print_replicas(&list);
@@ -51,6 +55,10 @@ pub async fn run(
         print_chunkservers(&servers);
         println!();
         print_health(&health, &repair);
+        if !iscsi.is_null() {
+            println!();
+            crate::iscsi_cmd::print_summary(&iscsi);
+        }
     }
     let healthy = list.iter().any(|v| v["role"] == "leader");
     Ok(if healthy { 0 } else { 2 })

@@ -60,6 +60,12 @@ pub struct UpArgs {
     /// is mutual TLS with certificates under DATA/tls (docs/security.md).
     #[arg(long)]
     no_tls: bool,
+    /// Port of the iSCSI target `up` starts on 127.0.0.1.
+    #[arg(long, default_value_t = 3260)]
+    iscsi_port: u16,
+    /// Start no iSCSI target.
+    #[arg(long)]
+    no_iscsi: bool,
     /// Set by `run`: whether this cluster runs over TLS.
     #[arg(skip)]
     tls: bool,
@@ -139,6 +145,7 @@ enum Role {
     Meta,
     Chunkserver,
     Mount,
+    Iscsi,
 }
 
 struct Daemon {
@@ -171,10 +178,15 @@ fn write_cluster_file(data: &Path, daemons: &[Daemon], mountpoint: &Path) -> any
         .iter()
         .find(|d| d.role == Role::Mount)
         .and_then(|d| d.child.id());
+    let iscsi = daemons
+        .iter()
+        .find(|d| d.role == Role::Iscsi)
+        .map(|d| json!({"portal": d.address, "pid": d.child.id()}));
     let file = json!({
         "meta": list(Role::Meta),
         "chunkservers": list(Role::Chunkserver),
         "mount": {"path": mountpoint, "pid": mount_pid},
+        "iscsi": iscsi,
     });
     // Written whole then renamed: readers never see half a file.
     let tmp = data.join("cluster.json.tmp");
@@ -253,13 +265,18 @@ pub async fn run(mut args: UpArgs) -> anyhow::Result<i32> {
     }
     write_cluster_file(&args.data, &daemons, &mountpoint)?;
     println!(
-        "sparefs ready: {} mounted ({} meta replicas, {} chunkservers, policy {policy}, {}) in {:.1}s; data in {}",
+        "sparefs ready: {} mounted ({} meta replicas, {} chunkservers, policy {policy}, {}) in {:.1}s; data in {}{}",
         mountpoint.display(),
         args.metas,
         args.chunkservers,
         if args.tls { "mutual TLS" } else { "plaintext" },
         start.elapsed().as_secs_f64(),
-        args.data.display()
+        args.data.display(),
+        if args.no_iscsi {
+            String::new()
+        } else {
+            format!("; iSCSI portal 127.0.0.1:{}", args.iscsi_port)
+        }
     );
     println!("status: sparefs status --data {}", args.data.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -378,6 +395,56 @@ async fn start_cluster(
             "{} was not mounted; see {}",
             mountpoint.display(),
             args.data.join("mount.log").display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !args.no_iscsi {
+        start_iscsi(exe, args, &meta_list_of(args), daemons, start).await?;
+    }
+    Ok(())
+}
+
+fn meta_list_of(args: &UpArgs) -> String {
+    (1..=args.metas as u64)
+        .map(|i| format!("127.0.0.{}:{}", 10 + i, args.port))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The iSCSI target on 127.0.0.1:`--iscsi-port`, serving the cluster's
+/// exports; returns once it accepts connections.
+async fn start_iscsi(
+    exe: &Path,
+    args: &UpArgs,
+    meta_list: &str,
+    daemons: &mut Vec<Daemon>,
+    start: Instant,
+) -> anyhow::Result<()> {
+    let portal = format!("127.0.0.1:{}", args.iscsi_port);
+    let mut a = vec![
+        "iscsi".into(),
+        "serve".into(),
+        "--meta".into(),
+        meta_list.to_string(),
+        "--listen".into(),
+        portal.clone(),
+    ];
+    // `--tls` is a global flag: it goes before the subcommand.
+    let mut full = args.tls_args("iscsi");
+    full.append(&mut a);
+    let d = spawn(
+        exe,
+        (Role::Iscsi, 1, portal.clone()),
+        &full,
+        args.data.join("iscsi.log"),
+        "the iSCSI target".into(),
+    )?;
+    daemons.push(d);
+    while tokio::net::TcpStream::connect(&portal).await.is_err() {
+        anyhow::ensure!(
+            start.elapsed() <= Duration::from_secs(90),
+            "the iSCSI target did not listen on {portal}; see {}",
+            args.data.join("iscsi.log").display()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

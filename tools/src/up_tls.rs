@@ -48,6 +48,7 @@ pub fn prepare(data: &Path, metas: u32, chunkservers: u32) -> anyhow::Result<()>
     let mut wanted = vec![
         ("mount".to_string(), Identity::new(Role::Mount, 1)),
         ("admin".to_string(), Identity::new(Role::Admin, 0)),
+        ("iscsi".to_string(), Identity::new(Role::Iscsi, 1)),
     ];
     for id in 1..=metas as u64 {
         wanted.push((
