@@ -30,3 +30,30 @@ fi
 if [ "$(id -u)" = 0 ] && ! id tests >/dev/null 2>&1; then
     echo 'tests:x:::pjdfstest dummy user:/:/usr/sbin/nologin' | newusers
 fi
+# iSCSI tests: libiscsi's userspace initiators (iscsi-test-cu, iscsi-inq,
+# iscsi-perf...) and qemu-img with its iscsi:// driver, which lives in
+# qemu-block-extra of exactly the installed qemu-utils version (a
+# qemu-utils from bookworm-backports needs backports' qemu-block-extra).
+export DEBIAN_FRONTEND=noninteractive
+if ! dpkg -s libiscsi-bin >/dev/null 2>&1; then
+    echo "installing: libiscsi-bin" >&2
+    apt-get install -y libiscsi-bin >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y libiscsi-bin >/dev/null; }
+fi
+if ! dpkg -s qemu-utils >/dev/null 2>&1; then
+    echo "installing: qemu-utils" >&2
+    apt-get install -y qemu-utils >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y qemu-utils >/dev/null; }
+fi
+qver=$(dpkg-query -W -f='${Version}' qemu-utils)
+if [ "$(dpkg-query -W -f='${Version}' qemu-block-extra 2>/dev/null)" != "$qver" ]; then
+    echo "installing: qemu-block-extra $qver" >&2
+    case "$qver" in
+    *bpo12*)
+        if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+            echo "deb http://deb.debian.org/debian bookworm-backports main" > /etc/apt/sources.list.d/sparefs-backports.list
+        fi
+        apt-get update >/dev/null
+        apt-get install -y "qemu-block-extra=$qver" >/dev/null ;;
+    *)
+        apt-get install -y "qemu-block-extra=$qver" >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y "qemu-block-extra=$qver" >/dev/null; } ;;
+    esac
+fi

@@ -286,7 +286,7 @@ impl Login {
                 });
             }
         }
-        if !chap_in.is_empty() || self.chap == Chap::Agreed && transit {
+        if !chap_in.is_empty() {
             match self.chap_step(&chap_in, &mut out) {
                 Ok(()) => {}
                 Err(s) => return self.fail(req, s),
@@ -451,7 +451,7 @@ mod tests {
         fn target(&self, iqn: &str) -> Option<TargetAuth> {
             (iqn == "iqn.t").then(|| TargetAuth {
                 chap: self.0.clone(),
-                mutual: None,
+                mutual: Some("tgt:targetsecret1".parse().expect("creds")),
                 initiators: vec![],
             })
         }
@@ -535,9 +535,10 @@ mod tests {
         for (secret, ok) in [("abcdefghijkl", true), ("wrongwrongwr", false)] {
             let dir = Dir(Some("u:abcdefghijkl".parse().expect("creds")));
             let mut l = Login::new();
+            // libiscsi asks to move on (T=1) in the first PDU already.
             let r = l.step(
                 &req(
-                    0x00,
+                    0x81,
                     &[
                         ("InitiatorName", "iqn.i"),
                         ("TargetName", "iqn.t"),
@@ -561,12 +562,40 @@ mod tests {
             let id = get("CHAP_I").parse::<u8>().expect("id");
             let c = text::binary(&get("CHAP_C")).expect("challenge");
             let r = text::hex(&chap_response(id, secret.as_bytes(), &c));
+            // Mutual: the initiator challenges the target back.
+            let mine = [9u8; 16];
             let step = l.step(
-                &req(0x81, &[("CHAP_N", "u"), ("CHAP_R", &r)]),
+                &req(
+                    0x81,
+                    &[
+                        ("CHAP_N", "u"),
+                        ("CHAP_R", &r),
+                        ("CHAP_I", "7"),
+                        ("CHAP_C", &text::hex(&mine)),
+                    ],
+                ),
                 &dir,
                 &mut || 1,
             );
-            assert_eq!(matches!(step, Step::Continue(_)), ok);
+            match step {
+                Step::Continue(p) if ok => {
+                    let keys = text::parse(&p.data);
+                    let get = |k: &str| {
+                        keys.iter()
+                            .find(|(n, _)| n == k)
+                            .and_then(|(_, v)| v.clone())
+                            .expect(k)
+                    };
+                    assert_eq!(get("CHAP_N"), "tgt");
+                    assert_eq!(
+                        text::binary(&get("CHAP_R")),
+                        Some(chap_response(7, b"targetsecret1", &mine))
+                    );
+                    assert_eq!(p.flags() & 0x80, 0x80, "moves on to the next stage");
+                }
+                Step::Fail(_) if !ok => {}
+                _ => panic!("secret {secret}: unexpected outcome"),
+            }
         }
     }
 }
