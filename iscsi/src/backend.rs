@@ -31,19 +31,35 @@ pub trait Backend: Send + Sync {
     fn flush(&self) -> BoxFuture<'_, Result<()>>;
     /// Turns the range into a hole (reads return zeros).
     fn unmap(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<()>>;
+    /// The image was resized elsewhere (`sparefs image resize`).
+    fn resized(&self, _size: u64) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    /// Where to ask for the image's size now, if it can change.
+    fn ino(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// An image file in sparefs, open through the client library.
 pub struct ImageBackend {
     file: Arc<sparefs_client::OpenFile>,
-    size: u64,
+    size: std::sync::atomic::AtomicU64,
 }
 
 fn client_error(e: sparefs_client::ClientError) -> BackendError {
+    use sparefs_client::ClientError;
     use sparefs_proto::Errno;
-    match e.errno() {
-        Errno::ENOSPC => BackendError::NoSpace,
-        Errno::ETIMEDOUT | Errno::EAGAIN => BackendError::Unavailable(e.to_string()),
+    match &e {
+        // The meta or the chunkservers did not answer within the client's
+        // deadline: NOT READY, so the initiator retries or fails over.
+        ClientError::Unavailable(_) | ClientError::DataUnavailable(_) => {
+            BackendError::Unavailable(e.to_string())
+        }
+        ClientError::Errno(Errno::ENOSPC) => BackendError::NoSpace,
+        ClientError::Errno(Errno::ETIMEDOUT | Errno::EAGAIN) => {
+            BackendError::Unavailable(e.to_string())
+        }
         _ => BackendError::Io(e.to_string()),
     }
 }
@@ -63,20 +79,29 @@ impl ImageBackend {
             .map_err(|e| format!("opening image inode {ino}: {e}"))?;
         Ok(ImageBackend {
             file: Arc::new(file),
-            size: attr.size,
+            size: std::sync::atomic::AtomicU64::new(attr.size),
         })
     }
 }
 
 impl Backend for ImageBackend {
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn resized(&self, size: u64) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.file.set_size(size).await;
+            self.size.store(size, std::sync::atomic::Ordering::Relaxed);
+        })
+    }
+    fn ino(&self) -> Option<u64> {
+        Some(self.file.ino.0)
     }
     fn read(&self, offset: u64, len: usize) -> BoxFuture<'_, Result<Vec<u8>>> {
         Box::pin(async move {
             let mut out = self
                 .file
-                .read(offset, len, self.size)
+                .read(offset, len, self.size())
                 .await
                 .map_err(client_error)?;
             // Past the bytes ever written of a sparse image: zeros.

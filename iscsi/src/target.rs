@@ -13,8 +13,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 
-/// Connections one target process holds at most (idle ones included).
-pub const CONNECTIONS_MAX: usize = 1024;
 /// Write data buffered for commands in flight, all sessions together.
 pub const DATA_BUDGET_BYTES: usize = 512 * 1024 * 1024;
 pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
@@ -198,6 +196,7 @@ impl Shared {
                         if let Err(e) = k.reservations.refresh().await {
                             tracing::warn!("{} LUN {id}: reservations: {e}", rec.iqn);
                         }
+                        k.follow_size(meta).await;
                         k
                     }
                     None => match ImageBackend::open(meta.clone(), l.ino).await {
@@ -318,7 +317,11 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) -> st
             tracing::warn!("heartbeat: {e}");
         }
     }
-    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    // Connections held at most (idle ones included): as many as the
+    // open-file limit leaves room for, like every other daemon.
+    sparefs_wire::service::raise_descriptor_limit();
+    let cap = sparefs_wire::service::connections_max();
+    let slots = Arc::new(Semaphore::new(cap));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -330,7 +333,7 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) -> st
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!("{peer}: refused, {CONNECTIONS_MAX} connections open");
+            tracing::warn!("{peer}: refused, {cap} connections open");
             drop(stream);
             continue;
         };

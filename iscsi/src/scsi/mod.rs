@@ -196,6 +196,27 @@ impl Lun {
         self.attention_others(Some(by), asc::BUS_DEVICE_RESET);
     }
 
+    /// Notices a resize made elsewhere: initiators hear CAPACITY DATA HAS
+    /// CHANGED (SBC-3 §4.9) and the new size serves from now on.
+    pub async fn follow_size(&self, meta: &sparefs_client::MetaClient) {
+        let Some(ino) = self.backend.ino() else {
+            return;
+        };
+        let Ok(a) = meta.getattr(sparefs_proto::InodeId(ino)).await else {
+            return;
+        };
+        if a.size != self.backend.size() {
+            tracing::info!(
+                "LUN {}: {} resized to {} bytes",
+                self.id,
+                self.rec.path,
+                a.size
+            );
+            self.backend.resized(a.size).await;
+            self.attention_others(None, asc::CAPACITY_CHANGED);
+        }
+    }
+
     /// Runs one command.
     pub async fn execute(&self, t: Task<'_>) -> Done {
         let op = t.cdb[0];
