@@ -214,8 +214,15 @@ pub async fn read_pdu<R: AsyncRead + Unpin>(
     }
     if len > 0 {
         let padded = len + padding(len);
-        p.data = vec![0u8; padded];
-        r.read_exact(&mut p.data).await?;
+        // Read into spare capacity: no zeroing of what the peer overwrites.
+        p.data = Vec::with_capacity(padded);
+        let got = (&mut *r)
+            .take(padded as u64)
+            .read_to_end(&mut p.data)
+            .await?;
+        if got < padded {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
         let mut ok = true;
         if limits.data_digest {
             let mut d = [0u8; 4];

@@ -59,16 +59,21 @@ enum Stat {
     None,
 }
 
-enum Out {
-    Pdu(Pdu, Stat),
-    /// Flush and hang up (after a logout response).
-    Close,
+/// The sending half of a connection: whoever answers writes, under this
+/// lock, in the order StatSN is assigned (no writer task to hop through).
+struct Writer {
+    wr: Box<dyn AsyncWrite + Unpin + Send>,
+    stat_sn: u32,
+    closed: bool,
 }
 
 /// The CmdSN window of the session.
 struct Window {
     exp: AtomicU32,
     inflight: AtomicU32,
+    /// The MaxCmdSN last sent: commands are checked against what the
+    /// initiator was told, not against a window that has since moved.
+    advertised: AtomicU32,
 }
 
 impl Window {
@@ -90,7 +95,7 @@ struct Running {
 /// What the commands of one connection share.
 struct Conn {
     shared: Arc<Shared>,
-    out: mpsc::Sender<Out>,
+    writer: tokio::sync::Mutex<Writer>,
     params: Params,
     nexus: Nexus,
     view: Option<Arc<TargetView>>,
@@ -107,7 +112,47 @@ struct Conn {
 
 impl Conn {
     async fn send(&self, pdu: Pdu, stat: Stat) {
-        let _ = self.out.send(Out::Pdu(pdu, stat)).await;
+        self.send_all(vec![(pdu, stat)]).await;
+    }
+
+    /// Sends PDUs back to back (a read's Data-In), flushed once.
+    async fn send_all(&self, pdus: Vec<(Pdu, Stat)>) {
+        let mut w = self.writer.lock().await;
+        if w.closed {
+            return;
+        }
+        let mut bytes = Vec::new();
+        for (mut p, stat) in pdus {
+            match stat {
+                Stat::Next => {
+                    p.set_u32(24, w.stat_sn);
+                    w.stat_sn = w.stat_sn.wrapping_add(1);
+                }
+                Stat::Current => p.set_u32(24, w.stat_sn),
+                Stat::None => {}
+            }
+            p.set_u32(28, self.window.exp.load(Ordering::Relaxed));
+            let max = self.window.max();
+            self.window.advertised.store(max, Ordering::Relaxed);
+            p.set_u32(32, max);
+            bytes.extend(p.encode(self.params.header_digest, self.params.data_digest));
+        }
+        let ok = w.wr.write_all(&bytes).await.is_ok() && w.wr.flush().await.is_ok();
+        if !ok {
+            w.closed = true;
+            drop(w);
+            self.die("write failed");
+        }
+    }
+
+    /// Flushes and closes the sending half (after a logout response).
+    async fn close(&self) {
+        let mut w = self.writer.lock().await;
+        if !w.closed {
+            w.closed = true;
+            let _ = w.wr.flush().await;
+            let _ = w.wr.shutdown().await;
+        }
     }
 
     fn die(&self, why: &str) {
@@ -218,16 +263,20 @@ async fn full_feature<R, W>(
     if logged.kind == SessionType::Normal && view.is_none() {
         return;
     }
-    let (out_tx, out_rx) = mpsc::channel::<Out>(256);
     let conn = Arc::new(Conn {
         shared: shared.clone(),
-        out: out_tx,
+        writer: tokio::sync::Mutex::new(Writer {
+            wr: Box::new(wr),
+            stat_sn: logged.exp_stat_sn,
+            closed: false,
+        }),
         params: params.clone(),
         nexus: nexus.clone(),
         view: view.clone(),
         window: Window {
             exp: AtomicU32::new(logged.cmd_sn),
             inflight: AtomicU32::new(0),
+            advertised: AtomicU32::new(logged.cmd_sn.wrapping_add(CMD_WINDOW - 1)),
         },
         running: Mutex::new(HashMap::new()),
         next_ttt: AtomicU32::new(1),
@@ -248,39 +297,21 @@ async fn full_feature<R, W>(
             lun.nexus_arrived(&nexus);
         }
     }
-    let writer = tokio::spawn(write_loop(
-        wr,
-        out_rx,
-        conn.clone(),
-        logged.exp_stat_sn,
-        params.clone(),
-    ));
-    let (pdu_tx, mut pdu_rx) = mpsc::channel::<Result<Pdu, PduError>>(16);
     let limits = ReadLimits {
         data_max: OUR_MAX_RECV_DATA_SEGMENT as usize,
         header_digest: params.header_digest,
         data_digest: params.data_digest,
     };
-    let reader = tokio::spawn(async move {
-        let mut rd = rd;
-        loop {
-            let r = read_pdu(&mut rd, limits).await;
-            let stop = matches!(
-                r,
-                Err(PduError::Closed
-                    | PduError::Io(_)
-                    | PduError::TooLong(..)
-                    | PduError::HeaderDigest)
-            );
-            if pdu_tx.send(r).await.is_err() || stop {
-                return;
-            }
-        }
-    });
-    let mut pinged = false;
+    // NOP-In pings an initiator silent for NOP_INTERVAL; silent as long
+    // again, the connection ends.
+    let last_heard = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+    let pinger = tokio::spawn(ping_when_idle(conn.clone(), last_heard.clone()));
+    let mut rd = rd;
     loop {
+        // Cancelling a read half done is harmless here: the connection
+        // ends either way.
         let next = tokio::select! {
-            r = tokio::time::timeout(NOP_INTERVAL, pdu_rx.recv()) => r,
+            r = read_pdu(&mut rd, limits) => r,
             _ = conn.kill.notified() => break,
             _ = ended.notified() => {
                 tracing::info!("{}: session reinstated elsewhere", nexus.initiator_port);
@@ -288,39 +319,24 @@ async fn full_feature<R, W>(
             }
         };
         let pdu = match next {
-            Err(_) => {
-                if pinged {
-                    tracing::info!("{}: no answer to NOP-In", nexus.initiator_port);
-                    break;
-                }
-                pinged = true;
-                let mut p = Pdu::new(op::NOP_IN);
-                p.set_flags(0x80);
-                p.set_itt(RESERVED_TAG);
-                p.set_u32(
-                    20,
-                    conn.next_ttt.fetch_add(1, Ordering::Relaxed) | 0x8000_0000,
-                );
-                conn.send(p, Stat::Current).await;
-                continue;
-            }
-            Ok(None) => break,
-            Ok(Some(Err(PduError::DataDigest(p)))) => {
+            Err(PduError::DataDigest(p)) => {
                 send_reject(&conn, &p, reject::DATA_DIGEST_ERROR).await;
                 continue;
             }
-            Ok(Some(Err(e))) => {
+            Err(e) => {
                 tracing::debug!("{}: {e}", nexus.initiator_port);
                 break;
             }
-            Ok(Some(Ok(p))) => p,
+            Ok(p) => p,
         };
-        pinged = false;
+        if let Ok(mut t) = last_heard.lock() {
+            *t = std::time::Instant::now();
+        }
         if !dispatch(&conn, pdu).await {
             break;
         }
     }
-    reader.abort();
+    pinger.abort();
     // Commands still running finish (their writes are the initiator's);
     // nothing more is sent for them.
     let waits: Vec<Arc<Notify>> = conn
@@ -338,8 +354,7 @@ async fn full_feature<R, W>(
     for w in waits {
         let _ = tokio::time::timeout(Duration::from_secs(30), w.notified()).await;
     }
-    let _ = conn.out.send(Out::Close).await;
-    let _ = writer.await;
+    conn.close().await;
     if let Some(v) = &view {
         for lun in v.luns.values() {
             lun.nexus_gone(&nexus);
@@ -348,45 +363,35 @@ async fn full_feature<R, W>(
     shared.session_ended(&session_key, logged.tsih);
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
-    wr: W,
-    mut rx: mpsc::Receiver<Out>,
-    conn: Arc<Conn>,
-    first_stat_sn: u32,
-    params: Params,
-) {
-    let mut wr = tokio::io::BufWriter::with_capacity(256 * 1024, wr);
-    let mut stat_sn = first_stat_sn;
-    while let Some(out) = rx.recv().await {
-        let mut pdu = match out {
-            Out::Pdu(p, stat) => {
-                let mut p = p;
-                match stat {
-                    Stat::Next => {
-                        p.set_u32(24, stat_sn);
-                        stat_sn = stat_sn.wrapping_add(1);
-                    }
-                    Stat::Current => p.set_u32(24, stat_sn),
-                    Stat::None => {}
-                }
-                p
+async fn ping_when_idle(conn: Arc<Conn>, last_heard: Arc<std::sync::Mutex<std::time::Instant>>) {
+    let mut pinged_at: Option<std::time::Instant> = None;
+    loop {
+        tokio::time::sleep(NOP_INTERVAL / 4).await;
+        let heard = last_heard
+            .lock()
+            .map(|t| *t)
+            .unwrap_or_else(|_| std::time::Instant::now());
+        if let Some(at) = pinged_at {
+            if heard > at {
+                pinged_at = None;
+            } else if at.elapsed() >= NOP_INTERVAL {
+                conn.die("no answer to NOP-In");
+                return;
             }
-            Out::Close => break,
-        };
-        pdu.set_u32(28, conn.window.exp.load(Ordering::Relaxed));
-        pdu.set_u32(32, conn.window.max());
-        let bytes = pdu.encode(params.header_digest, params.data_digest);
-        if wr.write_all(&bytes).await.is_err() {
-            conn.die("write failed");
-            break;
+            continue;
         }
-        if rx.is_empty() && wr.flush().await.is_err() {
-            conn.die("write failed");
-            break;
+        if heard.elapsed() >= NOP_INTERVAL {
+            let mut p = Pdu::new(op::NOP_IN);
+            p.set_flags(0x80);
+            p.set_itt(RESERVED_TAG);
+            p.set_u32(
+                20,
+                conn.next_ttt.fetch_add(1, Ordering::Relaxed) | 0x8000_0000,
+            );
+            conn.send(p, Stat::Current).await;
+            pinged_at = Some(std::time::Instant::now());
         }
     }
-    let _ = wr.flush().await;
-    let _ = wr.shutdown().await;
 }
 
 async fn send_reject(conn: &Conn, bad: &Pdu, reason: u8) {
@@ -406,7 +411,7 @@ fn take_cmd_sn(conn: &Conn, pdu: &Pdu) -> bool {
     }
     let sn = pdu.u32_at(24);
     let exp = conn.window.exp.load(Ordering::Relaxed);
-    let max = conn.window.max();
+    let max = conn.window.advertised.load(Ordering::Relaxed);
     if serial_lt(sn, exp) || serial_lt(max, sn) {
         tracing::debug!("CmdSN {sn} outside [{exp}, {max}]: ignored");
         return false;
@@ -623,22 +628,18 @@ async fn start_command(conn: &Arc<Conn>, pdu: Pdu) {
         (None, None)
     };
     let duplicate = match conn.running.lock() {
-        Ok(mut r) => {
-            if r.contains_key(&itt) {
-                true
-            } else {
-                r.insert(
-                    itt,
-                    Running {
-                        lun: lun_id,
-                        data: data_tx,
-                        aborted: aborted.clone(),
-                        finished: finished.clone(),
-                    },
-                );
+        Ok(mut r) => match r.entry(itt) {
+            std::collections::hash_map::Entry::Occupied(_) => true,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Running {
+                    lun: lun_id,
+                    data: data_tx,
+                    aborted: aborted.clone(),
+                    finished: finished.clone(),
+                });
                 false
             }
-        }
+        },
         Err(_) => true,
     };
     if duplicate {
@@ -661,7 +662,7 @@ async fn start_command(conn: &Arc<Conn>, pdu: Pdu) {
 /// Runs one SCSI command: its data, the device, its answer.
 async fn run_command(
     conn: &Arc<Conn>,
-    cmd: Pdu,
+    mut cmd: Pdu,
     data_rx: Option<mpsc::Receiver<Pdu>>,
     aborted: &AtomicBool,
 ) {
@@ -697,7 +698,8 @@ async fn run_command(
         None
     };
     let data_out = if writes {
-        match receive_data(conn, &cmd, edtl, data_rx).await {
+        let immediate = std::mem::take(&mut cmd.data);
+        match receive_data(conn, &cmd, immediate, edtl, data_rx).await {
             Ok(d) => d,
             Err(why) => {
                 // Error recovery level 0: the command fails; the session
@@ -739,17 +741,19 @@ async fn run_command(
 async fn receive_data(
     conn: &Conn,
     cmd: &Pdu,
+    immediate: Vec<u8>,
     edtl: u32,
     rx: Option<mpsc::Receiver<Pdu>>,
 ) -> Result<Vec<u8>, String> {
     let p = &conn.params;
-    let mut buf: Vec<u8> = Vec::with_capacity(edtl as usize);
-    if !cmd.data.is_empty() {
-        if !p.immediate_data || cmd.data.len() > edtl.min(p.first_burst) as usize {
-            return Err("immediate data not allowed or too long".into());
-        }
-        buf.extend_from_slice(&cmd.data);
+    if !immediate.is_empty()
+        && (!p.immediate_data || immediate.len() > edtl.min(p.first_burst) as usize)
+    {
+        return Err("immediate data not allowed or too long".into());
     }
+    // The immediate data becomes the start of the buffer (no copy).
+    let mut buf = immediate;
+    buf.reserve_exact((edtl as usize).saturating_sub(buf.len()));
     let Some(mut rx) = rx else {
         return Ok(buf);
     };
@@ -858,6 +862,8 @@ async fn respond(conn: &Conn, cmd: &Pdu, done: Done, edtl: u32, aborted: &Atomic
         0
     };
     let mut data_sn = 0u32;
+    // Data-In and the status go out together, flushed once.
+    let mut batch: Vec<(Pdu, Stat)> = Vec::new();
     if send > 0 {
         let seg = conn.params.max_xmit_data_segment.max(512) as usize;
         let burst = conn.params.max_burst.max(512) as usize;
@@ -885,11 +891,11 @@ async fn respond(conn: &Conn, cmd: &Pdu, done: Done, edtl: u32, aborted: &Atomic
             p.set_u32(36, data_sn);
             p.set_u32(40, at as u32);
             p.data = done.data_in[at..at + n].to_vec();
-            conn.send(p, if with_status { Stat::Next } else { Stat::None })
-                .await;
+            batch.push((p, if with_status { Stat::Next } else { Stat::None }));
             data_sn += 1;
             at += n;
             if with_status {
+                conn.send_all(batch).await;
                 return;
             }
         }
@@ -906,7 +912,8 @@ async fn respond(conn: &Conn, cmd: &Pdu, done: Done, edtl: u32, aborted: &Atomic
         d.extend_from_slice(&done.sense);
         r.data = d;
     }
-    conn.send(r, Stat::Next).await;
+    batch.push((r, Stat::Next));
+    conn.send_all(batch).await;
 }
 
 impl crate::login::Directory for Shared {

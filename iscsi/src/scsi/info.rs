@@ -105,7 +105,7 @@ fn designators(lun: &Lun, t: &Task<'_>) -> Vec<u8> {
     ));
     let mut name = t.nexus.target_port.clone().into_bytes();
     name.push(0);
-    while name.len() % 4 != 0 {
+    while !name.len().is_multiple_of(4) {
         name.push(0);
     }
     out.extend(designator(0x53, 0x98, &name));

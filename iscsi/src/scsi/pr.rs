@@ -290,7 +290,7 @@ pub async fn persistent_reserve_in(lun: &Lun, t: &Task<'_>) -> Done {
                 let mut tid = vec![0x40u8 | 0x05, 0, 0, 0]; // iSCSI, format 01b
                 let mut name = initiator.as_bytes().to_vec();
                 name.push(0);
-                while name.len() % 4 != 0 {
+                while !name.len().is_multiple_of(4) {
                     name.push(0);
                 }
                 tid[2..4].copy_from_slice(&(name.len() as u16).to_be_bytes());
@@ -321,7 +321,7 @@ async fn reserve_out(lun: &Lun, t: &Task<'_>, len: usize) -> Done {
     let sa = t.cdb[1] & 0x1f;
     let scope = t.cdb[2] >> 4;
     let kind = t.cdb[2] & 0x0f;
-    if sa > 7 || sa == 7 {
+    if sa >= 7 {
         // REGISTER AND MOVE is not supported.
         return Done::invalid_cdb();
     }
@@ -340,9 +340,7 @@ async fn reserve_out(lun: &Lun, t: &Task<'_>, len: usize) -> Done {
         return Done::illegal(asc::INVALID_FIELD_IN_PARAMETER_LIST);
     }
     let valid_kind = matches!(kind, 1 | 3 | 5 | 6 | 7 | 8);
-    if matches!(sa, 1 | 2 | 4 | 5)
-        && (scope != 0 || (sa != 2 && !valid_kind) || (sa == 2 && !valid_kind))
-    {
+    if matches!(sa, 1 | 2 | 4 | 5) && (scope != 0 || !valid_kind) {
         return Done::invalid_cdb();
     }
     let me = t.nexus.key();
