@@ -321,7 +321,9 @@ mod tests {
     }
 
     fn run(l: &Lun, who: &Nexus, cdb: &[u8], data: Vec<u8>) -> Done {
-        let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt");
         rt.block_on(l.execute(Task {
             cdb,
             nexus: who,
@@ -348,12 +350,21 @@ mod tests {
         let me = nexus(1);
         l.nexus_arrived(&me);
         // The first command hears of the reset; INQUIRY does not consume it.
-        assert_eq!(run(&l, &me, &[0x12, 0, 0, 0, 96, 0], vec![]).status, sense::GOOD);
+        assert_eq!(
+            run(&l, &me, &[0x12, 0, 0, 0, 96, 0], vec![]).status,
+            sense::GOOD
+        );
         let ua = run(&l, &me, &[0, 0, 0, 0, 0, 0], vec![]);
         assert_eq!(ua.sense[2], key::UNIT_ATTENTION);
-        assert_eq!(run(&l, &me, &[0, 0, 0, 0, 0, 0], vec![]).status, sense::GOOD);
+        assert_eq!(
+            run(&l, &me, &[0, 0, 0, 0, 0, 0], vec![]).status,
+            sense::GOOD
+        );
         let data = vec![0xabu8; 1024];
-        assert_eq!(run(&l, &me, &write16(10, 2), data.clone()).status, sense::GOOD);
+        assert_eq!(
+            run(&l, &me, &write16(10, 2), data.clone()).status,
+            sense::GOOD
+        );
         let mut read = write16(10, 2);
         read[0] = 0x88;
         assert_eq!(run(&l, &me, &read, vec![]).data_in, data);
@@ -393,19 +404,29 @@ mod tests {
         assert_eq!(run(&l, &a, &c, p).status, sense::GOOD);
         let (c, p) = prout(1, pr::kind::WRITE_EXCLUSIVE, 0xa, 0);
         assert_eq!(run(&l, &a, &c, p).status, sense::GOOD);
-        assert_eq!(run(&l, &a, &write16(0, 1), vec![1; 512]).status, sense::GOOD);
-        assert_eq!(run(&l, &b, &write16(0, 1), vec![2; 512]).status, sense::RESERVATION_CONFLICT);
+        assert_eq!(
+            run(&l, &a, &write16(0, 1), vec![1; 512]).status,
+            sense::GOOD
+        );
+        assert_eq!(
+            run(&l, &b, &write16(0, 1), vec![2; 512]).status,
+            sense::RESERVATION_CONFLICT
+        );
         let mut read = write16(0, 1);
         read[0] = 0x88;
-        assert_eq!(run(&l, &b, &read, vec![]).data_in, vec![1u8; 512], "reads pass under WRITE EXCLUSIVE");
+        assert_eq!(
+            run(&l, &b, &read, vec![]).data_in,
+            vec![1u8; 512],
+            "reads pass under WRITE EXCLUSIVE"
+        );
     }
 
     /// Opcodes the device implements, each with random CDB bytes and random
     /// data: no panic, and every failure carries sense data.
     const OPS: &[u8] = &[
-        0x00, 0x03, 0x08, 0x0a, 0x12, 0x15, 0x16, 0x17, 0x1a, 0x1b, 0x1e, 0x25, 0x28, 0x2a, 0x2e, 0x2f,
-        0x34, 0x35, 0x37, 0x41, 0x42, 0x55, 0x5a, 0x5e, 0x5f, 0x88, 0x89, 0x8a, 0x8b, 0x8e, 0x8f, 0x90,
-        0x91, 0x93, 0x9e, 0xa0, 0xa3, 0xa8, 0xaa, 0xae, 0xaf, 0xb7, 0xff,
+        0x00, 0x03, 0x08, 0x0a, 0x12, 0x15, 0x16, 0x17, 0x1a, 0x1b, 0x1e, 0x25, 0x28, 0x2a, 0x2e,
+        0x2f, 0x34, 0x35, 0x37, 0x41, 0x42, 0x55, 0x5a, 0x5e, 0x5f, 0x88, 0x89, 0x8a, 0x8b, 0x8e,
+        0x8f, 0x90, 0x91, 0x93, 0x9e, 0xa0, 0xa3, 0xa8, 0xaa, 0xae, 0xaf, 0xb7, 0xff,
     ];
 
     proptest! {
