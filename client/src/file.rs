@@ -104,9 +104,24 @@ impl Dirty {
             start = start.min(*o);
             end = end.max(o + d.len() as u64);
         }
-        let mut merged = vec![0u8; (end - start) as usize];
-        for o in touching {
-            if let Some(d) = self.extents.remove(&o) {
+        // The extent that begins the merged range keeps its buffer and
+        // grows (writes arriving slightly out of order, as several in
+        // flight do, would otherwise copy a whole 16 MiB extent each).
+        let mut rest = &touching[..];
+        let mut merged = match touching.first() {
+            Some(o) if *o == start => match self.extents.remove(o) {
+                Some(d) => {
+                    rest = &touching[1..];
+                    self.bytes -= d.len();
+                    d
+                }
+                None => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        merged.resize((end - start) as usize, 0);
+        for o in rest {
+            if let Some(d) = self.extents.remove(o) {
                 self.bytes -= d.len();
                 merged[(o - start) as usize..(o - start) as usize + d.len()].copy_from_slice(&d);
             }

@@ -247,7 +247,7 @@ async fn hostile_clients_stop_no_daemon_and_the_mount_keeps_working() {
 
     // Thousands of silent connections at each daemon in turn: the daemon
     // keeps serving new and old clients, and closes the silent ones itself.
-    let hard = open_file_limit();
+    let hard = sparefs_tests::open_file_limit();
     let idle = 10_000.min(hard.saturating_sub(2_000) as usize);
     eprintln!("{idle} silent connections per daemon (open-file limit {hard})");
     for (name, addr, pid) in daemons(&c) {
@@ -285,16 +285,6 @@ async fn hostile_clients_stop_no_daemon_and_the_mount_keeps_working() {
         drop(silent);
     }
     mount_works(&mnt, "after");
-}
-
-fn open_file_limit() -> u64 {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024)
 }
 
 /// Opens `n` connections to `addr`, many at a time (one by one, loopback's

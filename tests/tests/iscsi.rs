@@ -371,7 +371,7 @@ async fn hostile_connections_are_dropped_and_the_target_serves_on() {
     // Idle connections: each is held until the login timeout (or refused
     // past the target's limit); none stops the target.
     sparefs_wire::service::raise_descriptor_limit();
-    let want = 10_000.min(open_file_limit().saturating_sub(2_000) as usize);
+    let want = 10_000.min(sparefs_tests::open_file_limit().saturating_sub(2_000) as usize);
     let idle: Vec<std::net::TcpStream> = (0..want)
         .filter_map(|_| std::net::TcpStream::connect(&t.portal).ok())
         .collect();
@@ -395,17 +395,6 @@ async fn hostile_connections_are_dropped_and_the_target_serves_on() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     assert!(rss_kb < 512 * 1024, "target RSS {rss_kb} KiB");
-}
-
-/// The soft open-file limit of this process (after raising it).
-fn open_file_limit() -> u64 {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024)
 }
 
 /// Mutual CHAP with a real initiator: the target proves itself with its

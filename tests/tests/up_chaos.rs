@@ -24,6 +24,10 @@ impl Up {
             .args([
                 "--port",
                 &port.to_string(),
+                // Its iSCSI target on 127.0.0.1:PORT, away from a
+                // developer's own cluster on 3260.
+                "--iscsi-port",
+                &port.to_string(),
                 "--out-after",
                 "20",
                 "--gc-grace",

@@ -203,6 +203,34 @@ pub async fn verify(lun: &Lun, t: &Task<'_>) -> Done {
     done
 }
 
+/// Reads the range, lets `change` turn its bytes into what to write (or
+/// refuse), writes that (FUA honoured): all under the LUN's exclusive lock,
+/// so no other write of the LUN lands in between.
+async fn read_modify_write(
+    lun: &Lun,
+    r: &Range,
+    change: impl FnOnce(Vec<u8>) -> Result<Vec<u8>, Done>,
+) -> Done {
+    let _alone = lun.atomic.write().await;
+    let have = match lun.backend.read(offset(r.lba), bytes(r.blocks)).await {
+        Ok(h) => h,
+        Err(e) => return Done::from_backend(e, false),
+    };
+    let new = match change(have) {
+        Ok(n) => n,
+        Err(d) => return d,
+    };
+    if let Err(e) = lun.backend.write(offset(r.lba), &new).await {
+        return Done::from_backend(e, true);
+    }
+    if r.flags & 0x08 != 0 {
+        if let Err(e) = lun.backend.flush().await {
+            return Done::from_backend(e, true);
+        }
+    }
+    Done::good()
+}
+
 pub async fn compare_and_write(lun: &Lun, t: Task<'_>) -> Done {
     let r = match checked(lun, &t, true) {
         Ok(r) => r,
@@ -217,27 +245,14 @@ pub async fn compare_and_write(lun: &Lun, t: Task<'_>) -> Done {
     } else if r.blocks == 0 {
         Done::good()
     } else {
-        // Exclusive: no other write of the LUN between the compare and
-        // the write.
-        let _alone = lun.atomic.write().await;
-        match lun.backend.read(offset(r.lba), n).await {
-            Err(e) => Done::from_backend(e, false),
-            Ok(have) => match have.iter().zip(&t.data_out[..n]).position(|(a, b)| a != b) {
-                Some(at) => miscompare(at),
-                None => match lun
-                    .backend
-                    .write(offset(r.lba), &t.data_out[n..2 * n])
-                    .await
-                {
-                    Err(e) => Done::from_backend(e, true),
-                    Ok(()) if r.flags & 0x08 != 0 => match lun.backend.flush().await {
-                        Err(e) => Done::from_backend(e, true),
-                        Ok(()) => Done::good(),
-                    },
-                    Ok(()) => Done::good(),
-                },
-            },
-        }
+        let (expect, write) = t.data_out.split_at(n);
+        read_modify_write(lun, &r, |have| {
+            match have.iter().zip(expect).position(|(a, b)| a != b) {
+                Some(at) => Err(miscompare(at)),
+                None => Ok(write.to_vec()),
+            }
+        })
+        .await
     };
     done.wanted_out = 2 * n as u32;
     done
@@ -254,19 +269,13 @@ pub async fn orwrite(lun: &Lun, t: Task<'_>) -> Done {
     } else if r.blocks == 0 {
         Done::good()
     } else {
-        let _alone = lun.atomic.write().await;
-        match lun.backend.read(offset(r.lba), n).await {
-            Err(e) => Done::from_backend(e, false),
-            Ok(mut have) => {
-                for (a, b) in have.iter_mut().zip(&t.data_out) {
-                    *a |= *b;
-                }
-                match lun.backend.write(offset(r.lba), &have).await {
-                    Err(e) => Done::from_backend(e, true),
-                    Ok(()) => Done::good(),
-                }
+        read_modify_write(lun, &r, |mut have| {
+            for (a, b) in have.iter_mut().zip(&t.data_out) {
+                *a |= *b;
             }
-        }
+            Ok(have)
+        })
+        .await
     };
     done.wanted_out = n as u32;
     done
