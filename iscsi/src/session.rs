@@ -25,6 +25,9 @@ pub const NOP_INTERVAL: Duration = Duration::from_secs(30);
 pub const DATA_OUT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest expected transfer a command may announce.
 pub const TRANSFER_BYTES_MAX: u32 = 32 * 1024 * 1024;
+/// Commands running per connection at most: the CmdSN window bounds the
+/// others, this bounds immediate ones too (beyond it: TASK SET FULL).
+pub const RUNNING_MAX: usize = 2 * CMD_WINDOW as usize;
 
 /// The LUN field of a PDU (SAM-5 single level: peripheral or flat).
 pub fn decode_lun(raw: u64) -> u64 {
@@ -617,6 +620,15 @@ async fn task_management(conn: &Arc<Conn>, pdu: Pdu) {
 
 async fn start_command(conn: &Arc<Conn>, pdu: Pdu) {
     let itt = pdu.itt();
+    let busy = conn.running.lock().map(|r| r.len()).unwrap_or(RUNNING_MAX);
+    if busy >= RUNNING_MAX {
+        let full = Done {
+            status: scsi::sense::TASK_SET_FULL,
+            ..Done::default()
+        };
+        respond(conn, &pdu, full, pdu.u32_at(20), &AtomicBool::new(false)).await;
+        return;
+    }
     let lun_id = decode_lun(pdu.lun());
     let writes = pdu.flags() & 0x20 != 0;
     let aborted = Arc::new(AtomicBool::new(false));
