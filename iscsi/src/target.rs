@@ -96,6 +96,23 @@ impl Shared {
         v
     }
 
+    /// The images this process serves.
+    pub fn open_inodes(&self) -> Vec<sparefs_proto::InodeId> {
+        let mut v: Vec<sparefs_proto::InodeId> = self
+            .views
+            .read()
+            .map(|m| {
+                m.values()
+                    .flat_map(|t| t.luns.values().filter_map(|l| l.backend.ino()))
+                    .map(sparefs_proto::InodeId)
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     pub fn new_tsih(&self) -> u16 {
         loop {
             let t = self.next_tsih.fetch_add(1, Ordering::Relaxed);
@@ -304,6 +321,14 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) -> st
                 tokio::time::sleep(REFRESH_EVERY).await;
                 if let Err(e) = s.refresh().await {
                     tracing::warn!("exports: {e}");
+                }
+                // The images served are open files of this client: the meta
+                // keeps one unlinked meanwhile (through the mount, say) until
+                // the target lets it go, as it does for a mount's files.
+                if let Some(meta) = &s.meta {
+                    if let Err(e) = meta.keepalive(s.open_inodes()).await {
+                        tracing::warn!("keepalive: {e}");
+                    }
                 }
                 if beat.elapsed() >= HEARTBEAT_EVERY {
                     beat = tokio::time::Instant::now();
