@@ -162,16 +162,7 @@ async fn one(client: &Arc<MetaClient>, cmd: &FsCmd, path: &str) -> Result<(), Cl
         }
         FsCmd::Mkdir { parents, .. } => {
             if *parents {
-                let mut cur = client.resolve("/").await?;
-                for part in path.split('/').filter(|p| !p.is_empty()) {
-                    cur = match client.lookup(cur.ino, part.as_bytes()).await {
-                        Ok(a) => a,
-                        Err(ClientError::Errno(sparefs_proto::Errno::ENOENT)) => {
-                            client.mkdir(cur.ino, part.as_bytes(), 0o755).await?
-                        }
-                        Err(e) => return Err(e),
-                    };
-                }
+                mkdir_p(client, path).await?;
             } else {
                 let (dir, name) = client.resolve_parent(path).await?;
                 client.mkdir(dir.ino, &name, 0o755).await?;
@@ -317,4 +308,19 @@ pub async fn policy(meta: &str, cmd: PolicyCmd) -> anyhow::Result<i32> {
             Ok(1)
         }
     }
+}
+
+/// `mkdir -p`: every missing directory of `path`, mode 0755.
+pub(crate) async fn mkdir_p(client: &MetaClient, path: &str) -> Result<(), ClientError> {
+    let mut cur = client.resolve("/").await?;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        cur = match client.lookup(cur.ino, part.as_bytes()).await {
+            Ok(a) => a,
+            Err(ClientError::Errno(sparefs_proto::Errno::ENOENT)) => {
+                client.mkdir(cur.ino, part.as_bytes(), 0o755).await?
+            }
+            Err(e) => return Err(e),
+        };
+    }
+    Ok(())
 }

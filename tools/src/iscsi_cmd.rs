@@ -5,10 +5,9 @@
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use sparefs_client::{ClientError, MetaClient};
+use sparefs_client::MetaClient;
 use sparefs_iscsi::exports::{self, Credentials, LunRec, TargetRec, DEFAULT_IQN};
 use sparefs_proto::namespace::{FileKind, SetAttr};
-use sparefs_proto::Errno;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -112,17 +111,21 @@ fn size_of(text: &str) -> anyhow::Result<u64> {
     Ok(n)
 }
 
-async fn mkdir_p(c: &MetaClient, dir: &str) -> Result<(), ClientError> {
-    let mut cur = c.resolve("/").await?;
-    for part in dir.split('/').filter(|p| !p.is_empty()) {
-        cur = match c.lookup(cur.ino, part.as_bytes()).await {
-            Ok(a) => a,
-            Err(ClientError::Errno(Errno::ENOENT)) => {
-                c.mkdir(cur.ino, part.as_bytes(), 0o755).await?
-            }
-            Err(e) => return Err(e),
-        };
-    }
+/// Sizes an image (sparse: no bytes are written).
+async fn set_size(
+    c: &MetaClient,
+    ino: sparefs_proto::InodeId,
+    bytes: u64,
+    path: &str,
+) -> anyhow::Result<()> {
+    let set = SetAttr {
+        size: Some(bytes),
+        ..Default::default()
+    };
+    c.setattr(ino, set)
+        .await
+        .with_context(|| format!("sizing {path}"))?;
+    println!("{path}: {bytes} bytes");
     Ok(())
 }
 
@@ -132,7 +135,7 @@ pub async fn image(meta: &str, cmd: ImageCmd) -> anyhow::Result<i32> {
         ImageCmd::Create { path, size } => {
             let bytes = size_of(&size)?;
             if let Some((dir, _)) = path.rsplit_once('/') {
-                mkdir_p(&c, dir)
+                crate::fs_cmd::mkdir_p(&c, dir)
                     .await
                     .with_context(|| format!("making {dir}"))?;
             }
@@ -144,16 +147,7 @@ pub async fn image(meta: &str, cmd: ImageCmd) -> anyhow::Result<i32> {
                 .create(dir.ino, &name, 0o600, true)
                 .await
                 .with_context(|| format!("creating {path}"))?;
-            c.setattr(
-                a.ino,
-                SetAttr {
-                    size: Some(bytes),
-                    ..Default::default()
-                },
-            )
-            .await
-            .with_context(|| format!("sizing {path}"))?;
-            println!("{path}: {bytes} bytes");
+            set_size(&c, a.ino, bytes, &path).await?;
         }
         ImageCmd::Resize { path, size, force } => {
             let bytes = size_of(&size)?;
@@ -164,16 +158,7 @@ pub async fn image(meta: &str, cmd: ImageCmd) -> anyhow::Result<i32> {
                     a.size
                 );
             }
-            c.setattr(
-                a.ino,
-                SetAttr {
-                    size: Some(bytes),
-                    ..Default::default()
-                },
-            )
-            .await
-            .with_context(|| format!("resizing {path}"))?;
-            println!("{path}: {bytes} bytes");
+            set_size(&c, a.ino, bytes, &path).await?;
         }
         ImageCmd::List { dir } => {
             let targets = exports::load_all(&c).await.map_err(anyhow::Error::msg)?;
