@@ -59,6 +59,10 @@ pub struct DataClient {
     pub bad_fragments: std::sync::atomic::AtomicU64,
     /// Verified block tables (end-to-end checks of partial reads).
     tables: verify::Tables,
+    /// Files this client writes under a fence (`set_fence`): every commit
+    /// of theirs carries the epoch and is refused once a newer holder
+    /// took the file.
+    fences: Mutex<HashMap<InodeId, u64>>,
 }
 
 fn chunk_of(offset: u64) -> (u64, u32) {
@@ -149,7 +153,23 @@ impl DataClient {
             chunks_epoch: std::sync::atomic::AtomicU64::new(0),
             bad_fragments: std::sync::atomic::AtomicU64::new(0),
             tables: verify::Tables::default(),
+            fences: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Commits of `ino` from now on carry `epoch` (`WriteOp::Fenced`); `None`
+    /// sends them unfenced again.
+    pub fn set_fence(&self, ino: InodeId, epoch: Option<u64>) {
+        if let Ok(mut f) = self.fences.lock() {
+            match epoch {
+                Some(e) => f.insert(ino, e),
+                None => f.remove(&ino),
+            };
+        }
+    }
+
+    fn fence_of(&self, ino: InodeId) -> Option<u64> {
+        self.fences.lock().ok()?.get(&ino).copied()
     }
 
     async fn refresh_servers(&self) -> Result<()> {
@@ -841,6 +861,13 @@ impl DataClient {
                 size_at_least,
                 then: then.to_vec(),
             }
+        };
+        let op = match self.fence_of(ino) {
+            Some(epoch) => WriteOp::Fenced {
+                epoch,
+                op: Box::new(op),
+            },
+            None => op,
         };
         // As the writer, when one without CAP_FSETID wrote: the meta clears
         // the file's set-id bits then (commits need no permission: access

@@ -16,6 +16,9 @@ pub enum BackendError {
     Unavailable(String),
     #[error("no space")]
     NoSpace,
+    /// Another target took the image over (its fence is newer).
+    #[error("fenced: another target holds the image now")]
+    Fenced,
     #[error("{0}")]
     Io(String),
 }
@@ -39,11 +42,20 @@ pub trait Backend: Send + Sync {
     fn ino(&self) -> Option<u64> {
         None
     }
+    /// Starts serving as the image's writer under fence `epoch`: what was
+    /// cached from before (another target may have written since) is
+    /// dropped, and every commit from now on carries the epoch.
+    fn activate(&self, _epoch: u64) -> BoxFuture<'_, std::result::Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// An image file in sparefs, open through the client library.
 pub struct ImageBackend {
-    file: Arc<sparefs_client::OpenFile>,
+    data: Arc<sparefs_client::DataClient>,
+    ino: sparefs_proto::InodeId,
+    /// Reopened at every activation.
+    file: std::sync::RwLock<Arc<sparefs_client::OpenFile>>,
     size: std::sync::atomic::AtomicU64,
 }
 
@@ -57,6 +69,7 @@ fn client_error(e: sparefs_client::ClientError) -> BackendError {
             BackendError::Unavailable(e.to_string())
         }
         ClientError::Errno(Errno::ENOSPC) => BackendError::NoSpace,
+        ClientError::Errno(Errno::EKEYREVOKED) => BackendError::Fenced,
         ClientError::Errno(Errno::ETIMEDOUT | Errno::EAGAIN) => {
             BackendError::Unavailable(e.to_string())
         }
@@ -74,13 +87,22 @@ impl ImageBackend {
             .await
             .map_err(|e| format!("image inode {ino}: {e}"))?;
         let data = Arc::new(sparefs_client::DataClient::new(meta));
-        let file = sparefs_client::OpenFile::open(data, &attr)
+        let file = sparefs_client::OpenFile::open(data.clone(), &attr)
             .await
             .map_err(|e| format!("opening image inode {ino}: {e}"))?;
         Ok(ImageBackend {
-            file: Arc::new(file),
+            data,
+            ino: sparefs_proto::InodeId(ino),
+            file: std::sync::RwLock::new(Arc::new(file)),
             size: std::sync::atomic::AtomicU64::new(attr.size),
         })
+    }
+
+    fn file(&self) -> Arc<sparefs_client::OpenFile> {
+        match self.file.read() {
+            Ok(f) => f.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 }
 
@@ -90,17 +112,39 @@ impl Backend for ImageBackend {
     }
     fn resized(&self, size: u64) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            self.file.set_size(size).await;
+            self.file().set_size(size).await;
             self.size.store(size, std::sync::atomic::Ordering::Relaxed);
         })
     }
     fn ino(&self) -> Option<u64> {
-        Some(self.file.ino.0)
+        Some(self.ino.0)
+    }
+    fn activate(&self, epoch: u64) -> BoxFuture<'_, std::result::Result<(), String>> {
+        Box::pin(async move {
+            self.data.set_fence(self.ino, Some(epoch));
+            self.data.invalidate(self.ino);
+            let attr = self
+                .data
+                .meta
+                .getattr(self.ino)
+                .await
+                .map_err(|e| format!("image inode {}: {e}", self.ino.0))?;
+            let file = sparefs_client::OpenFile::open(self.data.clone(), &attr)
+                .await
+                .map_err(|e| format!("opening image inode {}: {e}", self.ino.0))?;
+            match self.file.write() {
+                Ok(mut f) => *f = Arc::new(file),
+                Err(p) => *p.into_inner() = Arc::new(file),
+            }
+            self.size
+                .store(attr.size, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        })
     }
     fn read(&self, offset: u64, len: usize) -> BoxFuture<'_, Result<Vec<u8>>> {
         Box::pin(async move {
             let mut out = self
-                .file
+                .file()
                 .read(offset, len, self.size())
                 .await
                 .map_err(client_error)?;
@@ -110,14 +154,20 @@ impl Backend for ImageBackend {
         })
     }
     fn write<'a>(&'a self, offset: u64, data: &'a [u8]) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move { self.file.write(offset, data).await.map_err(client_error) })
+        Box::pin(async move { self.file().write(offset, data).await.map_err(client_error) })
     }
     fn flush(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move { self.file.flush().await.map(|_| ()).map_err(client_error) })
+        Box::pin(async move {
+            self.file()
+                .flush()
+                .await
+                .map(|_| ())
+                .map_err(client_error)
+        })
     }
     fn unmap(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.file
+            self.file()
                 .punch_hole(offset, len)
                 .await
                 .map_err(client_error)

@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod exports;
+pub mod failover;
 pub mod login;
 pub mod params;
 pub mod pdu;

@@ -11,6 +11,8 @@ use crate::text;
 /// Login status class and detail (§11.13.5).
 pub mod status {
     pub const SUCCESS: u16 = 0x0000;
+    /// Redirection: the target moved temporarily (to `TargetAddress`).
+    pub const MOVED_TEMPORARILY: u16 = 0x0101;
     pub const AUTH_FAILURE: u16 = 0x0201;
     pub const FORBIDDEN: u16 = 0x0202;
     pub const NOT_FOUND: u16 = 0x0203;
@@ -32,6 +34,11 @@ pub struct TargetAuth {
     pub chap: Option<Credentials>,
     pub mutual: Option<Credentials>,
     pub initiators: Vec<String>,
+    /// This portal's group tag (`TargetPortalGroupTag`).
+    pub portal_group: u16,
+    /// Where to send the initiator instead (`host:port,tag`): a standby
+    /// target that redirects logins to the active one.
+    pub redirect: Option<String>,
 }
 
 /// Finds targets by name for the login.
@@ -274,15 +281,24 @@ impl Login {
                 if !auth.initiators.is_empty() && !auth.initiators.iter().any(|i| i == &initiator) {
                     return self.fail(req, status::FORBIDDEN);
                 }
-                self.auth = Some(auth);
-                if first {
-                    out.push(("TargetPortalGroupTag".into(), "1".into()));
+                if let Some(to) = &auth.redirect {
+                    let keys = [("TargetAddress".to_string(), to.clone())];
+                    return Step::Fail(self.response(req, false, 0, status::MOVED_TEMPORARILY, &keys));
                 }
+                if first {
+                    out.push((
+                        "TargetPortalGroupTag".into(),
+                        auth.portal_group.to_string(),
+                    ));
+                }
+                self.auth = Some(auth);
             } else {
                 self.auth = Some(TargetAuth {
                     chap: None,
                     mutual: None,
                     initiators: Vec::new(),
+                    portal_group: 0,
+                    redirect: None,
                 });
             }
         }
@@ -453,6 +469,8 @@ mod tests {
                 chap: self.0.clone(),
                 mutual: Some("tgt:targetsecret1".parse().expect("creds")),
                 initiators: vec![],
+                portal_group: 1,
+                redirect: None,
             })
         }
     }

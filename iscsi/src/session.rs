@@ -256,7 +256,7 @@ async fn full_feature<R, W>(
         &logged.initiator,
         logged.isid,
         &target,
-        crate::scsi::info::TARGET_PORT_GROUP,
+        shared.group(),
     );
     let view = if logged.kind == SessionType::Normal {
         shared.view(&target)
@@ -588,7 +588,7 @@ async fn task_management(conn: &Arc<Conn>, pdu: Pdu) {
                 for w in abort(&|_, t| t.lun == lun_id) {
                     let _ = tokio::time::timeout(Duration::from_secs(30), w.notified()).await;
                 }
-                l.reset(&conn.nexus);
+                l.reset(&conn.nexus).await;
                 0
             }
         },
@@ -599,7 +599,7 @@ async fn task_management(conn: &Arc<Conn>, pdu: Pdu) {
             }
             if let Some(v) = &conn.view {
                 for l in v.luns.values() {
-                    l.reset(&conn.nexus);
+                    l.reset(&conn.nexus).await;
                 }
             }
             0
@@ -935,6 +935,8 @@ impl crate::login::Directory for Shared {
             chap: v.rec.chap.clone(),
             mutual: v.rec.mutual.clone(),
             initiators: v.rec.initiators.clone(),
+            portal_group: self.group(),
+            redirect: self.redirect_for(&v),
         })
     }
 }

@@ -5,20 +5,20 @@
 
 use crate::backend::{Backend, ImageBackend};
 use crate::exports::{self, TargetRec};
-use crate::scsi::{pr::Reservations, Lun};
+use crate::scsi::{pr::Reservations, AccessState, Lun, PortGroups};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 
 /// Write data buffered for commands in flight, all sessions together.
 pub const DATA_BUDGET_BYTES: usize = 512 * 1024 * 1024;
-pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// How often exports, reservations and sizes are read again.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// A target whose heartbeat is older than this is shown as gone.
-pub const HEARTBEAT_STALE_SECS: u64 = 30;
+pub const HEARTBEAT_STALE_SECS: u64 = 10;
 
 /// One IQN as this process serves it.
 pub struct TargetView {
@@ -44,6 +44,12 @@ pub struct Heartbeat {
     pub host: String,
     pub updated_unix: u64,
     pub sessions: Vec<SessionInfo>,
+    /// Random per run: the fence holder name (`failover::holder_name`).
+    #[serde(default)]
+    pub incarnation: u64,
+    /// Its target port group (ALUA) and portal group tag.
+    #[serde(default)]
+    pub group: u16,
 }
 
 struct SessionEntry {
@@ -59,6 +65,12 @@ pub struct Shared {
     next_tsih: AtomicU16,
     pub data_budget: Arc<Semaphore>,
     pub portal: String,
+    incarnation: u64,
+    group: AtomicU16,
+    /// Whether a login to a standby is sent to the active target.
+    redirect: AtomicBool,
+    /// Portal of every live target's group (from their heartbeats).
+    peer_portals: Mutex<HashMap<u16, String>>,
 }
 
 impl Shared {
@@ -70,7 +82,72 @@ impl Shared {
             next_tsih: AtomicU16::new(1),
             data_budget: Arc::new(Semaphore::new(DATA_BUDGET_BYTES / 1024)),
             portal,
+            incarnation: rand::random::<u64>(),
+            group: AtomicU16::new(1),
+            redirect: AtomicBool::new(false),
+            peer_portals: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// This process's target port group (ALUA) and portal group tag.
+    pub fn group(&self) -> u16 {
+        self.group.load(Ordering::Relaxed)
+    }
+
+    pub fn set_group(&self, g: u16) {
+        self.group.store(g, Ordering::Relaxed);
+    }
+
+    pub fn set_redirect(&self, on: bool) {
+        self.redirect.store(on, Ordering::Relaxed);
+    }
+
+    /// This process's name as a fence holder.
+    pub fn holder(&self) -> String {
+        crate::failover::holder_name(&self.portal, self.incarnation)
+    }
+
+    pub fn set_peer_portals(&self, m: HashMap<u16, String>) {
+        if let Ok(mut p) = self.peer_portals.lock() {
+            *p = m;
+        }
+    }
+
+    /// Every LUN of every target served.
+    pub fn luns(&self) -> Vec<Arc<Lun>> {
+        self.views
+            .read()
+            .map(|m| {
+                m.values()
+                    .flat_map(|t| t.luns.values().cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Where a login to `view` should go instead: the active target's
+    /// portal, when redirection is on and this process is standby for
+    /// every LUN of the target.
+    pub fn redirect_for(&self, view: &TargetView) -> Option<String> {
+        if !self.redirect.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut active = None;
+        for l in view.luns.values() {
+            let p = l.ports();
+            if p.state() == AccessState::ActiveOptimized {
+                return None;
+            }
+            let a = p
+                .groups
+                .iter()
+                .find(|(_, s)| *s == AccessState::ActiveOptimized)
+                .map(|(g, _)| *g)?;
+            active = Some(a);
+        }
+        let group = active?;
+        let portal = self.peer_portals.lock().ok()?.get(&group).cloned()?;
+        Some(format!("{portal},{group}"))
     }
 
     pub fn view(&self, iqn: &str) -> Option<Arc<TargetView>> {
@@ -180,10 +257,9 @@ impl Shared {
             .iter()
             .filter_map(|(id, l)| {
                 let b = backends.get(id)?.clone();
-                Some((
-                    *id,
-                    Arc::new(Lun::new(*id, l.clone(), b, Reservations::local())),
-                ))
+                let lun = Lun::new(*id, l.clone(), b, Reservations::local());
+                lun.set_ports(PortGroups::alone(self.group()));
+                Some((*id, Arc::new(lun)))
             })
             .collect();
         if let Ok(mut v) = self.views.write() {
@@ -210,7 +286,7 @@ impl Shared {
                     .cloned();
                 let lun = match kept {
                     Some(k) => {
-                        if let Err(e) = k.reservations.refresh().await {
+                        if let Err(e) = k.refresh_reservations().await {
                             tracing::warn!("{} LUN {id}: reservations: {e}", rec.iqn);
                         }
                         k.follow_size(meta).await;
@@ -228,7 +304,14 @@ impl Shared {
                                 l.path,
                                 b.size()
                             );
-                            Arc::new(Lun::new(*id, l.clone(), Arc::new(b), r))
+                            let lun = Lun::new(*id, l.clone(), Arc::new(b), r);
+                            // Standby until the failover loop decides.
+                            lun.set_ports(PortGroups {
+                                mine: self.group(),
+                                active_until: None,
+                                groups: vec![(self.group(), AccessState::Standby)],
+                            });
+                            Arc::new(lun)
                         }
                         Err(e) => {
                             tracing::warn!("{} LUN {id} ({}): {e}", rec.iqn, l.path);
@@ -257,7 +340,7 @@ impl Shared {
         Ok(())
     }
 
-    async fn heartbeat(&self) -> Result<(), String> {
+    pub(crate) async fn heartbeat(&self) -> Result<(), String> {
         let Some(meta) = &self.meta else {
             return Ok(());
         };
@@ -267,6 +350,8 @@ impl Shared {
             host: hostname(),
             updated_unix: unix_now(),
             sessions: self.sessions(),
+            incarnation: self.incarnation,
+            group: self.group(),
         };
         let value = serde_json::to_vec(&hb).map_err(|e| e.to_string())?;
         crate::state::put(meta, &heartbeat_key(&self.portal), None, Some(value))
@@ -298,13 +383,74 @@ fn hostname() -> String {
 
 /// Every target process's last heartbeat.
 pub async fn heartbeats(meta: &sparefs_client::MetaClient) -> Result<Vec<Heartbeat>, String> {
+    Ok(heartbeats_versioned(meta)
+        .await?
+        .into_iter()
+        .map(|(_, h)| h)
+        .collect())
+}
+
+/// Every target process's last heartbeat with its record's version (which
+/// changes at every renewal).
+pub async fn heartbeats_versioned(
+    meta: &sparefs_client::MetaClient,
+) -> Result<Vec<(u64, Heartbeat)>, String> {
     let mut prefix = sparefs_proto::namespace::config::ISCSI_STATE.to_vec();
     prefix.extend_from_slice(b"target/");
     Ok(crate::state::list(meta, &prefix)
         .await?
         .into_iter()
-        .filter_map(|e| serde_json::from_slice(&e.value).ok())
+        .filter_map(|e| Some((e.version, serde_json::from_slice(&e.value).ok()?)))
         .collect())
+}
+
+fn group_key(group: u16) -> Vec<u8> {
+    let mut k = sparefs_proto::namespace::config::ISCSI_STATE.to_vec();
+    k.extend_from_slice(format!("group/{group:05}").as_bytes());
+    k
+}
+
+/// The portal group of `portal`: the one it had before, or the lowest
+/// free one, claimed by compare-and-set (`iscsi/state/group/<n>` holds the
+/// portal) so two targets starting together never share one.
+pub async fn claim_group(meta: &sparefs_client::MetaClient, portal: &str) -> Result<u16, String> {
+    let mut prefix = sparefs_proto::namespace::config::ISCSI_STATE.to_vec();
+    prefix.extend_from_slice(b"group/");
+    for _ in 0..64 {
+        let taken = crate::state::list(meta, &prefix).await?;
+        if let Some(e) = taken.iter().find(|e| e.value == portal.as_bytes()) {
+            let n = std::str::from_utf8(&e.key[prefix.len()..])
+                .ok()
+                .and_then(|s| s.parse::<u16>().ok());
+            if let Some(n) = n {
+                return Ok(n);
+            }
+        }
+        let Some(free) = (1..=u16::MAX).find(|g| !taken.iter().any(|e| e.key == group_key(*g))) else {
+            return Err("no free portal group".into());
+        };
+        match crate::state::put(meta, &group_key(free), Some(0), Some(portal.as_bytes().to_vec()))
+            .await
+        {
+            Ok(_) => return Ok(free),
+            Err(crate::state::PutError::Stale) => continue,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err("portal groups kept changing".into())
+}
+
+/// `claim_group` until the meta answers.
+pub async fn claim_group_retrying(meta: &sparefs_client::MetaClient, portal: &str) -> u16 {
+    loop {
+        match claim_group(meta, portal).await {
+            Ok(g) => return g,
+            Err(e) => {
+                tracing::warn!("portal group: {e}; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 /// Accepts connections until the listener fails; refreshes exports and
@@ -314,9 +460,9 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) -> st
         if let Err(e) = shared.refresh().await {
             tracing::warn!("exports: {e}");
         }
+        tokio::spawn(crate::failover::run(shared.clone()));
         let s = shared.clone();
         tokio::spawn(async move {
-            let mut beat = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(REFRESH_EVERY).await;
                 if let Err(e) = s.refresh().await {
@@ -330,17 +476,8 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) -> st
                         tracing::warn!("keepalive: {e}");
                     }
                 }
-                if beat.elapsed() >= HEARTBEAT_EVERY {
-                    beat = tokio::time::Instant::now();
-                    if let Err(e) = s.heartbeat().await {
-                        tracing::warn!("heartbeat: {e}");
-                    }
-                }
             }
         });
-        if let Err(e) = shared.heartbeat().await {
-            tracing::warn!("heartbeat: {e}");
-        }
     }
     // Connections held at most (idle ones included): as many as the
     // open-file limit leaves room for, like every other daemon.

@@ -29,9 +29,11 @@ pub enum Cf {
     Compact,
     /// Cluster configuration records (`ns::config`).
     Config,
+    /// Writer fences of files (`ns::fence`).
+    Fences,
 }
 
-pub const STATE_CFS: [Cf; 15] = [
+pub const STATE_CFS: [Cf; 16] = [
     Cf::Inodes,
     Cf::Dentries,
     Cf::DirIndex,
@@ -47,6 +49,7 @@ pub const STATE_CFS: [Cf; 15] = [
     Cf::Pending,
     Cf::Compact,
     Cf::Config,
+    Cf::Fences,
 ];
 
 impl Cf {
@@ -67,6 +70,7 @@ impl Cf {
             Cf::Pending => "pending",
             Cf::Compact => "compact",
             Cf::Config => "config",
+            Cf::Fences => "fences",
         }
     }
 

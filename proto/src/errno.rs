@@ -52,6 +52,9 @@ pub enum Errno {
     ETIMEDOUT = 110,
     #[error("Stale file handle")]
     ESTALE = 116,
+    /// A fenced commit from a writer whose fence was taken over.
+    #[error("Key has been revoked")]
+    EKEYREVOKED = 128,
 }
 
 impl Errno {
@@ -67,6 +70,7 @@ impl Errno {
             Errno::ENOENT => "ENOENT",
             Errno::EIO => "EIO",
             Errno::ESTALE => "ESTALE",
+            Errno::EKEYREVOKED => "EKEYREVOKED",
             Errno::EAGAIN => "EAGAIN",
             Errno::EACCES => "EACCES",
             Errno::EBUSY => "EBUSY",

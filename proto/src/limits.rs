@@ -57,3 +57,5 @@ pub const CONFIG_KEY_BYTES_MAX: usize = 512;
 pub const CONFIG_VALUE_BYTES_MAX: usize = 256 * 1024;
 /// Records one `ReadOp::ListConfig` answers (the rest by paging).
 pub const CONFIG_LIST_MAX: usize = 256;
+/// A writer fence holder's name (`WriteOp::TakeFence`).
+pub const FENCE_HOLDER_BYTES_MAX: usize = 256;

@@ -269,6 +269,11 @@ pub enum ReadOp {
         #[serde(with = "serde_bytes")]
         after: Vec<u8>,
     },
+    /// The writer fence of `ino` (`WriteOp::TakeFence`), answered with
+    /// `NsReply::Fence` (epoch 0 and no holder if nobody ever took it).
+    GetFence {
+        ino: InodeId,
+    },
 }
 
 /// Operations that change state. Each goes through Raft and is applied once.
@@ -494,6 +499,25 @@ pub enum WriteOp {
         expect: Option<u64>,
         value: Option<serde_bytes::ByteBuf>,
     },
+    /// Makes `holder` the only writer of `ino` that fenced commits accept:
+    /// if the inode's fence epoch is `expect`, it becomes `expect + 1`
+    /// with this holder; otherwise ESTALE (someone else took it first).
+    /// Answered with `NsReply::Fence`. For iSCSI targets taking over an
+    /// image (docs/iscsi.md, failover).
+    TakeFence {
+        ino: InodeId,
+        expect: u64,
+        holder: String,
+    },
+    /// `op` (a commit of data to one file) applied only if the file's
+    /// fence epoch is not above `epoch`: a writer that lost its fence to a
+    /// newer holder can land nothing more (slices become visible only at
+    /// commit, so fencing the commit fences the data). Refused with
+    /// EKEYREVOKED.
+    Fenced {
+        epoch: u64,
+        op: Box<WriteOp>,
+    },
 }
 
 /// One cluster configuration record (`WriteOp::PutConfig`).
@@ -602,6 +626,11 @@ pub enum NsReply {
     },
     /// `WriteOp::PutConfig`: the record's version now (0: removed).
     ConfigVersion(u64),
+    /// `ReadOp::GetFence`, `WriteOp::TakeFence`: a file's writer fence.
+    Fence {
+        epoch: u64,
+        holder: String,
+    },
 }
 
 #[cfg(test)]

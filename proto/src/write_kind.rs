@@ -69,6 +69,7 @@ impl WriteOp {
             WriteOp::CommitSlicesThenSetAttrs { then, .. } => {
                 then.iter_mut().map(|(c, _)| c).collect()
             }
+            WriteOp::Fenced { op, .. } => op.inner_callers_mut(),
             WriteOp::Delegated { ops, then } => {
                 let mut all = Vec::new();
                 for d in ops.iter_mut() {
@@ -110,7 +111,8 @@ impl WriteOp {
             | WriteOp::DrainChunkserver { .. }
             | WriteOp::RemoveChunkserver { .. }
             | WriteOp::RegisterChunkserver { .. }
-            | WriteOp::PutConfig { .. } => Vec::new(),
+            | WriteOp::PutConfig { .. }
+            | WriteOp::TakeFence { .. } => Vec::new(),
         }
     }
 
@@ -154,6 +156,13 @@ impl WriteOp {
             WriteOp::AllocateBlocks { .. } | WriteOp::ReplaceSlices { .. } => Origin::DataMover,
             WriteOp::DrainChunkserver { .. } | WriteOp::RemoveChunkserver { .. } => Origin::Admin,
             WriteOp::RegisterChunkserver { .. } => Origin::Chunkserver,
+            // A fenced op is only ever a user's commit (the meta refuses
+            // anything else inside).
+            WriteOp::Fenced { op, .. } => match op.origin() {
+                Origin::User => Origin::User,
+                _ => Origin::Leader,
+            },
+            WriteOp::TakeFence { .. } => Origin::Iscsi,
             WriteOp::PutConfig { key, .. } => {
                 if key.starts_with(crate::namespace::config::ISCSI_STATE) {
                     Origin::Iscsi
@@ -177,6 +186,9 @@ impl WriteOp {
     pub fn must_be_durable(&self) -> bool {
         match self {
             WriteOp::Delegated { then, .. } => then.as_ref().is_some_and(|op| op.must_be_durable()),
+            WriteOp::Fenced { op, .. } => op.must_be_durable(),
+            // A new holder writes nothing before its fence is on disk.
+            WriteOp::TakeFence { .. } => true,
             WriteOp::SetAttr { set, .. } => set.size.is_some(),
             WriteOp::MkNod { .. }
             | WriteOp::Mkdir { .. }
@@ -249,6 +261,8 @@ impl WriteOp {
             | WriteOp::SetClusterKey { .. }
             | WriteOp::PutConfig { .. }
             | WriteOp::Delegated { .. }
+            | WriteOp::TakeFence { .. }
+            | WriteOp::Fenced { .. }
             | WriteOp::ReapOrphans { .. } => false,
         }
     }
@@ -291,7 +305,9 @@ impl WriteOp {
             | WriteOp::ReturnDelegations { .. }
             | WriteOp::ReserveInodes { .. }
             | WriteOp::Truncate { .. }
+            | WriteOp::TakeFence { .. }
             | WriteOp::ReapOrphans { .. } => Vec::new(),
+            WriteOp::Fenced { op, .. } => op.dirs_named(),
         }
     }
 
@@ -350,7 +366,9 @@ impl WriteOp {
             | WriteOp::Delegate { .. }
             | WriteOp::ReturnDelegations { .. }
             | WriteOp::ReserveInodes { .. }
+            | WriteOp::TakeFence { .. }
             | WriteOp::ReapOrphans { .. } => DelegationScope::default(),
+            WriteOp::Fenced { op, .. } => op.delegation_scope(),
         }
     }
 
@@ -398,6 +416,8 @@ impl WriteOp {
             | WriteOp::SetClusterKey { .. }
             | WriteOp::PutConfig { .. }
             | WriteOp::ReapOrphans { .. } => CacheEffect::Unknown,
+            WriteOp::TakeFence { .. } => CacheEffect::Nothing,
+            WriteOp::Fenced { op, .. } => op.cache_effect(),
         }
     }
 }

@@ -54,6 +54,20 @@ pub enum IscsiCmd {
         size: String,
         #[arg(long, default_value = DEFAULT_IQN)]
         iqn: String,
+        /// The address initiators and the other targets reach this one at
+        /// (default: --listen, or this host's name when --listen is a
+        /// wildcard address). It names the target in the cluster.
+        #[arg(long)]
+        portal: Option<String>,
+        /// This target's portal group (ALUA target port group, one per
+        /// target process); default: the one it had, or the lowest free.
+        #[arg(long)]
+        portal_group: Option<u16>,
+        /// Answer a login to a LUN this target is standby for with a
+        /// temporary redirect to the active target (for initiators without
+        /// multipath; leave off for multipath, which wants every path).
+        #[arg(long)]
+        redirect: bool,
     },
     /// Export an image file as a LUN.
     Export {
@@ -259,7 +273,17 @@ pub async fn iscsi(cmd: IscsiCmd, tls: Option<PathBuf>) -> anyhow::Result<i32> {
             file,
             size,
             iqn,
-        } => serve(meta, listen, file, size, iqn, tls).await,
+            portal,
+            portal_group,
+            redirect,
+        } => {
+            let how = ServeHow {
+                portal,
+                portal_group,
+                redirect,
+            };
+            serve(meta, listen, file, size, iqn, how, tls).await
+        }
         IscsiCmd::Export {
             meta,
             path,
@@ -372,19 +396,44 @@ pub async fn summary(c: &MetaClient) -> anyhow::Result<serde_json::Value> {
         .await
         .map_err(anyhow::Error::msg)?;
     let now = sparefs_iscsi::target::unix_now();
-    Ok(serde_json::json!({
-        "exports": targets.iter().map(|(t, _)| serde_json::json!({
+    let up = |b: &sparefs_iscsi::target::Heartbeat| {
+        now.saturating_sub(b.updated_unix) <= sparefs_iscsi::target::HEARTBEAT_STALE_SECS
+    };
+    let mut exports = Vec::new();
+    for (t, _) in &targets {
+        let mut luns = Vec::new();
+        for (n, l) in &t.luns {
+            // Which target writes the image (the fence holder), under which
+            // epoch, and which live targets stand by for it.
+            let (epoch, holder) = sparefs_iscsi::failover::get_fence(c, l.ino)
+                .await
+                .unwrap_or((0, String::new()));
+            let active = sparefs_iscsi::failover::holder_portal(&holder)
+                .filter(|p| beats.iter().any(|b| b.portal == *p && up(b)))
+                .map(str::to_string);
+            let standby: Vec<&str> = beats
+                .iter()
+                .filter(|b| up(b) && Some(b.portal.as_str()) != active.as_deref())
+                .map(|b| b.portal.as_str())
+                .collect();
+            luns.push(serde_json::json!({
+                "lun": n, "path": l.path, "read_only": l.read_only, "naa": format!("{:016x}", l.naa),
+                "active": active, "epoch": epoch, "standby": standby,
+            }));
+        }
+        exports.push(serde_json::json!({
             "iqn": t.iqn,
             "chap": t.chap.is_some(),
             "mutual_chap": t.mutual.is_some(),
             "initiators": t.initiators,
-            "luns": t.luns.iter().map(|(n, l)| serde_json::json!({
-                "lun": n, "path": l.path, "read_only": l.read_only, "naa": format!("{:016x}", l.naa)
-            })).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
+            "luns": luns,
+        }));
+    }
+    Ok(serde_json::json!({
+        "exports": exports,
         "targets": beats.iter().map(|b| serde_json::json!({
-            "portal": b.portal, "host": b.host, "pid": b.pid,
-            "up": now.saturating_sub(b.updated_unix) <= sparefs_iscsi::target::HEARTBEAT_STALE_SECS,
+            "portal": b.portal, "host": b.host, "pid": b.pid, "portal_group": b.group,
+            "up": up(b),
             "seconds_since_heartbeat": now.saturating_sub(b.updated_unix),
             "sessions": b.sessions,
         })).collect::<Vec<_>>(),
@@ -418,10 +467,23 @@ pub fn print_summary(v: &serde_json::Value) {
             } else {
                 ""
             };
+            let active = l["active"].as_str().unwrap_or("none");
+            let standby: Vec<&str> = l["standby"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .filter_map(|s| s.as_str())
+                .collect();
+            let standby = if standby.is_empty() {
+                "none".to_string()
+            } else {
+                standby.join(", ")
+            };
             println!(
-                "    LUN {}: {}{ro}",
+                "    LUN {}: {}{ro}; active {active} (epoch {}), standby {standby}",
                 l["lun"],
-                l["path"].as_str().unwrap_or("?")
+                l["path"].as_str().unwrap_or("?"),
+                l["epoch"]
             );
         }
     }
@@ -434,8 +496,9 @@ pub fn print_summary(v: &serde_json::Value) {
         };
         let sessions = b["sessions"].as_array().unwrap_or(&empty);
         println!(
-            "  {} on {} (pid {}): {state}, {} sessions",
+            "  {} (portal group {}) on {} (pid {}): {state}, {} sessions",
             b["portal"].as_str().unwrap_or("?"),
+            b["portal_group"],
             b["host"].as_str().unwrap_or("?"),
             b["pid"],
             sessions.len()
@@ -455,21 +518,44 @@ pub fn print_summary(v: &serde_json::Value) {
     }
 }
 
+/// How a target process presents itself to the others (failover).
+struct ServeHow {
+    portal: Option<String>,
+    portal_group: Option<u16>,
+    redirect: bool,
+}
+
+/// The name of a portal listening on `local`: itself, or with a wildcard
+/// address this host's name.
+fn portal_name(local: std::net::SocketAddr) -> String {
+    if !local.ip().is_unspecified() {
+        return local.to_string();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}", local.port())
+}
+
 async fn serve(
     meta: Option<String>,
     listen: String,
     file: Option<PathBuf>,
     size: String,
     iqn: String,
+    how: ServeHow,
     tls: Option<PathBuf>,
 ) -> anyhow::Result<i32> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
-    let portal = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or(listen.clone());
+    let portal = match how.portal {
+        Some(p) => p,
+        None => listener
+            .local_addr()
+            .map(portal_name)
+            .unwrap_or(listen.clone()),
+    };
     let shared = match (meta, file) {
         (Some(meta), None) => {
             let mut c = sparefs_client::MetaClient::new(
@@ -483,7 +569,15 @@ async fn serve(
                     None,
                 )?);
             }
-            sparefs_iscsi::target::Shared::new(Some(Arc::new(c)), portal.clone())
+            let meta = Arc::new(c);
+            let shared = sparefs_iscsi::target::Shared::new(Some(meta.clone()), portal.clone());
+            let group = match how.portal_group {
+                Some(g) => g,
+                None => sparefs_iscsi::target::claim_group_retrying(&meta, &portal).await,
+            };
+            shared.set_group(group);
+            shared.set_redirect(how.redirect);
+            shared
         }
         (None, Some(file)) => {
             let bytes = size_of(&size)?;
@@ -513,7 +607,7 @@ async fn serve(
         }
         _ => bail!("give --meta ADDRS (the cluster's exports) or --file PATH"),
     };
-    println!("iscsi target on {portal}");
+    println!("iscsi target on {portal} (portal group {})", shared.group());
     sparefs_iscsi::target::serve(shared, listener).await?;
     Ok(0)
 }

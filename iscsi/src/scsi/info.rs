@@ -11,10 +11,6 @@ use super::{be16, be32, clip, Done, Lun, Task, BLOCK_BYTES};
 pub const VENDOR: &[u8; 8] = b"SPAREFS ";
 pub const PRODUCT: &[u8; 16] = b"sparefs image   ";
 pub const REVISION: &[u8; 4] = b"0001";
-/// This process's one target port group and relative port (issue 16
-/// gives each target process its own).
-pub const TARGET_PORT_GROUP: u16 = 1;
-pub const RELATIVE_PORT: u16 = 1;
 
 fn page(code: u8, body: Vec<u8>) -> Vec<u8> {
     let mut out = vec![0u8, code];
@@ -92,17 +88,11 @@ fn designators(lun: &Lun, t: &Task<'_>) -> Vec<u8> {
     t10.extend_from_slice(lun.rec.serial().as_bytes());
     out.extend(designator(0x02, 0x01, &t10));
     // PIV, target port association: relative port, port group, name.
-    out.extend(designator(0x01, 0x94, &[0, 0, 0, RELATIVE_PORT as u8]));
-    out.extend(designator(
-        0x01,
-        0x95,
-        &[
-            0,
-            0,
-            (TARGET_PORT_GROUP >> 8) as u8,
-            TARGET_PORT_GROUP as u8,
-        ],
-    ));
+    // Each target process is one port in a group of its own, so both
+    // numbers are its group's.
+    let [hi, lo] = lun.ports().mine.to_be_bytes();
+    out.extend(designator(0x01, 0x94, &[0, 0, hi, lo]));
+    out.extend(designator(0x01, 0x95, &[0, 0, hi, lo]));
     let mut name = t.nexus.target_port.clone().into_bytes();
     name.push(0);
     while !name.len().is_multiple_of(4) {
@@ -496,24 +486,39 @@ pub fn report_opcodes(t: &Task<'_>) -> Done {
     Done::data(clip(d, alloc))
 }
 
-pub fn report_target_port_groups(t: &Task<'_>) -> Done {
+/// Every target process serving the LU is a group of one port (its
+/// relative port number is the group's), active/optimized for the holder
+/// of the image's fence, standby for the others (implicit ALUA).
+pub fn report_target_port_groups(lun: &Lun, t: &Task<'_>) -> Done {
     if t.cdb.len() < 12 {
         return Done::invalid_cdb();
     }
     let extended = (t.cdb[1] >> 5) == 1;
     let alloc = be32(t.cdb, 6);
-    let mut desc = vec![0u8; 8];
-    desc[0] = 0x80; // PREF, active/optimized
-    desc[1] = 0x07; // supports standby, unavailable... active/non-opt, active/opt
-    desc[2..4].copy_from_slice(&TARGET_PORT_GROUP.to_be_bytes());
-    desc[7] = 1;
-    desc.extend_from_slice(&[0, 0, 0, RELATIVE_PORT as u8]);
+    let ports = lun.ports();
     let mut d = if extended {
-        vec![0, 0, 0, 0, 0x10, 0, 0, 0]
+        // Implicit transition time: a standby takes over within seconds.
+        vec![0, 0, 0, 0, 0x10, 10, 0, 0]
     } else {
         vec![0, 0, 0, 0]
     };
-    d.extend(desc);
+    for (group, state) in &ports.groups {
+        let state = if *group == ports.mine {
+            ports.state()
+        } else {
+            *state
+        };
+        let mut desc = vec![0u8; 8];
+        desc[0] = state.code();
+        // Supported: transitioning, standby, active/optimized.
+        desc[1] = 0x80 | 0x04 | 0x01;
+        desc[2..4].copy_from_slice(&group.to_be_bytes());
+        desc[5] = 0x02; // status: altered by an implicit transition
+        desc[7] = 1;
+        let [hi, lo] = group.to_be_bytes();
+        desc.extend_from_slice(&[0, 0, hi, lo]);
+        d.extend(desc);
+    }
     let n = (d.len() - 4) as u32;
     d[0..4].copy_from_slice(&n.to_be_bytes());
     Done::data(clip(d, alloc))

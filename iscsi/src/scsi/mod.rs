@@ -17,6 +17,79 @@ use std::sync::{Arc, Mutex};
 
 pub const BLOCK_BYTES: u32 = 512;
 
+/// Asymmetric access states (SPC-4 §5.15.2.4) this target uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum AccessState {
+    ActiveOptimized,
+    Standby,
+    Transitioning,
+}
+
+impl AccessState {
+    /// The code REPORT TARGET PORT GROUPS gives it.
+    pub fn code(self) -> u8 {
+        match self {
+            AccessState::ActiveOptimized => 0x0,
+            AccessState::Standby => 0x2,
+            AccessState::Transitioning => 0xf,
+        }
+    }
+}
+
+/// The target port groups of a LU as this process presents them: its own
+/// (one port per process: relative port = group) and every other target
+/// process serving the LU, each with its state. The same layout on every
+/// path; only `mine` differs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortGroups {
+    pub mine: u16,
+    /// Until when this process may serve I/O (its fence lease); `None`:
+    /// not active.
+    pub active_until: Option<std::time::Instant>,
+    /// (group, state), sorted by group; includes `mine`.
+    pub groups: Vec<(u16, AccessState)>,
+}
+
+impl PortGroups {
+    /// One process, always active: a target without a meta (tests, a
+    /// local file).
+    pub fn alone(mine: u16) -> PortGroups {
+        PortGroups {
+            mine,
+            active_until: None,
+            groups: vec![(mine, AccessState::ActiveOptimized)],
+        }
+    }
+
+    /// This port's state now: an active one whose lease ran out is in
+    /// transition until the lease is renewed or lost.
+    pub fn state(&self) -> AccessState {
+        let mine = self
+            .groups
+            .iter()
+            .find(|(g, _)| *g == self.mine)
+            .map_or(AccessState::Standby, |(_, s)| *s);
+        match (mine, self.active_until) {
+            (AccessState::ActiveOptimized, Some(t)) if t <= std::time::Instant::now() => {
+                AccessState::Transitioning
+            }
+            (s, _) => s,
+        }
+    }
+}
+
+/// Commands a port in standby or transition still answers (SPC-4
+/// §5.15.2.4.4 and .5: inquiry, reports, sense, mode and reservations),
+/// and the capacity, so a multipath initiator can set up every path.
+fn allowed_when_standby(cdb: &[u8]) -> bool {
+    match cdb[0] {
+        0x12 | 0xa0 | 0x03 | 0x1a | 0x5a | 0x15 | 0x55 | 0x5e | 0x5f | 0x25 | 0x4c | 0x4d => true,
+        0x9e => cdb.len() >= 2 && cdb[1] & 0x1f == 0x10,
+        0xa3 => cdb.len() >= 2 && matches!(cdb[1] & 0x1f, 0x0a | 0x0c),
+        _ => false,
+    }
+}
+
 /// The initiator port and target port a command came through (SPC-4
 /// I_T nexus), as a string: reservations and unit attentions key on it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -95,6 +168,7 @@ impl Done {
         tracing::warn!("backend: {e}");
         match e {
             BackendError::NoSpace => Done::check(key::DATA_PROTECT, asc::SPACE_ALLOCATION_FAILED),
+            BackendError::Fenced => Done::check(key::NOT_READY, asc::ALUA_TRANSITION),
             BackendError::Unavailable(_) => Done::check(key::NOT_READY, asc::COMMUNICATION_TIMEOUT),
             BackendError::Io(_) if writing => Done::check(key::MEDIUM_ERROR, asc::WRITE_ERROR),
             BackendError::Io(_) => Done::check(key::MEDIUM_ERROR, asc::UNRECOVERED_READ_ERROR),
@@ -117,6 +191,8 @@ pub struct Lun {
     /// Write cache enable as MODE SELECT left it (reported; writes are
     /// buffered either way and SYNCHRONIZE CACHE makes them durable).
     pub wce: std::sync::atomic::AtomicBool,
+    /// ALUA: this port's state and the others' (`failover` sets it).
+    ports: Mutex<PortGroups>,
 }
 
 impl Lun {
@@ -135,6 +211,30 @@ impl Lun {
             attentions: Mutex::new(HashMap::new()),
             legacy_holder: Mutex::new(None),
             wce: std::sync::atomic::AtomicBool::new(true),
+            ports: Mutex::new(PortGroups::alone(1)),
+        }
+    }
+
+    pub fn ports(&self) -> PortGroups {
+        self.ports
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_else(|_| PortGroups::alone(1))
+    }
+
+    /// Sets the port groups; a change of any state is announced to every
+    /// nexus of this port (ASYMMETRIC ACCESS STATE CHANGED).
+    pub fn set_ports(&self, next: PortGroups) {
+        let changed = match self.ports.lock() {
+            Ok(mut p) => {
+                let changed = p.groups != next.groups;
+                *p = next;
+                changed
+            }
+            Err(_) => false,
+        };
+        if changed {
+            self.attention_others(None, asc::ALUA_STATE_CHANGED);
         }
     }
 
@@ -164,9 +264,14 @@ impl Lun {
     /// Queues a unit attention for every nexus but `except`.
     pub fn attention_others(&self, except: Option<&Nexus>, code: asc::Code) {
         let skip = except.map(|n| n.key());
+        self.attention_others_key(skip.as_deref(), code);
+    }
+
+    /// `attention_others` by nexus key.
+    pub fn attention_others_key(&self, skip: Option<&str>, code: asc::Code) {
         if let Ok(mut ua) = self.attentions.lock() {
             for (k, q) in ua.iter_mut() {
-                if Some(k) != skip.as_ref() && q.len() < 16 && !q.contains(&code) {
+                if Some(k.as_str()) != skip && q.len() < 16 && !q.contains(&code) {
                     q.push_back(code);
                 }
             }
@@ -188,12 +293,12 @@ impl Lun {
     }
 
     /// LUN RESET (by `by`): the SPC-2 reservation is cleared and every
-    /// other nexus is told (SAM-5 §5.6).
-    pub fn reset(&self, by: &Nexus) {
+    /// other nexus, on every path, is told (SAM-5 §5.6).
+    pub async fn reset(&self, by: &Nexus) {
         if let Ok(mut h) = self.legacy_holder.lock() {
             *h = None;
         }
-        self.attention_others(Some(by), asc::BUS_DEVICE_RESET);
+        self.announce(by, asc::BUS_DEVICE_RESET).await;
     }
 
     /// Notices a resize made elsewhere: initiators hear CAPACITY DATA HAS
@@ -227,6 +332,15 @@ impl Lun {
                 return Done::check(key::UNIT_ATTENTION, code);
             }
         }
+        if !allowed_when_standby(t.cdb) {
+            match self.ports().state() {
+                AccessState::ActiveOptimized => {}
+                AccessState::Standby => return Done::check(key::NOT_READY, asc::ALUA_STANDBY),
+                AccessState::Transitioning => {
+                    return Done::check(key::NOT_READY, asc::ALUA_TRANSITION)
+                }
+            }
+        }
         if let Some(d) = self.reservation_check(&t) {
             return d;
         }
@@ -247,7 +361,7 @@ impl Lun {
             }
             0xa0 => info::report_luns(&t, t.luns),
             0xa3 if t.cdb[1] & 0x1f == 0x0c => info::report_opcodes(&t),
-            0xa3 if t.cdb[1] & 0x1f == 0x0a => info::report_target_port_groups(&t),
+            0xa3 if t.cdb[1] & 0x1f == 0x0a => info::report_target_port_groups(self, &t),
             0x37 | 0xb7 => info::read_defect_data(&t),
             0x5e => pr::persistent_reserve_in(self, &t).await,
             0x5f => pr::persistent_reserve_out(self, &t).await,

@@ -28,6 +28,42 @@ pub struct PrState {
     pub registrations: Vec<(String, u64)>,
     /// Holder nexus (any registrant for the all-registrants types) and type.
     pub reservation: Option<(String, u8)>,
+    /// Unit attentions for every path (every target process delivers
+    /// those of its own nexuses): the last `EVENTS_KEPT`, numbered.
+    #[serde(default)]
+    pub events: Vec<LuEvent>,
+    #[serde(default)]
+    pub event_seq: u64,
+}
+
+/// Events kept in the record: a target process more than this many
+/// behind (it was away for long) misses the oldest, as an initiator
+/// logging in later would.
+pub const EVENTS_KEPT: usize = 64;
+
+/// A unit attention every target process delivers to its nexuses: to
+/// `to` only, or to every nexus but `except`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LuEvent {
+    pub seq: u64,
+    pub to: Option<String>,
+    pub except: Option<String>,
+    pub code: (u8, u8),
+}
+
+impl PrState {
+    /// Records a unit attention for every path.
+    pub fn announce(&mut self, to: Option<String>, except: Option<String>, code: asc::Code) {
+        self.event_seq += 1;
+        self.events.push(LuEvent {
+            seq: self.event_seq,
+            to,
+            except,
+            code,
+        });
+        let extra = self.events.len().saturating_sub(EVENTS_KEPT);
+        self.events.drain(..extra);
+    }
 }
 
 impl PrState {
@@ -64,6 +100,9 @@ pub struct Reservations {
     /// Serialises this process's changes (the meta's compare-and-set
     /// serialises them with other processes').
     changing: tokio::sync::Mutex<()>,
+    /// The last event delivered here; `None` until the first read (a
+    /// process starting does not replay old events).
+    delivered: Mutex<Option<u64>>,
 }
 
 impl Reservations {
@@ -76,6 +115,7 @@ impl Reservations {
             key,
             cache: Mutex::new(PrState::default()),
             changing: tokio::sync::Mutex::new(()),
+            delivered: Mutex::new(None),
         }
     }
 
@@ -86,11 +126,30 @@ impl Reservations {
             key: Vec::new(),
             cache: Mutex::new(PrState::default()),
             changing: tokio::sync::Mutex::new(()),
+            delivered: Mutex::new(Some(0)),
         }
     }
 
     pub fn current(&self) -> PrState {
         self.cache.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// The events of `state` not delivered here yet; marks them delivered.
+    fn undelivered(&self, state: &PrState) -> Vec<LuEvent> {
+        let Ok(mut d) = self.delivered.lock() else {
+            return Vec::new();
+        };
+        let out = match *d {
+            None => Vec::new(),
+            Some(last) => state
+                .events
+                .iter()
+                .filter(|e| e.seq > last)
+                .cloned()
+                .collect(),
+        };
+        *d = Some(d.unwrap_or(0).max(state.event_seq));
+        out
     }
 
     /// Reads the state from the meta into the cache.
@@ -107,6 +166,10 @@ impl Reservations {
         };
         if let Ok(mut c) = self.cache.lock() {
             *c = state.clone();
+        }
+        // Events from before this process first looked are not replayed.
+        if let Ok(mut d) = self.delivered.lock() {
+            d.get_or_insert(state.event_seq);
         }
         Ok((state, version))
     }
@@ -344,22 +407,64 @@ async fn reserve_out(lun: &Lun, t: &Task<'_>, len: usize) -> Done {
         return Done::invalid_cdb();
     }
     let me = t.nexus.key();
-    // Unit attentions to deliver once the change is stored.
+    // The unit attentions it causes travel with the change, to every path.
     let r = lun
         .reservations
-        .change(|s| apply_out(s, &me, sa, kind, rkey, sakey))
-        .await;
-    match r {
-        Ok(notices) => {
+        .change(|s| {
+            let notices = apply_out(s, &me, sa, kind, rkey, sakey)?;
             for (nexus, code) in notices {
                 match nexus {
-                    Some(n) => lun.attention_for(&n, code),
-                    None => lun.attention_others(Some(t.nexus), code),
+                    Some(n) => s.announce(Some(n), None, code),
+                    None => s.announce(None, Some(me.clone()), code),
                 }
             }
+            Ok(())
+        })
+        .await;
+    match r {
+        Ok(()) => {
+            lun.deliver_events();
             Done::good()
         }
         Err(d) => d,
+    }
+}
+
+impl Lun {
+    /// Queues the unit attentions other paths (or this one) recorded.
+    pub fn deliver_events(&self) {
+        let state = self.reservations.current();
+        for e in self.reservations.undelivered(&state) {
+            match (&e.to, &e.except) {
+                (Some(n), _) => self.attention_for(n, e.code),
+                (None, except) => self.attention_others_key(except.as_deref(), e.code),
+            }
+        }
+    }
+
+    /// Reads the reservation state again and delivers its new events.
+    pub async fn refresh_reservations(&self) -> Result<(), String> {
+        self.reservations.refresh().await?;
+        self.deliver_events();
+        Ok(())
+    }
+
+    /// Records a unit attention for every nexus but `except`, on every
+    /// path (a LUN reset), and delivers this process's share.
+    pub async fn announce(&self, except: &super::Nexus, code: asc::Code) {
+        let key = except.key();
+        let r = self
+            .reservations
+            .change(|s| {
+                s.announce(None, Some(key.clone()), code);
+                Ok(())
+            })
+            .await;
+        if r.is_err() {
+            // The meta is away: at least the paths of this process hear it.
+            self.attention_others(Some(except), code);
+        }
+        self.deliver_events();
     }
 }
 

@@ -25,6 +25,10 @@ pub mod asc {
     pub type Code = (u8, u8);
     pub const NONE: Code = (0x00, 0x00);
     pub const NOT_READY: Code = (0x04, 0x00);
+    /// LOGICAL UNIT NOT ACCESSIBLE, ASYMMETRIC ACCESS STATE TRANSITION.
+    pub const ALUA_TRANSITION: Code = (0x04, 0x0a);
+    /// LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN STANDBY STATE.
+    pub const ALUA_STANDBY: Code = (0x04, 0x0b);
     pub const COMMUNICATION_TIMEOUT: Code = (0x08, 0x01);
     pub const WRITE_ERROR: Code = (0x0c, 0x00);
     pub const UNRECOVERED_READ_ERROR: Code = (0x11, 0x00);
@@ -44,6 +48,7 @@ pub mod asc {
     pub const RESERVATIONS_PREEMPTED: Code = (0x2a, 0x03);
     pub const RESERVATIONS_RELEASED: Code = (0x2a, 0x04);
     pub const REGISTRATIONS_PREEMPTED: Code = (0x2a, 0x05);
+    pub const ALUA_STATE_CHANGED: Code = (0x2a, 0x06);
     pub const CAPACITY_CHANGED: Code = (0x2a, 0x09);
     pub const COMMANDS_CLEARED_BY_ANOTHER: Code = (0x2f, 0x00);
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: Code = (0x39, 0x00);

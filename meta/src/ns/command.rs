@@ -229,6 +229,34 @@ pub(super) fn apply_op_at<R: ReadKv>(
         WriteOp::PutConfig { key, expect, value } => {
             super::config::put_config(tx, c, key, *expect, value.as_deref().map(|v| &v[..]))
         }
+        WriteOp::TakeFence {
+            ino,
+            expect,
+            holder,
+        } => super::fence::take_fence(tx, c, *ino, *expect, holder),
+        WriteOp::Fenced { epoch, op } => {
+            let ino = match op.as_ref() {
+                WriteOp::CommitSlices { ino, .. } | WriteOp::CommitSlicesThenSetAttrs { ino, .. } => {
+                    *ino
+                }
+                _ => return Err(Errno::EINVAL.into()),
+            };
+            super::fence::check_fence(tx, ino, *epoch)?;
+            match op.as_ref() {
+                WriteOp::CommitSlicesThenSetAttrs {
+                    ino,
+                    slices,
+                    size_at_least,
+                    then,
+                } => commit_slices(tx, c, now, *ino, slices, *size_at_least, then),
+                WriteOp::CommitSlices {
+                    ino,
+                    slices,
+                    size_at_least,
+                } => commit_slices(tx, c, now, *ino, slices, *size_at_least, &[]),
+                _ => Err(Errno::EINVAL.into()),
+            }
+        }
         WriteOp::SetClusterKey { key } => {
             root_only(c)?;
             set_cluster_key(tx, key)

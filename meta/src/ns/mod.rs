@@ -14,6 +14,7 @@ mod config;
 pub mod deleg;
 mod delegated;
 mod entries;
+mod fence;
 mod layout;
 mod locks;
 pub mod orphans;

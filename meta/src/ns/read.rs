@@ -231,6 +231,7 @@ pub fn read<K: ReadKv>(
             })
         }
         ReadOp::ListConfig { prefix, after } => super::config::list_config(kv, prefix, after),
+        ReadOp::GetFence { ino } => super::fence::get_fence(kv, *ino),
         ReadOp::ListChunkservers => Ok(NsReply::Chunkservers(chunkservers(kv, live)?)),
         ReadOp::GetLock { ino, lock } => {
             load(kv, *ino)?;
