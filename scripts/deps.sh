@@ -35,10 +35,14 @@ fi
 # qemu-block-extra of exactly the installed qemu-utils version (a
 # qemu-utils from bookworm-backports needs backports' qemu-block-extra).
 export DEBIAN_FRONTEND=noninteractive
-if ! dpkg -s libiscsi-bin >/dev/null 2>&1; then
-    echo "installing: libiscsi-bin" >&2
-    apt-get install -y libiscsi-bin >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y libiscsi-bin >/dev/null; }
-fi
+# libiscsi-dev and a C compiler: the failover tests' initiator
+# (tests/c/iscsi-writer.c) is a small program over libiscsi.
+for p in libiscsi-bin libiscsi-dev gcc; do
+    if ! dpkg -s "$p" >/dev/null 2>&1; then
+        echo "installing: $p" >&2
+        apt-get install -y "$p" >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y "$p" >/dev/null; }
+    fi
+done
 if ! dpkg -s qemu-utils >/dev/null 2>&1; then
     echo "installing: qemu-utils" >&2
     apt-get install -y qemu-utils >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y qemu-utils >/dev/null; }

@@ -157,13 +157,7 @@ impl Backend for ImageBackend {
         Box::pin(async move { self.file().write(offset, data).await.map_err(client_error) })
     }
     fn flush(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            self.file()
-                .flush()
-                .await
-                .map(|_| ())
-                .map_err(client_error)
-        })
+        Box::pin(async move { self.file().flush().await.map(|_| ()).map_err(client_error) })
     }
     fn unmap(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {

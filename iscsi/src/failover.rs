@@ -98,7 +98,9 @@ impl Peers {
     /// The holder's portal group and portal, while it lives.
     pub fn group_of(&self, holder: &str) -> Option<(u16, String)> {
         let (portal, _) = parse_holder(holder)?;
-        self.seen.get(portal).map(|s| (s.hb.group, s.hb.portal.clone()))
+        self.seen
+            .get(portal)
+            .map(|s| (s.hb.group, s.hb.portal.clone()))
     }
 
     /// Groups of every target process renewing its heartbeat.
@@ -156,6 +158,7 @@ pub fn decide(
 }
 
 /// The loop's memory between ticks.
+#[derive(Default)]
 pub struct Failover {
     peers: Peers,
     /// When the last successful renewal was sent.
@@ -165,20 +168,7 @@ pub struct Failover {
     active: HashMap<u64, u64>,
 }
 
-impl Default for Failover {
-    fn default() -> Self {
-        Failover {
-            peers: Peers::default(),
-            renewed: None,
-            last_renew_try: None,
-            active: HashMap::new(),
-        }
-    }
-}
-
-async fn bounded<T>(
-    f: impl std::future::Future<Output = Result<T, String>>,
-) -> Result<T, String> {
+async fn bounded<T>(f: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
     tokio::time::timeout(CALL_TIMEOUT, f)
         .await
         .unwrap_or_else(|_| Err("the meta did not answer in time".into()))
@@ -274,7 +264,9 @@ impl Failover {
                 Decision::Take { expect } => {
                     match bounded(take_fence(&meta, ino, expect, &me)).await {
                         Ok(Some(e)) => {
-                            tracing::info!("image inode {ino}: took over at epoch {e} (was {holder:?})");
+                            tracing::info!(
+                                "image inode {ino}: took over at epoch {e} (was {holder:?})"
+                            );
                             Decision::Active(e)
                         }
                         Ok(None) => Decision::Standby(None),
@@ -320,13 +312,7 @@ impl Failover {
 
     /// Sets every LUN of an image to the layout: `active` is the holder's
     /// group (if any live one holds it), every other live group standby.
-    fn publish(
-        &self,
-        luns: &[Arc<Lun>],
-        mine: u16,
-        active: Option<u16>,
-        until: Option<Instant>,
-    ) {
+    fn publish(&self, luns: &[Arc<Lun>], mine: u16, active: Option<u16>, until: Option<Instant>) {
         let mut groups: Vec<u16> = self.peers.live_groups(Instant::now());
         groups.push(mine);
         if let Some(a) = active {
@@ -386,7 +372,13 @@ mod tests {
         let mut peers = Peers::default();
         let a = holder_name("10.0.0.1:3260", 7);
         let b = holder_name("10.0.0.2:3260", 9);
-        peers.observe(vec![(5, hb("10.0.0.1:3260", 7, 1)), (6, hb("10.0.0.2:3260", 9, 2))], t0);
+        peers.observe(
+            vec![
+                (5, hb("10.0.0.1:3260", 7, 1)),
+                (6, hb("10.0.0.2:3260", 9, 2)),
+            ],
+            t0,
+        );
         // The holder renews: B stays standby.
         assert_eq!(
             decide(3, &a, &b, true, &peers, t0 + EXPIRE / 2),
@@ -419,7 +411,10 @@ mod tests {
         assert_eq!(decide(3, &a, &a, true, &peers, t0), Decision::Active(3));
         assert_eq!(decide(3, &a, &a, false, &peers, t0), Decision::Lapsed);
         // Never held: whoever can, takes it.
-        assert_eq!(decide(0, "", &b, true, &peers, t0), Decision::Take { expect: 0 });
+        assert_eq!(
+            decide(0, "", &b, true, &peers, t0),
+            Decision::Take { expect: 0 }
+        );
     }
 
     #[test]

@@ -283,13 +283,16 @@ impl Login {
                 }
                 if let Some(to) = &auth.redirect {
                     let keys = [("TargetAddress".to_string(), to.clone())];
-                    return Step::Fail(self.response(req, false, 0, status::MOVED_TEMPORARILY, &keys));
+                    return Step::Fail(self.response(
+                        req,
+                        false,
+                        0,
+                        status::MOVED_TEMPORARILY,
+                        &keys,
+                    ));
                 }
                 if first {
-                    out.push((
-                        "TargetPortalGroupTag".into(),
-                        auth.portal_group.to_string(),
-                    ));
+                    out.push(("TargetPortalGroupTag".into(), auth.portal_group.to_string()));
                 }
                 self.auth = Some(auth);
             } else {

@@ -217,8 +217,13 @@ where
         let (resp, done) = match step {
             Step::Continue(p) => (p, None),
             Step::Fail(p) => {
+                let what = if p.bhs[36] == 1 {
+                    "redirected"
+                } else {
+                    "refused"
+                };
                 tracing::info!(
-                    "login refused for {:?} to {:?}: status {:02x}{:02x}",
+                    "login {what} for {:?} to {:?}: status {:02x}{:02x}",
                     login.initiator,
                     login.target,
                     p.bhs[36],
@@ -252,12 +257,7 @@ async fn full_feature<R, W>(
 {
     let params = logged.params.clone();
     let target = logged.target.clone().unwrap_or_default();
-    let nexus = Nexus::new(
-        &logged.initiator,
-        logged.isid,
-        &target,
-        shared.group(),
-    );
+    let nexus = Nexus::new(&logged.initiator, logged.isid, &target, shared.group());
     let view = if logged.kind == SessionType::Normal {
         shared.view(&target)
     } else {

@@ -117,11 +117,7 @@ impl Shared {
     pub fn luns(&self) -> Vec<Arc<Lun>> {
         self.views
             .read()
-            .map(|m| {
-                m.values()
-                    .flat_map(|t| t.luns.values().cloned())
-                    .collect()
-            })
+            .map(|m| m.values().flat_map(|t| t.luns.values().cloned()).collect())
             .unwrap_or_default()
     }
 
@@ -426,11 +422,17 @@ pub async fn claim_group(meta: &sparefs_client::MetaClient, portal: &str) -> Res
                 return Ok(n);
             }
         }
-        let Some(free) = (1..=u16::MAX).find(|g| !taken.iter().any(|e| e.key == group_key(*g))) else {
+        let Some(free) = (1..=u16::MAX).find(|g| !taken.iter().any(|e| e.key == group_key(*g)))
+        else {
             return Err("no free portal group".into());
         };
-        match crate::state::put(meta, &group_key(free), Some(0), Some(portal.as_bytes().to_vec()))
-            .await
+        match crate::state::put(
+            meta,
+            &group_key(free),
+            Some(0),
+            Some(portal.as_bytes().to_vec()),
+        )
+        .await
         {
             Ok(_) => return Ok(free),
             Err(crate::state::PutError::Stale) => continue,

@@ -106,7 +106,7 @@ pub async fn fs_cluster_tls(
     fs_cluster_of(MetaCluster::start_tls(metas)?, mounts).await
 }
 
-async fn fs_cluster_of(
+pub async fn fs_cluster_of(
     mut c: MetaCluster,
     mounts: u64,
 ) -> anyhow::Result<(MetaCluster, Vec<PathBuf>)> {
@@ -155,7 +155,9 @@ pub struct MetaCluster {
     pub chunkserver_args: Vec<String>,
     /// Replicas 1..=initial form the group at start; higher ids join later.
     initial: u64,
-    host_base: u8,
+    /// The first three octets of every daemon's address (`127.0.H`, or a
+    /// network a test built, see `start_tls_on`).
+    net: String,
     /// Set: every daemon, mount and client of this cluster talks mutual
     /// TLS with certificates of this CA, kept under DIR/tls/NAME.
     pub ca: Option<sparefs_wire::tls::ClusterCa>,
@@ -191,6 +193,13 @@ impl MetaCluster {
         Self::start_inner(n, 20_000, 2_000, &[], true)
     }
 
+    /// `start_tls` with every daemon on `NET.x` (three octets) instead of
+    /// 127.0.H.x: addresses a test gave an interface of its own (network
+    /// namespaces).
+    pub fn start_tls_on(n: u64, net: &str) -> anyhow::Result<MetaCluster> {
+        Self::start_net(n, 20_000, 2_000, &[], true, Some(net))
+    }
+
     fn start_inner(
         n: u64,
         compact_after: u64,
@@ -198,11 +207,24 @@ impl MetaCluster {
         meta_args: &[&str],
         tls: bool,
     ) -> anyhow::Result<MetaCluster> {
+        Self::start_net(n, compact_after, compact_keep, meta_args, tls, None)
+    }
+
+    fn start_net(
+        n: u64,
+        compact_after: u64,
+        compact_keep: u64,
+        meta_args: &[&str],
+        tls: bool,
+        net: Option<&str>,
+    ) -> anyhow::Result<MetaCluster> {
         let port = free_port();
-        let host_base = 20 + (rand::random::<u8>() % 200);
-        let addrs: BTreeMap<u64, String> = (1..=n)
-            .map(|i| (i, format!("127.0.{host_base}.{i}:{port}")))
-            .collect();
+        let net = match net {
+            Some(n) => n.to_string(),
+            None => format!("127.0.{}", 20 + (rand::random::<u8>() % 200)),
+        };
+        let addrs: BTreeMap<u64, String> =
+            (1..=n).map(|i| (i, format!("{net}.{i}:{port}"))).collect();
         let ca = if tls {
             Some(sparefs_wire::tls::ClusterCa::create()?)
         } else {
@@ -220,7 +242,7 @@ impl MetaCluster {
             meta_args: meta_args.iter().map(|a| a.to_string()).collect(),
             chunkserver_args: Vec::new(),
             initial: n,
-            host_base,
+            net,
         };
         for id in 1..=n {
             c.spawn(id, false)?;
@@ -236,7 +258,7 @@ impl MetaCluster {
                 .next()
                 .and_then(|a| a.rsplit(':').next())
                 .unwrap_or("0");
-            format!("127.0.{}.{id}:{port}", self.host_base)
+            format!("{}.{id}:{port}", self.net)
         })
     }
 
@@ -437,7 +459,7 @@ impl MetaCluster {
             .and_then(|a| a.rsplit(':').next())
             .unwrap_or("0")
             .to_string();
-        format!("127.0.{}.{}:{port}", self.host_base, 100 + n)
+        format!("{}.{}:{port}", self.net, 100 + n)
     }
 
     pub fn chunkserver_dir(&self, n: u64) -> PathBuf {

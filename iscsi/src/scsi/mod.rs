@@ -292,13 +292,14 @@ impl Lun {
         self.attentions.lock().ok()?.get_mut(&n.key())?.pop_front()
     }
 
-    /// LUN RESET (by `by`): the SPC-2 reservation is cleared and every
-    /// other nexus, on every path, is told (SAM-5 §5.6).
-    pub async fn reset(&self, by: &Nexus) {
+    /// LUN RESET: the SPC-2 reservation is cleared and every nexus, on
+    /// every path, the one that asked included, hears of it (SAM-5 §6.6;
+    /// libiscsi's MultipathIO.Reset checks every path).
+    pub async fn reset(&self, _by: &Nexus) {
         if let Ok(mut h) = self.legacy_holder.lock() {
             *h = None;
         }
-        self.announce(by, asc::BUS_DEVICE_RESET).await;
+        self.announce(None, asc::BUS_DEVICE_RESET).await;
     }
 
     /// Notices a resize made elsewhere: initiators hear CAPACITY DATA HAS

@@ -449,20 +449,20 @@ impl Lun {
         Ok(())
     }
 
-    /// Records a unit attention for every nexus but `except`, on every
-    /// path (a LUN reset), and delivers this process's share.
-    pub async fn announce(&self, except: &super::Nexus, code: asc::Code) {
-        let key = except.key();
+    /// Records a unit attention for every nexus but `except` (`None`:
+    /// every one), on every path, and delivers this process's share.
+    pub async fn announce(&self, except: Option<&super::Nexus>, code: asc::Code) {
+        let key = except.map(|n| n.key());
         let r = self
             .reservations
             .change(|s| {
-                s.announce(None, Some(key.clone()), code);
+                s.announce(None, key.clone(), code);
                 Ok(())
             })
             .await;
         if r.is_err() {
             // The meta is away: at least the paths of this process hear it.
-            self.attention_others(Some(except), code);
+            self.attention_others(except, code);
         }
         self.deliver_events();
     }

@@ -236,9 +236,8 @@ pub(super) fn apply_op_at<R: ReadKv>(
         } => super::fence::take_fence(tx, c, *ino, *expect, holder),
         WriteOp::Fenced { epoch, op } => {
             let ino = match op.as_ref() {
-                WriteOp::CommitSlices { ino, .. } | WriteOp::CommitSlicesThenSetAttrs { ino, .. } => {
-                    *ino
-                }
+                WriteOp::CommitSlices { ino, .. }
+                | WriteOp::CommitSlicesThenSetAttrs { ino, .. } => *ino,
                 _ => return Err(Errno::EINVAL.into()),
             };
             super::fence::check_fence(tx, ino, *epoch)?;
