@@ -8,7 +8,8 @@
  *       that fails moves to the next URL (and around again) until one
  *       accepts it. Prints "ack SEQ BLOCK MS" for each acknowledged write,
  *       "fail SEQ MS WHY" at the first failure of a write, and
- *       "resumed SEQ MS URL GAP_MS" when writing resumes.
+ *       "resumed SEQ MS URL GAP_MS" when writing resumes; first of all
+ *       "start MS", its CLOCK_MONOTONIC time, from which the others count.
  *   iscsi-writer verify URL BLOCKS
  *       Reads every block: "block B TAG SEQ" for a well-formed one,
  *       "block B empty" for zeros, "block B bad" for anything else.
@@ -167,6 +168,8 @@ static int cmd_write(char *urls_arg, uint64_t blocks, int seconds, uint64_t tag)
 	uint64_t seq = 0;
 	char why[256];
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	/* CLOCK_MONOTONIC at the start: lines below count from it. */
+	printf("start %" PRIu64 "\n", start);
 	while (now_ms() - start < (uint64_t)seconds * 1000) {
 		if (!c.iscsi && connect_url(&c, urls[at], 3) != 0) {
 			if (!failed_at) {

@@ -766,3 +766,86 @@ async fn cut_off_target_is_fenced_and_rejoins_as_standby() {
     let o = rig.tool(&["verify", &Rig::url(&a, lun2), "1"]);
     assert!(!o.status.success(), "the healed old target served I/O");
 }
+
+/// A LUN reset through one target process reaches the nexuses another
+/// process has, and a registration made through one is read through the
+/// other: both travel in the LU's record in the meta. (Two LUN objects of
+/// the same LU over one real cluster stand for the two processes.)
+#[tokio::test(flavor = "multi_thread")]
+async fn unit_attentions_and_registrations_reach_every_path() {
+    use sparefs_iscsi::backend::FileBackend;
+    use sparefs_iscsi::exports::LunRec;
+    use sparefs_iscsi::scsi::pr::Reservations;
+    use sparefs_iscsi::scsi::{sense, Lun, Nexus};
+    let (c, _) = fs_cluster_tls(3, 0).await.expect("cluster");
+    let meta = Arc::new(c.client());
+    let dir = tempfile::tempdir().expect("tmp");
+    let naa = 0x3000_0000_0000_00aa;
+    let lun = |name: &str| {
+        let b = FileBackend::create(&dir.path().join(name), 1 << 20).expect("file");
+        let rec = LunRec {
+            path: "/lu.img".into(),
+            ino: 0,
+            read_only: false,
+            naa,
+        };
+        Lun::new(
+            1,
+            rec,
+            Arc::new(b),
+            Reservations::in_meta(meta.clone(), naa),
+        )
+    };
+    let (la, lb) = (lun("a"), lun("b"));
+    la.refresh_reservations().await.expect("refresh");
+    lb.refresh_reservations().await.expect("refresh");
+    let na = Nexus::new("iqn.2026-12.org.example:host", [1; 6], IQN, 1);
+    let nb = Nexus::new("iqn.2026-12.org.example:host", [2; 6], IQN, 2);
+    la.nexus_arrived(&na);
+    lb.nexus_arrived(&nb);
+    // The power-on attention first, then quiet.
+    for (l, n) in [(&la, &na), (&lb, &nb)] {
+        let first = exec(l, n, &[0, 0, 0, 0, 0, 0], vec![]).await;
+        assert_eq!(first.sense.get(2), Some(&6), "power-on unit attention");
+        assert_eq!(
+            exec(l, n, &[0, 0, 0, 0, 0, 0], vec![]).await.status,
+            sense::GOOD
+        );
+    }
+    // A registration through A.
+    let mut prout = vec![0x5fu8, 0, 0, 0, 0, 0, 0, 0, 24, 0];
+    prout[1] = 0;
+    let mut param = vec![0u8; 24];
+    param[8..16].copy_from_slice(&0xabcu64.to_be_bytes());
+    assert_eq!(exec(&la, &na, &prout, param).await.status, sense::GOOD);
+    // LUN reset through A.
+    la.reset(&na).await;
+    lb.refresh_reservations().await.expect("refresh");
+    let heard = exec(&lb, &nb, &[0, 0, 0, 0, 0, 0], vec![]).await;
+    assert_eq!(
+        (heard.sense.get(2), heard.sense.get(12), heard.sense.get(13)),
+        (Some(&6), Some(&0x29), Some(&0x03)),
+        "the other path hears of the reset"
+    );
+    // READ KEYS through B shows A's registration.
+    let keys = exec(&lb, &nb, &[0x5e, 0, 0, 0, 0, 0, 0, 0x10, 0, 0], vec![]).await;
+    assert_eq!(keys.status, sense::GOOD);
+    assert!(keys.data_in.len() >= 16, "{:?}", keys.data_in);
+    assert_eq!(&keys.data_in[8..16], &0xabcu64.to_be_bytes());
+}
+
+async fn exec(
+    l: &sparefs_iscsi::scsi::Lun,
+    n: &sparefs_iscsi::scsi::Nexus,
+    cdb: &[u8],
+    data: Vec<u8>,
+) -> sparefs_iscsi::scsi::Done {
+    l.execute(sparefs_iscsi::scsi::Task {
+        cdb,
+        nexus: n,
+        data_out: data,
+        expected_in: 8192,
+        luns: &[1],
+    })
+    .await
+}

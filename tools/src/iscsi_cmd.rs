@@ -347,6 +347,7 @@ pub async fn iscsi(cmd: IscsiCmd, tls: Option<PathBuf>) -> anyhow::Result<i32> {
             })
             .await?;
             println!("{path}: {iqn} LUN {chosen}");
+            wait_served(&c, a.ino.0).await;
             Ok(0)
         }
         IscsiCmd::Unexport {
@@ -390,6 +391,43 @@ pub async fn iscsi(cmd: IscsiCmd, tls: Option<PathBuf>) -> anyhow::Result<i32> {
 
 /// Exports and target processes with their sessions, as `iscsi list
 /// --json` and `status --json` show them.
+/// Waits (a few seconds at most) until a live target serves the image
+/// actively, so that an initiator started right after `export` finds the
+/// LUN ready; says where it is served, on stderr.
+async fn wait_served(c: &MetaClient, ino: u64) {
+    let start = std::time::Instant::now();
+    loop {
+        let beats = sparefs_iscsi::target::heartbeats(c)
+            .await
+            .unwrap_or_default();
+        let now = sparefs_iscsi::target::unix_now();
+        let live: Vec<&str> = beats
+            .iter()
+            .filter(|b| {
+                now.saturating_sub(b.updated_unix) <= sparefs_iscsi::target::HEARTBEAT_STALE_SECS
+            })
+            .map(|b| b.portal.as_str())
+            .collect();
+        if live.is_empty() {
+            eprintln!("no iSCSI target is running: start one (`sparefs iscsi serve`)");
+            return;
+        }
+        if let Ok((epoch, holder)) = sparefs_iscsi::failover::get_fence(c, ino).await {
+            if let Some(p) = sparefs_iscsi::failover::holder_portal(&holder) {
+                if live.contains(&p) {
+                    eprintln!("served by {p} (epoch {epoch})");
+                    return;
+                }
+            }
+        }
+        if start.elapsed() > std::time::Duration::from_secs(10) {
+            eprintln!("not served yet by any target; see `sparefs iscsi list`");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 pub async fn summary(c: &MetaClient) -> anyhow::Result<serde_json::Value> {
     let targets = exports::load_all(c).await.map_err(anyhow::Error::msg)?;
     let beats = sparefs_iscsi::target::heartbeats(c)

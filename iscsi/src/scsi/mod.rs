@@ -536,6 +536,57 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_standby_port_answers_only_the_inquiry_set() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let l = lun(dir.path());
+        let me = nexus(1);
+        l.nexus_arrived(&me);
+        assert_eq!(
+            run(&l, &me, &[0, 0, 0, 0, 0, 0], vec![]).sense[2],
+            key::UNIT_ATTENTION
+        );
+        l.set_ports(PortGroups {
+            mine: 2,
+            active_until: None,
+            groups: vec![(1, AccessState::ActiveOptimized), (2, AccessState::Standby)],
+        });
+        // The change is announced first.
+        let ua = run(&l, &me, &[0, 0, 0, 0, 0, 0], vec![]);
+        assert_eq!((ua.sense[12], ua.sense[13]), asc::ALUA_STATE_CHANGED);
+        // TEST UNIT READY and I/O: NOT READY, standby.
+        let tur = run(&l, &me, &[0, 0, 0, 0, 0, 0], vec![]);
+        assert_eq!(tur.sense[2], key::NOT_READY);
+        assert_eq!((tur.sense[12], tur.sense[13]), asc::ALUA_STANDBY);
+        let mut read = write16(0, 1);
+        read[0] = 0x88;
+        assert_eq!(run(&l, &me, &read, vec![]).sense[2], key::NOT_READY);
+        assert_eq!(
+            run(&l, &me, &write16(0, 1), vec![0; 512]).sense[2],
+            key::NOT_READY
+        );
+        // INQUIRY, capacity and the port groups still answer.
+        assert_eq!(
+            run(&l, &me, &[0x12, 0, 0, 0, 96, 0], vec![]).status,
+            sense::GOOD
+        );
+        let rtpg = run(&l, &me, &[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], vec![]);
+        assert_eq!(rtpg.status, sense::GOOD);
+        // Two descriptors of 12 bytes: group 1 active/optimized, 2 standby.
+        assert_eq!(rtpg.data_in.len(), 4 + 24);
+        assert_eq!((rtpg.data_in[4] & 0x0f, rtpg.data_in[7]), (0x0, 1));
+        assert_eq!((rtpg.data_in[16] & 0x0f, rtpg.data_in[19]), (0x2, 2));
+        // Active again, with a lease that ran out: in transition.
+        l.set_ports(PortGroups {
+            mine: 2,
+            active_until: Some(std::time::Instant::now()),
+            groups: vec![(1, AccessState::Standby), (2, AccessState::ActiveOptimized)],
+        });
+        let _ = run(&l, &me, &[0, 0, 0, 0, 0, 0], vec![]);
+        let tur = run(&l, &me, &[0, 0, 0, 0, 0, 0], vec![]);
+        assert_eq!((tur.sense[12], tur.sense[13]), asc::ALUA_TRANSITION);
+    }
+
     /// Opcodes the device implements, each with random CDB bytes and random
     /// data: no panic, and every failure carries sense data.
     const OPS: &[u8] = &[
