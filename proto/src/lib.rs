@@ -12,6 +12,7 @@ pub mod layout;
 pub mod limits;
 pub mod msg;
 pub mod namespace;
+pub mod nested;
 pub mod posix_rules;
 pub mod write_kind;
 

@@ -471,6 +471,7 @@ pub enum WriteOp {
     /// delegated changes still land (`NsReply::DelegatedThen`).
     Delegated {
         ops: Vec<DelegatedOp>,
+        #[serde(deserialize_with = "crate::nested::deserialize")]
         then: Option<Box<WriteOp>>,
     },
     /// A size change through a descriptor open for writing (ftruncate,
@@ -516,6 +517,7 @@ pub enum WriteOp {
     /// EKEYREVOKED.
     Fenced {
         epoch: u64,
+        #[serde(deserialize_with = "crate::nested::deserialize")]
         op: Box<WriteOp>,
     },
 }
@@ -549,6 +551,7 @@ pub struct DelegatedOp {
     pub caller: Caller,
     pub now: Time,
     pub ino: Option<InodeId>,
+    #[serde(deserialize_with = "crate::nested::deserialize")]
     pub op: WriteOp,
 }
 
@@ -611,7 +614,9 @@ pub enum NsReply {
     /// `WriteOp::Delegated` with `then`: the delegated changes landed, and
     /// `then` answered this (`None`: it did not run, another client's
     /// delegation is being recalled: send it again).
-    DelegatedThen(Option<Result<Box<NsReply>, Errno>>),
+    DelegatedThen(
+        #[serde(deserialize_with = "crate::nested::deserialize")] Option<Result<Box<NsReply>, Errno>>,
+    ),
     /// `WriteOp::Delegate`: the directory's attributes, and the cookie its
     /// next name will take.
     Granted {
@@ -714,3 +719,4 @@ mod tests {
         }
     }
 }
+

@@ -126,6 +126,38 @@ fn frame(body: &RequestFrame) -> Vec<u8> {
     sparefs_wire::frame::encode(body).expect("encode")
 }
 
+/// A write nested a million levels deep (3 MB) (fenced commits inside fenced
+/// commits): decoded naively, it overflows the daemon's stack.
+fn deeply_nested_write() -> Vec<u8> {
+    // Building, encoding and dropping it recurses here too: on a big stack.
+    std::thread::Builder::new()
+        .stack_size(1 << 30)
+        .spawn(|| {
+            let mut op = sparefs_proto::namespace::WriteOp::Sync;
+            for _ in 0..1_000_000 {
+                op = sparefs_proto::namespace::WriteOp::Fenced {
+                    epoch: 1,
+                    op: Box::new(op),
+                };
+            }
+            frame(&RequestFrame {
+                call: 1,
+                body: Request::Write {
+                    caller: sparefs_proto::namespace::Caller::ROOT,
+                    id: sparefs_proto::RequestId {
+                        client: sparefs_proto::ClientId(77),
+                        seq: 1,
+                        ack_below: 0,
+                    },
+                    op,
+                },
+            })
+        })
+        .expect("thread")
+        .join()
+        .expect("nested frame")
+}
+
 fn raft_frame(from: u64, m: &Message) -> Vec<u8> {
     frame(&RequestFrame {
         call: 0,
@@ -200,6 +232,8 @@ async fn hostile_clients_stop_no_daemon_and_the_mount_keeps_working() {
             bytes.extend_from_slice(b"hello");
             junk.push(send(&addr, &bytes));
         }
+        // A well-formed frame of a write nested a million levels deep.
+        let _ = send(&addr, &deeply_nested_write());
         open.push((name, pid, before, junk));
     }
     let sent = Instant::now();
