@@ -126,8 +126,8 @@ fn frame(body: &RequestFrame) -> Vec<u8> {
     sparefs_wire::frame::encode(body).expect("encode")
 }
 
-/// A write nested a million levels deep (3 MB) (fenced commits inside fenced
-/// commits): decoded naively, it overflows the daemon's stack.
+/// A write nested a million levels deep (fenced commits inside fenced
+/// commits, 3 MB): decoded naively, it overflows the daemon's stack.
 fn deeply_nested_write() -> Vec<u8> {
     // Building, encoding and dropping it recurses here too: on a big stack.
     std::thread::Builder::new()
