@@ -615,7 +615,8 @@ pub enum NsReply {
     /// `then` answered this (`None`: it did not run, another client's
     /// delegation is being recalled: send it again).
     DelegatedThen(
-        #[serde(deserialize_with = "crate::nested::deserialize")] Option<Result<Box<NsReply>, Errno>>,
+        #[serde(deserialize_with = "crate::nested::deserialize")]
+        Option<Result<Box<NsReply>, Errno>>,
     ),
     /// `WriteOp::Delegate`: the directory's attributes, and the cookie its
     /// next name will take.
@@ -719,4 +720,3 @@ mod tests {
         }
     }
 }
-
