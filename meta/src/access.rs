@@ -47,6 +47,8 @@ fn roles_for_request(req: &Request) -> Option<&'static [Role]> {
             ..
         } => Some(&[Role::Admin, Role::Iscsi]),
         Request::Read { .. } | Request::Status | Request::RepairStatus => None,
+        // It reads every record, secrets included.
+        Request::Fsck => Some(&[Role::Admin]),
         Request::Write { op, .. } => Some(roles_for(op.origin())),
         Request::WaitRecall { .. } | Request::KeepAlive { .. } => Some(USERS),
         Request::Raft { .. } | Request::SnapshotPiece { .. } => Some(&[Role::Meta]),
@@ -78,6 +80,7 @@ fn client_of(req: &Request) -> Option<ClientId> {
         | Request::Inventory { .. }
         | Request::Status
         | Request::RepairStatus
+        | Request::Fsck
         | Request::PutFragment { .. }
         | Request::GetFragment { .. }
         | Request::GetBlockTable { .. } => None,
@@ -176,6 +179,7 @@ pub fn speak_for(callers: Callers, req: &mut Request) {
         | Request::Inventory { .. }
         | Request::Status
         | Request::RepairStatus
+        | Request::Fsck
         | Request::PutFragment { .. }
         | Request::GetFragment { .. }
         | Request::GetBlockTable { .. } => {}

@@ -140,6 +140,7 @@ pub async fn run(config: MetaConfig) -> anyhow::Result<()> {
         dir: config.data.clone(),
         fetcher: snapshot::SnapshotFetcher::new(config.data.clone()),
         chunkserver_certs: Default::default(),
+        fsck_running: std::sync::atomic::AtomicBool::new(false),
     });
     tracing::info!(replica = config.id.0, listen = %config.listen, "meta replica serving");
     tokio::select! {

@@ -24,6 +24,8 @@ pub struct Server {
     pub fetcher: Arc<SnapshotFetcher>,
     /// Which chunkserver each chunkserver certificate registered as.
     pub chunkserver_certs: crate::access::ChunkserverCerts,
+    /// An fsck check is running (one at a time).
+    pub fsck_running: std::sync::atomic::AtomicBool,
 }
 
 impl Server {
@@ -196,6 +198,33 @@ impl Server {
                 self.chunkserver_certs
                     .check_report(peer.who, chunkserver, &*self.store)?;
                 self.inventory(chunkserver, after, items, last_page).await
+            }
+            Request::Fsck => {
+                if !self.shared.is_leader_ready() {
+                    return Err(RpcError::NotLeader { leader: None });
+                }
+                // One at a time (it reads everything), until it ends, even
+                // if the caller stops waiting.
+                if self
+                    .fsck_running
+                    .swap(true, std::sync::atomic::Ordering::AcqRel)
+                {
+                    return Err(RpcError::Busy);
+                }
+                let (store, shared, me) = (self.store.clone(), self.shared.clone(), self.clone());
+                let done = tokio::task::spawn_blocking(move || {
+                    let view = store.snapshot_view();
+                    let r = crate::ns::fsck::check(&view, Some(&*shared));
+                    me.fsck_running
+                        .store(false, std::sync::atomic::Ordering::Release);
+                    r
+                })
+                .await;
+                match done {
+                    Ok(Ok(report)) => Ok(Reply::Fsck(report)),
+                    Ok(Err(e)) => Err(RpcError::Storage(e.to_string())),
+                    Err(e) => Err(RpcError::Storage(e.to_string())),
+                }
             }
             Request::RepairStatus => {
                 if !self.shared.is_leader_ready() {

@@ -337,6 +337,83 @@ pub fn scan_db(
     Ok(out)
 }
 
+/// A stopped replica's database opened read-only (`sparefs fsck
+/// --offline`): nothing is written, not even the directory's mode. Column
+/// families an older version did not have read as empty.
+pub struct ReadOnlyStore {
+    db: DB,
+}
+
+impl ReadOnlyStore {
+    pub fn open(dir: &Path) -> Result<ReadOnlyStore, OpenError> {
+        let path = dir.join("db");
+        let rocks = |source| OpenError::Rocks {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        let names = DB::list_cf(&Options::default(), &path).map_err(rocks)?;
+        let db =
+            DB::open_cf_for_read_only(&Options::default(), &path, names, false).map_err(rocks)?;
+        Ok(ReadOnlyStore { db })
+    }
+}
+
+impl ReadKv for ReadOnlyStore {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.db.cf_handle(cf.name()) {
+            Some(h) => Ok(self.db.get_cf(h, key)?),
+            None => Ok(None),
+        }
+    }
+
+    fn scan(&self, cf: Cf, prefix: &[u8], start: &[u8], limit: usize) -> Result<Pairs, StoreError> {
+        match self.db.cf_handle(cf.name()) {
+            Some(h) => scan_db(&self.db, h, prefix, start, limit),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// The state as it was at one moment (a RocksDB snapshot): what a long
+/// read of everything (fsck) sees while entries go on being applied.
+pub struct SnapshotView<'a> {
+    store: &'a Store,
+    snap: rocksdb::Snapshot<'a>,
+}
+
+impl Store {
+    pub fn snapshot_view(&self) -> SnapshotView<'_> {
+        SnapshotView {
+            store: self,
+            snap: self.db.snapshot(),
+        }
+    }
+}
+
+impl ReadKv for SnapshotView<'_> {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.snap.get_cf(self.store.state_cf(cf), key)?)
+    }
+
+    fn scan(&self, cf: Cf, prefix: &[u8], start: &[u8], limit: usize) -> Result<Pairs, StoreError> {
+        let mut out = Vec::new();
+        let mut it = self.snap.raw_iterator_cf(self.store.state_cf(cf));
+        it.seek(start);
+        while out.len() < limit {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+}
+
 impl ReadKv for Store {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.db.get_cf(self.state_cf(cf), key)?)

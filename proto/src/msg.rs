@@ -125,6 +125,10 @@ pub enum Request {
     },
     /// Repair progress (leader memory).
     RepairStatus,
+    /// Checks the namespace, layouts and block table as they are now (a
+    /// consistent snapshot on the leader) and reports what is wrong
+    /// (`Reply::Fsck`). Admins only.
+    Fsck,
 }
 
 /// What a chunkserver tells the leader every few seconds: capacity and
@@ -182,6 +186,7 @@ pub enum Reply {
     },
     Delete(Vec<(BlockId, u8)>),
     Repair(RepairProgress),
+    Fsck(crate::fsck::FsckReport),
     /// Directories the leader wants back from the client (maybe none).
     Recall(Vec<crate::InodeId>),
 }

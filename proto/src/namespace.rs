@@ -520,6 +520,11 @@ pub enum WriteOp {
         #[serde(deserialize_with = "crate::nested::deserialize")]
         op: Box<WriteOp>,
     },
+    /// A repair `sparefs fsck --repair` found: applied only if the damage
+    /// is still exactly as found (else ESTALE). Admins only.
+    Repair {
+        fix: crate::fsck::Fix,
+    },
 }
 
 /// One cluster configuration record (`WriteOp::PutConfig`).

@@ -112,7 +112,8 @@ impl WriteOp {
             | WriteOp::RemoveChunkserver { .. }
             | WriteOp::RegisterChunkserver { .. }
             | WriteOp::PutConfig { .. }
-            | WriteOp::TakeFence { .. } => Vec::new(),
+            | WriteOp::TakeFence { .. }
+            | WriteOp::Repair { .. } => Vec::new(),
         }
     }
 
@@ -163,6 +164,7 @@ impl WriteOp {
                 _ => Origin::Leader,
             },
             WriteOp::TakeFence { .. } => Origin::Iscsi,
+            WriteOp::Repair { .. } => Origin::Admin,
             WriteOp::PutConfig { key, .. } => {
                 if key.starts_with(crate::namespace::config::ISCSI_STATE) {
                     Origin::Iscsi
@@ -189,6 +191,7 @@ impl WriteOp {
             WriteOp::Fenced { op, .. } => op.must_be_durable(),
             // A new holder writes nothing before its fence is on disk.
             WriteOp::TakeFence { .. } => true,
+            WriteOp::Repair { .. } => true,
             WriteOp::SetAttr { set, .. } => set.size.is_some(),
             WriteOp::MkNod { .. }
             | WriteOp::Mkdir { .. }
@@ -263,6 +266,7 @@ impl WriteOp {
             | WriteOp::Delegated { .. }
             | WriteOp::TakeFence { .. }
             | WriteOp::Fenced { .. }
+            | WriteOp::Repair { .. }
             | WriteOp::ReapOrphans { .. } => false,
         }
     }
@@ -308,6 +312,12 @@ impl WriteOp {
             | WriteOp::TakeFence { .. }
             | WriteOp::ReapOrphans { .. } => Vec::new(),
             WriteOp::Fenced { op, .. } => op.dirs_named(),
+            WriteOp::Repair { fix } => match fix {
+                crate::fsck::Fix::RemoveEntry { parent, .. } => vec![*parent],
+                crate::fsck::Fix::SetChildren { dir, .. } => vec![*dir],
+                crate::fsck::Fix::Adopt { .. } => vec![InodeId::ROOT],
+                _ => Vec::new(),
+            },
         }
     }
 
@@ -368,6 +378,8 @@ impl WriteOp {
             | WriteOp::ReserveInodes { .. }
             | WriteOp::TakeFence { .. }
             | WriteOp::ReapOrphans { .. } => DelegationScope::default(),
+            // A directory another mount holds is given back first.
+            WriteOp::Repair { .. } => dirs(self.dirs_named()),
             WriteOp::Fenced { op, .. } => op.delegation_scope(),
         }
     }
@@ -417,6 +429,7 @@ impl WriteOp {
             | WriteOp::PutConfig { .. }
             | WriteOp::ReapOrphans { .. } => CacheEffect::Unknown,
             WriteOp::TakeFence { .. } => CacheEffect::Nothing,
+            WriteOp::Repair { .. } => CacheEffect::Unknown,
             WriteOp::Fenced { op, .. } => op.cache_effect(),
         }
     }

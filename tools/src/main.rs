@@ -6,6 +6,7 @@ mod cert_cmd;
 mod chaos_cmd;
 mod daemon_cmd;
 mod fs_cmd;
+mod fsck_cmd;
 mod iscsi_cmd;
 mod mount_cmd;
 mod names;
@@ -55,6 +56,10 @@ enum Cmd {
         #[command(subcommand)]
         cmd: fs_cmd::FsCmd,
     },
+    /// Check the filesystem (namespace, layouts, blocks) on a live cluster,
+    /// repair what is safe to repair; exit 0 clean, 1 corrected, 4 errors
+    /// left, 8 operational error.
+    Fsck(fsck_cmd::FsckArgs),
     /// Show the state of the cluster.
     Status {
         #[arg(long, env = "SPAREFS_META")]
@@ -335,6 +340,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             cmd: iscsi_cmd::IscsiCmd::Serve { .. },
         } => {}
         Cmd::Status { data, .. } => client_tls(tls.clone(), data.as_deref())?,
+        Cmd::Fsck(args) => client_tls(tls.clone(), args.data.as_deref())?,
         Cmd::Chaos(args) => client_tls(tls.clone(), Some(&args.data))?,
         _ => client_tls(tls.clone(), None)?,
     }
@@ -351,6 +357,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Cert { cmd } => cert_cmd::run(cmd),
         Cmd::Policy { meta, cmd } => fs_cmd::policy(&meta, cmd).await,
         Cmd::Status { meta, data, json } => status_cmd::run(meta, data, json).await,
+        Cmd::Fsck(args) => Ok(fsck_cmd::run(args).await),
         Cmd::Admin {
             meta,
             cmd: AdminCmd::Meta { cmd },

@@ -229,6 +229,7 @@ pub(super) fn apply_op_at<R: ReadKv>(
         WriteOp::PutConfig { key, expect, value } => {
             super::config::put_config(tx, c, key, *expect, value.as_deref().map(|v| &v[..]))
         }
+        WriteOp::Repair { fix } => super::fsck::apply_fix(tx, c, now, fix),
         WriteOp::TakeFence {
             ino,
             expect,

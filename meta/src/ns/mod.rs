@@ -15,6 +15,7 @@ pub mod deleg;
 mod delegated;
 mod entries;
 mod fence;
+pub mod fsck;
 mod layout;
 mod locks;
 pub mod orphans;

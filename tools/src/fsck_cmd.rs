@@ -1,0 +1,255 @@
+//! `sparefs fsck`: asks the meta leader to check its state (a consistent
+//! snapshot; the cluster keeps serving), checks suspects a second time so
+//! that changes in flight are not reported as damage, applies the repairs
+//! with `--repair` (each only if the damage is still as found), checks
+//! again, and exits with e2fsck's bits. `--offline DIR` runs the same
+//! check on a stopped replica's database, read-only.
+
+use crate::{current_caller, split_addresses};
+use anyhow::{bail, Context};
+use sparefs_client::{ClientError, MetaClient};
+use sparefs_proto::fsck::{Finding, FsckReport};
+use sparefs_proto::msg::{Reply, Request};
+use sparefs_proto::namespace::WriteOp;
+use sparefs_proto::Errno;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// e2fsck's exit bits.
+pub const CLEAN: i32 = 0;
+pub const CORRECTED: i32 = 1;
+pub const UNCORRECTED: i32 = 4;
+pub const OPERATIONAL: i32 = 8;
+
+#[derive(clap::Args)]
+pub struct FsckArgs {
+    /// Meta replicas to ask.
+    #[arg(long, env = "SPAREFS_META")]
+    pub meta: Option<String>,
+    /// A directory `sparefs up` runs in (reads its cluster.json).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Check a stopped meta replica's data directory instead (read-only).
+    #[arg(long, conflicts_with_all = ["meta", "data", "repair"])]
+    pub offline: Option<PathBuf>,
+    /// Fix what is safe to fix, then check again.
+    #[arg(long)]
+    pub repair: bool,
+    /// One JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Report only damage under this path.
+    pub path: Option<String>,
+}
+
+pub async fn run(args: FsckArgs) -> i32 {
+    match run_inner(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sparefs fsck: {e:#}");
+            OPERATIONAL
+        }
+    }
+}
+
+async fn run_inner(args: FsckArgs) -> anyhow::Result<i32> {
+    let started = Instant::now();
+    if let Some(dir) = &args.offline {
+        let store = sparefs_meta::store::ReadOnlyStore::open(dir)
+            .with_context(|| format!("opening {} read-only", dir.display()))?;
+        let report = sparefs_meta::ns::fsck::check(&store, None)?;
+        let report = within(report, args.path.as_deref());
+        return Ok(finish(&args, &report, &Repairs::default(), started));
+    }
+    let addresses = match (&args.meta, &args.data) {
+        (Some(m), _) => split_addresses(m),
+        (None, Some(d)) => crate::up_cmd::read_cluster_file(d)?.meta_addresses(),
+        (None, None) => bail!("give --meta ADDRS, --data DIR or --offline DIR"),
+    };
+    let client = crate::meta_client(addresses, current_caller());
+    let first = confirmed(&client, args.json).await?;
+    let first = within(first, args.path.as_deref());
+    if !args.repair || first.findings.iter().all(|f| f.fix.is_none()) {
+        return Ok(finish(&args, &first, &Repairs::default(), started));
+    }
+    let repairs = repair(&client, &first).await;
+    let after = within(confirmed(&client, args.json).await?, args.path.as_deref());
+    Ok(finish(&args, &after, &repairs, started))
+}
+
+/// What `--repair` did.
+#[derive(Default)]
+struct Repairs {
+    done: Vec<Finding>,
+    /// Changed since the check (left to the next run).
+    stale: usize,
+    failed: Vec<(Finding, String)>,
+}
+
+async fn repair(client: &MetaClient, report: &FsckReport) -> Repairs {
+    let mut r = Repairs::default();
+    for f in &report.findings {
+        let Some(fix) = f.fix.clone() else { continue };
+        match client.write(WriteOp::Repair { fix }).await {
+            Ok(_) => r.done.push(f.clone()),
+            Err(ClientError::Errno(Errno::ESTALE)) => r.stale += 1,
+            Err(e) => r.failed.push((f.clone(), e.to_string())),
+        }
+    }
+    r
+}
+
+async fn check_once(client: &MetaClient) -> anyhow::Result<FsckReport> {
+    match client.call_leader(&Request::Fsck).await {
+        Ok(Reply::Fsck(r)) => Ok(r),
+        Ok(other) => bail!("unexpected answer to fsck: {other:?}"),
+        Err(e) => Err(e).context("asking the meta leader to check"),
+    }
+}
+
+/// A check whose findings held in a second check a moment later: a change
+/// in flight seen half-done is not damage.
+async fn confirmed(client: &MetaClient, quiet: bool) -> anyhow::Result<FsckReport> {
+    let progress = Progress::start(quiet);
+    let first = check_once(client).await?;
+    if first.findings.is_empty() {
+        progress.done();
+        return Ok(first);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut second = check_once(client).await?;
+    progress.done();
+    let key = |f: &Finding| (f.kind, f.ino, f.detail.clone());
+    let seen: std::collections::HashSet<_> = first.findings.iter().map(key).collect();
+    second.findings.retain(|f| seen.contains(&key(f)));
+    Ok(second)
+}
+
+/// Keeps the findings under `path` (all without one).
+fn within(mut r: FsckReport, path: Option<&str>) -> FsckReport {
+    if let Some(p) = path {
+        let p = p.trim_end_matches('/');
+        r.findings.retain(|f| {
+            f.path
+                .as_deref()
+                .is_some_and(|fp| fp == p || fp.starts_with(&format!("{p}/")) || p.is_empty())
+        });
+    }
+    r
+}
+
+/// A line every few seconds while the meta checks (on a terminal, a
+/// spinner with the time so far).
+struct Progress {
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(quiet: bool) -> Progress {
+        if quiet {
+            return Progress { task: None };
+        }
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let task = tokio::spawn(async move {
+            let began = Instant::now();
+            let bar = tty.then(|| {
+                let b = indicatif::ProgressBar::new_spinner();
+                b.set_message("checking namespace, layouts and blocks");
+                b.enable_steady_tick(Duration::from_millis(120));
+                b
+            });
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if bar.is_none() {
+                    eprintln!("fsck: still checking ({} s)", began.elapsed().as_secs());
+                }
+            }
+        });
+        Progress { task: Some(task) }
+    }
+
+    fn done(self) {
+        if let Some(t) = self.task {
+            t.abort();
+        }
+    }
+}
+
+fn finish(args: &FsckArgs, report: &FsckReport, repairs: &Repairs, started: Instant) -> i32 {
+    let errors = report.findings.iter().filter(|f| f.kind.is_error()).count() as u64 + report.more;
+    let code = if errors > 0 || !repairs.failed.is_empty() {
+        UNCORRECTED
+    } else if !repairs.done.is_empty() {
+        CORRECTED
+    } else {
+        CLEAN
+    };
+    if args.json {
+        let v = serde_json::json!({
+            "report": report,
+            "repaired": repairs.done,
+            "repairs_stale": repairs.stale,
+            "repairs_failed": repairs.failed.iter().map(|(f, e)| serde_json::json!({"finding": f, "error": e})).collect::<Vec<_>>(),
+            "errors": errors,
+            "exit": code,
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        println!("{v}");
+        return code;
+    }
+    for f in &repairs.done {
+        println!("repaired: {:?} {}: {}", f.kind, where_(f), f.detail);
+    }
+    for (f, e) in &repairs.failed {
+        println!(
+            "repair failed: {:?} {}: {} ({e})",
+            f.kind,
+            where_(f),
+            f.detail
+        );
+    }
+    if repairs.stale > 0 {
+        println!("{} repairs skipped: changed since the check", repairs.stale);
+    }
+    for f in &report.findings {
+        let fix = if f.fix.is_some() {
+            " [--repair fixes]"
+        } else {
+            ""
+        };
+        println!("{:?} {}: {}{fix}", f.kind, where_(f), f.detail);
+    }
+    if report.more > 0 {
+        println!("... and {} more findings", report.more);
+    }
+    let liveness = if report.liveness_known {
+        ""
+    } else {
+        " (offline: every chunkserver counted as up)"
+    };
+    println!(
+        "fsck: {} inodes ({} directories, {} files, {} bytes), {} chunks, {} slices, {} blocks \
+         at index {}; {errors} errors, {} warnings, {} repaired, in {:.1} s{liveness}",
+        report.inodes,
+        report.dirs,
+        report.files,
+        report.bytes,
+        report.chunks,
+        report.slices,
+        report.blocks,
+        report.applied,
+        report.findings.len() as u64 - errors.min(report.findings.len() as u64),
+        repairs.done.len(),
+        started.elapsed().as_secs_f64()
+    );
+    code
+}
+
+fn where_(f: &Finding) -> String {
+    match (&f.path, f.ino) {
+        (Some(p), Some(i)) => format!("{p} (inode {})", i.0),
+        (None, Some(i)) => format!("inode {}", i.0),
+        (Some(p), None) => p.clone(),
+        (None, None) => "-".into(),
+    }
+}
