@@ -296,6 +296,17 @@ impl Store {
         Ok(())
     }
 
+    /// Writes `writes` at once, synced: for tools and tests that edit a
+    /// stopped replica's state (never while the replica runs).
+    pub fn write_now(
+        &self,
+        writes: std::collections::BTreeMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        self.put_writes(&mut batch, writes);
+        self.write_synced(batch)
+    }
+
     pub fn put_writes(
         &self,
         batch: &mut WriteBatch,

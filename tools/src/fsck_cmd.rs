@@ -72,16 +72,36 @@ async fn run_inner(args: FsckArgs) -> anyhow::Result<i32> {
     if !args.repair || first.findings.iter().all(|f| f.fix.is_none()) {
         return Ok(finish(&args, &first, &Repairs::default(), started));
     }
-    let repairs = repair(&client, &first).await;
-    let after = within(confirmed(&client, args.json).await?, args.path.as_deref());
-    Ok(finish(&args, &after, &repairs, started))
+    // Rounds: a repair can change what the next one must do (removing a
+    // dangling entry changes its directory's entry count), so check again
+    // after each round until nothing repairable is left or nothing changes.
+    let mut all = Repairs::default();
+    let mut report = first;
+    for _ in 0..REPAIR_ROUNDS_MAX {
+        if report.findings.iter().all(|f| f.fix.is_none()) {
+            break;
+        }
+        let round = repair(&client, &report).await;
+        let progress = !round.done.is_empty();
+        all.done.extend(round.done);
+        all.failed.extend(round.failed);
+        all.stale = round.stale;
+        report = within(confirmed(&client, args.json).await?, args.path.as_deref());
+        if !progress {
+            break;
+        }
+    }
+    Ok(finish(&args, &report, &all, started))
 }
+
+/// Repair rounds at most (each: repair, then check again).
+const REPAIR_ROUNDS_MAX: usize = 4;
 
 /// What `--repair` did.
 #[derive(Default)]
 struct Repairs {
     done: Vec<Finding>,
-    /// Changed since the check (left to the next run).
+    /// Changed since the check (in the last round: left to the next run).
     stale: usize,
     failed: Vec<(Finding, String)>,
 }

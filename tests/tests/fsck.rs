@@ -1,0 +1,254 @@
+//! `sparefs fsck` against real clusters: damage injected into a stopped
+//! replica's RocksDB (a wrong link count, an entry pointing nowhere, an
+//! orphan inode, a block reference count off by one) is found offline and
+//! online with the files named, repaired, and gone on the next run; lost
+//! chunkservers make blocks under-protected or unreadable, named by file;
+//! and a check while clients write, rename and delete reports nothing.
+
+use sparefs_client::{DataClient, OpenFile};
+use sparefs_meta::kv::{Cf, ReadKv, Tx};
+use sparefs_meta::ns::{DentryRec, InodeRec};
+use sparefs_proto::namespace::FileKind;
+use sparefs_proto::InodeId;
+use sparefs_tests::data::{get, pattern};
+use sparefs_tests::{cluster_with, sparefs_bin, MetaCluster};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `sparefs fsck ARGS --json`: its exit code and report.
+fn fsck(c: &MetaCluster, args: &[&str]) -> (i32, serde_json::Value) {
+    let mut cmd = Command::new(sparefs_bin());
+    cmd.arg("fsck");
+    if !args.contains(&"--offline") {
+        cmd.args(["--meta", &c.meta_list()]);
+    }
+    let o = cmd.args(args).arg("--json").output().expect("sparefs fsck");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "fsck output ({e}): {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    (o.status.code().unwrap_or(-1), v)
+}
+
+fn findings(v: &serde_json::Value) -> Vec<(String, String)> {
+    v["report"]["findings"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap_or("?").to_string(),
+                f["path"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+async fn write(data: &Arc<DataClient>, parent: InodeId, name: &str, bytes: &[u8]) -> InodeId {
+    let attr = data
+        .meta
+        .create(parent, name.as_bytes(), 0o644, true)
+        .await
+        .expect("create");
+    let f = OpenFile::open(data.clone(), &attr).await.expect("open");
+    f.write(0, bytes).await.expect("write");
+    f.flush().await.expect("flush");
+    attr.ino
+}
+
+fn be(n: u64) -> Vec<u8> {
+    n.to_be_bytes().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn damage_in_the_meta_is_found_named_repaired_and_gone() {
+    let mut c = cluster_with(1, 3, "2G", &[], &[]).await.expect("cluster");
+    let data = Arc::new(DataClient::new(Arc::new(c.client())));
+    let d = data
+        .meta
+        .mkdir(InodeId::ROOT, b"d", 0o755)
+        .await
+        .expect("mkdir");
+    let big = pattern(3 << 20, 7);
+    let a = write(&data, d.ino, "a.bin", &big).await;
+    let b = write(&data, d.ino, "b.txt", b"small").await;
+    let (code, v) = fsck(&c, &[]);
+    assert_eq!(code, 0, "a fresh cluster is clean: {v}");
+
+    // Damage, made in the stopped replica's database.
+    c.kill(1);
+    {
+        let store = sparefs_meta::store::Store::open(&c.data_dir(1)).expect("open the replica");
+        let mut tx = Tx::new(&store);
+        let mut ra: InodeRec = tx.get_rec(Cf::Inodes, &be(a.0)).expect("read").expect("a");
+        ra.nlink = 5;
+        tx.put_rec(Cf::Inodes, be(a.0), &ra);
+        let mut ghost = be(d.ino.0);
+        ghost.extend_from_slice(b"ghost");
+        tx.put_rec(
+            Cf::Dentries,
+            ghost,
+            &DentryRec {
+                ino: InodeId(999_999),
+                kind: FileKind::File,
+                cookie: 10_000,
+            },
+        );
+        let rb: InodeRec = tx.get_rec(Cf::Inodes, &be(b.0)).expect("read").expect("b");
+        tx.put_rec(Cf::Inodes, be(888_888), &rb);
+        // One block of a.bin counts one reference too many.
+        let page = tx.scan(Cf::Blocks, &[], &[], 1).expect("blocks");
+        let (k, v) = page.first().cloned().expect("a block");
+        let mut rec: sparefs_meta::ns::blocks::BlockRec =
+            sparefs_meta::kv::decode(Cf::Blocks, &v).expect("block");
+        rec.refs += 1;
+        tx.put_rec(Cf::Blocks, k, &rec);
+        store.write_now(tx.into_writes()).expect("write the damage");
+    }
+    // Offline, on the stopped replica, read-only.
+    let dir = c.data_dir(1);
+    let (code, v) = fsck(&c, &["--offline", dir.to_str().expect("path")]);
+    assert_eq!(code, 4, "offline: {v}");
+    let offline = findings(&v);
+    c.spawn(1, false).expect("restart");
+    c.wait_leader(Duration::from_secs(20))
+        .await
+        .expect("leader");
+
+    let (code, v) = fsck(&c, &[]);
+    assert_eq!(code, 4, "damage left: {v}");
+    let mut f = findings(&v);
+    f.sort();
+    let mut off = offline.clone();
+    off.sort();
+    assert_eq!(f, off, "offline and online agree");
+    for want in [
+        ("WrongNlink", "/d/a.bin"),
+        ("DanglingEntry", "/d"),
+        ("Unreachable", ""),
+        ("WrongRefs", "/d/a.bin"),
+    ] {
+        let found = f
+            .iter()
+            .any(|(k, p)| k == want.0 && (want.1.is_empty() || p == want.1))
+            || (want.0 == "WrongRefs" && f.iter().any(|(k, _)| k == "WrongRefs"));
+        assert!(found, "{want:?} not in {f:?}");
+    }
+    // Only under a path: the damage elsewhere is left out.
+    let (_, v) = fsck(&c, &["/elsewhere"]);
+    assert!(findings(&v).is_empty(), "{v}");
+
+    let (code, v) = fsck(&c, &["--repair"]);
+    assert_eq!(code, 1, "everything repaired: {v}");
+    let (code, v) = fsck(&c, &[]);
+    assert_eq!(code, 0, "clean after the repair: {v}");
+    // The data is untouched and the orphan is in lost+found.
+    assert_eq!(get(&data, a).await.expect("read a"), big);
+    data.meta
+        .resolve("/lost+found/#888888")
+        .await
+        .expect("orphan adopted");
+}
+
+/// Chunkservers lost: blocks are under-protected (a warning, still
+/// readable) with one, unreadable with two, named by file and byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_chunkservers_name_the_files_they_hit() {
+    let mut c = cluster_with(1, 3, "2G", &[], &[]).await.expect("cluster");
+    let data = Arc::new(DataClient::new(Arc::new(c.client())));
+    write(&data, InodeId::ROOT, "f.bin", &pattern(3 << 20, 3)).await;
+    c.kill_chunkserver(3);
+    // The whole directory of one chunkserver is gone too.
+    let _ = std::fs::remove_dir_all(c.chunkserver_dir(3));
+    let start = Instant::now();
+    loop {
+        let (code, v) = fsck(&c, &[]);
+        let f = findings(&v);
+        if f.iter().any(|(k, _)| k == "UnderProtected") {
+            assert_eq!(code, 0, "under-protected is a warning: {v}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "never seen: {v}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    c.kill_chunkserver(2);
+    let start = Instant::now();
+    loop {
+        let (code, v) = fsck(&c, &[]);
+        let f = findings(&v);
+        if f.iter().any(|(k, _)| k == "Unreadable") {
+            assert_eq!(code, 4, "{v}");
+            assert!(
+                f.iter().any(|(k, p)| k == "Unreadable" && p == "/f.bin"),
+                "the file is named: {f:?}"
+            );
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "never seen: {v}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A check while clients create, write, rename and delete reports nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_check_under_writes_reports_nothing() {
+    let c = cluster_with(1, 3, "2G", &[], &[]).await.expect("cluster");
+    let meta = Arc::new(c.client());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..3u64 {
+        let data = Arc::new(DataClient::new(meta.clone()));
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let dir = data
+                .meta
+                .mkdir(InodeId::ROOT, format!("w{w}").as_bytes(), 0o755)
+                .await
+                .expect("mkdir");
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let name = format!("f{i}");
+                let len = if i.is_multiple_of(3) { 1 << 20 } else { 3000 };
+                write(&data, dir.ino, &name, &pattern(len, i)).await;
+                if i.is_multiple_of(2) {
+                    data.meta
+                        .rename(
+                            dir.ino,
+                            name.as_bytes(),
+                            dir.ino,
+                            format!("r{i}").as_bytes(),
+                            sparefs_proto::namespace::RenameMode::Replace,
+                        )
+                        .await
+                        .expect("rename");
+                }
+                if i % 5 == 4 {
+                    let _ = data
+                        .meta
+                        .unlink(dir.ino, format!("r{}", i - 2).as_bytes())
+                        .await;
+                }
+                i += 1;
+            }
+            i
+        }));
+    }
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(700));
+        let (code, v) = fsck(&c, &[]);
+        assert_eq!(code, 0, "false damage under writes: {v}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut files = 0;
+    for w in workers {
+        files += w.await.expect("worker");
+    }
+    assert!(files > 10, "the workload ran ({files} files)");
+    let (code, v) = fsck(&c, &[]);
+    assert_eq!(code, 0, "{v}");
+}
