@@ -500,6 +500,17 @@ impl MetaClient {
         }
     }
 
+    /// One replica's state digest (`Request::Digest`), asked directly.
+    pub async fn digest_of(&self, address: &str) -> Result<sparefs_proto::fsck::StateDigest> {
+        let c = self.conn(address).await.map_err(ClientError::Unavailable)?;
+        match c.call(Request::Digest, Duration::from_secs(120)).await {
+            Ok(Reply::Digest(d)) => Ok(d),
+            Ok(other) => Err(ClientError::unexpected("Digest", other)),
+            Err(CallError::Transport(e)) => Err(ClientError::Unavailable(e)),
+            Err(CallError::Rpc(e)) => Err(ClientError::Rejected(e.to_string())),
+        }
+    }
+
     /// The status of one replica, asked directly (no redirect).
     pub async fn status_of(&self, address: &str) -> Result<ReplicaStatus> {
         let c = self.conn(address).await.map_err(ClientError::Unavailable)?;

@@ -48,7 +48,7 @@ fn roles_for_request(req: &Request) -> Option<&'static [Role]> {
         } => Some(&[Role::Admin, Role::Iscsi]),
         Request::Read { .. } | Request::Status | Request::RepairStatus => None,
         // It reads every record, secrets included.
-        Request::Fsck => Some(&[Role::Admin]),
+        Request::Fsck | Request::Digest => Some(&[Role::Admin]),
         Request::Write { op, .. } => Some(roles_for(op.origin())),
         Request::WaitRecall { .. } | Request::KeepAlive { .. } => Some(USERS),
         Request::Raft { .. } | Request::SnapshotPiece { .. } => Some(&[Role::Meta]),
@@ -81,6 +81,7 @@ fn client_of(req: &Request) -> Option<ClientId> {
         | Request::Status
         | Request::RepairStatus
         | Request::Fsck
+        | Request::Digest
         | Request::PutFragment { .. }
         | Request::GetFragment { .. }
         | Request::GetBlockTable { .. } => None,
@@ -180,6 +181,7 @@ pub fn speak_for(callers: Callers, req: &mut Request) {
         | Request::Status
         | Request::RepairStatus
         | Request::Fsck
+        | Request::Digest
         | Request::PutFragment { .. }
         | Request::GetFragment { .. }
         | Request::GetBlockTable { .. } => {}

@@ -226,6 +226,28 @@ impl Server {
                     Err(e) => Err(RpcError::Storage(e.to_string())),
                 }
             }
+            Request::Digest => {
+                if self
+                    .fsck_running
+                    .swap(true, std::sync::atomic::Ordering::AcqRel)
+                {
+                    return Err(RpcError::Busy);
+                }
+                let (store, me) = (self.store.clone(), self.clone());
+                let done = tokio::task::spawn_blocking(move || {
+                    let view = store.snapshot_view();
+                    let r = crate::ns::fsck::digest(&view);
+                    me.fsck_running
+                        .store(false, std::sync::atomic::Ordering::Release);
+                    r
+                })
+                .await;
+                match done {
+                    Ok(Ok(d)) => Ok(Reply::Digest(d)),
+                    Ok(Err(e)) => Err(RpcError::Storage(e.to_string())),
+                    Err(e) => Err(RpcError::Storage(e.to_string())),
+                }
+            }
             Request::RepairStatus => {
                 if !self.shared.is_leader_ready() {
                     return Err(RpcError::NotLeader { leader: None });

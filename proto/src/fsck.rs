@@ -48,6 +48,8 @@ pub enum FindingKind {
     UnderProtected,
     /// A block with fewer fragments on live chunkservers than it needs.
     Unreadable,
+    /// Meta replicas at the same applied index hold different state.
+    ReplicasDiffer,
 }
 
 impl FindingKind {
@@ -126,4 +128,12 @@ pub struct FsckReport {
     pub more: u64,
     /// Whether chunkserver liveness was known (online) or assumed (offline).
     pub liveness_known: bool,
+}
+
+/// A replica's state summarised: per column family, its records and a
+/// blake3 over every key and value in order, at `applied`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateDigest {
+    pub applied: u64,
+    pub cfs: Vec<(String, u64, [u8; 32])>,
 }

@@ -129,6 +129,10 @@ pub enum Request {
     /// consistent snapshot on the leader) and reports what is wrong
     /// (`Reply::Fsck`). Admins only.
     Fsck,
+    /// This replica's applied index and a digest of each column family of
+    /// its state there (`Reply::Digest`): replicas at the same index must
+    /// agree. Answered by any replica, admins only.
+    Digest,
 }
 
 /// What a chunkserver tells the leader every few seconds: capacity and
@@ -187,6 +191,7 @@ pub enum Reply {
     Delete(Vec<(BlockId, u8)>),
     Repair(RepairProgress),
     Fsck(crate::fsck::FsckReport),
+    Digest(crate::fsck::StateDigest),
     /// Directories the leader wants back from the client (maybe none).
     Recall(Vec<crate::InodeId>),
 }

@@ -3,7 +3,9 @@
 //! orphan inode, a block reference count off by one) is found offline and
 //! online with the files named, repaired, and gone on the next run; lost
 //! chunkservers make blocks under-protected or unreadable, named by file;
-//! and a check while clients write, rename and delete reports nothing.
+//! a replica whose state was changed behind Raft's back is told apart from
+//! the others; and a check while clients write, rename and delete reports
+//! nothing.
 
 use sparefs_client::{DataClient, OpenFile};
 use sparefs_meta::kv::{Cf, ReadKv, Tx};
@@ -251,4 +253,45 @@ async fn a_check_under_writes_reports_nothing() {
     assert!(files > 10, "the workload ran ({files} files)");
     let (code, v) = fsck(&c, &[]);
     assert_eq!(code, 0, "{v}");
+}
+
+/// One replica's state edited while it was stopped: at the same applied
+/// index its digest differs from the others', and fsck says which.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_that_differs_is_named() {
+    let mut c = cluster_with(3, 3, "2G", &[], &[]).await.expect("cluster");
+    let data = Arc::new(DataClient::new(Arc::new(c.client())));
+    let a = write(&data, InodeId::ROOT, "a.txt", b"hello").await;
+    let (code, v) = fsck(&c, &[]);
+    assert_eq!(code, 0, "{v}");
+    // Not the leader: the group keeps its majority meanwhile.
+    let leader = c
+        .wait_leader(Duration::from_secs(20))
+        .await
+        .expect("leader");
+    let victim = (1..=3).find(|i| *i != leader).expect("a follower");
+    c.kill(victim);
+    {
+        let store =
+            sparefs_meta::store::Store::open(&c.data_dir(victim)).expect("open the replica");
+        let mut tx = Tx::new(&store);
+        let mut ra: InodeRec = tx.get_rec(Cf::Inodes, &be(a.0)).expect("read").expect("a");
+        ra.perm = 0o777;
+        tx.put_rec(Cf::Inodes, be(a.0), &ra);
+        store.write_now(tx.into_writes()).expect("edit");
+    }
+    c.spawn(victim, false).expect("restart");
+    let start = Instant::now();
+    loop {
+        let (code, v) = fsck(&c, &[]);
+        let f = findings(&v);
+        if f.iter().any(|(k, _)| k == "ReplicasDiffer") {
+            assert_eq!(code, 4, "{v}");
+            let text = v.to_string();
+            assert!(text.contains("inodes"), "names the column family: {text}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(40), "not found: {v}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

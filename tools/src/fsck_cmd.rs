@@ -66,9 +66,12 @@ async fn run_inner(args: FsckArgs) -> anyhow::Result<i32> {
         (None, Some(d)) => crate::up_cmd::read_cluster_file(d)?.meta_addresses(),
         (None, None) => bail!("give --meta ADDRS, --data DIR or --offline DIR"),
     };
-    let client = crate::meta_client(addresses, current_caller());
+    let client = crate::meta_client(addresses.clone(), current_caller());
     let first = confirmed(&client, args.json).await?;
-    let first = within(first, args.path.as_deref());
+    let mut first = within(first, args.path.as_deref());
+    // Replica disagreement is not repairable here: it is reported as found.
+    let replicas = compare_replicas(&client, &addresses).await;
+    first.findings.extend(replicas.iter().cloned());
     if !args.repair || first.findings.iter().all(|f| f.fix.is_none()) {
         return Ok(finish(&args, &first, &Repairs::default(), started));
     }
@@ -91,6 +94,7 @@ async fn run_inner(args: FsckArgs) -> anyhow::Result<i32> {
             break;
         }
     }
+    report.findings.extend(replicas);
     Ok(finish(&args, &report, &all, started))
 }
 
@@ -143,6 +147,65 @@ async fn confirmed(client: &MetaClient, quiet: bool) -> anyhow::Result<FsckRepor
     let seen: std::collections::HashSet<_> = first.findings.iter().map(key).collect();
     second.findings.retain(|f| seen.contains(&key(f)));
     Ok(second)
+}
+
+/// Every replica's state digest at one applied index: they must agree.
+/// Asked a few times until every replica reports the same index (a busy
+/// cluster moves on between two questions); a replica that does not
+/// answer is skipped (`status` reports it).
+async fn compare_replicas(client: &MetaClient, seeds: &[String]) -> Vec<Finding> {
+    let mut members: Vec<String> = seeds.to_vec();
+    if let Some(a) = seeds.first() {
+        if let Ok(s) = client.status_of(a).await {
+            for (_, m) in s.members {
+                if !members.contains(&m) {
+                    members.push(m);
+                }
+            }
+        }
+    }
+    for _ in 0..20 {
+        let mut got = Vec::new();
+        for m in &members {
+            if let Ok(d) = client.digest_of(m).await {
+                got.push((m.clone(), d));
+            }
+        }
+        if got.len() < 2 {
+            return Vec::new();
+        }
+        if got.iter().any(|(_, d)| d.applied != got[0].1.applied) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        }
+        let (first, base) = &got[0];
+        let mut out = Vec::new();
+        for (m, d) in &got[1..] {
+            let differ: Vec<&str> = base
+                .cfs
+                .iter()
+                .zip(&d.cfs)
+                .filter(|(a, b)| a != b)
+                .map(|(a, _)| a.0.as_str())
+                .collect();
+            if !differ.is_empty() {
+                out.push(Finding {
+                    kind: sparefs_proto::fsck::FindingKind::ReplicasDiffer,
+                    ino: None,
+                    path: None,
+                    detail: format!(
+                        "at index {}, {m} and {first} differ in {}",
+                        base.applied,
+                        differ.join(", ")
+                    ),
+                    fix: None,
+                });
+            }
+        }
+        return out;
+    }
+    eprintln!("fsck: the replicas kept applying entries; their states were not compared");
+    Vec::new()
 }
 
 /// Keeps the findings under `path` (all without one).

@@ -54,6 +54,7 @@ struct Node {
     nlink: u32,
     parent: InodeId,
     children: u64,
+    next_cookie: u64,
     size: u64,
     /// Names found, subdirectories found, entries found.
     names: u32,
@@ -128,6 +129,7 @@ pub fn check(
                         nlink: r.nlink,
                         parent: r.parent,
                         children: r.children,
+                        next_cookie: r.next_cookie,
                         size: r.size,
                         names: 0,
                         subdirs: 0,
@@ -166,7 +168,22 @@ pub fn check(
         };
         cookies.insert((parent, d.cookie));
         match nodes.get_mut(&parent) {
-            Some(p) if p.kind == FileKind::Dir => p.entries += 1,
+            Some(p) if p.kind == FileKind::Dir => {
+                p.entries += 1;
+                if d.cookie >= p.next_cookie {
+                    f.add(
+                        FindingKind::IndexMismatch,
+                        Some(InodeId(parent)),
+                        format!(
+                            "entry {:?} has cookie {}, not below the directory's next ({})",
+                            name_str(name),
+                            d.cookie,
+                            p.next_cookie
+                        ),
+                        None,
+                    );
+                }
+            }
             _ => f.add(
                 FindingKind::EntryUnderNonDirectory,
                 Some(InodeId(parent)),
@@ -574,6 +591,32 @@ pub fn check(
     report.findings = f.list;
     report.more = f.more;
     Ok(report)
+}
+
+/// Each column family's records and a blake3 of its keys and values in
+/// order, at the applied index of `kv`: replicas that applied the same
+/// entries hold the same bytes (`ns` writes nothing that depends on the
+/// replica), so at one index their digests are equal.
+pub fn digest(kv: &impl ReadKv) -> Result<sparefs_proto::fsck::StateDigest, StoreError> {
+    let mut out = sparefs_proto::fsck::StateDigest {
+        applied: sys_u64(kv, SYS_APPLIED)?,
+        cfs: Vec::new(),
+    };
+    for cf in crate::kv::STATE_CFS {
+        let mut h = blake3::Hasher::new();
+        let mut n = 0u64;
+        each(kv, cf, &[], |k, v| {
+            n += 1;
+            h.update(&(k.len() as u64).to_le_bytes());
+            h.update(&k);
+            h.update(&(v.len() as u64).to_le_bytes());
+            h.update(&v);
+            Ok(())
+        })?;
+        out.cfs
+            .push((cf.name().to_string(), n, *h.finalize().as_bytes()));
+    }
+    Ok(out)
 }
 
 /// A path to `ino` through the names the check found (None if it has none
