@@ -104,7 +104,12 @@ pub async fn run(config: ChunkserverConfig) -> anyhow::Result<()> {
     }
     let meta = Arc::new(meta);
     let writer = writer::start(store.clone());
-    let svc = Arc::new(service::FragmentService::new(store.clone(), writer));
+    let lost: scrub::LostList = Default::default();
+    let svc = Arc::new(service::FragmentService::new(
+        store.clone(),
+        writer,
+        lost.clone(),
+    ));
     // Register (retrying until a meta leader answers), then heartbeat.
     let (id, key) = loop {
         let op = WriteOp::RegisterChunkserver {
@@ -123,7 +128,6 @@ pub async fn run(config: ChunkserverConfig) -> anyhow::Result<()> {
     };
     svc.set_key(id, key);
     tracing::info!(chunkserver = id.0, listen = %config.listen, dir = %config.dir.display(), "chunkserver serving");
-    let lost: scrub::LostList = Default::default();
     scrub::start(
         store.clone(),
         config.scrub_rate,

@@ -79,7 +79,7 @@ pub fn pass(store: &FragmentStore, rate: u64, lost: &LostList) -> (u64, u64) {
     (checked, bad)
 }
 
-fn report(lost: &LostList, block: BlockId, slot: u8) {
+pub(crate) fn report(lost: &LostList, block: BlockId, slot: u8) {
     let mut l = lost.lock().unwrap_or_else(|p| p.into_inner());
     // Bounded: past this, the inventory's missing check finds the rest.
     if l.len() < 65_536 {

@@ -17,15 +17,45 @@ pub struct FragmentService {
     writer: Writer,
     /// This server's id and its own capability key, once registered.
     key: RwLock<Option<(ChunkserverId, ServerKey)>>,
+    /// Fragments found bad, for the next heartbeat (shared with scrub).
+    lost: crate::scrub::LostList,
 }
 
 impl FragmentService {
-    pub fn new(store: Arc<FragmentStore>, writer: Writer) -> FragmentService {
+    pub fn new(
+        store: Arc<FragmentStore>,
+        writer: Writer,
+        lost: crate::scrub::LostList,
+    ) -> FragmentService {
         FragmentService {
             store,
             writer,
             key: RwLock::new(None),
+            lost,
         }
+    }
+
+    /// A checked read that found the fragment bad drops it and reports it
+    /// lost, as scrub does: the meta has it rebuilt (onto this server too,
+    /// now that its slot is free), and nobody reads it again meanwhile.
+    fn read_checked(
+        store: &FragmentStore,
+        lost: &crate::scrub::LostList,
+        (block, index, offset, len, verify): (BlockId, u8, u32, u32, bool),
+    ) -> Result<Vec<u8>, RpcError> {
+        let r = store.read_as(block, index, offset, len, verify);
+        if verify {
+            if let Err(RpcError::Corrupt { detail, .. }) = &r {
+                tracing::error!(
+                    block = block.0,
+                    slot = index,
+                    "bad fragment read ({detail}); dropped"
+                );
+                store.discard(block, index);
+                crate::scrub::report(lost, block, index);
+            }
+        }
+        r
     }
 
     pub fn set_key(&self, me: ChunkserverId, key: ServerKey) {
@@ -103,23 +133,19 @@ impl FragmentService {
                 if len as u64 > BLOCK_BYTES_MAX {
                     return Err(RpcError::BadRequest(format!("read of {len} bytes")));
                 }
+                let what = (block, index, offset, len, verify);
                 if len as usize <= INLINE_READ_BYTES_MAX {
                     // A small read is mostly a page-cache copy: cheaper than
                     // handing it to the blocking pool and back (two thread
                     // wake-ups). A read that does go to disk holds this
                     // worker alone; the others keep serving.
-                    return self
-                        .store
-                        .read_as(block, index, offset, len, verify)
-                        .map(Reply::Bytes);
+                    return Self::read_checked(&self.store, &self.lost, what).map(Reply::Bytes);
                 }
-                let store = self.store.clone();
-                tokio::task::spawn_blocking(move || {
-                    store.read_as(block, index, offset, len, verify)
-                })
-                .await
-                .map_err(|e| RpcError::Storage(e.to_string()))?
-                .map(Reply::Bytes)
+                let (store, lost) = (self.store.clone(), self.lost.clone());
+                tokio::task::spawn_blocking(move || Self::read_checked(&store, &lost, what))
+                    .await
+                    .map_err(|e| RpcError::Storage(e.to_string()))?
+                    .map(Reply::Bytes)
             }
             Request::GetBlockTable { cap, block, index } => {
                 self.check(&cap, block, false)?;

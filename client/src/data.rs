@@ -111,7 +111,7 @@ fn shard_pieces(start: u32, len: u32, shard: u32) -> Vec<(usize, u32, u32)> {
 /// The sets of fragment indexes (of `n`) to leave out of a decode, fewest
 /// first, up to `most` at a time; codes wider than 16 try leaving out
 /// one at a time only.
-fn leave_out_sets(n: usize, most: usize) -> Vec<Vec<usize>> {
+pub(crate) fn leave_out_sets(n: usize, most: usize) -> Vec<Vec<usize>> {
     let most = if n > 16 { most.min(1) } else { most };
     let mut sets = vec![Vec::new()];
     for size in 1..=most.min(n) {
@@ -244,7 +244,7 @@ impl DataClient {
     }
 
     /// A chunk's slices and read capabilities, from the meta (no cache).
-    pub(crate) async fn fetch_chunk(
+    pub async fn fetch_chunk(
         &self,
         ino: InodeId,
         index: u64,
@@ -356,7 +356,7 @@ impl DataClient {
         Ok(out)
     }
 
-    async fn get_fragment(
+    pub(crate) async fn get_fragment(
         &self,
         block: &BlockRef,
         cap: &Capability,

@@ -21,6 +21,7 @@ pub mod open_files;
 pub mod overlay;
 pub mod packed_names;
 pub mod readahead;
+pub mod scrub;
 pub mod verify;
 
 pub use attrs::Attrs;

@@ -50,6 +50,9 @@ pub enum FindingKind {
     Unreadable,
     /// Meta replicas at the same applied index hold different state.
     ReplicasDiffer,
+    /// A fragment missing, failing its chunkserver's check, or not what
+    /// the block's bytes encode to (`--verify-data`).
+    BadFragment,
 }
 
 impl FindingKind {
@@ -96,6 +99,13 @@ pub enum Fix {
     DropChunk {
         ino: InodeId,
         index: u64,
+    },
+    /// Marks a fragment lost (so repair rebuilds it from the others), if
+    /// it is still where it was found.
+    LoseFragment {
+        block: BlockId,
+        slot: u8,
+        server: crate::ChunkserverId,
     },
 }
 

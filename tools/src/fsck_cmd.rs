@@ -35,6 +35,13 @@ pub struct FsckArgs {
     /// Fix what is safe to fix, then check again.
     #[arg(long)]
     pub repair: bool,
+    /// Also read every fragment of every block (parity too) and check it
+    /// against its chunkserver's checksums and the block's own.
+    #[arg(long)]
+    pub verify_data: bool,
+    /// Fragment bytes read per second at most by --verify-data (K/M/G).
+    #[arg(long, default_value = "200M")]
+    pub rate: String,
     /// One JSON report on stdout.
     #[arg(long)]
     pub json: bool,
@@ -72,13 +79,43 @@ async fn run_inner(args: FsckArgs) -> anyhow::Result<i32> {
     // Replica disagreement is not repairable here: it is reported as found.
     let replicas = compare_replicas(&client, &addresses).await;
     first.findings.extend(replicas.iter().cloned());
+    let mut data_repairs = Vec::new();
+    let mut data_left: Vec<Finding> = Vec::new();
+    if args.verify_data {
+        let rate = sparefs_chunkserver::parse_size(&args.rate, 0).map_err(anyhow::Error::msg)?;
+        let root = args.path.clone().unwrap_or_else(|| "/".into());
+        let client = std::sync::Arc::new(crate::meta_client(addresses.clone(), current_caller()));
+        let v = crate::fsck_verify::verify(client, &root, rate, args.repair).await?;
+        if !args.json {
+            eprintln!(
+                "fsck: verified {} blocks ({} fragment bytes) in {:.1} s ({:.0} MB/s)",
+                v.blocks,
+                v.bytes,
+                v.seconds,
+                v.bytes as f64 / v.seconds.max(0.001) / 1e6
+            );
+        }
+        // With --repair these were repaired (or waited for) already.
+        data_left = v.findings;
+        if args.repair {
+            for f in data_left.iter_mut() {
+                f.fix = None;
+            }
+        }
+        first.findings.extend(data_left.iter().cloned());
+        data_repairs = v.repaired;
+    }
+    let data_fixed = Repairs {
+        done: data_repairs,
+        ..Repairs::default()
+    };
     if !args.repair || first.findings.iter().all(|f| f.fix.is_none()) {
-        return Ok(finish(&args, &first, &Repairs::default(), started));
+        return Ok(finish(&args, &first, &data_fixed, started));
     }
     // Rounds: a repair can change what the next one must do (removing a
     // dangling entry changes its directory's entry count), so check again
     // after each round until nothing repairable is left or nothing changes.
-    let mut all = Repairs::default();
+    let mut all = data_fixed;
     let mut report = first;
     for _ in 0..REPAIR_ROUNDS_MAX {
         if report.findings.iter().all(|f| f.fix.is_none()) {
@@ -95,6 +132,7 @@ async fn run_inner(args: FsckArgs) -> anyhow::Result<i32> {
         }
     }
     report.findings.extend(replicas);
+    report.findings.extend(data_left);
     Ok(finish(&args, &report, &all, started))
 }
 

@@ -7,6 +7,7 @@ mod chaos_cmd;
 mod daemon_cmd;
 mod fs_cmd;
 mod fsck_cmd;
+mod fsck_verify;
 mod iscsi_cmd;
 mod mount_cmd;
 mod names;

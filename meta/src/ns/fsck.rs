@@ -707,6 +707,19 @@ pub(super) fn apply_fix<R: ReadKv>(
             };
             super::blocks::put_chunk(tx, *ino, *index, &old, Vec::new(), now)?;
         }
+        Fix::LoseFragment {
+            block,
+            slot,
+            server,
+        } => {
+            let Some(rec) = tx.get_rec::<BlockRec>(Cf::Blocks, &block_key(*block))? else {
+                return Err(stale());
+            };
+            if rec.index_of(*slot).map(|i| rec.fragments[i]) != Some(*server) {
+                return Err(stale());
+            }
+            super::blocks::lose(tx, *block, *slot, *server, now)?;
+        }
         Fix::Adopt { ino, nlink } => {
             let mut r = load(tx, *ino)?;
             if r.nlink != *nlink || super::orphans::is_orphan(tx, *ino)? {
