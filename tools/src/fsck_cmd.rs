@@ -81,6 +81,7 @@ async fn run_inner(args: FsckArgs) -> anyhow::Result<i32> {
     first.findings.extend(replicas.iter().cloned());
     let mut data_repairs = Vec::new();
     let mut data_left: Vec<Finding> = Vec::new();
+    let mut verified = None;
     if args.verify_data {
         let rate = sparefs_chunkserver::parse_size(&args.rate, 0).map_err(anyhow::Error::msg)?;
         let root = args.path.clone().unwrap_or_else(|| "/".into());
@@ -96,6 +97,7 @@ async fn run_inner(args: FsckArgs) -> anyhow::Result<i32> {
             );
         }
         // With --repair these were repaired (or waited for) already.
+        verified = Some((v.blocks, v.bytes, v.seconds));
         data_left = v.findings;
         if args.repair {
             for f in data_left.iter_mut() {
@@ -107,6 +109,7 @@ async fn run_inner(args: FsckArgs) -> anyhow::Result<i32> {
     }
     let data_fixed = Repairs {
         done: data_repairs,
+        verified,
         ..Repairs::default()
     };
     if !args.repair || first.findings.iter().all(|f| f.fix.is_none()) {
@@ -139,9 +142,11 @@ async fn run_inner(args: FsckArgs) -> anyhow::Result<i32> {
 /// Repair rounds at most (each: repair, then check again).
 const REPAIR_ROUNDS_MAX: usize = 4;
 
-/// What `--repair` did.
+/// What `--repair` did (and what `--verify-data` read).
 #[derive(Default)]
 struct Repairs {
+    /// `--verify-data`: blocks, fragment bytes, seconds.
+    verified: Option<(u64, u64, f64)>,
     done: Vec<Finding>,
     /// Changed since the check (in the last round: left to the next run).
     stale: usize,
@@ -312,6 +317,7 @@ fn finish(args: &FsckArgs, report: &FsckReport, repairs: &Repairs, started: Inst
             "repairs_stale": repairs.stale,
             "repairs_failed": repairs.failed.iter().map(|(f, e)| serde_json::json!({"finding": f, "error": e})).collect::<Vec<_>>(),
             "errors": errors,
+            "verified": repairs.verified.map(|(blocks, bytes, seconds)| serde_json::json!({"blocks": blocks, "bytes": bytes, "seconds": seconds})),
             "exit": code,
             "seconds": started.elapsed().as_secs_f64(),
         });
