@@ -329,10 +329,19 @@ pub fn scan_db(
     start: &[u8],
     limit: usize,
 ) -> Result<Pairs, StoreError> {
+    collect_prefix(db.raw_iterator_cf(cf), prefix, start, limit)
+}
+
+/// Up to `limit` pairs from `start` whose keys start with `prefix`.
+fn collect_prefix(
+    mut it: rocksdb::DBRawIteratorWithThreadMode<'_, DB>,
+    prefix: &[u8],
+    start: &[u8],
+    limit: usize,
+) -> Result<Pairs, StoreError> {
     // The raw iterator lends each key and value: the boxed iterator would
     // allocate both once more per entry (listings read thousands).
     let mut out = Vec::new();
-    let mut it = db.raw_iterator_cf(cf);
     it.seek(start);
     while out.len() < limit {
         let (Some(k), Some(v)) = (it.key(), it.value()) else {
@@ -407,21 +416,12 @@ impl ReadKv for SnapshotView<'_> {
     }
 
     fn scan(&self, cf: Cf, prefix: &[u8], start: &[u8], limit: usize) -> Result<Pairs, StoreError> {
-        let mut out = Vec::new();
-        let mut it = self.snap.raw_iterator_cf(self.store.state_cf(cf));
-        it.seek(start);
-        while out.len() < limit {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            if !k.starts_with(prefix) {
-                break;
-            }
-            out.push((k.to_vec(), v.to_vec()));
-            it.next();
-        }
-        it.status()?;
-        Ok(out)
+        collect_prefix(
+            self.snap.raw_iterator_cf(self.store.state_cf(cf)),
+            prefix,
+            start,
+            limit,
+        )
     }
 }
 

@@ -715,3 +715,34 @@ pub fn open_file_limit() -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024)
 }
+
+/// `ip ARGS` (iproute2), quietly: whether it succeeded. For tests that
+/// build network namespaces (root only).
+pub fn ip(args: &[&str]) -> bool {
+    std::process::Command::new("ip")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `ip ARGS`, which must succeed.
+pub fn ip_must(args: &[&str]) {
+    assert!(ip(args), "ip {}", args.join(" "));
+}
+
+/// The numbers of a CUnit run's "tests" summary line (total, ran, passed,
+/// failed, inactive), from iscsi-test-cu's output; panics without one.
+pub fn cunit_tests_line(text: &str) -> Vec<u64> {
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("tests"))
+        .unwrap_or_else(|| panic!("no CUnit summary:\n{text}"));
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(n.len() >= 4, "summary {line:?}");
+    n
+}

@@ -194,15 +194,7 @@ async fn conformance_suite_passes() {
         .output()
         .expect("iscsi-test-cu (apt-get install libiscsi-bin)");
     let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
-    let tests_line = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("tests"))
-        .unwrap_or_else(|| panic!("no summary:\n{text}"));
-    let n: Vec<u64> = tests_line
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    assert!(n.len() >= 4, "summary {tests_line:?}");
+    let n = sparefs_tests::cunit_tests_line(&text);
     let (total, ran, passed, failed) = (n[0], n[1], n[2], n[3]);
     let skipped = text.matches("[SKIPPED]").count();
     println!("iscsi-test-cu: {total} tests, {ran} ran, {passed} passed, {failed} failed; {skipped} skip notes");

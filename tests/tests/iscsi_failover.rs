@@ -20,7 +20,10 @@ use sparefs_client::{ClientError, DataClient, OpenFile};
 use sparefs_proto::namespace::{NsReply, WriteOp};
 use sparefs_proto::{Errno, InodeId};
 use sparefs_tests::data::{get, pattern};
-use sparefs_tests::{fs_cluster_of, fs_cluster_tls, run_ok, sparefs_bin, who, MetaCluster};
+use sparefs_tests::{
+    cunit_tests_line, fs_cluster_of, fs_cluster_tls, ip, ip_must as must, run_ok, sparefs_bin, who,
+    MetaCluster,
+};
 use sparefs_wire::tls::Role as TlsRole;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -540,19 +543,9 @@ async fn reservations_and_multipath_tests_across_two_targets() {
         .output()
         .expect("iscsi-test-cu");
     let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
-    let line = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("tests"))
-        .unwrap_or_else(|| panic!("no summary:\n{text}"));
-    let n: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    println!("multipath: {line}");
-    assert!(
-        n.len() >= 4 && n[1] >= 4,
-        "multipath tests did not run: {text}"
-    );
+    let n = cunit_tests_line(&text);
+    println!("multipath: {n:?} (total, ran, passed, failed, inactive)");
+    assert!(n[1] >= 4, "multipath tests did not run: {text}");
     assert_eq!(n[3], 0, "multipath failures:\n{text}\n{}", rig.logs());
 
     // WRITE EXCLUSIVE by key abc through the active target.
@@ -584,19 +577,6 @@ const NET: &str = "10.79.0";
 const CUT: &str = "10.79.0.200";
 /// Everything else lives on the root side.
 const ROOT_SIDE: [u8; 7] = [1, 2, 3, 101, 102, 103, 202];
-
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn must(args: &[&str]) {
-    assert!(ip(args), "ip {}", args.join(" "));
-}
 
 /// The namespace and its veth pair; removed on drop.
 struct Net;

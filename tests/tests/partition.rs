@@ -9,7 +9,7 @@ use sparefs_client::DataClient;
 use sparefs_proto::namespace::{NsReply, ReadOp};
 use sparefs_proto::InodeId;
 use sparefs_tests::data::{get, pattern, put};
-use sparefs_tests::{poll, sparefs_bin};
+use sparefs_tests::{ip, ip_must as must, poll, sparefs_bin};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,19 +19,6 @@ const ROOT_IF: &str = "spf-part0";
 const NS_IF: &str = "spf-part1";
 /// The cut-off host; the majority hosts are .1, .3, .4 on the root side.
 const ISOLATED: &str = "10.77.0.2";
-
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn must(args: &[&str]) {
-    assert!(ip(args), "ip {}", args.join(" "));
-}
 
 /// The namespace, the veth pair and the processes; all removed on drop.
 struct Net {

@@ -236,26 +236,11 @@ pub(super) fn apply_op_at<R: ReadKv>(
             holder,
         } => super::fence::take_fence(tx, c, *ino, *expect, holder),
         WriteOp::Fenced { epoch, op } => {
-            let ino = match op.as_ref() {
-                WriteOp::CommitSlices { ino, .. }
-                | WriteOp::CommitSlicesThenSetAttrs { ino, .. } => *ino,
-                _ => return Err(Errno::EINVAL.into()),
+            let Some((ino, slices, size_at_least, then)) = commit_parts(op) else {
+                return Err(Errno::EINVAL.into());
             };
             super::fence::check_fence(tx, ino, *epoch)?;
-            match op.as_ref() {
-                WriteOp::CommitSlicesThenSetAttrs {
-                    ino,
-                    slices,
-                    size_at_least,
-                    then,
-                } => commit_slices(tx, c, now, *ino, slices, *size_at_least, then),
-                WriteOp::CommitSlices {
-                    ino,
-                    slices,
-                    size_at_least,
-                } => commit_slices(tx, c, now, *ino, slices, *size_at_least, &[]),
-                _ => Err(Errno::EINVAL.into()),
-            }
+            commit_slices(tx, c, now, ino, slices, size_at_least, then)
         }
         WriteOp::SetClusterKey { key } => {
             root_only(c)?;
@@ -316,5 +301,30 @@ pub(super) fn apply_op_at<R: ReadKv>(
         // Two steps with their own outcomes: `apply_command` runs them.
         WriteOp::Delegated { .. } => Err(Errno::EINVAL.into()),
         WriteOp::Sync => Ok(NsReply::Done),
+    }
+}
+
+/// What a commit carries, for one that arrives inside a fence.
+type CommitParts<'a> = (
+    InodeId,
+    &'a [(u64, sparefs_proto::layout::Slice)],
+    u64,
+    &'a [(Caller, SetAttr)],
+);
+
+fn commit_parts(op: &WriteOp) -> Option<CommitParts<'_>> {
+    match op {
+        WriteOp::CommitSlices {
+            ino,
+            slices,
+            size_at_least,
+        } => Some((*ino, slices, *size_at_least, &[])),
+        WriteOp::CommitSlicesThenSetAttrs {
+            ino,
+            slices,
+            size_at_least,
+            then,
+        } => Some((*ino, slices, *size_at_least, then)),
+        _ => None,
     }
 }
