@@ -32,11 +32,18 @@ use std::time::{Duration, Instant};
 /// How often the heartbeat (the lease of every image held) is renewed.
 pub const RENEW_EVERY: Duration = Duration::from_millis(500);
 /// The holder serves I/O at most this long after sending its last
-/// successful renewal.
-pub const HOLD: Duration = Duration::from_millis(1500);
+/// successful renewal (five renewals may fail in a row before it stops).
+pub const HOLD: Duration = Duration::from_millis(2500);
 /// A standby takes over once the holder's heartbeat has not changed for
 /// this long (as it observed it).
-pub const EXPIRE: Duration = Duration::from_millis(2000);
+pub const EXPIRE: Duration = Duration::from_millis(3000);
+/// How long a target that stopped renewing is still listed as a standby
+/// port group.
+pub const LISTED_FOR: Duration = Duration::from_secs(30);
+/// How recent the listing of heartbeats must be to declare a holder gone
+/// (a process that could not look for a while knows nothing of renewals
+/// made meanwhile).
+pub const PEERS_FRESH: Duration = Duration::from_secs(1);
 /// How often leases and fences are looked at.
 pub const TICK: Duration = Duration::from_millis(250);
 /// Longest a meta call of the loop may take: a cut-off process must keep
@@ -64,6 +71,9 @@ fn parse_holder(s: &str) -> Option<(&str, u64)> {
 #[derive(Default)]
 pub struct Peers {
     seen: HashMap<String, Seen>,
+    /// When the records were last listed: a view older than
+    /// `PEERS_FRESH` proves nobody dead (they may have renewed since).
+    listed_at: Option<Instant>,
 }
 
 struct Seen {
@@ -74,6 +84,7 @@ struct Seen {
 
 impl Peers {
     pub fn observe(&mut self, records: Vec<(u64, Heartbeat)>, now: Instant) {
+        self.listed_at = Some(now);
         let mut next = HashMap::new();
         for (version, hb) in records {
             let since = match self.seen.get(&hb.portal) {
@@ -85,11 +96,18 @@ impl Peers {
         self.seen = next;
     }
 
-    /// Whether the process named by `holder` is still renewing its lease.
+    /// Whether the process named by `holder` may still be renewing its
+    /// lease: yes unless a fresh listing shows it stopped (or restarted).
     pub fn alive(&self, holder: &str, now: Instant) -> bool {
         let Some((portal, incarnation)) = parse_holder(holder) else {
             return false;
         };
+        if self
+            .listed_at
+            .is_none_or(|t| now.duration_since(t) > PEERS_FRESH)
+        {
+            return true;
+        }
         self.seen.get(portal).is_some_and(|s| {
             s.hb.incarnation == incarnation && now.duration_since(s.since) < EXPIRE
         })
@@ -103,12 +121,14 @@ impl Peers {
             .map(|s| (s.hb.group, s.hb.portal.clone()))
     }
 
-    /// Groups of every target process renewing its heartbeat.
+    /// Groups of the target processes heard from lately (within
+    /// `LISTED_FOR`, longer than `EXPIRE`: a late heartbeat does not make a
+    /// group come and go in REPORT TARGET PORT GROUPS).
     pub fn live_groups(&self, now: Instant) -> Vec<u16> {
         let mut v: Vec<u16> = self
             .seen
             .values()
-            .filter(|s| now.duration_since(s.since) < EXPIRE && s.hb.group != 0)
+            .filter(|s| now.duration_since(s.since) < LISTED_FOR && s.hb.group != 0)
             .map(|s| s.hb.group)
             .collect();
         v.sort();
@@ -161,11 +181,27 @@ pub fn decide(
 #[derive(Default)]
 pub struct Failover {
     peers: Peers,
-    /// When the last successful renewal was sent.
-    renewed: Option<Instant>,
-    last_renew_try: Option<Instant>,
+    /// When the last successful renewal was sent (`renew`'s task sets it).
+    renewed: Arc<std::sync::Mutex<Option<Instant>>>,
     /// Images this process activated, at which epoch.
     active: HashMap<u64, u64>,
+}
+
+/// Renews the heartbeat every `RENEW_EVERY`, on its own: a slow round of
+/// the decisions (many images, a slow meta) never delays a renewal.
+async fn renew(shared: Arc<Shared>, renewed: Arc<std::sync::Mutex<Option<Instant>>>) {
+    loop {
+        let sent = Instant::now();
+        match bounded(shared.heartbeat()).await {
+            Ok(()) => {
+                if let Ok(mut r) = renewed.lock() {
+                    *r = Some(sent);
+                }
+            }
+            Err(e) => tracing::warn!("lease renewal: {e}"),
+        }
+        tokio::time::sleep(RENEW_EVERY.saturating_sub(sent.elapsed())).await;
+    }
 }
 
 async fn bounded<T>(f: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
@@ -212,17 +248,6 @@ impl Failover {
         let Some(meta) = shared.meta.clone() else {
             return;
         };
-        let now = Instant::now();
-        if self
-            .last_renew_try
-            .is_none_or(|t| now.duration_since(t) >= RENEW_EVERY)
-        {
-            self.last_renew_try = Some(now);
-            match bounded(shared.heartbeat()).await {
-                Ok(()) => self.renewed = Some(now),
-                Err(e) => tracing::warn!("lease renewal: {e}"),
-            }
-        }
         match bounded(crate::target::heartbeats_versioned(&meta)).await {
             Ok(list) => {
                 self.peers.observe(list, Instant::now());
@@ -246,9 +271,8 @@ impl Failover {
         }
         self.active.retain(|ino, _| by_image.contains_key(ino));
         for (ino, luns) in by_image {
-            let fresh = self
-                .renewed
-                .is_some_and(|t| Instant::now().duration_since(t) < HOLD);
+            let renewed = self.renewed();
+            let fresh = renewed.is_some_and(|t| Instant::now().duration_since(t) < HOLD);
             let (epoch, holder) = match bounded(get_fence(&meta, ino)).await {
                 Ok(f) => f,
                 Err(e) => {
@@ -294,7 +318,7 @@ impl Failover {
                             }
                         }
                     }
-                    let until = self.renewed.map(|t| t + HOLD);
+                    let until = self.renewed().map(|t| t + HOLD);
                     self.publish(&luns, mine, Some(mine), until);
                 }
                 Decision::Lapsed => {
@@ -308,6 +332,10 @@ impl Failover {
                 Decision::Take { .. } => {}
             }
         }
+    }
+
+    fn renewed(&self) -> Option<Instant> {
+        self.renewed.lock().ok().and_then(|r| *r)
     }
 
     /// Sets every LUN of an image to the layout: `active` is the holder's
@@ -344,6 +372,7 @@ impl Failover {
 /// Runs the loop until the process ends.
 pub async fn run(shared: Arc<Shared>) {
     let mut f = Failover::default();
+    tokio::spawn(renew(shared.clone(), f.renewed.clone()));
     loop {
         f.tick(&shared).await;
         tokio::time::sleep(TICK).await;
@@ -390,15 +419,24 @@ mod tests {
             Decision::Standby(Some(a.clone()))
         );
         // No change for EXPIRE since B first saw version 8: take over.
-        peers.observe(vec![(8, hb("10.0.0.1:3260", 7, 1))], t0 + EXPIRE);
+        peers.observe(
+            vec![(8, hb("10.0.0.1:3260", 7, 1))],
+            t0 + EXPIRE / 2 + EXPIRE,
+        );
         assert_eq!(
             decide(3, &a, &b, true, &peers, t0 + EXPIRE / 2 + EXPIRE),
             Decision::Take { expect: 3 }
         );
         // A standby that cannot renew its own lease takes nothing.
         assert_eq!(
-            decide(3, &a, &b, false, &peers, t0 + 2 * EXPIRE),
+            decide(3, &a, &b, false, &peers, t0 + EXPIRE / 2 + EXPIRE),
             Decision::Standby(None)
+        );
+        // Nor does one whose view of the others is old: the holder may
+        // have renewed while it could not look.
+        assert_eq!(
+            decide(3, &a, &b, true, &peers, t0 + 10 * EXPIRE),
+            Decision::Standby(Some(a.clone()))
         );
         // A restarted holder (new incarnation) is a new process: its old
         // fence is free at once.

@@ -700,7 +700,12 @@ async fn cut_off_target_is_fenced_and_rejoins_as_standby() {
     );
     for lun in [lun1, lun2] {
         let (act, _, _) = rig.lun_state(lun).expect("state");
-        assert_eq!(act.as_deref(), Some(b.as_str()), "LUN {lun} taken over");
+        assert_eq!(
+            act.as_deref(),
+            Some(b.as_str()),
+            "LUN {lun} taken over\n{}",
+            rig.logs()
+        );
     }
     let found1 = rig.verify(&Rig::url(&b, lun1), 256);
     assert_all_acked_present(&run1, &found1, 1);

@@ -225,9 +225,21 @@ impl Lun {
     /// Sets the port groups; a change of any state is announced to every
     /// nexus of this port (ASYMMETRIC ACCESS STATE CHANGED).
     pub fn set_ports(&self, next: PortGroups) {
+        // Only a change of state is announced: which group is active, or
+        // this port's own state; a standby group coming or going is not
+        // (initiators would otherwise hear of every heartbeat hiccup).
+        let key = |p: &PortGroups| {
+            let active = p
+                .groups
+                .iter()
+                .find(|(_, s)| *s == AccessState::ActiveOptimized)
+                .map(|(g, _)| *g);
+            let mine = p.groups.iter().find(|(g, _)| *g == p.mine).map(|(_, s)| *s);
+            (active, mine)
+        };
         let changed = match self.ports.lock() {
             Ok(mut p) => {
-                let changed = p.groups != next.groups;
+                let changed = key(&p) != key(&next);
                 *p = next;
                 changed
             }
