@@ -121,8 +121,8 @@ done
     echo "# iSCSI failover: takeover time ($(date -u +%Y-%m-%dT%H:%MZ))"
     echo
     echo "\`bench/iscsi-failover.sh $ROUNDS\` on $(nproc) cores: \`sparefs up --no-iscsi\` (3 metas, 3 chunkservers,"
-    echo "ec:2+1, TLS) and two target processes; default lease settings (renew 0.5 s, holder stops 1.5 s after its last"
-    echo "renewal, standby takes over 2 s after it last saw one). Writer: q1 4 KiB FUA writes, SYNCHRONIZE"
+    echo "ec:2+1, TLS) and two target processes; default lease settings (renew 0.5 s, holder stops 2.5 s after its last"
+    echo "renewal, standby takes over 3 s after it last saw one). Writer: q1 4 KiB FUA writes, SYNCHRONIZE"
     echo "CACHE every 16th, libiscsi command timeout 3 s. Kill to first write: from SIGKILL of the active"
     echo "target to the first write acknowledged by the survivor (both on CLOCK_MONOTONIC). Lost:"
     echo "acknowledged writes not found on the LUN afterwards."
