@@ -73,7 +73,11 @@ async fn run_inner(args: FsckArgs) -> anyhow::Result<i32> {
         (None, Some(d)) => crate::up_cmd::read_cluster_file(d)?.meta_addresses(),
         (None, None) => bail!("give --meta ADDRS, --data DIR or --offline DIR"),
     };
-    let client = crate::meta_client(addresses.clone(), current_caller());
+    // A check of millions of files takes longer than one ordinary request
+    // may: one attempt is given half an hour.
+    let mut client = crate::meta_client(addresses.clone(), current_caller())
+        .with_deadline(CHECK_TIMEOUT);
+    client.attempt_timeout = CHECK_TIMEOUT;
     let first = confirmed(&client, args.json).await?;
     let mut first = within(first, args.path.as_deref());
     // Replica disagreement is not repairable here: it is reported as found.
@@ -138,6 +142,9 @@ async fn run_inner(args: FsckArgs) -> anyhow::Result<i32> {
     report.findings.extend(data_left);
     Ok(finish(&args, &report, &all, started))
 }
+
+/// Longest the meta leader may take over one check.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// Repair rounds at most (each: repair, then check again).
 const REPAIR_ROUNDS_MAX: usize = 4;
