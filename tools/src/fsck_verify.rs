@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Blocks verified at once.
-const IN_FLIGHT: usize = 8;
+const IN_FLIGHT: usize = 16;
 /// How long `--repair` waits for the cluster to rebuild what it marked lost.
 const REBUILD_WAIT: Duration = Duration::from_secs(90);
 
