@@ -1,9 +1,9 @@
 //! Verifying a block whole, for `sparefs fsck --verify-data`: every
-//! fragment read from its chunkserver with the server's own span checks
-//! (which cover parity fragments, that reads never touch), the block
-//! decoded from fragments that pass its end-to-end checksum and, when some
-//! fragment failed, each compared with what re-encoding those bytes gives,
-//! to tell exactly which are bad.
+//! fragment read from its chunkserver, the data fragments checked end to
+//! end against the block's checksum and the parity fragments (which reads
+//! never touch) by their chunkservers' span checks; when anything fails,
+//! everything is read again with every server checking, and re-encoding
+//! the bytes that pass tells exactly which fragments are bad.
 //!
 //! Owns: the whole-block check. Must not touch: the read path's caches.
 
@@ -24,16 +24,70 @@ pub struct BlockVerdict {
 }
 
 impl DataClient {
+    /// Every fragment whole; `checked(i)`: whether its chunkserver checks
+    /// its spans (a failed one is then dropped and reported by the server).
+    async fn fetch_all(
+        &self,
+        block: &BlockRef,
+        cap: &Capability,
+        checked: impl Fn(usize) -> bool,
+    ) -> Vec<Option<Vec<u8>>> {
+        let flen = sparefs_erasure::fragment_len(block.policy, block.bytes as usize) as u32;
+        let checked = &checked;
+        join_all((0..block.fragments.len()).map(|i| async move {
+            self.get_fragment(block, cap, i, 0, flen, checked(i))
+                .await
+                .ok()
+        }))
+        .await
+    }
+
+    /// The common case, cheaply: every fragment there, the bytes the data
+    /// fragments give pass the block's checksum (so no server need hash
+    /// them again), and the parity fragments pass their servers' span
+    /// checks (their spans were hashed from the encoder's output). Copies
+    /// of a replicated block are each hashed against the checksum.
+    fn all_good(block: &BlockRef, fetched: &[Option<Vec<u8>>]) -> bool {
+        if fetched.iter().any(|f| f.is_none()) {
+            return false;
+        }
+        let bytes = block.bytes as usize;
+        match block.policy {
+            sparefs_proto::layout::Policy::Rep { .. } => fetched.iter().flatten().all(|c| {
+                c.len() >= bytes && *blake3::hash(&c[..bytes]).as_bytes() == block.checksum
+            }),
+            policy @ sparefs_proto::layout::Policy::Ec { .. } => {
+                sparefs_erasure::decode(policy, bytes, fetched.to_vec())
+                    .is_ok_and(|d| *blake3::hash(&d).as_bytes() == block.checksum)
+            }
+        }
+    }
+
     pub async fn verify_block(&self, block: &BlockRef, cap: &Capability) -> BlockVerdict {
         let policy = block.policy;
         let n = block.fragments.len();
-        let flen = sparefs_erasure::fragment_len(policy, block.bytes as usize) as u32;
-        let fetched: Vec<Option<Vec<u8>>> = join_all((0..n).map(|i| async move {
-            // The chunkserver checks its spans (and reports a bad one).
-            self.get_fragment(block, cap, i, 0, flen, true).await.ok()
-        }))
-        .await;
-        let bytes_read = fetched.iter().flatten().map(|f| f.len() as u64).sum();
+        let data_count = match policy {
+            sparefs_proto::layout::Policy::Rep { .. } => n,
+            sparefs_proto::layout::Policy::Ec { data, .. } => data as usize,
+        };
+        let quick = self.fetch_all(block, cap, |i| i >= data_count).await;
+        let mut bytes_read: u64 = quick.iter().flatten().map(|f| f.len() as u64).sum();
+        if Self::all_good(block, &quick) {
+            return BlockVerdict {
+                bad: Vec::new(),
+                readable: true,
+                bytes_read,
+            };
+        }
+        // Something is wrong: every fragment again, each checked by its
+        // server, then the set that decodes to the block's bytes, and
+        // re-encoding tells exactly which fragments are bad.
+        let fetched = self.fetch_all(block, cap, |_| true).await;
+        bytes_read += fetched
+            .iter()
+            .flatten()
+            .map(|f| f.len() as u64)
+            .sum::<u64>();
         let spare = policy.width().saturating_sub(policy.needed());
         for left_out in crate::data::leave_out_sets(n, spare) {
             let mut attempt = fetched.clone();
@@ -45,17 +99,6 @@ impl DataClient {
             };
             if *blake3::hash(&data).as_bytes() != block.checksum {
                 continue;
-            }
-            if left_out.is_empty() && fetched.iter().all(|f| f.is_some()) {
-                // Every fragment passed its chunkserver's span checks and
-                // the data fragments give the block's bytes: the parity
-                // fragments are what was written (their spans were hashed
-                // from the encoder's output), no need to encode again.
-                return BlockVerdict {
-                    bad: Vec::new(),
-                    readable: true,
-                    bytes_read,
-                };
             }
             let Ok(expect) = sparefs_erasure::encode(policy, &data) else {
                 break;

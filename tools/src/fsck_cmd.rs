@@ -75,8 +75,8 @@ async fn run_inner(args: FsckArgs) -> anyhow::Result<i32> {
     };
     // A check of millions of files takes longer than one ordinary request
     // may: one attempt is given half an hour.
-    let mut client = crate::meta_client(addresses.clone(), current_caller())
-        .with_deadline(CHECK_TIMEOUT);
+    let mut client =
+        crate::meta_client(addresses.clone(), current_caller()).with_deadline(CHECK_TIMEOUT);
     client.attempt_timeout = CHECK_TIMEOUT;
     let first = confirmed(&client, args.json).await?;
     let mut first = within(first, args.path.as_deref());
