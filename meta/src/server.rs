@@ -203,51 +203,15 @@ impl Server {
                 if !self.shared.is_leader_ready() {
                     return Err(RpcError::NotLeader { leader: None });
                 }
-                // One at a time (it reads everything), until it ends, even
-                // if the caller stops waiting.
-                if self
-                    .fsck_running
-                    .swap(true, std::sync::atomic::Ordering::AcqRel)
-                {
-                    return Err(RpcError::Busy);
-                }
-                let (store, shared, me) = (self.store.clone(), self.shared.clone(), self.clone());
-                let done = tokio::task::spawn_blocking(move || {
-                    let view = store.snapshot_view();
-                    let r = crate::ns::fsck::check(&view, Some(&*shared));
-                    me.fsck_running
-                        .store(false, std::sync::atomic::Ordering::Release);
-                    r
-                })
-                .await;
-                match done {
-                    Ok(Ok(report)) => Ok(Reply::Fsck(report)),
-                    Ok(Err(e)) => Err(RpcError::Storage(e.to_string())),
-                    Err(e) => Err(RpcError::Storage(e.to_string())),
-                }
+                let shared = self.shared.clone();
+                self.whole_state_read(move |view| crate::ns::fsck::check(view, Some(&*shared)))
+                    .await
+                    .map(Reply::Fsck)
             }
-            Request::Digest => {
-                if self
-                    .fsck_running
-                    .swap(true, std::sync::atomic::Ordering::AcqRel)
-                {
-                    return Err(RpcError::Busy);
-                }
-                let (store, me) = (self.store.clone(), self.clone());
-                let done = tokio::task::spawn_blocking(move || {
-                    let view = store.snapshot_view();
-                    let r = crate::ns::fsck::digest(&view);
-                    me.fsck_running
-                        .store(false, std::sync::atomic::Ordering::Release);
-                    r
-                })
-                .await;
-                match done {
-                    Ok(Ok(d)) => Ok(Reply::Digest(d)),
-                    Ok(Err(e)) => Err(RpcError::Storage(e.to_string())),
-                    Err(e) => Err(RpcError::Storage(e.to_string())),
-                }
-            }
+            Request::Digest => self
+                .whole_state_read(|view| crate::ns::fsck::digest(view))
+                .await
+                .map(Reply::Digest),
             Request::RepairStatus => {
                 if !self.shared.is_leader_ready() {
                     return Err(RpcError::NotLeader { leader: None });
@@ -261,6 +225,37 @@ impl Server {
                 Ok(Reply::Repair(progress))
             }
         }
+    }
+
+    /// Runs a read of the whole state (fsck, replica digest) on a snapshot
+    /// in the blocking pool: one at a time (Busy meanwhile), and to its end
+    /// even if the caller stops waiting.
+    async fn whole_state_read<T: Send + 'static>(
+        self: &Arc<Self>,
+        read: impl FnOnce(&crate::store::SnapshotView<'_>) -> Result<T, crate::kv::StoreError>
+            + Send
+            + 'static,
+    ) -> Result<T, RpcError> {
+        use std::sync::atomic::Ordering;
+        /// Clears the flag when the read ends, however it ends.
+        struct Running(Arc<Server>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.fsck_running.store(false, Ordering::Release);
+            }
+        }
+        if self.fsck_running.swap(true, Ordering::AcqRel) {
+            return Err(RpcError::Busy);
+        }
+        let running = Running(self.clone());
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let _running = running;
+            read(&store.snapshot_view())
+        })
+        .await
+        .map_err(|e| RpcError::Storage(e.to_string()))?
+        .map_err(|e| RpcError::Storage(e.to_string()))
     }
 
     /// A chunkserver with a certificate registers as the chunkserver its

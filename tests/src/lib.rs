@@ -288,6 +288,18 @@ impl MetaCluster {
         Ok(Some(d))
     }
 
+    /// `sparefs ARGS` as the cluster's admin (its certificate over TLS),
+    /// which must succeed: its stdout.
+    pub fn admin(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new(sparefs_bin());
+        cmd.args(
+            self.tls_args(who(TlsRole::Admin, 0))
+                .expect("admin credentials"),
+        )
+        .args(args);
+        run_ok(&mut cmd, &args.join(" "))
+    }
+
     /// TLS ends for a test's own connections as `who`, if TLS.
     pub fn tls_as(
         &self,

@@ -4,7 +4,7 @@
 //! the target SIGKILLed under I/O, CHAP and initiator ACL refusals, and
 //! hostile bytes on the portal.
 
-use sparefs_tests::{fs_cluster_tls, run_ok, sparefs_bin, who, MetaCluster};
+use sparefs_tests::{fs_cluster_tls, sparefs_bin, who, MetaCluster};
 use sparefs_wire::tls::Role as TlsRole;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -85,10 +85,7 @@ impl Target {
 
     /// `sparefs CMD...` as the cluster's admin.
     fn admin(&self, args: &[&str]) -> String {
-        let mut cmd = Command::new(sparefs_bin());
-        cmd.args(self.c.tls_args(who(TlsRole::Admin, 0)).expect("tls"))
-            .args(args);
-        run_ok(&mut cmd, &args.join(" "))
+        self.c.admin(args)
     }
 
     /// A new image of `mib` MiB exported as a LUN; waits until the target

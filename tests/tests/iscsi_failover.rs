@@ -21,7 +21,7 @@ use sparefs_proto::namespace::{NsReply, WriteOp};
 use sparefs_proto::{Errno, InodeId};
 use sparefs_tests::data::{get, pattern};
 use sparefs_tests::{
-    cunit_tests_line, fs_cluster_of, fs_cluster_tls, ip, ip_must as must, run_ok, sparefs_bin, who,
+    cunit_tests_line, fs_cluster_of, fs_cluster_tls, ip, ip_must as must, sparefs_bin, who,
     MetaCluster,
 };
 use sparefs_wire::tls::Role as TlsRole;
@@ -200,10 +200,7 @@ impl Rig {
     }
 
     fn admin(&self, args: &[&str]) -> String {
-        let mut cmd = Command::new(sparefs_bin());
-        cmd.args(self.c.tls_args(who(TlsRole::Admin, 0)).expect("tls"))
-            .args(args);
-        run_ok(&mut cmd, &args.join(" "))
+        self.c.admin(args)
     }
 
     /// A new image exported; its LUN number.

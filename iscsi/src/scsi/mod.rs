@@ -222,8 +222,17 @@ impl Lun {
             .unwrap_or_else(|_| PortGroups::alone(1))
     }
 
-    /// Sets the port groups; a change of any state is announced to every
-    /// nexus of this port (ASYMMETRIC ACCESS STATE CHANGED).
+    /// This port's state now (read on every command: no copy of the layout).
+    pub fn access_state(&self) -> AccessState {
+        self.ports
+            .lock()
+            .map(|p| p.state())
+            .unwrap_or(AccessState::Transitioning)
+    }
+
+    /// Sets the port groups; a change of the active group or of this
+    /// port's state is announced to its nexuses (ASYMMETRIC ACCESS STATE
+    /// CHANGED).
     pub fn set_ports(&self, next: PortGroups) {
         // Only a change of state is announced: which group is active, or
         // this port's own state; a standby group coming or going is not
@@ -346,7 +355,7 @@ impl Lun {
             }
         }
         if !allowed_when_standby(t.cdb) {
-            match self.ports().state() {
+            match self.access_state() {
                 AccessState::ActiveOptimized => {}
                 AccessState::Standby => return Done::check(key::NOT_READY, asc::ALUA_STANDBY),
                 AccessState::Transitioning => {
