@@ -348,6 +348,41 @@ mod tests {
         assert!(admit_raft(as_role(Role::Meta), 2).is_err(), "meta 1 as 2");
         assert!(admit_raft(as_role(Role::Meta), 1).is_ok());
         assert!(admit_raft(as_role(Role::Admin), 1).is_err());
+        // fsck reads everything and repairs: admins only.
+        let repair = write(WriteOp::Repair {
+            fix: sparefs_proto::fsck::Fix::SetNlink {
+                ino: sparefs_proto::InodeId(2),
+                from: 1,
+                to: 2,
+            },
+        });
+        for req in [&Request::Fsck, &Request::Digest, &repair] {
+            for role in [Role::Mount, Role::Iscsi, Role::Chunkserver, Role::Meta] {
+                assert!(!admits(role, req), "{role:?} may {req:?}");
+            }
+            assert!(admits(Role::Admin, req));
+        }
+        // Writer fences are the iSCSI targets' (and admins').
+        let take = write(WriteOp::TakeFence {
+            ino: sparefs_proto::InodeId(2),
+            expect: 0,
+            holder: "a#1".into(),
+        });
+        for role in [Role::Mount, Role::Chunkserver, Role::Meta] {
+            assert!(!admits(role, &take), "{role:?} takes a fence");
+        }
+        assert!(admits(Role::Iscsi, &take) && admits(Role::Admin, &take));
+        // A fence cannot smuggle an admin's or the leader's change.
+        let smuggled = write(WriteOp::Fenced {
+            epoch: 1,
+            op: Box::new(WriteOp::DrainChunkserver {
+                chunkserver: ChunkserverId(1),
+                drain: true,
+            }),
+        });
+        for role in [Role::Mount, Role::Iscsi, Role::Admin, Role::Chunkserver] {
+            assert!(!admits(role, &smuggled), "{role:?} drains inside a fence");
+        }
     }
 
     #[test]
