@@ -10,7 +10,7 @@
 
 use crate::space;
 use sparefs_erasure::{checksums, CHECKSUM_SPAN};
-use sparefs_proto::msg::RpcError;
+use sparefs_proto::msg::{FragmentHash, InBlock, RpcError};
 use sparefs_proto::BlockId;
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -354,6 +354,51 @@ impl FragmentStore {
         Ok(len)
     }
 
+    /// Hashes a whole fragment here for `fsck --verify-data`: with
+    /// `in_block`, the pieces of the block its bytes make (checked end to
+    /// end by the caller) and whether its padding is zero; without (a
+    /// parity fragment), every span checked against this file's sums.
+    pub fn hash_fragment(
+        &self,
+        block: BlockId,
+        index: u8,
+        in_block: Option<InBlock>,
+    ) -> Result<FragmentHash, RpcError> {
+        let Some(at) = in_block else {
+            let data = self.read_whole(block, index, true)?;
+            return Ok(FragmentHash {
+                bytes: data.len() as u64,
+                pieces: Vec::new(),
+                padding_zero: true,
+            });
+        };
+        if at.offset as u64 + at.len as u64 > at.block_len as u64 {
+            return Err(RpcError::BadRequest(format!(
+                "bytes {}+{} of a block of {}",
+                at.offset, at.len, at.block_len
+            )));
+        }
+        let data = self.read_whole(block, index, false)?;
+        let Some((held, padding)) = data.split_at_checked(at.len as usize) else {
+            return Err(RpcError::BadRequest(format!(
+                "{} block bytes in a fragment of {}",
+                at.len,
+                data.len()
+            )));
+        };
+        Ok(FragmentHash {
+            bytes: data.len() as u64,
+            pieces: sparefs_erasure::block_table::pieces_of(held, at),
+            padding_zero: padding.iter().all(|&b| b == 0),
+        })
+    }
+
+    /// All of a fragment's data, its spans checked or not.
+    fn read_whole(&self, block: BlockId, index: u8, verify: bool) -> Result<Vec<u8>, RpcError> {
+        let (_, _, at) = self.open_fragment(block, index)?;
+        self.read_as(block, index, 0, at.data_len as u32, verify)
+    }
+
     /// Forgets a fragment that is gone or bad (its file removed if there).
     pub fn discard(&self, block: BlockId, index: u8) {
         let _ = std::fs::remove_file(self.path(block, index));
@@ -630,6 +675,80 @@ mod tests {
         );
         assert!(store.read_table(BlockId(7), 0).expect("table").is_empty());
         store.verify(BlockId(7), 0).expect("verify");
+    }
+
+    #[test]
+    fn a_fragment_hashed_in_place_gives_its_pieces_and_its_padding() {
+        use sparefs_erasure::block_table::root_from_pieces;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FragmentStore::open(dir.path(), 1 << 30, 0).expect("open");
+        // The second half of a 100,001-byte block, padded with one byte.
+        let block: Vec<u8> = (0..100_001u32).map(|i| (i % 251) as u8).collect();
+        let mut half = block[50_001..].to_vec();
+        half.push(0);
+        let put = |data: &[u8]| {
+            let tmp = store.write_tmp(BlockId(9), 1, data, &[]).expect("write");
+            store
+                .publish(
+                    BlockId(9),
+                    1,
+                    &tmp,
+                    FragmentStore::stored_len(data.len(), 0),
+                )
+                .expect("publish");
+        };
+        put(&half);
+        let at = InBlock {
+            offset: 50_001,
+            len: 50_000,
+            block_len: 100_001,
+        };
+        let h = store.hash_fragment(BlockId(9), 1, Some(at)).expect("hash");
+        assert!(h.padding_zero);
+        assert_eq!(h.bytes, 50_001);
+        let first = sparefs_erasure::block_table::pieces_of(
+            &block[..50_001],
+            InBlock {
+                offset: 0,
+                len: 50_001,
+                block_len: 100_001,
+            },
+        );
+        assert_eq!(
+            root_from_pieces(first.iter().chain(&h.pieces), block.len()),
+            Some(*blake3::hash(&block).as_bytes())
+        );
+        // Padding that is not zero, and a range past the fragment's end.
+        half[50_000] = 1;
+        put(&half);
+        let h = store.hash_fragment(BlockId(9), 1, Some(at)).expect("hash");
+        assert!(!h.padding_zero);
+        let past = InBlock {
+            offset: 0,
+            len: 60_000,
+            block_len: 100_001,
+        };
+        assert!(matches!(
+            store.hash_fragment(BlockId(9), 1, Some(past)),
+            Err(RpcError::BadRequest(_))
+        ));
+        // Parity: its own sums, a flipped byte found.
+        assert_eq!(
+            store
+                .hash_fragment(BlockId(9), 1, None)
+                .expect("sums")
+                .bytes,
+            50_001
+        );
+        let path = store.fragment_path(BlockId(9), 1);
+        let mut raw = std::fs::read(&path).expect("read file");
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        std::fs::write(&path, raw).expect("write file");
+        assert!(matches!(
+            store.hash_fragment(BlockId(9), 1, None),
+            Err(RpcError::Corrupt { .. })
+        ));
     }
 
     #[test]

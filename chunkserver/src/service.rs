@@ -45,17 +45,27 @@ impl FragmentService {
     ) -> Result<Vec<u8>, RpcError> {
         let r = store.read_as(block, index, offset, len, verify);
         if verify {
-            if let Err(RpcError::Corrupt { detail, .. }) = &r {
-                tracing::error!(
-                    block = block.0,
-                    slot = index,
-                    "bad fragment read ({detail}); dropped"
-                );
-                store.discard(block, index);
-                crate::scrub::report(lost, block, index);
-            }
+            Self::drop_if_corrupt(store, lost, block, index, &r);
         }
         r
+    }
+
+    fn drop_if_corrupt<T>(
+        store: &FragmentStore,
+        lost: &crate::scrub::LostList,
+        block: BlockId,
+        index: u8,
+        r: &Result<T, RpcError>,
+    ) {
+        if let Err(RpcError::Corrupt { detail, .. }) = r {
+            tracing::error!(
+                block = block.0,
+                slot = index,
+                "bad fragment read ({detail}); dropped"
+            );
+            store.discard(block, index);
+            crate::scrub::report(lost, block, index);
+        }
     }
 
     pub fn set_key(&self, me: ChunkserverId, key: ServerKey) {
@@ -146,6 +156,28 @@ impl FragmentService {
                     .await
                     .map_err(|e| RpcError::Storage(e.to_string()))?
                     .map(Reply::Bytes)
+            }
+            Request::HashFragment {
+                cap,
+                block,
+                index,
+                in_block,
+            } => {
+                self.check(&cap, block, false)?;
+                let (store, lost) = (self.store.clone(), self.lost.clone());
+                tokio::task::spawn_blocking(move || {
+                    let r = store.hash_fragment(block, index, in_block);
+                    // A parity fragment failing its own sums is dropped as a
+                    // checked read's would be. A data fragment's bytes are
+                    // judged by the caller, who reads it checked if they fail.
+                    if in_block.is_none() {
+                        Self::drop_if_corrupt(&store, &lost, block, index, &r);
+                    }
+                    r
+                })
+                .await
+                .map_err(|e| RpcError::Storage(e.to_string()))?
+                .map(Reply::FragmentHash)
             }
             Request::GetBlockTable { cap, block, index } => {
                 self.check(&cap, block, false)?;

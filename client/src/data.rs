@@ -206,7 +206,7 @@ impl DataClient {
         self.conns.get(&address).await
     }
 
-    async fn fragment_call(
+    pub(crate) async fn fragment_call(
         &self,
         server: ChunkserverId,
         req: Request,

@@ -13,6 +13,7 @@
 use blake3::hazmat::{
     left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode,
 };
+use sparefs_proto::msg::{BlockPiece, InBlock};
 
 /// Bytes per group: a power of two of blake3 chunks, so that every aligned
 /// group is one subtree of blake3's tree.
@@ -87,6 +88,85 @@ pub fn table_from_bytes(bytes: &[u8]) -> Option<Vec<ChainingValue>> {
     )
 }
 
+/// The pieces of its block that a fragment's `bytes` (the block's
+/// `[at.offset, at.offset + bytes.len())`) make, for a check where the
+/// fragment is stored: a chaining value per group it holds whole, the bytes
+/// of a group it holds only part of (the caller joins them with the
+/// neighbouring fragment's), and all of a block of one group or less.
+pub fn pieces_of(bytes: &[u8], at: InBlock) -> Vec<BlockPiece> {
+    let (start, block_len) = (at.offset as usize, at.block_len as usize);
+    let end = start + bytes.len();
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    if block_len <= GROUP {
+        return vec![BlockPiece::Bytes(bytes.to_vec())];
+    }
+    let mut pieces = Vec::new();
+    let mut pos = start;
+    while pos < end {
+        let group_start = pos / GROUP * GROUP;
+        let group_end = (group_start + GROUP).min(block_len);
+        let piece_end = group_end.min(end);
+        let piece = &bytes[pos - start..piece_end - start];
+        pieces.push(if pos == group_start && piece_end == group_end {
+            BlockPiece::Group(group_cv(group_start, piece))
+        } else {
+            BlockPiece::Bytes(piece.to_vec())
+        });
+        pos = piece_end;
+    }
+    pieces
+}
+
+/// The blake3 hash of a block of `block_len` bytes from the pieces of
+/// its fragments in block order (`pieces_of` each), or `None` if they do
+/// not cover the block exactly.
+pub fn root_from_pieces<'a>(
+    pieces: impl IntoIterator<Item = &'a BlockPiece>,
+    block_len: usize,
+) -> Option<[u8; 32]> {
+    if block_len <= GROUP {
+        let mut all = Vec::with_capacity(block_len);
+        for p in pieces {
+            match p {
+                BlockPiece::Bytes(b) if all.len() + b.len() <= block_len => all.extend(b),
+                _ => return None,
+            }
+        }
+        return (all.len() == block_len).then(|| *blake3::hash(&all).as_bytes());
+    }
+    let groups = block_len.div_ceil(GROUP);
+    let mut table = Vec::with_capacity(groups);
+    // Bytes of the group after the table's last, gathered from pieces.
+    let mut pending: Vec<u8> = Vec::new();
+    for p in pieces {
+        if table.len() == groups {
+            return None;
+        }
+        let group_start = table.len() * GROUP;
+        let group_len = GROUP.min(block_len - group_start);
+        match p {
+            BlockPiece::Group(cv) if pending.is_empty() => table.push(*cv),
+            BlockPiece::Group(_) => return None,
+            BlockPiece::Bytes(b) => {
+                if pending.len() + b.len() > group_len {
+                    return None;
+                }
+                pending.extend(b);
+                if pending.len() == group_len {
+                    table.push(group_cv(group_start, &pending));
+                    pending.clear();
+                }
+            }
+        }
+    }
+    if !pending.is_empty() {
+        return None;
+    }
+    root_of(&table, block_len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,7 +225,71 @@ mod tests {
         assert_eq!(table_from_bytes(&[0; 33]), None);
     }
 
+    /// The pieces of `block` cut at `cuts` (fragment boundaries), in order.
+    fn cut_pieces(block: &[u8], cuts: &[usize]) -> Vec<BlockPiece> {
+        let mut bounds = vec![0];
+        bounds.extend(cuts.iter().map(|&c| c.min(block.len())));
+        bounds.push(block.len());
+        bounds.sort_unstable();
+        bounds
+            .windows(2)
+            .flat_map(|w| {
+                pieces_of(
+                    &block[w[0]..w[1]],
+                    InBlock {
+                        offset: w[0] as u32,
+                        len: (w[1] - w[0]) as u32,
+                        block_len: block.len() as u32,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pieces_of_fragments_root_to_blake3_and_a_changed_byte_does_not() {
+        for (len, cuts) in [
+            (10, vec![5]),
+            (GROUP, vec![GROUP / 2]),
+            (GROUP + 1, vec![(GROUP + 1).div_ceil(2)]),
+            (4 << 20, vec![2 << 20]),
+            (3 * GROUP + 5, vec![100, 2 * GROUP + 3]),
+            (5 * GROUP, vec![GROUP + 7, GROUP + 9, 3 * GROUP]),
+        ] {
+            let mut b = bytes(len, 3);
+            let pieces = cut_pieces(&b, &cuts);
+            assert_eq!(
+                root_from_pieces(&pieces, len),
+                Some(*blake3::hash(&b).as_bytes()),
+                "len {len} cuts {cuts:?}"
+            );
+            b[len / 3] ^= 0x10;
+            assert_ne!(
+                root_from_pieces(&cut_pieces(&b, &cuts), len),
+                Some(*blake3::hash(&bytes(len, 3)).as_bytes())
+            );
+            // A piece missing or one too many: no root.
+            assert_eq!(root_from_pieces(&pieces[1..], len), None);
+            let mut more = pieces.clone();
+            more.push(BlockPiece::Bytes(vec![0]));
+            assert_eq!(root_from_pieces(&more, len), None);
+        }
+    }
+
     proptest! {
+        #[test]
+        fn pieces_at_any_cuts_root_to_blake3(
+            len in 1usize..(12 * GROUP),
+            cuts in proptest::collection::vec(0usize..(12 * GROUP), 0..4),
+            seed in any::<u8>(),
+        ) {
+            let b = bytes(len, seed);
+            prop_assert_eq!(
+                root_from_pieces(&cut_pieces(&b, &cuts), len),
+                Some(*blake3::hash(&b).as_bytes())
+            );
+        }
+
         #[test]
         fn any_length_roots_to_blake3(len in (GROUP + 1)..(40 * GROUP), seed in any::<u8>()) {
             let b = bytes(len, seed);

@@ -59,7 +59,8 @@ fn roles_for_request(req: &Request) -> Option<&'static [Role]> {
         // Answered with an error anyway.
         Request::PutFragment { .. }
         | Request::GetFragment { .. }
-        | Request::GetBlockTable { .. } => None,
+        | Request::GetBlockTable { .. }
+        | Request::HashFragment { .. } => None,
     }
 }
 
@@ -84,7 +85,8 @@ fn client_of(req: &Request) -> Option<ClientId> {
         | Request::Digest
         | Request::PutFragment { .. }
         | Request::GetFragment { .. }
-        | Request::GetBlockTable { .. } => None,
+        | Request::GetBlockTable { .. }
+        | Request::HashFragment { .. } => None,
     }
 }
 
@@ -184,7 +186,8 @@ pub fn speak_for(callers: Callers, req: &mut Request) {
         | Request::Digest
         | Request::PutFragment { .. }
         | Request::GetFragment { .. }
-        | Request::GetBlockTable { .. } => {}
+        | Request::GetBlockTable { .. }
+        | Request::HashFragment { .. } => {}
     }
 }
 

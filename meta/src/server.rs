@@ -106,7 +106,8 @@ impl Server {
             Request::Raft { .. } => Err(RpcError::BadRequest("raft messages are one-way".into())),
             Request::PutFragment { .. }
             | Request::GetFragment { .. }
-            | Request::GetBlockTable { .. } => Err(RpcError::BadRequest(
+            | Request::GetBlockTable { .. }
+            | Request::HashFragment { .. } => Err(RpcError::BadRequest(
                 "fragment requests go to chunkservers, not the meta".into(),
             )),
             Request::SnapshotPiece { index, cf, after } => {

@@ -110,6 +110,19 @@ pub enum Request {
         len: u32,
         verify: bool,
     },
+    /// Checks a whole fragment where it is stored (chunkserver), for `fsck
+    /// --verify-data`: its bytes do not travel. With `in_block` (a data
+    /// fragment or a copy: where its bytes sit in the block), the reply
+    /// (`Reply::FragmentHash`) gives what the caller needs to check them
+    /// against the block's checksum itself; without (parity), the
+    /// chunkserver checks every span against its own sums (and reports a
+    /// mismatch as a lost fragment, as a checked read does).
+    HashFragment {
+        cap: Capability,
+        block: BlockId,
+        index: u8,
+        in_block: Option<InBlock>,
+    },
     /// A chunkserver's report (see `HeartbeatReport`). Answered with
     /// `Reply::Tasks`.
     Heartbeat(HeartbeatReport),
@@ -194,6 +207,38 @@ pub enum Reply {
     Digest(crate::fsck::StateDigest),
     /// Directories the leader wants back from the client (maybe none).
     Recall(Vec<crate::InodeId>),
+    FragmentHash(FragmentHash),
+}
+
+/// Where a fragment's bytes sit in its block: the first `len` bytes of the
+/// fragment are the block's `[offset, offset + len)` of `block_len`; any
+/// after them are padding, zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InBlock {
+    pub offset: u32,
+    pub len: u32,
+    pub block_len: u32,
+}
+
+/// A piece of a block as a fragment holds it, in order: the chaining value
+/// of a whole group (`erasure::block_table::GROUP` bytes at a group
+/// boundary, or the block's short last group), or the bytes of a group
+/// that the fragment holds only part of (or of a block of one group).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlockPiece {
+    Group([u8; 32]),
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+/// What hashing a fragment where it is found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FragmentHash {
+    /// The fragment's bytes read.
+    pub bytes: u64,
+    /// The block's bytes it holds, as pieces (empty for parity).
+    pub pieces: Vec<BlockPiece>,
+    /// Whether the padding after them is all zero.
+    pub padding_zero: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -307,38 +307,48 @@ async fn verify_data_finds_and_rebuilds_bad_fragments() {
     let ino = write(&data, InodeId::ROOT, "v.bin", &bytes).await;
     let (code, v) = fsck(&c, &["--verify-data"]);
     assert_eq!(code, 0, "clean: {v}");
-    // Two fragments of different blocks on chunkserver 1.
-    let mut frags = sparefs_tests::data::walk(&c.chunkserver_dir(1).join("fragments"));
-    frags.retain(|p| !p.to_string_lossy().ends_with(".tmp"));
-    frags.sort();
-    let block_of = |p: &std::path::Path| {
-        p.file_name()
-            .map(|n| {
-                n.to_string_lossy()
-                    .split('.')
-                    .next()
-                    .unwrap_or("")
-                    .to_string()
-            })
-            .unwrap_or_default()
+    // A byte flipped in one fragment of each slot (the data fragments,
+    // checked end to end, and parity, checked by its chunkserver), each of
+    // another block, and one more block's fragment deleted.
+    let mut frags: Vec<std::path::PathBuf> = (1..=3)
+        .flat_map(|n| sparefs_tests::data::walk(&c.chunkserver_dir(n).join("fragments")))
+        .filter(|p| !p.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    frags.sort_by_key(|p| p.file_name().map(|n| n.to_owned()));
+    let name_of = |p: &std::path::Path| {
+        let n = p
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let (block, slot) = n.split_once('.').unwrap_or_default();
+        (block.to_string(), slot.to_string())
     };
-    let first = frags.first().cloned().expect("a fragment");
+    let mut used_blocks = Vec::new();
+    let mut flipped_slots = Vec::new();
+    for p in &frags {
+        let (block, slot) = name_of(p);
+        if used_blocks.contains(&block) || flipped_slots.contains(&slot) {
+            continue;
+        }
+        let mut raw = std::fs::read(p).expect("read fragment");
+        let mid = raw.len() / 2;
+        raw[mid] ^= 0x40;
+        std::fs::write(p, &raw).expect("flip a byte");
+        used_blocks.push(block);
+        flipped_slots.push(slot);
+    }
+    assert_eq!(flipped_slots.len(), 3, "ec:2+1 has three slots: {frags:?}");
     let other = frags
         .iter()
-        .find(|p| block_of(p) != block_of(&first))
-        .cloned()
+        .find(|p| !used_blocks.contains(&name_of(p).0))
         .expect("a fragment of another block");
-    let mut raw = std::fs::read(&first).expect("read fragment");
-    let mid = raw.len() / 2;
-    raw[mid] ^= 0x40;
-    std::fs::write(&first, &raw).expect("flip a byte");
-    std::fs::remove_file(&other).expect("delete a fragment");
+    std::fs::remove_file(other).expect("delete a fragment");
 
     let (code, v) = fsck(&c, &["--verify-data"]);
     assert_eq!(code, 4, "{v}");
     let f = findings(&v);
     let bad: Vec<_> = f.iter().filter(|(k, _)| k == "BadFragment").collect();
-    assert_eq!(bad.len(), 2, "both found: {f:?}");
+    assert_eq!(bad.len(), 4, "all found: {f:?}");
     assert!(
         bad.iter().all(|(_, p)| p == "/v.bin"),
         "the file is named: {f:?}"
