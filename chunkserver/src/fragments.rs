@@ -311,6 +311,65 @@ impl FragmentStore {
         (out, last)
     }
 
+    /// Brings the index in line with the directory, for an inventory that
+    /// must reflect the disk (`sparefs fsck` asks for one): fragment files
+    /// that vanished are forgotten (the meta then finds them missing) and
+    /// files nobody indexed are added (the meta judges them). Writes and
+    /// deletes racing the walk win: an entry indexed after the walk began
+    /// stays, and each difference is confirmed with a fresh look at its
+    /// file before it is acted on. Returns (forgotten, added).
+    pub fn reconcile(&self) -> std::io::Result<(usize, usize)> {
+        let began = SystemTime::now();
+        let mut on_disk: BTreeMap<(BlockId, u8), (u64, SystemTime)> = BTreeMap::new();
+        for sub in std::fs::read_dir(&self.root)? {
+            let sub = sub?.path();
+            if !sub.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(&sub)? {
+                let f = f?;
+                let Some(key) = parse_name(&f.file_name().to_string_lossy()) else {
+                    continue;
+                };
+                if let Ok(m) = f.metadata() {
+                    let at = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                    on_disk.insert(key, (m.len(), at));
+                }
+            }
+        }
+        let mut index = self.lock_index();
+        let gone: Vec<(BlockId, u8)> = index
+            .iter()
+            .filter(|(k, (_, at))| {
+                *at < began && !on_disk.contains_key(k) && !self.path(k.0, k.1).exists()
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &gone {
+            if let Some((len, _)) = index.remove(k) {
+                self.used.fetch_sub(len, Ordering::Relaxed);
+            }
+        }
+        let mut added = 0;
+        for (k, (len, at)) in on_disk {
+            if index.contains_key(&k) || !self.path(k.0, k.1).exists() {
+                continue;
+            }
+            index.insert(k, (len, at));
+            self.used.fetch_add(len, Ordering::Relaxed);
+            added += 1;
+        }
+        if !gone.is_empty() {
+            self.errors.fetch_add(gone.len() as u64, Ordering::Relaxed);
+            tracing::error!(
+                vanished = gone.len(),
+                "fragment files vanished from {}",
+                self.root.display()
+            );
+        }
+        Ok((gone.len(), added))
+    }
+
     pub fn fragment_count(&self) -> usize {
         self.lock_index().len()
     }
@@ -749,6 +808,32 @@ mod tests {
             store.hash_fragment(BlockId(9), 1, None),
             Err(RpcError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn reconcile_forgets_vanished_files_and_indexes_strays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FragmentStore::open(dir.path(), 1 << 30, 0).expect("open");
+        for b in 1..=3 {
+            let tmp = store
+                .write_tmp(BlockId(b), 0, &[b as u8; 100], &[])
+                .expect("write");
+            store
+                .publish(BlockId(b), 0, &tmp, FragmentStore::stored_len(100, 0))
+                .expect("publish");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::remove_file(store.fragment_path(BlockId(2), 0)).expect("remove");
+        std::fs::copy(
+            store.fragment_path(BlockId(3), 0),
+            store.fragment_path(BlockId(3), 1),
+        )
+        .expect("copy");
+        assert_eq!(store.reconcile().expect("reconcile"), (1, 1));
+        let (items, _) = store.inventory_page(None, 10);
+        let keys: Vec<_> = items.iter().map(|(b, s, _)| (b.0, *s)).collect();
+        assert_eq!(keys, vec![(1, 0), (3, 0), (3, 1)]);
+        assert_eq!(store.reconcile().expect("again"), (0, 0));
     }
 
     #[test]

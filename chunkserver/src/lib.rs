@@ -136,15 +136,22 @@ pub async fn run(config: ChunkserverConfig) -> anyhow::Result<()> {
     );
     let repairer = repair::Repairer::new(config.repair_rate, config.tls.clone());
     let compactor = Arc::new(compact::Compactor::new(meta.clone()));
+    let inventory_wanted = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(heartbeats(
         meta.clone(),
         store.clone(),
         id,
-        repairer,
-        compactor,
+        (repairer, compactor),
         lost,
+        inventory_wanted.clone(),
     ));
-    tokio::spawn(inventories(meta, store, id, config.inventory_every));
+    tokio::spawn(inventories(
+        meta,
+        store,
+        id,
+        config.inventory_every,
+        inventory_wanted,
+    ));
     sparefs_wire::service::serve(listener, svc, config.tls).await?;
     Ok(())
 }
@@ -155,9 +162,9 @@ async fn heartbeats(
     meta: Arc<MetaClient>,
     store: Arc<FragmentStore>,
     id: ChunkserverId,
-    repairer: Arc<repair::Repairer>,
-    compactor: Arc<compact::Compactor>,
+    (repairer, compactor): (Arc<repair::Repairer>, Arc<compact::Compactor>),
     lost: scrub::LostList,
+    inventory_wanted: Arc<tokio::sync::Notify>,
 ) {
     loop {
         let vanished = store.check_root();
@@ -182,7 +189,11 @@ async fn heartbeats(
             Ok(Reply::Tasks {
                 repairs,
                 compactions,
+                inventory_now,
             }) => {
+                if inventory_now {
+                    inventory_wanted.notify_one();
+                }
                 for t in repairs {
                     repairer.start(t);
                 }
@@ -211,20 +222,40 @@ pub const DELETE_DELAY: Duration = Duration::from_secs(10);
 pub const INVENTORY_PAGE: usize = 16_384;
 
 /// Sends the whole inventory to the meta leader every `every`, a page at a
-/// time, and deletes the fragments it calls garbage.
+/// time, and deletes the fragments it calls garbage. One the meta asks for
+/// (`wanted`) goes at once and is of the disk: the index is reconciled
+/// with the directory first (a walk of every file, too dear for every pass).
 async fn inventories(
     meta: Arc<MetaClient>,
     store: Arc<FragmentStore>,
     id: ChunkserverId,
     every: Duration,
+    wanted: Arc<tokio::sync::Notify>,
 ) {
+    let mut of_disk = false;
     loop {
+        if of_disk {
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.reconcile()).await {
+                Ok(Ok((0, 0))) => {}
+                Ok(Ok((forgotten, added))) => tracing::warn!(
+                    forgotten,
+                    added,
+                    "the fragment index differed from the directory"
+                ),
+                Ok(Err(e)) => tracing::warn!("reconcile the fragment index: {e}"),
+                Err(e) => tracing::warn!("reconcile the fragment index: {e}"),
+            }
+        }
         match send_inventory(&meta, &store, id).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "garbage fragments deleted"),
             Err(e) => tracing::warn!("inventory: {e}"),
         }
-        tokio::time::sleep(every).await;
+        of_disk = tokio::select! {
+            _ = tokio::time::sleep(every) => false,
+            _ = wanted.notified() => true,
+        };
     }
 }
 

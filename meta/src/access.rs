@@ -48,7 +48,7 @@ fn roles_for_request(req: &Request) -> Option<&'static [Role]> {
         } => Some(&[Role::Admin, Role::Iscsi]),
         Request::Read { .. } | Request::Status | Request::RepairStatus => None,
         // It reads every record, secrets included.
-        Request::Fsck | Request::Digest => Some(&[Role::Admin]),
+        Request::Fsck { .. } | Request::Digest => Some(&[Role::Admin]),
         Request::Write { op, .. } => Some(roles_for(op.origin())),
         Request::WaitRecall { .. } | Request::KeepAlive { .. } => Some(USERS),
         Request::Raft { .. } | Request::SnapshotPiece { .. } => Some(&[Role::Meta]),
@@ -81,7 +81,7 @@ fn client_of(req: &Request) -> Option<ClientId> {
         | Request::Inventory { .. }
         | Request::Status
         | Request::RepairStatus
-        | Request::Fsck
+        | Request::Fsck { .. }
         | Request::Digest
         | Request::PutFragment { .. }
         | Request::GetFragment { .. }
@@ -182,7 +182,7 @@ pub fn speak_for(callers: Callers, req: &mut Request) {
         | Request::Inventory { .. }
         | Request::Status
         | Request::RepairStatus
-        | Request::Fsck
+        | Request::Fsck { .. }
         | Request::Digest
         | Request::PutFragment { .. }
         | Request::GetFragment { .. }
@@ -359,7 +359,13 @@ mod tests {
                 to: 2,
             },
         });
-        for req in [&Request::Fsck, &Request::Digest, &repair] {
+        for req in [
+            &Request::Fsck {
+                fresh_inventories: false,
+            },
+            &Request::Digest,
+            &repair,
+        ] {
             for role in [Role::Mount, Role::Iscsi, Role::Chunkserver, Role::Meta] {
                 assert!(!admits(role, req), "{role:?} may {req:?}");
             }

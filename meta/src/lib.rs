@@ -8,6 +8,7 @@
 //! Raft driver) knows nothing of inodes.
 
 pub mod access;
+pub mod inventory;
 pub mod kv;
 pub mod leader;
 pub mod node;

@@ -183,11 +183,13 @@ impl Server {
                 }
                 self.chunkserver_certs
                     .check_report(peer.who, report.chunkserver, &*self.store)?;
+                let chunkserver = report.chunkserver;
                 let (repairs, compactions) =
                     self.ask(|reply| Input::Heartbeat { report, reply }).await?;
                 Ok(Reply::Tasks {
                     repairs,
                     compactions,
+                    inventory_now: self.shared.inventories().should_send(chunkserver),
                 })
             }
             Request::Inventory {
@@ -200,14 +202,35 @@ impl Server {
                     .check_report(peer.who, chunkserver, &*self.store)?;
                 self.inventory(chunkserver, after, items, last_page).await
             }
-            Request::Fsck => {
+            Request::Fsck { fresh_inventories } => {
                 if !self.shared.is_leader_ready() {
                     return Err(RpcError::NotLeader { leader: None });
                 }
+                let stale = if fresh_inventories {
+                    self.fresh_inventories().await
+                } else {
+                    Vec::new()
+                };
+                let inventories = self.shared.inventories().results();
                 let shared = self.shared.clone();
-                self.whole_state_read(move |view| crate::ns::fsck::check(view, Some(&*shared)))
-                    .await
-                    .map(Reply::Fsck)
+                let mut report = self
+                    .whole_state_read(move |view| {
+                        crate::ns::fsck::check(view, Some(&*shared), &inventories)
+                    })
+                    .await?;
+                for cs in stale {
+                    report.findings.push(sparefs_proto::fsck::Finding {
+                        kind: sparefs_proto::fsck::FindingKind::NoInventory,
+                        ino: None,
+                        path: None,
+                        detail: format!(
+                            "chunkserver {cs} sent no whole inventory of its disk within {} s: its orphan and missing fragments are not checked",
+                            INVENTORY_WAIT.as_secs()
+                        ),
+                        fix: None,
+                    });
+                }
+                Ok(Reply::Fsck(report))
             }
             Request::Digest => self
                 .whole_state_read(|view| crate::ns::fsck::digest(view))
@@ -309,6 +332,7 @@ impl Server {
         }
         let tuning = self.shared.tuning.clone();
         let store = self.store.clone();
+        let listed = items.len();
         let now = Time::now();
         let settle = tuning.gc_grace.max(std::time::Duration::from_secs(60));
         let settled_before = Time {
@@ -329,6 +353,14 @@ impl Server {
         .await
         .map_err(|e| RpcError::Storage(e.to_string()))?
         .map_err(|e| RpcError::Storage(e.to_string()))?;
+        self.shared.inventories().page(
+            server,
+            after.is_none(),
+            listed,
+            verdicts.delete.len(),
+            &verdicts.missing,
+            last_page,
+        );
         for (block, slot) in verdicts.missing {
             tracing::warn!(
                 block = block.0,
@@ -343,6 +375,31 @@ impl Server {
             }));
         }
         Ok(Reply::Delete(verdicts.delete))
+    }
+}
+
+/// How long an fsck waits for the chunkservers' fresh inventories.
+const INVENTORY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Server {
+    /// Asks every chunkserver that is up for an inventory of its disk and
+    /// waits (at most `INVENTORY_WAIT`) until each has sent a whole one;
+    /// the ones that did not.
+    async fn fresh_inventories(&self) -> Vec<ChunkserverId> {
+        let asked = self.shared.inventories().want_fresh();
+        let deadline = tokio::time::Instant::now() + INVENTORY_WAIT;
+        loop {
+            let waiting: Vec<ChunkserverId> = {
+                let ledger = self.shared.inventories();
+                let mut up = self.shared.chunkservers_up();
+                up.retain(|cs| !ledger.done_since(*cs, asked));
+                up
+            };
+            if waiting.is_empty() || tokio::time::Instant::now() >= deadline {
+                return waiting;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 }
 

@@ -49,6 +49,8 @@ pub struct Shared {
     pub repair: Mutex<RepairBook>,
     /// Delegated directories other clients are waiting for (leader only).
     pub recalls: Recalls,
+    /// Chunkservers' inventory passes, for fsck (leader only).
+    pub inventories: Mutex<crate::inventory::Ledger>,
 }
 
 /// The directories a leader wants back from each client, and a wake-up for
@@ -124,7 +126,26 @@ impl Shared {
             leader_ready: AtomicBool::new(false),
             repair: Mutex::new(RepairBook::default()),
             recalls: Recalls::default(),
+            inventories: Mutex::new(crate::inventory::Ledger::default()),
         }
+    }
+
+    pub fn inventories(&self) -> std::sync::MutexGuard<'_, crate::inventory::Ledger> {
+        // Plain counters: a panic elsewhere cannot leave them torn.
+        self.inventories.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Chunkservers that sent a heartbeat recently.
+    pub fn chunkservers_up(&self) -> Vec<ChunkserverId> {
+        self.heartbeats
+            .read()
+            .map(|h| {
+                h.iter()
+                    .filter(|(_, hb)| hb.at.elapsed() < CHUNKSERVER_DOWN_AFTER)
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn is_leader_ready(&self) -> bool {

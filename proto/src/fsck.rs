@@ -53,13 +53,27 @@ pub enum FindingKind {
     /// A fragment missing, failing its chunkserver's check, or not what
     /// the block's bytes encode to (`--verify-data`).
     BadFragment,
+    /// Fragment files on a chunkserver that no block references, past the
+    /// grace (the collector deletes them).
+    OrphanFragments,
+    /// A fragment the block table places on a chunkserver whose inventory
+    /// lacks it (marked lost, so repair rebuilds it).
+    MissingFragment,
+    /// A chunkserver that sent no whole inventory of its disk in time.
+    NoInventory,
 }
 
 impl FindingKind {
     /// Whether it is damage (as opposed to reduced redundancy that repair
     /// is already restoring).
     pub fn is_error(self) -> bool {
-        !matches!(self, FindingKind::UnderProtected)
+        !matches!(
+            self,
+            FindingKind::UnderProtected
+                | FindingKind::OrphanFragments
+                | FindingKind::MissingFragment
+                | FindingKind::NoInventory
+        )
     }
 }
 
@@ -138,6 +152,24 @@ pub struct FsckReport {
     pub more: u64,
     /// Whether chunkserver liveness was known (online) or assumed (offline).
     pub liveness_known: bool,
+    /// Each chunkserver's last whole inventory (online only).
+    pub inventories: Vec<InventoryPass>,
+}
+
+/// What one whole inventory pass of a chunkserver found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryPass {
+    pub chunkserver: crate::ChunkserverId,
+    /// Seconds since it ended.
+    pub age_secs: u64,
+    /// Fragment files it listed.
+    pub fragments: u64,
+    /// Files no block references, past the grace.
+    pub orphans: u64,
+    /// Fragments the block table places there that it lacked (the first
+    /// thousand), and how many in all.
+    pub missing: Vec<(BlockId, u8)>,
+    pub missing_count: u64,
 }
 
 /// A replica's state summarised: per column family, its records and a

@@ -140,8 +140,12 @@ pub enum Request {
     RepairStatus,
     /// Checks the namespace, layouts and block table as they are now (a
     /// consistent snapshot on the leader) and reports what is wrong
-    /// (`Reply::Fsck`). Admins only.
-    Fsck,
+    /// (`Reply::Fsck`), with the chunkservers' last inventories: with
+    /// `fresh_inventories`, of their disks from now on (the leader asks
+    /// and waits for them). Admins only.
+    Fsck {
+        fresh_inventories: bool,
+    },
     /// This replica's applied index and a digest of each column family of
     /// its state there (`Reply::Digest`): replicas at the same index must
     /// agree. Answered by any replica, admins only.
@@ -200,6 +204,8 @@ pub enum Reply {
         repairs: Vec<RepairTask>,
         /// Chunks (inode, index) with many slices, to rewrite.
         compactions: Vec<(crate::InodeId, u64)>,
+        /// Send an inventory of the disk now (an fsck wants a fresh one).
+        inventory_now: bool,
     },
     Delete(Vec<(BlockId, u8)>),
     Repair(RepairProgress),

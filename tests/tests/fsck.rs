@@ -360,3 +360,75 @@ async fn verify_data_finds_and_rebuilds_bad_fragments() {
     assert_eq!(code, 0, "clean after the rebuild: {v}");
     assert_eq!(get(&data, ino).await.expect("read"), bytes);
 }
+
+/// A fragment file deleted behind its chunkserver's back and a stray file
+/// no block references: fsck asks every chunkserver for an inventory of
+/// its disk, names the file the missing fragment belongs to and counts the
+/// stray; repair and the collector then put both right.
+#[tokio::test(flavor = "multi_thread")]
+async fn inventories_find_missing_and_orphan_fragments() {
+    // A short grace: blocks settle (and may be judged) after the floor of 60 s.
+    let c = cluster_with(1, 3, "2G", &["--gc-grace", "20"], &[])
+        .await
+        .expect("cluster");
+    let data = Arc::new(DataClient::new(Arc::new(c.client())));
+    let bytes = pattern(6 << 20, 13);
+    let written = Instant::now();
+    let ino = write(&data, InodeId::ROOT, "inv.bin", &bytes).await;
+    let mut frags: Vec<std::path::PathBuf> =
+        sparefs_tests::data::walk(&c.chunkserver_dir(1).join("fragments"))
+            .into_iter()
+            .filter(|p| !p.to_string_lossy().ends_with(".tmp"))
+            .collect();
+    frags.sort();
+    assert!(frags.len() >= 2, "fragments on chunkserver 1: {frags:?}");
+    // A copy at a slot no block has, written long ago (past the grace).
+    let stray = frags[0].with_extension("9");
+    std::fs::copy(&frags[0], &stray).expect("copy a fragment");
+    let touched = Command::new("touch")
+        .args(["-d", "2 hours ago"])
+        .arg(&stray)
+        .status()
+        .expect("touch");
+    assert!(touched.success());
+    std::fs::remove_file(&frags[1]).expect("delete a fragment");
+    // A block's fragments are judged missing only once it has settled.
+    let settle = Duration::from_secs(62);
+    if let Some(left) = settle.checked_sub(written.elapsed()) {
+        tokio::time::sleep(left).await;
+    }
+
+    let (code, v) = fsck(&c, &[]);
+    let f = findings(&v);
+    assert_eq!(code, 0, "warnings only (the cluster corrects them): {v}");
+    assert!(
+        f.iter()
+            .any(|(k, p)| k == "MissingFragment" && p == "/inv.bin"),
+        "the missing fragment's file is named: {f:?} {}",
+        v["report"]["inventories"]
+    );
+    assert_eq!(
+        f.iter().filter(|(k, _)| k == "OrphanFragments").count(),
+        1,
+        "the stray is counted: {f:?}"
+    );
+    let passes = v["report"]["inventories"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(passes.len(), 3, "every chunkserver's inventory: {v}");
+    assert!(!f.iter().any(|(k, _)| k == "NoInventory"), "{f:?}");
+
+    // Repair rebuilds the fragment, the collector deletes the stray.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (code, v) = fsck(&c, &[]);
+        let f = findings(&v);
+        if code == 0 && f.is_empty() && !stray.exists() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not put right: {f:?}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert_eq!(get(&data, ino).await.expect("read"), bytes);
+}

@@ -64,7 +64,7 @@ async fn run_inner(args: FsckArgs) -> anyhow::Result<i32> {
     if let Some(dir) = &args.offline {
         let store = sparefs_meta::store::ReadOnlyStore::open(dir)
             .with_context(|| format!("opening {} read-only", dir.display()))?;
-        let report = sparefs_meta::ns::fsck::check(&store, None)?;
+        let report = sparefs_meta::ns::fsck::check(&store, None, &[])?;
         let report = within(report, args.path.as_deref());
         return Ok(finish(&args, &report, &Repairs::default(), started));
     }
@@ -173,8 +173,13 @@ async fn repair(client: &MetaClient, report: &FsckReport) -> Repairs {
     r
 }
 
-async fn check_once(client: &MetaClient) -> anyhow::Result<FsckReport> {
-    match client.call_leader(&Request::Fsck).await {
+/// One check; `fresh_inventories`: of the chunkservers' disks from now on
+/// (else their last inventories).
+async fn check_once(client: &MetaClient, fresh_inventories: bool) -> anyhow::Result<FsckReport> {
+    match client
+        .call_leader(&Request::Fsck { fresh_inventories })
+        .await
+    {
         Ok(Reply::Fsck(r)) => Ok(r),
         Ok(other) => bail!("unexpected answer to fsck: {other:?}"),
         Err(e) => Err(e).context("asking the meta leader to check"),
@@ -182,16 +187,18 @@ async fn check_once(client: &MetaClient) -> anyhow::Result<FsckReport> {
 }
 
 /// A check whose findings held in a second check a moment later: a change
-/// in flight seen half-done is not damage.
+/// in flight seen half-done is not damage. The second judges the same
+/// inventories: what they found was acted on (a missing fragment marked
+/// lost) and is no longer there to find again.
 async fn confirmed(client: &MetaClient, quiet: bool) -> anyhow::Result<FsckReport> {
     let progress = Progress::start(quiet);
-    let first = check_once(client).await?;
+    let first = check_once(client, true).await?;
     if first.findings.is_empty() {
         progress.done();
         return Ok(first);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut second = check_once(client).await?;
+    let mut second = check_once(client, false).await?;
     progress.done();
     let key = |f: &Finding| (f.kind, f.ino, f.detail.clone());
     let seen: std::collections::HashSet<_> = first.findings.iter().map(key).collect();
@@ -355,6 +362,12 @@ fn finish(args: &FsckArgs, report: &FsckReport, repairs: &Repairs, started: Inst
     }
     if report.more > 0 {
         println!("... and {} more findings", report.more);
+    }
+    for pass in &report.inventories {
+        println!(
+            "chunkserver {}: {} fragment files, {} orphans, {} missing (inventory of {} s ago)",
+            pass.chunkserver, pass.fragments, pass.orphans, pass.missing_count, pass.age_secs
+        );
     }
     let liveness = if report.liveness_known {
         ""

@@ -16,7 +16,9 @@ use super::read::ChunkserverLiveness;
 use super::records::*;
 use super::{NsError, NsResult};
 use crate::kv::{decode, read_be, Cf, ReadKv, StoreError, Tx};
-use sparefs_proto::fsck::{Finding, FindingKind, Fix, FsckReport, FSCK_FINDINGS_MAX};
+use sparefs_proto::fsck::{
+    Finding, FindingKind, Fix, FsckReport, InventoryPass, FSCK_FINDINGS_MAX,
+};
 use sparefs_proto::layout::{ChunkserverState, Slice};
 use sparefs_proto::limits::CHUNK_BYTES;
 use sparefs_proto::namespace::{Caller, FileKind, NsReply, Time};
@@ -94,6 +96,7 @@ fn name_str(n: &[u8]) -> String {
 pub fn check(
     kv: &impl ReadKv,
     live: Option<&dyn ChunkserverLiveness>,
+    inventories: &[InventoryPass],
 ) -> Result<FsckReport, StoreError> {
     let mut f = Findings {
         list: Vec::new(),
@@ -582,6 +585,47 @@ pub fn check(
             None,
         );
     }
+    // The chunkservers' inventories.
+    for pass in inventories {
+        let cs = pass.chunkserver;
+        if pass.orphans > 0 {
+            f.add(
+                FindingKind::OrphanFragments,
+                None,
+                format!(
+                    "chunkserver {cs}: {} fragment files no block references, past the grace (the collector deletes them)",
+                    pass.orphans
+                ),
+                None,
+            );
+        }
+        for (block, slot) in &pass.missing {
+            let whose = users.get(&block.0).cloned().unwrap_or_default();
+            f.add(
+                FindingKind::MissingFragment,
+                whose.first().map(|(i, _)| InodeId(*i)),
+                format!(
+                    "chunkserver {cs}: fragment {slot} of block {block} is not on its disk (marked lost: repair rebuilds it); used by {}",
+                    whose
+                        .iter()
+                        .map(|(ino, at)| format!("inode {ino} at byte {at}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None,
+            );
+        }
+        let unnamed = pass.missing_count.saturating_sub(pass.missing.len() as u64);
+        if unnamed > 0 {
+            f.add(
+                FindingKind::MissingFragment,
+                None,
+                format!("chunkserver {cs}: {unnamed} more fragments not on its disk"),
+                None,
+            );
+        }
+    }
+    report.inventories = inventories.to_vec();
     // Paths for the inodes findings name.
     for finding in f.list.iter_mut() {
         if let Some(ino) = finding.ino {
@@ -837,7 +881,7 @@ mod tests {
         let b = mk(&mut tx, docs, "b.txt", false);
         let sub = mk(&mut tx, docs, "sub", true);
         let _c = mk(&mut tx, sub, "c.txt", false);
-        assert!(check(&tx, None).expect("check").findings.is_empty());
+        assert!(check(&tx, None, &[]).expect("check").findings.is_empty());
 
         // Wrong link count, an entry pointing nowhere, an orphan inode.
         let mut ra = load(&tx, a).expect("a");
@@ -848,7 +892,7 @@ mod tests {
         rb.nlink = 1;
         let lost = InodeId(9999);
         store(&mut tx, lost, &rb);
-        let r = check(&tx, None).expect("check");
+        let r = check(&tx, None, &[]).expect("check");
         assert_eq!(
             kinds(&r),
             vec![
@@ -876,7 +920,7 @@ mod tests {
             // A second time, the premise no longer holds.
             assert!(run(&mut tx, WriteOp::Repair { fix }).is_err());
         }
-        let after = check(&tx, None).expect("check");
+        let after = check(&tx, None, &[]).expect("check");
         assert!(after.findings.is_empty(), "{after:#?}");
         let lf = dentry(&tx, InodeId::ROOT, LOST_FOUND)
             .expect("read")
@@ -898,7 +942,7 @@ mod tests {
         let mut rx = load(&tx, x).expect("x");
         rx.parent = y;
         store(&mut tx, x, &rx);
-        let r = check(&tx, None).expect("check");
+        let r = check(&tx, None, &[]).expect("check");
         assert!(
             r.findings.iter().any(|f| f.kind == FindingKind::Cycle),
             "{r:#?}"
@@ -916,7 +960,7 @@ mod tests {
             changed: Time::default(),
         };
         tx.put_rec(Cf::Blocks, block_key(id), &rec);
-        let r = check(&tx, None).expect("check");
+        let r = check(&tx, None, &[]).expect("check");
         assert!(r
             .findings
             .iter()
