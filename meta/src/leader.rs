@@ -273,6 +273,13 @@ impl LeaderDuties {
     /// blocks allocated long ago and never committed.
     pub fn tick(&mut self) -> anyhow::Result<()> {
         self.expire_leases();
+        if let Ok(mut heard) = self.shared.clients_heard.write() {
+            if heard.len() != self.lease_seen.len()
+                || !self.lease_seen.keys().all(|c| heard.contains(c))
+            {
+                *heard = self.lease_seen.keys().copied().collect();
+            }
+        }
         if !self.shared.is_leader_ready() || self.last_gc_check.elapsed() < GC_CHECK_EVERY {
             return Ok(());
         }

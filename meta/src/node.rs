@@ -347,8 +347,14 @@ impl Driver {
                     let _ = reply.send(Err(self.not_leader()));
                     return;
                 }
-                if let WriteOp::SetLock { lock, .. } = &op {
-                    self.leader.heard_from(lock.client);
+                match &op {
+                    WriteOp::SetLock { lock, .. } => self.leader.heard_from(lock.client),
+                    // A delegation lives by its holder's lease from the start:
+                    // a holder that never speaks again must lose it.
+                    WriteOp::Delegate { .. } | WriteOp::ReserveInodes { .. } => {
+                        self.leader.heard_from(id.client)
+                    }
+                    _ => {}
                 }
                 if let Err(e) = self.leader.place_allocation(&mut op) {
                     let _ = reply.send(Err(e));

@@ -215,7 +215,19 @@ impl Server {
                 let shared = self.shared.clone();
                 let mut report = self
                     .whole_state_read(move |view| {
-                        crate::ns::fsck::check(view, Some(&*shared), &inventories)
+                        let clients = shared
+                            .clients_heard
+                            .read()
+                            .map(|c| c.clone())
+                            .unwrap_or_default();
+                        crate::ns::fsck::check(
+                            view,
+                            Some(crate::ns::fsck::Online {
+                                chunkservers: &*shared,
+                                inventories: &inventories,
+                                clients: &clients,
+                            }),
+                        )
                     })
                     .await?;
                 for cs in stale {

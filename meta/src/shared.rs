@@ -51,6 +51,9 @@ pub struct Shared {
     pub recalls: Recalls,
     /// Chunkservers' inventory passes, for fsck (leader only).
     pub inventories: Mutex<crate::inventory::Ledger>,
+    /// Clients whose lease the leader keeps (they hold locks or
+    /// delegations, or mount): a copy of the leader's table, for fsck.
+    pub clients_heard: RwLock<std::collections::HashSet<ClientId>>,
 }
 
 /// The directories a leader wants back from each client, and a wake-up for
@@ -127,6 +130,7 @@ impl Shared {
             repair: Mutex::new(RepairBook::default()),
             recalls: Recalls::default(),
             inventories: Mutex::new(crate::inventory::Ledger::default()),
+            clients_heard: RwLock::new(std::collections::HashSet::new()),
         }
     }
 

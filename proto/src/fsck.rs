@@ -61,6 +61,9 @@ pub enum FindingKind {
     MissingFragment,
     /// A chunkserver that sent no whole inventory of its disk in time.
     NoInventory,
+    /// A directory delegation held by a client the leader no longer
+    /// keeps a lease for, or of something that is not a directory.
+    StaleDelegation,
 }
 
 impl FindingKind {
@@ -113,6 +116,16 @@ pub enum Fix {
     DropChunk {
         ino: InodeId,
         index: u64,
+    },
+    /// Drops the delegation of `dir` if `holder` still has it.
+    DropDelegation {
+        dir: InodeId,
+        holder: crate::ClientId,
+    },
+    /// Ends a client the leader no longer keeps a lease for as an expired
+    /// lease does: its delegations, inode reservations and locks go.
+    ExpireClient {
+        client: crate::ClientId,
     },
     /// Marks a fragment lost (so repair rebuilds it from the others), if
     /// it is still where it was found.

@@ -196,11 +196,33 @@ async fn lost_chunkservers_name_the_files_they_hit() {
     }
 }
 
-/// A check while clients create, write, rename and delete reports nothing.
+/// A check while clients create, write, rename and delete reports nothing:
+/// three library clients and two mounts (which hold directory delegations
+/// and answer creates in them themselves).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_check_under_writes_reports_nothing() {
-    let c = cluster_with(1, 3, "2G", &[], &[]).await.expect("cluster");
+    let mut c = cluster_with(1, 3, "2G", &[], &[]).await.expect("cluster");
     let meta = Arc::new(c.client());
+    let mut shells = Vec::new();
+    for n in 1..=2u64 {
+        let mnt = c.spawn_mount(n, 10).expect("mount");
+        let script = format!(
+            "cd {mnt} && mkdir m{n} && cd m{n} && i=0; \
+             while [ ! -e ../stop ]; do \
+               mkdir -p d$i/s && dd if=/dev/urandom of=d$i/s/f bs=64k count=3 status=none && \
+               echo $i > d$i/small && mv d$i/s/f d$i/g && ln d$i/g d$i/h && \
+               rm -rf d$((i-2)); i=$((i+1)); \
+             done",
+            mnt = mnt.display()
+        );
+        shells.push(
+            Command::new("sh")
+                .args(["-c", &script])
+                .spawn()
+                .expect("mount workload"),
+        );
+    }
+    let stop_file = c.dir.path().join("mnt1").join("stop");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
     for w in 0..3u64 {
@@ -246,11 +268,22 @@ async fn a_check_under_writes_reports_nothing() {
         assert_eq!(code, 0, "false damage under writes: {v}");
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    std::fs::write(&stop_file, b"").expect("stop the mounts' workload");
+    for mut sh in shells {
+        let status = sh.wait().expect("mount workload");
+        assert!(status.success(), "the mounts' workload failed: {status}");
+    }
     let mut files = 0;
     for w in workers {
         files += w.await.expect("worker");
     }
     assert!(files > 10, "the workload ran ({files} files)");
+    for n in 1..=2 {
+        let dirs = std::fs::read_dir(c.dir.path().join(format!("mnt{n}/m{n}")))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert!(dirs >= 2, "mount {n}'s workload ran ({dirs} entries)");
+    }
     let (code, v) = fsck(&c, &[]);
     assert_eq!(code, 0, "{v}");
 }

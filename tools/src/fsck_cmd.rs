@@ -64,7 +64,7 @@ async fn run_inner(args: FsckArgs) -> anyhow::Result<i32> {
     if let Some(dir) = &args.offline {
         let store = sparefs_meta::store::ReadOnlyStore::open(dir)
             .with_context(|| format!("opening {} read-only", dir.display()))?;
-        let report = sparefs_meta::ns::fsck::check(&store, None, &[])?;
+        let report = sparefs_meta::ns::fsck::check(&store, None)?;
         let report = within(report, args.path.as_deref());
         return Ok(finish(&args, &report, &Repairs::default(), started));
     }

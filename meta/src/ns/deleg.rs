@@ -231,6 +231,15 @@ pub fn expire<R: ReadKv>(tx: &mut Tx<R>, client: ClientId) -> NsResult<()> {
     Ok(())
 }
 
+/// Drops the delegation of `dir` if `holder` holds it; whether it did.
+pub fn drop_if_held<R: ReadKv>(tx: &mut Tx<R>, dir: InodeId, holder: ClientId) -> NsResult<bool> {
+    if self::holder(tx, dir)? != Some(holder) {
+        return Ok(false);
+    }
+    tx.delete(Cf::Sys, deleg_key(dir));
+    Ok(true)
+}
+
 /// Every client holding a delegation (a new leader starts their leases).
 pub fn holders<K: ReadKv>(kv: &K) -> NsResult<Vec<ClientId>> {
     let mut out = Vec::new();
@@ -244,7 +253,7 @@ pub fn holders<K: ReadKv>(kv: &K) -> NsResult<Vec<ClientId>> {
 }
 
 /// Every delegated directory with its holder (status, tests).
-pub fn all<K: ReadKv>(kv: &K) -> NsResult<Vec<(InodeId, ClientId)>> {
+pub fn all<K: ReadKv>(kv: &K) -> Result<Vec<(InodeId, ClientId)>, StoreError> {
     let mut out = Vec::new();
     for (k, v) in kv.scan(Cf::Sys, DELEG_PREFIX, DELEG_PREFIX, usize::MAX)? {
         let dir = read_be(&k[DELEG_PREFIX.len()..])

@@ -22,7 +22,7 @@ use sparefs_proto::fsck::{
 use sparefs_proto::layout::{ChunkserverState, Slice};
 use sparefs_proto::limits::CHUNK_BYTES;
 use sparefs_proto::namespace::{Caller, FileKind, NsReply, Time};
-use sparefs_proto::{BlockId, Errno, InodeId};
+use sparefs_proto::{BlockId, ClientId, Errno, InodeId};
 use std::collections::{HashMap, HashSet, VecDeque};
 
 const PAGE: usize = 4096;
@@ -91,13 +91,22 @@ fn name_str(n: &[u8]) -> String {
     String::from_utf8_lossy(n).into_owned()
 }
 
-/// Checks everything the meta keeps. `live`: chunkserver liveness (the
-/// leader's); `None` offline, where every chunkserver counts as up.
-pub fn check(
-    kv: &impl ReadKv,
-    live: Option<&dyn ChunkserverLiveness>,
-    inventories: &[InventoryPass],
-) -> Result<FsckReport, StoreError> {
+/// What only the leader knows, in memory, for a check of a live cluster.
+pub struct Online<'a> {
+    /// Chunkserver liveness.
+    pub chunkservers: &'a dyn ChunkserverLiveness,
+    /// The chunkservers' last inventories.
+    pub inventories: &'a [InventoryPass],
+    /// Clients whose lease the leader keeps.
+    pub clients: &'a HashSet<ClientId>,
+}
+
+/// Checks everything the meta keeps. `online`: what the leader knows
+/// besides; `None` offline, where every chunkserver counts as up and
+/// inventories and leases are unknown.
+pub fn check(kv: &impl ReadKv, online: Option<Online<'_>>) -> Result<FsckReport, StoreError> {
+    let live = online.as_ref().map(|o| o.chunkservers);
+    let inventories = online.as_ref().map_or(&[][..], |o| o.inventories);
     let mut f = Findings {
         list: Vec::new(),
         more: 0,
@@ -387,6 +396,27 @@ pub fn check(
                     ino: InodeId(*ino),
                     nlink: n.nlink,
                 }),
+            );
+        }
+    }
+    // Delegations: of directories, to clients the leader keeps a lease for.
+    for (dir, holder) in super::deleg::all(kv)? {
+        if nodes.get(&dir.0).is_none_or(|n| n.kind != FileKind::Dir) {
+            f.add(
+                FindingKind::StaleDelegation,
+                Some(dir),
+                format!("delegated to client {holder} but not a directory"),
+                Some(Fix::DropDelegation { dir, holder }),
+            );
+        } else if online
+            .as_ref()
+            .is_some_and(|o| !o.clients.contains(&holder))
+        {
+            f.add(
+                FindingKind::StaleDelegation,
+                Some(dir),
+                format!("delegated to client {holder}, whom the leader keeps no lease for"),
+                Some(Fix::ExpireClient { client: holder }),
             );
         }
     }
@@ -751,6 +781,16 @@ pub(super) fn apply_fix<R: ReadKv>(
             };
             super::blocks::put_chunk(tx, *ino, *index, &old, Vec::new(), now)?;
         }
+        Fix::DropDelegation { dir, holder } => {
+            let gone = load(tx, *dir).map_or(true, |r| !r.is_dir());
+            if !gone || !super::deleg::drop_if_held(tx, *dir, *holder)? {
+                return Err(stale());
+            }
+        }
+        Fix::ExpireClient { client } => {
+            super::deleg::expire(tx, *client)?;
+            super::locks::expire_client(tx, *client)?;
+        }
         Fix::LoseFragment {
             block,
             slot,
@@ -868,6 +908,62 @@ mod tests {
         k
     }
 
+    /// A delegation whose holder the leader keeps no lease for, and one of
+    /// a directory that is gone: found online (the first only), repaired.
+    #[test]
+    fn stale_delegations_are_found_and_ended() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = Store::create(dir.path()).expect("store");
+        let mut tx = Tx::new(&base);
+        bootstrap(&mut tx).expect("bootstrap");
+        let d = mk(&mut tx, InodeId::ROOT, "d", true);
+        let e = mk(&mut tx, InodeId::ROOT, "e", true);
+        let holder = ClientId(42);
+        for x in [d, e] {
+            crate::ns::deleg::delegate(&mut tx, &Caller::ROOT, holder, x).expect("delegate");
+        }
+        let stale = |tx: &Tx<Store>, clients: &HashSet<ClientId>| {
+            let online = Online {
+                chunkservers: &(),
+                inventories: &[],
+                clients,
+            };
+            check(tx, Some(online))
+                .expect("check")
+                .findings
+                .into_iter()
+                .filter(|f| f.kind == FindingKind::StaleDelegation)
+                .collect::<Vec<_>>()
+        };
+        let known: HashSet<ClientId> = [holder].into_iter().collect();
+        assert!(stale(&tx, &known).is_empty());
+        assert!(check(&tx, None).expect("check").findings.is_empty());
+        // The holder is gone from the leader's leases.
+        let found = stale(&tx, &HashSet::new());
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(found
+            .iter()
+            .all(|f| f.fix == Some(Fix::ExpireClient { client: holder })));
+        run(
+            &mut tx,
+            WriteOp::Repair {
+                fix: Fix::ExpireClient { client: holder },
+            },
+        )
+        .expect("expire");
+        assert!(crate::ns::deleg::all(&tx).expect("list").is_empty());
+        // A delegation of a directory whose inode is gone.
+        crate::ns::deleg::delegate(&mut tx, &Caller::ROOT, holder, e).expect("delegate");
+        tx.delete(Cf::Inodes, inode_key(e));
+        let found = stale(&tx, &known);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        let fix = found[0].fix.clone().expect("repairable");
+        assert_eq!(fix, Fix::DropDelegation { dir: e, holder });
+        run(&mut tx, WriteOp::Repair { fix: fix.clone() }).expect("drop");
+        assert!(run(&mut tx, WriteOp::Repair { fix }).is_err(), "once");
+        assert!(stale(&tx, &known).is_empty());
+    }
+
     /// A clean tree is clean; each kind of damage is found, named by path,
     /// and its repair leaves a clean tree.
     #[test]
@@ -881,7 +977,7 @@ mod tests {
         let b = mk(&mut tx, docs, "b.txt", false);
         let sub = mk(&mut tx, docs, "sub", true);
         let _c = mk(&mut tx, sub, "c.txt", false);
-        assert!(check(&tx, None, &[]).expect("check").findings.is_empty());
+        assert!(check(&tx, None).expect("check").findings.is_empty());
 
         // Wrong link count, an entry pointing nowhere, an orphan inode.
         let mut ra = load(&tx, a).expect("a");
@@ -892,7 +988,7 @@ mod tests {
         rb.nlink = 1;
         let lost = InodeId(9999);
         store(&mut tx, lost, &rb);
-        let r = check(&tx, None, &[]).expect("check");
+        let r = check(&tx, None).expect("check");
         assert_eq!(
             kinds(&r),
             vec![
@@ -920,7 +1016,7 @@ mod tests {
             // A second time, the premise no longer holds.
             assert!(run(&mut tx, WriteOp::Repair { fix }).is_err());
         }
-        let after = check(&tx, None, &[]).expect("check");
+        let after = check(&tx, None).expect("check");
         assert!(after.findings.is_empty(), "{after:#?}");
         let lf = dentry(&tx, InodeId::ROOT, LOST_FOUND)
             .expect("read")
@@ -942,7 +1038,7 @@ mod tests {
         let mut rx = load(&tx, x).expect("x");
         rx.parent = y;
         store(&mut tx, x, &rx);
-        let r = check(&tx, None, &[]).expect("check");
+        let r = check(&tx, None).expect("check");
         assert!(
             r.findings.iter().any(|f| f.kind == FindingKind::Cycle),
             "{r:#?}"
@@ -960,7 +1056,7 @@ mod tests {
             changed: Time::default(),
         };
         tx.put_rec(Cf::Blocks, block_key(id), &rec);
-        let r = check(&tx, None, &[]).expect("check");
+        let r = check(&tx, None).expect("check");
         assert!(r
             .findings
             .iter()
