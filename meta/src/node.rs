@@ -504,6 +504,7 @@ impl Driver {
                 .unwrap_or_default(),
             first_log_index: self.raw.store().first(),
             last_log_index: self.raw.store().last(),
+            fsck: self.shared.fsck_progress.get(),
         }
     }
 

@@ -227,6 +227,7 @@ impl Server {
                                 inventories: &inventories,
                                 clients: &clients,
                             }),
+                            &shared.fsck_progress,
                         )
                     })
                     .await?;

@@ -54,6 +54,8 @@ pub struct Shared {
     /// Clients whose lease the leader keeps (they hold locks or
     /// delegations, or mount): a copy of the leader's table, for fsck.
     pub clients_heard: RwLock<std::collections::HashSet<ClientId>>,
+    /// How far the running fsck has come (`status` shows it).
+    pub fsck_progress: crate::ns::fsck::Progress,
 }
 
 /// The directories a leader wants back from each client, and a wake-up for
@@ -131,6 +133,7 @@ impl Shared {
             recalls: Recalls::default(),
             inventories: Mutex::new(crate::inventory::Ledger::default()),
             clients_heard: RwLock::new(std::collections::HashSet::new()),
+            fsck_progress: crate::ns::fsck::Progress::default(),
         }
     }
 

@@ -295,6 +295,8 @@ pub struct ReplicaStatus {
     pub members: Vec<(ReplicaId, String)>,
     pub first_log_index: u64,
     pub last_log_index: u64,
+    /// While an fsck runs here: records read, records estimated in all.
+    pub fsck: Option<(u64, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

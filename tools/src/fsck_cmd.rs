@@ -64,7 +64,14 @@ async fn run_inner(args: FsckArgs) -> anyhow::Result<i32> {
     if let Some(dir) = &args.offline {
         let store = sparefs_meta::store::ReadOnlyStore::open(dir)
             .with_context(|| format!("opening {} read-only", dir.display()))?;
-        let report = sparefs_meta::ns::fsck::check(&store, None)?;
+        let counter = std::sync::Arc::new(sparefs_meta::ns::fsck::Progress::default());
+        let progress = Progress::start(args.json, Source::Local(counter.clone()));
+        let checked = tokio::task::spawn_blocking(move || {
+            sparefs_meta::ns::fsck::check(&store, None, &counter)
+        })
+        .await;
+        progress.done();
+        let report = checked.context("the check stopped")??;
         let report = within(report, args.path.as_deref());
         return Ok(finish(&args, &report, &Repairs::default(), started));
     }
@@ -78,7 +85,11 @@ async fn run_inner(args: FsckArgs) -> anyhow::Result<i32> {
     let mut client =
         crate::meta_client(addresses.clone(), current_caller()).with_deadline(CHECK_TIMEOUT);
     client.attempt_timeout = CHECK_TIMEOUT;
-    let first = confirmed(&client, args.json).await?;
+    let watch = Source::Leader(std::sync::Arc::new(crate::meta_client(
+        addresses.clone(),
+        current_caller(),
+    )));
+    let first = confirmed(&client, args.json, &watch).await?;
     let mut first = within(first, args.path.as_deref());
     // Replica disagreement is not repairable here: it is reported as found.
     let replicas = compare_replicas(&client, &addresses).await;
@@ -133,7 +144,10 @@ async fn run_inner(args: FsckArgs) -> anyhow::Result<i32> {
         all.done.extend(round.done);
         all.failed.extend(round.failed);
         all.stale = round.stale;
-        report = within(confirmed(&client, args.json).await?, args.path.as_deref());
+        report = within(
+            confirmed(&client, args.json, &watch).await?,
+            args.path.as_deref(),
+        );
         if !progress {
             break;
         }
@@ -190,8 +204,8 @@ async fn check_once(client: &MetaClient, fresh_inventories: bool) -> anyhow::Res
 /// in flight seen half-done is not damage. The second judges the same
 /// inventories: what they found was acted on (a missing fragment marked
 /// lost) and is no longer there to find again.
-async fn confirmed(client: &MetaClient, quiet: bool) -> anyhow::Result<FsckReport> {
-    let progress = Progress::start(quiet);
+async fn confirmed(client: &MetaClient, quiet: bool, watch: &Source) -> anyhow::Result<FsckReport> {
+    let progress = Progress::start(quiet, watch.clone());
     let first = check_once(client, true).await?;
     if first.findings.is_empty() {
         progress.done();
@@ -278,14 +292,38 @@ fn within(mut r: FsckReport, path: Option<&str>) -> FsckReport {
     r
 }
 
-/// A line every few seconds while the meta checks (on a terminal, a
-/// spinner with the time so far).
+/// Where a running check's progress is read: the meta leader's status,
+/// or this process's own offline check.
+#[derive(Clone)]
+enum Source {
+    Leader(std::sync::Arc<MetaClient>),
+    Local(std::sync::Arc<sparefs_meta::ns::fsck::Progress>),
+}
+
+impl Source {
+    /// (records read, records estimated), while a check runs.
+    async fn get(&self) -> Option<(u64, u64)> {
+        match self {
+            Source::Leader(c) => {
+                let asked = c.call_leader(&Request::Status);
+                match tokio::time::timeout(Duration::from_secs(2), asked).await {
+                    Ok(Ok(Reply::Status(s))) => s.fsck,
+                    _ => None,
+                }
+            }
+            Source::Local(p) => p.get(),
+        }
+    }
+}
+
+/// While a check runs: on a terminal, a bar of records read against the
+/// estimate with an ETA; otherwise a line every five seconds.
 struct Progress {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Progress {
-    fn start(quiet: bool) -> Progress {
+    fn start(quiet: bool, source: Source) -> Progress {
         if quiet {
             return Progress { task: None };
         }
@@ -293,15 +331,34 @@ impl Progress {
         let task = tokio::spawn(async move {
             let began = Instant::now();
             let bar = tty.then(|| {
-                let b = indicatif::ProgressBar::new_spinner();
-                b.set_message("checking namespace, layouts and blocks");
-                b.enable_steady_tick(Duration::from_millis(120));
+                let b =
+                    indicatif::ProgressBar::new(0).with_finish(indicatif::ProgressFinish::AndClear);
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "checking {wide_bar} {human_pos}/~{human_len} records, ETA {eta}",
+                ) {
+                    b.set_style(style);
+                }
                 b
             });
+            let mut last_line = Instant::now();
             loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                if bar.is_none() {
-                    eprintln!("fsck: still checking ({} s)", began.elapsed().as_secs());
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = source.get().await;
+                if let (Some(b), Some((done, total))) = (&bar, now) {
+                    b.set_length(total);
+                    b.set_position(done);
+                }
+                if bar.is_none() && last_line.elapsed() >= Duration::from_secs(5) {
+                    last_line = Instant::now();
+                    let secs = began.elapsed().as_secs_f64();
+                    match now {
+                        Some((done, total)) if done > 0 => eprintln!(
+                            "fsck: {done} of about {total} records ({:.0}%), about {:.0} s left",
+                            100.0 * done as f64 / total as f64,
+                            secs * total.saturating_sub(done) as f64 / done as f64
+                        ),
+                        _ => eprintln!("fsck: still checking ({secs:.0} s)"),
+                    }
                 }
             }
         });

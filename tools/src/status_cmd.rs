@@ -88,6 +88,7 @@ async fn replica_rows(
                     "id": s.id.0, "address": address, "role": s.role.name(), "term": s.term,
                     "commit": s.commit, "applied": s.applied, "pid": s.pid,
                     "leader": s.leader.map(|l| l.0), "first_log_index": s.first_log_index, "last_log_index": s.last_log_index,
+                    "fsck": s.fsck.map(|(done, estimated)| json!({"records": done, "estimated": estimated})),
                 }));
             }
             Err(e) => {
@@ -182,6 +183,17 @@ fn print_replicas(list: &[Value]) {
             number(v, "applied"),
             number(v, "pid")
         );
+    }
+    for v in list {
+        if let (Some(done), Some(total)) = (
+            v["fsck"]["records"].as_u64(),
+            v["fsck"]["estimated"].as_u64(),
+        ) {
+            println!(
+                "replica {} runs an fsck: {done} of about {total} records read",
+                number(v, "id")
+            );
+        }
     }
 }
 

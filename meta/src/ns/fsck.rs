@@ -24,13 +24,60 @@ use sparefs_proto::limits::CHUNK_BYTES;
 use sparefs_proto::namespace::{Caller, FileKind, NsReply, Time};
 use sparefs_proto::{BlockId, ClientId, Errno, InodeId};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 const PAGE: usize = 4096;
 pub const LOST_FOUND: &[u8] = b"lost+found";
 
+/// How far a check has come, for a progress bar elsewhere: records read
+/// so far, and an estimate of all it will read (three per inode, more for
+/// layouts and blocks; raised as it is passed).
+#[derive(Default)]
+pub struct Progress {
+    done: AtomicU64,
+    total: AtomicU64,
+    running: AtomicBool,
+}
+
+impl Progress {
+    fn start(&self, total: u64) {
+        self.done.store(0, Ordering::Relaxed);
+        self.total.store(total.max(1), Ordering::Relaxed);
+        self.running.store(true, Ordering::Release);
+    }
+
+    fn add(&self, n: u64) {
+        let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        // Past the estimate: some tenth more to go, say.
+        if done >= self.total.load(Ordering::Relaxed) {
+            self.total.store(done + done / 10 + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// (records read, records estimated) while a check runs.
+    pub fn get(&self) -> Option<(u64, u64)> {
+        self.running.load(Ordering::Acquire).then(|| {
+            (
+                self.done.load(Ordering::Relaxed),
+                self.total.load(Ordering::Relaxed),
+            )
+        })
+    }
+}
+
+/// Marks the check ended however it ends.
+struct Running<'a>(&'a Progress);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Release);
+    }
+}
+
 /// Calls `f` for every record of `cf`, page by page.
 fn each(
     kv: &impl ReadKv,
+    progress: &Progress,
     cf: Cf,
     prefix: &[u8],
     mut f: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), StoreError>,
@@ -39,6 +86,7 @@ fn each(
     loop {
         let page = kv.scan(cf, prefix, &start, PAGE)?;
         let n = page.len();
+        progress.add(n as u64);
         for (k, v) in page {
             start = k.clone();
             start.push(0);
@@ -104,7 +152,13 @@ pub struct Online<'a> {
 /// Checks everything the meta keeps. `online`: what the leader knows
 /// besides; `None` offline, where every chunkserver counts as up and
 /// inventories and leases are unknown.
-pub fn check(kv: &impl ReadKv, online: Option<Online<'_>>) -> Result<FsckReport, StoreError> {
+pub fn check(
+    kv: &impl ReadKv,
+    online: Option<Online<'_>>,
+    progress: &Progress,
+) -> Result<FsckReport, StoreError> {
+    progress.start(3 * sys_u64(kv, SYS_FILES)?);
+    let _running = Running(progress);
     let live = online.as_ref().map(|o| o.chunkservers);
     let inventories = online.as_ref().map_or(&[][..], |o| o.inventories);
     let mut f = Findings {
@@ -118,7 +172,7 @@ pub fn check(kv: &impl ReadKv, online: Option<Online<'_>>) -> Result<FsckReport,
     };
     // Inodes.
     let mut nodes: HashMap<u64, Node> = HashMap::new();
-    each(kv, Cf::Inodes, &[], |k, v| {
+    each(kv, progress, Cf::Inodes, &[], |k, v| {
         let Some(ino) = read_be(&k) else {
             f.add(FindingKind::BadRecord, None, "inode key".into(), None);
             return Ok(());
@@ -161,7 +215,7 @@ pub fn check(kv: &impl ReadKv, online: Option<Online<'_>>) -> Result<FsckReport,
     })?;
     // Entries: each names a live inode of its kind, inside a directory.
     let mut cookies: HashSet<(u64, u64)> = HashSet::new();
-    each(kv, Cf::Dentries, &[], |k, v| {
+    each(kv, progress, Cf::Dentries, &[], |k, v| {
         let (Some(parent), Some(name)) = (read_be(&k), k.get(8..)) else {
             f.add(FindingKind::BadRecord, None, "entry key".into(), None);
             return Ok(());
@@ -259,7 +313,7 @@ pub fn check(kv: &impl ReadKv, online: Option<Online<'_>>) -> Result<FsckReport,
     })?;
     // The readdir index: one record per entry, the same name and inode.
     let mut indexed = 0u64;
-    each(kv, Cf::DirIndex, &[], |k, v| {
+    each(kv, progress, Cf::DirIndex, &[], |k, v| {
         let (Some(parent), Some(cookie)) = (read_be(&k), k.get(8..).and_then(read_be)) else {
             f.add(FindingKind::BadRecord, None, "index key".into(), None);
             return Ok(());
@@ -300,14 +354,14 @@ pub fn check(kv: &impl ReadKv, online: Option<Online<'_>>) -> Result<FsckReport,
     }
     // Orphans (unlinked, maybe open) and inodes waiting to be purged.
     let mut orphans: HashSet<u64> = HashSet::new();
-    each(kv, Cf::Sys, b"orphan/", |k, _| {
+    each(kv, progress, Cf::Sys, b"orphan/", |k, _| {
         if let Some(ino) = k.get(b"orphan/".len()..).and_then(read_be) {
             orphans.insert(ino);
         }
         Ok(())
     })?;
     let mut deleted: HashSet<u64> = HashSet::new();
-    each(kv, Cf::Deleted, &[], |k, _| {
+    each(kv, progress, Cf::Deleted, &[], |k, _| {
         if let Some(ino) = read_be(&k) {
             deleted.insert(ino);
         }
@@ -360,7 +414,7 @@ pub fn check(kv: &impl ReadKv, online: Option<Online<'_>>) -> Result<FsckReport,
     let mut queue = VecDeque::from([InodeId::ROOT.0]);
     reached.insert(InodeId::ROOT.0);
     while let Some(dir) = queue.pop_front() {
-        each(kv, Cf::Dentries, &crate::kv::be(dir), |_, v| {
+        each(kv, progress, Cf::Dentries, &crate::kv::be(dir), |_, v| {
             if let Ok(d) = decode::<DentryRec>(Cf::Dentries, &v) {
                 if nodes.contains_key(&d.ino.0)
                     && reached.insert(d.ino.0)
@@ -423,7 +477,7 @@ pub fn check(kv: &impl ReadKv, online: Option<Online<'_>>) -> Result<FsckReport,
     // Layouts: chunks of live files within their size; block references.
     let mut refs: HashMap<u64, u32> = HashMap::new();
     let mut users: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
-    each(kv, Cf::Chunks, &[], |k, v| {
+    each(kv, progress, Cf::Chunks, &[], |k, v| {
         let (Some(ino), Some(index)) = (read_be(&k), k.get(8..).and_then(read_be)) else {
             f.add(FindingKind::BadRecord, None, "chunk key".into(), None);
             return Ok(());
@@ -476,7 +530,7 @@ pub fn check(kv: &impl ReadKv, online: Option<Online<'_>>) -> Result<FsckReport,
         }
         Ok(())
     })?;
-    each(kv, Cf::Xattrs, &[], |k, _| {
+    each(kv, progress, Cf::Xattrs, &[], |k, _| {
         if let Some(ino) = read_be(&k) {
             if !nodes.contains_key(&ino) {
                 f.add(
@@ -491,14 +545,14 @@ pub fn check(kv: &impl ReadKv, online: Option<Online<'_>>) -> Result<FsckReport,
     })?;
     // The block table against the references; fragments on live servers.
     let mut pending: HashSet<u64> = HashSet::new();
-    each(kv, Cf::Pending, &[], |k, _| {
+    each(kv, progress, Cf::Pending, &[], |k, _| {
         if let Some(id) = read_be(&k) {
             pending.insert(id);
         }
         Ok(())
     })?;
     let mut in_table: HashSet<u64> = HashSet::new();
-    each(kv, Cf::Blocks, &[], |k, v| {
+    each(kv, progress, Cf::Blocks, &[], |k, v| {
         let Some(id) = read_be(&k) else {
             f.add(FindingKind::BadRecord, None, "block key".into(), None);
             return Ok(());
@@ -679,7 +733,7 @@ pub fn digest(kv: &impl ReadKv) -> Result<sparefs_proto::fsck::StateDigest, Stor
     for cf in crate::kv::STATE_CFS {
         let mut h = blake3::Hasher::new();
         let mut n = 0u64;
-        each(kv, cf, &[], |k, v| {
+        each(kv, &Progress::default(), cf, &[], |k, v| {
             n += 1;
             h.update(&(k.len() as u64).to_le_bytes());
             h.update(&k);
@@ -908,6 +962,23 @@ mod tests {
         k
     }
 
+    #[test]
+    fn progress_counts_records_against_a_rising_estimate() {
+        let p = Progress::default();
+        assert_eq!(p.get(), None, "no check running");
+        p.start(30);
+        p.add(10);
+        assert_eq!(p.get(), Some((10, 30)));
+        p.add(25);
+        let (done, total) = p.get().expect("running");
+        assert!(
+            done == 35 && total > done,
+            "the estimate rises past: {total}"
+        );
+        drop(Running(&p));
+        assert_eq!(p.get(), None, "ended");
+    }
+
     /// A delegation whose holder the leader keeps no lease for, and one of
     /// a directory that is gone: found online (the first only), repaired.
     #[test]
@@ -928,7 +999,7 @@ mod tests {
                 inventories: &[],
                 clients,
             };
-            check(tx, Some(online))
+            check(tx, Some(online), &Progress::default())
                 .expect("check")
                 .findings
                 .into_iter()
@@ -937,7 +1008,10 @@ mod tests {
         };
         let known: HashSet<ClientId> = [holder].into_iter().collect();
         assert!(stale(&tx, &known).is_empty());
-        assert!(check(&tx, None).expect("check").findings.is_empty());
+        assert!(check(&tx, None, &Progress::default())
+            .expect("check")
+            .findings
+            .is_empty());
         // The holder is gone from the leader's leases.
         let found = stale(&tx, &HashSet::new());
         assert_eq!(found.len(), 2, "{found:#?}");
@@ -977,7 +1051,10 @@ mod tests {
         let b = mk(&mut tx, docs, "b.txt", false);
         let sub = mk(&mut tx, docs, "sub", true);
         let _c = mk(&mut tx, sub, "c.txt", false);
-        assert!(check(&tx, None).expect("check").findings.is_empty());
+        assert!(check(&tx, None, &Progress::default())
+            .expect("check")
+            .findings
+            .is_empty());
 
         // Wrong link count, an entry pointing nowhere, an orphan inode.
         let mut ra = load(&tx, a).expect("a");
@@ -988,7 +1065,7 @@ mod tests {
         rb.nlink = 1;
         let lost = InodeId(9999);
         store(&mut tx, lost, &rb);
-        let r = check(&tx, None).expect("check");
+        let r = check(&tx, None, &Progress::default()).expect("check");
         assert_eq!(
             kinds(&r),
             vec![
@@ -1016,7 +1093,7 @@ mod tests {
             // A second time, the premise no longer holds.
             assert!(run(&mut tx, WriteOp::Repair { fix }).is_err());
         }
-        let after = check(&tx, None).expect("check");
+        let after = check(&tx, None, &Progress::default()).expect("check");
         assert!(after.findings.is_empty(), "{after:#?}");
         let lf = dentry(&tx, InodeId::ROOT, LOST_FOUND)
             .expect("read")
@@ -1038,7 +1115,7 @@ mod tests {
         let mut rx = load(&tx, x).expect("x");
         rx.parent = y;
         store(&mut tx, x, &rx);
-        let r = check(&tx, None).expect("check");
+        let r = check(&tx, None, &Progress::default()).expect("check");
         assert!(
             r.findings.iter().any(|f| f.kind == FindingKind::Cycle),
             "{r:#?}"
@@ -1056,7 +1133,7 @@ mod tests {
             changed: Time::default(),
         };
         tx.put_rec(Cf::Blocks, block_key(id), &rec);
-        let r = check(&tx, None).expect("check");
+        let r = check(&tx, None, &Progress::default()).expect("check");
         assert!(r
             .findings
             .iter()
