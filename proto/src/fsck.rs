@@ -61,6 +61,8 @@ pub enum FindingKind {
     MissingFragment,
     /// A chunkserver that sent no whole inventory of its disk in time.
     NoInventory,
+    /// A writer fence of a file that does not exist.
+    FenceWithoutInode,
     /// A directory delegation held by a client the leader no longer
     /// keeps a lease for, or of something that is not a directory.
     StaleDelegation,
@@ -116,6 +118,10 @@ pub enum Fix {
     DropChunk {
         ino: InodeId,
         index: u64,
+    },
+    /// Drops the writer fence of `ino` if `ino` still does not exist.
+    DropFence {
+        ino: InodeId,
     },
     /// Drops the delegation of `dir` if `holder` still has it.
     DropDelegation {

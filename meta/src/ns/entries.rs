@@ -201,8 +201,8 @@ pub(super) fn drop_link<R: ReadKv>(
     Ok(())
 }
 
-/// Frees an inode with no name left: its record and xattrs go, a file's
-/// chunks go on the deleted list (`PurgeDeleted` drops them).
+/// Frees an inode with no name left: its record, xattrs and writer fence
+/// go, a file's chunks go on the deleted list (`PurgeDeleted` drops them).
 pub(super) fn free_inode<R: ReadKv>(
     tx: &mut Tx<R>,
     now: Time,
@@ -212,6 +212,9 @@ pub(super) fn free_inode<R: ReadKv>(
     tx.delete(Cf::Inodes, inode_key(ino));
     for (k, _) in tx.scan(Cf::Xattrs, &be(ino.0), &be(ino.0), usize::MAX)? {
         tx.delete(Cf::Xattrs, k);
+    }
+    if inode.kind == FileKind::File {
+        super::fence::forget(tx, ino)?;
     }
     if inode.kind == FileKind::File {
         tx.put_rec(Cf::Deleted, inode_key(ino), &now);

@@ -29,6 +29,17 @@ fn current(kv: &impl ReadKv, ino: InodeId) -> NsResult<FenceRec> {
         .unwrap_or_default())
 }
 
+/// Forgets the fence of a file that is gone (inode numbers are never
+/// used again, so nothing can need it); whether there was one.
+pub(super) fn forget<R: ReadKv>(tx: &mut Tx<R>, ino: InodeId) -> NsResult<bool> {
+    let key = be(ino.0).to_vec();
+    if tx.get(Cf::Fences, &key)?.is_none() {
+        return Ok(false);
+    }
+    tx.delete(Cf::Fences, key);
+    Ok(true)
+}
+
 pub(super) fn take_fence<R: ReadKv>(
     tx: &mut Tx<R>,
     c: &Caller,

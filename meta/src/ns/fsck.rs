@@ -543,6 +543,20 @@ pub fn check(
         }
         Ok(())
     })?;
+    // Writer fences of files that are gone.
+    each(kv, progress, Cf::Fences, &[], |k, _| {
+        if let Some(ino) = read_be(&k) {
+            if !nodes.contains_key(&ino) {
+                f.add(
+                    FindingKind::FenceWithoutInode,
+                    None,
+                    format!("writer fence of inode {ino}, which does not exist"),
+                    Some(Fix::DropFence { ino: InodeId(ino) }),
+                );
+            }
+        }
+        Ok(())
+    })?;
     // The block table against the references; fragments on live servers.
     let mut pending: HashSet<u64> = HashSet::new();
     each(kv, progress, Cf::Pending, &[], |k, _| {
@@ -841,6 +855,11 @@ pub(super) fn apply_fix<R: ReadKv>(
                 return Err(stale());
             }
         }
+        Fix::DropFence { ino } => {
+            if tx.get(Cf::Inodes, &inode_key(*ino))?.is_some() || !super::fence::forget(tx, *ino)? {
+                return Err(stale());
+            }
+        }
         Fix::ExpireClient { client } => {
             super::deleg::expire(tx, *client)?;
             super::locks::expire_client(tx, *client)?;
@@ -960,6 +979,65 @@ mod tests {
         let mut k: Vec<FindingKind> = r.findings.iter().map(|f| f.kind).collect();
         k.sort();
         k
+    }
+
+    /// A file's writer fence goes with the file; one left behind by an
+    /// older version is found and dropped.
+    #[test]
+    fn fences_of_files_that_are_gone_are_forgotten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = Store::create(dir.path()).expect("store");
+        let mut tx = Tx::new(&base);
+        bootstrap(&mut tx).expect("bootstrap");
+        let fence = |tx: &mut Tx<Store>, ino| {
+            run(
+                tx,
+                WriteOp::TakeFence {
+                    ino,
+                    expect: 0,
+                    holder: "target".into(),
+                },
+            )
+            .expect("take fence")
+        };
+        let a = mk(&mut tx, InodeId::ROOT, "a.img", false);
+        fence(&mut tx, a);
+        run(
+            &mut tx,
+            WriteOp::Unlink {
+                parent: InodeId::ROOT,
+                name: b"a.img".to_vec(),
+            },
+        )
+        .expect("unlink");
+        run(&mut tx, WriteOp::ReapOrphans { inos: vec![a] }).expect("reap");
+        assert!(tx
+            .get(Cf::Fences, &crate::kv::be(a.0))
+            .expect("read")
+            .is_none());
+        assert!(check(&tx, None, &Progress::default())
+            .expect("check")
+            .findings
+            .is_empty());
+        // Left behind (its inode record removed directly).
+        let b = mk(&mut tx, InodeId::ROOT, "b.img", false);
+        fence(&mut tx, b);
+        let e = dentry(&tx, InodeId::ROOT, b"b.img")
+            .expect("read")
+            .expect("b");
+        let mut root = load(&tx, InodeId::ROOT).expect("root");
+        delete_entry(&mut tx, InodeId::ROOT, &mut root, b"b.img", &e);
+        store(&mut tx, InodeId::ROOT, &root);
+        tx.delete(Cf::Inodes, inode_key(b));
+        let r = check(&tx, None, &Progress::default()).expect("check");
+        assert_eq!(kinds(&r), vec![FindingKind::FenceWithoutInode], "{r:#?}");
+        let fix = r.findings[0].fix.clone().expect("repairable");
+        run(&mut tx, WriteOp::Repair { fix: fix.clone() }).expect("drop");
+        assert!(run(&mut tx, WriteOp::Repair { fix }).is_err(), "once");
+        assert!(check(&tx, None, &Progress::default())
+            .expect("check")
+            .findings
+            .is_empty());
     }
 
     #[test]
