@@ -61,6 +61,10 @@ pub enum FindingKind {
     MissingFragment,
     /// A chunkserver that sent no whole inventory of its disk in time.
     NoInventory,
+    /// An ACL that is not valid, a default ACL of something not a
+    /// directory, an access ACL whose bits are not the inode's mode, or an
+    /// ACL kept as an xattr record.
+    BadAcl,
     /// A writer fence of a file that does not exist.
     FenceWithoutInode,
     /// A directory delegation held by a client the leader no longer

@@ -96,4 +96,16 @@ async fn pjdfstest_passes_on_the_mount_where_it_passes_locally() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    // Everything the suite did (modes, ACL-free chmods, links, renames,
+    // special files) leaves a state fsck finds clean.
+    let o = std::process::Command::new(sparefs_tests::sparefs_bin())
+        .args(["fsck", "--meta", &c.meta_list(), "--json"])
+        .output()
+        .expect("sparefs fsck");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "fsck after the suite: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
 }

@@ -74,6 +74,34 @@ impl Drop for Running<'_> {
     }
 }
 
+/// What is wrong with an inode's ACLs (kept in its record), if anything:
+/// each must be valid (acl(5)), a default ACL belongs to a directory, and
+/// an access ACL's bits are the inode's mode bits (chmod keeps them so).
+fn acl_problem(r: &InodeRec) -> Option<String> {
+    let valid = |acl: &super::acl::Acl| super::acl::parse(&super::acl::encode(acl)).is_ok();
+    if !r.acl.is_empty() {
+        if !valid(&r.acl) {
+            return Some("access ACL not valid".into());
+        }
+        let bits = super::acl::mode_of(&r.acl);
+        if bits != r.perm & 0o777 {
+            return Some(format!(
+                "access ACL gives mode {bits:03o}, the inode has {:03o}",
+                r.perm & 0o777
+            ));
+        }
+    }
+    if !r.default_acl.is_empty() {
+        if r.kind != FileKind::Dir {
+            return Some(format!("default ACL on a {:?}, not a directory", r.kind));
+        }
+        if !valid(&r.default_acl) {
+            return Some("default ACL not valid".into());
+        }
+    }
+    None
+}
+
 /// Calls `f` for every record of `cf`, page by page.
 fn each(
     kv: &impl ReadKv,
@@ -180,6 +208,9 @@ pub fn check(
         match decode::<InodeRec>(Cf::Inodes, &v) {
             Ok(r) => {
                 report.inodes += 1;
+                if let Some(problem) = acl_problem(&r) {
+                    f.add(FindingKind::BadAcl, Some(InodeId(ino)), problem, None);
+                }
                 match r.kind {
                     FileKind::Dir => report.dirs += 1,
                     FileKind::File => {
@@ -531,15 +562,30 @@ pub fn check(
         Ok(())
     })?;
     each(kv, progress, Cf::Xattrs, &[], |k, _| {
-        if let Some(ino) = read_be(&k) {
-            if !nodes.contains_key(&ino) {
-                f.add(
-                    FindingKind::XattrWithoutInode,
-                    Some(InodeId(ino)),
-                    "extended attribute of an inode that does not exist".into(),
-                    None,
-                );
-            }
+        let Some(ino) = read_be(&k) else {
+            f.add(FindingKind::BadRecord, None, "xattr key".into(), None);
+            return Ok(());
+        };
+        if !nodes.contains_key(&ino) {
+            f.add(
+                FindingKind::XattrWithoutInode,
+                Some(InodeId(ino)),
+                "extended attribute of an inode that does not exist".into(),
+                None,
+            );
+            return Ok(());
+        }
+        let name = &k[8..];
+        if name == super::acl::ACCESS || name == super::acl::DEFAULT {
+            f.add(
+                FindingKind::BadAcl,
+                Some(InodeId(ino)),
+                format!(
+                    "{} kept as an xattr record (ACLs live in the inode; this one is never read)",
+                    name_str(name)
+                ),
+                None,
+            );
         }
         Ok(())
     })?;
@@ -1038,6 +1084,75 @@ mod tests {
             .expect("check")
             .findings
             .is_empty());
+    }
+
+    /// ACLs set and changed through the ordinary operations are clean; an
+    /// access ACL whose bits disagree with the mode, a default ACL of a
+    /// file and an ACL kept as an xattr record are each found.
+    #[test]
+    fn acl_records_are_checked() {
+        use crate::ns::acl::{self, AclEntry};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = Store::create(dir.path()).expect("store");
+        let mut tx = Tx::new(&base);
+        bootstrap(&mut tx).expect("bootstrap");
+        let d = mk(&mut tx, InodeId::ROOT, "d", true);
+        let a = mk(&mut tx, d, "a", false);
+        let entry = |tag, perm, id| AclEntry { tag, perm, id };
+        let acl = acl::encode(&[
+            entry(acl::USER_OBJ, 6, 0),
+            entry(acl::USER, 6, 1234),
+            entry(acl::GROUP_OBJ, 4, 0),
+            entry(acl::MASK, 6, 0),
+            entry(acl::OTHER, 4, 0),
+        ]);
+        let set = |tx: &mut Tx<Store>, ino, name: &[u8], value: &[u8]| {
+            run(
+                tx,
+                WriteOp::SetXattr {
+                    ino,
+                    name: name.to_vec(),
+                    value: value.to_vec(),
+                    mode: sparefs_proto::namespace::XattrMode::Any,
+                },
+            )
+            .expect("setxattr")
+        };
+        set(&mut tx, a, acl::ACCESS, &acl);
+        set(&mut tx, d, acl::DEFAULT, &acl);
+        run(
+            &mut tx,
+            WriteOp::SetAttr {
+                ino: a,
+                set: sparefs_proto::namespace::SetAttr {
+                    perm: Some(0o640),
+                    ..Default::default()
+                },
+            },
+        )
+        .expect("chmod");
+        let r = check(&tx, None, &Progress::default()).expect("check");
+        assert!(r.findings.is_empty(), "{r:#?}");
+        // Behind the operations' back: the mode, a default ACL on a file,
+        // bytes that are no ACL.
+        let mut ra = load(&tx, a).expect("a");
+        ra.perm = (ra.perm & !0o777) | 0o600;
+        store(&mut tx, a, &ra);
+        let b = mk(&mut tx, d, "b", false);
+        let mut rb = load(&tx, b).expect("b");
+        rb.default_acl = load(&tx, d).expect("d").default_acl;
+        store(&mut tx, b, &rb);
+        let c = mk(&mut tx, d, "c", false);
+        tx.put_rec(Cf::Xattrs, xattr_key(c, acl::ACCESS), &acl);
+        let r = check(&tx, None, &Progress::default()).expect("check");
+        let mut bad: Vec<InodeId> = r
+            .findings
+            .iter()
+            .filter(|f| f.kind == FindingKind::BadAcl)
+            .filter_map(|f| f.ino)
+            .collect();
+        bad.sort();
+        assert_eq!(bad, vec![a, b, c], "{r:#?}");
     }
 
     #[test]
