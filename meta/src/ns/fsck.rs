@@ -102,6 +102,17 @@ fn acl_problem(r: &InodeRec) -> Option<String> {
     None
 }
 
+/// The first file using block `id` and every use of it, for a finding:
+/// "inode I at byte B, ...".
+fn used_by(users: &HashMap<u64, Vec<(u64, u64)>>, id: u64) -> (Option<InodeId>, String) {
+    let whose = users.get(&id).map(Vec::as_slice).unwrap_or_default();
+    let list: Vec<String> = whose
+        .iter()
+        .map(|(ino, at)| format!("inode {ino} at byte {at}"))
+        .collect();
+    (whose.first().map(|(i, _)| InodeId(*i)), list.join(", "))
+}
+
 /// Calls `f` for every record of `cf`, page by page.
 fn each(
     kv: &impl ReadKv,
@@ -670,28 +681,16 @@ pub fn check(
                 }
             })
             .count();
-        let whose: Vec<String> = users
-            .get(&id)
-            .map(|u| {
-                u.iter()
-                    .map(|(ino, at)| format!("inode {ino} at byte {at}"))
-                    .collect()
-            })
-            .unwrap_or_default();
         if up < rec.policy.needed() {
-            let first = users
-                .get(&id)
-                .and_then(|u| u.first())
-                .map(|(i, _)| InodeId(*i));
+            let (first, whose) = used_by(&users, id);
             f.add(
                 FindingKind::Unreadable,
                 first,
                 format!(
-                    "block {id} ({} bytes): {up} of {} fragments on live chunkservers, {} needed; used by {}",
+                    "block {id} ({} bytes): {up} of {} fragments on live chunkservers, {} needed; used by {whose}",
                     rec.bytes,
                     rec.fragments.len(),
                     rec.policy.needed(),
-                    whose.join(", ")
                 ),
                 None,
             );
@@ -714,18 +713,11 @@ pub fn check(
         .collect();
     missing.sort();
     for (id, _) in missing {
-        let whose = users.get(id).cloned().unwrap_or_default();
+        let (first, whose) = used_by(&users, *id);
         f.add(
             FindingKind::MissingBlock,
-            whose.first().map(|(i, _)| InodeId(*i)),
-            format!(
-                "block {id} is used by {} but not in the block table",
-                whose
-                    .iter()
-                    .map(|(ino, at)| format!("inode {ino} at byte {at}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            first,
+            format!("block {id} is used by {whose} but not in the block table"),
             None,
         );
     }
@@ -744,17 +736,12 @@ pub fn check(
             );
         }
         for (block, slot) in &pass.missing {
-            let whose = users.get(&block.0).cloned().unwrap_or_default();
+            let (first, whose) = used_by(&users, block.0);
             f.add(
                 FindingKind::MissingFragment,
-                whose.first().map(|(i, _)| InodeId(*i)),
+                first,
                 format!(
-                    "chunkserver {cs}: fragment {slot} of block {block} is not on its disk (marked lost: repair rebuilds it); used by {}",
-                    whose
-                        .iter()
-                        .map(|(ino, at)| format!("inode {ino} at byte {at}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    "chunkserver {cs}: fragment {slot} of block {block} is not on its disk (marked lost: repair rebuilds it); used by {whose}"
                 ),
                 None,
             );
