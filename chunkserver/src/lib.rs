@@ -173,6 +173,10 @@ async fn heartbeats(
                 .unwrap_or_else(|p| p.into_inner())
                 .extend(vanished);
         }
+        metrics::gauge!("sparefs_chunkserver_capacity_bytes").set(store.capacity_bytes() as f64);
+        metrics::gauge!("sparefs_chunkserver_used_bytes").set(store.used_bytes() as f64);
+        metrics::gauge!("sparefs_chunkserver_fragments").set(store.fragment_count() as f64);
+        metrics::gauge!("sparefs_chunkserver_errors").set(store.errors() as f64);
         let done = repairer.take_done();
         let gone: Vec<_> = std::mem::take(&mut *lost.lock().unwrap_or_else(|p| p.into_inner()));
         let req = Request::Heartbeat(HeartbeatReport {

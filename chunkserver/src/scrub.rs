@@ -27,6 +27,9 @@ pub fn start(store: Arc<FragmentStore>, rate_bytes_per_sec: u64, every: Duration
             let started = Instant::now();
             let (checked, bad) = pass(&store, rate_bytes_per_sec, &lost);
             tracing::debug!(checked, bad, "scrub pass finished");
+            metrics::counter!("sparefs_scrub_fragments_checked_total").increment(checked);
+            metrics::counter!("sparefs_scrub_bad_fragments_total").increment(bad);
+            metrics::counter!("sparefs_scrub_passes_total").increment(1);
             std::thread::sleep(every.saturating_sub(started.elapsed()).max(PASS_PAUSE));
         });
     if let Err(e) = spawned {

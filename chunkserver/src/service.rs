@@ -44,6 +44,9 @@ impl FragmentService {
         (block, index, offset, len, verify): (BlockId, u8, u32, u32, bool),
     ) -> Result<Vec<u8>, RpcError> {
         let r = store.read_as(block, index, offset, len, verify);
+        if let Ok(bytes) = &r {
+            metrics::counter!("sparefs_chunkserver_read_bytes_total").increment(bytes.len() as u64);
+        }
         if verify {
             Self::drop_if_corrupt(store, lost, block, index, &r);
         }
@@ -129,6 +132,7 @@ impl FragmentService {
                 }
                 rx.await
                     .map_err(|_| RpcError::Storage("fragment writer stopped".into()))??;
+                metrics::counter!("sparefs_chunkserver_written_bytes_total").increment(size);
                 Ok(Reply::Ok)
             }
             Request::GetFragment {

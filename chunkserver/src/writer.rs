@@ -79,12 +79,17 @@ fn run(store: Arc<FragmentStore>, rx: Receiver<WriteJob>) {
         }
         // One flush for the data of every file in the batch, then the renames,
         // then one more flush so the new names are durable too.
+        let sync_started = std::time::Instant::now();
         let synced = syncfs(&root).and_then(|_| {
             for (job, tmp, size) in &written {
                 store.publish(job.block, job.index, tmp, *size)?;
             }
             syncfs(&root)
         });
+        metrics::histogram!("sparefs_chunkserver_sync_seconds")
+            .record(sync_started.elapsed().as_secs_f64());
+        metrics::histogram!("sparefs_chunkserver_sync_batch_fragments")
+            .record(written.len() as f64);
         for (job, tmp, size) in written {
             store.release_room(size);
             let r = match &synced {

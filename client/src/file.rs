@@ -187,6 +187,13 @@ impl OpenFile {
     }
 
     pub async fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        let started = std::time::Instant::now();
+        let r = self.write_untimed(offset, buf).await;
+        record("write", started, r.is_ok(), buf.len());
+        r
+    }
+
+    async fn write_untimed(&self, offset: u64, buf: &[u8]) -> Result<()> {
         self.drop_window();
         let mut st = self.state.lock().await;
         if !st.held.is_empty() {
@@ -217,6 +224,8 @@ impl OpenFile {
         self.drop_window();
         st.add(offset, buf);
         self.publish_size(&st);
+        metrics::counter!("sparefs_client_bytes_total", "op" => "write")
+            .increment(buf.len() as u64);
         true
     }
 
@@ -270,6 +279,18 @@ impl OpenFile {
 
     /// Reads through the meta's size unless this handle wrote past it.
     pub async fn read(&self, offset: u64, len: usize, meta_size: u64) -> Result<Vec<u8>> {
+        let started = std::time::Instant::now();
+        let r = self.read_untimed(offset, len, meta_size).await;
+        record(
+            "read",
+            started,
+            r.is_ok(),
+            r.as_ref().map_or(0, |b| b.len()),
+        );
+        r
+    }
+
+    async fn read_untimed(&self, offset: u64, len: usize, meta_size: u64) -> Result<Vec<u8>> {
         let mut st = self.state.lock().await;
         // Changes from here on drop what this read would read ahead.
         let began = self.ahead.lock().map(|ra| ra.epoch()).unwrap_or(u64::MAX);
@@ -389,9 +410,13 @@ impl OpenFile {
         }
     }
 
+    /// Makes every write so far durable (fsync, close).
     pub async fn flush(&self) -> Result<Option<Attr>> {
+        let started = std::time::Instant::now();
         let mut st = self.state.lock().await;
-        self.flush_locked(&mut st).await
+        let r = self.flush_locked(&mut st).await;
+        record("flush", started, r.is_ok(), 0);
+        r
     }
 
     async fn flush_locked(&self, st: &mut Dirty) -> Result<Option<Attr>> {
@@ -592,6 +617,19 @@ impl OpenFile {
     pub async fn dirty(&self) -> bool {
         let st = self.state.lock().await;
         !st.extents.is_empty() || !st.inflight.is_empty()
+    }
+}
+
+/// A file operation in the process's metrics: its latency by kind, the
+/// bytes it moved, and whether it failed.
+fn record(op: &'static str, started: std::time::Instant, ok: bool, bytes: usize) {
+    metrics::histogram!("sparefs_client_file_seconds", "op" => op)
+        .record(started.elapsed().as_secs_f64());
+    if bytes > 0 {
+        metrics::counter!("sparefs_client_bytes_total", "op" => op).increment(bytes as u64);
+    }
+    if !ok {
+        metrics::counter!("sparefs_client_file_errors_total", "op" => op).increment(1);
     }
 }
 

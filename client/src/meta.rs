@@ -168,8 +168,21 @@ impl MetaClient {
     /// Sends `body` to the leader, following redirects and retrying until
     /// the deadline. `body` is rebuilt per attempt (it is cheap to clone).
     /// Sends `body` to the leader (following redirects, retrying until the
-    /// deadline) and returns its answer.
+    /// deadline) and returns its answer. Timed, by kind, in the process's
+    /// metrics (the meta's latency as this client sees it).
     pub async fn call_leader(&self, body: &Request) -> Result<Reply> {
+        let kind = body.kind();
+        let started = Instant::now();
+        let r = self.call_leader_untimed(body).await;
+        metrics::histogram!("sparefs_client_meta_seconds", "kind" => kind)
+            .record(started.elapsed().as_secs_f64());
+        if r.is_err() {
+            metrics::counter!("sparefs_client_meta_errors_total", "kind" => kind).increment(1);
+        }
+        r
+    }
+
+    async fn call_leader_untimed(&self, body: &Request) -> Result<Reply> {
         let start = Instant::now();
         let mut last = String::from("no replica answered");
         let mut pause = Duration::from_millis(20);

@@ -288,11 +288,37 @@ impl Driver {
                 if self.is_leader() {
                     self.leader.tick()?;
                 }
+                self.publish_metrics();
             }
             self.propose_leader_decisions();
             self.flush_writes();
             self.flush_reads();
             self.on_ready().await?;
+        }
+    }
+
+    /// Raft's numbers, the log's size and (on the leader) repair's, as
+    /// gauges (nothing unless the process serves metrics).
+    fn publish_metrics(&self) {
+        let raft = &self.raw.raft;
+        metrics::gauge!("sparefs_raft_term").set(raft.term as f64);
+        metrics::gauge!("sparefs_raft_commit_index").set(raft.raft_log.committed as f64);
+        metrics::gauge!("sparefs_raft_applied_index").set(self.applied as f64);
+        metrics::gauge!("sparefs_raft_is_leader").set(if self.is_leader() { 1.0 } else { 0.0 });
+        metrics::gauge!("sparefs_raft_leader_id").set(raft.leader_id as f64);
+        let store = self.raw.store();
+        metrics::gauge!("sparefs_raft_log_entries")
+            .set(store.last().saturating_sub(store.first()) as f64);
+        if self.is_leader() {
+            if let Ok(book) = self.shared.repair.lock() {
+                let p = book.progress();
+                metrics::gauge!("sparefs_repair_blocks_to_repair").set(p.blocks_to_repair as f64);
+                metrics::gauge!("sparefs_repair_bytes_to_repair").set(p.bytes_to_repair as f64);
+                metrics::gauge!("sparefs_rebalance_bytes").set(p.bytes_to_balance as f64);
+                metrics::gauge!("sparefs_repair_in_flight").set(p.in_flight as f64);
+                metrics::gauge!("sparefs_repair_rate_bytes_per_second").set(p.rate_bytes_per_sec);
+                metrics::counter!("sparefs_repaired_bytes_total").absolute(p.repaired_bytes);
+            }
         }
     }
 
@@ -593,6 +619,7 @@ impl Driver {
             }
             self.propose_leader_decisions();
             tracing::info!(replica = self.shared.id.0, role = ?ss.raft_state, leader = ss.leader_id, "raft role");
+            metrics::counter!("sparefs_raft_role_changes_total").increment(1);
         }
         let msgs = ready.take_messages();
         if !msgs.is_empty() {

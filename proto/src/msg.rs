@@ -23,7 +23,7 @@ pub struct ResponseFrame {
     pub body: Result<Reply, RpcError>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum Request {
     Read {
         /// Who asks (a read in another client's delegated directory waits
@@ -169,6 +169,18 @@ pub struct HeartbeatReport {
     pub want_compaction: bool,
 }
 
+impl Request {
+    /// What it asks, for metrics and logs: the namespace operation of a
+    /// read or write, else the request's own kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Read { op, .. } => op.into(),
+            Request::Write { op, .. } => op.into(),
+            other => other.into(),
+        }
+    }
+}
+
 impl HeartbeatReport {
     /// Usage alone: no repair reports, no work wanted.
     pub fn usage(
@@ -299,7 +311,9 @@ pub struct ReplicaStatus {
     pub fsck: Option<(u64, u64)>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, strum::IntoStaticStr,
+)]
 pub enum RpcError {
     #[error("{}", .0)]
     Errno(crate::Errno),

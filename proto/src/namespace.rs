@@ -190,7 +190,7 @@ pub const OPEN_EXEC: u32 = 1;
 
 /// Operations that read the namespace. Served after a ReadIndex round, so
 /// they see every write acknowledged before they were sent.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum ReadOp {
     Lookup {
         parent: InodeId,
@@ -277,7 +277,7 @@ pub enum ReadOp {
 }
 
 /// Operations that change state. Each goes through Raft and is applied once.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum WriteOp {
     /// create(2)/mknod(2) of anything but a directory or symlink.
     MkNod {

@@ -11,6 +11,9 @@ use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct MetaArgs {
+    /// Serve Prometheus metrics over HTTP on this address (e.g. 0.0.0.0:9101).
+    #[arg(long)]
+    pub metrics: Option<String>,
     #[arg(long)]
     pub id: u64,
     #[arg(long)]
@@ -45,6 +48,9 @@ pub struct MetaArgs {
 
 #[derive(clap::Args)]
 pub struct ChunkserverArgs {
+    /// Serve Prometheus metrics over HTTP on this address (e.g. 0.0.0.0:9101).
+    #[arg(long)]
+    pub metrics: Option<String>,
     #[arg(long)]
     pub dir: PathBuf,
     /// Most space to use: bytes, K/M/G/T, or a percentage of the filesystem.
@@ -73,6 +79,7 @@ pub struct ChunkserverArgs {
 }
 
 pub async fn run_meta(a: MetaArgs, tls: Option<PathBuf>) -> anyhow::Result<i32> {
+    crate::metrics_http::serve(a.metrics.as_deref(), "meta")?;
     let peers = crate::parse_peers(&a.peers)?;
     let tls = match tls {
         Some(dir) => Some(crate::load_tls_reloading(&dir, Role::Meta, Some(a.id))?),
@@ -98,6 +105,7 @@ pub async fn run_meta(a: MetaArgs, tls: Option<PathBuf>) -> anyhow::Result<i32> 
 }
 
 pub async fn run_chunkserver(a: ChunkserverArgs, tls: Option<PathBuf>) -> anyhow::Result<i32> {
+    crate::metrics_http::serve(a.metrics.as_deref(), "chunkserver")?;
     let tls = match tls {
         Some(dir) => Some(crate::load_tls_reloading(&dir, Role::Chunkserver, None)?),
         None => None,

@@ -68,6 +68,9 @@ pub enum IscsiCmd {
         /// multipath; leave off for multipath, which wants every path).
         #[arg(long)]
         redirect: bool,
+        /// Serve Prometheus metrics over HTTP on this address.
+        #[arg(long)]
+        metrics: Option<String>,
     },
     /// Export an image file as a LUN.
     Export {
@@ -276,7 +279,9 @@ pub async fn iscsi(cmd: IscsiCmd, tls: Option<PathBuf>) -> anyhow::Result<i32> {
             portal,
             portal_group,
             redirect,
+            metrics,
         } => {
+            crate::metrics_http::serve(metrics.as_deref(), "iscsi")?;
             let how = ServeHow {
                 portal,
                 portal_group,

@@ -9,6 +9,7 @@ mod fs_cmd;
 mod fsck_cmd;
 mod fsck_verify;
 mod iscsi_cmd;
+mod metrics_http;
 mod mount_cmd;
 mod names;
 mod node_cmd;

@@ -29,6 +29,9 @@ pub struct MountArgs {
     /// while mounted).
     #[arg(long)]
     pub nonempty: bool,
+    /// Serve Prometheus metrics over HTTP on this address.
+    #[arg(long)]
+    pub metrics: Option<String>,
     /// TLS credentials of the mount role (the global `--tls`, or the
     /// helper's `tls=DIR` option).
     #[arg(skip)]
@@ -102,6 +105,7 @@ pub async fn run(args: MountArgs) -> anyhow::Result<i32> {
     if args.daemon {
         return detach(args).await;
     }
+    crate::metrics_http::serve(args.metrics.as_deref(), "mount")?;
     let meta = crate::split_addresses(&args.meta);
     let session = sparefs_fs::mount(
         sparefs_fs::MountConfig {
@@ -169,6 +173,7 @@ async fn detach(args: MountArgs) -> anyhow::Result<i32> {
     .arg(&args.mountpoint)
     .args(args.no_delegations.then_some("--no-delegations"))
     .args(args.nonempty.then_some("--nonempty"))
+    .args(args.metrics.iter().flat_map(|m| ["--metrics", m.as_str()]))
     .args(
         args.tls
             .iter()
@@ -211,6 +216,7 @@ pub fn helper_args(argv: &[String]) -> anyhow::Result<MountArgs> {
     let mut no_delegations = false;
     let mut nonempty = false;
     let mut tls = None;
+    let mut metrics = None;
     let mut it = argv.iter().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -227,6 +233,8 @@ pub fn helper_args(argv: &[String]) -> anyhow::Result<MountArgs> {
                         nonempty = true;
                     } else if let Some(v) = o.strip_prefix("tls=") {
                         tls = Some(PathBuf::from(v));
+                    } else if let Some(v) = o.strip_prefix("metrics=") {
+                        metrics = Some(v.to_string());
                     }
                 }
             }
@@ -247,6 +255,7 @@ pub fn helper_args(argv: &[String]) -> anyhow::Result<MountArgs> {
         log,
         no_delegations,
         nonempty,
+        metrics,
         tls,
     })
 }

@@ -369,7 +369,10 @@ where
         let service = service.clone();
         let resp_tx = resp_tx.clone();
         tokio::spawn(async move {
+            let kind = req.body.kind();
+            let started = Instant::now();
             let body = service.call(peer, req.body).await;
+            record(kind, started, &body);
             // The request's bytes stay counted until its answer is written
             // (an answer is at most as large as what a request may ask for).
             let _ = resp_tx
@@ -389,5 +392,17 @@ where
     match result {
         Err(FrameError::Closed) => Ok(()),
         other => other,
+    }
+}
+
+/// A request served, in the process's metrics (nothing when no exporter
+/// is installed): by kind, its latency, and errors by kind and error.
+fn record(kind: &'static str, started: Instant, body: &Result<Reply, RpcError>) {
+    metrics::histogram!("sparefs_request_seconds", "kind" => kind)
+        .record(started.elapsed().as_secs_f64());
+    if let Err(e) = body {
+        let error: &'static str = e.into();
+        metrics::counter!("sparefs_request_errors_total", "kind" => kind, "error" => error)
+            .increment(1);
     }
 }

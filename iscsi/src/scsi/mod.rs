@@ -78,6 +78,20 @@ impl PortGroups {
     }
 }
 
+/// A command's kind, for metrics.
+fn command_kind(opcode: u8) -> &'static str {
+    match opcode {
+        0x08 | 0x28 | 0x88 | 0xa8 => "read",
+        0x0a | 0x2a | 0x8a | 0xaa | 0x2e | 0x8e => "write",
+        0x35 | 0x91 => "sync",
+        0x42 => "unmap",
+        0x41 | 0x93 => "write_same",
+        0x89 => "compare_and_write",
+        0x5e | 0x5f => "reservation",
+        _ => "other",
+    }
+}
+
 /// Commands a port in standby or transition still answers (SPC-4
 /// §5.15.2.4.4 and .5: inquiry, reports, sense, mode and reservations),
 /// and the capacity, so a multipath initiator can set up every path.
@@ -344,8 +358,20 @@ impl Lun {
         }
     }
 
-    /// Runs one command.
+    /// Runs one command, timed in the process's metrics by kind.
     pub async fn execute(&self, t: Task<'_>) -> Done {
+        let kind = command_kind(t.cdb[0]);
+        let started = std::time::Instant::now();
+        let done = self.execute_untimed(t).await;
+        metrics::histogram!("sparefs_iscsi_command_seconds", "op" => kind)
+            .record(started.elapsed().as_secs_f64());
+        if done.status != 0 {
+            metrics::counter!("sparefs_iscsi_command_failures_total", "op" => kind).increment(1);
+        }
+        done
+    }
+
+    async fn execute_untimed(&self, t: Task<'_>) -> Done {
         let op = t.cdb[0];
         // Unit attentions are reported by the first command of the nexus
         // that is not one of these (SPC-4 §5.14).
