@@ -236,5 +236,33 @@ async fn every_daemon_serves_metrics_that_move_with_work() {
         sum(&iscsi, "sparefs_iscsi_command_seconds_count", &[]) >= 1.0,
         "{iscsi:?}"
     );
+    // Every series the Grafana dashboard draws is one a daemon serves
+    // (error counters appear with the first error).
+    let dashboard = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/grafana-sparefs.json"),
+    )
+    .expect("packaging/grafana-sparefs.json");
+    let served: Vec<&String> = [&meta, &cs, &mount, &iscsi]
+        .iter()
+        .flat_map(|m| m.keys())
+        .collect();
+    let mut drawn: Vec<String> = dashboard
+        .split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+        .filter(|w| w.starts_with("sparefs_"))
+        .map(|w| w.to_string())
+        .collect();
+    drawn.sort();
+    drawn.dedup();
+    for name in drawn {
+        if name.ends_with("_errors_total") || name.ends_with("_failures_total") {
+            continue;
+        }
+        assert!(
+            served
+                .iter()
+                .any(|k| k.split('{').next() == Some(name.as_str())),
+            "the dashboard draws {name}, which no daemon serves"
+        );
+    }
     drop(spawned);
 }
