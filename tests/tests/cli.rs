@@ -186,3 +186,38 @@ async fn the_command_reads_only_what_its_user_may() {
         "refused without saying why: {err}"
     );
 }
+
+/// Completions and man pages come from the CLI definition: every command
+/// is in the bash script, and each gets its page.
+#[test]
+fn completions_and_man_pages_cover_every_command() {
+    let out = sparefs(&["completions", "bash"]);
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["mount", "fsck", "iscsi", "status", "up", "--verify-data"] {
+        assert!(script.contains(cmd), "bash completion lacks {cmd}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(sparefs_bin())
+        .arg("man")
+        .arg(dir.path())
+        .output()
+        .expect("sparefs man");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for page in [
+        "sparefs.1",
+        "sparefs-fsck.1",
+        "sparefs-mount.1",
+        "sparefs-iscsi-serve.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).expect(page);
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page} is a man page"
+        );
+    }
+}

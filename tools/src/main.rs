@@ -90,6 +90,12 @@ enum Cmd {
     Up(up_cmd::UpArgs),
     /// Pull the power on daemons of a `sparefs up` cluster under a workload.
     Chaos(chaos_cmd::ChaosArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell), e.g. `sparefs completions bash > /etc/bash_completion.d/sparefs`.
+    Completions { shell: clap_complete::Shell },
+    /// Write a man page for `sparefs` and each of its commands into DIR
+    /// (sparefs.1, sparefs-mount.1, ...).
+    Man { dir: PathBuf },
     /// Certificates: a cluster CA, credentials per process, trust lists.
     Cert {
         #[command(subcommand)]
@@ -334,10 +340,37 @@ fn main() {
     std::process::exit(code);
 }
 
+/// sparefs.1 and a page per command (sparefs-mount.1, sparefs-iscsi-serve.1...).
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<i32> {
+    fn write(cmd: &clap::Command, name: &str, dir: &std::path::Path) -> anyhow::Result<usize> {
+        let cmd = cmd.clone().name(name.to_string());
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, page).with_context(|| format!("write {}", path.display()))?;
+        let mut n = 1;
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            n += write(sub, &format!("{name}-{}", sub.get_name()), dir)?;
+        }
+        Ok(n)
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let cli = <Cli as clap::CommandFactory>::command();
+    let n = write(&cli, "sparefs", dir)?;
+    println!("{n} man pages in {}", dir.display());
+    Ok(0)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let tls = cli.tls;
     match &cli.cmd {
-        Cmd::Meta(_) | Cmd::Chunkserver(_) | Cmd::Mount(_) | Cmd::Up(_) | Cmd::Cert { .. } => {}
+        Cmd::Meta(_)
+        | Cmd::Chunkserver(_)
+        | Cmd::Mount(_)
+        | Cmd::Up(_)
+        | Cmd::Cert { .. }
+        | Cmd::Completions { .. }
+        | Cmd::Man { .. } => {}
         Cmd::Iscsi {
             cmd: iscsi_cmd::IscsiCmd::Serve { .. },
         } => {}
@@ -357,6 +390,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Fs { meta, cmd } => fs_cmd::run(&meta, cmd).await,
         Cmd::Cert { cmd } => cert_cmd::run(cmd),
+        Cmd::Completions { shell } => {
+            let mut cli = <Cli as clap::CommandFactory>::command();
+            // Into memory first: the generator panics on a closed stdout.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cli, "sparefs", &mut script);
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            Ok(0)
+        }
+        Cmd::Man { dir } => write_man_pages(&dir),
         Cmd::Policy { meta, cmd } => fs_cmd::policy(&meta, cmd).await,
         Cmd::Status { meta, data, json } => status_cmd::run(meta, data, json).await,
         Cmd::Fsck(args) => Ok(fsck_cmd::run(args).await),
