@@ -130,6 +130,7 @@ impl FragmentStore {
     pub fn open(dir: &Path, limit: u64, reserve: u64) -> anyhow::Result<FragmentStore> {
         let root = dir.join("fragments");
         std::fs::create_dir_all(&root)?;
+        sparefs_proto::format::check_dir(dir, sparefs_proto::format::CHUNKSERVER, false)?;
         let mut used = 0;
         let mut index = Index::new();
         for sub in std::fs::read_dir(&root)? {
@@ -834,6 +835,22 @@ mod tests {
         let keys: Vec<_> = items.iter().map(|(b, s, _)| (b.0, *s)).collect();
         assert_eq!(keys, vec![(1, 0), (3, 0), (3, 1)]);
         assert_eq!(store.reconcile().expect("again"), (0, 0));
+    }
+
+    #[test]
+    fn a_directory_of_a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(FragmentStore::open(dir.path(), 1 << 30, 0).expect("open"));
+        let stamp = dir.path().join(sparefs_proto::format::FORMAT_FILE);
+        assert_eq!(
+            std::fs::read_to_string(&stamp).expect("stamped"),
+            "sparefs chunkserver format 2\n"
+        );
+        std::fs::write(&stamp, "sparefs chunkserver format 3\n").expect("write");
+        let e = FragmentStore::open(dir.path(), 1 << 30, 0)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("newer sparefs"), "{e}");
     }
 
     #[test]

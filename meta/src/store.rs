@@ -34,6 +34,18 @@ pub enum OpenError {
     },
 }
 
+use sparefs_proto::format::FORMAT_FILE;
+
+/// The directory's format stamp (`proto::format`): a newer one refused.
+fn format_check(dir: &Path, read_only: bool) -> Result<(), OpenError> {
+    sparefs_proto::format::check_dir(dir, sparefs_proto::format::META, read_only).map_err(|e| {
+        OpenError::Refused {
+            dir: dir.to_path_buf(),
+            reason: e.to_string(),
+        }
+    })
+}
+
 pub struct Store {
     db: DB,
     dir: PathBuf,
@@ -106,7 +118,11 @@ pub fn inspect_dir(dir: &Path, id: ReplicaId) -> Result<DirState, OpenError> {
     }
     let identity = dir.join(IDENTITY_FILE);
     if !identity.exists() {
-        let empty = std::fs::read_dir(dir).map_err(io)?.next().is_none();
+        // (A format stamp alone: initialisation stopped right after it.)
+        let empty = std::fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(|e| e.ok())
+            .all(|e| e.file_name().to_string_lossy().starts_with(FORMAT_FILE));
         if empty {
             return Ok(DirState::New);
         }
@@ -170,6 +186,7 @@ impl Store {
                 source,
             },
         )?;
+        format_check(dir, false)?;
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES).ok();
         let opts = db_options(create, &cache);
         let cfs = cf_names()
@@ -366,6 +383,7 @@ pub struct ReadOnlyStore {
 
 impl ReadOnlyStore {
     pub fn open(dir: &Path) -> Result<ReadOnlyStore, OpenError> {
+        format_check(dir, true)?;
         let path = dir.join("db");
         let rocks = |source| OpenError::Rocks {
             dir: dir.to_path_buf(),
@@ -432,5 +450,30 @@ impl ReadKv for Store {
 
     fn scan(&self, cf: Cf, prefix: &[u8], start: &[u8], limit: usize) -> Result<Pairs, StoreError> {
         scan_db(&self.db, self.state_cf(cf), prefix, start, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_directory_of_a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(Store::create(dir.path()).expect("create"));
+        let stamp = dir.path().join(FORMAT_FILE);
+        assert_eq!(
+            std::fs::read_to_string(&stamp).expect("stamped"),
+            "sparefs meta format 1\n"
+        );
+        drop(Store::open(dir.path()).expect("same format"));
+        std::fs::write(&stamp, "sparefs meta format 2\n").expect("write");
+        for e in [
+            Store::open(dir.path()).err().map(|e| e.to_string()),
+            ReadOnlyStore::open(dir.path()).err().map(|e| e.to_string()),
+        ] {
+            let e = e.expect("refused");
+            assert!(e.contains("newer sparefs (meta format 2)"), "{e}");
+        }
     }
 }

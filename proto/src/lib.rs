@@ -7,6 +7,7 @@
 //! RocksDB (frames and connections are `sparefs-wire`'s).
 
 pub mod errno;
+pub mod format;
 pub mod fsck;
 pub mod ids;
 pub mod layout;

@@ -221,3 +221,22 @@ fn completions_and_man_pages_cover_every_command() {
         );
     }
 }
+
+/// A cluster file from a newer sparefs is refused with the reason, not
+/// misread.
+#[test]
+fn a_cluster_file_of_a_newer_format_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("cluster.json"),
+        r#"{"format": 9, "meta": [{"id": 1, "address": "127.0.0.1:1"}], "chunkservers": []}"#,
+    )
+    .expect("write");
+    let data = dir.path().to_string_lossy().to_string();
+    let out = sparefs(&["status", "--data", &data]);
+    refused(
+        &out,
+        "newer sparefs (cluster-file format 9)",
+        "status of a newer cluster file",
+    );
+}

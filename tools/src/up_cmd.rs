@@ -107,6 +107,13 @@ pub fn read_cluster_file(dir: &Path) -> anyhow::Result<ClusterFile> {
         std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    // Files from before the key are format 1.
+    let format = v["format"].as_u64().unwrap_or(1).min(u32::MAX as u64) as u32;
+    sparefs_proto::format::check_version(
+        &path.display().to_string(),
+        sparefs_proto::format::CLUSTER_FILE,
+        format,
+    )?;
     let list = |key: &str| -> anyhow::Result<Vec<(u64, String, Option<u32>)>> {
         let mut out = Vec::new();
         for m in v[key].as_array().map(|a| a.as_slice()).unwrap_or_default() {
@@ -183,6 +190,7 @@ fn write_cluster_file(data: &Path, daemons: &[Daemon], mountpoint: &Path) -> any
         .find(|d| d.role == Role::Iscsi)
         .map(|d| json!({"portal": d.address, "pid": d.child.id()}));
     let file = json!({
+        "format": sparefs_proto::format::CLUSTER_FILE.1,
         "meta": list(Role::Meta),
         "chunkservers": list(Role::Chunkserver),
         "mount": {"path": mountpoint, "pid": mount_pid},
