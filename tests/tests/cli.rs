@@ -240,3 +240,41 @@ fn a_cluster_file_of_a_newer_format_is_refused() {
         "status of a newer cluster file",
     );
 }
+
+/// `--log-format json`: every line a daemon logs is one JSON object with a
+/// level and its fields; `--log-level` takes levels by module.
+#[test]
+fn logs_can_be_json_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let at = format!("127.0.0.1:{port}");
+    // A one-replica meta group: it logs its Raft start at once.
+    let mut child = Command::new(sparefs_bin())
+        .args([
+            "--log-format",
+            "json",
+            "--log-level",
+            "info,sparefs_wire=warn",
+        ])
+        .args(["meta", "--id", "1", "--listen", &at])
+        .args(["--peers", &format!("1={at}"), "--data"])
+        .arg(dir.path().join("m"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sparefs chunkserver");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("its output");
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "it logged nothing");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+}

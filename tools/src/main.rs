@@ -39,8 +39,26 @@ struct Cli {
     /// do (docs/security.md). Without it, plaintext.
     #[arg(long, global = true, env = "SPAREFS_TLS")]
     tls: Option<PathBuf>,
+    /// Log lines as text or as JSON objects (one per line), on stderr.
+    #[arg(
+        long,
+        global = true,
+        env = "SPAREFS_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    /// What to log: a level, or levels by module
+    /// (`info,sparefs_meta=debug,sparefs_wire=warn`); also SPAREFS_LOG.
+    #[arg(long, global = true, env = "SPAREFS_LOG", default_value = "info")]
+    log_level: String,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -288,6 +306,8 @@ fn main() {
         match mount_cmd::helper_args(&argv) {
             Ok(args) => Cli {
                 tls: None,
+                log_format: LogFormat::Text,
+                log_level: std::env::var("SPAREFS_LOG").unwrap_or_else(|_| "info".into()),
                 cmd: Cmd::Mount(args),
             },
             Err(e) => {
@@ -298,13 +318,20 @@ fn main() {
     } else {
         Cli::parse()
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SPAREFS_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|e| {
+        eprintln!(
+            "sparefs: --log-level {:?}: {e}; logging at info",
+            cli.log_level
+        );
+        "info".into()
+    });
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     // Daemons serve many connections; the default soft limit of 1024
     // descriptors would cap them (the service loop sizes itself from it).
     sparefs_wire::service::raise_descriptor_limit();
