@@ -127,6 +127,17 @@ pub async fn run(config: ChunkserverConfig) -> anyhow::Result<()> {
         }
     };
     svc.set_key(id, key);
+    // Counters a dashboard draws exist from the start (at zero), not from
+    // their first event.
+    for name in [
+        "sparefs_chunkserver_read_bytes_total",
+        "sparefs_chunkserver_written_bytes_total",
+        "sparefs_scrub_passes_total",
+        "sparefs_scrub_fragments_checked_total",
+        "sparefs_scrub_bad_fragments_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
     tracing::info!(chunkserver = id.0, listen = %config.listen, dir = %config.dir.display(), "chunkserver serving");
     scrub::start(
         store.clone(),
